@@ -151,8 +151,6 @@ pub struct Credential {
     pub claims: Claims,
     /// The last failure, if the last attempt failed or the credential is dead.
     pub last_error: Option<LastError>,
-    /// Last successful refresh (unix ms).
-    pub last_refresh_ms: Option<i64>,
     /// Codex auth.json `OPENAI_API_KEY`, if imported.
     pub api_key: Option<Secret>,
     /// Creation time (unix ms).

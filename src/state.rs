@@ -1,3 +1,829 @@
-//! placeholder
+//! The credential state machine of DESIGN.md §2, as pure functions of
+//! (status, event, now). No I/O and no clock reads: the store applies the
+//! [`Transition`] this module computes with a compare-and-swap, and the
+//! refresher decides what to do with [`decide`].
+//!
+//! `expiring` is never stored: a `valid` row whose token has entered the
+//! refresh window *is* expiring, so the state is derived from the clock
+//! ([`Status::effective`]) instead of being written by a timer that could
+//! lag behind it. Likewise a `refreshing` row whose lease has run out
+//! behaves as the state it came from until someone takes the lease over.
+
+use std::fmt;
+
+/// The states of a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum State {
+    /// Token good and outside the refresh window.
+    #[default]
+    Valid,
+    /// Inside the refresh window (derived, never stored).
+    Expiring,
+    /// One owner holds the lease and is calling the token endpoint.
+    Refreshing,
+    /// An upstream API answered 401 for the current access token.
+    Rejected,
+    /// The refresh token was refused for good.
+    Dead,
+}
+
+impl State {
+    /// Every state, in the order of DESIGN.md §2.
+    pub const ALL: [State; 5] = [
+        State::Valid,
+        State::Expiring,
+        State::Refreshing,
+        State::Rejected,
+        State::Dead,
+    ];
+
+    /// The lower-case name used in the database and every interface.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Valid => "valid",
+            State::Expiring => "expiring",
+            State::Refreshing => "refreshing",
+            State::Rejected => "rejected",
+            State::Dead => "dead",
+        }
+    }
+
+    /// Parses [`State::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The right to call the token endpoint for one credential until `until_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status;
+pub struct Lease {
+    /// Who holds it (`pid:1234/thread:5`, `sweep`, …): for events and logs.
+    pub owner: String,
+    /// Unique per claim: the owner's writes are fenced by it, so a writer
+    /// whose lease was taken over can never overwrite a newer state.
+    pub id: String,
+    /// When the lease ends (unix ms); after that anyone may take it over.
+    pub until_ms: i64,
+}
+
+/// Everything the state machine looks at in a credential row.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Status {
+    /// The stored state (never [`State::Expiring`]).
+    pub state: State,
+    /// Bumped by every change; callers' writes are guarded by it.
+    pub version: i64,
+    /// When the access token expires (unix ms); `None` means unknown, which
+    /// is treated as due for refresh.
+    pub expires_at_ms: Option<i64>,
+    /// Whether there is an access token at all.
+    pub has_access_token: bool,
+    /// The lease, while `refreshing`.
+    pub lease: Option<Lease>,
+    /// While `refreshing`: the state to return to if the refresh fails.
+    pub resume: Option<State>,
+    /// Consecutive failed refreshes.
+    pub failures: u32,
+    /// No automatic refresh before this time (unix ms).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Last successful refresh (unix ms).
+    pub last_refresh_ms: Option<i64>,
+    /// The upstream code that killed the credential.
+    pub dead_reason: Option<String>,
+}
+
+/// Timing knobs of the state machine (all milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// A token is `expiring` this long before it expires.
+    pub refresh_ahead_ms: i64,
+    /// First cross-refresh backoff after a transient failure.
+    pub backoff_min_ms: i64,
+    /// The backoff doubles per failure up to this.
+    pub backoff_max_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            refresh_ahead_ms: 300_000,
+            backoff_min_ms: 5_000,
+            backoff_max_ms: 300_000,
+        }
+    }
+}
+
+impl Status {
+    fn lease_live(&self, now_ms: i64) -> bool {
+        self.lease.as_ref().is_some_and(|l| now_ms <= l.until_ms)
+    }
+
+    /// The stored state, with an abandoned `refreshing` (lease run out) seen
+    /// as the state it came from.
+    fn base(&self, now_ms: i64) -> State {
+        match self.state {
+            State::Refreshing if !self.lease_live(now_ms) => self.resume.unwrap_or(State::Valid),
+            s => s,
+        }
+    }
+
+    /// Whether the refresh window has been entered (or the expiry is unknown).
+    fn due(&self, now_ms: i64, policy: &Policy) -> bool {
+        !self.has_access_token
+            || self
+                .expires_at_ms
+                .is_none_or(|e| now_ms >= e - policy.refresh_ahead_ms)
+    }
+
+    /// The state to show: `valid` inside the window reads `expiring`, and a
+    /// `refreshing` whose lease ran out reads as the state it came from.
+    pub fn effective(&self, now_ms: i64, policy: &Policy) -> State {
+        match self.base(now_ms) {
+            State::Valid if self.due(now_ms, policy) => State::Expiring,
+            s => s,
+        }
+    }
+
+    /// Whether the current access token may be handed to a caller that needs
+    /// it for `min_ttl_ms` more: it exists, lives long enough, and was never
+    /// reported rejected (nor belongs to a dead credential).
+    pub fn usable(&self, now_ms: i64, min_ttl_ms: i64) -> bool {
+        let state_ok = match self.state {
+            State::Valid => true,
+            State::Refreshing => self.resume == Some(State::Valid),
+            _ => false,
+        };
+        state_ok
+            && self.has_access_token
+            && self
+                .expires_at_ms
+                .is_some_and(|e| now_ms.saturating_add(min_ttl_ms) < e)
+    }
+
+    fn backing_off(&self, now_ms: i64) -> Option<i64> {
+        self.next_attempt_at_ms.filter(|&t| t > now_ms)
+    }
+}
+
+/// What a caller wants from a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A token that stays valid for at least `min_ttl_ms`.
+    Token {
+        /// Remaining lifetime the caller needs (ms).
+        min_ttl_ms: i64,
+    },
+    /// A token from a refresh that finished at or after `since_ms` (an
+    /// operator's "refresh now"); `force` also revives a dead credential and
+    /// ignores the backoff.
+    Refresh {
+        /// A refresh committed at or after this instant (unix ms) satisfies
+        /// the caller, whoever did it.
+        since_ms: i64,
+        /// Retry a dead credential and ignore backoff.
+        force: bool,
+    },
+}
+
+/// What a caller should do next, given the row it just read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Hand out the current access token.
+    Serve,
+    /// Try to become the refresher (CAS into `refreshing`).
+    Claim,
+    /// Someone else holds a live lease: wait for the row to change.
+    Wait {
+        /// When that lease ends and may be taken over (unix ms).
+        lease_until_ms: i64,
+        /// Whether the current token may be served if waiting runs out.
+        fallback: bool,
+    },
+    /// The credential is dead.
+    Dead {
+        /// The upstream code that killed it.
+        reason: String,
+    },
+    /// Backing off after failures and no usable token: retry later.
+    Unavailable {
+        /// When an attempt is allowed again (unix ms).
+        retry_at_ms: i64,
+    },
+}
+
+/// Decides the next step for a caller with `need` (DESIGN.md §4, steps 1–3).
+pub fn decide(status: &Status, need: Need, now_ms: i64, policy: &Policy) -> Decision {
+    let dead = || Decision::Dead {
+        reason: status.dead_reason.clone().unwrap_or_else(|| "dead".into()),
+    };
+    if status.state == State::Refreshing && status.lease_live(now_ms) {
+        let until = status.lease.as_ref().map_or(now_ms, |l| l.until_ms);
+        let fallback = match need {
+            Need::Token { min_ttl_ms } => status.usable(now_ms, min_ttl_ms),
+            Need::Refresh { .. } => false,
+        };
+        return Decision::Wait {
+            lease_until_ms: until,
+            fallback,
+        };
+    }
+    let base = status.base(now_ms);
+    match need {
+        Need::Token { min_ttl_ms } => {
+            let usable = status.usable(now_ms, min_ttl_ms) && base == State::Valid;
+            if base == State::Dead {
+                dead()
+            } else if usable && !status.due(now_ms, policy) {
+                Decision::Serve
+            } else if let Some(retry_at_ms) = status.backing_off(now_ms) {
+                // Stale-while-revalidate: a usable token beats an error.
+                if usable {
+                    Decision::Serve
+                } else {
+                    Decision::Unavailable { retry_at_ms }
+                }
+            } else {
+                Decision::Claim
+            }
+        }
+        Need::Refresh { since_ms, force } => {
+            let fresh = base == State::Valid
+                && status.usable(now_ms, 0)
+                && status.last_refresh_ms.is_some_and(|t| t >= since_ms);
+            if fresh {
+                Decision::Serve
+            } else if base == State::Dead && !force {
+                dead()
+            } else if let (Some(retry_at_ms), false) = (status.backing_off(now_ms), force) {
+                Decision::Unavailable { retry_at_ms }
+            } else {
+                Decision::Claim
+            }
+        }
+    }
+}
+
+/// Something that may change a credential's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An upstream API answered 401 for a token; `is_current` says whether
+    /// it is the stored access token (else it was already rotated away).
+    Reject {
+        /// The rejected token is the stored access token.
+        is_current: bool,
+    },
+    /// A caller tries to take the lease to refresh for `need`.
+    Claim {
+        /// The lease to take.
+        lease: Lease,
+        /// Why the caller refreshes.
+        need: Need,
+    },
+    /// The lease owner got new tokens.
+    Succeed {
+        /// The owner's lease id.
+        lease_id: String,
+    },
+    /// The lease owner failed in a way that may clear up.
+    FailTransient {
+        /// The owner's lease id.
+        lease_id: String,
+        /// Upstream's `Retry-After`, if any (ms from now).
+        retry_after_ms: Option<i64>,
+    },
+    /// The refresh token was refused for good.
+    FailPermanent {
+        /// The owner's lease id.
+        lease_id: String,
+        /// The upstream code (`refresh_token_reused`, …).
+        code: String,
+    },
+}
+
+/// How the store must guard the write of a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// A caller's write: `WHERE version = ?`.
+    Version(i64),
+    /// The lease owner's write: `WHERE lease_id = ?`, so a rejection
+    /// recorded meanwhile (which bumps the version) does not void it, and a
+    /// takeover (which replaces the lease) does.
+    Lease(String),
+}
+
+/// The new status a successful event leads to, for the store to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// How to guard the write.
+    pub guard: Guard,
+    /// The stored state before.
+    pub from: State,
+    /// The stored state after.
+    pub to: State,
+    /// The state to return to, while `refreshing`.
+    pub resume: Option<State>,
+    /// The lease, while `refreshing`.
+    pub lease: Option<Lease>,
+    /// Consecutive failures after the event.
+    pub failures: u32,
+    /// No automatic attempt before this (unix ms).
+    pub next_attempt_at_ms: Option<i64>,
+    /// Why the credential is dead, if it is.
+    pub dead_reason: Option<String>,
+    /// The event row's reason text (never a secret).
+    pub reason: String,
+}
+
+/// Why an event changes nothing. These are normal outcomes, not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A claim when the caller can be served as things are.
+    NotNeeded,
+    /// A claim while someone else holds a live lease.
+    Busy {
+        /// When that lease ends (unix ms).
+        lease_until_ms: i64,
+    },
+    /// The credential is dead.
+    Dead,
+    /// A claim during backoff with no usable token.
+    BackingOff {
+        /// When an attempt is allowed again (unix ms).
+        retry_at_ms: i64,
+    },
+    /// A reject of a token that was already rotated away.
+    NotCurrent,
+    /// A reject of a token already recorded as rejected.
+    AlreadyRejected,
+    /// An owner's write without (or with someone else's) lease.
+    LeaseLost,
+}
+
+/// The cross-refresh backoff after `failures` consecutive failures:
+/// `backoff_min` doubling per failure, capped at `backoff_max`.
+pub fn backoff_ms(failures: u32, policy: &Policy) -> i64 {
+    let doublings = failures.saturating_sub(1).min(32);
+    policy
+        .backoff_min_ms
+        .saturating_mul(1i64 << doublings)
+        .min(policy.backoff_max_ms)
+}
+
+/// Applies `event` to `status` at `now_ms`: the transition to write, or why
+/// nothing changes.
+pub fn apply(
+    status: &Status,
+    event: &Event,
+    now_ms: i64,
+    policy: &Policy,
+) -> Result<Transition, Refusal> {
+    let unchanged = |guard: Guard, to: State, reason: String| Transition {
+        guard,
+        from: status.state,
+        to,
+        resume: status.resume,
+        lease: status.lease.clone(),
+        failures: status.failures,
+        next_attempt_at_ms: status.next_attempt_at_ms,
+        dead_reason: status.dead_reason.clone(),
+        reason,
+    };
+    let by_caller = Guard::Version(status.version);
+    match event {
+        Event::Reject { is_current: false } => Err(Refusal::NotCurrent),
+        Event::Reject { is_current: true } => match status.state {
+            State::Dead => Err(Refusal::Dead),
+            State::Rejected => Err(Refusal::AlreadyRejected),
+            State::Refreshing if status.resume == Some(State::Rejected) => {
+                Err(Refusal::AlreadyRejected)
+            }
+            State::Refreshing => Ok(Transition {
+                // The refresh goes on; if it fails, the token stays rejected.
+                resume: Some(State::Rejected),
+                ..unchanged(
+                    by_caller,
+                    State::Refreshing,
+                    "upstream rejected the access token during a refresh".into(),
+                )
+            }),
+            State::Valid | State::Expiring => Ok(unchanged(
+                by_caller,
+                State::Rejected,
+                "upstream rejected the access token".into(),
+            )),
+        },
+        Event::Claim { lease, need } => match decide(status, *need, now_ms, policy) {
+            Decision::Claim => {
+                let takeover = status.state == State::Refreshing;
+                let resume = if takeover {
+                    status.resume.unwrap_or(State::Valid)
+                } else {
+                    status.state
+                };
+                let reason = match (&status.lease, need) {
+                    (Some(old), _) if takeover => {
+                        format!("lease taken over from {} (expired)", old.owner)
+                    }
+                    (_, Need::Refresh { force: true, .. }) => "forced refresh".into(),
+                    (_, Need::Refresh { .. }) => "refresh requested".into(),
+                    _ if resume == State::Rejected => "refresh of a rejected token".into(),
+                    _ => "refresh due".into(),
+                };
+                Ok(Transition {
+                    resume: Some(resume),
+                    lease: Some(lease.clone()),
+                    ..unchanged(by_caller, State::Refreshing, reason)
+                })
+            }
+            Decision::Serve => Err(Refusal::NotNeeded),
+            Decision::Wait { lease_until_ms, .. } => Err(Refusal::Busy { lease_until_ms }),
+            Decision::Dead { .. } => Err(Refusal::Dead),
+            Decision::Unavailable { retry_at_ms } => Err(Refusal::BackingOff { retry_at_ms }),
+        },
+        Event::Succeed { lease_id }
+        | Event::FailTransient { lease_id, .. }
+        | Event::FailPermanent { lease_id, .. } => {
+            let owns = status.state == State::Refreshing
+                && status.lease.as_ref().is_some_and(|l| &l.id == lease_id);
+            if !owns {
+                return Err(Refusal::LeaseLost);
+            }
+            let by_owner = Guard::Lease(lease_id.clone());
+            let resume = status.resume.unwrap_or(State::Valid);
+            let done = |to: State, reason: String| Transition {
+                resume: None,
+                lease: None,
+                ..unchanged(by_owner.clone(), to, reason)
+            };
+            Ok(match event {
+                Event::Succeed { .. } => Transition {
+                    failures: 0,
+                    next_attempt_at_ms: None,
+                    dead_reason: None,
+                    ..done(State::Valid, "refreshed".into())
+                },
+                Event::FailTransient { retry_after_ms, .. } => {
+                    let failures = status.failures.saturating_add(1);
+                    let wait = backoff_ms(failures, policy).max(retry_after_ms.unwrap_or(0));
+                    Transition {
+                        failures,
+                        next_attempt_at_ms: Some(now_ms.saturating_add(wait)),
+                        ..done(
+                            resume,
+                            format!("refresh failed transiently; retry in {} s", wait / 1000),
+                        )
+                    }
+                }
+                Event::FailPermanent { code, .. } => Transition {
+                    failures: status.failures.saturating_add(1),
+                    next_attempt_at_ms: None,
+                    dead_reason: Some(code.clone()),
+                    ..done(State::Dead, format!("refresh refused: {code}"))
+                },
+                // Matched by the outer arm.
+                _ => unreachable!("only owner events reach here"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000;
+    const HOUR: i64 = 3_600_000;
+    const P: Policy = Policy {
+        refresh_ahead_ms: 300_000,
+        backoff_min_ms: 5_000,
+        backoff_max_ms: 300_000,
+    };
+
+    fn lease(id: &str, until_ms: i64) -> Lease {
+        Lease {
+            owner: format!("owner-{id}"),
+            id: id.into(),
+            until_ms,
+        }
+    }
+
+    /// The starting rows of the table, named.
+    fn row(name: &str) -> Status {
+        let base = Status {
+            state: State::Valid,
+            version: 7,
+            expires_at_ms: Some(NOW + HOUR),
+            has_access_token: true,
+            ..Status::default()
+        };
+        match name {
+            "valid" => base,
+            "expiring" => Status {
+                expires_at_ms: Some(NOW + 60_000),
+                ..base
+            },
+            "no-token" => Status {
+                has_access_token: false,
+                expires_at_ms: None,
+                ..base
+            },
+            "valid-backoff" => Status {
+                expires_at_ms: Some(NOW + 60_000),
+                next_attempt_at_ms: Some(NOW + 10_000),
+                failures: 1,
+                ..base
+            },
+            "refreshing" => Status {
+                state: State::Refreshing,
+                resume: Some(State::Valid),
+                lease: Some(lease("L", NOW + 30_000)),
+                ..row("expiring")
+            },
+            "refreshing-rejected" => Status {
+                resume: Some(State::Rejected),
+                ..row("refreshing")
+            },
+            "refreshing-expired-lease" => Status {
+                lease: Some(lease("L", NOW - 1)),
+                ..row("refreshing")
+            },
+            "rejected" => Status {
+                state: State::Rejected,
+                ..base
+            },
+            "rejected-backoff" => Status {
+                next_attempt_at_ms: Some(NOW + 10_000),
+                failures: 2,
+                ..row("rejected")
+            },
+            "dead" => Status {
+                state: State::Dead,
+                dead_reason: Some("refresh_token_reused".into()),
+                ..base
+            },
+            other => panic!("no row {other}"),
+        }
+    }
+
+    const ROWS: [&str; 10] = [
+        "valid",
+        "expiring",
+        "no-token",
+        "valid-backoff",
+        "refreshing",
+        "refreshing-rejected",
+        "refreshing-expired-lease",
+        "rejected",
+        "rejected-backoff",
+        "dead",
+    ];
+
+    fn token(min_ttl_ms: i64) -> Need {
+        Need::Token { min_ttl_ms }
+    }
+
+    fn refresh(force: bool) -> Need {
+        Need::Refresh {
+            since_ms: NOW,
+            force,
+        }
+    }
+
+    fn claim(need: Need) -> Event {
+        Event::Claim {
+            lease: lease("NEW", NOW + 60_000),
+            need,
+        }
+    }
+
+    /// A transition in short: the stored state after, and the resume state.
+    type Short = Result<(State, Option<State>), Refusal>;
+
+    fn short(r: Result<Transition, Refusal>) -> Short {
+        r.map(|t| (t.to, t.resume))
+    }
+
+    use State::*;
+
+    #[test]
+    fn effective_states() {
+        let expect = [
+            ("valid", Valid),
+            ("expiring", Expiring),
+            ("no-token", Expiring),
+            ("valid-backoff", Expiring),
+            ("refreshing", Refreshing),
+            ("refreshing-rejected", Refreshing),
+            ("refreshing-expired-lease", Expiring),
+            ("rejected", Rejected),
+            ("rejected-backoff", Rejected),
+            ("dead", Dead),
+        ];
+        for (name, state) in expect {
+            assert_eq!(row(name).effective(NOW, &P), state, "{name}");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let busy = Decision::Wait {
+            lease_until_ms: NOW + 30_000,
+            fallback: true,
+        };
+        let busy_no_fallback = Decision::Wait {
+            lease_until_ms: NOW + 30_000,
+            fallback: false,
+        };
+        let dead = Decision::Dead {
+            reason: "refresh_token_reused".into(),
+        };
+        let later = Decision::Unavailable {
+            retry_at_ms: NOW + 10_000,
+        };
+        // (row, need, decision)
+        let table = [
+            ("valid", token(0), Decision::Serve),
+            ("valid", token(2 * HOUR), Decision::Claim),
+            ("expiring", token(0), Decision::Claim),
+            ("no-token", token(0), Decision::Claim),
+            ("valid-backoff", token(0), Decision::Serve),
+            ("valid-backoff", token(HOUR), later.clone()),
+            ("refreshing", token(0), busy.clone()),
+            ("refreshing", token(HOUR), busy_no_fallback.clone()),
+            ("refreshing-rejected", token(0), busy_no_fallback.clone()),
+            ("refreshing-expired-lease", token(0), Decision::Claim),
+            ("rejected", token(0), Decision::Claim),
+            ("rejected-backoff", token(0), later.clone()),
+            ("dead", token(0), dead.clone()),
+            ("valid", refresh(false), Decision::Claim),
+            ("valid-backoff", refresh(false), later.clone()),
+            ("valid-backoff", refresh(true), Decision::Claim),
+            ("refreshing", refresh(false), busy_no_fallback.clone()),
+            ("rejected-backoff", refresh(true), Decision::Claim),
+            ("dead", refresh(false), dead),
+            ("dead", refresh(true), Decision::Claim),
+        ];
+        for (name, need, expect) in table {
+            assert_eq!(decide(&row(name), need, NOW, &P), expect, "{name} {need:?}");
+        }
+    }
+
+    #[test]
+    fn refresh_adopts_a_refresh_committed_since_the_request() {
+        let done = Status {
+            last_refresh_ms: Some(NOW + 5),
+            ..row("valid")
+        };
+        assert_eq!(decide(&done, refresh(false), NOW, &P), Decision::Serve);
+        let older = Status {
+            last_refresh_ms: Some(NOW - 5),
+            ..row("valid")
+        };
+        assert_eq!(decide(&older, refresh(false), NOW, &P), Decision::Claim);
+    }
+
+    /// Every (row, event) pair of the transition table.
+    #[test]
+    fn transitions() {
+        let own = |id: &str| Event::Succeed { lease_id: id.into() };
+        let transient = |id: &str| Event::FailTransient {
+            lease_id: id.into(),
+            retry_after_ms: None,
+        };
+        let permanent = |id: &str| Event::FailPermanent {
+            lease_id: id.into(),
+            code: "invalid_grant".into(),
+        };
+        let events: Vec<(&str, Event)> = vec![
+            ("reject-current", Event::Reject { is_current: true }),
+            ("reject-stale", Event::Reject { is_current: false }),
+            ("claim-token", claim(token(0))),
+            ("claim-token-long", claim(token(2 * HOUR))),
+            ("claim-refresh", claim(refresh(false))),
+            ("claim-force", claim(refresh(true))),
+            ("succeed", own("L")),
+            ("succeed-other-lease", own("X")),
+            ("transient", transient("L")),
+            ("permanent", permanent("L")),
+        ];
+        let lost: Short = Err(Refusal::LeaseLost);
+        let busy: Short = Err(Refusal::Busy {
+            lease_until_ms: NOW + 30_000,
+        });
+        let backoff: Short = Err(Refusal::BackingOff {
+            retry_at_ms: NOW + 10_000,
+        });
+        let claimed = |from: State| -> Short { Ok((Refreshing, Some(from))) };
+        #[rustfmt::skip]
+        let expect: [(&str, [Short; 10]); 10] = [
+            // reject-current, reject-stale, claim-token, claim-token-long, claim-refresh, claim-force, succeed, succeed-other, transient, permanent
+            ("valid", [Ok((Rejected, None)), Err(Refusal::NotCurrent), Err(Refusal::NotNeeded), claimed(Valid), claimed(Valid), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("expiring", [Ok((Rejected, None)), Err(Refusal::NotCurrent), claimed(Valid), claimed(Valid), claimed(Valid), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("no-token", [Ok((Rejected, None)), Err(Refusal::NotCurrent), claimed(Valid), claimed(Valid), claimed(Valid), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("valid-backoff", [Ok((Rejected, None)), Err(Refusal::NotCurrent), Err(Refusal::NotNeeded), backoff.clone(), backoff.clone(), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("refreshing", [Ok((Refreshing, Some(Rejected))), Err(Refusal::NotCurrent), busy.clone(), busy.clone(), busy.clone(), busy.clone(), Ok((Valid, None)), lost.clone(), Ok((Valid, None)), Ok((Dead, None))]),
+            ("refreshing-rejected", [Err(Refusal::AlreadyRejected), Err(Refusal::NotCurrent), busy.clone(), busy.clone(), busy.clone(), busy.clone(), Ok((Valid, None)), lost.clone(), Ok((Rejected, None)), Ok((Dead, None))]),
+            ("refreshing-expired-lease", [Ok((Refreshing, Some(Rejected))), Err(Refusal::NotCurrent), claimed(Valid), claimed(Valid), claimed(Valid), claimed(Valid), Ok((Valid, None)), lost.clone(), Ok((Valid, None)), Ok((Dead, None))]),
+            ("rejected", [Err(Refusal::AlreadyRejected), Err(Refusal::NotCurrent), claimed(Rejected), claimed(Rejected), claimed(Rejected), claimed(Rejected), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("rejected-backoff", [Err(Refusal::AlreadyRejected), Err(Refusal::NotCurrent), backoff.clone(), backoff.clone(), backoff.clone(), claimed(Rejected), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            ("dead", [Err(Refusal::Dead), Err(Refusal::NotCurrent), Err(Refusal::Dead), Err(Refusal::Dead), Err(Refusal::Dead), claimed(Dead), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+        ];
+        for (name, outcomes) in expect {
+            for ((ev_name, ev), want) in events.iter().zip(outcomes) {
+                let got = short(apply(&row(name), ev, NOW, &P));
+                assert_eq!(got, want, "{name} × {ev_name}");
+            }
+        }
+    }
+
+    #[test]
+    fn guards_fence_callers_by_version_and_owners_by_lease() {
+        let t = apply(&row("expiring"), &claim(token(0)), NOW, &P).unwrap();
+        assert_eq!(t.guard, Guard::Version(7));
+        assert_eq!(t.lease.unwrap().id, "NEW");
+        let t = apply(&row("refreshing"), &Event::Reject { is_current: true }, NOW, &P).unwrap();
+        assert_eq!(t.guard, Guard::Version(7));
+        assert_eq!(t.lease.unwrap().id, "L", "a reject keeps the owner's lease");
+        let ok = Event::Succeed {
+            lease_id: "L".into(),
+        };
+        let t = apply(&row("refreshing"), &ok, NOW, &P).unwrap();
+        assert_eq!(t.guard, Guard::Lease("L".into()));
+        assert_eq!((t.lease, t.failures, t.next_attempt_at_ms), (None, 0, None));
+    }
+
+    #[test]
+    fn takeover_keeps_the_resume_state_and_names_the_old_owner() {
+        let r = Status {
+            resume: Some(Rejected),
+            ..row("refreshing-expired-lease")
+        };
+        let t = apply(&r, &claim(token(0)), NOW, &P).unwrap();
+        assert_eq!((t.to, t.resume), (Refreshing, Some(Rejected)));
+        assert!(t.reason.contains("owner-L"), "{}", t.reason);
+        assert_eq!(t.lease.unwrap().id, "NEW");
+    }
+
+    #[test]
+    fn transient_failures_back_off_and_honour_retry_after() {
+        let mut r = row("refreshing");
+        let mut waits = vec![];
+        for _ in 0..8 {
+            let ev = Event::FailTransient {
+                lease_id: "L".into(),
+                retry_after_ms: None,
+            };
+            let t = apply(&r, &ev, NOW, &P).unwrap();
+            waits.push(t.next_attempt_at_ms.unwrap() - NOW);
+            r.failures = t.failures;
+        }
+        assert_eq!(
+            waits,
+            [5_000, 10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000]
+        );
+        let ev = Event::FailTransient {
+            lease_id: "L".into(),
+            retry_after_ms: Some(120_000),
+        };
+        let t = apply(&row("refreshing"), &ev, NOW, &P).unwrap();
+        assert_eq!(t.next_attempt_at_ms, Some(NOW + 120_000));
+        assert_eq!(t.failures, 1);
+        assert_eq!(backoff_ms(u32::MAX, &P), 300_000);
+    }
+
+    #[test]
+    fn permanent_failure_records_the_reason() {
+        let ev = Event::FailPermanent {
+            lease_id: "L".into(),
+            code: "refresh_token_reused".into(),
+        };
+        let t = apply(&row("refreshing"), &ev, NOW, &P).unwrap();
+        assert_eq!(t.dead_reason.as_deref(), Some("refresh_token_reused"));
+        assert_eq!(t.to, Dead);
+    }
+
+    #[test]
+    fn usable_never_serves_rejected_or_dead_tokens() {
+        assert!(row("valid").usable(NOW, 0));
+        assert!(row("expiring").usable(NOW, 0));
+        assert!(!row("expiring").usable(NOW, 60_000));
+        assert!(row("refreshing").usable(NOW, 0));
+        for name in ["refreshing-rejected", "rejected", "dead", "no-token"] {
+            assert!(!row(name).usable(NOW, 0), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("bogus"), None);
+    }
+}
