@@ -169,7 +169,16 @@ mod tests {
             assert!(validate_id(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", ".", "..", "a/b", "a%2fb", "a\0b", "a b", "é", "a?b", &"x".repeat(129),
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a%2fb",
+            "a\0b",
+            "a b",
+            "é",
+            "a?b",
+            &"x".repeat(129),
         ] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }

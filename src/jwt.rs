@@ -11,7 +11,7 @@ pub fn payload(token: &str) -> Option<Value> {
     let mut parts = token.split('.');
     let (_header, body) = (parts.next()?, parts.next()?);
     parts.next()?; // a JWT has a signature segment, even if empty
-    // Some issuers pad; the URL-safe alphabet is the same either way.
+                   // Some issuers pad; the URL-safe alphabet is the same either way.
     let bytes = URL_SAFE_NO_PAD.decode(body.trim_end_matches('=')).ok()?;
     let value: Value = serde_json::from_slice(&bytes).ok()?;
     value.is_object().then_some(value)
@@ -20,7 +20,7 @@ pub fn payload(token: &str) -> Option<Value> {
 /// The `exp` claim of a JWT, as unix milliseconds.
 pub fn expiry_ms(token: &str) -> Option<i64> {
     let exp = payload(token)?.get("exp")?.as_f64()?;
-    (exp.is_finite() && exp > 0.0 && exp < 1e13).then(|| (exp * 1000.0) as i64)
+    (exp.is_finite() && exp > 0.0 && exp < 1e13).then_some((exp * 1000.0) as i64)
 }
 
 #[cfg(test)]
@@ -37,7 +37,10 @@ mod tests {
 
     #[test]
     fn reads_exp() {
-        assert_eq!(expiry_ms(&jwt(r#"{"exp":1700000000}"#)), Some(1_700_000_000_000));
+        assert_eq!(
+            expiry_ms(&jwt(r#"{"exp":1700000000}"#)),
+            Some(1_700_000_000_000)
+        );
         assert_eq!(expiry_ms(&jwt(r#"{"exp":"soon"}"#)), None);
         assert_eq!(expiry_ms(&jwt(r#"{"exp":-1}"#)), None);
         assert_eq!(expiry_ms(&jwt(r#"{}"#)), None);
@@ -45,7 +48,15 @@ mod tests {
 
     #[test]
     fn garbage_is_none() {
-        for t in ["", "abc", "a.b", "a.!!!.c", "a..c", &jwt("[1,2]"), &jwt("not json")] {
+        for t in [
+            "",
+            "abc",
+            "a.b",
+            "a.!!!.c",
+            "a..c",
+            &jwt("[1,2]"),
+            &jwt("not json"),
+        ] {
             assert_eq!(payload(t), None, "{t}");
         }
     }

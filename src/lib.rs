@@ -2,13 +2,33 @@
 //! refreshing each rotating refresh token exactly once across every thread
 //! and process that shares one SQLite file.
 //!
-//! See ARCHITECTURE.md for the map of modules and the invariants.
+//! The pure core — [`state`] (the state machine) and [`provider`] (each
+//! token endpoint's wire format) — does no I/O. The shells feed it:
+//! [`store`] (SQLite, compare-and-swap on a row version), [`upstream`]
+//! (HTTP client), the refresh protocol, and the [`Warden`] API on top.
+//! ARCHITECTURE.md draws the map and the invariants.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod credential;
+pub mod error;
 pub mod jwt;
 pub mod provider;
+mod refresh;
 pub mod secret;
 pub mod state;
+pub mod store;
+pub mod upstream;
+pub mod view;
+pub mod warden;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use secret::Secret;
+pub use warden::{Grant, Warden};
+pub mod rfc3339;
+pub mod import;

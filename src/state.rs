@@ -311,10 +311,17 @@ pub enum Event {
 pub enum Guard {
     /// A caller's write: `WHERE version = ?`.
     Version(i64),
-    /// The lease owner's write: `WHERE lease_id = ?`, so a rejection
-    /// recorded meanwhile (which bumps the version) does not void it, and a
-    /// takeover (which replaces the lease) does.
-    Lease(String),
+    /// The lease owner's write: `WHERE lease_id = ?`, so a takeover (which
+    /// replaces the lease) voids it. A success is fenced by the lease alone:
+    /// a rejection recorded meanwhile (which bumps the version) must not void
+    /// it. A failure also pins the version, because the state it returns to
+    /// depends on that rejection; the owner re-reads and retries.
+    Lease {
+        /// The owner's lease id.
+        id: String,
+        /// Also require this version (failures only).
+        version: Option<i64>,
+    },
 }
 
 /// The new status a successful event leads to, for the store to write.
@@ -454,7 +461,13 @@ pub fn apply(
             if !owns {
                 return Err(Refusal::LeaseLost);
             }
-            let by_owner = Guard::Lease(lease_id.clone());
+            let by_owner = Guard::Lease {
+                id: lease_id.clone(),
+                version: match event {
+                    Event::Succeed { .. } => None,
+                    _ => Some(status.version),
+                },
+            };
             let resume = status.resume.unwrap_or(State::Valid);
             let done = |to: State, reason: String| Transition {
                 resume: None,
@@ -571,19 +584,6 @@ mod tests {
         }
     }
 
-    const ROWS: [&str; 10] = [
-        "valid",
-        "expiring",
-        "no-token",
-        "valid-backoff",
-        "refreshing",
-        "refreshing-rejected",
-        "refreshing-expired-lease",
-        "rejected",
-        "rejected-backoff",
-        "dead",
-    ];
-
     fn token(min_ttl_ms: i64) -> Need {
         Need::Token { min_ttl_ms }
     }
@@ -691,7 +691,9 @@ mod tests {
     /// Every (row, event) pair of the transition table.
     #[test]
     fn transitions() {
-        let own = |id: &str| Event::Succeed { lease_id: id.into() };
+        let own = |id: &str| Event::Succeed {
+            lease_id: id.into(),
+        };
         let transient = |id: &str| Event::FailTransient {
             lease_id: id.into(),
             retry_after_ms: None,
@@ -747,15 +749,40 @@ mod tests {
         let t = apply(&row("expiring"), &claim(token(0)), NOW, &P).unwrap();
         assert_eq!(t.guard, Guard::Version(7));
         assert_eq!(t.lease.unwrap().id, "NEW");
-        let t = apply(&row("refreshing"), &Event::Reject { is_current: true }, NOW, &P).unwrap();
+        let t = apply(
+            &row("refreshing"),
+            &Event::Reject { is_current: true },
+            NOW,
+            &P,
+        )
+        .unwrap();
         assert_eq!(t.guard, Guard::Version(7));
         assert_eq!(t.lease.unwrap().id, "L", "a reject keeps the owner's lease");
         let ok = Event::Succeed {
             lease_id: "L".into(),
         };
         let t = apply(&row("refreshing"), &ok, NOW, &P).unwrap();
-        assert_eq!(t.guard, Guard::Lease("L".into()));
+        assert_eq!(
+            t.guard,
+            Guard::Lease {
+                id: "L".into(),
+                version: None
+            }
+        );
         assert_eq!((t.lease, t.failures, t.next_attempt_at_ms), (None, 0, None));
+        let failed = Event::FailTransient {
+            lease_id: "L".into(),
+            retry_after_ms: None,
+        };
+        let t = apply(&row("refreshing"), &failed, NOW, &P).unwrap();
+        assert_eq!(
+            t.guard,
+            Guard::Lease {
+                id: "L".into(),
+                version: Some(7)
+            },
+            "a failure's resume state depends on rejections: pin the version"
+        );
     }
 
     #[test]

@@ -1,0 +1,461 @@
+//! The `tokenwarden` command line (DESIGN.md §5): parse, open the database
+//! the CLI names, call the library, print. Every error ends as one line on
+//! stderr and an exit code of [`Error::exit_code`].
+
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clock;
+use crate::config::{parse_secs, Config};
+use crate::error::{Error, Result};
+use crate::import::{self, ImportOptions};
+use crate::provider::ProviderKind;
+use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
+use crate::warden::{Grant, Warden};
+
+/// Most bytes read from one import file or stdin.
+const MAX_IMPORT: u64 = 1 << 20;
+
+/// Keeps OAuth credentials and prints access tokens that work, refreshing
+/// each rotating refresh token exactly once across processes.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version)]
+pub struct Cli {
+    /// The database file (created with mode 0600 on first use).
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENWARDEN_DB",
+        default_value = "tokenwarden.db"
+    )]
+    pub db: PathBuf,
+    /// Tuning overrides.
+    #[command(flatten)]
+    pub tuning: Tuning,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Overrides of the `TOKENWARDEN_*` tuning variables (seconds).
+#[derive(Debug, Args)]
+pub struct Tuning {
+    /// Timeout of one token-endpoint request [env: TOKENWARDEN_REQUEST_TIMEOUT=15]
+    #[arg(long, global = true, value_parser = secs)]
+    pub request_timeout: Option<Duration>,
+    /// Token-endpoint attempts per refresh [env: TOKENWARDEN_ATTEMPTS=3]
+    #[arg(long, global = true)]
+    pub attempts: Option<u32>,
+    /// Refresh lease length [env: TOKENWARDEN_LEASE_TTL=60]
+    #[arg(long, global = true, value_parser = secs)]
+    pub lease_ttl: Option<Duration>,
+    /// Refresh this long before expiry [env: TOKENWARDEN_REFRESH_AHEAD=300]
+    #[arg(long, global = true, value_parser = secs)]
+    pub refresh_ahead: Option<Duration>,
+    /// How long to wait on another process's refresh [env: TOKENWARDEN_WAIT]
+    #[arg(long, global = true, value_parser = secs)]
+    pub wait: Option<Duration>,
+}
+
+fn secs(raw: &str) -> std::result::Result<Duration, String> {
+    parse_secs(raw).ok_or_else(|| format!("{raw:?} is not a number of seconds"))
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database (idempotent).
+    Init,
+    /// Import credentials: tokenwarden JSON, Codex auth.json or CLIProxyAPI
+    /// files (auto-detected); '-' reads stdin.
+    Import {
+        /// Files to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The id to store it under (default: from the file, else the e-mail).
+        #[arg(long)]
+        id: Option<String>,
+        /// The provider, where the file does not say.
+        #[arg(long, value_parser = provider)]
+        provider: Option<ProviderKind>,
+        /// Overwrite an existing credential with the same id.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Print a usable access token, refreshing first if needed.
+    Token {
+        /// Credential id.
+        id: String,
+        /// The token must stay valid this many more seconds.
+        #[arg(long, value_parser = secs, default_value = "0")]
+        min_ttl: Duration,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Report that upstream answered 401 for a token; prints a different,
+    /// fresh one.
+    Reject {
+        /// Credential id.
+        id: String,
+        /// The rejected token ('-' reads it from stdin, out of the process list).
+        #[arg(long, allow_hyphen_values = true)]
+        token: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Refresh now even if the token is valid, and print the new token.
+    Refresh {
+        /// Credential id.
+        id: String,
+        /// Also retry a dead credential, and ignore the backoff.
+        #[arg(long)]
+        force: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List credentials.
+    List {
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one credential.
+    Show {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a credential's state changes.
+    Events {
+        /// Credential id.
+        id: String,
+        /// Only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete a credential (its events stay).
+    Delete {
+        /// Credential id.
+        id: String,
+    },
+    /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
+    Export {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// Codex CLI `auth.json`.
+    Codex,
+    /// CLIProxyAPI auth file.
+    Cliproxy,
+}
+
+fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
+    ProviderKind::parse(raw)
+        .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+impl Tuning {
+    fn apply(&self, c: &mut Config) -> Result<()> {
+        if let Some(d) = self.request_timeout {
+            c.request_timeout = d;
+        }
+        if let Some(n) = self.attempts {
+            c.attempts = n;
+        }
+        if let Some(d) = self.lease_ttl {
+            c.lease_ttl = d;
+        }
+        if let Some(d) = self.refresh_ahead {
+            c.policy.refresh_ahead_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        }
+        match self.wait {
+            Some(d) => c.wait = d,
+            // The wait follows the lease unless set: a caller blocked behind
+            // a crashed owner must live long enough to take over.
+            None if std::env::var_os("TOKENWARDEN_WAIT").is_none() => {
+                c.wait = c.lease_ttl + c.request_timeout;
+            }
+            None => {}
+        }
+        c.validate()
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match execute(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            // Logs may precede it; the error is always the last line.
+            eprintln!("tokenwarden: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn open(cli: &Cli, role: &str) -> Result<Warden> {
+    let mut config = Config::from_env()?;
+    config.actor = role.to_owned();
+    cli.tuning.apply(&mut config)?;
+    Warden::open(&cli.db, config)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Io(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_grant(grant: &Grant, json: bool) -> Result<()> {
+    if json {
+        print_json(&TokenResponse::new(grant, clock::now_ms()))
+    } else {
+        println!("{}", grant.access_token.expose());
+        Ok(())
+    }
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let shown = path.display();
+    let n = if path.as_os_str() == "-" {
+        std::io::stdin().take(MAX_IMPORT + 1).read_to_end(&mut buf)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(MAX_IMPORT + 1).read_to_end(&mut buf))
+    }
+    .map_err(|e| Error::Io(format!("cannot read {shown}: {e}")))?;
+    if n as u64 > MAX_IMPORT {
+        return Err(Error::BadInput(format!(
+            "{shown} is larger than 1 MiB; is it the right file?"
+        )));
+    }
+    Ok(buf)
+}
+
+fn execute(cli: Cli) -> Result<()> {
+    let now = clock::now_ms;
+    match &cli.command {
+        Command::Init => {
+            open(&cli, "cli")?;
+            println!("database ready: {}", cli.db.display());
+        }
+        Command::Import {
+            files,
+            id,
+            provider,
+            replace,
+        } => {
+            let warden = open(&cli, "cli")?;
+            let opts = ImportOptions {
+                id: id.clone(),
+                provider: *provider,
+            };
+            if id.is_some() && files.len() > 1 {
+                return Err(Error::BadInput(
+                    "--id names one credential; import one file at a time with it".into(),
+                ));
+            }
+            // Parse everything first, so a bad file imports nothing.
+            let mut creds = Vec::new();
+            for file in files {
+                let parsed = import::parse_import(&read_input(file)?, &opts, now())
+                    .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
+                creds.extend(parsed);
+            }
+            for row in warden.import(&creds, *replace)? {
+                println!("imported {} ({})", row.id, row.provider.kind);
+            }
+        }
+        Command::Token { id, min_ttl, out } => {
+            let warden = open(&cli, "cli")?;
+            print_grant(&warden.token(id, *min_ttl)?, out.json)?;
+        }
+        Command::Reject { id, token, out } => {
+            let token = if token == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .take(64 * 1024)
+                    .read_to_string(&mut s)
+                    .map_err(|e| Error::Io(format!("cannot read the token from stdin: {e}")))?;
+                s.trim().to_owned()
+            } else {
+                token.clone()
+            };
+            if token.is_empty() {
+                return Err(Error::BadInput("--token is empty".into()));
+            }
+            let warden = open(&cli, "cli")?;
+            print_grant(&warden.reject(id, &token)?, out.json)?;
+        }
+        Command::Refresh { id, force, out } => {
+            let warden = open(&cli, "cli")?;
+            print_grant(&warden.refresh(id, *force)?, out.json)?;
+        }
+        Command::List { out } => {
+            let warden = open(&cli, "cli")?;
+            let rows = warden.list()?;
+            let policy = warden.config().policy;
+            let t = now();
+            let credentials: Vec<_> = rows.iter().map(|c| Summary::new(c, t, &policy)).collect();
+            if out.json {
+                print_json(&SummaryList { credentials })?;
+            } else {
+                print_table(&credentials, t);
+            }
+        }
+        Command::Show { id, out } => {
+            let warden = open(&cli, "cli")?;
+            let row = warden.get(id)?;
+            let summary = Summary::new(&row, now(), &warden.config().policy);
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                print_summary(&summary);
+            }
+        }
+        Command::Events { id, limit, out } => {
+            let warden = open(&cli, "cli")?;
+            let rows = warden.events(id, *limit)?;
+            let events: Vec<EventView> = rows.iter().map(EventView::from).collect();
+            if out.json {
+                print_json(&EventList { events })?;
+            } else {
+                for e in &events {
+                    println!(
+                        "{:>6}  {}  {:>10} -> {:<10} v{:<4} {}  {}",
+                        e.seq,
+                        crate::rfc3339::format(e.at * 1000),
+                        e.from.unwrap_or("-"),
+                        e.to,
+                        e.version,
+                        e.actor,
+                        e.reason
+                    );
+                }
+            }
+        }
+        Command::Delete { id } => {
+            open(&cli, "cli")?.delete(id)?;
+            println!("deleted {id}");
+        }
+        Command::Export { id, format, out } => {
+            let warden = open(&cli, "cli")?;
+            let row = warden.get(id)?;
+            let text = match format {
+                ExportFormat::Codex => import::export_codex(&row),
+                ExportFormat::Cliproxy => import::export_cliproxy(&row),
+            }
+            .map_err(|e| Error::BadInput(e.to_string()))?;
+            match out {
+                Some(path) => write_private(path, text.as_bytes())?,
+                None => println!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` with mode 0600 (also when the file existed).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.write_all(b"\n").map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+fn when(secs: Option<i64>) -> String {
+    secs.map_or_else(|| "-".into(), |s| crate::rfc3339::format(s * 1000))
+}
+
+fn print_table(rows: &[Summary], now_ms: i64) {
+    println!(
+        "{:<32} {:<8} {:<10} {:>9}  {:<32} {:>3}",
+        "ID", "PROVIDER", "STATE", "EXPIRES", "ACCOUNT", "ERR"
+    );
+    for s in rows {
+        let expires = s.expires_at.map_or_else(
+            || "-".into(),
+            |e| {
+                let left = e - now_ms / 1000;
+                if left <= 0 {
+                    "expired".into()
+                } else if left < 3600 {
+                    format!("{}m", left / 60)
+                } else {
+                    format!("{}h{}m", left / 3600, left % 3600 / 60)
+                }
+            },
+        );
+        let account = s.email.or(s.account_id).unwrap_or("-");
+        println!(
+            "{:<32} {:<8} {:<10} {:>9}  {:<32} {:>3}",
+            s.id, s.provider, s.state, expires, account, s.failures
+        );
+    }
+}
+
+fn print_summary(s: &Summary) {
+    let opt = |v: Option<&str>| v.unwrap_or("-").to_owned();
+    println!("id:           {}", s.id);
+    println!("provider:     {}", s.provider);
+    println!("state:        {}", s.state);
+    println!("version:      {}", s.version);
+    println!("expires at:   {}", when(s.expires_at));
+    println!("account:      {}", opt(s.account_id));
+    println!("email:        {}", opt(s.email));
+    println!("plan:         {}", opt(s.plan_type));
+    println!("refreshed at: {}", when(s.last_refresh_at));
+    println!("failures:     {}", s.failures);
+    println!("next attempt: {}", when(s.next_attempt_at));
+    if let Some(reason) = s.dead_reason {
+        println!("dead reason:  {reason}");
+    }
+    if let Some(e) = &s.last_error {
+        println!(
+            "last error:   {} at {}: {}",
+            e.code,
+            when(Some(e.at)),
+            e.message
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Opening a database file: permissions, pragmas, and migrations keyed by
+//! `PRAGMA user_version`.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Each entry takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Creates the file with mode 0600 if it does not exist, so no other user
+/// can ever read it; SQLite gives its -wal and -shm files the same mode.
+pub fn create_private(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            return Err(Error::Io(format!(
+                "cannot create database {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| Error::Io(format!("cannot create database {}: {e}", path.display())))
+}
+
+/// Per-connection settings: every pooled connection runs this.
+pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;
+    // FULL: a rotated refresh token must survive a power cut once committed,
+    // or the login is burnt. Writes are rare (one per refresh), reads are not
+    // affected.
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+}
+
+/// Brings the file at `conn` to [`VERSION`], refusing files that are not
+/// tokenwarden databases or come from a newer release.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let shown = path.display();
+    let not_ours = |e: rusqlite::Error| {
+        Error::Db(format!(
+            "{shown} is not a usable tokenwarden database ({e}); pass another --db"
+        ))
+    };
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(not_ours)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        log::warn!("{shown}: journal mode is {mode}, not WAL");
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(not_ours)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(not_ours)?;
+    if version > VERSION {
+        return Err(Error::Db(format!(
+            "{shown} has schema version {version}, newer than this build's {VERSION}; \
+             upgrade tokenwarden"
+        )));
+    }
+    if version == 0 {
+        let foreign: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(not_ours)?;
+        if foreign > 0 {
+            return Err(Error::Db(format!(
+                "{shown} holds tables of another application; pass another --db"
+            )));
+        }
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).map_err(|e| {
+            Error::Db(format!(
+                "migrating {shown} to schema version {}: {e}",
+                i + 1
+            ))
+        })?;
+    }
+    if version < VERSION {
+        tx.pragma_update(None, "user_version", VERSION)
+            .map_err(not_ours)?;
+    }
+    tx.commit().map_err(not_ours)
+}

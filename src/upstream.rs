@@ -1,0 +1,141 @@
+//! The HTTP client shell: sends a request the providers built and hands
+//! back the answer (capped) or a classified transport failure.
+
+use std::time::Duration;
+
+use crate::provider::{Failure, HttpRequest, HttpResponse};
+
+/// Most bytes of an upstream answer that are read; a token answer is a few
+/// KiB, so anything larger is garbage and is not buffered.
+pub const BODY_CAP: u64 = 256 * 1024;
+
+/// A pooled HTTP client that never follows redirects.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    agent: ureq::Agent,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream::new()
+    }
+}
+
+impl Upstream {
+    /// A client with keep-alive, no redirects, and statuses returned as
+    /// answers rather than errors.
+    pub fn new() -> Upstream {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Upstream {
+            agent: config.into(),
+        }
+    }
+
+    /// Sends `req`, giving up after `timeout` in all.
+    ///
+    /// A failure says whether the request may have reached upstream: a
+    /// timeout after sending is *ambiguous* (the token may have rotated
+    /// there), a refused connection is not.
+    pub fn send(&self, req: &HttpRequest, timeout: Duration) -> Result<HttpResponse, Failure> {
+        let result = match req.method {
+            "GET" => {
+                let mut b = self.agent.get(&req.url);
+                for (k, v) in &req.headers {
+                    b = b.header(k, v);
+                }
+                b.config().timeout_global(Some(timeout)).build().call()
+            }
+            _ => {
+                let mut b = self.agent.post(&req.url);
+                for (k, v) in &req.headers {
+                    b = b.header(k, v);
+                }
+                b.config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .send(&req.body[..])
+            }
+        };
+        let mut resp = result.map_err(classify)?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(BODY_CAP)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => Failure {
+                    status: Some(status),
+                    ..Failure::transient(
+                        "response_too_large",
+                        format!(
+                            "upstream answered HTTP {status} with a body over {BODY_CAP} bytes"
+                        ),
+                    )
+                },
+                other => Failure {
+                    status: Some(status),
+                    ..classify(other)
+                },
+            })?;
+        Ok(HttpResponse {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// Names a transport error, separating "never reached upstream" from
+/// "may have been processed upstream".
+fn classify(e: ureq::Error) -> Failure {
+    use ureq::Timeout as T;
+    let (code, text) = match &e {
+        ureq::Error::Timeout(T::Resolve | T::Connect) => {
+            ("connect_timeout", "could not connect to upstream in time")
+        }
+        ureq::Error::Timeout(_) => (
+            "timeout_after_send",
+            "upstream did not answer in time; the request may have been processed (ambiguous)",
+        ),
+        ureq::Error::HostNotFound => ("dns_failed", "upstream host not found"),
+        ureq::Error::ConnectionFailed => ("connect_failed", "could not connect to upstream"),
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::AddrNotAvailable
+            | std::io::ErrorKind::NotFound => ("connect_failed", "could not connect to upstream"),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => (
+                "timeout_after_send",
+                "upstream did not answer in time; the request may have been processed (ambiguous)",
+            ),
+            _ => (
+                "connection_lost",
+                "the connection to upstream broke; the request may have been processed (ambiguous)",
+            ),
+        },
+        ureq::Error::Protocol(_) => (
+            "bad_response",
+            "upstream's answer was not valid HTTP; the request may have been processed (ambiguous)",
+        ),
+        _ => ("transport_error", "talking to upstream failed"),
+    };
+    // ureq's own messages name the host but no secret; keep them for context.
+    Failure::transient(code, format!("{text}: {e}"))
+}
+
+/// Whether a failure may have reached upstream and consumed the token.
+pub fn is_ambiguous(f: &Failure) -> bool {
+    matches!(
+        f.code.as_str(),
+        "timeout_after_send" | "connection_lost" | "bad_response"
+    )
+}

@@ -1,0 +1,186 @@
+//! How credentials, tokens and events look from outside: the JSON shapes of
+//! DESIGN.md §5/§7, shared by the CLI's `--json` and the HTTP API. Nothing
+//! here can hold a refresh token, id token or client secret.
+
+use serde::Serialize;
+
+use crate::credential::Credential;
+use crate::state::Policy;
+use crate::store::EventRow;
+use crate::warden::Grant;
+
+/// Unix seconds, rounded down (an expiry is never overstated).
+pub fn secs_floor(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+/// Unix seconds, rounded up (a "not before" is never understated).
+pub fn secs_ceil(ms: i64) -> i64 {
+    -(-ms).div_euclid(1000)
+}
+
+/// The answer to token, reject and refresh.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse<'a> {
+    /// The access token itself (the one secret shown, to the caller who asked).
+    pub access_token: &'a str,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+    /// Seconds left.
+    pub expires_in: i64,
+    /// Credential id.
+    pub credential_id: &'a str,
+    /// Upstream account id, when known.
+    pub account_id: Option<&'a str>,
+    /// Row version the token was read at.
+    pub version: i64,
+}
+
+impl<'a> TokenResponse<'a> {
+    /// The response for `grant` at `now_ms`.
+    pub fn new(grant: &'a Grant, now_ms: i64) -> Self {
+        TokenResponse {
+            access_token: grant.access_token.expose(),
+            token_type: "Bearer",
+            expires_at: secs_floor(grant.expires_at_ms),
+            // Both in whole seconds, so `expires_at - now == expires_in`.
+            expires_in: (secs_floor(grant.expires_at_ms) - secs_floor(now_ms)).max(0),
+            credential_id: &grant.credential_id,
+            account_id: grant.account_id.as_deref(),
+            version: grant.version,
+        }
+    }
+}
+
+/// The last error in a summary.
+#[derive(Debug, Serialize)]
+pub struct ErrorView<'a> {
+    /// Machine-readable code.
+    pub code: &'a str,
+    /// What happened.
+    pub message: &'a str,
+    /// When, unix seconds.
+    pub at: i64,
+}
+
+/// A credential as listed and shown: never a secret.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    /// Credential id.
+    pub id: &'a str,
+    /// Provider name.
+    pub provider: &'static str,
+    /// Effective state (`expiring` derived from the clock).
+    pub state: &'static str,
+    /// Row version.
+    pub version: i64,
+    /// Access-token expiry, unix seconds.
+    pub expires_at: Option<i64>,
+    /// Upstream account id.
+    pub account_id: Option<&'a str>,
+    /// Account e-mail.
+    pub email: Option<&'a str>,
+    /// Plan (ChatGPT).
+    pub plan_type: Option<&'a str>,
+    /// Last successful refresh, unix seconds.
+    pub last_refresh_at: Option<i64>,
+    /// Consecutive failed refreshes.
+    pub failures: u32,
+    /// No automatic refresh before this, unix seconds.
+    pub next_attempt_at: Option<i64>,
+    /// The last failure.
+    pub last_error: Option<ErrorView<'a>>,
+    /// Why it is dead (the upstream code), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<&'a str>,
+}
+
+impl<'a> Summary<'a> {
+    /// The summary of `c` at `now_ms`.
+    pub fn new(c: &'a Credential, now_ms: i64, policy: &Policy) -> Self {
+        let s = &c.status;
+        let state = s.effective(now_ms, policy);
+        Summary {
+            id: &c.id,
+            provider: c.provider.kind.as_str(),
+            state: state.as_str(),
+            version: s.version,
+            expires_at: s.expires_at_ms.map(secs_floor),
+            account_id: c.claims.account_id.as_deref(),
+            email: c.claims.email.as_deref(),
+            plan_type: c.claims.plan_type.as_deref(),
+            last_refresh_at: s.last_refresh_ms.map(secs_floor),
+            failures: s.failures,
+            next_attempt_at: s.next_attempt_at_ms.filter(|&t| t > now_ms).map(secs_ceil),
+            last_error: c.last_error.as_ref().map(|e| ErrorView {
+                code: &e.code,
+                message: &e.message,
+                at: secs_floor(e.at_ms),
+            }),
+            dead_reason: (state == crate::state::State::Dead)
+                .then_some(s.dead_reason.as_deref())
+                .flatten(),
+        }
+    }
+}
+
+/// `{"credentials":[summary…]}`.
+#[derive(Debug, Serialize)]
+pub struct SummaryList<'a> {
+    /// The summaries.
+    pub credentials: Vec<Summary<'a>>,
+}
+
+/// One event as shown.
+#[derive(Debug, Serialize)]
+pub struct EventView<'a> {
+    /// Sequence number.
+    pub seq: i64,
+    /// When, unix seconds.
+    pub at: i64,
+    /// State before.
+    pub from: Option<&'a str>,
+    /// State after.
+    pub to: &'a str,
+    /// Version after.
+    pub version: i64,
+    /// Who.
+    pub actor: &'a str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl<'a> From<&'a EventRow> for EventView<'a> {
+    fn from(e: &'a EventRow) -> Self {
+        EventView {
+            seq: e.seq,
+            at: secs_floor(e.at_ms),
+            from: e.from.as_deref(),
+            to: &e.to,
+            version: e.version,
+            actor: &e.actor,
+            reason: &e.reason,
+        }
+    }
+}
+
+/// `{"events":[…]}`.
+#[derive(Debug, Serialize)]
+pub struct EventList<'a> {
+    /// The events, oldest first.
+    pub events: Vec<EventView<'a>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding() {
+        assert_eq!((secs_floor(1999), secs_ceil(1999)), (1, 2));
+        assert_eq!((secs_floor(2000), secs_ceil(2000)), (2, 2));
+        assert_eq!((secs_floor(-1), secs_ceil(-1)), (-1, 0));
+    }
+}

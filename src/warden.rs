@@ -1,0 +1,231 @@
+//! The library API: a blocking, `Send + Sync` handle on one database.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::clock;
+use crate::config::Config;
+use crate::credential::{validate_id, Credential, NewCredential};
+use crate::error::{Error, Result};
+use crate::refresh::{Refresher, Signals};
+use crate::secret::Secret;
+use crate::state::{self, Event, Need, Refusal};
+use crate::store::{EventRow, Store, Write};
+use crate::upstream::Upstream;
+
+/// An access token handed to a caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token to send upstream as `Authorization: Bearer`.
+    pub access_token: Secret,
+    /// When it expires (unix ms).
+    pub expires_at_ms: i64,
+    /// The credential it belongs to.
+    pub credential_id: String,
+    /// The upstream account, when known.
+    pub account_id: Option<String>,
+    /// The row version it was read at.
+    pub version: i64,
+}
+
+impl Grant {
+    fn from_row(row: &Credential) -> Result<Grant> {
+        match (&row.access_token, row.status.expires_at_ms) {
+            (Some(token), Some(expires_at_ms)) => Ok(Grant {
+                access_token: token.clone(),
+                expires_at_ms,
+                credential_id: row.id.clone(),
+                account_id: row.claims.account_id.clone(),
+                version: row.status.version,
+            }),
+            // decide() serves only rows with a token and an expiry.
+            _ => Err(Error::Db(format!(
+                "{}: served row has no access token",
+                row.id
+            ))),
+        }
+    }
+}
+
+/// Keeps credentials in one SQLite file and hands out working tokens.
+///
+/// Every method blocks and is safe to call from any number of threads and
+/// processes at once: a refresh happens once per need, whoever asks.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tokenwarden::{Config, Warden};
+///
+/// let warden = Warden::open("tokenwarden.db", Config::from_env()?)?;
+/// let grant = warden.token("me@example.com", Duration::from_secs(60))?;
+/// // send `grant.access_token.expose()` as a Bearer token; on a 401:
+/// let fresh = warden.reject("me@example.com", grant.access_token.expose())?;
+/// # Ok::<(), tokenwarden::Error>(())
+/// ```
+pub struct Warden {
+    core: Refresher,
+}
+
+fn checked(id: &str) -> Result<&str> {
+    validate_id(id).map_err(Error::BadInput)?;
+    Ok(id)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Warden {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
+        config.validate()?;
+        let store = Store::open(path.as_ref(), config.busy_timeout, config.pool_size)?;
+        Ok(Warden {
+            core: Refresher {
+                store,
+                config,
+                upstream: Upstream::new(),
+                signals: Signals::default(),
+            },
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// The underlying store (for tools that list or inspect rows).
+    pub fn store(&self) -> &Store {
+        &self.core.store
+    }
+
+    /// A token valid for at least `min_ttl`, refreshing first if needed;
+    /// waits up to the configured `wait` on another caller's refresh.
+    pub fn token(&self, id: &str, min_ttl: Duration) -> Result<Grant> {
+        self.token_within(id, min_ttl, self.core.config.wait)
+    }
+
+    /// [`Warden::token`], waiting at most `wait` on another caller's refresh.
+    pub fn token_within(&self, id: &str, min_ttl: Duration, wait: Duration) -> Result<Grant> {
+        let need = Need::Token {
+            min_ttl_ms: millis(min_ttl),
+        };
+        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?)
+    }
+
+    /// Records that upstream answered 401 for `token`, and returns a token
+    /// that is not it: refreshed if `token` was current, else the current one.
+    pub fn reject(&self, id: &str, token: &str) -> Result<Grant> {
+        self.reject_within(id, token, self.core.config.wait)
+    }
+
+    /// [`Warden::reject`], waiting at most `wait` on the refresh.
+    pub fn reject_within(&self, id: &str, token: &str, wait: Duration) -> Result<Grant> {
+        let id = checked(id)?;
+        let store = &self.core.store;
+        loop {
+            let row = store
+                .get(id)?
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            let is_current = row
+                .access_token
+                .as_ref()
+                .is_some_and(|t| t.expose() == token);
+            let now = clock::now_ms();
+            let event = Event::Reject { is_current };
+            match state::apply(&row.status, &event, now, &self.core.config.policy) {
+                Ok(t) => {
+                    let actor = clock::actor(&self.core.config.actor);
+                    if store
+                        .apply(id, &t, Write::STATE_ONLY, &actor, now)?
+                        .is_some()
+                    {
+                        log::info!("{id}: access token rejected upstream; {}", t.reason);
+                        break;
+                    }
+                    // Lost a race with another writer: look again.
+                }
+                Err(Refusal::Dead) => {
+                    return Err(Error::Dead {
+                        id: id.to_owned(),
+                        reason: row.status.dead_reason.unwrap_or_else(|| "dead".into()),
+                    })
+                }
+                // Already rotated, or already recorded: just get a good token.
+                Err(_) => break,
+            }
+        }
+        self.token_within(id, Duration::ZERO, wait)
+    }
+
+    /// Refreshes now even if the token is valid (a refresh that someone
+    /// else finishes meanwhile counts); `force` also retries a dead
+    /// credential and ignores the backoff.
+    pub fn refresh(&self, id: &str, force: bool) -> Result<Grant> {
+        self.refresh_within(id, force, self.core.config.wait)
+    }
+
+    /// [`Warden::refresh`], waiting at most `wait` on another caller's refresh.
+    pub fn refresh_within(&self, id: &str, force: bool, wait: Duration) -> Result<Grant> {
+        let need = Need::Refresh {
+            since_ms: clock::now_ms(),
+            force,
+        };
+        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?)
+    }
+
+    /// Stores credentials; an existing id is an error unless `replace`.
+    pub fn import(&self, creds: &[NewCredential], replace: bool) -> Result<Vec<Credential>> {
+        let actor = clock::actor(&self.core.config.actor);
+        let now = clock::now_ms();
+        creds
+            .iter()
+            .map(|c| {
+                checked(&c.id)?;
+                let row = self.core.store.insert(c, replace, &actor, now)?;
+                // A replaced row voids any lease: wake waiters to re-read.
+                self.core.signals.notify(&c.id);
+                Ok(row)
+            })
+            .collect()
+    }
+
+    /// One credential.
+    pub fn get(&self, id: &str) -> Result<Credential> {
+        self.core
+            .store
+            .get(checked(id)?)?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    /// Every credential, by id.
+    pub fn list(&self) -> Result<Vec<Credential>> {
+        self.core.store.list()
+    }
+
+    /// Deletes a credential; its events stay.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let actor = clock::actor(&self.core.config.actor);
+        if self
+            .core
+            .store
+            .delete(checked(id)?, &actor, clock::now_ms())?
+        {
+            self.core.signals.notify(id);
+            Ok(())
+        } else {
+            Err(Error::NotFound(id.to_owned()))
+        }
+    }
+
+    /// A credential's events (the newest `limit`), oldest first. Works for
+    /// deleted credentials too; an id that never existed is `NotFound`.
+    pub fn events(&self, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>> {
+        let events = self.core.store.events(checked(id)?, limit)?;
+        if events.is_empty() && self.core.store.get(id)?.is_none() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        Ok(events)
+    }
+}

@@ -1,0 +1,173 @@
+//! A tokenwarden under test: a temporary database, the fake OAuth server,
+//! and ways to drive both the library and the real binary against them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokenwarden::{Config, Warden};
+
+use super::fake_oauth::{FakeOAuth, Grant};
+
+/// The `tokenwarden` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenwarden");
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    super::fake_oauth::now_unix()
+}
+
+/// A database in a temporary directory, wired to a fake OAuth server.
+pub struct Env {
+    /// Holds the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The database file.
+    pub db: PathBuf,
+    /// The upstream.
+    pub fake: FakeOAuth,
+    /// Tuning for every warden and CLI process of this env.
+    pub tuning: Tuning,
+}
+
+/// Short timeouts, so failure paths run in seconds.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Request timeout (s).
+    pub request_timeout: f64,
+    /// Attempts per refresh.
+    pub attempts: u32,
+    /// Lease (s).
+    pub lease_ttl: f64,
+    /// Backoff min (s).
+    pub backoff_min: f64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            request_timeout: 2.0,
+            attempts: 1,
+            lease_ttl: 3.0,
+            backoff_min: 5.0,
+        }
+    }
+}
+
+impl Env {
+    /// A fresh env with default test tuning.
+    pub fn new() -> Env {
+        Env::with(Tuning::default())
+    }
+
+    /// A fresh env with `tuning`.
+    pub fn with(tuning: Tuning) -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("tw.db");
+        Env {
+            dir,
+            db,
+            fake: FakeOAuth::start(),
+            tuning,
+        }
+    }
+
+    /// The library configuration matching the CLI processes' environment.
+    pub fn config(&self) -> Config {
+        let t = &self.tuning;
+        let request_timeout = Duration::from_secs_f64(t.request_timeout);
+        let lease_ttl = Duration::from_secs_f64(t.lease_ttl);
+        let mut c = Config {
+            request_timeout,
+            attempts: t.attempts,
+            lease_ttl,
+            wait: lease_ttl + request_timeout,
+            actor: "test".into(),
+            ..Config::default()
+        };
+        c.policy.backoff_min_ms = (t.backoff_min * 1000.0) as i64;
+        c.endpoints.codex_token = self.fake.token_url();
+        c.endpoints.claude_token = self.fake.claude_token_url();
+        c.endpoints.codex_usage = self.fake.codex_usage_url();
+        c.endpoints.claude_usage = self.fake.claude_usage_url();
+        c
+    }
+
+    /// A warden on this env's database.
+    pub fn warden(&self) -> Warden {
+        Warden::open(&self.db, self.config()).expect("open warden")
+    }
+
+    /// The binary with this env's database and upstream.
+    pub fn cmd(&self) -> Command {
+        let t = &self.tuning;
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TOKENWARDEN_DB", &self.db)
+            .env("TOKENWARDEN_CODEX_TOKEN_URL", self.fake.token_url())
+            .env("TOKENWARDEN_CLAUDE_TOKEN_URL", self.fake.claude_token_url())
+            .env("TOKENWARDEN_CODEX_USAGE_URL", self.fake.codex_usage_url())
+            .env("TOKENWARDEN_CLAUDE_USAGE_URL", self.fake.claude_usage_url())
+            .env("TOKENWARDEN_REQUEST_TIMEOUT", t.request_timeout.to_string())
+            .env("TOKENWARDEN_ATTEMPTS", t.attempts.to_string())
+            .env("TOKENWARDEN_LEASE_TTL", t.lease_ttl.to_string())
+            .env("TOKENWARDEN_BACKOFF_MIN", t.backoff_min.to_string())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the binary to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run tokenwarden")
+    }
+
+    /// Runs the binary with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tokenwarden");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().expect("wait tokenwarden")
+    }
+
+    /// A new upstream login imported as `id`, whose access token expires in
+    /// `expires_in` seconds (inside the 300 s refresh window if < 300).
+    pub fn login(&self, id: &str, expires_in: i64) -> Grant {
+        let grant = self.fake.new_family(id);
+        let mut record = grant.import_json(id, "codex", &self.fake.token_url());
+        record["expires_at"] = Value::from(now() + expires_in);
+        let path = self.dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, record.to_string()).unwrap();
+        let out = self.run(&["import", path.to_str().unwrap()]);
+        assert!(out.status.success(), "import failed: {}", text(&out.stderr));
+        grant
+    }
+}
+
+/// Lossy UTF-8 of a process's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The JSON a process printed on stdout.
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    })
+}
+
+/// The process's exit code.
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
