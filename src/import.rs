@@ -85,7 +85,9 @@ pub enum ImportError {
     )]
     NoTokens,
     /// `--provider` contradicts the file.
-    #[error("--provider {given} does not match this {format} file, which holds a {found} credential")]
+    #[error(
+        "--provider {given} does not match this {format} file, which holds a {found} credential"
+    )]
     ProviderMismatch {
         /// What `--provider` said.
         given: ProviderKind,
@@ -235,7 +237,10 @@ struct Draft {
 }
 
 fn parse_record(map: &Map<String, Value>, opts: &ImportOptions) -> Result<NewCredential> {
-    let Draft { record_id, mut cred } = match detect(map)? {
+    let Draft {
+        record_id,
+        mut cred,
+    } = match detect(map)? {
         Format::Tokenwarden => tokenwarden(map, opts)?,
         Format::CodexAuth => codex_auth(map, opts)?,
         Format::CliProxy => cliproxy(map, opts)?,
@@ -354,7 +359,10 @@ fn expires_at(map: &Map<String, Value>) -> Result<Option<i64>> {
             FIELD,
             "too large for unix seconds (milliseconds?); give unix seconds or an RFC 3339 string",
         )),
-        _ => Err(bad(FIELD, "must be positive unix seconds or an RFC 3339 string")),
+        _ => Err(bad(
+            FIELD,
+            "must be positive unix seconds or an RFC 3339 string",
+        )),
     }
 }
 
@@ -484,7 +492,9 @@ fn codex_auth(map: &Map<String, Value>, opts: &ImportOptions) -> Result<Draft> {
             id: String::new(),
             provider: ProviderConfig::new(ProviderKind::Codex),
             refresh_token: req_secret(tokens, "refresh_token", "tokens.refresh_token")?,
-            expires_at_ms: access_token.as_ref().and_then(|t| jwt::expiry_ms(t.expose())),
+            expires_at_ms: access_token
+                .as_ref()
+                .and_then(|t| jwt::expiry_ms(t.expose())),
             access_token,
             id_token,
             claims,
@@ -629,4 +639,479 @@ pub fn export_cliproxy(c: &Credential) -> Result<String, ExportError> {
         kind,
         expired,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::testkit::jwt;
+    use crate::state::Status;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn import(text: &str) -> Result<Vec<NewCredential>> {
+        parse_import(text.as_bytes(), &ImportOptions::default(), NOW)
+    }
+
+    fn import_with(
+        text: &str,
+        id: Option<&str>,
+        provider: Option<ProviderKind>,
+    ) -> Result<Vec<NewCredential>> {
+        let opts = ImportOptions {
+            id: id.map(str::to_owned),
+            provider,
+        };
+        parse_import(text.as_bytes(), &opts, NOW)
+    }
+
+    fn one(text: &str) -> NewCredential {
+        let mut v = import(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    fn codex_claims(account: &str) -> Claims {
+        Claims {
+            account_id: Some(account.into()),
+            email: Some("dev@example.com".into()),
+            plan_type: Some("plus".into()),
+            user_id: Some("user-abcd".into()),
+            organization_id: None,
+        }
+    }
+
+    #[test]
+    fn codex_auth_json() {
+        let c = one(include_str!("../fixtures/import/codex_auth.json"));
+        assert_eq!(c.id, "dev@example.com");
+        assert_eq!(c.provider, ProviderConfig::new(ProviderKind::Codex));
+        assert_eq!(c.refresh_token.expose(), "rt_codex_1");
+        assert!(c.access_token.is_some() && c.id_token.is_some());
+        assert_eq!(
+            c.expires_at_ms,
+            Some(1_700_864_000_000),
+            "the access token's JWT exp"
+        );
+        assert_eq!(c.claims, codex_claims("acc-1234"));
+        assert_eq!(c.last_refresh_ms, Some(NOW + 123));
+        assert_eq!(c.api_key, None);
+
+        let c = one(include_str!("../fixtures/import/codex_auth_api_key.json"));
+        assert_eq!(
+            c.api_key.as_ref().map(Secret::expose),
+            Some("sk-proj-test-api-key")
+        );
+        assert_eq!(
+            c.expires_at_ms, None,
+            "an opaque access token has no known expiry"
+        );
+        assert_eq!(
+            c.claims,
+            codex_claims("acc-from-tokens"),
+            "tokens.account_id wins"
+        );
+        assert_eq!(c.last_refresh_ms, Some(NOW));
+    }
+
+    #[test]
+    fn cliproxy_files() {
+        let c = one(include_str!("../fixtures/import/cliproxy_codex.json"));
+        assert_eq!(
+            (c.id.as_str(), c.provider.kind),
+            ("dev@example.com", ProviderKind::Codex)
+        );
+        assert_eq!(c.refresh_token.expose(), "rt_cliproxy_1");
+        assert_eq!(
+            c.expires_at_ms,
+            Some(NOW + 10 * 86_400_000),
+            "from `expired`, not the JWT"
+        );
+        assert_eq!(c.claims, codex_claims("acc-1234"));
+        assert_eq!(c.last_refresh_ms, Some(NOW));
+
+        let c = one(include_str!("../fixtures/import/cliproxy_claude.json"));
+        assert_eq!(
+            (c.id.as_str(), c.provider.kind),
+            ("claude-user@example.com", ProviderKind::Claude)
+        );
+        assert_eq!(
+            c.access_token.as_ref().map(Secret::expose),
+            Some("sk-ant-oat01-test-access-token")
+        );
+        assert_eq!(c.expires_at_ms, Some(NOW + 8 * 3_600_000));
+        assert_eq!(c.claims.email.as_deref(), Some("claude-user@example.com"));
+        assert_eq!(c.id_token, None);
+
+        // The file's fields fill what the id token lacks.
+        let id = jwt(r#"{"https://api.openai.com/auth":{"chatgpt_plan_type":"pro"}}"#);
+        let text = format!(
+            r#"{{"type":"codex","refresh_token":"r","id_token":"{id}","account_id":"acc-9","email":"x@example.com","expired":""}}"#
+        );
+        let c = one(&text);
+        assert_eq!(
+            (
+                c.claims.account_id.as_deref(),
+                c.claims.email.as_deref(),
+                c.claims.plan_type.as_deref()
+            ),
+            (Some("acc-9"), Some("x@example.com"), Some("pro"))
+        );
+        assert_eq!((c.access_token, c.expires_at_ms), (None, None));
+    }
+
+    #[test]
+    fn tokenwarden_records() {
+        let c = one(include_str!("../fixtures/import/tokenwarden_oauth2.json"));
+        assert_eq!(c.id, "my-idp");
+        assert_eq!(
+            c.provider,
+            ProviderConfig {
+                kind: ProviderKind::OAuth2,
+                token_url: Some("https://idp.example.com/oauth/token".into()),
+                client_id: Some("cli".into()),
+                client_secret: Some(Secret::new("s3cret")),
+                scope: Some("offline_access".into()),
+                encoding: Some(Encoding::Form),
+                client_auth: Some(ClientAuth::Basic),
+            }
+        );
+        assert_eq!(c.expires_at_ms, Some(1_700_003_600_000));
+        assert_eq!(
+            c.access_token.as_ref().map(Secret::expose),
+            Some("at-oauth2")
+        );
+
+        let v = import(include_str!("../fixtures/import/tokenwarden_array.json")).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].id.as_str(), v[0].provider.kind),
+            ("a", ProviderKind::Claude)
+        );
+        assert_eq!(
+            (v[0].access_token.as_ref(), v[0].expires_at_ms),
+            (None, None)
+        );
+        assert_eq!(
+            (v[1].id.as_str(), v[1].provider.kind),
+            ("b", ProviderKind::Google)
+        );
+        assert_eq!(v[1].expires_at_ms, Some(NOW + 3_600_000));
+        assert_eq!(v[1].claims.email.as_deref(), Some("dev@gmail.com"));
+        assert_eq!(v[1].claims.user_id.as_deref(), Some("109876543210"));
+
+        // expires_at forms; dropped without an access token.
+        let table = [
+            (r#"1700003600"#, Some(1_700_003_600_000)),
+            (r#"1700003600.5"#, Some(1_700_003_600_500)),
+            (r#""1700003600""#, Some(1_700_003_600_000)),
+            (r#""2023-11-14T23:13:20+01:00""#, Some(NOW)),
+            (r#"0"#, None),
+            (r#""""#, None),
+            (r#"null"#, None),
+        ];
+        for (value, want) in table {
+            let text = format!(
+                r#"{{"id":"x","provider":"codex","refresh_token":"r","access_token":"a","expires_at":{value}}}"#
+            );
+            assert_eq!(one(&text).expires_at_ms, want, "{value}");
+            let text = format!(
+                r#"{{"id":"x","provider":"codex","refresh_token":"r","expires_at":{value}}}"#
+            );
+            assert_eq!(one(&text).expires_at_ms, None, "{value}");
+        }
+        // A UTF-8 byte order mark is fine; blank strings are absent.
+        let c = one("\u{feff}{\"id\":\"x\",\"provider\":\"codex\",\"refresh_token\":\" r \",\"access_token\":\"  \"}");
+        assert_eq!((c.refresh_token.expose(), c.access_token), ("r", None));
+    }
+
+    #[test]
+    fn ids_and_options() {
+        let claude = r#"{"provider":"claude","refresh_token":"r"}"#;
+        // (text, --id, --provider) → (id, provider)
+        let table: [(&str, Option<&str>, Option<ProviderKind>, &str, ProviderKind); 6] = [
+            (
+                r#"{"id":"a","provider":"claude","refresh_token":"r"}"#,
+                None,
+                None,
+                "a",
+                ProviderKind::Claude,
+            ),
+            (
+                r#"{"id":"a","provider":"claude","refresh_token":"r"}"#,
+                Some("b"),
+                None,
+                "b",
+                ProviderKind::Claude,
+            ),
+            (
+                r#"{"id":"a","refresh_token":"r"}"#,
+                None,
+                Some(ProviderKind::Codex),
+                "a",
+                ProviderKind::Codex,
+            ),
+            (
+                r#"{"id":"a","provider":"claude","refresh_token":"r"}"#,
+                None,
+                Some(ProviderKind::Codex),
+                "a",
+                ProviderKind::Codex,
+            ),
+            (
+                include_str!("../fixtures/import/codex_auth.json"),
+                Some("work"),
+                Some(ProviderKind::Codex),
+                "work",
+                ProviderKind::Codex,
+            ),
+            (
+                claude,
+                Some("me+1@x.io"),
+                None,
+                "me+1@x.io",
+                ProviderKind::Claude,
+            ),
+        ];
+        for (text, id, provider, want_id, want_kind) in table {
+            let v = import_with(text, id, provider).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                (v[0].id.as_str(), v[0].provider.kind),
+                (want_id, want_kind),
+                "{text}"
+            );
+        }
+        // Account id when there is no e-mail.
+        let text = r#"{"type":"claude","refresh_token":"r","account_id":"acct-7"}"#;
+        assert_eq!(one(text).id, "acct-7");
+    }
+
+    /// Every error path, with what its message must say.
+    #[test]
+    fn errors() {
+        use ImportError as E;
+        let auth = include_str!("../fixtures/import/codex_auth.json");
+        let array = include_str!("../fixtures/import/tokenwarden_array.json");
+        let oauth2 = r#""provider":"oauth2","refresh_token":"r""#;
+        let bad_field = |field: &str| -> Box<dyn Fn(&E) -> bool> {
+            let field = field.to_owned();
+            Box::new(move |e| matches!(e, E::BadField { field: f, .. } if *f == field))
+        };
+        let missing = |field: &'static str| -> Box<dyn Fn(&E) -> bool> {
+            Box::new(move |e| matches!(e, E::MissingField(f) if f == field))
+        };
+        // (input, --id, --provider, matcher, text the message must contain)
+        let table: Vec<(String, Option<&str>, Option<ProviderKind>, Box<dyn Fn(&E) -> bool>, &str)> = vec![
+            ("not json".into(), None, None, Box::new(|e| matches!(e, E::NotJson(_))), "not JSON"),
+            ("".into(), None, None, Box::new(|e| matches!(e, E::NotJson(_))), "Codex CLI auth.json"),
+            ("42".into(), None, None, Box::new(|e| *e == E::UnknownFormat), "CLIProxyAPI"),
+            (r#"{"foo":1}"#.into(), None, None, Box::new(|e| *e == E::UnknownFormat), "tokenwarden JSON"),
+            ("[]".into(), None, None, Box::new(|e| *e == E::Empty), "nothing to import"),
+            (array.into(), Some("x"), None, Box::new(|e| *e == E::IdForMany(2)), "--id"),
+            (
+                r#"[{"id":"a","provider":"codex","refresh_token":"r"},{"id":"a","provider":"codex","refresh_token":"s"}]"#.into(),
+                None, None, Box::new(|e| *e == E::DuplicateId("a".into())), "more than once",
+            ),
+            (
+                r#"[{"id":"a","provider":"codex","refresh_token":"r"},{"id":"b","provider":"codex"}]"#.into(),
+                None, None,
+                Box::new(|e| matches!(e, E::InRecord { index: 1, source } if **source == E::MissingField("refresh_token".into()))),
+                "record 1: missing field \"refresh_token\"",
+            ),
+            (r#"[{"id":"a","provider":"codex","refresh_token":"r"}, 7]"#.into(), None, None, Box::new(|e| matches!(e, E::InRecord { index: 1, .. })), "record 1"),
+            // tokenwarden JSON
+            (r#"{"id":"a","provider":"codex"}"#.into(), None, None, missing("refresh_token"), "refresh_token"),
+            (r#"{"id":"a","provider":"codex","refresh_token":""}"#.into(), None, None, missing("refresh_token"), "refresh_token"),
+            (r#"{"id":"a","refresh_token":"r"}"#.into(), None, None, missing("provider (or pass --provider)"), "--provider"),
+            (r#"{"id":"a","provider":"github","refresh_token":"r"}"#.into(), None, None, bad_field("provider"), "codex, claude, google or oauth2"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","expires":1}"#.into(), None, None, Box::new(|e| *e == E::UnknownField("expires".into())), "unknown field \"expires\""),
+            (r#"{"id":"a","provider":"codex","refresh_token":7}"#.into(), None, None, bad_field("refresh_token"), "expected a string, found a number"),
+            (r#"{"id":["a"],"provider":"codex","refresh_token":"r"}"#.into(), None, None, bad_field("id"), "found an array"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","encoding":"xml"}"#.into(), None, None, bad_field("encoding"), "form or json"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","client_auth":"jwt"}"#.into(), None, None, bad_field("client_auth"), "none, post or basic"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","expires_at":1700000000000}"#.into(), None, None, bad_field("expires_at"), "milliseconds"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","expires_at":-1}"#.into(), None, None, bad_field("expires_at"), "positive"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","expires_at":"tomorrow"}"#.into(), None, None, bad_field("expires_at"), "RFC 3339"),
+            (r#"{"id":"a","provider":"codex","refresh_token":"r","expires_at":true}"#.into(), None, None, bad_field("expires_at"), "found true/false"),
+            (format!("{{\"id\":\"a\",{oauth2}}}"), None, None, missing("token_url"), "token_url"),
+            (format!("{{\"id\":\"a\",{oauth2},\"token_url\":\"https://i.example/t\"}}"), None, None, missing("client_id"), "client_id"),
+            (r#"{"id":"a","provider":"google","refresh_token":"r"}"#.into(), None, None, missing("client_id"), "client_id"),
+            (
+                format!("{{\"id\":\"a\",{oauth2},\"token_url\":\"http://i.example/t\",\"client_id\":\"c\"}}"),
+                None, None, bad_field("token_url"), "plain http://",
+            ),
+            (
+                format!("{{\"id\":\"a\",{oauth2},\"token_url\":\"https://i.example/t\",\"client_id\":\"c\",\"client_auth\":\"basic\"}}"),
+                None, None, Box::new(|e| matches!(e, E::BadSettings(_))), "needs a client_secret",
+            ),
+            // ids
+            (r#"{"provider":"claude","refresh_token":"r"}"#.into(), None, None, Box::new(|e| *e == E::NoId), "pass --id"),
+            (r#"{"id":"a/b","provider":"claude","refresh_token":"r"}"#.into(), None, None, Box::new(|e| matches!(e, E::BadId { .. })), "\"a/b\""),
+            (r#"{"id":"a","provider":"claude","refresh_token":"r"}"#.into(), Some(".."), None, Box::new(|e| matches!(e, E::BadId { .. })), "--id"),
+            (r#"{"type":"claude","refresh_token":"r","email":"o'neil@example.com"}"#.into(), None, None, Box::new(|e| matches!(e, E::BadId { .. })), "pass a valid one with --id"),
+            // Codex auth.json
+            (include_str!("../fixtures/import/codex_auth_api_key_only.json").into(), None, None, Box::new(|e| *e == E::NoTokens), "codex login"),
+            (r#"{"tokens":[]}"#.into(), None, None, bad_field("tokens"), "expected an object"),
+            (r#"{"tokens":{"access_token":"a"}}"#.into(), None, None, missing("tokens.refresh_token"), "tokens.refresh_token"),
+            (r#"{"tokens":{"refresh_token":"r","account_id":5}}"#.into(), None, None, bad_field("tokens.account_id"), "found a number"),
+            (r#"{"tokens":{"refresh_token":"r"},"last_refresh":"yesterday"}"#.into(), Some("a"), None, bad_field("last_refresh"), "RFC 3339"),
+            (auth.into(), None, Some(ProviderKind::Claude), Box::new(|e| matches!(e, E::ProviderMismatch { .. })), "--provider claude"),
+            // CLIProxyAPI
+            (include_str!("../fixtures/import/cliproxy_gemini.json").into(), None, None, bad_field("type"), "codex and claude"),
+            (r#"{"expired":"2023-11-14T22:13:20Z","refresh_token":"r"}"#.into(), None, None, missing("type"), "type"),
+            (r#"{"type":"claude","refresh_token":"r","email":"a@b.c","expired":"later"}"#.into(), None, None, bad_field("expired"), "RFC 3339"),
+            (r#"{"type":"claude","email":"a@b.c"}"#.into(), None, None, missing("refresh_token"), "refresh_token"),
+            (
+                include_str!("../fixtures/import/cliproxy_claude.json").into(), None, Some(ProviderKind::Codex),
+                Box::new(|e| matches!(e, E::ProviderMismatch { found: ProviderKind::Claude, .. })), "holds a claude credential",
+            ),
+        ];
+        for (text, id, provider, matches, says) in table {
+            let err = import_with(&text, id, provider).expect_err(&text);
+            assert!(matches(&err), "{text}: {err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(says), "{text}: {msg}");
+        }
+    }
+
+    /// Secrets never reach an error message, even when they sit in the
+    /// offending field or were pasted as a field name.
+    #[test]
+    fn errors_never_quote_secrets() {
+        let secret = "rt_SECRET_0123456789abcdefghijklmnop";
+        let texts = [
+            format!(r#"{{"id":"a","provider":"codex","refresh_token":"r","{secret}":1}}"#),
+            format!(r#"{{"id":"a","provider":"{secret}","refresh_token":"r"}}"#),
+            format!(
+                r#"{{"id":"a","provider":"codex","refresh_token":"r","expires_at":"{secret}"}}"#
+            ),
+            format!(r#"{{"id":"a","provider":"codex","refresh_token":"r","encoding":"{secret}"}}"#),
+            format!(r#"{{"type":"{secret}","refresh_token":"r"}}"#),
+            format!(
+                r#"{{"id":"a","provider":"oauth2","refresh_token":"r","client_id":"c","token_url":"http://x.example/{secret}"}}"#
+            ),
+            format!(
+                r#"{{"id":"a","provider":"oauth2","refresh_token":"r","client_id":"c","token_url":"https://x.example/t","client_secret":"{secret}","client_auth":"basic","scope":7}}"#
+            ),
+            format!(r#"{{"id":"a","provider":"codex","refresh_token":"{secret}" "#),
+        ];
+        for text in texts {
+            let err = import(&text).expect_err(&text);
+            assert!(!err.to_string().contains("SECRET"), "{err}");
+            assert!(!format!("{err:?}").contains("SECRET"), "{err:?}");
+        }
+    }
+
+    fn stored(kind: ProviderKind, new: &NewCredential, last_refresh_ms: i64) -> Credential {
+        Credential {
+            id: new.id.clone(),
+            provider: ProviderConfig {
+                kind,
+                ..new.provider.clone()
+            },
+            status: Status {
+                expires_at_ms: new.expires_at_ms,
+                has_access_token: new.access_token.is_some(),
+                last_refresh_ms: Some(last_refresh_ms),
+                ..Status::default()
+            },
+            access_token: new.access_token.clone(),
+            refresh_token: new.refresh_token.clone(),
+            id_token: new.id_token.clone(),
+            claims: new.claims.clone(),
+            last_error: None,
+            api_key: new.api_key.clone(),
+            created_ms: NOW,
+            updated_ms: NOW + 5,
+        }
+    }
+
+    #[test]
+    fn codex_export_round_trips() {
+        for fixture in [
+            include_str!("../fixtures/import/codex_auth.json"),
+            include_str!("../fixtures/import/codex_auth_api_key.json"),
+        ] {
+            let original = one(fixture);
+            let cred = stored(ProviderKind::Codex, &original, NOW + 42);
+            let text = export_codex(&cred).unwrap();
+            let back = one(&text);
+            assert_eq!(
+                back,
+                NewCredential {
+                    last_refresh_ms: Some(NOW + 42),
+                    ..original
+                }
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert!(v["tokens"]["refresh_token"].is_string() && v.get("last_refresh").is_some());
+        }
+        // Nothing known: nulls, and the last change as last_refresh.
+        let mut bare = stored(
+            ProviderKind::Codex,
+            &one(r#"{"id":"x","provider":"codex","refresh_token":"r"}"#),
+            0,
+        );
+        bare.status.last_refresh_ms = None;
+        let v: Value = serde_json::from_str(&export_codex(&bare).unwrap()).unwrap();
+        assert_eq!(v["OPENAI_API_KEY"], Value::Null);
+        assert_eq!(v["tokens"]["access_token"], Value::Null);
+        assert_eq!(v["tokens"]["account_id"], Value::Null);
+        assert_eq!(v["last_refresh"], "2023-11-14T22:13:20.005Z");
+    }
+
+    #[test]
+    fn cliproxy_export_round_trips() {
+        for fixture in [
+            include_str!("../fixtures/import/cliproxy_codex.json"),
+            include_str!("../fixtures/import/cliproxy_claude.json"),
+        ] {
+            let original = one(fixture);
+            let cred = stored(original.provider.kind, &original, NOW + 1);
+            let text = export_cliproxy(&cred).unwrap();
+            let back = one(&text);
+            assert_eq!(
+                back,
+                NewCredential {
+                    last_refresh_ms: Some(NOW + 1),
+                    ..original
+                }
+            );
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], cred.provider.kind.as_str());
+        }
+        // Unknown values are empty strings, as CLIProxyAPI writes them.
+        let bare = stored(
+            ProviderKind::Claude,
+            &one(r#"{"id":"x","provider":"claude","refresh_token":"r"}"#),
+            NOW,
+        );
+        let v: Value = serde_json::from_str(&export_cliproxy(&bare).unwrap()).unwrap();
+        for key in ["access_token", "id_token", "account_id", "email", "expired"] {
+            assert_eq!(v[key], "", "{key}");
+        }
+        assert_eq!(v["last_refresh"], "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn export_refuses_other_providers() {
+        let base = one(r#"{"id":"x","provider":"google","client_id":"c","refresh_token":"r"}"#);
+        // (provider, codex ok, cliproxy ok)
+        let table = [
+            (ProviderKind::Codex, true, true),
+            (ProviderKind::Claude, false, true),
+            (ProviderKind::Google, false, false),
+            (ProviderKind::OAuth2, false, false),
+        ];
+        for (kind, codex_ok, cliproxy_ok) in table {
+            let c = stored(kind, &base, NOW);
+            assert_eq!(export_codex(&c).is_ok(), codex_ok, "{kind}");
+            assert_eq!(export_cliproxy(&c).is_ok(), cliproxy_ok, "{kind}");
+        }
+        let err = export_cliproxy(&stored(ProviderKind::Google, &base, NOW)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a google credential cannot be exported as cliproxy; that format holds only codex and claude credentials"
+        );
+    }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod jwt;
+pub mod metrics;
 pub mod provider;
 mod refresh;
 pub mod secret;

@@ -18,6 +18,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::credential::{Credential, LastError};
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, RefreshOutcome};
 use crate::provider::{self, Failure, Outcome, Permanence};
 use crate::state::{self, Decision, Event, Lease, Need, Refusal};
 use crate::store::{ErrorUpdate, Store, Write};
@@ -72,6 +73,7 @@ pub(crate) struct Refresher {
     pub(crate) config: Config,
     pub(crate) upstream: Upstream,
     pub(crate) signals: Signals,
+    pub(crate) metrics: Metrics,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -85,6 +87,7 @@ impl Refresher {
     pub(crate) fn obtain(&self, id: &str, need: Need, wait: Duration) -> Result<Credential> {
         let deadline = Instant::now() + wait;
         let mut poll = POLL_MIN;
+        let mut waited = false;
         loop {
             let row = self
                 .store
@@ -92,7 +95,13 @@ impl Refresher {
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
             let now = clock::now_ms();
             match state::decide(&row.status, need, now, &self.config.policy) {
-                Decision::Serve => return Ok(row),
+                Decision::Serve => {
+                    if waited {
+                        self.metrics
+                            .refresh(row.provider.kind.as_str(), RefreshOutcome::Adopted);
+                    }
+                    return Ok(row);
+                }
                 Decision::Dead { reason } => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
@@ -130,6 +139,8 @@ impl Refresher {
                     // Wake up by the lease's end at the latest, to take it over.
                     let until_lease =
                         Duration::from_millis((lease_until_ms - now + 1).max(0) as u64);
+                    waited = true;
+                    let _gauge = self.metrics.waiting();
                     self.wait_for_change(id, row.status.version, remaining.min(until_lease), poll)?;
                     poll = (poll * 2).min(POLL_MAX);
                 }
@@ -222,6 +233,8 @@ impl Refresher {
             return Ok(None);
         };
         if takeover {
+            self.metrics
+                .refresh(row.provider.kind.as_str(), RefreshOutcome::Takeover);
             log::warn!(
                 "{}: took over an expired refresh lease ({})",
                 row.id,
@@ -284,6 +297,8 @@ impl Refresher {
                 ),
                 Err(f) => Outcome::Failure(f),
             };
+            self.metrics
+                .upstream_latency(row.provider.kind.as_str(), started.elapsed());
             match outcome {
                 Outcome::Success(tokens) => {
                     // Commit before anything else touches the new tokens.
@@ -418,6 +433,12 @@ impl Refresher {
             };
             match self.store.apply(&row.id, &t, write, actor, now) {
                 Ok(Some(done)) => {
+                    let outcome = match t.to {
+                        state::State::Valid if write.tokens.is_some() => RefreshOutcome::Success,
+                        state::State::Dead => RefreshOutcome::Permanent,
+                        _ => RefreshOutcome::Transient,
+                    };
+                    self.metrics.refresh(row.provider.kind.as_str(), outcome);
                     log::info!(
                         "{}: {} -> {} (v{}): {}",
                         row.id,
@@ -455,6 +476,8 @@ impl Refresher {
     }
 
     fn lease_lost(&self, row: &Credential, write: Write<'_>) -> Owned {
+        self.metrics
+            .refresh(row.provider.kind.as_str(), RefreshOutcome::LeaseLost);
         if write.tokens.is_some() {
             log::error!(
                 "{}: lease was taken over before the rotated tokens could be committed; \

@@ -208,7 +208,14 @@ mod tests {
 
     #[test]
     fn leap_years() {
-        for (y, leap) in [(2000, true), (1900, false), (2024, true), (2023, false), (2100, false), (0, true)] {
+        for (y, leap) in [
+            (2000, true),
+            (1900, false),
+            (2024, true),
+            (2023, false),
+            (2100, false),
+            (0, true),
+        ] {
             assert_eq!(is_leap_year(y), leap, "{y}");
             assert_eq!(days_in_month(y, 2), if leap { 29 } else { 28 });
         }
@@ -229,7 +236,10 @@ mod tests {
             ("2015-10-21T07:28:00.5Z", Some(1_445_412_480_500)),
             ("2015-10-21T07:28:00.123Z", Some(1_445_412_480_123)),
             // Go's RFC3339Nano and Python's microseconds: truncated to ms.
-            ("2015-10-21T07:28:00.123456789+00:00", Some(1_445_412_480_123)),
+            (
+                "2015-10-21T07:28:00.123456789+00:00",
+                Some(1_445_412_480_123),
+            ),
             ("2025-08-06T20:41:36.232376Z", Some(1_754_512_896_232)),
             ("2024-02-29T23:59:59.999Z", Some(1_709_251_199_999)),
             ("1969-12-31T23:59:59Z", Some(-1000)),
@@ -255,7 +265,12 @@ mod tests {
         for (s, want) in table {
             assert_eq!(parse(s), want, "{s:?}");
         }
-        for s in ["2024-01-01T00:00:00Zjunk", "２０２４-01-01T00:00:00Z", "1700000000", "+2024-01-01T00:00:00Z"] {
+        for s in [
+            "2024-01-01T00:00:00Zjunk",
+            "２０２４-01-01T00:00:00Z",
+            "1700000000",
+            "+2024-01-01T00:00:00Z",
+        ] {
             assert_eq!(parse(s), None, "{s:?}");
         }
     }

@@ -7,6 +7,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::refresh::{Refresher, Signals};
 use crate::secret::Secret;
 use crate::state::{self, Event, Need, Refusal};
@@ -86,6 +87,7 @@ impl Warden {
                 config,
                 upstream: Upstream::new(),
                 signals: Signals::default(),
+                metrics: Metrics::default(),
             },
         })
     }
@@ -93,6 +95,11 @@ impl Warden {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.core.config
+    }
+
+    /// This process's counters (for `/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.core.metrics
     }
 
     /// The underlying store (for tools that list or inspect rows).

@@ -44,7 +44,10 @@ mod tests {
 
     #[test]
     fn requests() {
-        let rt = [("grant_type", "refresh_token"), ("refresh_token", OLD_REFRESH)];
+        let rt = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", OLD_REFRESH),
+        ];
         // (config, content type, fields)
         let table = [
             (
@@ -53,9 +56,17 @@ mod tests {
                 [&rt[..], &[("client_id", CLIENT_ID)]].concat(),
             ),
             (
-                ProviderConfig { encoding: Some(Encoding::Form), scope: Some("user:inference".into()), ..ProviderConfig::new(K) },
+                ProviderConfig {
+                    encoding: Some(Encoding::Form),
+                    scope: Some("user:inference".into()),
+                    ..ProviderConfig::new(K)
+                },
                 "application/x-www-form-urlencoded",
-                [&rt[..], &[("client_id", CLIENT_ID), ("scope", "user:inference")]].concat(),
+                [
+                    &rt[..],
+                    &[("client_id", CLIENT_ID), ("scope", "user:inference")],
+                ]
+                .concat(),
             ),
         ];
         for (c, content_type, want) in table {
@@ -68,9 +79,16 @@ mod tests {
 
     #[test]
     fn success_reads_account_and_organization() {
-        let t = success(K, 200, include_str!("../../fixtures/oauth/claude_success.json"));
+        let t = success(
+            K,
+            200,
+            include_str!("../../fixtures/oauth/claude_success.json"),
+        );
         assert_eq!(t.access_token.expose(), "sk-ant-oat01-test-access-token");
-        assert_eq!(t.refresh_token.expose(), "sk-ant-ort01-test-refresh-token-2");
+        assert_eq!(
+            t.refresh_token.expose(),
+            "sk-ant-ort01-test-refresh-token-2"
+        );
         assert_eq!(t.expires_at_ms, NOW + 28_800_000);
         assert_eq!(
             t.claims,
@@ -81,7 +99,11 @@ mod tests {
                 ..Claims::default()
             }
         );
-        let t = success(K, 200, r#"{"access_token":"a","account":"odd","organization":{"uuid":1}}"#);
+        let t = success(
+            K,
+            200,
+            r#"{"access_token":"a","account":"odd","organization":{"uuid":1}}"#,
+        );
         assert_eq!(t.claims, Claims::default());
     }
 
@@ -99,7 +121,11 @@ mod tests {
         ];
         for (status, body, permanence, code) in table {
             let f = failure(K, status, body, None);
-            assert_eq!((f.permanence, f.code.as_str()), (permanence, code), "{status} {body}");
+            assert_eq!(
+                (f.permanence, f.code.as_str()),
+                (permanence, code),
+                "{status} {body}"
+            );
         }
     }
 }

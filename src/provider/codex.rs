@@ -66,7 +66,10 @@ mod tests {
     #[test]
     fn requests() {
         let base = || ProviderConfig::new(K);
-        let rt = [("grant_type", "refresh_token"), ("refresh_token", OLD_REFRESH)];
+        let rt = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", OLD_REFRESH),
+        ];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut v = rt.to_vec();
             v.extend_from_slice(extra);
@@ -74,9 +77,16 @@ mod tests {
         };
         // (config, content type, fields)
         let table = [
-            (base(), "application/json", with(&[("client_id", CLIENT_ID)])),
             (
-                ProviderConfig { encoding: Some(Encoding::Form), ..base() },
+                base(),
+                "application/json",
+                with(&[("client_id", CLIENT_ID)]),
+            ),
+            (
+                ProviderConfig {
+                    encoding: Some(Encoding::Form),
+                    ..base()
+                },
                 "application/x-www-form-urlencoded",
                 with(&[("client_id", CLIENT_ID), ("scope", "openid profile email")]),
             ),
@@ -91,7 +101,10 @@ mod tests {
                 with(&[("client_id", "app_other"), ("scope", "openid")]),
             ),
             (
-                ProviderConfig { encoding: Some(Encoding::Json), ..base() },
+                ProviderConfig {
+                    encoding: Some(Encoding::Json),
+                    ..base()
+                },
                 "application/json",
                 with(&[("client_id", CLIENT_ID)]),
             ),
@@ -102,17 +115,32 @@ mod tests {
             assert_eq!(header(&req, "Content-Type"), Some(content_type));
             assert_eq!(pairs(&req), want, "{c:?}");
         }
-        let body = String::from_utf8(build(&ProviderConfig { encoding: Some(Encoding::Form), ..base() }).body).unwrap();
+        let body = String::from_utf8(
+            build(&ProviderConfig {
+                encoding: Some(Encoding::Form),
+                ..base()
+            })
+            .body,
+        )
+        .unwrap();
         assert!(body.ends_with("scope=openid+profile+email"), "{body}");
     }
 
     #[test]
     fn success_with_rotation_and_claims() {
-        let t = success(K, 200, include_str!("../../fixtures/oauth/codex_success.json"));
+        let t = success(
+            K,
+            200,
+            include_str!("../../fixtures/oauth/codex_success.json"),
+        );
         assert_eq!(t.refresh_token.expose(), "rt_rotated_2");
         assert!(t.access_token.expose().starts_with("eyJ"));
         assert!(t.id_token.is_some());
-        assert_eq!(t.expires_at_ms, NOW + 864_000_000, "expires_in wins over the JWT exp");
+        assert_eq!(
+            t.expires_at_ms,
+            NOW + 864_000_000,
+            "expires_in wins over the JWT exp"
+        );
         assert_eq!(
             t.claims,
             Claims {
@@ -127,9 +155,16 @@ mod tests {
 
     #[test]
     fn success_without_refresh_token_keeps_the_old_one() {
-        let t = success(K, 200, include_str!("../../fixtures/oauth/codex_success_no_refresh.json"));
+        let t = success(
+            K,
+            200,
+            include_str!("../../fixtures/oauth/codex_success_no_refresh.json"),
+        );
         assert_eq!(t.refresh_token.expose(), OLD_REFRESH);
-        assert_eq!(t.expires_at_ms, 1_700_860_000_000, "the access token's JWT exp");
+        assert_eq!(
+            t.expires_at_ms, 1_700_860_000_000,
+            "the access token's JWT exp"
+        );
         assert_eq!(t.claims.account_id.as_deref(), Some("acc-1234"));
     }
 
@@ -138,7 +173,10 @@ mod tests {
         let body = include_str!("../../fixtures/oauth/openai_refresh_token_reused.json");
         for status in [400, 401] {
             let f = failure(K, status, body, None);
-            assert_eq!((f.permanence, f.code.as_str()), (Permanence::Permanent, "refresh_token_reused"));
+            assert_eq!(
+                (f.permanence, f.code.as_str()),
+                (Permanence::Permanent, "refresh_token_reused")
+            );
         }
     }
 
@@ -148,16 +186,32 @@ mod tests {
         // (payload, expected claims)
         let table = [
             (
-                format!(r#"{{"{PROFILE_CLAIM}":{{"email":"p@example.com"}},"{auth}":{{"user_id":"u-2"}}}}"#),
-                Claims { email: Some("p@example.com".into()), user_id: Some("u-2".into()), ..Claims::default() },
+                format!(
+                    r#"{{"{PROFILE_CLAIM}":{{"email":"p@example.com"}},"{auth}":{{"user_id":"u-2"}}}}"#
+                ),
+                Claims {
+                    email: Some("p@example.com".into()),
+                    user_id: Some("u-2".into()),
+                    ..Claims::default()
+                },
             ),
             (
-                format!(r#"{{"email":"top@example.com","{PROFILE_CLAIM}":{{"email":"p@example.com"}}}}"#),
-                Claims { email: Some("top@example.com".into()), ..Claims::default() },
+                format!(
+                    r#"{{"email":"top@example.com","{PROFILE_CLAIM}":{{"email":"p@example.com"}}}}"#
+                ),
+                Claims {
+                    email: Some("top@example.com".into()),
+                    ..Claims::default()
+                },
             ),
             (
-                format!(r#"{{"email":"","{auth}":{{"chatgpt_account_id":7,"chatgpt_plan_type":"pro"}}}}"#),
-                Claims { plan_type: Some("pro".into()), ..Claims::default() },
+                format!(
+                    r#"{{"email":"","{auth}":{{"chatgpt_account_id":7,"chatgpt_plan_type":"pro"}}}}"#
+                ),
+                Claims {
+                    plan_type: Some("pro".into()),
+                    ..Claims::default()
+                },
             ),
             (r#"{"sub":"x"}"#.to_owned(), Claims::default()),
         ];
@@ -166,6 +220,9 @@ mod tests {
         }
         assert_eq!(id_token_claims("garbage"), Claims::default());
         // A success without an id token has no claims (the stored ones stay).
-        assert_eq!(success(K, 200, r#"{"access_token":"a"}"#).claims, Claims::default());
+        assert_eq!(
+            success(K, 200, r#"{"access_token":"a"}"#).claims,
+            Claims::default()
+        );
     }
 }

@@ -34,20 +34,35 @@ mod tests {
 
     #[test]
     fn requests() {
-        let rt = [("grant_type", "refresh_token"), ("refresh_token", OLD_REFRESH)];
+        let rt = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", OLD_REFRESH),
+        ];
         let id = ("client_id", "g-client.apps.googleusercontent.com");
         let secret = Some(crate::secret::Secret::new("GOCSPX-secret"));
         // (config, content type, fields, has Authorization)
         let table = [
-            (cfg(), "application/x-www-form-urlencoded", [&rt[..], &[id]].concat(), false),
             (
-                ProviderConfig { client_secret: secret.clone(), ..cfg() },
+                cfg(),
+                "application/x-www-form-urlencoded",
+                [&rt[..], &[id]].concat(),
+                false,
+            ),
+            (
+                ProviderConfig {
+                    client_secret: secret.clone(),
+                    ..cfg()
+                },
                 "application/x-www-form-urlencoded",
                 [&rt[..], &[id, ("client_secret", "GOCSPX-secret")]].concat(),
                 false,
             ),
             (
-                ProviderConfig { client_secret: secret, client_auth: Some(ClientAuth::Basic), ..cfg() },
+                ProviderConfig {
+                    client_secret: secret,
+                    client_auth: Some(ClientAuth::Basic),
+                    ..cfg()
+                },
                 "application/x-www-form-urlencoded",
                 rt.to_vec(),
                 true,
@@ -66,9 +81,17 @@ mod tests {
 
     #[test]
     fn success_keeps_refresh_token_and_reads_id_token() {
-        let t = success(K, 200, include_str!("../../fixtures/oauth/google_success.json"));
+        let t = success(
+            K,
+            200,
+            include_str!("../../fixtures/oauth/google_success.json"),
+        );
         assert_eq!(t.access_token.expose(), "ya29.a0-test-access-token");
-        assert_eq!(t.refresh_token.expose(), OLD_REFRESH, "Google does not rotate");
+        assert_eq!(
+            t.refresh_token.expose(),
+            OLD_REFRESH,
+            "Google does not rotate"
+        );
         assert_eq!(t.expires_at_ms, NOW + 3_599_000);
         assert_eq!(
             t.claims,
@@ -82,7 +105,15 @@ mod tests {
 
     #[test]
     fn invalid_grant_is_permanent() {
-        let f = failure(K, 400, include_str!("../../fixtures/oauth/rfc_invalid_grant.json"), None);
-        assert_eq!((f.permanence, f.code.as_str()), (Permanence::Permanent, "invalid_grant"));
+        let f = failure(
+            K,
+            400,
+            include_str!("../../fixtures/oauth/rfc_invalid_grant.json"),
+            None,
+        );
+        assert_eq!(
+            (f.permanence, f.code.as_str()),
+            (Permanence::Permanent, "invalid_grant")
+        );
     }
 }

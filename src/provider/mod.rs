@@ -1063,8 +1063,18 @@ pub(crate) mod testkit {
         }
     }
 
-    pub fn outcome(kind: ProviderKind, status: u16, body: &str, retry_after: Option<&str>) -> Outcome {
-        parse_refresh(kind, &resp(status, body, retry_after), &Secret::new(OLD_REFRESH), NOW)
+    pub fn outcome(
+        kind: ProviderKind,
+        status: u16,
+        body: &str,
+        retry_after: Option<&str>,
+    ) -> Outcome {
+        parse_refresh(
+            kind,
+            &resp(status, body, retry_after),
+            &Secret::new(OLD_REFRESH),
+            NOW,
+        )
     }
 
     pub fn success(kind: ProviderKind, status: u16, body: &str) -> Tokens {
@@ -1074,7 +1084,12 @@ pub(crate) mod testkit {
         }
     }
 
-    pub fn failure(kind: ProviderKind, status: u16, body: &str, retry_after: Option<&str>) -> Failure {
+    pub fn failure(
+        kind: ProviderKind,
+        status: u16,
+        body: &str,
+        retry_after: Option<&str>,
+    ) -> Failure {
         match outcome(kind, status, body, retry_after) {
             Outcome::Failure(f) => f,
             Outcome::Success(t) => panic!("expected failure, got {t:?}"),
@@ -1200,7 +1215,10 @@ mod tests {
             assert_eq!(check_url(url).is_ok(), ok, "{url}: {:?}", check_url(url));
         }
         let err = check_url("http://example.com/token?secret=abc").unwrap_err();
-        assert!(err.contains("example.com") && !err.contains("secret=abc"), "{err}");
+        assert!(
+            err.contains("example.com") && !err.contains("secret=abc"),
+            "{err}"
+        );
     }
 
     fn cfg(kind: ProviderKind) -> ProviderConfig {
@@ -1215,34 +1233,89 @@ mod tests {
         let table: Vec<(ProviderConfig, Option<&str>)> = vec![
             (cfg(ProviderKind::Codex), None),
             (cfg(ProviderKind::Claude), None),
-            (cfg(ProviderKind::Google), Some("google credentials need a client_id")),
-            (ProviderConfig { client_id: id.clone(), ..cfg(ProviderKind::Google) }, None),
+            (
+                cfg(ProviderKind::Google),
+                Some("google credentials need a client_id"),
+            ),
+            (
+                ProviderConfig {
+                    client_id: id.clone(),
+                    ..cfg(ProviderKind::Google)
+                },
+                None,
+            ),
             (cfg(K), Some("oauth2 credentials need a token_url")),
-            (ProviderConfig { token_url: url.clone(), ..cfg(K) }, Some("oauth2 credentials need a client_id")),
-            (ProviderConfig { token_url: url.clone(), client_id: Some("  ".into()), ..cfg(K) }, Some("need a client_id")),
-            (ProviderConfig { token_url: url.clone(), client_id: id.clone(), ..cfg(K) }, None),
             (
-                ProviderConfig { token_url: url.clone(), client_id: id.clone(), client_auth: Some(ClientAuth::Basic), ..cfg(K) },
-                Some("client_auth basic needs a client_secret"),
+                ProviderConfig {
+                    token_url: url.clone(),
+                    ..cfg(K)
+                },
+                Some("oauth2 credentials need a client_id"),
             ),
             (
-                ProviderConfig { token_url: url.clone(), client_id: id.clone(), client_auth: Some(ClientAuth::Post), ..cfg(K) },
-                Some("client_auth post needs a client_secret"),
+                ProviderConfig {
+                    token_url: url.clone(),
+                    client_id: Some("  ".into()),
+                    ..cfg(K)
+                },
+                Some("need a client_id"),
             ),
             (
-                ProviderConfig { token_url: url.clone(), client_id: id.clone(), client_secret: secret.clone(), client_auth: Some(ClientAuth::Basic), ..cfg(K) },
+                ProviderConfig {
+                    token_url: url.clone(),
+                    client_id: id.clone(),
+                    ..cfg(K)
+                },
                 None,
             ),
             (
-                ProviderConfig { token_url: Some("http://idp.example.com/token".into()), client_id: id.clone(), ..cfg(K) },
+                ProviderConfig {
+                    token_url: url.clone(),
+                    client_id: id.clone(),
+                    client_auth: Some(ClientAuth::Basic),
+                    ..cfg(K)
+                },
+                Some("client_auth basic needs a client_secret"),
+            ),
+            (
+                ProviderConfig {
+                    token_url: url.clone(),
+                    client_id: id.clone(),
+                    client_auth: Some(ClientAuth::Post),
+                    ..cfg(K)
+                },
+                Some("client_auth post needs a client_secret"),
+            ),
+            (
+                ProviderConfig {
+                    token_url: url.clone(),
+                    client_id: id.clone(),
+                    client_secret: secret.clone(),
+                    client_auth: Some(ClientAuth::Basic),
+                    ..cfg(K)
+                },
+                None,
+            ),
+            (
+                ProviderConfig {
+                    token_url: Some("http://idp.example.com/token".into()),
+                    client_id: id.clone(),
+                    ..cfg(K)
+                },
                 Some("plain http://"),
             ),
             (
-                ProviderConfig { token_url: Some("not a url".into()), ..cfg(ProviderKind::Codex) },
+                ProviderConfig {
+                    token_url: Some("not a url".into()),
+                    ..cfg(ProviderKind::Codex)
+                },
                 Some("whitespace"),
             ),
             (
-                ProviderConfig { token_url: Some("http://127.0.0.1:9/t".into()), ..cfg(ProviderKind::Codex) },
+                ProviderConfig {
+                    token_url: Some("http://127.0.0.1:9/t".into()),
+                    ..cfg(ProviderKind::Codex)
+                },
                 None,
             ),
         ];
@@ -1254,7 +1327,8 @@ mod tests {
                     let err = got.expect_err(text);
                     assert!(err.contains(text), "{err}");
                     assert!(!err.contains("s3cret"), "{err}");
-                    let built = refresh_request(&c, &Secret::new(OLD_REFRESH), &Endpoints::default());
+                    let built =
+                        refresh_request(&c, &Secret::new(OLD_REFRESH), &Endpoints::default());
                     assert_eq!(built.err(), Some(err));
                 }
             }
@@ -1270,13 +1344,19 @@ mod tests {
             ..Endpoints::default()
         };
         let rt = Secret::new(OLD_REFRESH);
-        let google = ProviderConfig { client_id: Some("g".into()), ..cfg(ProviderKind::Google) };
+        let google = ProviderConfig {
+            client_id: Some("g".into()),
+            ..cfg(ProviderKind::Google)
+        };
         for (c, url) in [
             (cfg(ProviderKind::Codex), "http://127.0.0.1:1/codex"),
             (cfg(ProviderKind::Claude), "http://127.0.0.1:1/claude"),
             (google.clone(), "http://127.0.0.1:1/google"),
             (
-                ProviderConfig { token_url: Some("https://mirror.example/t".into()), ..google },
+                ProviderConfig {
+                    token_url: Some("https://mirror.example/t".into()),
+                    ..google
+                },
                 "https://mirror.example/t",
             ),
         ] {
@@ -1287,10 +1367,14 @@ mod tests {
             assert!(!format!("{req:?}").contains(OLD_REFRESH));
         }
         // An environment override that is not https for a remote host is refused.
-        let bad = Endpoints { codex_token: "http://example.com/t".into(), ..Endpoints::default() };
+        let bad = Endpoints {
+            codex_token: "http://example.com/t".into(),
+            ..Endpoints::default()
+        };
         assert!(refresh_request(&cfg(ProviderKind::Codex), &rt, &bad).is_err());
         // No refresh token, no request.
-        let err = refresh_request(&cfg(ProviderKind::Codex), &Secret::new(" "), &endpoints).unwrap_err();
+        let err =
+            refresh_request(&cfg(ProviderKind::Codex), &Secret::new(" "), &endpoints).unwrap_err();
         assert!(err.contains("no refresh token"), "{err}");
     }
 
@@ -1299,10 +1383,19 @@ mod tests {
     #[test]
     fn permanent_codes_in_every_shape() {
         let shapes: [fn(&str) -> String; 4] = [
-            |c| format!(r#"{{"error":{{"message":"nope","type":"invalid_request_error","param":null,"code":"{c}"}}}}"#),
+            |c| {
+                format!(
+                    r#"{{"error":{{"message":"nope","type":"invalid_request_error","param":null,"code":"{c}"}}}}"#
+                )
+            },
             |c| format!(r#"{{"error":"{c}","error_description":"nope"}}"#),
             |c| format!(r#"{{"code":"{c}"}}"#),
-            |c| format!(r#"{{"error":"{}","error_description":"nope"}}"#, c.to_uppercase()),
+            |c| {
+                format!(
+                    r#"{{"error":"{}","error_description":"nope"}}"#,
+                    c.to_uppercase()
+                )
+            },
         ];
         for code in PERMANENT_CODES {
             for (i, shape) in shapes.iter().enumerate() {
@@ -1317,7 +1410,11 @@ mod tests {
                         (Permanence::Permanent, code, Some(status)),
                         "{status} {body}"
                     );
-                    assert!(f.message.contains(&format!("HTTP {status}")), "{}", f.message);
+                    assert!(
+                        f.message.contains(&format!("HTTP {status}")),
+                        "{}",
+                        f.message
+                    );
                 }
             }
         }
@@ -1352,11 +1449,32 @@ mod tests {
             (401, "", None, P, "unauthorized", None),
             (401, garbage, None, P, "unauthorized", None),
             (401, invalid_request, None, P, "invalid_request", None),
-            (401, r#"{"error":"weird_new_code"}"#, None, P, "weird_new_code", None),
+            (
+                401,
+                r#"{"error":"weird_new_code"}"#,
+                None,
+                P,
+                "weird_new_code",
+                None,
+            ),
             // ... unless the code is a known transient one.
-            (401, unavailable, Some("7"), T, "temporarily_unavailable", Some(7_000)),
+            (
+                401,
+                unavailable,
+                Some("7"),
+                T,
+                "temporarily_unavailable",
+                Some(7_000),
+            ),
             (401, rate, None, T, "rate_limit_error", None),
-            (401, r#"{"error":{"code":"server_error"}}"#, None, T, "server_error", None),
+            (
+                401,
+                r#"{"error":{"code":"server_error"}}"#,
+                None,
+                T,
+                "server_error",
+                None,
+            ),
             // 400 with an unknown code, or none: transient.
             (400, invalid_request, None, T, "invalid_request", None),
             (400, no_code, None, T, "http_400", None),
@@ -1366,15 +1484,43 @@ mod tests {
             // 2xx without a usable token.
             (200, no_token, None, T, "no_access_token", None),
             (200, "{}", None, T, "no_access_token", None),
-            (200, r#"{"access_token":42}"#, None, T, "no_access_token", None),
-            (200, r#"{"access_token":"ok","error":{"message":"hm"}}"#, None, T, "upstream_error", None),
-            (200, r#"{"error":"slow_down"}"#, Some("3"), T, "slow_down", Some(3_000)),
+            (
+                200,
+                r#"{"access_token":42}"#,
+                None,
+                T,
+                "no_access_token",
+                None,
+            ),
+            (
+                200,
+                r#"{"access_token":"ok","error":{"message":"hm"}}"#,
+                None,
+                T,
+                "upstream_error",
+                None,
+            ),
+            (
+                200,
+                r#"{"error":"slow_down"}"#,
+                Some("3"),
+                T,
+                "slow_down",
+                Some(3_000),
+            ),
             (200, garbage, None, T, "bad_json", None),
             (201, "null", None, T, "bad_json", None),
             // Status-driven transients, whatever the body says.
             (408, "", None, T, "http_408", None),
             (429, rate, Some("120"), T, "http_429", Some(120_000)),
-            (429, "", Some("Tue, 14 Nov 2023 22:14:20 GMT"), T, "http_429", Some(60_000)),
+            (
+                429,
+                "",
+                Some("Tue, 14 Nov 2023 22:14:20 GMT"),
+                T,
+                "http_429",
+                Some(60_000),
+            ),
             (500, grant, None, T, "http_500", None),
             (502, garbage, None, T, "http_502", None),
             (503, "", Some("bogus"), T, "http_503", None),
@@ -1383,7 +1529,14 @@ mod tests {
             (404, "", None, T, "http_404", None),
             (302, "", None, T, "http_302", None),
             // Retry-After rides along on permanent failures too.
-            (401, reused, Some("30"), P, "refresh_token_reused", Some(30_000)),
+            (
+                401,
+                reused,
+                Some("30"),
+                P,
+                "refresh_token_reused",
+                Some(30_000),
+            ),
         ];
         for &(status, body, retry_after, permanence, code, retry_ms) in table {
             let f = failure(K, status, body, retry_after);
@@ -1409,7 +1562,12 @@ mod tests {
 
         let leaky = include_str!("../../fixtures/oauth/leaky_description.json");
         let f = failure(K, 400, leaky, None);
-        assert!(f.message.contains("refresh_token *** is malformed near ***"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("refresh_token *** is malformed near ***"),
+            "{}",
+            f.message
+        );
         assert!(!f.message.contains("eyJ"), "{}", f.message);
 
         let garbage = include_str!("../../fixtures/oauth/garbage.html");
@@ -1429,18 +1587,31 @@ mod tests {
 
         // Long garbage: only its size.
         let f = failure(K, 503, &"<p>".repeat(100), None);
-        assert!(f.message.ends_with("with a 300-byte body that is not JSON"), "{}", f.message);
+        assert!(
+            f.message.ends_with("with a 300-byte body that is not JSON"),
+            "{}",
+            f.message
+        );
 
         // Long upstream descriptions are cut at 200 characters.
-        let body = format!(r#"{{"error":"invalid_request","error_description":"{}"}}"#, "word ".repeat(100));
+        let body = format!(
+            r#"{{"error":"invalid_request","error_description":"{}"}}"#,
+            "word ".repeat(100)
+        );
         let f = failure(K, 400, &body, None);
         let quoted = f.message.split(": ").nth(1).unwrap();
-        assert!(quoted.chars().count() <= 203 && quoted.ends_with("..."), "{quoted}");
+        assert!(
+            quoted.chars().count() <= 203 && quoted.ends_with("..."),
+            "{quoted}"
+        );
 
         // A code carrying the token is scrubbed too.
         let body = format!(r#"{{"error":"{OLD_REFRESH}"}}"#);
         let f = failure(K, 401, &body, None);
-        assert!(!f.code.contains(OLD_REFRESH) && !f.message.contains(OLD_REFRESH), "{f:?}");
+        assert!(
+            !f.code.contains(OLD_REFRESH) && !f.message.contains(OLD_REFRESH),
+            "{f:?}"
+        );
     }
 
     #[test]
@@ -1449,7 +1620,10 @@ mod tests {
         let table = [
             ("plain words stay", "plain words stay"),
             ("token rt_old_secret here", "token *** here"),
-            ("see https://platform.openai.com/docs/guides/error-codes", "see https://platform.openai.com/docs/guides/error-codes"),
+            (
+                "see https://platform.openai.com/docs/guides/error-codes",
+                "see https://platform.openai.com/docs/guides/error-codes",
+            ),
             ("id 9d1c250a-e61b-44d9-88ed-5944d1962f5e.", "id ***"),
             ("short abc123 stays", "short abc123 stays"),
         ];
@@ -1457,7 +1631,11 @@ mod tests {
             assert_eq!(scrub(text, &[OLD_REFRESH]), want, "{text}");
         }
         assert_eq!(scrub(&format!("bearer {jwtish}!"), &[]), "bearer ***!");
-        assert_eq!(scrub("abc", &["a"]), "abc", "secrets under 4 characters are not replaced");
+        assert_eq!(
+            scrub("abc", &["a"]),
+            "abc",
+            "secrets under 4 characters are not replaced"
+        );
     }
 
     #[test]
@@ -1466,7 +1644,10 @@ mod tests {
         let with_exp = jwt(r#"{"exp":1700007200}"#);
         // (body, expected expires_at_ms)
         let table = [
-            (format!(r#"{{{opaque},"expires_in":3600}}"#), NOW + 3_600_000),
+            (
+                format!(r#"{{{opaque},"expires_in":3600}}"#),
+                NOW + 3_600_000,
+            ),
             (format!(r#"{{{opaque},"expires_in":"120"}}"#), NOW + 120_000),
             (format!(r#"{{{opaque},"expires_in":" 90 "}}"#), NOW + 90_000),
             (format!(r#"{{{opaque},"expires_in":1.5}}"#), NOW + 1_500),
@@ -1474,16 +1655,40 @@ mod tests {
             (format!(r#"{{{opaque},"expires_in":0.2}}"#), NOW + 1_000),
             (format!(r#"{{{opaque},"expires_in":"0.001"}}"#), NOW + 1_000),
             // Capped at ten years.
-            (format!(r#"{{{opaque},"expires_in":1e300}}"#), NOW + 315_360_000_000),
+            (
+                format!(r#"{{{opaque},"expires_in":1e300}}"#),
+                NOW + 315_360_000_000,
+            ),
             // Unusable expires_in: the JWT exp, else the default.
-            (format!(r#"{{"access_token":"{with_exp}","expires_in":0}}"#), 1_700_007_200_000),
-            (format!(r#"{{"access_token":"{with_exp}","expires_in":-5}}"#), 1_700_007_200_000),
-            (format!(r#"{{"access_token":"{with_exp}","expires_in":"soon"}}"#), 1_700_007_200_000),
-            (format!(r#"{{"access_token":"{with_exp}","expires_in":null}}"#), 1_700_007_200_000),
-            (format!(r#"{{"access_token":"{with_exp}"}}"#), 1_700_007_200_000),
+            (
+                format!(r#"{{"access_token":"{with_exp}","expires_in":0}}"#),
+                1_700_007_200_000,
+            ),
+            (
+                format!(r#"{{"access_token":"{with_exp}","expires_in":-5}}"#),
+                1_700_007_200_000,
+            ),
+            (
+                format!(r#"{{"access_token":"{with_exp}","expires_in":"soon"}}"#),
+                1_700_007_200_000,
+            ),
+            (
+                format!(r#"{{"access_token":"{with_exp}","expires_in":null}}"#),
+                1_700_007_200_000,
+            ),
+            (
+                format!(r#"{{"access_token":"{with_exp}"}}"#),
+                1_700_007_200_000,
+            ),
             (format!(r#"{{{opaque}}}"#), NOW + 3_600_000),
-            (format!(r#"{{{opaque},"expires_in":"NaN"}}"#), NOW + 3_600_000),
-            (format!(r#"{{{opaque},"expires_in":true}}"#), NOW + 3_600_000),
+            (
+                format!(r#"{{{opaque},"expires_in":"NaN"}}"#),
+                NOW + 3_600_000,
+            ),
+            (
+                format!(r#"{{{opaque},"expires_in":true}}"#),
+                NOW + 3_600_000,
+            ),
         ];
         for (body, want) in table {
             assert_eq!(success(K, 200, &body).expires_at_ms, want, "{body}");
@@ -1518,7 +1723,11 @@ mod tests {
     #[test]
     fn oidc_claims_from_id_token() {
         let id = jwt(r#"{"sub":"u-1","email":"a@example.com"}"#);
-        let t = success(K, 200, &format!(r#"{{"access_token":"a","id_token":"{id}"}}"#));
+        let t = success(
+            K,
+            200,
+            &format!(r#"{{"access_token":"a","id_token":"{id}"}}"#),
+        );
         assert_eq!(t.id_token.as_ref().map(Secret::expose), Some(id.as_str()));
         assert_eq!(t.claims.email.as_deref(), Some("a@example.com"));
         assert_eq!(t.claims.user_id.as_deref(), Some("u-1"));
@@ -1562,11 +1771,23 @@ mod tests {
     fn http_dates() {
         let imf = http_date_ms("Wed, 21 Oct 2015 07:28:00 GMT", NOW);
         assert_eq!(imf, Some(1_445_412_480_000));
-        assert_eq!(http_date_ms("Sunday, 06-Nov-94 08:49:37 GMT", NOW), Some(784_111_777_000));
-        assert_eq!(http_date_ms("Sun Nov  6 08:49:37 1994", NOW), Some(784_111_777_000));
+        assert_eq!(
+            http_date_ms("Sunday, 06-Nov-94 08:49:37 GMT", NOW),
+            Some(784_111_777_000)
+        );
+        assert_eq!(
+            http_date_ms("Sun Nov  6 08:49:37 1994", NOW),
+            Some(784_111_777_000)
+        );
         // RFC 850 years: no more than 50 years ahead of now (2023).
-        assert_eq!(http_date_ms("Monday, 01-Jan-73 00:00:00 GMT", NOW), rfc3339::parse("2073-01-01T00:00:00Z"));
-        assert_eq!(http_date_ms("Monday, 01-Jan-74 00:00:00 GMT", NOW), rfc3339::parse("1974-01-01T00:00:00Z"));
+        assert_eq!(
+            http_date_ms("Monday, 01-Jan-73 00:00:00 GMT", NOW),
+            rfc3339::parse("2073-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            http_date_ms("Monday, 01-Jan-74 00:00:00 GMT", NOW),
+            rfc3339::parse("1974-01-01T00:00:00Z")
+        );
         assert_eq!(http_date_ms("Sunday, 06-Nov-1994 08:49:37 GMT", NOW), None);
     }
 }

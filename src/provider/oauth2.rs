@@ -37,7 +37,10 @@ mod tests {
         };
         let secret = Some(Secret::new("s3cr:et&/"));
         let basic = format!("Basic {}", STANDARD.encode("my+client:s3cr%3Aet%26%2F"));
-        let rt = [("grant_type", "refresh_token"), ("refresh_token", OLD_REFRESH)];
+        let rt = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", OLD_REFRESH),
+        ];
         let with = |extra: &[(&'static str, &'static str)]| {
             let mut v = rt.to_vec();
             v.extend_from_slice(extra);
@@ -45,27 +48,46 @@ mod tests {
         };
         // (config, content type, fields, Authorization header)
         let table: Vec<(ProviderConfig, &str, Vec<(String, String)>, Option<String>)> = vec![
-            (base.clone(), "application/x-www-form-urlencoded", with(&[("client_id", "my client")]), None),
             (
-                ProviderConfig { encoding: Some(Encoding::Json), ..base.clone() },
+                base.clone(),
+                "application/x-www-form-urlencoded",
+                with(&[("client_id", "my client")]),
+                None,
+            ),
+            (
+                ProviderConfig {
+                    encoding: Some(Encoding::Json),
+                    ..base.clone()
+                },
                 "application/json",
                 with(&[("client_id", "my client")]),
                 None,
             ),
             (
-                ProviderConfig { client_secret: secret.clone(), ..base.clone() },
+                ProviderConfig {
+                    client_secret: secret.clone(),
+                    ..base.clone()
+                },
                 "application/x-www-form-urlencoded",
                 with(&[("client_id", "my client"), ("client_secret", "s3cr:et&/")]),
                 None,
             ),
             (
-                ProviderConfig { client_secret: secret.clone(), client_auth: Some(ClientAuth::None), ..base.clone() },
+                ProviderConfig {
+                    client_secret: secret.clone(),
+                    client_auth: Some(ClientAuth::None),
+                    ..base.clone()
+                },
                 "application/x-www-form-urlencoded",
                 with(&[("client_id", "my client")]),
                 None,
             ),
             (
-                ProviderConfig { client_secret: secret.clone(), client_auth: Some(ClientAuth::Basic), ..base.clone() },
+                ProviderConfig {
+                    client_secret: secret.clone(),
+                    client_auth: Some(ClientAuth::Basic),
+                    ..base.clone()
+                },
                 "application/x-www-form-urlencoded",
                 with(&[]),
                 Some(basic.clone()),
@@ -83,7 +105,10 @@ mod tests {
                 Some(basic),
             ),
             (
-                ProviderConfig { scope: Some("a b".into()), ..base.clone() },
+                ProviderConfig {
+                    scope: Some("a b".into()),
+                    ..base.clone()
+                },
                 "application/x-www-form-urlencoded",
                 with(&[("client_id", "my client"), ("scope", "a b")]),
                 None,
@@ -93,12 +118,22 @@ mod tests {
             let req = build(&c);
             assert_eq!(header(&req, "Content-Type"), Some(content_type), "{c:?}");
             assert_eq!(pairs(&req), want, "{c:?}");
-            assert_eq!(header(&req, "Authorization").map(str::to_owned), auth, "{c:?}");
+            assert_eq!(
+                header(&req, "Authorization").map(str::to_owned),
+                auth,
+                "{c:?}"
+            );
         }
         // The form body really is percent-encoded.
-        let req = build(&ProviderConfig { client_secret: secret, ..base });
+        let req = build(&ProviderConfig {
+            client_secret: secret,
+            ..base
+        });
         let body = String::from_utf8(req.body).unwrap();
-        assert!(body.contains("client_id=my+client") && body.contains("client_secret=s3cr%3Aet%26%2F"), "{body}");
+        assert!(
+            body.contains("client_id=my+client") && body.contains("client_secret=s3cr%3Aet%26%2F"),
+            "{body}"
+        );
     }
 
     #[test]
@@ -111,12 +146,21 @@ mod tests {
             ..ProviderConfig::new(K)
         };
         let table = [
-            (ProviderConfig::new(K), Err("oauth2 credentials need a token_url")),
             (
-                ProviderConfig { token_url: Some("https://idp.example/t".into()), ..ProviderConfig::new(K) },
+                ProviderConfig::new(K),
+                Err("oauth2 credentials need a token_url"),
+            ),
+            (
+                ProviderConfig {
+                    token_url: Some("https://idp.example/t".into()),
+                    ..ProviderConfig::new(K)
+                },
                 Err("oauth2 credentials need a client_id"),
             ),
-            (url("http://127.0.0.1:4444/oauth/token"), Ok("http://127.0.0.1:4444/oauth/token")),
+            (
+                url("http://127.0.0.1:4444/oauth/token"),
+                Ok("http://127.0.0.1:4444/oauth/token"),
+            ),
             (url("http://[::1]:4444/t"), Ok("http://[::1]:4444/t")),
             (url("http://localhost/t"), Ok("http://localhost/t")),
             (url("https://idp.example/t"), Ok("https://idp.example/t")),
@@ -126,16 +170,29 @@ mod tests {
             assert_eq!(got.as_deref().map_err(String::as_str), want, "{c:?}");
         }
         let err = refresh_request(&url("http://idp.example/t"), &rt, &e).unwrap_err();
-        assert!(err.contains("plain http://") && err.contains("idp.example"), "{err}");
+        assert!(
+            err.contains("plain http://") && err.contains("idp.example"),
+            "{err}"
+        );
     }
 
     #[test]
     fn success_and_failures() {
-        let t = success(K, 200, r#"{"access_token":"a","refresh_token":"r2","expires_in":"60"}"#);
-        assert_eq!((t.refresh_token.expose(), t.expires_at_ms), ("r2", NOW + 60_000));
+        let t = success(
+            K,
+            200,
+            r#"{"access_token":"a","refresh_token":"r2","expires_in":"60"}"#,
+        );
+        assert_eq!(
+            (t.refresh_token.expose(), t.expires_at_ms),
+            ("r2", NOW + 60_000)
+        );
         for code in PERMANENT_CODES {
             let f = failure(K, 400, &format!(r#"{{"error":"{code}"}}"#), None);
-            assert_eq!((f.permanence, f.code.as_str()), (Permanence::Permanent, code));
+            assert_eq!(
+                (f.permanence, f.code.as_str()),
+                (Permanence::Permanent, code)
+            );
         }
     }
 }

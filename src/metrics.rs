@@ -1,0 +1,239 @@
+//! Counters for `/metrics`, kept per [`crate::Warden`] and rendered in the
+//! Prometheus text format. Updates are a lock-free add or a short local
+//! lock; nothing here is shared between processes.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// How a refresh (or a wait for one) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefreshOutcome {
+    /// New tokens committed.
+    Success,
+    /// Failed, will retry after a backoff.
+    Transient,
+    /// Refused for good: the credential is dead.
+    Permanent,
+    /// A waiter got the result of a refresh done by another thread or process.
+    Adopted,
+    /// An expired lease was taken over.
+    Takeover,
+    /// The owner's lease was taken over before it could commit.
+    LeaseLost,
+}
+
+impl RefreshOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Success => "success",
+            RefreshOutcome::Transient => "transient",
+            RefreshOutcome::Permanent => "permanent",
+            RefreshOutcome::Adopted => "adopted",
+            RefreshOutcome::Takeover => "takeover",
+            RefreshOutcome::LeaseLost => "lease_lost",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the refresh latency histogram's buckets.
+const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The counters of one process.
+#[derive(Default)]
+pub struct Metrics {
+    refreshes: Mutex<BTreeMap<(&'static str, RefreshOutcome), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    http: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    waiters: AtomicI64,
+    upstream_requests: AtomicU64,
+}
+
+/// Decrements the waiter gauge when dropped.
+pub struct Waiting<'a>(&'a Metrics);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// Counts a refresh outcome for `provider`.
+    pub fn refresh(&self, provider: &'static str, outcome: RefreshOutcome) {
+        *self
+            .refreshes
+            .lock()
+            .entry((provider, outcome))
+            .or_default() += 1;
+    }
+
+    /// Records how long one token-endpoint request took.
+    pub fn upstream_latency(&self, provider: &'static str, took: Duration) {
+        self.upstream_requests.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let mut map = self.latency.lock();
+        let h = map.entry(provider).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    /// Counts an HTTP answer (route is the pattern, not the raw path).
+    pub fn http(&self, route: &'static str, status: u16) {
+        *self.http.lock().entry((route, status)).or_default() += 1;
+    }
+
+    /// Marks a caller as waiting on someone else's refresh until the guard drops.
+    pub fn waiting(&self) -> Waiting<'_> {
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        Waiting(self)
+    }
+
+    /// How many refreshes ended with `outcome` (all providers).
+    pub fn refresh_count(&self, outcome: RefreshOutcome) -> u64 {
+        self.refreshes
+            .lock()
+            .iter()
+            .filter(|((_, o), _)| *o == outcome)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Renders everything, plus `states` (credentials by state), in the
+    /// Prometheus text format.
+    pub fn render(&self, states: &[(&str, u64)]) -> String {
+        let mut out = String::with_capacity(2048);
+        // Writing to a String cannot fail.
+        let _ = self.render_into(&mut out, states);
+        out
+    }
+
+    fn render_into(&self, out: &mut String, states: &[(&str, u64)]) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP tokenwarden_refreshes_total Refreshes by provider and outcome."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_refreshes_total counter")?;
+        for ((provider, outcome), n) in self.refreshes.lock().iter() {
+            writeln!(
+                out,
+                "tokenwarden_refreshes_total{{provider=\"{provider}\",outcome=\"{}\"}} {n}",
+                outcome.as_str()
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP tokenwarden_refresh_seconds Token-endpoint request latency."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_refresh_seconds histogram")?;
+        for (provider, h) in self.latency.lock().iter() {
+            for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                writeln!(
+                    out,
+                    "tokenwarden_refresh_seconds_bucket{{provider=\"{provider}\",le=\"{bound}\"}} {n}"
+                )?;
+            }
+            writeln!(
+                out,
+                "tokenwarden_refresh_seconds_bucket{{provider=\"{provider}\",le=\"+Inf\"}} {}",
+                h.count
+            )?;
+            writeln!(
+                out,
+                "tokenwarden_refresh_seconds_sum{{provider=\"{provider}\"}} {}",
+                h.sum
+            )?;
+            writeln!(
+                out,
+                "tokenwarden_refresh_seconds_count{{provider=\"{provider}\"}} {}",
+                h.count
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP tokenwarden_credentials Credentials by effective state."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_credentials gauge")?;
+        for (state, n) in states {
+            writeln!(out, "tokenwarden_credentials{{state=\"{state}\"}} {n}")?;
+        }
+        writeln!(
+            out,
+            "# HELP tokenwarden_http_requests_total HTTP answers by route and status."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_http_requests_total counter")?;
+        for ((route, status), n) in self.http.lock().iter() {
+            writeln!(
+                out,
+                "tokenwarden_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP tokenwarden_waiters Callers waiting on a refresh in flight."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_waiters gauge")?;
+        writeln!(
+            out,
+            "tokenwarden_waiters {}",
+            self.waiters.load(Ordering::Relaxed)
+        )?;
+        writeln!(
+            out,
+            "# HELP tokenwarden_upstream_requests_total Token-endpoint requests sent."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_upstream_requests_total counter")?;
+        writeln!(
+            out,
+            "tokenwarden_upstream_requests_total {}",
+            self.upstream_requests.load(Ordering::Relaxed)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_gauges() {
+        let m = Metrics::default();
+        m.refresh("codex", RefreshOutcome::Success);
+        m.refresh("codex", RefreshOutcome::Success);
+        m.refresh("claude", RefreshOutcome::Permanent);
+        m.upstream_latency("codex", Duration::from_millis(30));
+        m.http("/v1/credentials/{id}/token", 200);
+        let w = m.waiting();
+        let text = m.render(&[("valid", 3), ("dead", 1)]);
+        drop(w);
+        for line in [
+            "tokenwarden_refreshes_total{provider=\"codex\",outcome=\"success\"} 2",
+            "tokenwarden_refreshes_total{provider=\"claude\",outcome=\"permanent\"} 1",
+            "tokenwarden_refresh_seconds_bucket{provider=\"codex\",le=\"0.025\"} 0",
+            "tokenwarden_refresh_seconds_bucket{provider=\"codex\",le=\"0.05\"} 1",
+            "tokenwarden_refresh_seconds_count{provider=\"codex\"} 1",
+            "tokenwarden_credentials{state=\"dead\"} 1",
+            "tokenwarden_http_requests_total{route=\"/v1/credentials/{id}/token\",status=\"200\"} 1",
+            "tokenwarden_waiters 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(m.render(&[]).contains("tokenwarden_waiters 0"));
+        assert_eq!(m.refresh_count(RefreshOutcome::Success), 2);
+    }
+}
