@@ -149,6 +149,8 @@ pub enum Command {
         /// Credential id.
         id: String,
     },
+    /// Serve the HTTP API (and refresh credentials in the background).
+    Serve(ServeArgs),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
     Export {
         /// Credential id.
@@ -160,6 +162,26 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `tokenwarden serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; a non-loopback address needs an API key.
+    #[arg(long, default_value = "127.0.0.1:8719")]
+    pub listen: String,
+    /// Worker threads answering requests.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// File with the API key(s), one per line [env: TOKENWARDEN_API_KEY, comma-separated].
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Do not refresh credentials in the background.
+    #[arg(long)]
+    pub no_refresher: bool,
+    /// Worker threads of the background refresher.
+    #[arg(long, default_value_t = 4)]
+    pub refresher_threads: usize,
 }
 
 /// `--json`.
@@ -367,6 +389,10 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Delete { id } => {
             open(&cli, "cli")?.delete(id)?;
             println!("deleted {id}");
+        }
+        Command::Serve(args) => {
+            let warden = open(&cli, "http")?;
+            crate::http::run_serve(warden, args)?;
         }
         Command::Export { id, format, out } => {
             let warden = open(&cli, "cli")?;

@@ -829,7 +829,14 @@ mod tests {
     fn ids_and_options() {
         let claude = r#"{"provider":"claude","refresh_token":"r"}"#;
         // (text, --id, --provider) → (id, provider)
-        let table: [(&str, Option<&str>, Option<ProviderKind>, &str, ProviderKind); 6] = [
+        type Row = (
+            &'static str,
+            Option<&'static str>,
+            Option<ProviderKind>,
+            &'static str,
+            ProviderKind,
+        );
+        let table: [Row; 6] = [
             (
                 r#"{"id":"a","provider":"claude","refresh_token":"r"}"#,
                 None,
@@ -901,7 +908,15 @@ mod tests {
             Box::new(move |e| matches!(e, E::MissingField(f) if f == field))
         };
         // (input, --id, --provider, matcher, text the message must contain)
-        let table: Vec<(String, Option<&str>, Option<ProviderKind>, Box<dyn Fn(&E) -> bool>, &str)> = vec![
+        type Matcher = Box<dyn Fn(&E) -> bool>;
+        type Row = (
+            String,
+            Option<&'static str>,
+            Option<ProviderKind>,
+            Matcher,
+            &'static str,
+        );
+        let table: Vec<Row> = vec![
             ("not json".into(), None, None, Box::new(|e| matches!(e, E::NotJson(_))), "not JSON"),
             ("".into(), None, None, Box::new(|e| matches!(e, E::NotJson(_))), "Codex CLI auth.json"),
             ("42".into(), None, None, Box::new(|e| *e == E::UnknownFormat), "CLIProxyAPI"),

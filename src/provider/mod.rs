@@ -1435,7 +1435,15 @@ mod tests {
         let rate = include_str!("../../fixtures/oauth/anthropic_rate_limit.json");
         let garbage = include_str!("../../fixtures/oauth/garbage.html");
         // (status, body, Retry-After) → (permanence, code, retry_after_ms)
-        let table: &[(u16, &str, Option<&str>, Permanence, &str, Option<i64>)] = &[
+        type Row = (
+            u16,
+            &'static str,
+            Option<&'static str>,
+            Permanence,
+            &'static str,
+            Option<i64>,
+        );
+        let table: &[Row] = &[
             (401, reused, None, P, "refresh_token_reused", None),
             (400, reused, None, P, "refresh_token_reused", None),
             (401, expired, None, P, "refresh_token_expired", None),

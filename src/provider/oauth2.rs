@@ -47,7 +47,14 @@ mod tests {
             expect(&v)
         };
         // (config, content type, fields, Authorization header)
-        let table: Vec<(ProviderConfig, &str, Vec<(String, String)>, Option<String>)> = vec![
+        /// (config, content type, fields, Authorization header)
+        type Row = (
+            ProviderConfig,
+            &'static str,
+            Vec<(String, String)>,
+            Option<String>,
+        );
+        let table: Vec<Row> = vec![
             (
                 base.clone(),
                 "application/x-www-form-urlencoded",
