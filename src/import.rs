@@ -117,9 +117,9 @@ pub enum ImportError {
     #[error("id {0:?} appears more than once in the input")]
     DuplicateId(String),
     /// An error in one record of an array.
-    #[error("record {index}: {source}")]
+    #[error("record {} of the array: {source}", .index + 1)]
     InRecord {
-        /// Zero-based position in the array.
+        /// Zero-based position in the array (shown one-based).
         index: usize,
         /// What is wrong with it.
         source: Box<ImportError>,
@@ -931,9 +931,9 @@ mod tests {
                 r#"[{"id":"a","provider":"codex","refresh_token":"r"},{"id":"b","provider":"codex"}]"#.into(),
                 None, None,
                 Box::new(|e| matches!(e, E::InRecord { index: 1, source } if **source == E::MissingField("refresh_token".into()))),
-                "record 1: missing field \"refresh_token\"",
+                "record 2 of the array: missing field \"refresh_token\"",
             ),
-            (r#"[{"id":"a","provider":"codex","refresh_token":"r"}, 7]"#.into(), None, None, Box::new(|e| matches!(e, E::InRecord { index: 1, .. })), "record 1"),
+            (r#"[{"id":"a","provider":"codex","refresh_token":"r"}, 7]"#.into(), None, None, Box::new(|e| matches!(e, E::InRecord { index: 1, .. })), "record 2 of the array"),
             // tokenwarden JSON
             (r#"{"id":"a","provider":"codex"}"#.into(), None, None, missing("refresh_token"), "refresh_token"),
             (r#"{"id":"a","provider":"codex","refresh_token":""}"#.into(), None, None, missing("refresh_token"), "refresh_token"),
