@@ -59,6 +59,17 @@ impl Signals {
     }
 }
 
+/// How a caller's row came to satisfy it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The stored token was good enough as it was.
+    Stored,
+    /// This caller refreshed it.
+    Refreshed,
+    /// Another thread or process refreshed it while this caller waited.
+    Adopted,
+}
+
 /// What the lease owner's work came to.
 enum Owned {
     /// The row after the owner's final write.
@@ -84,7 +95,7 @@ impl Refresher {
     /// Gets the credential into a state that satisfies `need` and returns
     /// the row to serve from, waiting at most `wait` on someone else's
     /// refresh (DESIGN.md §4).
-    pub(crate) fn obtain(&self, id: &str, need: Need, wait: Duration) -> Result<Credential> {
+    pub(crate) fn obtain(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
         let deadline = Instant::now() + wait;
         let mut poll = POLL_MIN;
         let mut waited = false;
@@ -95,13 +106,12 @@ impl Refresher {
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
             let now = clock::now_ms();
             match state::decide(&row.status, need, now, &self.config.policy) {
-                Decision::Serve => {
-                    if waited {
-                        self.metrics
-                            .refresh(row.provider.kind.as_str(), RefreshOutcome::Adopted);
-                    }
-                    return Ok(row);
+                Decision::Serve if waited => {
+                    self.metrics
+                        .refresh(row.provider.kind.as_str(), RefreshOutcome::Adopted);
+                    return Ok((row, Via::Adopted));
                 }
+                Decision::Serve => return Ok((row, Via::Stored)),
                 Decision::Dead { reason } => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
@@ -117,7 +127,9 @@ impl Refresher {
                 }
                 Decision::Claim => {
                     if let Some(done) = self.claim_and_refresh(&row, need, deadline)? {
-                        return self.after_own_refresh(done, need);
+                        return self
+                            .after_own_refresh(done, need)
+                            .map(|r| (r, Via::Refreshed));
                     }
                     // Lost the race: re-read and decide again at once.
                 }
@@ -128,7 +140,7 @@ impl Refresher {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
                         if fallback {
-                            return Ok(row);
+                            return Ok((row, Via::Stored));
                         }
                         return Err(unavailable(
                             &row,

@@ -1,27 +1,564 @@
 //! Refreshing what is due: the one-shot `sweep` for cron, and the
 //! background refresher of `serve`. Both go through the same CAS claim as
-//! every other caller, so they never race a CLI process or each other.
+//! every other caller ([`Warden::ensure`]), so they never race a CLI
+//! process, a server or each other: a credential that someone else has just
+//! refreshed is simply found fresh.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
-use crate::warden::Warden;
+use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::clock;
+use crate::credential::Credential;
+use crate::error::{Error, Result};
+use crate::state::{Need, Policy, State};
+use crate::warden::{Via, Warden};
+
+/// Why (and how) a credential is due, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Dead: skipped and reported.
+    Dead,
+    /// Nothing to do now.
+    No,
+    /// Refresh it to satisfy this need.
+    Yes(Need),
+}
+
+/// A per-credential spread of the refresh window, so credentials imported
+/// together do not all refresh in the same second: up to half the window,
+/// stable for one token (hash of id and expiry).
+pub fn jitter_ms(id: &str, expires_at_ms: i64, policy: &Policy) -> i64 {
+    let spread = policy.refresh_ahead_ms / 2;
+    if spread <= 0 {
+        return 0;
+    }
+    // FNV-1a: tiny, stable across runs and processes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes().chain(expires_at_ms.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % spread as u64) as i64
+}
+
+/// Whether `c` is due at `now_ms`: inside its (jittered) refresh window,
+/// rejected, retrying after a failure whose backoff has passed, or last
+/// refreshed more than `max_age_ms` ago.
+pub fn due(c: &Credential, now_ms: i64, policy: &Policy, max_age_ms: Option<i64>) -> Due {
+    let s = &c.status;
+    let lease_live = s.lease.as_ref().is_some_and(|l| now_ms <= l.until_ms);
+    let base = match s.state {
+        State::Refreshing if lease_live => return Due::No,
+        State::Refreshing => s.resume.unwrap_or(State::Valid),
+        other => other,
+    };
+    if base == State::Dead {
+        return Due::Dead;
+    }
+    if s.next_attempt_at_ms.is_some_and(|t| t > now_ms) {
+        return Due::No;
+    }
+    if base == State::Rejected {
+        return Due::Yes(Need::Token { min_ttl_ms: 0 });
+    }
+    let ahead = match s.expires_at_ms {
+        Some(e) if s.has_access_token => policy.refresh_ahead_ms + jitter_ms(&c.id, e, policy),
+        _ => return Due::Yes(Need::Token { min_ttl_ms: 0 }),
+    };
+    if !s.usable(now_ms, ahead) {
+        return Due::Yes(Need::Token { min_ttl_ms: ahead });
+    }
+    if s.failures > 0 {
+        // A failed refresh (e.g. an operator's) whose backoff has passed.
+        return Due::Yes(Need::Refresh {
+            since_ms: s.next_attempt_at_ms.unwrap_or(now_ms),
+            force: false,
+        });
+    }
+    match (max_age_ms, s.last_refresh_ms) {
+        (Some(age), Some(last)) if now_ms - last >= age => Due::Yes(Need::Refresh {
+            since_ms: now_ms - age,
+            force: false,
+        }),
+        _ => Due::No,
+    }
+}
+
+/// When `c` will next be due (unix ms), for the background scheduler's sleep.
+fn next_due_ms(c: &Credential, policy: &Policy) -> Option<i64> {
+    let s = &c.status;
+    let mut next = s.next_attempt_at_ms;
+    if let (Some(e), true) = (s.expires_at_ms, s.has_access_token) {
+        let at = e - policy.refresh_ahead_ms - jitter_ms(&c.id, e, policy);
+        next = Some(next.map_or(at, |n| n.max(at)));
+    }
+    if let Some(l) = &s.lease {
+        next = Some(next.map_or(l.until_ms + 1, |n| n.min(l.until_ms + 1)));
+    }
+    next
+}
+
+/// Options of one sweep.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// Worker threads.
+    pub concurrency: usize,
+    /// Only these ids (all when empty).
+    pub only: Vec<String>,
+    /// Refresh credentials last refreshed longer ago than this.
+    pub max_age: Option<Duration>,
+    /// How long a worker waits on a refresh someone else has in flight.
+    pub wait: Duration,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            concurrency: 4,
+            only: Vec::new(),
+            max_age: None,
+            wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A credential that could not be refreshed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failed {
+    /// Credential id.
+    pub id: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// What one sweep did (`sweep --json`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Refreshed by this sweep.
+    pub refreshed: Vec<String>,
+    /// Not due, or refreshed meanwhile by someone else.
+    pub skipped: Vec<String>,
+    /// Refresh failed transiently (or the database failed).
+    pub failed: Vec<Failed>,
+    /// Dead, before or because of this sweep.
+    pub dead: Vec<String>,
+}
+
+impl SweepReport {
+    /// 0 when all is well, 4 when some credential is dead (a human must log
+    /// in again, so it wins), else 5 when some refresh failed transiently.
+    pub fn exit_code(&self) -> i32 {
+        if !self.dead.is_empty() {
+            4
+        } else if !self.failed.is_empty() {
+            5
+        } else {
+            0
+        }
+    }
+
+    fn sort(&mut self) {
+        self.refreshed.sort();
+        self.skipped.sort();
+        self.dead.sort();
+        self.failed.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+}
+
+fn max_age_ms(d: Option<Duration>) -> Option<i64> {
+    d.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The outcome of settling one due credential.
+enum Settled {
+    Refreshed,
+    Skipped,
+    Dead,
+    Failed(String),
+}
+
+fn settle(warden: &Warden, id: &str, need: Need, wait: Duration) -> Settled {
+    match warden.ensure(id, need, wait) {
+        Ok((_, Via::Refreshed)) => Settled::Refreshed,
+        Ok(_) => Settled::Skipped,
+        Err(Error::Dead { .. }) => Settled::Dead,
+        Err(e) => Settled::Failed(e.to_string()),
+    }
+}
+
+/// One pass over the database: refreshes every due credential on
+/// `opts.concurrency` workers; `progress(done, total)` is called as jobs end.
+pub fn sweep(
+    warden: &Warden,
+    opts: &SweepOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<SweepReport> {
+    let mut rows = warden.list()?;
+    if !opts.only.is_empty() {
+        for id in &opts.only {
+            if !rows.iter().any(|r| &r.id == id) {
+                return Err(Error::NotFound(id.clone()));
+            }
+        }
+        rows.retain(|r| opts.only.contains(&r.id));
+    }
+    let now = clock::now_ms();
+    let policy = warden.config().policy;
+    let max_age = max_age_ms(opts.max_age);
+    let mut report = SweepReport::default();
+    let mut jobs = Vec::new();
+    for row in &rows {
+        match due(row, now, &policy, max_age) {
+            Due::Dead => report.dead.push(row.id.clone()),
+            Due::No => report.skipped.push(row.id.clone()),
+            Due::Yes(need) => jobs.push((row.id.clone(), need)),
+        }
+    }
+    let total = jobs.len();
+    let (job_tx, job_rx) = unbounded::<(String, Need)>();
+    let (done_tx, done_rx) = unbounded::<(String, Settled)>();
+    for job in jobs {
+        // The receiver lives until the scope ends: sending cannot fail.
+        let _ = job_tx.send(job);
+    }
+    drop(job_tx);
+    thread::scope(|scope| {
+        for _ in 0..opts.concurrency.max(1).min(total.max(1)) {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                for (id, need) in rx.iter() {
+                    let settled = settle(warden, &id, need, opts.wait);
+                    let _ = tx.send((id, settled));
+                }
+            });
+        }
+        drop(done_tx);
+        for (n, (id, settled)) in done_rx.iter().enumerate() {
+            match settled {
+                Settled::Refreshed => report.refreshed.push(id),
+                Settled::Skipped => report.skipped.push(id),
+                Settled::Dead => report.dead.push(id),
+                Settled::Failed(error) => report.failed.push(Failed { id, error }),
+            }
+            progress(n + 1, total);
+        }
+    });
+    report.sort();
+    Ok(report)
+}
+
+/// Shortest and longest pause of the background scheduler.
+const TICK_MIN: Duration = Duration::from_millis(200);
+const TICK_MAX: Duration = Duration::from_secs(30);
 
 /// A running background refresher; [`Background::stop`] ends it.
 pub struct Background {
-    _warden: Arc<Warden>,
+    stop: Sender<()>,
+    done: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
 }
 
-/// Starts the background refresher with `threads` workers.
+/// Starts the background refresher of `serve`: a scheduler thread finds due
+/// credentials and feeds `threads` workers over a channel.
 pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
-    let _ = threads;
-    Background { _warden: warden }
+    let threads = threads.max(1);
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (job_tx, job_rx) = bounded::<(String, Need)>(threads * 4);
+    let (done_tx, done_rx) = unbounded::<()>();
+    let queued: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut handles = Vec::with_capacity(threads + 1);
+    for n in 0..threads {
+        let (w, rx, q, done) = (
+            warden.clone(),
+            job_rx.clone(),
+            queued.clone(),
+            done_tx.clone(),
+        );
+        let spawned = thread::Builder::new()
+            .name(format!("refresher-{n}"))
+            .spawn(move || {
+                for (id, need) in rx.iter() {
+                    match settle(&w, &id, need, Duration::ZERO) {
+                        Settled::Refreshed => log::info!("{id}: refreshed in the background"),
+                        Settled::Failed(e) => log::warn!("{id}: background refresh failed: {e}"),
+                        Settled::Dead => log::warn!("{id}: dead; background refresh stops"),
+                        Settled::Skipped => {}
+                    }
+                    q.lock().remove(&id);
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => log::error!("cannot start a refresher thread: {e}"),
+        }
+    }
+    let w = warden;
+    let scheduler = thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            loop {
+                let pause = match schedule(&w, &job_tx, &queued) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        log::warn!("background refresher: {e}");
+                        Duration::from_secs(5)
+                    }
+                };
+                select! {
+                    recv(stop_rx) -> _ => break,
+                    default(pause) => {}
+                }
+            }
+            // Dropping job_tx lets the workers drain and exit.
+        });
+    match scheduler {
+        Ok(h) => handles.push(h),
+        Err(e) => log::error!("cannot start the refresh scheduler: {e}"),
+    }
+    Background {
+        stop: stop_tx,
+        done: done_rx,
+        threads: handles,
+    }
+}
+
+/// One scheduler round: queue what is due; return how long to sleep.
+fn schedule(
+    warden: &Warden,
+    jobs: &Sender<(String, Need)>,
+    queued: &Mutex<HashSet<String>>,
+) -> Result<Duration> {
+    let rows = warden.list()?;
+    let now = clock::now_ms();
+    let policy = warden.config().policy;
+    let mut next = now + TICK_MAX.as_millis() as i64;
+    for row in &rows {
+        if let Due::Yes(need) = due(row, now, &policy, None) {
+            if queued.lock().insert(row.id.clone())
+                && jobs.try_send((row.id.clone(), need)).is_err()
+            {
+                // Workers are busy: try again next round.
+                queued.lock().remove(&row.id);
+                next = now;
+            }
+        } else if let Some(at) = next_due_ms(row, &policy) {
+            next = next.min(at);
+        }
+    }
+    let pause = Duration::from_millis((next - now).max(0) as u64);
+    Ok(pause.clamp(TICK_MIN, TICK_MAX))
 }
 
 impl Background {
-    /// Stops scheduling, lets refreshes in flight finish (at most `grace`),
-    /// and joins the threads.
+    /// Stops scheduling, lets refreshes in flight finish (waiting at most
+    /// `grace`), and joins the threads that finished.
     pub fn stop(self, grace: Duration) {
-        let _ = grace;
+        let _ = self.stop.send(());
+        let end = Instant::now() + grace;
+        let workers = self.threads.len().saturating_sub(1);
+        for _ in 0..workers {
+            if self
+                .done
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                log::warn!("background refresher: a refresh is still running at shutdown");
+                return;
+            }
+        }
+        for h in self.threads {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::{Claims, ProviderConfig};
+    use crate::provider::ProviderKind;
+    use crate::state::{Lease, Status};
+
+    const NOW: i64 = 10_000_000_000;
+    const P: Policy = Policy {
+        refresh_ahead_ms: 300_000,
+        backoff_min_ms: 5_000,
+        backoff_max_ms: 300_000,
+    };
+
+    fn cred(status: Status) -> Credential {
+        Credential {
+            id: "c".into(),
+            provider: ProviderConfig::new(ProviderKind::Codex),
+            status,
+            access_token: Some("at".into()),
+            refresh_token: "rt".into(),
+            id_token: None,
+            claims: Claims::default(),
+            last_error: None,
+            api_key: None,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    fn valid(expires_in_ms: i64) -> Status {
+        Status {
+            state: State::Valid,
+            version: 1,
+            expires_at_ms: Some(NOW + expires_in_ms),
+            has_access_token: true,
+            last_refresh_ms: Some(NOW - 1000),
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn due_table() {
+        let hour = 3_600_000;
+        let token = |ms| Due::Yes(Need::Token { min_ttl_ms: ms });
+        let table: Vec<(&str, Status, Option<i64>, Due)> = vec![
+            ("fresh", valid(hour), None, Due::No),
+            (
+                "in window",
+                valid(60_000),
+                None,
+                token(300_000 + jitter_ms("c", NOW + 60_000, &P)),
+            ),
+            (
+                "no token",
+                Status {
+                    has_access_token: false,
+                    ..valid(hour)
+                },
+                None,
+                token(0),
+            ),
+            (
+                "rejected",
+                Status {
+                    state: State::Rejected,
+                    ..valid(hour)
+                },
+                None,
+                token(0),
+            ),
+            (
+                "dead",
+                Status {
+                    state: State::Dead,
+                    ..valid(hour)
+                },
+                None,
+                Due::Dead,
+            ),
+            (
+                "backing off",
+                Status {
+                    next_attempt_at_ms: Some(NOW + 1),
+                    failures: 1,
+                    ..valid(60_000)
+                },
+                None,
+                Due::No,
+            ),
+            (
+                "backoff over",
+                Status {
+                    next_attempt_at_ms: Some(NOW - 1),
+                    failures: 1,
+                    ..valid(hour)
+                },
+                None,
+                Due::Yes(Need::Refresh {
+                    since_ms: NOW - 1,
+                    force: false,
+                }),
+            ),
+            (
+                "refreshing",
+                Status {
+                    state: State::Refreshing,
+                    resume: Some(State::Valid),
+                    lease: Some(Lease {
+                        owner: "o".into(),
+                        id: "l".into(),
+                        until_ms: NOW + 1,
+                    }),
+                    ..valid(60_000)
+                },
+                None,
+                Due::No,
+            ),
+            (
+                "abandoned lease",
+                Status {
+                    state: State::Refreshing,
+                    resume: Some(State::Rejected),
+                    lease: Some(Lease {
+                        owner: "o".into(),
+                        id: "l".into(),
+                        until_ms: NOW - 1,
+                    }),
+                    ..valid(hour)
+                },
+                None,
+                token(0),
+            ),
+            (
+                "too old",
+                Status {
+                    last_refresh_ms: Some(NOW - 2 * hour),
+                    ..valid(hour)
+                },
+                Some(hour),
+                Due::Yes(Need::Refresh {
+                    since_ms: NOW - hour,
+                    force: false,
+                }),
+            ),
+            ("young enough", valid(hour), Some(hour), Due::No),
+            (
+                "age unknown",
+                Status {
+                    last_refresh_ms: None,
+                    ..valid(hour)
+                },
+                Some(1),
+                Due::No,
+            ),
+        ];
+        for (name, status, max_age, want) in table {
+            assert_eq!(due(&cred(status), NOW, &P, max_age), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_within_half_the_window() {
+        let values: HashSet<i64> = (0..1000)
+            .map(|i| jitter_ms(&format!("id{i}"), NOW, &P))
+            .collect();
+        assert!(values.iter().all(|&v| (0..150_000).contains(&v)));
+        assert!(values.len() > 900, "spread out: {}", values.len());
+        assert_eq!(jitter_ms("a", 1, &P), jitter_ms("a", 1, &P), "stable");
+    }
+
+    #[test]
+    fn exit_code_precedence() {
+        let mut r = SweepReport::default();
+        assert_eq!(r.exit_code(), 0);
+        r.failed.push(Failed {
+            id: "a".into(),
+            error: "x".into(),
+        });
+        assert_eq!(r.exit_code(), 5);
+        r.dead.push("b".into());
+        assert_eq!(r.exit_code(), 4);
     }
 }

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+pub use crate::refresh::Via;
 use crate::refresh::{Refresher, Signals};
 use crate::secret::Secret;
 use crate::state::{self, Event, Need, Refusal};
@@ -118,7 +119,7 @@ impl Warden {
         let need = Need::Token {
             min_ttl_ms: millis(min_ttl),
         };
-        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?)
+        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?.0)
     }
 
     /// Records that upstream answered 401 for `token`, and returns a token
@@ -179,7 +180,14 @@ impl Warden {
             since_ms: clock::now_ms(),
             force,
         };
-        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?)
+        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?.0)
+    }
+
+    /// Brings a credential to a state that satisfies `need` (the sweep's and
+    /// background refresher's entry point), waiting at most `wait` on another
+    /// caller's refresh; says whether this call refreshed it.
+    pub fn ensure(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
+        self.core.obtain(checked(id)?, need, wait)
     }
 
     /// Stores credentials; an existing id is an error unless `replace`.

@@ -18,6 +18,7 @@ pub mod claude;
 pub mod codex;
 pub mod google;
 pub mod oauth2;
+pub mod usage;
 
 /// Which token endpoint dialect a credential speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
