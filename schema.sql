@@ -56,13 +56,22 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_credential ON events (credential_id, seq);
 
--- Quota snapshots, with history (pruned by age).
+-- Quota snapshots, with history (pruned by age; the newest is always kept).
 CREATE TABLE IF NOT EXISTS quota_snapshots (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     credential_id  TEXT NOT NULL REFERENCES credentials (id) ON DELETE CASCADE,
     fetched_at_ms  INTEGER NOT NULL,
+    -- 'ok', or the failure's code (http_503, bad_json, unauthorized, ...).
     status         TEXT NOT NULL,
+    http_status    INTEGER,
     plan_type      TEXT,
+    limit_reached  INTEGER,
+    -- JSON: [{"name","used_percent","window_seconds","resets_at"}...]
+    windows        TEXT,
+    -- JSON: {"has_credits","unlimited","balance"}
+    credits        TEXT,
+    error_message  TEXT,
+    -- The answer as received (capped), for what the columns do not hold.
     body           TEXT
 );
 CREATE INDEX IF NOT EXISTS quota_by_credential ON quota_snapshots (credential_id, seq);

@@ -8,12 +8,16 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::clock;
+use std::io::IsTerminal;
+
+use crate::clock::{self, now_ms};
 use crate::config::{parse_secs, Config};
 use crate::error::{Error, Result};
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
-use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
+use crate::quota;
+use crate::sweep::{self, SweepOptions, SweepReport};
+use crate::view::{EventList, EventView, QuotaView, Summary, SummaryList, TokenResponse};
 use crate::warden::{Grant, Warden};
 
 /// Most bytes read from one import file or stdin.
@@ -149,6 +153,34 @@ pub enum Command {
         /// Credential id.
         id: String,
     },
+    /// One pass for cron: refresh every credential that is due (and fetch
+    /// quota with --quota). Exit 4 if some credential is dead, else 5 if
+    /// some refresh failed, else 0.
+    Sweep {
+        /// Also fetch quota snapshots (Codex, Claude).
+        #[arg(long)]
+        quota: bool,
+        /// Worker threads.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Only these credentials.
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a credential's latest quota snapshot (--refresh fetches one now).
+    Quota {
+        /// Credential id.
+        id: String,
+        /// Fetch a snapshot now.
+        #[arg(long)]
+        refresh: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
@@ -236,7 +268,7 @@ impl Tuning {
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     match execute(cli) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             // Logs may precede it; the error is always the last line.
             eprintln!("tokenwarden: {e}");
@@ -284,8 +316,8 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn execute(cli: Cli) -> Result<()> {
-    let now = clock::now_ms;
+fn execute(cli: Cli) -> Result<i32> {
+    let now = now_ms;
     match &cli.command {
         Command::Init => {
             open(&cli, "cli")?;
@@ -346,9 +378,13 @@ fn execute(cli: Cli) -> Result<()> {
         Command::List { out } => {
             let warden = open(&cli, "cli")?;
             let rows = warden.list()?;
+            let quotas = warden.store().latest_quotas()?;
             let policy = warden.config().policy;
             let t = now();
-            let credentials: Vec<_> = rows.iter().map(|c| Summary::new(c, t, &policy)).collect();
+            let credentials: Vec<_> = rows
+                .iter()
+                .map(|c| Summary::new(c, t, &policy).with_quota(quotas.get(&c.id)))
+                .collect();
             if out.json {
                 print_json(&SummaryList { credentials })?;
             } else {
@@ -358,7 +394,9 @@ fn execute(cli: Cli) -> Result<()> {
         Command::Show { id, out } => {
             let warden = open(&cli, "cli")?;
             let row = warden.get(id)?;
-            let summary = Summary::new(&row, now(), &warden.config().policy);
+            let quota = warden.store().latest_quota(id)?;
+            let summary =
+                Summary::new(&row, now(), &warden.config().policy).with_quota(quota.as_ref());
             if out.json {
                 print_json(&summary)?;
             } else {
@@ -390,6 +428,50 @@ fn execute(cli: Cli) -> Result<()> {
             open(&cli, "cli")?.delete(id)?;
             println!("deleted {id}");
         }
+        Command::Sweep {
+            quota,
+            concurrency,
+            only,
+            out,
+        } => {
+            let warden = open(&cli, "sweep")?;
+            let opts = SweepOptions {
+                concurrency: *concurrency,
+                only: only.clone(),
+                max_age: warden.config().max_token_age,
+                wait: warden.config().wait,
+                quota: *quota,
+            };
+            let tty = std::io::stderr().is_terminal() && !out.json;
+            let progress = |done: usize, total: usize| {
+                if tty {
+                    eprint!("\rrefreshing {done}/{total}");
+                    if done == total {
+                        eprintln!();
+                    }
+                }
+            };
+            let report = sweep::sweep(&warden, &opts, &progress)?;
+            if out.json {
+                print_json(&report)?;
+            } else {
+                print_sweep(&warden, &report)?;
+            }
+            return Ok(report.exit_code());
+        }
+        Command::Quota { id, refresh, out } => {
+            let warden = open(&cli, "cli")?;
+            let row = if *refresh {
+                quota::fetch(&warden, id)?
+            } else {
+                quota::latest(&warden, id)?
+            };
+            if out.json {
+                print_json(&QuotaView::new(&row))?;
+            } else {
+                print_quota(&QuotaView::new(&row));
+            }
+        }
         Command::Serve(args) => {
             let warden = open(&cli, "http")?;
             crate::http::run_serve(warden, args)?;
@@ -408,7 +490,7 @@ fn execute(cli: Cli) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 /// Writes `bytes` to `path` with mode 0600 (also when the file existed).
@@ -484,4 +566,82 @@ fn print_summary(s: &Summary) {
             e.message
         );
     }
+    if let Some(q) = &s.quota {
+        println!("quota:        {}", q.line());
+    }
+}
+
+fn print_quota(q: &QuotaView) {
+    println!("credential:   {}", q.credential_id);
+    println!("fetched at:   {}", when(Some(q.fetched_at)));
+    println!("status:       {}", q.status);
+    if let Some(plan) = q.plan_type {
+        println!("plan:         {plan}");
+    }
+    if let Some(reached) = q.limit_reached {
+        println!("limit hit:    {reached}");
+    }
+    for w in q.windows {
+        let length = w
+            .window_seconds
+            .map_or_else(String::new, |s| format!(" ({}h)", s / 3600));
+        println!(
+            "window:       {}{length}: {}% used, resets {}",
+            w.name,
+            w.used_percent,
+            when(w.resets_at)
+        );
+    }
+    if let Some(e) = q.error {
+        println!("error:        {e}");
+    }
+}
+
+fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
+    let rows = warden.list()?;
+    let quotas = warden.store().latest_quotas()?;
+    let policy = warden.config().policy;
+    let t = now_ms();
+    let action = |id: &String| {
+        if report.refreshed.contains(id) {
+            "refreshed".to_owned()
+        } else if report.dead.contains(id) {
+            "dead".to_owned()
+        } else if report.failed.iter().any(|f| &f.id == id) {
+            "failed".to_owned()
+        } else {
+            "fresh".to_owned()
+        }
+    };
+    println!(
+        "{:<32} {:<10} {:<10} {:>10}  {:<20}",
+        "ID", "STATE", "ACTION", "QUOTA LEFT", "NEXT RESET"
+    );
+    for c in rows.iter().filter(|c| {
+        report.refreshed.contains(&c.id)
+            || report.skipped.contains(&c.id)
+            || report.dead.contains(&c.id)
+            || report.failed.iter().any(|f| f.id == c.id)
+    }) {
+        let window = quotas
+            .get(&c.id)
+            .and_then(|q| q.quota.as_ref())
+            .and_then(|q| q.windows.first());
+        let left = window.map_or_else(
+            || "-".into(),
+            |w| format!("{:.0}%", (100.0 - w.used_percent).max(0.0)),
+        );
+        println!(
+            "{:<32} {:<10} {:<10} {:>10}  {:<20}",
+            c.id,
+            c.status.effective(t, &policy).as_str(),
+            action(&c.id),
+            left,
+            when(window.and_then(|w| w.resets_at))
+        );
+    }
+    for f in &report.failed {
+        eprintln!("{}: {}", f.id, f.error);
+    }
+    Ok(())
 }

@@ -28,6 +28,11 @@ pub struct Config {
     pub busy_timeout: Duration,
     /// Most connections the pool opens.
     pub pool_size: u32,
+    /// How long quota snapshots are kept (the newest always is).
+    pub quota_keep: Duration,
+    /// The sweep refreshes credentials last refreshed longer ago than this,
+    /// so rarely used refresh tokens do not lapse; `None` turns it off.
+    pub max_token_age: Option<Duration>,
     /// Who this process is in event rows (`cli`, `http`, `sweep`, …); the
     /// pid and thread are added per lease.
     pub actor: String,
@@ -47,6 +52,8 @@ impl Default for Config {
             busy_timeout: Duration::from_secs(10),
             pool_size: 8,
             actor: "lib".into(),
+            quota_keep: Duration::from_secs(30 * 86_400),
+            max_token_age: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -96,6 +103,12 @@ impl Config {
         }
         if let Some(d) = env_secs("TOKENWARDEN_REFRESH_AHEAD")? {
             c.policy.refresh_ahead_ms = ms(d);
+        }
+        if let Some(d) = env_secs("TOKENWARDEN_QUOTA_KEEP")? {
+            c.quota_keep = d;
+        }
+        if let Some(d) = env_secs("TOKENWARDEN_MAX_TOKEN_AGE")? {
+            c.max_token_age = (!d.is_zero()).then_some(d);
         }
         c.wait = match env_secs("TOKENWARDEN_WAIT")? {
             Some(d) => d,

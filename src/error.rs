@@ -40,6 +40,17 @@ pub enum Error {
     /// The database failed (busy, full, read-only, corrupt, foreign…).
     #[error("database: {0}")]
     Db(String),
+    /// No quota snapshot has been fetched for the credential yet.
+    #[error("no quota snapshot for '{0}' yet; fetch one with `tokenwarden quota {0} --refresh`")]
+    NoQuota(String),
+    /// The credential's provider has no quota endpoint.
+    #[error("credential '{id}' is a {provider} credential, which has no quota endpoint")]
+    QuotaUnsupported {
+        /// Credential id.
+        id: String,
+        /// Its provider.
+        provider: String,
+    },
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
@@ -53,7 +64,11 @@ impl Error {
             Error::NotFound(_) => 3,
             Error::Dead { .. } => 4,
             Error::Unavailable { .. } => 5,
-            Error::Exists(_) | Error::Db(_) | Error::Io(_) => 1,
+            Error::Exists(_)
+            | Error::Db(_)
+            | Error::Io(_)
+            | Error::NoQuota(_)
+            | Error::QuotaUnsupported { .. } => 1,
         }
     }
 
@@ -68,6 +83,8 @@ impl Error {
             Error::Config(_) => "config",
             Error::Db(_) => "database",
             Error::Io(_) => "io",
+            Error::NoQuota(_) => "no_quota",
+            Error::QuotaUnsupported { .. } => "quota_unsupported",
         }
     }
 }

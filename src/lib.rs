@@ -21,6 +21,7 @@ pub mod import;
 pub mod jwt;
 pub mod metrics;
 pub mod provider;
+pub mod quota;
 mod refresh;
 pub mod rfc3339;
 pub mod secret;

@@ -16,6 +16,8 @@ use serde::Serialize;
 use crate::clock;
 use crate::credential::Credential;
 use crate::error::{Error, Result};
+use crate::provider::usage;
+use crate::quota;
 use crate::state::{Need, Policy, State};
 use crate::warden::{Via, Warden};
 
@@ -114,6 +116,8 @@ pub struct SweepOptions {
     pub max_age: Option<Duration>,
     /// How long a worker waits on a refresh someone else has in flight.
     pub wait: Duration,
+    /// Also fetch quota snapshots.
+    pub quota: bool,
 }
 
 impl Default for SweepOptions {
@@ -123,6 +127,7 @@ impl Default for SweepOptions {
             only: Vec::new(),
             max_age: None,
             wait: Duration::from_secs(30),
+            quota: false,
         }
     }
 }
@@ -136,6 +141,49 @@ pub struct Failed {
     pub error: String,
 }
 
+/// The quota fetch of one credential in a sweep.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QuotaStatus {
+    /// Credential id.
+    pub id: String,
+    /// `ok`, a failure code, `skipped` (dead or no quota endpoint), or
+    /// `error: …` when no token could be had.
+    pub status: String,
+}
+
+/// Runs `work` over `items` on `concurrency` scoped threads fed by a
+/// channel, handing each result to `done` on the calling thread.
+fn run_pool<T: Send, R: Send>(
+    items: Vec<T>,
+    concurrency: usize,
+    work: impl Fn(T) -> R + Sync,
+    mut done: impl FnMut(R),
+) {
+    let workers = concurrency.max(1).min(items.len());
+    let (job_tx, job_rx) = unbounded::<T>();
+    let (done_tx, done_rx) = unbounded::<R>();
+    for item in items {
+        // The receiver lives until the scope ends: sending cannot fail.
+        let _ = job_tx.send(item);
+    }
+    drop(job_tx);
+    let work = &work;
+    thread::scope(|scope| {
+        for _ in 0..workers {
+            let (rx, tx) = (job_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                for item in rx.iter() {
+                    let _ = tx.send(work(item));
+                }
+            });
+        }
+        drop(done_tx);
+        for r in done_rx.iter() {
+            done(r);
+        }
+    });
+}
+
 /// What one sweep did (`sweep --json`).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct SweepReport {
@@ -147,6 +195,8 @@ pub struct SweepReport {
     pub failed: Vec<Failed>,
     /// Dead, before or because of this sweep.
     pub dead: Vec<String>,
+    /// Quota fetches (with `--quota`).
+    pub quota: Vec<QuotaStatus>,
 }
 
 impl SweepReport {
@@ -167,6 +217,7 @@ impl SweepReport {
         self.skipped.sort();
         self.dead.sort();
         self.failed.sort_by(|a, b| a.id.cmp(&b.id));
+        self.quota.sort_by(|a, b| a.id.cmp(&b.id));
     }
 }
 
@@ -220,34 +271,50 @@ pub fn sweep(
         }
     }
     let total = jobs.len();
-    let (job_tx, job_rx) = unbounded::<(String, Need)>();
-    let (done_tx, done_rx) = unbounded::<(String, Settled)>();
-    for job in jobs {
-        // The receiver lives until the scope ends: sending cannot fail.
-        let _ = job_tx.send(job);
-    }
-    drop(job_tx);
-    thread::scope(|scope| {
-        for _ in 0..opts.concurrency.max(1).min(total.max(1)) {
-            let (rx, tx) = (job_rx.clone(), done_tx.clone());
-            scope.spawn(move || {
-                for (id, need) in rx.iter() {
-                    let settled = settle(warden, &id, need, opts.wait);
-                    let _ = tx.send((id, settled));
-                }
-            });
-        }
-        drop(done_tx);
-        for (n, (id, settled)) in done_rx.iter().enumerate() {
+    let mut n = 0;
+    run_pool(
+        jobs,
+        opts.concurrency,
+        |(id, need)| {
+            let settled = settle(warden, &id, need, opts.wait);
+            (id, settled)
+        },
+        |(id, settled)| {
             match settled {
                 Settled::Refreshed => report.refreshed.push(id),
                 Settled::Skipped => report.skipped.push(id),
                 Settled::Dead => report.dead.push(id),
                 Settled::Failed(error) => report.failed.push(Failed { id, error }),
             }
-            progress(n + 1, total);
+            n += 1;
+            progress(n, total);
+        },
+    );
+    if opts.quota {
+        let mut targets = Vec::new();
+        for row in &rows {
+            if report.dead.contains(&row.id) || !usage::supported(row.provider.kind) {
+                report.quota.push(QuotaStatus {
+                    id: row.id.clone(),
+                    status: "skipped".into(),
+                });
+            } else {
+                targets.push(row.id.clone());
+            }
         }
-    });
+        run_pool(
+            targets,
+            opts.concurrency,
+            |id| {
+                let status = match quota::fetch(warden, &id) {
+                    Ok(q) => q.status,
+                    Err(e) => format!("error: {e}"),
+                };
+                QuotaStatus { id, status }
+            },
+            |q| report.quota.push(q),
+        );
+    }
     report.sort();
     Ok(report)
 }

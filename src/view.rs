@@ -5,8 +5,10 @@
 use serde::Serialize;
 
 use crate::credential::Credential;
+use crate::provider::usage::{Credits, Window};
 use crate::state::Policy;
 use crate::store::EventRow;
+use crate::store::QuotaRow;
 use crate::warden::Grant;
 
 /// Unix seconds, rounded down (an expiry is never overstated).
@@ -95,6 +97,116 @@ pub struct Summary<'a> {
     /// Why it is dead (the upstream code), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_reason: Option<&'a str>,
+    /// The newest quota snapshot, briefly, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaBrief<'a>>,
+}
+
+/// One window of a quota snapshot, briefly.
+#[derive(Debug, Serialize)]
+pub struct WindowBrief<'a> {
+    /// Window name.
+    pub name: &'a str,
+    /// Percent used.
+    pub used_percent: f64,
+    /// Reset time, unix seconds.
+    pub resets_at: Option<i64>,
+}
+
+/// A summary's quota line.
+#[derive(Debug, Serialize)]
+pub struct QuotaBrief<'a> {
+    /// When it was fetched, unix seconds.
+    pub fetched_at: i64,
+    /// `ok` or the failure's code.
+    pub status: &'a str,
+    /// Windows of the last good snapshot.
+    pub windows: Vec<WindowBrief<'a>>,
+}
+
+impl<'a> QuotaBrief<'a> {
+    /// The brief form of `q`.
+    pub fn new(q: &'a QuotaRow) -> Self {
+        QuotaBrief {
+            fetched_at: secs_floor(q.fetched_at_ms),
+            status: &q.status,
+            windows: q
+                .quota
+                .iter()
+                .flat_map(|q| &q.windows)
+                .map(|w| WindowBrief {
+                    name: &w.name,
+                    used_percent: w.used_percent,
+                    resets_at: w.resets_at,
+                })
+                .collect(),
+        }
+    }
+
+    /// `primary 42% (resets …), secondary 17% (…)`, or the failure.
+    pub fn line(&self) -> String {
+        if self.windows.is_empty() {
+            return format!(
+                "{} (fetched {})",
+                self.status,
+                crate::rfc3339::format(self.fetched_at * 1000)
+            );
+        }
+        self.windows
+            .iter()
+            .map(|w| match w.resets_at {
+                Some(r) => format!(
+                    "{} {}% (resets {})",
+                    w.name,
+                    w.used_percent,
+                    crate::rfc3339::format(r * 1000)
+                ),
+                None => format!("{} {}%", w.name, w.used_percent),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A full quota snapshot (`GET …/quota`, `tokenwarden quota ID --json`).
+#[derive(Debug, Serialize)]
+pub struct QuotaView<'a> {
+    /// Credential id.
+    pub credential_id: &'a str,
+    /// When it was fetched, unix seconds.
+    pub fetched_at: i64,
+    /// `ok` or the failure's code.
+    pub status: &'a str,
+    /// Upstream's HTTP status.
+    pub http_status: Option<u16>,
+    /// Plan, if upstream said.
+    pub plan_type: Option<&'a str>,
+    /// Whether a limit is reached.
+    pub limit_reached: Option<bool>,
+    /// The windows.
+    pub windows: &'a [Window],
+    /// Credits, if upstream said.
+    pub credits: Option<&'a Credits>,
+    /// What went wrong, if it did.
+    pub error: Option<&'a str>,
+}
+
+impl<'a> QuotaView<'a> {
+    /// The view of `q`.
+    pub fn new(q: &'a QuotaRow) -> Self {
+        let quota = q.quota.as_ref();
+        QuotaView {
+            credential_id: &q.credential_id,
+            fetched_at: secs_floor(q.fetched_at_ms),
+            status: &q.status,
+            http_status: q.http_status,
+            plan_type: quota.and_then(|q| q.plan_type.as_deref()),
+            limit_reached: quota.and_then(|q| q.limit_reached),
+            windows: quota.map_or(&[], |q| q.windows.as_slice()),
+            credits: quota.and_then(|q| q.credits.as_ref()),
+            error: q.error_message.as_deref(),
+        }
+    }
 }
 
 impl<'a> Summary<'a> {
@@ -122,7 +234,14 @@ impl<'a> Summary<'a> {
             dead_reason: (state == crate::state::State::Dead)
                 .then_some(s.dead_reason.as_deref())
                 .flatten(),
+            quota: None,
         }
+    }
+
+    /// Adds the quota line from the newest snapshot, if any.
+    pub fn with_quota(mut self, q: Option<&'a QuotaRow>) -> Self {
+        self.quota = q.map(QuotaBrief::new);
+        self
     }
 }
 

@@ -103,6 +103,11 @@ impl Warden {
         &self.core.metrics
     }
 
+    /// The HTTP client (for the usage endpoints).
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.core.upstream
+    }
+
     /// The underlying store (for tools that list or inspect rows).
     pub fn store(&self) -> &Store {
         &self.core.store

@@ -1,7 +1,7 @@
 //! Quota (usage) endpoints of Codex and Claude (DESIGN.md §6), as pure
 //! functions: build the request, read the answer into a [`Quota`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ProviderKind;
@@ -12,7 +12,7 @@ use crate::rfc3339;
 pub const ANTHROPIC_BETA: &str = "oauth-2025-04-20";
 
 /// One rate-limit window.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     /// `primary`/`secondary` (Codex) or `five_hour`/`seven_day`/… (Claude).
     pub name: String,
@@ -25,7 +25,7 @@ pub struct Window {
 }
 
 /// Prepaid credits (Codex).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Credits {
     /// Whether the account has credits.
     pub has_credits: Option<bool>,
@@ -36,7 +36,7 @@ pub struct Credits {
 }
 
 /// A quota snapshot as read from upstream.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quota {
     /// ChatGPT plan.
     pub plan_type: Option<String>,
