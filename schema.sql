@@ -75,3 +75,10 @@ CREATE TABLE IF NOT EXISTS quota_snapshots (
     body           TEXT
 );
 CREATE INDEX IF NOT EXISTS quota_by_credential ON quota_snapshots (credential_id, seq);
+
+-- Database-wide settings: 'key_check' (a value sealed with the encryption
+-- key) marks an encrypted database and detects a wrong key at start-up.
+CREATE TABLE IF NOT EXISTS meta (
+    key    TEXT PRIMARY KEY NOT NULL,
+    value  TEXT NOT NULL
+);

@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
 use crate::quota;
+use crate::seal::Sealer;
+use crate::secret::Secret;
 use crate::sweep::{self, SweepOptions, SweepReport};
 use crate::view::{EventList, EventView, QuotaView, Summary, SummaryList, TokenResponse};
 use crate::warden::{Grant, Warden};
@@ -39,6 +41,10 @@ pub struct Cli {
     /// Tuning overrides.
     #[command(flatten)]
     pub tuning: Tuning,
+    /// File holding the base64 key that seals secrets at rest
+    /// [env: TOKENWARDEN_ENCRYPTION_KEY].
+    #[arg(long, global = true)]
+    pub encryption_key_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +68,10 @@ pub struct Tuning {
     /// How long to wait on another process's refresh [env: TOKENWARDEN_WAIT]
     #[arg(long, global = true, value_parser = secs)]
     pub wait: Option<Duration>,
+}
+
+fn millis_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn secs(raw: &str) -> std::result::Result<Duration, String> {
@@ -181,6 +191,18 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Print a new random encryption key (base64) for
+    /// TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file.
+    Keygen,
+    /// Seal every secret of a plain database with the configured key, in
+    /// one transaction (stop other tokenwarden processes first).
+    Encrypt,
+    /// Re-seal every secret with a new key, in one transaction.
+    Rekey {
+        /// File holding the new base64 key [env: TOKENWARDEN_NEW_ENCRYPTION_KEY].
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
@@ -277,11 +299,29 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn open(cli: &Cli, role: &str) -> Result<Warden> {
+fn config(cli: &Cli, role: &str) -> Result<Config> {
     let mut config = Config::from_env()?;
     config.actor = role.to_owned();
     cli.tuning.apply(&mut config)?;
-    Warden::open(&cli.db, config)
+    if let Some(path) = &cli.encryption_key_file {
+        config.encryption_key = Some(read_key(path)?);
+    }
+    Ok(config)
+}
+
+fn open(cli: &Cli, role: &str) -> Result<Warden> {
+    Warden::open(&cli.db, config(cli, role)?)
+}
+
+fn read_key(path: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("cannot read key file {}: {e}", path.display())))?;
+    Ok(Secret::new(text.trim()))
+}
+
+fn sealer(key: Option<&Secret>, what: &str) -> Result<Sealer> {
+    let key = key.ok_or_else(|| Error::Config(format!("{what}: no key given")))?;
+    Sealer::from_base64(key.expose()).map_err(|e| Error::Config(format!("{what}: {e}")))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
@@ -471,6 +511,35 @@ fn execute(cli: Cli) -> Result<i32> {
             } else {
                 print_quota(&QuotaView::new(&row));
             }
+        }
+        Command::Keygen => println!("{}", crate::seal::generate_key()),
+        Command::Encrypt => {
+            let c = config(&cli, "cli")?;
+            let key = sealer(
+                c.encryption_key.as_ref(),
+                "set TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file",
+            )?;
+            let n = crate::store::encrypt_in_place(&cli.db, millis_u64(c.busy_timeout), &key)?;
+            println!("encrypted {n} credentials in {}", cli.db.display());
+        }
+        Command::Rekey { new_key_file } => {
+            let c = config(&cli, "cli")?;
+            let old = sealer(
+                c.encryption_key.as_ref(),
+                "the current key (TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file)",
+            )?;
+            let new_key = match new_key_file {
+                Some(path) => Some(read_key(path)?),
+                None => std::env::var("TOKENWARDEN_NEW_ENCRYPTION_KEY")
+                    .ok()
+                    .map(Secret::new),
+            };
+            let new = sealer(
+                new_key.as_ref(),
+                "the new key (--new-key-file or TOKENWARDEN_NEW_ENCRYPTION_KEY)",
+            )?;
+            let n = crate::store::rekey(&cli.db, millis_u64(c.busy_timeout), &old, &new)?;
+            println!("re-keyed {n} credentials in {}", cli.db.display());
         }
         Command::Serve(args) => {
             let warden = open(&cli, "http")?;

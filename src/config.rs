@@ -33,6 +33,8 @@ pub struct Config {
     /// The sweep refreshes credentials last refreshed longer ago than this,
     /// so rarely used refresh tokens do not lapse; `None` turns it off.
     pub max_token_age: Option<Duration>,
+    /// Base64 key sealing every secret column (`TOKENWARDEN_ENCRYPTION_KEY`).
+    pub encryption_key: Option<crate::secret::Secret>,
     /// Who this process is in event rows (`cli`, `http`, `sweep`, …); the
     /// pid and thread are added per lease.
     pub actor: String,
@@ -54,6 +56,7 @@ impl Default for Config {
             actor: "lib".into(),
             quota_keep: Duration::from_secs(30 * 86_400),
             max_token_age: Some(Duration::from_secs(7 * 86_400)),
+            encryption_key: None,
         }
     }
 }
@@ -110,6 +113,10 @@ impl Config {
         if let Some(d) = env_secs("TOKENWARDEN_MAX_TOKEN_AGE")? {
             c.max_token_age = (!d.is_zero()).then_some(d);
         }
+        c.encryption_key = std::env::var("TOKENWARDEN_ENCRYPTION_KEY")
+            .ok()
+            .filter(|k| !k.trim().is_empty())
+            .map(crate::secret::Secret::new);
         c.wait = match env_secs("TOKENWARDEN_WAIT")? {
             Some(d) => d,
             None => c.lease_ttl + c.request_timeout,

@@ -24,6 +24,7 @@ pub mod provider;
 pub mod quota;
 mod refresh;
 pub mod rfc3339;
+pub mod seal;
 pub mod secret;
 pub mod state;
 pub mod store;

@@ -8,6 +8,7 @@ use std::fmt;
 /// `Debug` and `Display` print `***`, so a secret that slips into a log line
 /// or a panic message reveals nothing. Reading the value takes an explicit
 /// [`Secret::expose`], which makes every place that does so easy to audit.
+/// The value is zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -26,6 +27,14 @@ impl Secret {
     /// Whether the value is empty (an absent token in some import formats).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+impl Drop for Secret {
+    // Best effort: copies the allocator or a caller made are out of reach,
+    // but the value does not linger in freed memory after its last owner.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use crate::refresh::Via;
 use crate::refresh::{Refresher, Signals};
+use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Event, Need, Refusal};
 use crate::store::{EventRow, Store, Write};
@@ -81,7 +82,14 @@ impl Warden {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
         config.validate()?;
-        let store = Store::open(path.as_ref(), config.busy_timeout, config.pool_size)?;
+        let sealer = config
+            .encryption_key
+            .as_ref()
+            .map(|k| Sealer::from_base64(k.expose()))
+            .transpose()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let store =
+            Store::open_sealed(path.as_ref(), config.busy_timeout, config.pool_size, sealer)?;
         Ok(Warden {
             core: Refresher {
                 store,

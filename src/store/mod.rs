@@ -8,6 +8,7 @@
 //! event row; a lost compare-and-swap is `Ok(None)`, not an error.
 
 mod schema;
+mod sealing;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,10 +21,13 @@ use crate::credential::{Claims, Credential, LastError, NewCredential, ProviderCo
 use crate::error::{Error, Result};
 use crate::provider::usage::Quota;
 use crate::provider::{ClientAuth, Encoding, ProviderKind, Tokens};
+use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{Guard, Lease, State, Status, Transition};
 
 pub use schema::VERSION as SCHEMA_VERSION;
+use sealing::Codec;
+pub use sealing::{encrypt_in_place, rekey};
 
 /// What a transition does to `last_error`.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +129,7 @@ const QUOTA_COLUMNS: &str = "credential_id, fetched_at_ms, status, http_status, 
 pub struct Store {
     pool: Pool<SqliteConnectionManager>,
     path: PathBuf,
+    codec: Codec,
 }
 
 impl std::fmt::Debug for Store {
@@ -189,9 +194,12 @@ fn required<T>(v: Option<T>, idx: usize) -> rusqlite::Result<T> {
     ))
 }
 
-fn read_credential(r: &Row) -> rusqlite::Result<Credential> {
+fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
+    let id: String = r.get(0)?;
     let secret = |i: usize| -> rusqlite::Result<Option<Secret>> {
-        Ok(r.get::<_, Option<String>>(i)?.map(Secret::new))
+        r.get::<_, Option<String>>(i)?
+            .map(|v| codec.open(&id, sealing::column(i), v, i))
+            .transpose()
     };
     let access_token = secret(4)?;
     let lease = match (
@@ -214,7 +222,7 @@ fn read_credential(r: &Row) -> rusqlite::Result<Credential> {
         None => None,
     };
     Ok(Credential {
-        id: r.get(0)?,
+        id: id.clone(),
         provider: ProviderConfig {
             kind: required(parsed(r, 1, ProviderKind::parse)?, 1)?,
             token_url: r.get(8)?,
@@ -284,20 +292,39 @@ fn append_event(
     .map(drop)
 }
 
-fn select_one(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<Credential>> {
+fn select_one(
+    conn: &rusqlite::Connection,
+    id: &str,
+    codec: &Codec,
+) -> rusqlite::Result<Option<Credential>> {
     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM credentials WHERE id = ?1"))?
-        .query_row([id], read_credential)
+        .query_row([id], |r| read_credential(r, codec))
         .optional()
 }
 
 impl Store {
-    /// Opens (creating with mode 0600 if needed) and migrates the database.
+    /// Opens (creating with mode 0600 if needed) and migrates a database
+    /// that is not encrypted.
     pub fn open(path: &Path, busy_timeout: Duration, pool_size: u32) -> Result<Store> {
+        Store::open_sealed(path, busy_timeout, pool_size, None)
+    }
+
+    /// Opens a database whose secrets are sealed with `sealer` (or not, with
+    /// `None`). A key that does not match the database, a key for a plain
+    /// database, or no key for an encrypted one is refused here, at start-up,
+    /// never by serving garbage later.
+    pub fn open_sealed(
+        path: &Path,
+        busy_timeout: Duration,
+        pool_size: u32,
+        sealer: Option<Sealer>,
+    ) -> Result<Store> {
         schema::create_private(path)?;
         let busy_ms = u64::try_from(busy_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut conn = rusqlite::Connection::open(path).map_err(db_err)?;
         schema::configure(&conn, busy_ms).map_err(db_err)?;
         schema::migrate(&mut conn, path)?;
+        sealing::check_key(&mut conn, path, sealer.as_ref())?;
         drop(conn);
         let manager =
             SqliteConnectionManager::file(path).with_init(move |c| schema::configure(c, busy_ms));
@@ -310,6 +337,7 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_owned(),
+            codec: Codec::new(sealer),
         })
     }
 
@@ -326,7 +354,7 @@ impl Store {
 
     /// Reads one credential.
     pub fn get(&self, id: &str) -> Result<Option<Credential>> {
-        select_one(&*self.conn()?, id).map_err(db_err)
+        select_one(&*self.conn()?, id, &self.codec).map_err(db_err)
     }
 
     /// Reads only a credential's version: the cheap poll of a waiter.
@@ -343,7 +371,9 @@ impl Store {
         let mut stmt = conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM credentials ORDER BY id"))
             .map_err(db_err)?;
-        let rows = stmt.query_map([], read_credential).map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| read_credential(r, &self.codec))
+            .map_err(db_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(db_err)
     }
 
@@ -374,7 +404,8 @@ impl Store {
         }
         let version = old.as_ref().map_or(1, |(_, v)| v + 1);
         let p = &c.provider;
-        let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_owned());
+        let seal = |col: &str, s: &Secret| self.codec.seal(&c.id, col, s.expose());
+        let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
         tx.execute(
             "INSERT OR REPLACE INTO credentials (id, provider, state, version, access_token, \
              refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
@@ -386,17 +417,17 @@ impl Store {
                 c.id,
                 p.kind.as_str(),
                 version,
-                expose(&c.access_token),
-                c.refresh_token.expose(),
-                expose(&c.id_token),
+                seal_opt("access_token", &c.access_token),
+                seal("refresh_token", &c.refresh_token),
+                seal_opt("id_token", &c.id_token),
                 c.expires_at_ms,
                 p.token_url,
                 p.client_id,
-                expose(&p.client_secret),
+                seal_opt("client_secret", &p.client_secret),
                 p.scope,
                 p.encoding.map(Encoding::as_str),
                 p.client_auth.map(ClientAuth::as_str),
-                expose(&c.api_key),
+                seal_opt("api_key", &c.api_key),
                 c.claims.account_id,
                 c.claims.email,
                 c.claims.plan_type,
@@ -420,7 +451,7 @@ impl Store {
             reason,
         };
         append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(&tx, &c.id)
+        let row = select_one(&tx, &c.id, &self.codec)
             .map_err(db_err)?
             .ok_or_else(|| Error::Db("imported row vanished".into()))?;
         tx.commit().map_err(db_err)?;
@@ -446,6 +477,7 @@ impl Store {
             Guard::Lease { id, version } => (*version, Some(id.as_str())),
         };
         let tok = write.tokens;
+        let seal = |col: &str, s: &Secret| self.codec.seal(id, col, s.expose());
         let claims = tok.map(|t| &t.claims);
         let (set_error, error) = match write.error {
             ErrorUpdate::Keep => (false, None),
@@ -481,9 +513,10 @@ impl Store {
                     t.next_attempt_at_ms,
                     t.dead_reason,
                     now_ms,
-                    tok.map(|t| t.access_token.expose()),
-                    tok.map(|t| t.refresh_token.expose()),
-                    tok.and_then(|t| t.id_token.as_ref()).map(Secret::expose),
+                    tok.map(|t| seal("access_token", &t.access_token)),
+                    tok.map(|t| seal("refresh_token", &t.refresh_token)),
+                    tok.and_then(|t| t.id_token.as_ref())
+                        .map(|s| seal("id_token", s)),
                     tok.map(|t| t.expires_at_ms),
                     tok.map(|_| now_ms),
                     claims.and_then(|c| c.account_id.as_deref()),
@@ -504,7 +537,7 @@ impl Store {
         if changed == 0 {
             return Ok(None);
         }
-        let row = select_one(&tx, id)
+        let row = select_one(&tx, id, &self.codec)
             .map_err(db_err)?
             .ok_or_else(|| Error::Db("updated row vanished".into()))?;
         let change = Change {
