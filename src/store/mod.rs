@@ -320,6 +320,7 @@ impl Store {
         sealer: Option<Sealer>,
     ) -> Result<Store> {
         schema::create_private(path)?;
+        schema::warn_if_exposed(path);
         let busy_ms = u64::try_from(busy_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut conn = rusqlite::Connection::open(path).map_err(db_err)?;
         schema::configure(&conn, busy_ms).map_err(db_err)?;

@@ -40,6 +40,38 @@ pub fn create_private(path: &Path) -> Result<()> {
         .map_err(|e| Error::Io(format!("cannot create database {}: {e}", path.display())))
 }
 
+/// Warns when others can read the database file (its tokens) or replace
+/// it (a directory others can write, without the sticky bit). A directory
+/// others can merely list is common (a home directory) and only noted.
+pub fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.permissions().mode());
+    if let Some(m) = mode(path).filter(|m| m & 0o077 != 0) {
+        log::warn!(
+            "database {} is readable by others (mode {:o}); run `chmod 600` on it",
+            path.display(),
+            m & 0o777
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match mode(dir) {
+        Some(m) if m & 0o022 != 0 && m & 0o1000 == 0 => log::warn!(
+            "the database's directory {} is writable by others (mode {:o}): they could replace it",
+            dir.display(),
+            m & 0o777
+        ),
+        Some(m) if m & 0o044 != 0 => log::info!(
+            "the database's directory {} is readable by others (mode {:o})",
+            dir.display(),
+            m & 0o777
+        ),
+        _ => {}
+    }
+}
+
 /// Per-connection settings: every pooled connection runs this.
 pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;

@@ -1,0 +1,307 @@
+//! Secrets at rest and in output: encrypted databases, encrypt/rekey that
+//! survive SIGKILL, file modes, and no secret in any output at trace level.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::tw::{code, json, now, text, Env};
+
+fn key() -> String {
+    tokenwarden::seal::generate_key()
+}
+
+/// Every byte of the database and its WAL, for grepping.
+fn db_bytes(db: &Path) -> Vec<u8> {
+    let mut all = std::fs::read(db).unwrap();
+    let wal = db.with_extension("db-wal");
+    if let Ok(w) = std::fs::read(wal) {
+        all.extend(w);
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn an_encrypted_database_opens_only_with_its_key() {
+    let env = Env::new();
+    let k = key();
+    let g = env.fake.new_family("enc");
+    let record = g.import_json("enc", "codex", &env.fake.token_url());
+    let run = |key: Option<&str>, args: &[&str], input: Option<&str>| {
+        let mut c = env.cmd();
+        if let Some(k) = key {
+            c.env("TOKENWARDEN_ENCRYPTION_KEY", k);
+        }
+        c.args(args);
+        match input {
+            Some(i) => {
+                use std::io::Write;
+                let mut child = c
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+                child.wait_with_output().unwrap()
+            }
+            None => c.output().unwrap(),
+        }
+    };
+    let out = run(Some(&k), &["import", "-"], Some(&record.to_string()));
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = run(Some(&k), &["token", "enc"], None);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), g.access_token);
+    // A refresh writes new sealed tokens.
+    let out = run(Some(&k), &["refresh", "enc"], None);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let fresh = text(&out.stdout).trim().to_owned();
+
+    let bytes = db_bytes(&env.db);
+    let family = env.fake.family_state("enc");
+    for secret in family
+        .issued_refresh_tokens
+        .iter()
+        .chain([&g.access_token, &fresh, &g.id_token])
+    {
+        assert!(
+            !contains(&bytes, secret),
+            "a secret is readable in the file"
+        );
+    }
+
+    let out = run(None, &["token", "enc"], None);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("encrypted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(Some(&key()), &["token", "enc"], None);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("does not open"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(Some("not-a-key"), &["list"], None);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("keygen"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The right key still works after all the refusals.
+    let out = run(Some(&k), &["token", "enc"], None);
+    assert_eq!(text(&out.stdout).trim(), fresh);
+
+    // A key file works too, and keygen makes keys.
+    let out = env.run(&["keygen"]);
+    assert_eq!(code(&out), 0);
+    assert!(tokenwarden::seal::Sealer::from_base64(text(&out.stdout).trim()).is_ok());
+    let file = env.dir.path().join("key");
+    std::fs::write(&file, format!("{k}\n")).unwrap();
+    let out = env.run(&[
+        "--encryption-key-file",
+        file.to_str().unwrap(),
+        "token",
+        "enc",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), fresh, "{}", text(&out.stderr));
+}
+
+#[test]
+fn encrypt_and_rekey_convert_a_database() {
+    let env = Env::new();
+    let g = env.login("conv", 7200);
+    let k1 = key();
+    let k2 = key();
+    let with = |k: &str, args: &[&str]| {
+        env.cmd()
+            .env("TOKENWARDEN_ENCRYPTION_KEY", k)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // A plain database refuses a key until it is encrypted.
+    let out = with(&k1, &["token", "conv"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("tokenwarden encrypt"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(contains(&db_bytes(&env.db), &g.refresh_token));
+
+    let out = with(&k1, &["encrypt"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("encrypted 1"));
+    assert!(!contains(&db_bytes(&env.db), &g.refresh_token));
+    let out = with(&k1, &["token", "conv"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        g.access_token,
+        "{}",
+        text(&out.stderr)
+    );
+    // Encrypting twice is refused with a pointer to rekey.
+    let out = with(&k1, &["encrypt"]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("rekey"));
+
+    let out = env
+        .cmd()
+        .env("TOKENWARDEN_ENCRYPTION_KEY", &k1)
+        .env("TOKENWARDEN_NEW_ENCRYPTION_KEY", &k2)
+        .arg("rekey")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(code(&with(&k1, &["token", "conv"])), 2, "old key refused");
+    let out = with(&k2, &["token", "conv"]);
+    assert_eq!(text(&out.stdout).trim(), g.access_token);
+    let out = with(&k2, &["export", "conv", "--format", "codex"]);
+    assert_eq!(
+        json(&out)["tokens"]["refresh_token"],
+        g.refresh_token.as_str()
+    );
+}
+
+/// Fills a plain database with `n` credentials quickly (one transaction).
+fn fill(db: &Path, n: usize) {
+    let store = tokenwarden::store::Store::open(db, Duration::from_secs(5), 1).unwrap();
+    drop(store);
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..n {
+        tx.execute(
+            "INSERT INTO credentials (id, provider, state, version, access_token, refresh_token, \
+             expires_at_ms, created_ms, updated_ms) VALUES (?1, 'codex', 'valid', 1, ?2, ?3, ?4, 0, 0)",
+            rusqlite::params![
+                format!("bulk{i:05}"),
+                format!("at-{i}-{}", "x".repeat(400)),
+                format!("rt-{i}-{}", "y".repeat(40)),
+                (now() + 7200) * 1000
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// Reads every refresh token through tokenwarden with `key`, if it opens.
+fn all_tokens(env: &Env, key: Option<&str>) -> Option<Vec<String>> {
+    let mut c = tokenwarden::Config::default();
+    c.encryption_key = key.map(tokenwarden::Secret::new);
+    let w = tokenwarden::Warden::open(&env.db, c).ok()?;
+    Some(
+        w.list()
+            .unwrap()
+            .iter()
+            .map(|c| c.refresh_token.expose().to_owned())
+            .collect(),
+    )
+}
+
+#[test]
+fn encrypt_and_rekey_survive_sigkill_midway() {
+    let env = Env::new();
+    let n = 2_000;
+    fill(&env.db, n);
+    let expected = all_tokens(&env, None).unwrap();
+    assert_eq!(expected.len(), n);
+    let k1 = key();
+    let k2 = key();
+    let mut states = Vec::new();
+    for (round, delay_ms) in [20u64, 150, 400, 900, 2000].into_iter().enumerate() {
+        let (old, new) = match all_tokens(&env, None) {
+            Some(_) => (None, k1.as_str()),
+            None if all_tokens(&env, Some(&k1)).is_some() => (Some(k1.as_str()), k2.as_str()),
+            None => (Some(k2.as_str()), k1.as_str()),
+        };
+        let mut cmd = env.cmd();
+        match old {
+            None => cmd.env("TOKENWARDEN_ENCRYPTION_KEY", new).arg("encrypt"),
+            Some(o) => cmd
+                .env("TOKENWARDEN_ENCRYPTION_KEY", o)
+                .env("TOKENWARDEN_NEW_ENCRYPTION_KEY", new)
+                .arg("rekey"),
+        };
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Entirely before or entirely after: one key opens it, with every token intact.
+        let before = old.map_or_else(|| all_tokens(&env, None), |o| all_tokens(&env, Some(o)));
+        let after = all_tokens(&env, Some(new));
+        match (before, after) {
+            (Some(t), None) => {
+                assert_eq!(t, expected, "round {round}");
+                states.push("before");
+            }
+            (None, Some(t)) => {
+                assert_eq!(t, expected, "round {round}");
+                states.push("after");
+            }
+            other => panic!(
+                "round {round}: neither or both keys open it: {:?}",
+                (other.0.is_some(), other.1.is_some())
+            ),
+        }
+        let check = rusqlite::Connection::open(&env.db).unwrap();
+        let ok: String = check
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+    }
+    eprintln!("kill outcomes: {states:?}");
+    // Resumable: a run to completion from whatever state it is in.
+    let k3 = key();
+    let current = if all_tokens(&env, None).is_some() {
+        None
+    } else if all_tokens(&env, Some(&k1)).is_some() {
+        Some(k1.clone())
+    } else {
+        Some(k2.clone())
+    };
+    let mut cmd = env.cmd();
+    match &current {
+        None => cmd.env("TOKENWARDEN_ENCRYPTION_KEY", &k3).arg("encrypt"),
+        Some(o) => cmd
+            .env("TOKENWARDEN_ENCRYPTION_KEY", o)
+            .env("TOKENWARDEN_NEW_ENCRYPTION_KEY", &k3)
+            .arg("rekey"),
+    };
+    let out = cmd.output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(all_tokens(&env, Some(&k3)).unwrap(), expected);
+}
+
+#[test]
+fn files_are_private_and_loose_permissions_are_warned_about() {
+    let env = Env::new();
+    env.login("perm", 7200);
+    let mode = std::fs::metadata(&env.db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0);
+    assert!(
+        text(&out.stderr).contains("readable by others"),
+        "warns: {}",
+        text(&out.stderr)
+    );
+}
