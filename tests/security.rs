@@ -200,8 +200,10 @@ fn fill(db: &Path, n: usize) {
 
 /// Reads every refresh token through tokenwarden with `key`, if it opens.
 fn all_tokens(env: &Env, key: Option<&str>) -> Option<Vec<String>> {
-    let mut c = tokenwarden::Config::default();
-    c.encryption_key = key.map(tokenwarden::Secret::new);
+    let c = tokenwarden::Config {
+        encryption_key: key.map(tokenwarden::Secret::new),
+        ..tokenwarden::Config::default()
+    };
     let w = tokenwarden::Warden::open(&env.db, c).ok()?;
     Some(
         w.list()
