@@ -82,3 +82,17 @@ CREATE TABLE IF NOT EXISTS meta (
     key    TEXT PRIMARY KEY NOT NULL,
     value  TEXT NOT NULL
 );
+
+-- Handles of the Codex token-endpoint facade: what a client presents as its
+-- "refresh token". Only a SHA-256 of each handle is stored.
+CREATE TABLE IF NOT EXISTS handles (
+    hash              TEXT PRIMARY KEY NOT NULL,
+    credential_id     TEXT NOT NULL REFERENCES credentials (id) ON DELETE CASCADE,
+    label             TEXT NOT NULL,
+    created_ms        INTEGER NOT NULL,
+    last_used_ms      INTEGER,
+    -- last_refresh_ms of the credential when this client was last answered.
+    served_refresh_ms INTEGER,
+    revoked_ms        INTEGER
+);
+CREATE INDEX IF NOT EXISTS handles_by_credential ON handles (credential_id);

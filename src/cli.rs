@@ -13,13 +13,16 @@ use std::io::IsTerminal;
 use crate::clock::{self, now_ms};
 use crate::config::{parse_secs, Config};
 use crate::error::{Error, Result};
+use crate::facade;
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
 use crate::quota;
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::sweep::{self, SweepOptions, SweepReport};
-use crate::view::{EventList, EventView, QuotaView, Summary, SummaryList, TokenResponse};
+use crate::view::{
+    EventList, EventView, HandleView, QuotaView, Summary, SummaryList, TokenResponse,
+};
 use crate::warden::{Grant, Warden};
 
 /// Most bytes read from one import file or stdin.
@@ -191,6 +194,9 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Handles for the Codex token-endpoint facade (`POST /oauth/token`).
+    #[command(subcommand)]
+    Handle(HandleCommand),
     /// Print a new random encryption key (base64) for
     /// TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file.
     Keygen,
@@ -215,6 +221,37 @@ pub enum Command {
         /// Write to this file (mode 0600) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Codex format only: put a new facade handle with this label in
+        /// place of the refresh token (for another machine or container).
+        #[arg(long)]
+        handle: Option<String>,
+    },
+}
+
+/// `tokenwarden handle …`.
+#[derive(Debug, Subcommand)]
+pub enum HandleCommand {
+    /// Make a handle for one client of credential ID; printed once.
+    Create {
+        /// Credential id.
+        id: String,
+        /// Who the handle is for (a machine, a container…).
+        #[arg(long)]
+        label: String,
+    },
+    /// List a credential's handles (never the handles themselves).
+    List {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a handle, named by itself or by its id from `handle list`.
+    Revoke {
+        /// The handle (twh_…) or its 12-digit id.
+        #[arg(allow_hyphen_values = true)]
+        handle: String,
     },
 }
 
@@ -512,6 +549,39 @@ fn execute(cli: Cli) -> Result<i32> {
                 print_quota(&QuotaView::new(&row));
             }
         }
+        Command::Handle(HandleCommand::Create { id, label }) => {
+            let warden = open(&cli, "cli")?;
+            println!("{}", facade::create_handle(&warden, id, label)?.expose());
+        }
+        Command::Handle(HandleCommand::List { id, out }) => {
+            let warden = open(&cli, "cli")?;
+            warden.get(id)?;
+            let rows = warden.store().handles(id)?;
+            let views: Vec<HandleView> = rows.iter().map(HandleView::from).collect();
+            if out.json {
+                print_json(&serde_json::json!({ "handles": views }))?;
+            } else {
+                println!(
+                    "{:<14} {:<24} {:<22} {:<22} REVOKED",
+                    "ID", "LABEL", "CREATED", "LAST USED"
+                );
+                for h in &views {
+                    println!(
+                        "{:<14} {:<24} {:<22} {:<22} {}",
+                        h.id,
+                        h.label,
+                        when(Some(h.created_at)),
+                        when(h.last_used_at),
+                        when(h.revoked_at)
+                    );
+                }
+            }
+        }
+        Command::Handle(HandleCommand::Revoke { handle }) => {
+            let warden = open(&cli, "cli")?;
+            facade::revoke_handle(&warden, handle)?;
+            println!("revoked");
+        }
         Command::Keygen => println!("{}", crate::seal::generate_key()),
         Command::Encrypt => {
             let c = config(&cli, "cli")?;
@@ -545,9 +615,20 @@ fn execute(cli: Cli) -> Result<i32> {
             let warden = open(&cli, "http")?;
             crate::http::run_serve(warden, args)?;
         }
-        Command::Export { id, format, out } => {
+        Command::Export {
+            id,
+            format,
+            out,
+            handle,
+        } => {
             let warden = open(&cli, "cli")?;
-            let row = warden.get(id)?;
+            let mut row = warden.get(id)?;
+            if let Some(label) = handle {
+                if !matches!(format, ExportFormat::Codex) {
+                    return Err(Error::BadInput("--handle goes with --format codex".into()));
+                }
+                row.refresh_token = facade::create_handle(&warden, id, label)?;
+            }
             let text = match format {
                 ExportFormat::Codex => import::export_codex(&row),
                 ExportFormat::Cliproxy => import::export_cliproxy(&row),

@@ -33,6 +33,11 @@ pub struct Config {
     /// The sweep refreshes credentials last refreshed longer ago than this,
     /// so rarely used refresh tokens do not lapse; `None` turns it off.
     pub max_token_age: Option<Duration>,
+    /// Codex facade: at most one forced refresh per credential per this.
+    pub facade_interval: Duration,
+    /// Codex facade: answered tokens live at least this long (more than the
+    /// Codex CLI's 5-minute proactive refresh window).
+    pub facade_min_ttl: Duration,
     /// Base64 key sealing every secret column (`TOKENWARDEN_ENCRYPTION_KEY`).
     pub encryption_key: Option<crate::secret::Secret>,
     /// Who this process is in event rows (`cli`, `http`, `sweep`, …); the
@@ -57,6 +62,8 @@ impl Default for Config {
             quota_keep: Duration::from_secs(30 * 86_400),
             max_token_age: Some(Duration::from_secs(7 * 86_400)),
             encryption_key: None,
+            facade_interval: Duration::from_secs(30),
+            facade_min_ttl: Duration::from_secs(6 * 60),
         }
     }
 }
@@ -112,6 +119,12 @@ impl Config {
         }
         if let Some(d) = env_secs("TOKENWARDEN_MAX_TOKEN_AGE")? {
             c.max_token_age = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = env_secs("TOKENWARDEN_FACADE_INTERVAL")? {
+            c.facade_interval = d;
+        }
+        if let Some(d) = env_secs("TOKENWARDEN_FACADE_MIN_TTL")? {
+            c.facade_min_ttl = d;
         }
         c.encryption_key = std::env::var("TOKENWARDEN_ENCRYPTION_KEY")
             .ok()

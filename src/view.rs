@@ -8,7 +8,7 @@ use crate::credential::Credential;
 use crate::provider::usage::{Credits, Window};
 use crate::state::Policy;
 use crate::store::EventRow;
-use crate::store::QuotaRow;
+use crate::store::{HandleRow, QuotaRow};
 use crate::warden::Grant;
 
 /// Unix seconds, rounded down (an expiry is never overstated).
@@ -301,5 +301,35 @@ mod tests {
         assert_eq!((secs_floor(1999), secs_ceil(1999)), (1, 2));
         assert_eq!((secs_floor(2000), secs_ceil(2000)), (2, 2));
         assert_eq!((secs_floor(-1), secs_ceil(-1)), (-1, 0));
+    }
+}
+
+/// A facade handle as listed: never the handle itself.
+#[derive(Debug, Serialize)]
+pub struct HandleView<'a> {
+    /// Short id (first hex digits of the handle's hash).
+    pub id: &'a str,
+    /// The credential it stands for.
+    pub credential_id: &'a str,
+    /// Who it is for.
+    pub label: &'a str,
+    /// Made at, unix seconds.
+    pub created_at: i64,
+    /// Last presented, unix seconds.
+    pub last_used_at: Option<i64>,
+    /// Revoked at, unix seconds.
+    pub revoked_at: Option<i64>,
+}
+
+impl<'a> From<&'a HandleRow> for HandleView<'a> {
+    fn from(h: &'a HandleRow) -> Self {
+        HandleView {
+            id: &h.hash[..crate::facade::SHORT_ID_LEN.min(h.hash.len())],
+            credential_id: &h.credential_id,
+            label: &h.label,
+            created_at: secs_floor(h.created_ms),
+            last_used_at: h.last_used_ms.map(secs_floor),
+            revoked_at: h.revoked_ms.map(secs_floor),
+        }
     }
 }

@@ -124,6 +124,40 @@ fn read_quota(r: &Row) -> rusqlite::Result<QuotaRow> {
 const QUOTA_COLUMNS: &str = "credential_id, fetched_at_ms, status, http_status, plan_type, \
     limit_reached, windows, credits, error_message";
 
+/// A facade handle, as stored (the handle itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandleRow {
+    /// SHA-256 of the handle, hex; its first 12 characters name it in lists.
+    pub hash: String,
+    /// The credential it stands for.
+    pub credential_id: String,
+    /// Who it was made for.
+    pub label: String,
+    /// When it was made (unix ms).
+    pub created_ms: i64,
+    /// When a client last presented it (unix ms).
+    pub last_used_ms: Option<i64>,
+    /// The credential's last refresh when this client was last answered.
+    pub served_refresh_ms: Option<i64>,
+    /// When it was revoked (unix ms).
+    pub revoked_ms: Option<i64>,
+}
+
+fn read_handle(r: &Row) -> rusqlite::Result<HandleRow> {
+    Ok(HandleRow {
+        hash: r.get(0)?,
+        credential_id: r.get(1)?,
+        label: r.get(2)?,
+        created_ms: r.get(3)?,
+        last_used_ms: r.get(4)?,
+        served_refresh_ms: r.get(5)?,
+        revoked_ms: r.get(6)?,
+    })
+}
+
+const HANDLE_COLUMNS: &str =
+    "hash, credential_id, label, created_ms, last_used_ms, served_refresh_ms, revoked_ms";
+
 /// A pool of connections to one database file.
 #[derive(Clone)]
 pub struct Store {
@@ -690,6 +724,79 @@ impl Store {
                 [id],
                 |r| r.get(0),
             )
+            .map_err(db_err)
+    }
+
+    /// Records a new handle for `credential_id`.
+    pub fn insert_handle(
+        &self,
+        hash: &str,
+        credential_id: &str,
+        label: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.conn()?
+            .execute(
+                "INSERT INTO handles (hash, credential_id, label, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![hash, credential_id, label, now_ms],
+            )
+            .map(drop)
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(ErrorCode::ConstraintViolation) => Error::NotFound(credential_id.to_owned()),
+                _ => db_err(e),
+            })
+    }
+
+    /// The handle with this hash.
+    pub fn handle(&self, hash: &str) -> Result<Option<HandleRow>> {
+        self.conn()?
+            .prepare_cached(&format!(
+                "SELECT {HANDLE_COLUMNS} FROM handles WHERE hash = ?1"
+            ))
+            .and_then(|mut s| s.query_row([hash], read_handle).optional())
+            .map_err(db_err)
+    }
+
+    /// A credential's handles, oldest first.
+    pub fn handles(&self, credential_id: &str) -> Result<Vec<HandleRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {HANDLE_COLUMNS} FROM handles WHERE credential_id = ?1 ORDER BY created_ms, hash"
+            ))
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([credential_id], read_handle)
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// Revokes the handles whose hash starts with `hash_prefix` (at least 12
+    /// hex digits, so one handle is meant); returns how many.
+    pub fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
+        self.conn()?
+            .execute(
+                "UPDATE handles SET revoked_ms = ?2 WHERE substr(hash, 1, length(?1)) = ?1 \
+                 AND revoked_ms IS NULL",
+                params![hash_prefix, now_ms],
+            )
+            .map_err(db_err)
+    }
+
+    /// Notes that a client was answered with the credential as refreshed at
+    /// `served_refresh_ms`.
+    pub fn touch_handle(
+        &self,
+        hash: &str,
+        now_ms: i64,
+        served_refresh_ms: Option<i64>,
+    ) -> Result<()> {
+        self.conn()?
+            .prepare_cached(
+                "UPDATE handles SET last_used_ms = ?2, served_refresh_ms = ?3 WHERE hash = ?1",
+            )
+            .and_then(|mut s| s.execute(params![hash, now_ms, served_refresh_ms]))
+            .map(drop)
             .map_err(db_err)
     }
 }
