@@ -164,6 +164,17 @@ impl Refresher {
     /// round, so a forced refresh that failed is not retried in a loop.
     fn after_own_refresh(&self, row: Credential, need: Need) -> Result<Credential> {
         let now = clock::now_ms();
+        if row.status.state == state::State::Dead {
+            // Also after a forced refresh, which decide() would let claim again.
+            return Err(Error::Dead {
+                id: row.id.clone(),
+                reason: row
+                    .status
+                    .dead_reason
+                    .clone()
+                    .unwrap_or_else(|| "dead".into()),
+            });
+        }
         match state::decide(&row.status, need, now, &self.config.policy) {
             Decision::Serve => Ok(row),
             Decision::Dead { reason } => Err(Error::Dead {

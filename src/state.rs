@@ -179,11 +179,11 @@ pub enum Need {
         /// Remaining lifetime the caller needs (ms).
         min_ttl_ms: i64,
     },
-    /// A token from a refresh that finished at or after `since_ms` (an
+    /// A token from a refresh that finished after `since_ms` (an
     /// operator's "refresh now"); `force` also revives a dead credential and
     /// ignores the backoff.
     Refresh {
-        /// A refresh committed at or after this instant (unix ms) satisfies
+        /// A refresh committed after this instant (unix ms) satisfies
         /// the caller, whoever did it.
         since_ms: i64,
         /// Retry a dead credential and ignore backoff.
@@ -255,7 +255,7 @@ pub fn decide(status: &Status, need: Need, now_ms: i64, policy: &Policy) -> Deci
         Need::Refresh { since_ms, force } => {
             let fresh = base == State::Valid
                 && status.usable(now_ms, 0)
-                && status.last_refresh_ms.is_some_and(|t| t >= since_ms);
+                && status.last_refresh_ms.is_some_and(|t| t > since_ms);
             if fresh {
                 Decision::Serve
             } else if base == State::Dead && !force {

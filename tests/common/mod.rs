@@ -6,4 +6,5 @@
 #![allow(dead_code)]
 
 pub mod fake_oauth;
+pub mod http;
 pub mod tw;

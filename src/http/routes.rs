@@ -1,0 +1,557 @@
+//! The route table, the checks every request goes through (auth, size,
+//! id, route, method, query, body — in that order), and the handlers: thin
+//! calls into [`Warden`] whose answers are [`crate::view`] shapes.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::Value;
+use tiny_http::Request;
+
+use crate::clock;
+use crate::config::parse_secs;
+use crate::credential::validate_id;
+use crate::import::{self, ImportOptions};
+use crate::provider::ProviderKind;
+use crate::state::State;
+use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
+use crate::warden::{Grant, Warden};
+
+use super::auth::ApiKeys;
+use super::quota::{quota_get, quota_post};
+use super::response::{ApiError, Reply, MAX_BODY};
+
+/// The longest `?wait=` accepted (seconds).
+pub const MAX_WAIT_S: u64 = 300;
+
+/// What the handlers need: the warden and the server's settings.
+pub(crate) struct App {
+    pub warden: std::sync::Arc<Warden>,
+    pub keys: ApiKeys,
+    pub wait: Duration,
+}
+
+/// The outcome of one request, ready to count, log and send.
+pub(crate) struct Handled {
+    /// The route pattern (`/v1/credentials/{id}/token`), or `unknown`.
+    pub route: &'static str,
+    /// The answer.
+    pub reply: Reply,
+    /// How much of the body was read.
+    pub body: BodyState,
+}
+
+/// How much of a request's body was read before the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyState {
+    /// All of it (or there was none).
+    Done,
+    /// None of it.
+    Unread,
+    /// Up to the limit; more remains.
+    Truncated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Healthz,
+    Metrics,
+    List,
+    Import,
+    Show,
+    Delete,
+    Token,
+    Reject,
+    Refresh,
+    Events,
+    QuotaGet,
+    QuotaPost,
+}
+
+/// One method of a route: what it does and which query parameters it takes.
+struct Endpoint {
+    method: &'static str,
+    action: Action,
+    params: &'static [&'static str],
+}
+
+/// A path pattern (`{id}` matches one segment) and its methods.
+struct Route {
+    pattern: &'static str,
+    endpoints: &'static [Endpoint],
+}
+
+const fn ep(method: &'static str, action: Action, params: &'static [&'static str]) -> Endpoint {
+    Endpoint {
+        method,
+        action,
+        params,
+    }
+}
+
+/// DESIGN.md §5, the one route table.
+const ROUTES: &[Route] = &[
+    Route {
+        pattern: "/healthz",
+        endpoints: &[ep("GET", Action::Healthz, &[])],
+    },
+    Route {
+        pattern: "/metrics",
+        endpoints: &[ep("GET", Action::Metrics, &[])],
+    },
+    Route {
+        pattern: "/v1/credentials",
+        endpoints: &[
+            ep("GET", Action::List, &[]),
+            ep("POST", Action::Import, &["id", "provider", "replace"]),
+        ],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}",
+        endpoints: &[
+            ep("GET", Action::Show, &[]),
+            ep("DELETE", Action::Delete, &[]),
+        ],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/token",
+        endpoints: &[ep("GET", Action::Token, &["min_ttl", "wait"])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/reject",
+        endpoints: &[ep("POST", Action::Reject, &["wait"])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/refresh",
+        endpoints: &[ep("POST", Action::Refresh, &["force", "wait"])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/events",
+        endpoints: &[ep("GET", Action::Events, &["limit"])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/quota",
+        endpoints: &[
+            ep("GET", Action::QuotaGet, &[]),
+            ep("POST", Action::QuotaPost, &[]),
+        ],
+    },
+];
+
+/// The prefix under which the first segment is a credential id.
+const ID_PREFIX: &str = "/v1/credentials/";
+
+/// Matches `path` against `pattern`: `Some(id)` if it fits (`id` is the
+/// `{id}` segment, if the pattern has one).
+fn captures<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
+    let mut id = None;
+    let mut want = pattern.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return Some(id),
+            (Some("{id}"), Some(segment)) => id = Some(segment),
+            (Some(w), Some(segment)) if w == segment => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The route a path belongs to, whatever the method.
+fn route_of(path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|r| captures(r.pattern, path).is_some())
+}
+
+/// Shortens client-supplied text quoted in an error message.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn header<'r>(rq: &'r Request, name: &'static str) -> Option<&'r str> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Answers one request. Never panics on any input (the server catches a
+/// panic anyway and answers 500).
+pub(crate) fn handle(app: &App, rq: &mut Request) -> Handled {
+    let url = rq.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let route = route_of(path);
+    let mut body = BodyState::Unread;
+    let reply = answer(app, rq, path, query, route, &mut body).unwrap_or_else(ApiError::into_reply);
+    Handled {
+        route: route.map_or("unknown", |r| r.pattern),
+        reply,
+        body,
+    }
+}
+
+fn answer(
+    app: &App,
+    rq: &mut Request,
+    path: &str,
+    query: &str,
+    route: Option<&'static Route>,
+    body_state: &mut BodyState,
+) -> Result<Reply, ApiError> {
+    let method = rq.method().as_str().to_owned();
+    // Auth comes first, on every path: a caller without a key learns
+    // nothing, not even which paths exist.
+    let public = method == "GET" && path == "/healthz";
+    if !public && !app.keys.is_empty() && !app.keys.allows(header(rq, "Authorization")) {
+        return Err(ApiError::unauthorized());
+    }
+    // Refused before a byte of it is read.
+    if rq.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::too_large());
+    }
+    // The id is checked as it came, never decoded or normalised: `..`,
+    // `%2f` or `%00` are refused here rather than routed anywhere.
+    if let Some(rest) = path.strip_prefix(ID_PREFIX) {
+        let id = rest.split('/').next().unwrap_or(rest);
+        validate_id(id).map_err(ApiError::bad_request)?;
+    }
+    let route = route.ok_or_else(ApiError::no_route)?;
+    let Some(endpoint) = route.endpoints.iter().find(|e| e.method == method) else {
+        let allow: Vec<&str> = route.endpoints.iter().map(|e| e.method).collect();
+        return Err(ApiError::method_not_allowed(allow.join(", ")));
+    };
+    let id = captures(route.pattern, path).flatten().unwrap_or_default();
+    let query = Query::parse(query, endpoint.params)?;
+    let body = read_body(rq, body_state)?;
+    dispatch(app, endpoint.action, id, &query, &body)
+}
+
+/// Reads the body, at most [`MAX_BODY`] bytes of it (a chunked body has no
+/// length to check beforehand).
+fn read_body(rq: &mut Request, state: &mut BodyState) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    // Even a failed read leaves nothing worth draining.
+    *state = BodyState::Done;
+    rq.as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    if body.len() > MAX_BODY {
+        *state = BodyState::Truncated;
+        return Err(ApiError::too_large());
+    }
+    Ok(body)
+}
+
+fn dispatch(
+    app: &App,
+    action: Action,
+    id: &str,
+    q: &Query,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let w = &*app.warden;
+    let wait =
+        || -> Result<Duration, ApiError> { Ok(q.secs("wait", MAX_WAIT_S)?.unwrap_or(app.wait)) };
+    match action {
+        Action::Healthz => Ok(Reply::json(200, &serde_json::json!({"status": "ok"}))),
+        Action::Metrics => metrics(w),
+        Action::List => {
+            let rows = w.list()?;
+            let (now, policy) = (clock::now_ms(), w.config().policy);
+            let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
+            Ok(Reply::json(200, &SummaryList { credentials }))
+        }
+        Action::Import => import(w, q, body),
+        Action::Show => {
+            let row = w.get(id)?;
+            Ok(Reply::json(
+                200,
+                &Summary::new(&row, clock::now_ms(), &w.config().policy),
+            ))
+        }
+        Action::Delete => {
+            w.delete(id)?;
+            Ok(Reply::empty(204))
+        }
+        Action::Token => {
+            let min_ttl = q.secs("min_ttl", u64::MAX)?.unwrap_or(Duration::ZERO);
+            token_reply(&w.token_within(id, min_ttl, wait()?)?)
+        }
+        Action::Reject => {
+            let token = rejected_token(body)?;
+            token_reply(&w.reject_within(id, &token, wait()?)?)
+        }
+        Action::Refresh => token_reply(&w.refresh_within(id, q.flag("force")?, wait()?)?),
+        Action::Events => {
+            let rows = w.events(id, q.count("limit")?)?;
+            let events = rows.iter().map(EventView::from).collect();
+            Ok(Reply::json(200, &EventList { events }))
+        }
+        Action::QuotaGet => quota_get(w, id),
+        Action::QuotaPost => quota_post(w, id),
+    }
+}
+
+fn token_reply(grant: &Grant) -> Result<Reply, ApiError> {
+    Ok(Reply::json(
+        200,
+        &TokenResponse::new(grant, clock::now_ms()),
+    ))
+}
+
+/// Prometheus text, with the credentials counted by effective state.
+fn metrics(w: &Warden) -> Result<Reply, ApiError> {
+    let rows = w.list()?;
+    let (now, policy) = (clock::now_ms(), w.config().policy);
+    let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
+    for c in &rows {
+        let state = c.status.effective(now, &policy).as_str();
+        if let Some((_, n)) = states.iter_mut().find(|(name, _)| *name == state) {
+            *n += 1;
+        }
+    }
+    Ok(Reply::metrics(w.metrics().render(&states)))
+}
+
+/// `POST /v1/credentials`: any import format; 201 with the summary, or
+/// `{"credentials":[…]}` for an array.
+fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
+    let provider = q
+        .get("provider")
+        .map(|p| {
+            ProviderKind::parse(p).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown provider {:?}; use codex, claude, google or oauth2",
+                    shorten(p)
+                ))
+            })
+        })
+        .transpose()?;
+    let opts = ImportOptions {
+        id: q.get("id").map(str::to_owned),
+        provider,
+    };
+    let creds = import::parse_import(body, &opts, clock::now_ms())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let rows = w.import(&creds, q.flag("replace")?)?;
+    let (now, policy) = (clock::now_ms(), w.config().policy);
+    if is_array(body) {
+        let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
+        return Ok(Reply::json(201, &SummaryList { credentials }));
+    }
+    match rows.first() {
+        Some(row) => Ok(Reply::json(201, &Summary::new(row, now, &policy))
+            .with_header("Location", format!("{ID_PREFIX}{}", row.id))),
+        None => Err(ApiError::bad_request("nothing to import")),
+    }
+}
+
+/// Whether a JSON body is an array (after an optional BOM and whitespace).
+fn is_array(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// The token of a reject body, `{"access_token":"…"}`, strictly: errors
+/// name the field and never quote a value.
+fn rejected_token(body: &[u8]) -> Result<String, ApiError> {
+    const SHAPE: &str = r#"send {"access_token":"THE TOKEN UPSTREAM REFUSED"}"#;
+    let bad = |what: String| ApiError::bad_request(format!("{what}; {SHAPE}"));
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON ({e})")))?;
+    let Value::Object(map) = value else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    if let Some(field) = map.keys().find(|k| *k != "access_token") {
+        return Err(bad(format!("unknown field {:?}", shorten(field))));
+    }
+    match map.get("access_token") {
+        None | Some(Value::Null) => Err(bad(r#"missing field "access_token""#.into())),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(bad(r#"field "access_token" is empty"#.into()))
+        }
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(bad(r#"field "access_token" must be a string"#.into())),
+    }
+}
+
+/// A query string, checked against the parameters a route takes. Values
+/// are used as sent: nothing is percent-decoded.
+struct Query<'a> {
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Query<'a> {
+    fn parse(raw: &'a str, allowed: &[&str]) -> Result<Query<'a>, ApiError> {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for piece in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            if !allowed.contains(&name) {
+                let takes = match allowed {
+                    [] => "no query parameters".to_owned(),
+                    _ => allowed.join(", "),
+                };
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {:?}; this route takes {takes}",
+                    shorten(name)
+                )));
+            }
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(ApiError::bad_request(format!(
+                    "query parameter {name:?} is given twice"
+                )));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Query { pairs })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
+    /// Seconds (fractions allowed), at most `max`.
+    fn secs(&self, name: &str, max: u64) -> Result<Option<Duration>, ApiError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(None);
+        };
+        match parse_secs(raw) {
+            Some(d) if d <= Duration::from_secs(max) => Ok(Some(d)),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{name} is at most {max} seconds"
+            ))),
+            None => Err(ApiError::bad_request(format!(
+                "{name}={:?} is not a number of seconds",
+                shorten(raw)
+            ))),
+        }
+    }
+
+    /// A whole number.
+    fn count(&self, name: &str) -> Result<Option<u32>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                raw.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "{name}={:?} is not a whole number",
+                        shorten(raw)
+                    ))
+                })
+            })
+            .transpose()
+    }
+
+    /// A flag: absent, `0`, `false` or `no` is off; present with no value,
+    /// `1`, `true` or `yes` is on.
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("0" | "false" | "no") => Ok(false),
+            Some("" | "1" | "true" | "yes") => Ok(true),
+            Some(raw) => Err(ApiError::bad_request(format!(
+                "{name}={:?}: use {name}=1 or {name}=0",
+                shorten(raw)
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_capture_one_segment() {
+        assert_eq!(captures("/healthz", "/healthz"), Some(None));
+        assert_eq!(captures("/healthz", "/healthz/"), None);
+        assert_eq!(
+            captures("/v1/credentials/{id}/token", "/v1/credentials/a/token"),
+            Some(Some("a"))
+        );
+        assert_eq!(
+            captures("/v1/credentials/{id}", "/v1/credentials/a/token"),
+            None
+        );
+        assert_eq!(
+            route_of("/v1/credentials/x/quota").map(|r| r.pattern),
+            Some("/v1/credentials/{id}/quota")
+        );
+        assert!(route_of("/v1/../v1/credentials").is_none());
+        assert!(route_of("").is_none());
+        assert!(route_of("*").is_none());
+    }
+
+    #[test]
+    fn every_route_is_unique_and_has_methods() {
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert!(!r.endpoints.is_empty());
+            assert!(ROUTES[..i].iter().all(|o| o.pattern != r.pattern));
+        }
+    }
+
+    #[test]
+    fn queries_are_strict() {
+        let q = Query::parse("min_ttl=60&wait=1.5", &["min_ttl", "wait"]).expect("ok");
+        assert_eq!(
+            q.secs("min_ttl", 100).expect("ok"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            q.secs("wait", 100).expect("ok"),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(q.secs("wait", 1).is_err());
+        assert!(Query::parse("mintttl=60", &["min_ttl"]).is_err());
+        assert!(Query::parse("wait=1&wait=2", &["wait"]).is_err());
+        let q = Query::parse(
+            "min_ttl=abc&limit=-1&force=maybe",
+            &["min_ttl", "limit", "force"],
+        )
+        .expect("ok");
+        assert!(q.secs("min_ttl", 100).is_err());
+        assert!(q.count("limit").is_err());
+        assert!(q.flag("force").is_err());
+        let q = Query::parse("force&replace=0", &["force", "replace"]).expect("ok");
+        assert!(q.flag("force").expect("ok"));
+        assert!(!q.flag("replace").expect("ok"));
+    }
+
+    #[test]
+    fn reject_bodies_name_the_field() {
+        assert_eq!(rejected_token(br#"{"access_token":"t"}"#).expect("ok"), "t");
+        for (body, words) in [
+            (&b"nope"[..], "not JSON"),
+            (b"[]", "object"),
+            (br#"{"token":"secret-value"}"#, "\"token\""),
+            (
+                br#"{"access_token":5}"#,
+                "\"access_token\" must be a string",
+            ),
+            (br#"{"access_token":""}"#, "empty"),
+            (b"{}", "missing field \"access_token\""),
+        ] {
+            let e = rejected_token(body).expect_err("refused");
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(words), "{}: {}", words, e.message);
+            assert!(!e.message.contains("secret-value"));
+        }
+    }
+
+    #[test]
+    fn arrays_are_told_apart() {
+        assert!(is_array(b" \n[{}]"));
+        assert!(is_array(b"\xEF\xBB\xBF[]"));
+        assert!(!is_array(b"{}"));
+        assert!(!is_array(b""));
+    }
+
+    #[test]
+    fn shorten_cuts_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        assert_eq!(shorten(&long).chars().count(), 65);
+        assert_eq!(shorten("abc"), "abc");
+    }
+}
