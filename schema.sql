@@ -91,8 +91,9 @@ CREATE TABLE IF NOT EXISTS handles (
     label             TEXT NOT NULL,
     created_ms        INTEGER NOT NULL,
     last_used_ms      INTEGER,
-    -- last_refresh_ms of the credential when this client was last answered.
-    served_refresh_ms INTEGER,
+    -- Fingerprint (SHA-256 prefix) of the access token last answered to
+    -- this client: tells "has not seen the current token" from "came back".
+    served_token      TEXT,
     revoked_ms        INTEGER
 );
 CREATE INDEX IF NOT EXISTS handles_by_credential ON handles (credential_id);

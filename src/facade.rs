@@ -24,6 +24,7 @@ use crate::credential::Credential;
 use crate::error::{Error, Result};
 use crate::provider::{form_decode, ProviderKind};
 use crate::secret::Secret;
+use crate::state::Need;
 use crate::store::HandleRow;
 use crate::warden::Warden;
 
@@ -99,21 +100,25 @@ pub enum Action {
     Refresh,
 }
 
-/// Decides for one client (pure): `served` is the credential's last refresh
-/// when this client was last answered, `last_refresh` the credential's now.
+/// A short fingerprint of an access token, to remember which one a client
+/// was given without storing it.
+pub fn fingerprint(token: &str) -> String {
+    hash_handle(token)[..16].to_owned()
+}
+
+/// Decides for one client (pure): `served` is the fingerprint of the token
+/// it was last given, `current` the stored token's, `last_refresh` when the
+/// credential was last refreshed.
 pub fn decide(
-    served: Option<i64>,
+    served: Option<&str>,
+    current: Option<&str>,
     last_refresh: Option<i64>,
     now_ms: i64,
     interval_ms: i64,
 ) -> Action {
-    let newer_than_served = match (last_refresh, served) {
-        (Some(l), Some(s)) => l > s,
-        (Some(_), None) | (None, None) => true,
-        (None, Some(_)) => false,
-    };
+    let has_current = served.is_some() && served == current;
     let recent = last_refresh.is_some_and(|l| l >= now_ms - interval_ms);
-    if newer_than_served || recent {
+    if !has_current || recent {
         Action::ServeCurrent
     } else {
         Action::Refresh
@@ -287,27 +292,36 @@ pub fn exchange(
     }
     let now = clock::now_ms();
     let interval = i64::try_from(opts.interval.as_millis()).unwrap_or(i64::MAX);
+    let current = row.access_token.as_ref().map(|t| fingerprint(t.expose()));
     let action = decide(
-        h.served_refresh_ms,
+        h.served_token.as_deref(),
+        current.as_deref(),
         row.status.last_refresh_ms,
         now,
         interval,
     );
     let row = match action {
-        Action::ServeCurrent => warden.token_within(id, opts.min_ttl, opts.wait),
+        Action::ServeCurrent => warden.token_within(id, opts.min_ttl, opts.wait).map(drop),
         Action::Refresh => {
             log::info!(
                 "facade: client {} came back with the current token; refreshing",
                 &hash[..SHORT_ID_LEN]
             );
-            warden.refresh_within(id, false, opts.wait)
+            // Any refresh newer than the one this client saw will do: a herd
+            // coming back at once shares one.
+            let need = Need::Refresh {
+                since_ms: row.status.last_refresh_ms.unwrap_or(0),
+                force: false,
+            };
+            warden.ensure(id, need, opts.wait).map(drop)
         }
     }
     .and_then(|_| warden.get(id))
     .map_err(refusal)?;
+    let served = row.access_token.as_ref().map(|t| fingerprint(t.expose()));
     if let Err(e) = warden
         .store()
-        .touch_handle(&hash, now, row.status.last_refresh_ms)
+        .touch_handle(&hash, now, served.as_deref().unwrap_or(""))
     {
         log::warn!("facade: could not record handle use: {e}");
     }
@@ -322,21 +336,27 @@ mod tests {
     fn decisions() {
         const NOW: i64 = 1_000_000;
         const I: i64 = 30_000;
+        let old = Some(NOW - 100_000);
         let table = [
-            // (served, last_refresh) → action
-            (None, None, Action::ServeCurrent),
-            (None, Some(NOW - 100_000), Action::ServeCurrent),
+            // (served, current, last_refresh) → action
+            (None, Some("a"), old, Action::ServeCurrent),
+            (Some("a"), Some("b"), old, Action::ServeCurrent),
+            (Some("a"), Some("a"), old, Action::Refresh),
+            (Some("a"), Some("a"), None, Action::Refresh),
             (
-                Some(NOW - 200_000),
-                Some(NOW - 100_000),
+                Some("a"),
+                Some("a"),
+                Some(NOW - 10_000),
                 Action::ServeCurrent,
             ),
-            (Some(NOW - 100_000), Some(NOW - 100_000), Action::Refresh),
-            (Some(NOW - 10_000), Some(NOW - 10_000), Action::ServeCurrent),
-            (Some(NOW - 100_000), None, Action::Refresh),
+            (None, None, None, Action::ServeCurrent),
         ];
-        for (served, last, want) in table {
-            assert_eq!(decide(served, last, NOW, I), want, "{served:?} {last:?}");
+        for (served, current, last, want) in table {
+            assert_eq!(
+                decide(served, current, last, NOW, I),
+                want,
+                "{served:?} {current:?} {last:?}"
+            );
         }
     }
 

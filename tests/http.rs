@@ -537,6 +537,66 @@ fn quota_routes() {
         assert_eq!(a.code(), "quota_unsupported");
     }
     c.get("/v1/credentials/nobody/quota").expect(404);
+    // The summary carries the quota line.
+    let summary = c.get("/v1/credentials/cx").expect(200).json();
+    assert_eq!(summary["quota"]["status"], "ok");
+    assert_eq!(summary["quota"]["windows"][0]["used_percent"], 42.0);
+    let list = c.get("/v1/credentials").expect(200).json();
+    assert_eq!(
+        list["credentials"][0]["quota"]["windows"][1]["name"],
+        "secondary"
+    );
+}
+
+/// A read-only key fetches tokens but cannot import, delete or force.
+#[test]
+fn read_only_keys_fetch_tokens_but_cannot_administer() {
+    use tokenwarden::http::{ApiKeys, Server, ServerOptions};
+    let env = Env::new();
+    let g = env.login("ro", 3000);
+    let file = env.dir.path().join("keys");
+    std::fs::write(&file, "# keys\nread:reader-key\nadmin:admin-key\n").unwrap();
+    let options = ServerOptions {
+        keys: ApiKeys::from_file(&file).unwrap(),
+        ..ServerOptions::default()
+    };
+    let server = Server::start(Arc::new(env.warden()), "127.0.0.1:0", options).unwrap();
+    let reader = Client::new(server.addr(), Some("reader-key"));
+    let admin = reader.with_key(Some("admin-key"));
+    assert_eq!(
+        token_of(&reader.get("/v1/credentials/ro/token").expect(200)),
+        g.access_token
+    );
+    reader.get("/v1/credentials").expect(200);
+    reader.get("/v1/credentials/ro/events").expect(200);
+    let fresh = token_of(&reader.post("/v1/credentials/ro/refresh", "").expect(200));
+    token_of(
+        &reader
+            .post("/v1/credentials/ro/reject", &reject_body(&fresh))
+            .expect(200),
+    );
+    let o = json!({"id": "new", "provider": "codex", "refresh_token": "r"}).to_string();
+    for (method, path, body) in [
+        ("POST", "/v1/credentials", Some(o.as_bytes())),
+        ("DELETE", "/v1/credentials/ro", None),
+        ("POST", "/v1/credentials/ro/refresh?force=1", None),
+    ] {
+        let a = reader.send(method, path, body).expect(403);
+        assert_eq!(a.code(), "forbidden", "{method} {path}");
+    }
+    assert_eq!(
+        admin.get("/v1/credentials").expect(200).json()["credentials"][0]["id"],
+        "ro"
+    );
+    admin.post("/v1/credentials", &o).expect(201);
+    admin
+        .post("/v1/credentials/ro/refresh?force=1", "")
+        .expect(200);
+    admin.delete("/v1/credentials/new").expect(204);
+    reader
+        .with_key(Some("read:reader-key"))
+        .get("/v1/credentials")
+        .expect(401);
 }
 
 /// 64 HTTP callers and a CLI process want a token of one expiring

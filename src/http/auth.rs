@@ -8,8 +8,21 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 
-/// The environment variable holding API keys, comma-separated.
+/// The environment variable holding admin API keys, comma-separated.
 pub const API_KEY_ENV: &str = "TOKENWARDEN_API_KEY";
+
+/// The environment variable holding read-only API keys, comma-separated.
+pub const READ_KEY_ENV: &str = "TOKENWARDEN_READ_API_KEY";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Fetch tokens (token, reject, refresh without force), read summaries,
+    /// events, quota and metrics — what a proxy needs.
+    Read,
+    /// Everything, including import, delete and forced refresh.
+    Admin,
+}
 
 /// Largest API key file read.
 const MAX_KEY_FILE: u64 = 64 * 1024;
@@ -18,7 +31,7 @@ const MAX_KEY_FILE: u64 = 64 * 1024;
 /// can be rotated without downtime. `Debug` shows only how many there are.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    keys: Vec<Secret>,
+    keys: Vec<(Secret, Scope)>,
 }
 
 impl fmt::Debug for ApiKeys {
@@ -28,8 +41,18 @@ impl fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
-    /// These keys; surrounding whitespace is trimmed and empty ones dropped.
+    /// These admin keys; surrounding whitespace is trimmed and empty ones
+    /// dropped.
     pub fn new<I, S>(keys: I) -> ApiKeys
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ApiKeys::with_scope(keys, Scope::Admin)
+    }
+
+    /// These keys, all with `scope`.
+    pub fn with_scope<I, S>(keys: I, scope: Scope) -> ApiKeys
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -39,7 +62,25 @@ impl ApiKeys {
                 .into_iter()
                 .map(|k| k.as_ref().trim().to_owned())
                 .filter(|k| !k.is_empty())
-                .map(Secret::new)
+                .map(|k| (Secret::new(k), scope))
+                .collect(),
+        }
+    }
+
+    /// Keys written one per line, each optionally prefixed `read:` or
+    /// `admin:` (the default).
+    fn parse_lines(text: &str) -> ApiKeys {
+        ApiKeys {
+            keys: text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| match l.split_once(':') {
+                    Some(("read", k)) => (Secret::new(k.trim()), Scope::Read),
+                    Some(("admin", k)) => (Secret::new(k.trim()), Scope::Admin),
+                    _ => (Secret::new(l), Scope::Admin),
+                })
+                .filter(|(k, _)| !k.is_empty())
                 .collect(),
         }
     }
@@ -49,13 +90,17 @@ impl ApiKeys {
     /// comments ignored). A file that cannot be read, or holds no key, is a
     /// configuration error.
     pub fn load(file: Option<&Path>) -> Result<ApiKeys> {
-        let mut keys = match std::env::var(API_KEY_ENV) {
-            Ok(v) => ApiKeys::new(v.split(',')),
-            Err(std::env::VarError::NotPresent) => ApiKeys::default(),
+        let from_env = |name: &str, scope: Scope| match std::env::var(name) {
+            Ok(v) => Ok(ApiKeys::with_scope(v.split(','), scope).keys),
+            Err(std::env::VarError::NotPresent) => Ok(Vec::new()),
             Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(Error::Config(format!("{API_KEY_ENV} is not valid UTF-8")))
+                Err(Error::Config(format!("{name} is not valid UTF-8")))
             }
         };
+        let mut keys = ApiKeys {
+            keys: from_env(API_KEY_ENV, Scope::Admin)?,
+        };
+        keys.keys.extend(from_env(READ_KEY_ENV, Scope::Read)?);
         if let Some(path) = file {
             let from_file = ApiKeys::from_file(path)?;
             keys.keys.extend(from_file.keys);
@@ -71,7 +116,7 @@ impl ApiKeys {
         std::fs::File::open(path)
             .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut text))
             .map_err(|e| Error::Config(format!("cannot read the API key file {shown}: {e}")))?;
-        let keys = ApiKeys::new(text.lines().map(str::trim).filter(|l| !l.starts_with('#')));
+        let keys = ApiKeys::parse_lines(&text);
         if keys.is_empty() {
             return Err(Error::Config(format!(
                 "the API key file {shown} holds no key; put one key per line"
@@ -91,18 +136,23 @@ impl ApiKeys {
     }
 
     /// Whether an `Authorization` header value carries one of the keys.
-    /// Every key is compared, each in time that depends only on its own
-    /// length, so the answer's timing says nothing about which part of a
-    /// guess was right.
     pub fn allows(&self, authorization: Option<&str>) -> bool {
-        let Some(presented) = authorization.and_then(bearer) else {
-            return false;
-        };
-        let mut ok = false;
-        for key in &self.keys {
-            ok |= ct_eq(presented.as_bytes(), key.expose().as_bytes());
+        self.scope_of(authorization).is_some()
+    }
+
+    /// The scope of the key an `Authorization` header value carries, if
+    /// any. Every key is compared, each in time that depends only on its
+    /// own length, so the answer's timing says nothing about which part of
+    /// a guess was right.
+    pub fn scope_of(&self, authorization: Option<&str>) -> Option<Scope> {
+        let presented = authorization.and_then(bearer)?;
+        let mut best = None;
+        for (key, scope) in &self.keys {
+            if ct_eq(presented.as_bytes(), key.expose().as_bytes()) {
+                best = best.max(Some(*scope));
+            }
         }
-        ok
+        best
     }
 }
 
@@ -130,6 +180,17 @@ fn ct_eq(presented: &[u8], key: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_from_key_files() {
+        let keys = ApiKeys::parse_lines("# comment\nread:r-key\nadmin:a-key\nplain-key\n\n");
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys.scope_of(Some("Bearer r-key")), Some(Scope::Read));
+        assert_eq!(keys.scope_of(Some("Bearer a-key")), Some(Scope::Admin));
+        assert_eq!(keys.scope_of(Some("Bearer plain-key")), Some(Scope::Admin));
+        assert_eq!(keys.scope_of(Some("Bearer read:r-key")), None);
+        assert_eq!(keys.scope_of(None), None);
+    }
 
     #[test]
     fn ct_eq_is_equality() {

@@ -44,6 +44,15 @@ impl Reply {
         }
     }
 
+    /// An already-encoded JSON body.
+    pub fn raw_json(status: u16, bytes: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Json(bytes),
+        }
+    }
+
     /// A reply without a body.
     pub fn empty(status: u16) -> Reply {
         Reply {

@@ -11,13 +11,14 @@ use tiny_http::Request;
 use crate::clock;
 use crate::config::parse_secs;
 use crate::credential::validate_id;
+use crate::facade;
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
 use crate::state::State;
 use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
 use crate::warden::{Grant, Warden};
 
-use super::auth::ApiKeys;
+use super::auth::{ApiKeys, Scope};
 use super::quota::{quota_get, quota_post};
 use super::response::{ApiError, Reply, MAX_BODY};
 
@@ -66,6 +67,15 @@ enum Action {
     Events,
     QuotaGet,
     QuotaPost,
+    /// The Codex token-endpoint facade (authenticated by its handle).
+    Facade,
+}
+
+impl Action {
+    /// Whether a read-only key may do this (`force` is a forced refresh).
+    fn allowed_for_read(self, force: bool) -> bool {
+        !(matches!(self, Action::Import | Action::Delete) || (self == Action::Refresh && force))
+    }
 }
 
 /// One method of a route: what it does and which query parameters it takes.
@@ -128,6 +138,10 @@ const ROUTES: &[Route] = &[
     Route {
         pattern: "/v1/credentials/{id}/events",
         endpoints: &[ep("GET", Action::Events, &["limit"])],
+    },
+    Route {
+        pattern: "/oauth/token",
+        endpoints: &[ep("POST", Action::Facade, &[])],
     },
     Route {
         pattern: "/v1/credentials/{id}/quota",
@@ -203,11 +217,17 @@ fn answer(
 ) -> Result<Reply, ApiError> {
     let method = rq.method().as_str().to_owned();
     // Auth comes first, on every path: a caller without a key learns
-    // nothing, not even which paths exist.
-    let public = method == "GET" && path == "/healthz";
-    if !public && !app.keys.is_empty() && !app.keys.allows(header(rq, "Authorization")) {
-        return Err(ApiError::unauthorized());
-    }
+    // nothing, not even which paths exist. The facade authenticates by the
+    // handle in its body instead.
+    let public =
+        (method == "GET" && path == "/healthz") || (method == "POST" && path == "/oauth/token");
+    let scope = if public || app.keys.is_empty() {
+        Scope::Admin
+    } else {
+        app.keys
+            .scope_of(header(rq, "Authorization"))
+            .ok_or_else(ApiError::unauthorized)?
+    };
     // Refused before a byte of it is read.
     if rq.body_length().is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::too_large());
@@ -225,7 +245,17 @@ fn answer(
     };
     let id = captures(route.pattern, path).flatten().unwrap_or_default();
     let query = Query::parse(query, endpoint.params)?;
+    if scope == Scope::Read && !endpoint.action.allowed_for_read(query.flag("force")?) {
+        return Err(ApiError::new(
+            403,
+            "forbidden",
+            "this API key is read-only; importing, deleting and forced refreshes need an admin key",
+        ));
+    }
     let body = read_body(rq, body_state)?;
+    if endpoint.action == Action::Facade {
+        return Ok(facade_reply(app, header(rq, "Content-Type"), &body));
+    }
     dispatch(app, endpoint.action, id, &query, &body)
 }
 
@@ -261,17 +291,20 @@ fn dispatch(
         Action::Metrics => metrics(w),
         Action::List => {
             let rows = w.list()?;
+            let quotas = w.store().latest_quotas()?;
             let (now, policy) = (clock::now_ms(), w.config().policy);
-            let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
+            let credentials = rows
+                .iter()
+                .map(|c| Summary::new(c, now, &policy).with_quota(quotas.get(&c.id)))
+                .collect();
             Ok(Reply::json(200, &SummaryList { credentials }))
         }
         Action::Import => import(w, q, body),
         Action::Show => {
             let row = w.get(id)?;
-            Ok(Reply::json(
-                200,
-                &Summary::new(&row, clock::now_ms(), &w.config().policy),
-            ))
+            let quota = w.store().latest_quota(id)?;
+            let summary = Summary::new(&row, clock::now_ms(), &w.config().policy);
+            Ok(Reply::json(200, &summary.with_quota(quota.as_ref())))
         }
         Action::Delete => {
             w.delete(id)?;
@@ -293,6 +326,29 @@ fn dispatch(
         }
         Action::QuotaGet => quota_get(w, id),
         Action::QuotaPost => quota_post(w, id),
+        // Answered before dispatch (it needs the request's content type).
+        Action::Facade => Err(ApiError::no_route()),
+    }
+}
+
+/// `POST /oauth/token`: a Codex CLI presenting its handle. Answers and
+/// errors use OpenAI's shapes, which the CLI understands.
+fn facade_reply(app: &App, content_type: Option<&str>, body: &[u8]) -> Reply {
+    let w = &*app.warden;
+    let result = facade::parse_request(content_type, body).and_then(|handle| {
+        let opts = facade::FacadeOptions::from_config(w.config());
+        facade::exchange(w, &handle, &opts).map(|row| facade::answer(&row, &handle))
+    });
+    match result {
+        Ok(json) => Reply::raw_json(200, json.into_bytes()),
+        Err(refusal) => {
+            let (status, json, retry) = refusal.render();
+            let reply = Reply::raw_json(status, json.into_bytes());
+            match retry {
+                Some(s) => reply.with_header("Retry-After", s.to_string()),
+                None => reply,
+            }
+        }
     }
 }
 

@@ -137,8 +137,8 @@ pub struct HandleRow {
     pub created_ms: i64,
     /// When a client last presented it (unix ms).
     pub last_used_ms: Option<i64>,
-    /// The credential's last refresh when this client was last answered.
-    pub served_refresh_ms: Option<i64>,
+    /// Fingerprint of the access token this client was last answered with.
+    pub served_token: Option<String>,
     /// When it was revoked (unix ms).
     pub revoked_ms: Option<i64>,
 }
@@ -150,13 +150,13 @@ fn read_handle(r: &Row) -> rusqlite::Result<HandleRow> {
         label: r.get(2)?,
         created_ms: r.get(3)?,
         last_used_ms: r.get(4)?,
-        served_refresh_ms: r.get(5)?,
+        served_token: r.get(5)?,
         revoked_ms: r.get(6)?,
     })
 }
 
 const HANDLE_COLUMNS: &str =
-    "hash, credential_id, label, created_ms, last_used_ms, served_refresh_ms, revoked_ms";
+    "hash, credential_id, label, created_ms, last_used_ms, served_token, revoked_ms";
 
 /// A pool of connections to one database file.
 #[derive(Clone)]
@@ -783,19 +783,14 @@ impl Store {
             .map_err(db_err)
     }
 
-    /// Notes that a client was answered with the credential as refreshed at
-    /// `served_refresh_ms`.
-    pub fn touch_handle(
-        &self,
-        hash: &str,
-        now_ms: i64,
-        served_refresh_ms: Option<i64>,
-    ) -> Result<()> {
+    /// Notes that a client was answered with the token whose fingerprint is
+    /// `served_token`.
+    pub fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {
         self.conn()?
             .prepare_cached(
-                "UPDATE handles SET last_used_ms = ?2, served_refresh_ms = ?3 WHERE hash = ?1",
+                "UPDATE handles SET last_used_ms = ?2, served_token = ?3 WHERE hash = ?1",
             )
-            .and_then(|mut s| s.execute(params![hash, now_ms, served_refresh_ms]))
+            .and_then(|mut s| s.execute(params![hash, now_ms, served_token]))
             .map(drop)
             .map_err(db_err)
     }
