@@ -114,6 +114,9 @@ impl Config {
         if let Some(d) = env_secs("TOKENWARDEN_REFRESH_AHEAD")? {
             c.policy.refresh_ahead_ms = ms(d);
         }
+        if let Some(d) = env_secs("TOKENWARDEN_BUSY_TIMEOUT")? {
+            c.busy_timeout = d;
+        }
         if let Some(d) = env_secs("TOKENWARDEN_QUOTA_KEEP")? {
             c.quota_keep = d;
         }

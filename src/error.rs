@@ -37,7 +37,10 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
-    /// The database failed (busy, full, read-only, corrupt, foreign…).
+    /// The disk holding the database is full.
+    #[error("database: the disk is full; free some space and retry (nothing was written) ({0})")]
+    DiskFull(String),
+    /// The database failed (busy, read-only, corrupt, foreign…).
     #[error("database: {0}")]
     Db(String),
     /// No quota snapshot has been fetched for the credential yet.
@@ -66,6 +69,7 @@ impl Error {
             Error::Unavailable { .. } => 5,
             Error::Exists(_)
             | Error::Db(_)
+            | Error::DiskFull(_)
             | Error::Io(_)
             | Error::NoQuota(_)
             | Error::QuotaUnsupported { .. } => 1,
@@ -82,6 +86,7 @@ impl Error {
             Error::Exists(_) => "exists",
             Error::Config(_) => "config",
             Error::Db(_) => "database",
+            Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",
             Error::NoQuota(_) => "no_quota",
             Error::QuotaUnsupported { .. } => "quota_unsupported",

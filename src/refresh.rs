@@ -175,6 +175,17 @@ impl Refresher {
                     .unwrap_or_else(|| "dead".into()),
             });
         }
+        // `row` is what this caller's own commit wrote: after a success it is
+        // valid with no failures, and its brand-new token is served — even
+        // if committed within the millisecond the caller asked (which
+        // decide() could not tell from "before"), or shorter-lived than
+        // min_ttl (it is the best there is).
+        if row.status.state == state::State::Valid
+            && row.status.failures == 0
+            && row.status.has_access_token
+        {
+            return Ok(row);
+        }
         match state::decide(&row.status, need, now, &self.config.policy) {
             Decision::Serve => Ok(row),
             Decision::Dead { reason } => Err(Error::Dead {
@@ -473,8 +484,18 @@ impl Refresher {
                     return Ok(Owned::Done(Box::new(done)));
                 }
                 Ok(None) => continue,
-                // Rotated tokens exist nowhere else: keep trying while the
-                // lease lasts (a busy or briefly full database may clear).
+                // Rotated tokens exist nowhere else. On a full disk, give
+                // up the space reserve for this commit.
+                Err(Error::DiskFull(e))
+                    if write.tokens.is_some() && self.store.release_reserve() =>
+                {
+                    log::warn!(
+                        "{}: disk full while committing rotated tokens ({e}); \
+                         released the space reserve to commit them",
+                        row.id
+                    );
+                }
+                // Keep trying while the lease lasts (a busy database may clear).
                 Err(e) if write.tokens.is_some() && clock::now_ms() + 250 < lease.until_ms => {
                     log::warn!(
                         "{}: commit of rotated tokens failed ({e}); retrying",

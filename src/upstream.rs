@@ -62,6 +62,16 @@ impl Upstream {
         };
         let mut resp = result.map_err(classify)?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            // Never followed: re-sending a refresh token to wherever a
+            // redirect points could hand it to a stranger or spend it twice.
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(shown_location);
+            return Err(redirect_failure(status, location.as_deref()));
+        }
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -92,6 +102,49 @@ impl Upstream {
             retry_after,
             body,
         })
+    }
+}
+
+/// The most of a redirect's target shown in a message.
+const MAX_LOCATION_CHARS: usize = 120;
+
+/// A redirect target fit for a message: no query or fragment (they may
+/// carry secrets), token-looking runs scrubbed, printable ASCII, capped.
+fn shown_location(raw: &str) -> String {
+    let bare = raw.split(['?', '#']).next().unwrap_or_default();
+    // Per path segment: `scrub` counts '/' as a token character.
+    let scrubbed = bare
+        .split('/')
+        .map(|seg| crate::provider::scrub(seg, &[]))
+        .collect::<Vec<_>>()
+        .join("/");
+    let mut shown: String = scrubbed
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .take(MAX_LOCATION_CHARS)
+        .collect();
+    if scrubbed.chars().count() > MAX_LOCATION_CHARS {
+        shown.push_str("...");
+    }
+    shown
+}
+
+/// The failure for a 3xx answer: transient (nothing was processed, the
+/// credential is fine) but named, since it usually means a wrong URL.
+fn redirect_failure(status: u16, location: Option<&str>) -> Failure {
+    let target = match location {
+        Some(l) if !l.is_empty() => format!(" redirecting to {l}"),
+        _ => " (a redirect without a Location)".to_owned(),
+    };
+    Failure {
+        status: Some(status),
+        ..Failure::transient(
+            "redirect",
+            format!(
+                "upstream answered HTTP {status}{target}; redirects are not followed \
+                 for token and usage requests: check the configured URL"
+            ),
+        )
     }
 }
 
@@ -126,6 +179,17 @@ fn classify(e: ureq::Error) -> Failure {
             "bad_response",
             "upstream's answer was not valid HTTP; the request may have been processed (ambiguous)",
         ),
+        // The request was sent; only the answer's head was unreadable.
+        ureq::Error::LargeResponseHeader(..) => (
+            "bad_response",
+            "upstream's answer headers were too large; the request may have been processed \
+             (ambiguous)",
+        ),
+        ureq::Error::Decompress(..) => (
+            "bad_response",
+            "upstream's compressed answer could not be decoded; the request may have been \
+             processed (ambiguous)",
+        ),
         _ => ("transport_error", "talking to upstream failed"),
     };
     // ureq's own messages name the host but no secret; keep them for context.
@@ -138,4 +202,34 @@ pub fn is_ambiguous(f: &Failure) -> bool {
         f.code.as_str(),
         "timeout_after_send" | "connection_lost" | "bad_response"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_target_is_shown_without_query_or_secrets() {
+        let shown = shown_location("https://auth.example.com/oauth/token?refresh_token=abc#frag");
+        assert_eq!(shown, "https://auth.example.com/oauth/token");
+        let shown = shown_location("https://x.example/eyJhbGciOiJSUzI1NiJ9abc123def456/t");
+        assert_eq!(shown, "https://x.example/***/t");
+        let long = format!("https://x.example/{}", "a/".repeat(200));
+        assert!(shown_location(&long).len() <= MAX_LOCATION_CHARS + 3);
+        assert_eq!(shown_location("http://h/\u{1b}[31m"), "http://h/?[31m");
+    }
+
+    #[test]
+    fn a_redirect_is_a_named_transient_failure() {
+        let f = redirect_failure(307, Some("http://127.0.0.1:9/oauth/token"));
+        assert_eq!(f.code, "redirect");
+        assert_eq!(f.permanence, crate::provider::Permanence::Transient);
+        assert_eq!(f.status, Some(307));
+        assert!(f
+            .message
+            .contains("307 redirecting to http://127.0.0.1:9/oauth/token"));
+        assert!(!is_ambiguous(&f), "a redirect was not processed");
+        let f = redirect_failure(302, None);
+        assert!(f.message.contains("without a Location"), "{}", f.message);
+    }
 }

@@ -245,7 +245,7 @@ impl From<Error> for ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(503, "unavailable", message)
             },
-            Error::Db(_) | Error::Io(_) | Error::Config(_) => {
+            Error::Db(_) | Error::DiskFull(_) | Error::Io(_) | Error::Config(_) => {
                 log::error!("answering 500: {message}");
                 ApiError::new(500, e.code(), message)
             }

@@ -174,12 +174,17 @@ impl std::fmt::Debug for Store {
 
 /// Turns SQLite's errors into messages that say what to do.
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
+    /// SQLITE_IOERR_SHMSIZE: no room to grow the -shm file.
+    const IOERR_SHMSIZE: i32 = 4874;
+    let extended = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+        _ => None,
+    };
     let hint = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => return Error::DiskFull(e.to_string()),
+        _ if extended == Some(IOERR_SHMSIZE) => return Error::DiskFull(e.to_string()),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             "the database stayed locked by another process past the busy timeout; retry"
-        }
-        Some(ErrorCode::DiskFull) => {
-            "the disk is full; free some space and retry (nothing was written)"
         }
         Some(ErrorCode::ReadOnly) => {
             "the database is read-only; check the file's and its directory's permissions"
@@ -336,7 +341,36 @@ fn select_one(
         .optional()
 }
 
+/// Space kept next to the database for the one write that must not fail
+/// for want of space: committing rotated tokens, which exist nowhere else.
+const RESERVE_BYTES: usize = 256 * 1024;
+
+fn reserve_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-reserve");
+    PathBuf::from(name)
+}
+
+/// Creates the reserve file if it is missing (best effort: on a full disk
+/// there is nothing to reserve).
+fn ensure_reserve(db: &Path) {
+    let path = reserve_path(db);
+    if path.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, vec![0u8; RESERVE_BYTES]) {
+        log::debug!("no space reserve next to {}: {e}", db.display());
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 impl Store {
+    /// Frees the space reserve, so that a commit of rotated tokens that hit
+    /// a full disk can go through; `false` if there was none left.
+    pub fn release_reserve(&self) -> bool {
+        std::fs::remove_file(reserve_path(&self.path)).is_ok()
+    }
+
     /// Opens (creating with mode 0600 if needed) and migrates a database
     /// that is not encrypted.
     pub fn open(path: &Path, busy_timeout: Duration, pool_size: u32) -> Result<Store> {
@@ -361,6 +395,7 @@ impl Store {
         schema::migrate(&mut conn, path)?;
         sealing::check_key(&mut conn, path, sealer.as_ref())?;
         drop(conn);
+        ensure_reserve(path);
         let manager =
             SqliteConnectionManager::file(path).with_init(move |c| schema::configure(c, busy_ms));
         let pool = Pool::builder()

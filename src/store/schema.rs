@@ -85,44 +85,54 @@ pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()
 /// tokenwarden databases or come from a newer release.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let shown = path.display();
-    let not_ours = |e: rusqlite::Error| {
-        Error::Db(format!(
-            "{shown} is not a usable tokenwarden database ({e}); pass another --db"
-        ))
+    let err = |e: rusqlite::Error| match super::db_err(e) {
+        Error::Db(m) => Error::Db(format!("{shown}: {m}")),
+        other => other,
     };
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(not_ours)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        log::warn!("{shown}: journal mode is {mode}, not WAL");
-    }
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(not_ours)?;
-    let version: i64 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(not_ours)?;
-    if version > VERSION {
+    // Read-only checks first: nothing is written to a file that is refused,
+    // and an up-to-date database is opened without taking a write lock.
+    let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    let found = version(conn).map_err(err)?;
+    if found > VERSION {
         return Err(Error::Db(format!(
-            "{shown} has schema version {version}, newer than this build's {VERSION}; \
+            "{shown} has schema version {found}, newer than this build's {VERSION}; \
              upgrade tokenwarden"
         )));
     }
-    if version == 0 {
-        let foreign: i64 = tx
+    if found == 0 {
+        let foreign: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'",
                 [],
                 |r| r.get(0),
             )
-            .map_err(not_ours)?;
+            .map_err(err)?;
         if foreign > 0 {
             return Err(Error::Db(format!(
                 "{shown} holds tables of another application; pass another --db"
             )));
         }
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            log::warn!("{shown}: journal mode is {mode}, not WAL");
+        }
+    }
+    if found == VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(err)?;
+    // Another process may have migrated while this one waited for the lock.
+    let current = version(&tx).map_err(err)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql).map_err(|e| {
             Error::Db(format!(
                 "migrating {shown} to schema version {}: {e}",
@@ -130,9 +140,9 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             ))
         })?;
     }
-    if version < VERSION {
+    if current < VERSION {
         tx.pragma_update(None, "user_version", VERSION)
-            .map_err(not_ours)?;
+            .map_err(err)?;
     }
-    tx.commit().map_err(not_ours)
+    tx.commit().map_err(err)
 }

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
 pub mod tw;

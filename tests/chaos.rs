@@ -1,0 +1,76 @@
+//! Chaos: threads, CLI processes, sweeps and a server sharing one database
+//! while processes are SIGKILLed and upstream misbehaves; then every
+//! invariant of DESIGN.md §3 is checked from the fake's and the database's
+//! records (see `common::chaos::run`).
+//!
+//! The default run takes about half a minute. The long run:
+//!
+//! ```sh
+//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test chaos -- --nocapture
+//! ```
+//!
+//! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
+//! `TOKENWARDEN_CHAOS_SEED` replays a seed's choices.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::chaos::{self, Plan};
+use common::tw::Env;
+
+#[test]
+fn chaos() {
+    let seed = chaos::seed_from_env();
+    let plan = if std::env::var_os("TOKENWARDEN_CHAOS_LONG").is_some_and(|v| v != "0") {
+        let secs = std::env::var("TOKENWARDEN_CHAOS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(480);
+        Plan::long(seed, Duration::from_secs(secs))
+    } else {
+        Plan::ci(seed)
+    };
+    let report = chaos::run(&plan);
+    eprintln!("{}", report.figures.render());
+    assert!(
+        report.violations.is_empty(),
+        "{} invariant violation(s) with seed {seed}:\n{}",
+        report.violations.len(),
+        report.violations.join("\n")
+    );
+    // The run did what it is for.
+    let f = &report.figures;
+    assert!(
+        f.rotations > 20,
+        "too few refreshes to mean anything: {}",
+        f.rotations
+    );
+    assert!(f.served > 50, "too few tokens served: {}", f.served);
+    let killed: u64 = f.killed.iter().map(|(_, n)| n).sum();
+    assert!(killed > 3, "too few processes killed: {killed}");
+}
+
+/// `refresh` returns the token of a refresh that committed after it was
+/// asked; a refresh that this very call ran and committed must count, even
+/// when it all happened within the clock's millisecond.
+#[test]
+fn a_successful_refresh_is_never_reported_as_failed() {
+    let env = Env::new();
+    env.login("fast", 3600);
+    let warden = env.warden();
+    let mut failed = Vec::new();
+    for i in 0..400 {
+        if let Err(e) = warden.refresh("fast", false) {
+            failed.push(format!("#{i}: {e}"));
+        }
+    }
+    assert_eq!(env.fake.stats().successful_refreshes, 400);
+    assert!(
+        failed.is_empty(),
+        "{} of 400 refreshes that succeeded upstream and were committed were reported as \
+         failures, e.g. {}",
+        failed.len(),
+        failed[0]
+    );
+}
