@@ -307,3 +307,150 @@ fn files_are_private_and_loose_permissions_are_warned_about() {
         text(&out.stderr)
     );
 }
+
+/// Every flow — CLI, HTTP API, sweep with quota, the Codex facade — at
+/// trace level: no refresh token, id token, access token, handle or API key
+/// in any log line, and no refresh token, id token, handle or API key in any
+/// answer but the ones that exist to hand them out.
+#[test]
+fn no_secret_in_any_log_at_trace_level() {
+    use common::http::{free_port, Client};
+    let env = Env::new();
+    let a = env.login("a", 60);
+    let b = env.fake.new_family("b");
+    let api_key = "api-key-0123456789abcdef";
+    let logs = env.dir.path().join("serve.log");
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut server = env
+        .cmd()
+        .env("TOKENWARDEN_LOG", "trace")
+        .env("TOKENWARDEN_API_KEY", api_key)
+        .args(["serve", "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&logs).unwrap())
+        .spawn()
+        .unwrap();
+    let client = Client::new(addr, Some(api_key));
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() || client.get("/healthz").status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut answers = Vec::new();
+    let mut token_answers = Vec::new();
+    let import = b.codex_auth_json().to_string();
+    answers.push(client.post("/v1/credentials?id=b", &import).body);
+    answers.push(client.get("/v1/credentials").body);
+    answers.push(client.get("/v1/credentials/a").body);
+    let t = client.get("/v1/credentials/a/token").body;
+    let current: serde_json::Value = serde_json::from_str(&t).unwrap();
+    token_answers.push(t.clone());
+    let reject = serde_json::json!({"access_token": current["access_token"]}).to_string();
+    token_answers.push(client.post("/v1/credentials/a/reject", &reject).body);
+    token_answers.push(client.post("/v1/credentials/a/refresh", "").body);
+    answers.push(client.get("/v1/credentials/a/events").body);
+    answers.push(client.post("/v1/credentials/a/quota", "").body);
+    answers.push(client.get("/v1/credentials/a/quota").body);
+    answers.push(client.get("/metrics").body);
+    let trace_cmd = |args: &[&str]| {
+        env.cmd()
+            .env("TOKENWARDEN_LOG", "trace")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let handle_out = trace_cmd(&["handle", "create", "a", "--label", "box"]);
+    let handle = text(&handle_out.stdout).trim().to_owned();
+    let facade =
+        serde_json::json!({"grant_type": "refresh_token", "refresh_token": handle}).to_string();
+    let facade_answer = client.post("/oauth/token", &facade).body;
+    answers.push(
+        client
+            .post(
+                "/oauth/token",
+                r#"{"grant_type":"refresh_token","refresh_token":"twh_nope"}"#,
+            )
+            .body,
+    );
+    answers.push(client.delete("/v1/credentials/b").body);
+    let mut cli_logs = vec![text(&handle_out.stderr)];
+    for args in [
+        &["sweep", "--quota", "--json"][..],
+        &["list", "--json"],
+        &["show", "a"],
+        &["events", "a"],
+        &["token", "a"],
+        &["refresh", "a", "--force"],
+        &["export", "a", "--format", "cliproxy"],
+        &["handle", "list", "a"],
+    ] {
+        let out = trace_cmd(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        cli_logs.push(text(&out.stderr));
+        if !matches!(args[0], "token" | "refresh" | "export") {
+            answers.push(text(&out.stdout));
+        }
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(server.wait().unwrap().code(), Some(0));
+    let server_log = std::fs::read_to_string(&logs).unwrap();
+    assert!(
+        server_log.contains("request "),
+        "trace logging is on: {server_log}"
+    );
+
+    let mut secrets: Vec<String> = vec![api_key.to_owned(), handle.clone()];
+    for account in ["a", "b"] {
+        let f = env.fake.family_state(account);
+        secrets.extend(f.issued_refresh_tokens);
+        secrets.push(f.current_access_token);
+    }
+    secrets.extend([
+        a.id_token.clone(),
+        b.id_token.clone(),
+        a.access_token.clone(),
+        b.access_token.clone(),
+    ]);
+    for t in token_answers.iter().chain([&facade_answer]) {
+        let v: serde_json::Value = serde_json::from_str(t).unwrap();
+        secrets.push(v["access_token"].as_str().unwrap().to_owned());
+    }
+    for s in &secrets {
+        assert!(
+            !server_log.contains(s.as_str()),
+            "a secret in the server's log"
+        );
+        for log in &cli_logs {
+            assert!(!log.contains(s.as_str()), "a secret in a CLI log");
+        }
+    }
+    // Answers: no refresh token, id token, handle or key anywhere but in the
+    // facade's own answer (which hands the handle back, by design).
+    let family_a = env.fake.family_state("a");
+    let never: Vec<&String> = family_a
+        .issued_refresh_tokens
+        .iter()
+        .chain([&a.id_token, &b.id_token, &b.refresh_token])
+        .collect();
+    for answer in answers.iter().chain(&token_answers).chain([&facade_answer]) {
+        for s in &never {
+            assert!(
+                !answer.contains(s.as_str()),
+                "a refresh/id token in an answer"
+            );
+        }
+        assert!(!answer.contains(api_key));
+    }
+    for answer in answers.iter().chain(&token_answers) {
+        assert!(!answer.contains(&handle), "the handle in an answer");
+    }
+}

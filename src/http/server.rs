@@ -364,6 +364,10 @@ fn serve(shared: &Shared, mut rq: Request) {
         }
     });
     shared.app.warden.metrics().http(route, reply.status);
+    // A request id ties a client's answer to the server's log line.
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let request_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let reply = reply.with_header("X-Request-Id", request_id.to_string());
     let method: String = rq
         .method()
         .as_str()
@@ -372,7 +376,7 @@ fn serve(shared: &Shared, mut rq: Request) {
         .take(16)
         .collect();
     log::debug!(
-        "{method} {route} {} {}ms",
+        "request {request_id}: {method} {route} {} {}ms",
         reply.status,
         started.elapsed().as_millis()
     );
