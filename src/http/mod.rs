@@ -56,10 +56,16 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
             .map_err(signal_error)?;
     }
     let warden = Arc::new(warden);
+    // `?wait=` defaults to 30 s for HTTP callers, unless TOKENWARDEN_WAIT
+    // sets the wait for every caller.
+    let wait = match std::env::var_os("TOKENWARDEN_WAIT") {
+        Some(_) => warden.config().wait,
+        None => DEFAULT_WAIT,
+    };
     let options = ServerOptions {
         threads: args.threads,
         keys,
-        wait: DEFAULT_WAIT,
+        wait,
     };
     let server = Server::start(warden.clone(), &args.listen, options)?;
     let background = match args.no_refresher {
