@@ -454,7 +454,7 @@ fn execute(cli: Cli) -> Result<i32> {
         }
         Command::List { out } => {
             let warden = open(&cli, "cli")?;
-            let rows = warden.list()?;
+            let rows = warden.list_without_secrets()?;
             let quotas = warden.store().latest_quotas()?;
             let policy = warden.config().policy;
             let t = now();
@@ -748,7 +748,7 @@ fn print_quota(q: &QuotaView) {
 }
 
 fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
-    let rows = warden.list()?;
+    let rows = warden.list_without_secrets()?;
     let quotas = warden.store().latest_quotas()?;
     let policy = warden.config().policy;
     let t = now_ms();

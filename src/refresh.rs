@@ -9,10 +9,11 @@
 //! by polling the row's version when it is another process.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock;
 use crate::config::Config;
@@ -21,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::provider::{self, Failure, Outcome, Permanence};
 use crate::state::{self, Decision, Event, Lease, Need, Refusal};
-use crate::store::{ErrorUpdate, Store, Write};
+use crate::store::{ErrorUpdate, Stamp, Store, Write};
 use crate::upstream::{self, Upstream};
 
 /// First and longest pause between two polls of a row another process is
@@ -40,6 +41,14 @@ pub(crate) struct Signals {
 struct Signal {
     generation: Mutex<u64>,
     cond: Condvar,
+    /// Held by the one thread of this process trying to claim the lease;
+    /// the others wait for it instead of racing it for the database's
+    /// write lock (where losers sleep in SQLite's busy handler).
+    claiming: Mutex<()>,
+    /// Held by the waiter of this process that polls the row.
+    poller: Mutex<()>,
+    /// The last version a waiter of this process read, and when.
+    polled: Mutex<Option<(Instant, Option<i64>)>>,
 }
 
 impl Signals {
@@ -56,6 +65,85 @@ impl Signals {
         let s = self.get(id);
         *s.generation.lock() += 1;
         s.cond.notify_all();
+    }
+}
+
+/// Most rows [`Rows`] holds; past that it starts over.
+const ROWS_MAX: usize = 1024;
+
+/// Rows this process read lately, decoded, each valid only under the
+/// database [`Stamp`] it was read under.
+///
+/// A row read after stamp S was taken is the current row for as long as the
+/// stamp is still S: equal stamps prove that no connection of any process
+/// (this one's included) committed anything since S was taken — no reject,
+/// refresh, claim, re-import or delete. So a reader takes the stamp first,
+/// and uses a row from here only while the stamp still equals the one it was
+/// read under; everything else is read from the database (and kept). The
+/// state machine still judges every row with the current clock, so an
+/// expired, expiring or rejected token is never served because it was
+/// cached. This is what makes `Warden::token` on a valid credential cost a
+/// `pread` instead of a query, and a crowd of waiters woken by a refresh
+/// read the new row once instead of once each.
+#[derive(Default)]
+pub(crate) struct Rows {
+    state: RwLock<RowsState>,
+    /// Set once a warden's first call is done (see [`Rows::arm`]).
+    armed: AtomicBool,
+}
+
+#[derive(Default)]
+struct RowsState {
+    /// The stamp every row below was read under.
+    stamp: Option<Stamp>,
+    rows: HashMap<String, Credential>,
+}
+
+impl Rows {
+    /// From now on rows are kept: called after a warden's first call, so
+    /// that a one-shot process never opens the stamp's reader.
+    pub(crate) fn arm(&self) {
+        if !self.armed.load(Ordering::Relaxed) {
+            self.armed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The database's stamp now, to be taken before reading a row; `None`
+    /// when it cannot be had (then nothing is used or kept).
+    pub(crate) fn stamp(&self, store: &Store) -> Option<Stamp> {
+        match self.armed.load(Ordering::Relaxed) {
+            true => store.stamp(),
+            false => None,
+        }
+    }
+
+    /// `f` of the kept row of `id`, if it is still the row (`stamp` is the
+    /// database's stamp now).
+    pub(crate) fn with<R>(
+        &self,
+        stamp: Stamp,
+        id: &str,
+        f: impl FnOnce(&Credential) -> R,
+    ) -> Option<R> {
+        let state = self.state.read();
+        if state.stamp != Some(stamp) {
+            return None;
+        }
+        state.rows.get(id).map(f)
+    }
+
+    /// Keeps `row`, read after `stamp` was taken. Rows kept under another
+    /// stamp are dropped: each row is only ever valid under its own.
+    fn keep(&self, stamp: Stamp, row: &Credential) {
+        let mut state = self.state.write();
+        if state.stamp != Some(stamp) {
+            state.rows.clear();
+            state.stamp = Some(stamp);
+        }
+        if state.rows.len() >= ROWS_MAX && !state.rows.contains_key(&row.id) {
+            state.rows.clear();
+        }
+        state.rows.insert(row.id.clone(), row.clone());
     }
 }
 
@@ -85,6 +173,7 @@ pub(crate) struct Refresher {
     pub(crate) upstream: Upstream,
     pub(crate) signals: Signals,
     pub(crate) metrics: Metrics,
+    pub(crate) rows: Rows,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -96,13 +185,18 @@ impl Refresher {
     /// the row to serve from, waiting at most `wait` on someone else's
     /// refresh (DESIGN.md §4).
     pub(crate) fn obtain(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
+        let result = self.obtain_now(id, need, wait);
+        self.rows.arm();
+        result
+    }
+
+    fn obtain_now(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
         let deadline = Instant::now() + wait;
         let mut poll = POLL_MIN;
         let mut waited = false;
         loop {
             let row = self
-                .store
-                .get(id)?
+                .read(id)?
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
             let now = clock::now_ms();
             match state::decide(&row.status, need, now, &self.config.policy) {
@@ -126,7 +220,23 @@ impl Refresher {
                     ))
                 }
                 Decision::Claim => {
-                    if let Some(done) = self.claim_and_refresh(&row, need, deadline)? {
+                    let signal = self.signals.get(id);
+                    let turn = signal.claiming.try_lock();
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if turn.is_none() && !remaining.is_zero() {
+                        // Another thread of this process is claiming it:
+                        // wait for its outcome (it wakes us), then decide
+                        // again on the row.
+                        waited = true;
+                        let _gauge = self.metrics.waiting();
+                        self.wait_for_change(id, row.status.version, remaining, poll)?;
+                        continue;
+                    }
+                    let outcome = self.claim_and_refresh(&row, need, deadline);
+                    drop(turn);
+                    // Whatever happened, local waiters re-read the row.
+                    self.signals.notify(id);
+                    if let Some(done) = outcome? {
                         return self
                             .after_own_refresh(done, need)
                             .map(|r| (r, Via::Refreshed));
@@ -158,6 +268,22 @@ impl Refresher {
                 }
             }
         }
+    }
+
+    /// The current row of `id`: kept in `rows` if the stamp proves it still
+    /// is, else read from the database (and kept).
+    pub(crate) fn read(&self, id: &str) -> Result<Option<Credential>> {
+        let stamp = self.rows.stamp(&self.store);
+        if let Some(stamp) = stamp {
+            if let Some(row) = self.rows.with(stamp, id, Credential::clone) {
+                return Ok(Some(row));
+            }
+        }
+        let row = self.store.get(id)?;
+        if let (Some(stamp), Some(row)) = (stamp, &row) {
+            self.rows.keep(stamp, row);
+        }
+        Ok(row)
     }
 
     /// What a caller gets after running the refresh itself: no second
@@ -211,23 +337,50 @@ impl Refresher {
     /// wake-up, or `max` — whichever comes first.
     fn wait_for_change(&self, id: &str, version: i64, max: Duration, poll: Duration) -> Result<()> {
         let signal = self.signals.get(id);
-        let end = Instant::now() + max;
+        let start = Instant::now();
+        let end = start + max;
         let mut poll = poll;
         let mut generation = signal.generation.lock();
         let seen = *generation;
+        // One waiter per credential in this process polls the row on the
+        // short schedule; the others nap POLL_MAX at a time and are woken by
+        // it (or by a refresher of this process), so that a crowd of waiters
+        // does not keep the CPU the refresher needs busy with polls.
+        let mut poller = None;
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(());
             }
-            signal.cond.wait_for(&mut generation, poll.min(left));
+            if poller.is_none() {
+                poller = signal.poller.try_lock();
+            }
+            let nap = if poller.is_some() { poll } else { POLL_MAX };
+            signal.cond.wait_for(&mut generation, nap.min(left));
             if *generation != seen {
                 return Ok(());
             }
-            // Another process may have committed: the row is the truth.
-            let current =
-                parking_lot::MutexGuard::unlocked(&mut generation, || self.store.version(id))?;
+            // Another process may have committed: the row is the truth. A
+            // napper uses the poller's look if it is newer than its own start.
+            let looked = match *signal.polled.lock() {
+                Some((at, v)) if poller.is_none() && at > start => Some(v),
+                _ => None,
+            };
+            let current = match looked {
+                Some(v) => v,
+                None => {
+                    let at = Instant::now();
+                    let v = parking_lot::MutexGuard::unlocked(&mut generation, || {
+                        self.store.version(id)
+                    })?;
+                    *signal.polled.lock() = Some((at, v));
+                    v
+                }
+            };
             if current != Some(version) {
+                // Changed: the other waiters of this process re-read too.
+                *generation += 1;
+                signal.cond.notify_all();
                 return Ok(());
             }
             poll = (poll * 2).min(POLL_MAX);
@@ -454,9 +607,10 @@ impl Refresher {
         // so this settles in a round or two.
         loop {
             let now = clock::now_ms();
+            // The state machine needs the status only: no secrets decoded.
             let current = self
                 .store
-                .get(&row.id)?
+                .get_without_secrets(&row.id)?
                 .ok_or_else(|| Error::NotFound(row.id.clone()))?;
             let t = match state::apply(&current.status, &event, now, &self.config.policy) {
                 Ok(t) => t,

@@ -114,17 +114,33 @@ mod tests {
         assert!(is_sealed(&sealed));
         assert!(!sealed.contains("rt-secret"));
         assert_eq!(s.open("me", "refresh_token", &sealed).unwrap(), "rt-secret");
-        assert_ne!(sealed, s.seal("me", "refresh_token", "rt-secret"), "fresh nonce");
-        assert_eq!(s.open("other", "refresh_token", &sealed), Err(SealError::Open));
+        assert_ne!(
+            sealed,
+            s.seal("me", "refresh_token", "rt-secret"),
+            "fresh nonce"
+        );
+        assert_eq!(
+            s.open("other", "refresh_token", &sealed),
+            Err(SealError::Open)
+        );
         assert_eq!(s.open("me", "access_token", &sealed), Err(SealError::Open));
         let other = Sealer::from_base64(&generate_key()).unwrap();
-        assert_eq!(other.open("me", "refresh_token", &sealed), Err(SealError::Open));
+        assert_eq!(
+            other.open("me", "refresh_token", &sealed),
+            Err(SealError::Open)
+        );
         let mut tampered = sealed.clone();
         tampered.pop();
         tampered.push(if sealed.ends_with('A') { 'B' } else { 'A' });
         assert!(s.open("me", "refresh_token", &tampered).is_err());
-        assert_eq!(s.open("me", "refresh_token", "plain"), Err(SealError::NotSealed));
-        assert_eq!(s.open("me", "refresh_token", "tw1:!!"), Err(SealError::Open));
+        assert_eq!(
+            s.open("me", "refresh_token", "plain"),
+            Err(SealError::NotSealed)
+        );
+        assert_eq!(
+            s.open("me", "refresh_token", "tw1:!!"),
+            Err(SealError::Open)
+        );
     }
 
     #[test]
@@ -135,7 +151,11 @@ mod tests {
             Ok(())
         );
         for bad in ["", "not base64!", &STANDARD.encode([0u8; 16])] {
-            assert_eq!(Sealer::from_base64(bad).map(|_| ()), Err(SealError::BadKey), "{bad}");
+            assert_eq!(
+                Sealer::from_base64(bad).map(|_| ()),
+                Err(SealError::BadKey),
+                "{bad}"
+            );
         }
     }
 }

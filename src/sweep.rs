@@ -249,7 +249,7 @@ pub fn sweep(
     opts: &SweepOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<SweepReport> {
-    let mut rows = warden.list()?;
+    let mut rows = warden.list_without_secrets()?;
     if !opts.only.is_empty() {
         for id in &opts.only {
             if !rows.iter().any(|r| &r.id == id) {
@@ -401,7 +401,7 @@ fn schedule(
     jobs: &Sender<(String, Need)>,
     queued: &Mutex<HashSet<String>>,
 ) -> Result<Duration> {
-    let rows = warden.list()?;
+    let rows = warden.list_without_secrets()?;
     let now = clock::now_ms();
     let policy = warden.config().policy;
     let mut next = now + TICK_MAX.as_millis() as i64;

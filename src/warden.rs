@@ -9,10 +9,10 @@ use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use crate::refresh::Via;
-use crate::refresh::{Refresher, Signals};
+use crate::refresh::{Refresher, Rows, Signals};
 use crate::seal::Sealer;
 use crate::secret::Secret;
-use crate::state::{self, Event, Need, Refusal};
+use crate::state::{self, Decision, Event, Need, Refusal};
 use crate::store::{EventRow, Store, Write};
 use crate::upstream::Upstream;
 
@@ -97,6 +97,7 @@ impl Warden {
                 upstream: Upstream::new(),
                 signals: Signals::default(),
                 metrics: Metrics::default(),
+                rows: Rows::default(),
             },
         })
     }
@@ -129,10 +130,41 @@ impl Warden {
 
     /// [`Warden::token`], waiting at most `wait` on another caller's refresh.
     pub fn token_within(&self, id: &str, min_ttl: Duration, wait: Duration) -> Result<Grant> {
+        let id = checked(id)?;
         let need = Need::Token {
             min_ttl_ms: millis(min_ttl),
         };
-        Grant::from_row(&self.core.obtain(checked(id)?, need, wait)?.0)
+        // Served from memory when the row read lately is still the row
+        // (see `Rows`) and the state machine, on it and the current clock,
+        // says serve; anything else takes the ordinary path.
+        let rows = &self.core.rows;
+        if let Some(stamp) = rows.stamp(&self.core.store) {
+            let policy = &self.core.config.policy;
+            let served = rows.with(stamp, id, |row| {
+                match state::decide(&row.status, need, clock::now_ms(), policy) {
+                    Decision::Serve => Some(Grant::from_row(row)),
+                    _ => None,
+                }
+            });
+            if let Some(Some(grant)) = served {
+                return grant;
+            }
+        }
+        Grant::from_row(&self.core.obtain(id, need, wait)?.0)
+    }
+
+    /// Whether [`Warden::token`] would answer `id` from memory right now: the
+    /// row it keeps is still the row, and serves. For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn token_cached(&self, id: &str) -> bool {
+        let rows = &self.core.rows;
+        let need = Need::Token { min_ttl_ms: 0 };
+        let policy = &self.core.config.policy;
+        rows.stamp(&self.core.store).is_some_and(|stamp| {
+            rows.with(stamp, id, |row| {
+                state::decide(&row.status, need, clock::now_ms(), policy) == Decision::Serve
+            }) == Some(true)
+        })
     }
 
     /// Records that upstream answered 401 for `token`, and returns a token
@@ -221,15 +253,20 @@ impl Warden {
 
     /// One credential.
     pub fn get(&self, id: &str) -> Result<Credential> {
-        self.core
-            .store
-            .get(checked(id)?)?
-            .ok_or_else(|| Error::NotFound(id.to_owned()))
+        let row = self.core.read(checked(id)?);
+        self.core.rows.arm();
+        row?.ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     /// Every credential, by id.
     pub fn list(&self) -> Result<Vec<Credential>> {
         self.core.store.list()
+    }
+
+    /// Every credential, by id, without its secrets (see
+    /// [`Store::list_without_secrets`]): for listings and schedulers.
+    pub fn list_without_secrets(&self) -> Result<Vec<Credential>> {
+        self.core.store.list_without_secrets()
     }
 
     /// Deletes a credential; its events stay.

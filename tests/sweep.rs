@@ -55,14 +55,23 @@ fn a_sweep_refreshes_exactly_the_due_credentials_once() {
     env.fake.set_latency(Duration::from_millis(5));
 
     let out = env.run(&["sweep", "--json", "--concurrency", "8"]);
-    assert_eq!(code(&out), 4, "dead credentials → exit 4: {}", text(&out.stderr));
+    assert_eq!(
+        code(&out),
+        4,
+        "dead credentials → exit 4: {}",
+        text(&out.stderr)
+    );
     let report = json(&out);
     assert_eq!(ids(&report, "refreshed"), due.iter().cloned().collect());
     assert_eq!(ids(&report, "dead"), doomed.iter().cloned().collect());
     assert_eq!(ids(&report, "skipped"), fresh.iter().cloned().collect());
     assert!(report["failed"].as_array().unwrap().is_empty());
     assert_eq!(report["quota"], json!([]));
-    assert_eq!(env.fake.stats().token_requests, 150, "100 refreshes + 50 refusals");
+    assert_eq!(
+        env.fake.stats().token_requests,
+        150,
+        "100 refreshes + 50 refusals"
+    );
 
     // A second sweep finds nothing due; dead ones are reported, not retried.
     let out = env.run(&["sweep", "--json"]);
@@ -117,11 +126,20 @@ fn concurrent_sweeps_and_a_background_refresher_refresh_each_credential_once() {
     background.stop(Duration::from_secs(10));
     let by_background = warden
         .metrics()
-        .refresh_count(tokenwarden::metrics::RefreshOutcome::Success) as usize
+        .refresh_count(tokenwarden::metrics::RefreshOutcome::Success)
+        as usize
         - in_process.refreshed.len();
     let unique: HashSet<&String> = refreshed.iter().collect();
-    assert_eq!(unique.len(), refreshed.len(), "no credential refreshed by two sweeps");
-    assert_eq!(refreshed.len() + by_background, 120, "each once, by someone");
+    assert_eq!(
+        unique.len(),
+        refreshed.len(),
+        "no credential refreshed by two sweeps"
+    );
+    assert_eq!(
+        refreshed.len() + by_background,
+        120,
+        "each once, by someone"
+    );
     assert_eq!(env.fake.stats().token_requests, 120);
     assert_eq!(env.fake.stats().reuse_detected, 0);
     env.fake.assert_single_flight();
@@ -148,7 +166,10 @@ fn sweep_exit_codes() {
     assert_eq!(code(&out), 5, "transient failure → 5");
     let failed = &json(&out)["failed"];
     assert_eq!(failed[0]["id"], "flaky");
-    assert!(failed[0]["error"].as_str().unwrap().contains("http_503"), "{failed}");
+    assert!(
+        failed[0]["error"].as_str().unwrap().contains("http_503"),
+        "{failed}"
+    );
 }
 
 #[test]
@@ -166,7 +187,10 @@ fn quota_snapshots_are_recorded_and_readable() {
     let usage = env.fake.usage_requests();
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].bearer.as_deref(), Some(g.access_token.as_str()));
-    assert_eq!(usage[0].account_header.as_deref(), Some(g.account_id.as_str()));
+    assert_eq!(
+        usage[0].account_header.as_deref(),
+        Some(g.account_id.as_str())
+    );
 
     let out = env.run(&["quota", "q", "--json"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
@@ -180,7 +204,10 @@ fn quota_snapshots_are_recorded_and_readable() {
     let show = json(&env.run(&["show", "q", "--json"]));
     assert_eq!(show["quota"]["windows"][1]["used_percent"], 17.0);
     let human = text(&env.run(&["show", "q"]).stdout);
-    assert!(human.contains("quota:") && human.contains("primary 42%"), "{human}");
+    assert!(
+        human.contains("quota:") && human.contains("primary 42%"),
+        "{human}"
+    );
 
     // History is kept.
     let out = env.run(&["quota", "q", "--refresh"]);
@@ -224,7 +251,10 @@ fn transient_usage_failures_are_recorded_not_fatal() {
     env.fake.push_usage_fault(Fault::status(503, "{}"));
     let out = env.run(&["sweep", "--quota", "--json"]);
     assert_eq!(code(&out), 0, "quota failures do not fail the sweep");
-    assert_eq!(json(&out)["quota"], json!([{"id": "t", "status": "http_503"}]));
+    assert_eq!(
+        json(&out)["quota"],
+        json!([{"id": "t", "status": "http_503"}])
+    );
     let q = json(&env.run(&["quota", "t", "--json"]));
     assert_eq!(q["status"], "http_503");
     assert!(q["error"].as_str().unwrap().contains("503"));
@@ -246,7 +276,10 @@ fn providers_without_a_quota_endpoint_are_skipped() {
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let out = env.run(&["sweep", "--quota", "--json"]);
     assert_eq!(code(&out), 0);
-    assert_eq!(json(&out)["quota"], json!([{"id": "goog", "status": "skipped"}]));
+    assert_eq!(
+        json(&out)["quota"],
+        json!([{"id": "goog", "status": "skipped"}])
+    );
     let out = env.run(&["quota", "goog"]);
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("no quota endpoint"));

@@ -3,7 +3,8 @@
 //! stops them all on [`Server::shutdown`].
 
 use std::io::{Cursor, Read};
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -148,6 +149,7 @@ impl Server {
         }
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
+        let listener = no_delay(listener);
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
@@ -226,6 +228,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(DROP_GRACE);
     }
+}
+
+/// Sets `TCP_NODELAY` on the listening socket, which every accepted socket
+/// inherits. tiny_http writes an answer through a 1 KiB buffer, so a token
+/// answer (about 1 KiB) leaves in two segments; without this, Nagle's
+/// algorithm holds the second until the client's delayed ACK, 40 ms later,
+/// on every keep-alive request. Best effort: a socket that refuses the
+/// option is served as it is.
+fn no_delay(listener: TcpListener) -> TcpListener {
+    let socket = TcpStream::from(OwnedFd::from(listener));
+    if let Err(e) = socket.set_nodelay(true) {
+        log::debug!("cannot set TCP_NODELAY on the listener: {e}");
+    }
+    TcpListener::from(OwnedFd::from(socket))
 }
 
 /// Tells the supervisor when a worker thread ends: `Died` if by a panic.
@@ -368,18 +384,20 @@ fn serve(shared: &Shared, mut rq: Request) {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let request_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let reply = reply.with_header("X-Request-Id", request_id.to_string());
-    let method: String = rq
-        .method()
-        .as_str()
-        .chars()
-        .filter(char::is_ascii_graphic)
-        .take(16)
-        .collect();
-    log::debug!(
-        "request {request_id}: {method} {route} {} {}ms",
-        reply.status,
-        started.elapsed().as_millis()
-    );
+    if log::log_enabled!(log::Level::Debug) {
+        let method: String = rq
+            .method()
+            .as_str()
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(16)
+            .collect();
+        log::debug!(
+            "request {request_id}: {method} {route} {} {}ms",
+            reply.status,
+            started.elapsed().as_millis()
+        );
+    }
     send(rq, reply, body);
 }
 

@@ -10,12 +10,17 @@
 mod schema;
 mod sealing;
 
+use std::fs::File;
+use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{params, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
 use crate::credential::{Claims, Credential, LastError, NewCredential, ProviderConfig};
 use crate::error::{Error, Result};
@@ -158,18 +163,199 @@ fn read_handle(r: &Row) -> rusqlite::Result<HandleRow> {
 const HANDLE_COLUMNS: &str =
     "hash, credential_id, label, created_ms, last_used_ms, served_token, revoked_ms";
 
-/// A pool of connections to one database file.
+/// Connections to one database file: the one opened (and migrated) at
+/// start-up, kept for the store's whole life, and an r2d2 pool for the
+/// callers that find it busy.
+///
+/// Keeping the first connection means a one-shot CLI command opens one
+/// connection on its own thread (no pool threads, and the WAL and its
+/// index are not deleted and recreated between the migration check and
+/// the query); a server uses the pool as before. Write transactions of this
+/// process take turns on a mutex before asking SQLite for its write lock,
+/// so they queue instead of sleeping in SQLite's busy handler.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool<SqliteConnectionManager>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     path: PathBuf,
     codec: Codec,
+    busy_timeout: Duration,
+    busy_ms: u64,
+    pool_size: u32,
+    /// The start-up connection, used whenever it is free.
+    primary: Mutex<Connection>,
+    /// Built on first need, when the primary connection is busy.
+    pool: OnceLock<Pool<SqliteConnectionManager>>,
+    /// One write transaction of this process at a time.
+    writer: Mutex<()>,
+    /// The writers' connection, for when the primary one is busy (opened
+    /// with the pool).
+    write_conn: Mutex<Option<Connection>>,
+    /// The WAL-index reader behind [`Store::stamp`], opened on first use.
+    watch: OnceLock<Option<Watch>>,
+    /// Group commit of [`Store::apply`].
+    group: Group,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Store({})", self.path.display())
+        write!(f, "Store({})", self.inner.path.display())
     }
+}
+
+/// A connection of the store: the primary one, or one from the pool.
+pub(crate) enum Conn<'a> {
+    Primary(MutexGuard<'a, Connection>),
+    Pooled(PooledConnection<SqliteConnectionManager>),
+    Writer(MappedMutexGuard<'a, Connection>),
+}
+
+impl Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Conn::Primary(c) => c,
+            Conn::Pooled(c) => c,
+            Conn::Writer(c) => c,
+        }
+    }
+}
+
+impl DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match self {
+            Conn::Primary(c) => c,
+            Conn::Pooled(c) => c,
+            Conn::Writer(c) => c,
+        }
+    }
+}
+
+/// A connection holding this process's turn to write. The connection goes
+/// back before the turn is released (fields drop in order).
+pub(crate) struct Writer<'a> {
+    conn: Conn<'a>,
+    _turn: MutexGuard<'a, ()>,
+}
+
+impl Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+/// How durable a write transaction must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// `synchronous=FULL`: the WAL is fsynced at commit. Everything a
+    /// power cut must not undo: rotated tokens, rejections, imports,
+    /// deletes, deaths.
+    Full,
+    /// `synchronous=NORMAL`: committed (every process sees it at once) but
+    /// made durable only by the next `FULL` commit or checkpoint. Only for
+    /// a claim of the refresh lease: losing one in a power cut leaves the
+    /// row as it was before the claim, which was durable, and the claim's
+    /// own refresh can only end in a `FULL` commit, whose fsync also covers
+    /// the claim (the WAL is one file, synced whole).
+    Normal,
+}
+
+/// A snapshot of the database's WAL-index header (see [`Store::stamp`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp([u8; WAL_HDR]);
+
+/// Size of one copy of the WAL-index header (`WalIndexHdr` in SQLite's
+/// wal.c, documented in its file format as the wal-index header).
+const WAL_HDR: usize = 48;
+/// `WALINDEX_MAX_VERSION`, the header's first field.
+const WAL_INDEX_VERSION: u32 = 3_007_000;
+
+/// Reads the header of the database's WAL-index (`-shm` file) with one
+/// `pread`.
+///
+/// SQLite keeps two copies of a 48-byte header at the start of the
+/// wal-index, which every connection of every process maps shared. Each
+/// commit, by any connection, bumps its `iChange` counter and `mxFrame`
+/// (and a WAL restart its salts) and rewrites both copies (second, then
+/// first) before the commit returns; readers compare the copies to detect
+/// a write in progress. So two equal, consistent reads of the header mean
+/// nothing was committed in between — the same proof `PRAGMA data_version`
+/// gives, which reads the same header but only inside a read transaction
+/// (two `fcntl` locks and an `fstat`: ~2 µs here, as long as a whole point
+/// SELECT).
+struct Watch {
+    shm: File,
+}
+
+impl Watch {
+    /// Opens the wal-index of the database `conn` has open, if it is in WAL
+    /// mode and the header reads as SQLite writes it; `None` otherwise
+    /// (callers then simply never get a stamp).
+    fn open(conn: &Connection) -> Option<Watch> {
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .ok()?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return None;
+        }
+        // A read opens (and, if needed, initialises) the wal-index.
+        conn.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))
+            .ok()?;
+        // The name SQLite itself derives the -shm name from.
+        let db = conn.path().filter(|p| !p.is_empty())?;
+        let shm = File::open(format!("{db}-shm")).ok()?;
+        let watch = Watch { shm };
+        watch.read()?;
+        Some(watch)
+    }
+
+    fn read(&self) -> Option<Stamp> {
+        let mut buf = [0u8; 2 * WAL_HDR];
+        self.shm.read_exact_at(&mut buf, 0).ok()?;
+        let (first, second) = buf.split_at(WAL_HDR);
+        // Unequal copies: a commit is writing the header right now.
+        if first != second {
+            return None;
+        }
+        let version = u32::from_ne_bytes([first[0], first[1], first[2], first[3]]);
+        let initialised = first[12] == 1;
+        if version != WAL_INDEX_VERSION || !initialised {
+            return None;
+        }
+        let mut stamp = [0u8; WAL_HDR];
+        stamp.copy_from_slice(first);
+        Some(Stamp(stamp))
+    }
+}
+
+/// The same database error again, for each op of a batch that failed as a
+/// whole (the store fails only with these two).
+fn copy_of(e: &Error) -> Error {
+    match e {
+        Error::DiskFull(m) => Error::DiskFull(m.clone()),
+        Error::Db(m) => Error::Db(m.clone()),
+        other => Error::Db(other.to_string()),
+    }
+}
+
+/// SQLite's own "database is locked" error, for a write that could not get
+/// this process's turn within the busy timeout.
+fn busy() -> Error {
+    db_err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+        Some("database is locked".into()),
+    ))
 }
 
 /// Turns SQLite's errors into messages that say what to do.
@@ -234,13 +420,30 @@ fn required<T>(v: Option<T>, idx: usize) -> rusqlite::Result<T> {
 }
 
 fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
+    read_row(r, codec, Secrets::Keep)
+}
+
+/// Whether a row is read with its secret columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Keep,
+    /// Left out (the refresh token reads as empty); only whether there is
+    /// an access token is kept, in the status.
+    Drop,
+}
+
+fn read_row(r: &Row, codec: &Codec, secrets: Secrets) -> rusqlite::Result<Credential> {
     let id: String = r.get(0)?;
+    let keep = secrets == Secrets::Keep;
     let secret = |i: usize| -> rusqlite::Result<Option<Secret>> {
         r.get::<_, Option<String>>(i)?
             .map(|v| codec.open(&id, sealing::column(i), v, i))
             .transpose()
     };
+    let secret_kept = |i: usize| if keep { secret(i) } else { Ok(None) };
     let access_token = secret(4)?;
+    let has_access_token = access_token.as_ref().is_some_and(|t| !t.is_empty());
+    let access_token = if keep { access_token } else { None };
     let lease = match (
         r.get::<_, Option<String>>(20)?,
         r.get::<_, Option<String>>(21)?,
@@ -266,7 +469,7 @@ fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
             kind: required(parsed(r, 1, ProviderKind::parse)?, 1)?,
             token_url: r.get(8)?,
             client_id: r.get(9)?,
-            client_secret: secret(10)?,
+            client_secret: secret_kept(10)?,
             scope: r.get(11)?,
             encoding: parsed(r, 12, Encoding::parse)?,
             client_auth: parsed(r, 13, ClientAuth::parse)?,
@@ -275,7 +478,7 @@ fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
             state: required(parsed(r, 2, State::parse)?, 2)?,
             version: r.get(3)?,
             expires_at_ms: r.get(7)?,
-            has_access_token: access_token.as_ref().is_some_and(|t| !t.is_empty()),
+            has_access_token,
             lease,
             resume: parsed(r, 23, State::parse)?,
             failures: r.get(24)?,
@@ -284,8 +487,11 @@ fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
             dead_reason: r.get(26)?,
         },
         access_token,
-        refresh_token: required(secret(5)?, 5)?,
-        id_token: secret(6)?,
+        refresh_token: match secrets {
+            Secrets::Keep => required(secret(5)?, 5)?,
+            Secrets::Drop => Secret::new(String::new()),
+        },
+        id_token: secret_kept(6)?,
         claims: Claims {
             account_id: r.get(15)?,
             email: r.get(16)?,
@@ -294,7 +500,7 @@ fn read_credential(r: &Row, codec: &Codec) -> rusqlite::Result<Credential> {
             organization_id: r.get(19)?,
         },
         last_error,
-        api_key: secret(14)?,
+        api_key: secret_kept(14)?,
         created_ms: r.get(31)?,
         updated_ms: r.get(32)?,
     })
@@ -309,7 +515,7 @@ struct Change<'a> {
 }
 
 fn append_event(
-    conn: &rusqlite::Connection,
+    conn: &Connection,
     id: &str,
     change: &Change,
     actor: &str,
@@ -331,11 +537,7 @@ fn append_event(
     .map(drop)
 }
 
-fn select_one(
-    conn: &rusqlite::Connection,
-    id: &str,
-    codec: &Codec,
-) -> rusqlite::Result<Option<Credential>> {
+fn select_one(conn: &Connection, id: &str, codec: &Codec) -> rusqlite::Result<Option<Credential>> {
     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM credentials WHERE id = ?1"))?
         .query_row([id], |r| read_credential(r, codec))
         .optional()
@@ -364,11 +566,157 @@ fn ensure_reserve(db: &Path) {
     }
 }
 
+/// One [`Store::apply`] call, owned, waiting in the group-commit queue.
+struct Op {
+    id: String,
+    t: Transition,
+    tokens: Option<Tokens>,
+    error: OwnedError,
+    actor: String,
+    now_ms: i64,
+    sync: Sync,
+    result: Mutex<Option<Result<Option<Credential>>>>,
+}
+
+/// [`ErrorUpdate`], owned.
+enum OwnedError {
+    Keep,
+    Clear,
+    Set(LastError),
+}
+
+/// The queue of [`Store::apply`] calls and whether one is writing.
+#[derive(Default)]
+struct Group {
+    state: Mutex<GroupState>,
+    /// Signalled when a batch is written.
+    done: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct GroupState {
+    queue: Vec<Arc<Op>>,
+    leading: bool,
+}
+
+/// The leader's batch. Dropped when it is written — or if writing it
+/// panicked, when each op still without a result gets an error — it hands
+/// the lead on and wakes the waiters.
+struct Leading<'a> {
+    group: &'a Group,
+    batch: Vec<Arc<Op>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        for op in &self.batch {
+            let mut result = op.result.lock();
+            if result.is_none() {
+                *result = Some(Err(Error::Db(
+                    "the write failed unexpectedly; retry".into(),
+                )));
+            }
+        }
+        self.group.state.lock().leading = false;
+        self.group.done.notify_all();
+    }
+}
+
+/// Writes one op inside `tx`: the guarded UPDATE, the row as it now is and
+/// the event row. `Ok(None)`, having written nothing, if the guard failed.
+fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential>> {
+    let (id, t, actor, now_ms) = (op.id.as_str(), &op.t, op.actor.as_str(), op.now_ms);
+    let write = Write {
+        tokens: op.tokens.as_ref(),
+        error: match &op.error {
+            OwnedError::Keep => ErrorUpdate::Keep,
+            OwnedError::Clear => ErrorUpdate::Clear,
+            OwnedError::Set(e) => ErrorUpdate::Set(e),
+        },
+    };
+    let (guard_version, guard_lease) = match &t.guard {
+        Guard::Version(v) => (Some(*v), None),
+        Guard::Lease { id, version } => (*version, Some(id.as_str())),
+    };
+    let tok = write.tokens;
+    let seal = |col: &str, s: &Secret| codec.seal(id, col, s.expose());
+    let claims = tok.map(|t| &t.claims);
+    let (set_error, error) = match write.error {
+        ErrorUpdate::Keep => (false, None),
+        ErrorUpdate::Clear => (true, None),
+        ErrorUpdate::Set(e) => (true, Some(e)),
+    };
+    let changed = tx
+        .prepare_cached(
+            "UPDATE credentials SET state = ?1, version = version + 1, resume_state = ?2, \
+             lease_owner = ?3, lease_id = ?4, lease_until_ms = ?5, failures = ?6, \
+             next_attempt_at_ms = ?7, dead_reason = ?8, updated_ms = ?9, \
+             access_token = COALESCE(?10, access_token), \
+             refresh_token = COALESCE(?11, refresh_token), \
+             id_token = COALESCE(?12, id_token), \
+             expires_at_ms = COALESCE(?13, expires_at_ms), \
+             last_refresh_ms = COALESCE(?14, last_refresh_ms), \
+             account_id = COALESCE(?15, account_id), email = COALESCE(?16, email), \
+             plan_type = COALESCE(?17, plan_type), user_id = COALESCE(?18, user_id), \
+             organization_id = COALESCE(?19, organization_id), \
+             last_error_code = CASE WHEN ?20 THEN ?21 ELSE last_error_code END, \
+             last_error_message = CASE WHEN ?20 THEN ?22 ELSE last_error_message END, \
+             last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END \
+             WHERE id = ?24 AND (?25 IS NULL OR version = ?25) AND (?26 IS NULL OR lease_id = ?26)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                t.to.as_str(),
+                t.resume.map(State::as_str),
+                t.lease.as_ref().map(|l| &l.owner),
+                t.lease.as_ref().map(|l| &l.id),
+                t.lease.as_ref().map(|l| l.until_ms),
+                t.failures,
+                t.next_attempt_at_ms,
+                t.dead_reason,
+                now_ms,
+                tok.map(|t| seal("access_token", &t.access_token)),
+                tok.map(|t| seal("refresh_token", &t.refresh_token)),
+                tok.and_then(|t| t.id_token.as_ref())
+                    .map(|s| seal("id_token", s)),
+                tok.map(|t| t.expires_at_ms),
+                tok.map(|_| now_ms),
+                claims.and_then(|c| c.account_id.as_deref()),
+                claims.and_then(|c| c.email.as_deref()),
+                claims.and_then(|c| c.plan_type.as_deref()),
+                claims.and_then(|c| c.user_id.as_deref()),
+                claims.and_then(|c| c.organization_id.as_deref()),
+                set_error,
+                error.map(|e| &e.code),
+                error.map(|e| &e.message),
+                error.map(|e| e.at_ms),
+                id,
+                guard_version,
+                guard_lease,
+            ])
+        })
+        .map_err(db_err)?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let row = select_one(tx, id, codec)
+        .map_err(db_err)?
+        .ok_or_else(|| Error::Db("updated row vanished".into()))?;
+    let change = Change {
+        from: Some(t.from.as_str()),
+        to: t.to.as_str(),
+        version: row.status.version,
+        reason: &t.reason,
+    };
+    append_event(tx, id, &change, actor, now_ms).map_err(db_err)?;
+    Ok(Some(row))
+}
+
 impl Store {
     /// Frees the space reserve, so that a commit of rotated tokens that hit
     /// a full disk can go through; `false` if there was none left.
     pub fn release_reserve(&self) -> bool {
-        std::fs::remove_file(reserve_path(&self.path)).is_ok()
+        std::fs::remove_file(reserve_path(&self.inner.path)).is_ok()
     }
 
     /// Opens (creating with mode 0600 if needed) and migrates a database
@@ -390,41 +738,137 @@ impl Store {
         schema::create_private(path)?;
         schema::warn_if_exposed(path);
         let busy_ms = u64::try_from(busy_timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = rusqlite::Connection::open(path).map_err(db_err)?;
+        let mut conn = Connection::open(path).map_err(db_err)?;
         schema::configure(&conn, busy_ms).map_err(db_err)?;
         schema::migrate(&mut conn, path)?;
         sealing::check_key(&mut conn, path, sealer.as_ref())?;
-        drop(conn);
         ensure_reserve(path);
-        let manager =
-            SqliteConnectionManager::file(path).with_init(move |c| schema::configure(c, busy_ms));
-        let pool = Pool::builder()
-            .max_size(pool_size)
-            .min_idle(Some(0))
-            .connection_timeout(busy_timeout.max(Duration::from_secs(1)))
-            .build(manager)
-            .map_err(|e| Error::Db(format!("cannot open {}: {e}", path.display())))?;
         Ok(Store {
-            pool,
-            path: path.to_owned(),
-            codec: Codec::new(sealer),
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                codec: Codec::new(sealer),
+                busy_timeout,
+                busy_ms,
+                pool_size,
+                primary: Mutex::new(conn),
+                pool: OnceLock::new(),
+                writer: Mutex::new(()),
+                write_conn: Mutex::new(None),
+                watch: OnceLock::new(),
+                group: Group::default(),
+            }),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
-    fn conn(&self) -> Result<PooledConnection<SqliteConnectionManager>> {
-        self.pool
-            .get()
+    /// The primary connection if it is free, else one from the pool (built
+    /// on first need, holding at most `pool_size - 1` more connections).
+    fn conn(&self) -> Result<Conn<'_>> {
+        let inner = &*self.inner;
+        if let Some(c) = inner.primary.try_lock() {
+            return Ok(Conn::Primary(c));
+        }
+        let pool = inner.pool.get_or_init(|| {
+            // Concurrency has begun: open the writers' connection now rather
+            // than on the path of the first write that needs it.
+            if let Some(mut slot) = inner.write_conn.try_lock() {
+                if slot.is_none() {
+                    *slot = self.open_conn().ok();
+                }
+            }
+            let busy_ms = inner.busy_ms;
+            let manager = SqliteConnectionManager::file(&inner.path)
+                .with_init(move |c| schema::configure(c, busy_ms));
+            Pool::builder()
+                .max_size(inner.pool_size.saturating_sub(1).max(1))
+                .min_idle(Some(0))
+                .connection_timeout(inner.busy_timeout.max(Duration::from_secs(1)))
+                .build_unchecked(manager)
+        });
+        pool.get()
+            .map(Conn::Pooled)
             .map_err(|e| Error::Db(format!("no database connection: {e}")))
+    }
+
+    /// A new connection to the database, set up like every other.
+    fn open_conn(&self) -> Result<Connection> {
+        let conn = Connection::open(&self.inner.path).map_err(db_err)?;
+        schema::configure(&conn, self.inner.busy_ms).map_err(db_err)?;
+        Ok(conn)
+    }
+
+    /// A connection for one write transaction at `sync`, once this
+    /// process's earlier writes are done. Waiting for the turn counts
+    /// against the busy timeout like waiting for SQLite's lock does.
+    fn writer(&self, sync: Sync) -> Result<Writer<'_>> {
+        let inner = &*self.inner;
+        let turn = inner
+            .writer
+            .try_lock_for(inner.busy_timeout)
+            .ok_or_else(busy)?;
+        // The primary connection if it is free, else the writers' own, which
+        // no reader ever holds: a write never queues behind reads for a
+        // connection.
+        let conn = match inner.primary.try_lock() {
+            Some(c) => Conn::Primary(c),
+            None => {
+                // Only the holder of the turn takes this lock.
+                let mut slot = inner.write_conn.lock();
+                if slot.is_none() {
+                    *slot = Some(self.open_conn()?);
+                }
+                Conn::Writer(MutexGuard::map(slot, |c| {
+                    c.as_mut().expect("opened just above")
+                }))
+            }
+        };
+        // Set on every write (a PRAGMA takes effect when it is prepared, so
+        // it is never a cached statement): no connection is ever left at
+        // the level of an earlier write.
+        conn.execute_batch(match sync {
+            Sync::Full => "PRAGMA synchronous = FULL",
+            Sync::Normal => "PRAGMA synchronous = NORMAL",
+        })
+        .map_err(db_err)?;
+        Ok(Writer { conn, _turn: turn })
+    }
+
+    /// A [`Stamp`] of the database's commit history: equal stamps taken at
+    /// two instants prove that no connection of any process committed
+    /// anything in between. `None` when it cannot be proven (not in WAL
+    /// mode, or a commit is writing the header at this instant): then
+    /// nothing may be assumed unchanged.
+    ///
+    /// One `pread` of 96 bytes, no lock: this is how [`crate::Warden::token`]
+    /// knows its cached row is still the row.
+    pub fn stamp(&self) -> Option<Stamp> {
+        let inner = &*self.inner;
+        inner
+            .watch
+            .get_or_init(|| self.conn().ok().and_then(|c| Watch::open(&c)))
+            .as_ref()?
+            .read()
     }
 
     /// Reads one credential.
     pub fn get(&self, id: &str) -> Result<Option<Credential>> {
-        select_one(&*self.conn()?, id, &self.codec).map_err(db_err)
+        select_one(&*self.conn()?, id, &self.inner.codec).map_err(db_err)
+    }
+
+    /// Reads one credential without its secrets (as
+    /// [`Store::list_without_secrets`]): enough for the state machine.
+    pub fn get_without_secrets(&self, id: &str) -> Result<Option<Credential>> {
+        self.conn()?
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM credentials WHERE id = ?1"))
+            .and_then(|mut s| {
+                s.query_row([id], |r| read_row(r, &self.inner.codec, Secrets::Drop))
+                    .optional()
+            })
+            .map_err(db_err)
     }
 
     /// Reads only a credential's version: the cheap poll of a waiter.
@@ -442,9 +886,35 @@ impl Store {
             .prepare_cached(&format!("SELECT {COLUMNS} FROM credentials ORDER BY id"))
             .map_err(db_err)?;
         let rows = stmt
-            .query_map([], |r| read_credential(r, &self.codec))
+            .query_map([], |r| read_credential(r, &self.inner.codec))
             .map_err(db_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// Every credential, by id, without its secrets: no access, refresh or
+    /// id token, client secret or API key (the refresh token reads as
+    /// empty); `status.has_access_token` still says whether there is an
+    /// access token. What listings, summaries and the refresh scheduler
+    /// need, at a fraction of the memory of [`Store::list`].
+    pub fn list_without_secrets(&self) -> Result<Vec<Credential>> {
+        let mut rows = Vec::new();
+        self.each_without_secrets(|c| rows.push(c))?;
+        Ok(rows)
+    }
+
+    /// Hands every credential, by id and without its secrets (as
+    /// [`Store::list_without_secrets`]), to `f`, one at a time: nothing
+    /// but the row at hand is held in memory.
+    pub fn each_without_secrets(&self, mut f: impl FnMut(Credential)) -> Result<()> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM credentials ORDER BY id"))
+            .map_err(db_err)?;
+        let mut rows = stmt.query([]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            f(read_row(r, &self.inner.codec, Secrets::Drop).map_err(db_err)?);
+        }
+        Ok(())
     }
 
     /// Inserts a credential, or with `replace` overwrites an existing one
@@ -457,7 +927,7 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<Credential> {
-        let mut conn = self.conn()?;
+        let mut conn = self.writer(Sync::Full)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -474,7 +944,7 @@ impl Store {
         }
         let version = old.as_ref().map_or(1, |(_, v)| v + 1);
         let p = &c.provider;
-        let seal = |col: &str, s: &Secret| self.codec.seal(&c.id, col, s.expose());
+        let seal = |col: &str, s: &Secret| self.inner.codec.seal(&c.id, col, s.expose());
         let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
         tx.execute(
             "INSERT OR REPLACE INTO credentials (id, provider, state, version, access_token, \
@@ -521,7 +991,7 @@ impl Store {
             reason,
         };
         append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(&tx, &c.id, &self.codec)
+        let row = select_one(&tx, &c.id, &self.inner.codec)
             .map_err(db_err)?
             .ok_or_else(|| Error::Db("imported row vanished".into()))?;
         tx.commit().map_err(db_err)?;
@@ -530,6 +1000,13 @@ impl Store {
 
     /// Writes `t` if its guard still holds: `Ok(Some(row))` with the new row,
     /// or `Ok(None)` when another writer got there first (a lost CAS).
+    ///
+    /// Concurrent calls of this process are committed together (group
+    /// commit): while one transaction commits, the calls that arrive queue
+    /// up, and the next transaction writes them all, each under its own
+    /// guard and savepoint, with one commit (one fsync). Every call returns
+    /// only after the commit that holds its write, so nothing changes for a
+    /// caller but the wait.
     pub fn apply(
         &self,
         id: &str,
@@ -538,92 +1015,123 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<Option<Credential>> {
-        let mut conn = self.conn()?;
+        // A fresh claim of the lease need not survive a power cut (see
+        // [`Sync::Normal`]); everything else must. A takeover stays FULL.
+        let claim = t.to == State::Refreshing && t.from != State::Refreshing;
+        let op = Arc::new(Op {
+            id: id.to_owned(),
+            t: t.clone(),
+            tokens: write.tokens.cloned(),
+            error: match write.error {
+                ErrorUpdate::Keep => OwnedError::Keep,
+                ErrorUpdate::Clear => OwnedError::Clear,
+                ErrorUpdate::Set(e) => OwnedError::Set(e.clone()),
+            },
+            actor: actor.to_owned(),
+            now_ms,
+            sync: if claim { Sync::Normal } else { Sync::Full },
+            result: Mutex::new(None),
+        });
+        let group = &self.inner.group;
+        let mut state = group.state.lock();
+        state.queue.push(op.clone());
+        loop {
+            if let Some(result) = op.result.lock().take() {
+                return result;
+            }
+            if !state.leading {
+                // Lead: write everything queued so far, ours included.
+                state.leading = true;
+                let lead = Leading {
+                    group,
+                    batch: std::mem::take(&mut state.queue),
+                };
+                drop(state);
+                // Claims first, in a transaction of their own that needs no
+                // fsync, so that they are not kept waiting for the others'.
+                // (The calls of one batch are all in flight at once: any
+                // order of them is one a caller could have seen.)
+                let (claims, others): (Vec<_>, Vec<_>) =
+                    lead.batch.iter().partition(|op| op.sync == Sync::Normal);
+                if !claims.is_empty() {
+                    self.write_batch(&claims, Sync::Normal);
+                    if !others.is_empty() {
+                        // Through the lock: a waiter that found no result
+                        // before it was set is waiting by now.
+                        drop(group.state.lock());
+                        group.done.notify_all();
+                    }
+                }
+                if !others.is_empty() {
+                    self.write_batch(&others, Sync::Full);
+                }
+                drop(lead);
+                state = group.state.lock();
+                continue;
+            }
+            group.done.wait(&mut state);
+        }
+    }
+
+    /// Writes `batch` in one transaction and hands each op its result.
+    fn write_batch(&self, batch: &[&Arc<Op>], sync: Sync) {
+        let results = self.try_batch(batch, sync);
+        match results {
+            Ok(results) => {
+                for (op, r) in batch.iter().zip(results) {
+                    *op.result.lock() = Some(r);
+                }
+            }
+            Err(e) if batch.len() == 1 => *batch[0].result.lock() = Some(Err(e)),
+            Err(e) => {
+                // Nothing was written: every op fails alike.
+                for op in batch {
+                    *op.result.lock() = Some(Err(copy_of(&e)));
+                }
+            }
+        }
+    }
+
+    /// The ops' results if the transaction committed; a lost CAS or a
+    /// failed op writes nothing of its own.
+    fn try_batch(&self, batch: &[&Arc<Op>], sync: Sync) -> Result<Vec<Result<Option<Credential>>>> {
+        let mut conn = self.writer(sync)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let (guard_version, guard_lease) = match &t.guard {
-            Guard::Version(v) => (Some(*v), None),
-            Guard::Lease { id, version } => (*version, Some(id.as_str())),
-        };
-        let tok = write.tokens;
-        let seal = |col: &str, s: &Secret| self.codec.seal(id, col, s.expose());
-        let claims = tok.map(|t| &t.claims);
-        let (set_error, error) = match write.error {
-            ErrorUpdate::Keep => (false, None),
-            ErrorUpdate::Clear => (true, None),
-            ErrorUpdate::Set(e) => (true, Some(e)),
-        };
-        let changed = tx
-            .prepare_cached(
-                "UPDATE credentials SET state = ?1, version = version + 1, resume_state = ?2, \
-                 lease_owner = ?3, lease_id = ?4, lease_until_ms = ?5, failures = ?6, \
-                 next_attempt_at_ms = ?7, dead_reason = ?8, updated_ms = ?9, \
-                 access_token = COALESCE(?10, access_token), \
-                 refresh_token = COALESCE(?11, refresh_token), \
-                 id_token = COALESCE(?12, id_token), \
-                 expires_at_ms = COALESCE(?13, expires_at_ms), \
-                 last_refresh_ms = COALESCE(?14, last_refresh_ms), \
-                 account_id = COALESCE(?15, account_id), email = COALESCE(?16, email), \
-                 plan_type = COALESCE(?17, plan_type), user_id = COALESCE(?18, user_id), \
-                 organization_id = COALESCE(?19, organization_id), \
-                 last_error_code = CASE WHEN ?20 THEN ?21 ELSE last_error_code END, \
-                 last_error_message = CASE WHEN ?20 THEN ?22 ELSE last_error_message END, \
-                 last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END \
-                 WHERE id = ?24 AND (?25 IS NULL OR version = ?25) AND (?26 IS NULL OR lease_id = ?26)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    t.to.as_str(),
-                    t.resume.map(State::as_str),
-                    t.lease.as_ref().map(|l| &l.owner),
-                    t.lease.as_ref().map(|l| &l.id),
-                    t.lease.as_ref().map(|l| l.until_ms),
-                    t.failures,
-                    t.next_attempt_at_ms,
-                    t.dead_reason,
-                    now_ms,
-                    tok.map(|t| seal("access_token", &t.access_token)),
-                    tok.map(|t| seal("refresh_token", &t.refresh_token)),
-                    tok.and_then(|t| t.id_token.as_ref())
-                        .map(|s| seal("id_token", s)),
-                    tok.map(|t| t.expires_at_ms),
-                    tok.map(|_| now_ms),
-                    claims.and_then(|c| c.account_id.as_deref()),
-                    claims.and_then(|c| c.email.as_deref()),
-                    claims.and_then(|c| c.plan_type.as_deref()),
-                    claims.and_then(|c| c.user_id.as_deref()),
-                    claims.and_then(|c| c.organization_id.as_deref()),
-                    set_error,
-                    error.map(|e| &e.code),
-                    error.map(|e| &e.message),
-                    error.map(|e| e.at_ms),
-                    id,
-                    guard_version,
-                    guard_lease,
-                ])
-            })
-            .map_err(db_err)?;
-        if changed == 0 {
-            return Ok(None);
+        let codec = &self.inner.codec;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut wrote = false;
+        if let [op] = batch {
+            let r = apply_op(&tx, codec, op)?;
+            wrote = r.is_some();
+            results.push(Ok(r));
+        } else {
+            for op in batch {
+                tx.execute_batch("SAVEPOINT op").map_err(db_err)?;
+                match apply_op(&tx, codec, op) {
+                    Ok(r) => {
+                        wrote |= r.is_some();
+                        tx.execute_batch("RELEASE op").map_err(db_err)?;
+                        results.push(Ok(r));
+                    }
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO op; RELEASE op")
+                            .map_err(db_err)?;
+                        results.push(Err(e));
+                    }
+                }
+            }
         }
-        let row = select_one(&tx, id, &self.codec)
-            .map_err(db_err)?
-            .ok_or_else(|| Error::Db("updated row vanished".into()))?;
-        let change = Change {
-            from: Some(t.from.as_str()),
-            to: t.to.as_str(),
-            version: row.status.version,
-            reason: &t.reason,
-        };
-        append_event(&tx, id, &change, actor, now_ms).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        Ok(Some(row))
+        if wrote {
+            tx.commit().map_err(db_err)?;
+        }
+        Ok(results)
     }
 
     /// Deletes a credential (its events stay). `false` if there was none.
     pub fn delete(&self, id: &str, actor: &str, now_ms: i64) -> Result<bool> {
-        let mut conn = self.conn()?;
+        let mut conn = self.writer(Sync::Full)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -686,7 +1194,7 @@ impl Store {
         body: Option<&[u8]>,
         keep_since_ms: i64,
     ) -> Result<()> {
-        let mut conn = self.conn()?;
+        let mut conn = self.writer(Sync::Full)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
@@ -770,7 +1278,7 @@ impl Store {
         label: &str,
         now_ms: i64,
     ) -> Result<()> {
-        self.conn()?
+        self.writer(Sync::Full)?
             .execute(
                 "INSERT INTO handles (hash, credential_id, label, created_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![hash, credential_id, label, now_ms],
@@ -809,7 +1317,7 @@ impl Store {
     /// Revokes the handles whose hash starts with `hash_prefix` (at least 12
     /// hex digits, so one handle is meant); returns how many.
     pub fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-        self.conn()?
+        self.writer(Sync::Full)?
             .execute(
                 "UPDATE handles SET revoked_ms = ?2 WHERE substr(hash, 1, length(?1)) = ?1 \
                  AND revoked_ms IS NULL",
@@ -821,7 +1329,7 @@ impl Store {
     /// Notes that a client was answered with the token whose fingerprint is
     /// `served_token`.
     pub fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {
-        self.conn()?
+        self.writer(Sync::Full)?
             .prepare_cached(
                 "UPDATE handles SET last_used_ms = ?2, served_token = ?3 WHERE hash = ?1",
             )

@@ -78,7 +78,9 @@ pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()
     // FULL: a rotated refresh token must survive a power cut once committed,
     // or the login is burnt. Writes are rare (one per refresh), reads are not
     // affected.
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA cache_size = -256;",
+    )
 }
 
 /// Brings the file at `conn` to [`VERSION`], refusing files that are not
