@@ -68,6 +68,12 @@ pub struct Tuning {
     /// Refresh this long before expiry [env: TOKENWARDEN_REFRESH_AHEAD=300]
     #[arg(long, global = true, value_parser = secs)]
     pub refresh_ahead: Option<Duration>,
+    /// First backoff after a failed refresh [env: TOKENWARDEN_BACKOFF_MIN=5]
+    #[arg(long, global = true, value_parser = secs)]
+    pub backoff_min: Option<Duration>,
+    /// Longest backoff after failed refreshes [env: TOKENWARDEN_BACKOFF_MAX=300]
+    #[arg(long, global = true, value_parser = secs)]
+    pub backoff_max: Option<Duration>,
     /// How long to wait on another process's refresh [env: TOKENWARDEN_WAIT]
     #[arg(long, global = true, value_parser = secs)]
     pub wait: Option<Duration>,
@@ -307,6 +313,13 @@ impl Tuning {
         }
         if let Some(d) = self.lease_ttl {
             c.lease_ttl = d;
+        }
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        if let Some(d) = self.backoff_min {
+            c.policy.backoff_min_ms = ms(d);
+        }
+        if let Some(d) = self.backoff_max {
+            c.policy.backoff_max_ms = ms(d);
         }
         if let Some(d) = self.refresh_ahead {
             c.policy.refresh_ahead_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
