@@ -29,6 +29,7 @@ use tokenwarden::state::State;
 use tokenwarden::{Error, Warden};
 
 use super::fake_oauth::{Fault, Outcome, TokenRequest};
+use super::http::XorShift;
 use super::tw::{Env, Tuning};
 
 // ---------------------------------------------------------------------------
@@ -131,26 +132,22 @@ const LATENCY: Duration = Duration::from_millis(20);
 // ---------------------------------------------------------------------------
 // PRNG.
 
-/// xorshift64*.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
+/// Independent seeded streams of the shared xorshift64* generator.
+pub struct Rng(XorShift);
 
 impl Rng {
     /// Seeded; `stream` derives independent generators from one seed.
     pub fn new(seed: u64, stream: u64) -> Rng {
-        let mut r = Rng((seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)).max(1));
+        let mut r = Rng(XorShift::new(
+            seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
         r.next();
         r
     }
 
     /// The next 64 bits.
     pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next()
     }
 
     /// In `0..n`.
