@@ -314,7 +314,7 @@ impl Tuning {
         if let Some(d) = self.lease_ttl {
             c.lease_ttl = d;
         }
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ms = clock::millis;
         if let Some(d) = self.backoff_min {
             c.policy.backoff_min_ms = ms(d);
         }
@@ -322,7 +322,7 @@ impl Tuning {
             c.policy.backoff_max_ms = ms(d);
         }
         if let Some(d) = self.refresh_ahead {
-            c.policy.refresh_ahead_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            c.policy.refresh_ahead_ms = ms(d);
         }
         match self.wait {
             Some(d) => c.wait = d,

@@ -12,6 +12,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A duration in whole milliseconds, saturating (the unit of every time
+/// the core compares).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A 64-bit value unique to this process and call: lease ids and jitter.
 /// Not for secrets (std's hasher keys are random per process, but this is
 /// no CSPRNG).

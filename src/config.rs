@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::clock::millis as ms;
 use crate::error::{Error, Result};
 use crate::provider::Endpoints;
 use crate::state::Policy;
@@ -82,10 +83,6 @@ fn env_secs(name: &str) -> Result<Option<Duration>> {
 pub fn parse_secs(raw: &str) -> Option<Duration> {
     let secs: f64 = raw.trim().parse().ok()?;
     (secs.is_finite() && (0.0..1e9).contains(&secs)).then(|| Duration::from_secs_f64(secs))
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Config {

@@ -291,7 +291,7 @@ pub fn exchange(
         );
     }
     let now = clock::now_ms();
-    let interval = i64::try_from(opts.interval.as_millis()).unwrap_or(i64::MAX);
+    let interval = clock::millis(opts.interval);
     let current = row.access_token.as_ref().map(|t| fingerprint(t.expose()));
     let action = decide(
         h.served_token.as_deref(),
@@ -300,8 +300,10 @@ pub fn exchange(
         now,
         interval,
     );
-    let row = match action {
-        Action::ServeCurrent => warden.token_within(id, opts.min_ttl, opts.wait).map(drop),
+    let need = match action {
+        Action::ServeCurrent => Need::Token {
+            min_ttl_ms: clock::millis(opts.min_ttl),
+        },
         Action::Refresh => {
             log::info!(
                 "facade: client {} came back with the current token; refreshing",
@@ -309,15 +311,13 @@ pub fn exchange(
             );
             // Any refresh newer than the one this client saw will do: a herd
             // coming back at once shares one.
-            let need = Need::Refresh {
+            Need::Refresh {
                 since_ms: row.status.last_refresh_ms.unwrap_or(0),
                 force: false,
-            };
-            warden.ensure(id, need, opts.wait).map(drop)
+            }
         }
-    }
-    .and_then(|_| warden.get(id))
-    .map_err(refusal)?;
+    };
+    let (row, _) = warden.ensure(id, need, opts.wait).map_err(refusal)?;
     let served = row.access_token.as_ref().map(|t| fingerprint(t.expose()));
     if let Err(e) = warden
         .store()

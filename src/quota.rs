@@ -91,7 +91,7 @@ pub fn fetch(warden: &Warden, id: &str) -> Result<QuotaRow> {
             row.error_message = Some(f.message);
         }
     }
-    let keep = i64::try_from(warden.config().quota_keep.as_millis()).unwrap_or(i64::MAX);
+    let keep = clock::millis(warden.config().quota_keep);
     warden.store().insert_quota(
         &row,
         resp.as_ref().map(|r| r.body.as_slice()),

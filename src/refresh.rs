@@ -176,10 +176,6 @@ pub(crate) struct Refresher {
     pub(crate) rows: Rows,
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Refresher {
     /// Gets the credential into a state that satisfies `need` and returns
     /// the row to serve from, waiting at most `wait` on someone else's
@@ -400,7 +396,7 @@ impl Refresher {
         let lease = Lease {
             owner: actor.clone(),
             id: format!("{:016x}", clock::unique_u64()),
-            until_ms: now + ms(self.config.lease_ttl),
+            until_ms: now + clock::millis(self.config.lease_ttl),
         };
         let event = Event::Claim {
             lease: lease.clone(),
@@ -463,7 +459,7 @@ impl Refresher {
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
             let now = clock::now_ms();
-            if now + ms(timeout) >= lease.until_ms {
+            if now + clock::millis(timeout) >= lease.until_ms {
                 log::warn!(
                     "{}: no time left in the lease for attempt {attempt}",
                     row.id

@@ -222,7 +222,7 @@ impl SweepReport {
 }
 
 fn max_age_ms(d: Option<Duration>) -> Option<i64> {
-    d.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    d.map(clock::millis)
 }
 
 /// The outcome of settling one due credential.
@@ -404,7 +404,7 @@ fn schedule(
     let rows = warden.list_without_secrets()?;
     let now = clock::now_ms();
     let policy = warden.config().policy;
-    let mut next = now + TICK_MAX.as_millis() as i64;
+    let mut next = now + clock::millis(TICK_MAX);
     for row in &rows {
         if let Due::Yes(need) = due(row, now, &policy, None) {
             if queued.lock().insert(row.id.clone())

@@ -74,10 +74,6 @@ fn checked(id: &str) -> Result<&str> {
     Ok(id)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl Warden {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
@@ -132,7 +128,7 @@ impl Warden {
     pub fn token_within(&self, id: &str, min_ttl: Duration, wait: Duration) -> Result<Grant> {
         let id = checked(id)?;
         let need = Need::Token {
-            min_ttl_ms: millis(min_ttl),
+            min_ttl_ms: clock::millis(min_ttl),
         };
         // Served from memory when the row read lately is still the row
         // (see `Rows`) and the state machine, on it and the current clock,

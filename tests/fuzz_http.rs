@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fake_oauth::CODEX_CLIENT_ID;
-use common::http::{free_port, parse_raw, Answer, Client, InProcess};
+use common::http::{free_port, parse_raw, read_answer, Answer, Client, InProcess};
 use common::tw::Env;
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -822,29 +822,7 @@ impl World {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .new_agent();
-        let mut resp = agent.run(request).ok()?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .ok()?;
-        Some(Answer {
-            status,
-            headers,
-            body,
-        })
+        read_answer(agent.run(request).ok()?).ok()
     }
 
     /// Sends one request and checks every property on its answer.

@@ -135,7 +135,9 @@ impl Client {
     }
 }
 
-fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
+/// Reads a ureq response into an [`Answer`]; `Err` if its body cannot be
+/// read (cut short, not UTF-8, over 64 MiB).
+pub fn read_answer(mut resp: ureq::http::Response<ureq::Body>) -> Result<Answer, ureq::Error> {
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -150,14 +152,22 @@ fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
     let body = resp
         .body_mut()
         .with_config()
-        .limit(16 << 20)
-        .read_to_string()
-        .unwrap_or_else(|e| format!("<unreadable body: {e}>"));
-    Answer {
+        .limit(64 << 20)
+        .read_to_string()?;
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
+}
+
+fn answer(resp: ureq::http::Response<ureq::Body>) -> Answer {
+    let status = resp.status().as_u16();
+    read_answer(resp).unwrap_or_else(|e| Answer {
+        status,
+        headers: Vec::new(),
+        body: format!("<unreadable body: {e}>"),
+    })
 }
 
 /// Sends raw bytes, half-closes, and reads the answer up to EOF (or
