@@ -470,7 +470,7 @@ fn execute(cli: Cli) -> Result<i32> {
             let rows = warden.list_without_secrets()?;
             let quotas = warden.store().latest_quotas()?;
             let policy = warden.config().policy;
-            let t = now();
+            let t = clock::now();
             let credentials: Vec<_> = rows
                 .iter()
                 .map(|c| Summary::new(c, t, &policy).with_quota(quotas.get(&c.id)))
@@ -478,15 +478,15 @@ fn execute(cli: Cli) -> Result<i32> {
             if out.json {
                 print_json(&SummaryList { credentials })?;
             } else {
-                print_table(&credentials, t);
+                print_table(&credentials, t.wall_ms);
             }
         }
         Command::Show { id, out } => {
             let warden = open(&cli, "cli")?;
             let row = warden.get(id)?;
             let quota = warden.store().latest_quota(id)?;
-            let summary =
-                Summary::new(&row, now(), &warden.config().policy).with_quota(quota.as_ref());
+            let summary = Summary::new(&row, clock::now(), &warden.config().policy)
+                .with_quota(quota.as_ref());
             if out.json {
                 print_json(&summary)?;
             } else {
@@ -764,7 +764,7 @@ fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
     let rows = warden.list_without_secrets()?;
     let quotas = warden.store().latest_quotas()?;
     let policy = warden.config().policy;
-    let t = now_ms();
+    let t = clock::now();
     let action = |id: &String| {
         if report.refreshed.contains(id) {
             "refreshed".to_owned()

@@ -3,7 +3,67 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::state::{LeaseTime, Now};
+
+/// Both clocks at one instant: what the pure core is handed.
+pub fn now() -> Now {
+    Now {
+        wall_ms: now_ms(),
+        lease: lease_now(),
+    }
+}
+
+/// The lease clock now: `CLOCK_BOOTTIME` (never stepped by NTP or an
+/// operator, counts time spent suspended, shared by every process of the
+/// box), named by this boot. Read through the vDSO, not libc, so even a
+/// process under `faketime` agrees with the others.
+pub fn lease_now() -> LeaseTime {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    LeaseTime {
+        clock: boot_clock(),
+        ms: t
+            .tv_sec
+            .saturating_mul(1000)
+            .saturating_add(t.tv_nsec / 1_000_000),
+    }
+}
+
+/// A number naming this boot of this machine: FNV-1a of the kernel's boot
+/// id, so a lease written before a reboot (whose boot-time clock started
+/// again from zero) is never judged on the new clock. Without a boot id
+/// (not Linux, or no /proc), the boot time the kernel reports in
+/// /proc/stat serves; failing both, 1.
+fn boot_clock() -> i64 {
+    static CLOCK: OnceLock<i64> = OnceLock::new();
+    *CLOCK.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                let stat = std::fs::read_to_string("/proc/stat").ok()?;
+                stat.lines()
+                    .find(|l| l.starts_with("btime "))
+                    .map(str::to_owned)
+            });
+        match id {
+            Some(id) => clock_id(&id),
+            None => 1,
+        }
+    })
+}
+
+/// FNV-1a of `s`, as a positive number (0 is never a clock).
+fn clock_id(s: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    ((h >> 1) as i64).max(1)
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -36,5 +96,29 @@ pub fn actor(role: &str) -> String {
     match t.name() {
         Some(name) => format!("{role} pid:{} thread:{name}", std::process::id()),
         None => format!("{role} pid:{} {:?}", std::process::id(), t.id()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_clock_is_one_clock_for_the_process_and_moves_forward() {
+        let a = lease_now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = lease_now();
+        assert_eq!(a.clock, b.clock);
+        assert!(a.clock > 0);
+        assert!(b.ms >= a.ms + 5, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn boot_ids_name_different_clocks() {
+        assert_ne!(
+            clock_id("1b2d0c4e-0000-4000-8000-000000000001"),
+            clock_id("1b2d0c4e-0000-4000-8000-000000000002")
+        );
+        assert!(clock_id("") > 0);
     }
 }

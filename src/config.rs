@@ -157,8 +157,19 @@ impl Config {
         self.request_timeout * n + Duration::from_secs(backoff)
     }
 
+    /// How much of the lease an attempt leaves for committing its answer:
+    /// an attempt starts only if its timeout plus this fits in what is left
+    /// of the lease. Two seconds, or the lease's slack over
+    /// [`Config::refresh_budget`] if that is less.
+    pub fn commit_margin(&self) -> Duration {
+        (self.lease_ttl.saturating_sub(self.refresh_budget()) / 2).min(Duration::from_secs(2))
+    }
+
     /// Refuses a configuration under which a lease could run out while its
-    /// owner still works, which would let a second refresher in.
+    /// owner still works, which would let a second refresher in, and
+    /// endpoint URLs no request could be sent to (named by their variable:
+    /// a process with a bad setting fails alone, at start-up, instead of
+    /// failing refreshes of credentials others use).
     pub fn validate(&self) -> Result<()> {
         if self.attempts == 0 {
             return Err(Error::Config("attempts must be at least 1".into()));
@@ -181,6 +192,24 @@ impl Config {
         }
         if self.pool_size == 0 {
             return Err(Error::Config("pool size must be at least 1".into()));
+        }
+        if self.lease_ttl > Duration::from_millis(crate::state::MAX_LEASE_MS as u64) {
+            return Err(Error::Config(format!(
+                "lease TTL ({:?}) must not exceed {} s (TOKENWARDEN_LEASE_TTL)",
+                self.lease_ttl,
+                crate::state::MAX_LEASE_MS / 1000
+            )));
+        }
+        let e = &self.endpoints;
+        for (name, url) in [
+            ("TOKENWARDEN_CODEX_TOKEN_URL", &e.codex_token),
+            ("TOKENWARDEN_CODEX_USAGE_URL", &e.codex_usage),
+            ("TOKENWARDEN_CLAUDE_TOKEN_URL", &e.claude_token),
+            ("TOKENWARDEN_CLAUDE_USAGE_URL", &e.claude_usage),
+            ("TOKENWARDEN_GOOGLE_TOKEN_URL", &e.google_token),
+        ] {
+            crate::provider::check_url(url)
+                .map_err(|why| Error::Config(format!("{name}: {why}")))?;
         }
         Ok(())
     }

@@ -84,7 +84,7 @@ impl Error {
             Error::Unavailable { .. } => "unavailable",
             Error::BadInput(_) => "bad_request",
             Error::Exists(_) => "exists",
-            Error::Config(_) => "config",
+            Error::Config(_) => "config_error",
             Error::Db(_) => "database",
             Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::credential::{Credential, LastError};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RefreshOutcome};
-use crate::provider::{self, Failure, Outcome, Permanence};
+use crate::provider::{self, Failure, HttpRequest, Outcome, Permanence};
 use crate::state::{self, Decision, Event, Lease, Need, Refusal};
 use crate::store::{ErrorUpdate, Stamp, Store, Write};
 use crate::upstream::{self, Upstream};
@@ -194,7 +194,7 @@ impl Refresher {
             let row = self
                 .read(id)?
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-            let now = clock::now_ms();
+            let now = clock::now();
             match state::decide(&row.status, need, now, &self.config.policy) {
                 Decision::Serve if waited => {
                     self.metrics
@@ -211,7 +211,7 @@ impl Refresher {
                 Decision::Unavailable { retry_at_ms } => {
                     return Err(unavailable(
                         &row,
-                        retry_at_ms - now,
+                        retry_at_ms - now.wall_ms,
                         "backing off after failures",
                     ))
                 }
@@ -240,7 +240,7 @@ impl Refresher {
                     // Lost the race: re-read and decide again at once.
                 }
                 Decision::Wait {
-                    lease_until_ms,
+                    lease_left_ms,
                     fallback,
                 } => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -250,13 +250,12 @@ impl Refresher {
                         }
                         return Err(unavailable(
                             &row,
-                            lease_until_ms - now,
+                            lease_left_ms,
                             "another refresh of it is still in flight",
                         ));
                     }
                     // Wake up by the lease's end at the latest, to take it over.
-                    let until_lease =
-                        Duration::from_millis((lease_until_ms - now + 1).max(0) as u64);
+                    let until_lease = Duration::from_millis((lease_left_ms + 1).max(0) as u64);
                     waited = true;
                     let _gauge = self.metrics.waiting();
                     self.wait_for_change(id, row.status.version, remaining.min(until_lease), poll)?;
@@ -285,7 +284,7 @@ impl Refresher {
     /// What a caller gets after running the refresh itself: no second
     /// round, so a forced refresh that failed is not retried in a loop.
     fn after_own_refresh(&self, row: Credential, need: Need) -> Result<Credential> {
-        let now = clock::now_ms();
+        let now = clock::now();
         if row.status.state == state::State::Dead {
             // Also after a forced refresh, which decide() would let claim again.
             return Err(Error::Dead {
@@ -320,10 +319,13 @@ impl Refresher {
                     Need::Token { min_ttl_ms } => Some(min_ttl_ms),
                     Need::Refresh { .. } => None,
                 };
-                if min_ttl.is_some_and(|t| row.status.usable(now, t)) {
+                if min_ttl.is_some_and(|t| row.status.usable(now.wall_ms, t)) {
                     return Ok(row);
                 }
-                let retry = row.status.next_attempt_at_ms.map_or(1000, |t| t - now);
+                let retry = row
+                    .status
+                    .next_attempt_at_ms
+                    .map_or(1000, |t| t - now.wall_ms);
                 Err(unavailable(&row, retry, "the refresh failed"))
             }
         }
@@ -391,12 +393,18 @@ impl Refresher {
         need: Need,
         deadline: Instant,
     ) -> Result<Option<Credential>> {
-        let now = clock::now_ms();
+        // Build (and so validate) the request before claiming: a setting
+        // this process got wrong is this process's error — the row stays as
+        // it is, and nothing goes upstream.
+        let request =
+            provider::refresh_request(&row.provider, &row.refresh_token, &self.config.endpoints)
+                .map_err(|why| config_error(row, &self.config.endpoints, &why))?;
+        let now = clock::now();
         let actor = clock::actor(&self.config.actor);
         let lease = Lease {
             owner: actor.clone(),
             id: format!("{:016x}", clock::unique_u64()),
-            until_ms: now + clock::millis(self.config.lease_ttl),
+            until: now.plus(clock::millis(self.config.lease_ttl)).lease,
         };
         let event = Event::Claim {
             lease: lease.clone(),
@@ -409,9 +417,9 @@ impl Refresher {
             Err(_) => return Ok(None),
         };
         let takeover = row.status.state == state::State::Refreshing;
-        let Some(claimed) = self
-            .store
-            .apply(&row.id, &t, Write::STATE_ONLY, &actor, now)?
+        let Some(claimed) =
+            self.store
+                .apply(&row.id, &t, Write::STATE_ONLY, &actor, now.wall_ms)?
         else {
             return Ok(None);
         };
@@ -424,7 +432,9 @@ impl Refresher {
                 t.reason
             );
         }
-        let result = self.run_lease(claimed, &lease, &actor, deadline);
+        // The claim's CAS proved the row unchanged since it was read, so the
+        // request built from it carries the stored refresh token.
+        let result = self.run_lease(claimed, request, &lease, &actor, deadline);
         // Wake local waiters whatever happened: the row is the truth.
         self.signals.notify(&row.id);
         match result? {
@@ -434,35 +444,28 @@ impl Refresher {
     }
 
     /// The lease owner's work: call the token endpoint (several attempts,
-    /// each started only if it can finish within the lease) and commit the
-    /// outcome, fenced by the lease.
+    /// each started only if it can finish, and its answer be committed,
+    /// within the lease) and commit the outcome, fenced by the lease.
     fn run_lease(
         &self,
         row: Credential,
+        request: HttpRequest,
         lease: &Lease,
         actor: &str,
         deadline: Instant,
     ) -> Result<Owned> {
         let cfg = &self.config;
         let timeout = cfg.request_timeout;
-        let request =
-            match provider::refresh_request(&row.provider, &row.refresh_token, &cfg.endpoints) {
-                Ok(r) => r,
-                Err(why) => {
-                    let failure = Failure {
-                        permanence: Permanence::Permanent,
-                        ..Failure::transient("invalid_config", why)
-                    };
-                    return self.commit_failure(&row, lease, actor, &failure);
-                }
-            };
+        let budget = timeout + cfg.commit_margin();
+        let lease_left =
+            || Duration::from_millis(lease.left_ms(clock::lease_now()).unwrap_or(0) as u64);
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
-            let now = clock::now_ms();
-            if now + clock::millis(timeout) >= lease.until_ms {
+            if lease_left() < budget {
                 log::warn!(
-                    "{}: no time left in the lease for attempt {attempt}",
-                    row.id
+                    "{}: no time left in the lease for attempt {attempt} ({:?} left, {budget:?} needed)",
+                    row.id,
+                    lease_left()
                 );
                 break;
             }
@@ -521,18 +524,26 @@ impl Refresher {
                             f.code
                         );
                     }
-                    let honour_retry_after = f.retry_after_ms.is_some();
+                    // Upstream's Retry-After if it gave one, else linear
+                    // backoff (1 s, 2 s, …); waited out here only if the next
+                    // attempt still fits in the lease and the caller's wait.
+                    // A longer Retry-After ends the call: it is recorded as
+                    // the backoff (next_attempt_at) by the failure's commit.
+                    let pause = match f.retry_after_ms {
+                        Some(ms) => Duration::from_millis(ms.max(0) as u64),
+                        None => Duration::from_secs(u64::from(attempt)),
+                    };
                     last = Some(f);
-                    if honour_retry_after || attempt == cfg.attempts {
-                        break;
-                    }
-                    // Linear backoff within the lease: 1 s, 2 s, …
-                    let pause = Duration::from_secs(u64::from(attempt));
-                    let lease_left =
-                        Duration::from_millis((lease.until_ms - clock::now_ms()).max(0) as u64);
-                    if pause + timeout >= lease_left || Instant::now() + pause + timeout > deadline
+                    if attempt == cfg.attempts
+                        || pause + budget > lease_left()
+                        || Instant::now() + pause + timeout > deadline
                     {
                         break;
+                    }
+                    if let Some(f) = &mut last {
+                        // Waited out: it no longer holds once the next
+                        // attempt has been made.
+                        f.retry_after_ms = None;
                     }
                     std::thread::sleep(pause);
                 }
@@ -587,6 +598,12 @@ impl Refresher {
     }
 
     /// Writes the owner's outcome, fenced by the lease.
+    ///
+    /// Rotated tokens exist nowhere else: their commit is retried until it
+    /// lands or the lease is seen taken over — also past the lease's end,
+    /// which is safe, since the write is fenced by the lease id and a
+    /// takeover replaces it. Other outcomes are tried once: losing one only
+    /// loses a failure count.
     fn commit(
         &self,
         row: &Credential,
@@ -595,6 +612,51 @@ impl Refresher {
         event: Event,
         write: Write<'_>,
     ) -> Result<Owned> {
+        let mut pause = COMMIT_RETRY_MIN;
+        let mut tries: u32 = 0;
+        loop {
+            let err = match self.try_commit(row, actor, &event, write) {
+                Ok(Some(done)) => return Ok(Owned::Done(Box::new(done))),
+                Ok(None) => return Ok(self.lease_lost(row, write)),
+                Err(e) => e,
+            };
+            if write.tokens.is_none() {
+                return Err(err);
+            }
+            tries += 1;
+            // On a full disk, give up the space reserve for this commit.
+            if matches!(err, Error::DiskFull(_)) && self.store.release_reserve() {
+                log::warn!(
+                    "{}: disk full while committing rotated tokens ({err}); \
+                     released the space reserve to commit them",
+                    row.id
+                );
+                continue;
+            }
+            // Loud at first, then once in a while: the tokens are only in
+            // this process's memory until this lands.
+            if tries == 1 || tries.is_power_of_two() {
+                log::error!(
+                    "{}: commit of the rotated tokens of lease {} failed ({err}); retrying \
+                     until it lands or the lease is taken over (try {tries})",
+                    row.id,
+                    lease.id
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(COMMIT_RETRY_MAX);
+        }
+    }
+
+    /// One try of [`Refresher::commit`]: `Some(row)` once written, `None`
+    /// if the lease was taken over (nothing written).
+    fn try_commit(
+        &self,
+        row: &Credential,
+        actor: &str,
+        event: &Event,
+        write: Write<'_>,
+    ) -> Result<Option<Credential>> {
         // Re-read under the lease: a rejection may have been recorded
         // meanwhile (it changes the state a failure returns to), or the lease
         // may have been taken over (then nothing may be written). A failure's
@@ -602,69 +664,35 @@ impl Refresher {
         // lands in between makes it recompute; rejections change a row once,
         // so this settles in a round or two.
         loop {
-            let now = clock::now_ms();
+            let now = clock::now();
             // The state machine needs the status only: no secrets decoded.
             let current = self
                 .store
                 .get_without_secrets(&row.id)?
                 .ok_or_else(|| Error::NotFound(row.id.clone()))?;
-            let t = match state::apply(&current.status, &event, now, &self.config.policy) {
+            let t = match state::apply(&current.status, event, now, &self.config.policy) {
                 Ok(t) => t,
-                Err(Refusal::LeaseLost) => return Ok(self.lease_lost(row, write)),
+                Err(Refusal::LeaseLost) => return Ok(None),
                 Err(other) => {
                     unreachable!("owner events are refused only as LeaseLost, not {other:?}")
                 }
             };
-            match self.store.apply(&row.id, &t, write, actor, now) {
-                Ok(Some(done)) => {
-                    let outcome = match t.to {
-                        state::State::Valid if write.tokens.is_some() => RefreshOutcome::Success,
-                        state::State::Dead => RefreshOutcome::Permanent,
-                        _ => RefreshOutcome::Transient,
-                    };
-                    self.metrics.refresh(row.provider.kind.as_str(), outcome);
-                    log::info!(
-                        "{}: {} -> {} (v{}): {}",
-                        row.id,
-                        t.from,
-                        t.to,
-                        done.status.version,
-                        t.reason
-                    );
-                    return Ok(Owned::Done(Box::new(done)));
-                }
-                Ok(None) => continue,
-                // Rotated tokens exist nowhere else. On a full disk, give
-                // up the space reserve for this commit.
-                Err(Error::DiskFull(e))
-                    if write.tokens.is_some() && self.store.release_reserve() =>
-                {
-                    log::warn!(
-                        "{}: disk full while committing rotated tokens ({e}); \
-                         released the space reserve to commit them",
-                        row.id
-                    );
-                }
-                // Keep trying while the lease lasts (a busy database may clear).
-                Err(e) if write.tokens.is_some() && clock::now_ms() + 250 < lease.until_ms => {
-                    log::warn!(
-                        "{}: commit of rotated tokens failed ({e}); retrying",
-                        row.id
-                    );
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => {
-                    if write.tokens.is_some() {
-                        log::error!(
-                            "{}: could not commit the rotated tokens of lease {} ({e}); \
-                             upstream has moved on, so the credential needs a re-import \
-                             if nobody can commit them",
-                            row.id,
-                            lease.id
-                        );
-                    }
-                    return Err(e);
-                }
+            if let Some(done) = self.store.apply(&row.id, &t, write, actor, now.wall_ms)? {
+                let outcome = match t.to {
+                    state::State::Valid if write.tokens.is_some() => RefreshOutcome::Success,
+                    state::State::Dead => RefreshOutcome::Permanent,
+                    _ => RefreshOutcome::Transient,
+                };
+                self.metrics.refresh(row.provider.kind.as_str(), outcome);
+                log::info!(
+                    "{}: {} -> {} (v{}): {}",
+                    row.id,
+                    t.from,
+                    t.to,
+                    done.status.version,
+                    t.reason
+                );
+                return Ok(Some(done));
             }
         }
     }
@@ -683,6 +711,39 @@ impl Refresher {
         }
         Owned::LeaseLost
     }
+}
+
+/// First and longest pause between two tries to commit rotated tokens.
+const COMMIT_RETRY_MIN: Duration = Duration::from_millis(100);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The error of a caller whose settings cannot build `row`'s refresh
+/// request: it names what to fix, and is this caller's error, not the
+/// credential's (other processes, configured right, keep using it).
+fn config_error(row: &Credential, endpoints: &provider::Endpoints, why: &str) -> Error {
+    let kind = row.provider.kind;
+    let env_url = match kind {
+        provider::ProviderKind::Codex => Some(&endpoints.codex_token),
+        provider::ProviderKind::Claude => Some(&endpoints.claude_token),
+        provider::ProviderKind::Google => Some(&endpoints.google_token),
+        _ => None,
+    };
+    let fix = match env_url {
+        Some(url) if row.provider.token_url.is_none() && provider::check_url(url).is_err() => {
+            format!(
+                "fix TOKENWARDEN_{}_TOKEN_URL in this process's environment",
+                kind.as_str().to_ascii_uppercase()
+            )
+        }
+        _ => format!(
+            "fix the credential's settings and re-import '{}' with --replace",
+            row.id
+        ),
+    };
+    Error::Config(format!(
+        "cannot refresh '{}': {why}; {fix} (nothing was sent; the credential is unchanged)",
+        row.id
+    ))
 }
 
 /// A "try again later" error for `row`, with a whole number of seconds.

@@ -60,7 +60,52 @@ impl fmt::Display for State {
     }
 }
 
-/// The right to call the token endpoint for one credential until `until_ms`.
+/// The longest a lease may run. A stored lease whose end lies further
+/// ahead than this on its clock is out of range (a corrupt row, or a clock
+/// that jumped) and reads as expired, so no credential can be held in
+/// `refreshing` by a deadline nobody will live to see.
+pub const MAX_LEASE_MS: i64 = 3_600_000;
+
+/// A reading of the lease clock: the one clock every process that may take
+/// a lease over agrees on. On one box that is the kernel's boot-time clock
+/// (`CLOCK_BOOTTIME`: never stepped, counts suspend), named by a value
+/// derived from the boot id; a reading of another clock (another boot, or a
+/// lease written before leases had a clock) cannot be compared with it.
+/// Never a process's wall clock: an NTP step or a `faketime` must not hand
+/// a live lease to a second refresher or rob an owner of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LeaseTime {
+    /// Which clock (e.g. a hash of the boot id); readings of different
+    /// clocks never compare.
+    pub clock: i64,
+    /// Milliseconds on that clock.
+    pub ms: i64,
+}
+
+/// The shell's reading of both clocks at one instant: the pure core is
+/// handed this, and reads no clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Wall clock, unix ms: token expiries, backoff, events.
+    pub wall_ms: i64,
+    /// Lease clock: lease deadlines only.
+    pub lease: LeaseTime,
+}
+
+impl Now {
+    /// `ms` milliseconds later on both clocks.
+    pub fn plus(self, ms: i64) -> Now {
+        Now {
+            wall_ms: self.wall_ms.saturating_add(ms),
+            lease: LeaseTime {
+                clock: self.lease.clock,
+                ms: self.lease.ms.saturating_add(ms),
+            },
+        }
+    }
+}
+
+/// The right to call the token endpoint for one credential until `until`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Who holds it (`pid:1234/thread:5`, `sweep`, …): for events and logs.
@@ -68,8 +113,22 @@ pub struct Lease {
     /// Unique per claim: the owner's writes are fenced by it, so a writer
     /// whose lease was taken over can never overwrite a newer state.
     pub id: String,
-    /// When the lease ends (unix ms); after that anyone may take it over.
-    pub until_ms: i64,
+    /// When the lease ends, on the lease clock; after that anyone may take
+    /// it over.
+    pub until: LeaseTime,
+}
+
+impl Lease {
+    /// Milliseconds left in the lease at `now`, `None` if it has ended —
+    /// or cannot be judged: a reading of another clock (another boot) or
+    /// a deadline further away than [`MAX_LEASE_MS`] counts as ended.
+    pub fn left_ms(&self, now: LeaseTime) -> Option<i64> {
+        if self.until.clock != now.clock {
+            return None;
+        }
+        let left = self.until.ms.checked_sub(now.ms)?;
+        (0..=MAX_LEASE_MS).contains(&left).then_some(left)
+    }
 }
 
 /// Everything the state machine looks at in a credential row.
@@ -120,16 +179,55 @@ impl Default for Policy {
 }
 
 impl Status {
-    fn lease_live(&self, now_ms: i64) -> bool {
-        self.lease.as_ref().is_some_and(|l| now_ms <= l.until_ms)
+    /// Milliseconds left in a live lease (`refreshing` only), on the lease
+    /// clock; `None` when there is no live lease.
+    pub fn lease_left_ms(&self, now: LeaseTime) -> Option<i64> {
+        match self.state {
+            State::Refreshing => self.lease.as_ref()?.left_ms(now),
+            _ => None,
+        }
+    }
+
+    fn lease_live(&self, now: LeaseTime) -> bool {
+        self.lease_left_ms(now).is_some()
     }
 
     /// The stored state, with an abandoned `refreshing` (lease run out) seen
     /// as the state it came from.
-    fn base(&self, now_ms: i64) -> State {
+    fn base(&self, now: LeaseTime) -> State {
         match self.state {
-            State::Refreshing if !self.lease_live(now_ms) => self.resume.unwrap_or(State::Valid),
+            State::Refreshing if !self.lease_live(now) => self.resume.unwrap_or(State::Valid),
             s => s,
+        }
+    }
+
+    /// The token's lifetime, measured from the refresh that minted it, when
+    /// both ends are known.
+    fn lifetime_ms(&self) -> Option<i64> {
+        match (self.expires_at_ms, self.last_refresh_ms) {
+            (Some(e), Some(minted)) if e > minted => Some(e - minted),
+            _ => None,
+        }
+    }
+
+    /// The refresh window: `refresh_ahead`, but never more than half the
+    /// token's lifetime, so that a token living no longer than
+    /// `refresh_ahead` (a 120 s token, Keycloak's 300 s default) is
+    /// refreshed once per lifetime instead of on every call.
+    pub fn window_ms(&self, policy: &Policy) -> i64 {
+        match self.lifetime_ms() {
+            Some(life) => policy.refresh_ahead_ms.min(life / 2),
+            None => policy.refresh_ahead_ms,
+        }
+    }
+
+    /// A caller's `min_ttl`, capped the same way: no token can outlive its
+    /// own lifetime, so asking a 120 s token for 10 minutes would refresh it
+    /// on every call; half its lifetime is the most it is held to.
+    fn min_ttl_capped(&self, min_ttl_ms: i64) -> i64 {
+        match self.lifetime_ms() {
+            Some(life) => min_ttl_ms.min(life / 2),
+            None => min_ttl_ms,
         }
     }
 
@@ -138,14 +236,14 @@ impl Status {
         !self.has_access_token
             || self
                 .expires_at_ms
-                .is_none_or(|e| now_ms >= e - policy.refresh_ahead_ms)
+                .is_none_or(|e| now_ms >= e.saturating_sub(self.window_ms(policy)))
     }
 
     /// The state to show: `valid` inside the window reads `expiring`, and a
     /// `refreshing` whose lease ran out reads as the state it came from.
-    pub fn effective(&self, now_ms: i64, policy: &Policy) -> State {
-        match self.base(now_ms) {
-            State::Valid if self.due(now_ms, policy) => State::Expiring,
+    pub fn effective(&self, now: Now, policy: &Policy) -> State {
+        match self.base(now.lease) {
+            State::Valid if self.due(now.wall_ms, policy) => State::Expiring,
             s => s,
         }
     }
@@ -200,8 +298,8 @@ pub enum Decision {
     Claim,
     /// Someone else holds a live lease: wait for the row to change.
     Wait {
-        /// When that lease ends and may be taken over (unix ms).
-        lease_until_ms: i64,
+        /// How long until that lease ends and may be taken over (ms).
+        lease_left_ms: i64,
         /// Whether the current token may be served if waiting runs out.
         fallback: bool,
     },
@@ -218,22 +316,28 @@ pub enum Decision {
 }
 
 /// Decides the next step for a caller with `need` (DESIGN.md §4, steps 1–3).
-pub fn decide(status: &Status, need: Need, now_ms: i64, policy: &Policy) -> Decision {
+pub fn decide(status: &Status, need: Need, now: Now, policy: &Policy) -> Decision {
+    let now_ms = now.wall_ms;
     let dead = || Decision::Dead {
         reason: status.dead_reason.clone().unwrap_or_else(|| "dead".into()),
     };
-    if status.state == State::Refreshing && status.lease_live(now_ms) {
-        let until = status.lease.as_ref().map_or(now_ms, |l| l.until_ms);
+    let need = match need {
+        Need::Token { min_ttl_ms } => Need::Token {
+            min_ttl_ms: status.min_ttl_capped(min_ttl_ms),
+        },
+        other => other,
+    };
+    if let Some(left) = status.lease_left_ms(now.lease) {
         let fallback = match need {
             Need::Token { min_ttl_ms } => status.usable(now_ms, min_ttl_ms),
             Need::Refresh { .. } => false,
         };
         return Decision::Wait {
-            lease_until_ms: until,
+            lease_left_ms: left,
             fallback,
         };
     }
-    let base = status.base(now_ms);
+    let base = status.base(now.lease);
     match need {
         Need::Token { min_ttl_ms } => {
             let usable = status.usable(now_ms, min_ttl_ms) && base == State::Valid;
@@ -354,8 +458,8 @@ pub enum Refusal {
     NotNeeded,
     /// A claim while someone else holds a live lease.
     Busy {
-        /// When that lease ends (unix ms).
-        lease_until_ms: i64,
+        /// How long until that lease ends (ms).
+        lease_left_ms: i64,
     },
     /// The credential is dead.
     Dead,
@@ -387,9 +491,10 @@ pub fn backoff_ms(failures: u32, policy: &Policy) -> i64 {
 pub fn apply(
     status: &Status,
     event: &Event,
-    now_ms: i64,
+    now: Now,
     policy: &Policy,
 ) -> Result<Transition, Refusal> {
+    let now_ms = now.wall_ms;
     let unchanged = |guard: Guard, to: State, reason: String| Transition {
         guard,
         from: status.state,
@@ -410,6 +515,10 @@ pub fn apply(
             State::Refreshing if status.resume == Some(State::Rejected) => {
                 Err(Refusal::AlreadyRejected)
             }
+            // An operator's forced refresh of a dead credential: its token
+            // was never servable, and marking it rejected would make a
+            // failed retry return to `rejected` — reviving the credential.
+            State::Refreshing if status.resume == Some(State::Dead) => Err(Refusal::Dead),
             State::Refreshing => Ok(Transition {
                 // The refresh goes on; if it fails, the token stays rejected.
                 resume: Some(State::Rejected),
@@ -425,7 +534,7 @@ pub fn apply(
                 "upstream rejected the access token".into(),
             )),
         },
-        Event::Claim { lease, need } => match decide(status, *need, now_ms, policy) {
+        Event::Claim { lease, need } => match decide(status, *need, now, policy) {
             Decision::Claim => {
                 let takeover = status.state == State::Refreshing;
                 let resume = if takeover {
@@ -449,7 +558,7 @@ pub fn apply(
                 })
             }
             Decision::Serve => Err(Refusal::NotNeeded),
-            Decision::Wait { lease_until_ms, .. } => Err(Refusal::Busy { lease_until_ms }),
+            Decision::Wait { lease_left_ms, .. } => Err(Refusal::Busy { lease_left_ms }),
             Decision::Dead { .. } => Err(Refusal::Dead),
             Decision::Unavailable { retry_at_ms } => Err(Refusal::BackingOff { retry_at_ms }),
         },
@@ -518,11 +627,26 @@ mod tests {
         backoff_max_ms: 300_000,
     };
 
+    /// The lease clock of the tests' box.
+    const CLOCK: i64 = 42;
+    /// The tests' instant: the lease clock reads the same number as the
+    /// wall clock (tests that step one of them say so).
+    const AT: Now = Now {
+        wall_ms: NOW,
+        lease: LeaseTime {
+            clock: CLOCK,
+            ms: NOW,
+        },
+    };
+
     fn lease(id: &str, until_ms: i64) -> Lease {
         Lease {
             owner: format!("owner-{id}"),
             id: id.into(),
-            until_ms,
+            until: LeaseTime {
+                clock: CLOCK,
+                ms: until_ms,
+            },
         }
     }
 
@@ -580,6 +704,10 @@ mod tests {
                 dead_reason: Some("refresh_token_reused".into()),
                 ..base
             },
+            "refreshing-dead" => Status {
+                resume: Some(State::Dead),
+                ..row("refreshing")
+            },
             other => panic!("no row {other}"),
         }
     }
@@ -626,18 +754,18 @@ mod tests {
             ("dead", Dead),
         ];
         for (name, state) in expect {
-            assert_eq!(row(name).effective(NOW, &P), state, "{name}");
+            assert_eq!(row(name).effective(AT, &P), state, "{name}");
         }
     }
 
     #[test]
     fn decisions() {
         let busy = Decision::Wait {
-            lease_until_ms: NOW + 30_000,
+            lease_left_ms: 30_000,
             fallback: true,
         };
         let busy_no_fallback = Decision::Wait {
-            lease_until_ms: NOW + 30_000,
+            lease_left_ms: 30_000,
             fallback: false,
         };
         let dead = Decision::Dead {
@@ -670,7 +798,7 @@ mod tests {
             ("dead", refresh(true), Decision::Claim),
         ];
         for (name, need, expect) in table {
-            assert_eq!(decide(&row(name), need, NOW, &P), expect, "{name} {need:?}");
+            assert_eq!(decide(&row(name), need, AT, &P), expect, "{name} {need:?}");
         }
     }
 
@@ -680,12 +808,12 @@ mod tests {
             last_refresh_ms: Some(NOW + 5),
             ..row("valid")
         };
-        assert_eq!(decide(&done, refresh(false), NOW, &P), Decision::Serve);
+        assert_eq!(decide(&done, refresh(false), AT, &P), Decision::Serve);
         let older = Status {
             last_refresh_ms: Some(NOW - 5),
             ..row("valid")
         };
-        assert_eq!(decide(&older, refresh(false), NOW, &P), Decision::Claim);
+        assert_eq!(decide(&older, refresh(false), AT, &P), Decision::Claim);
     }
 
     /// Every (row, event) pair of the transition table.
@@ -716,14 +844,14 @@ mod tests {
         ];
         let lost: Short = Err(Refusal::LeaseLost);
         let busy: Short = Err(Refusal::Busy {
-            lease_until_ms: NOW + 30_000,
+            lease_left_ms: 30_000,
         });
         let backoff: Short = Err(Refusal::BackingOff {
             retry_at_ms: NOW + 10_000,
         });
         let claimed = |from: State| -> Short { Ok((Refreshing, Some(from))) };
         #[rustfmt::skip]
-        let expect: [(&str, [Short; 10]); 10] = [
+        let expect: [(&str, [Short; 10]); 11] = [
             // reject-current, reject-stale, claim-token, claim-token-long, claim-refresh, claim-force, succeed, succeed-other, transient, permanent
             ("valid", [Ok((Rejected, None)), Err(Refusal::NotCurrent), Err(Refusal::NotNeeded), claimed(Valid), claimed(Valid), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
             ("expiring", [Ok((Rejected, None)), Err(Refusal::NotCurrent), claimed(Valid), claimed(Valid), claimed(Valid), claimed(Valid), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
@@ -735,10 +863,12 @@ mod tests {
             ("rejected", [Err(Refusal::AlreadyRejected), Err(Refusal::NotCurrent), claimed(Rejected), claimed(Rejected), claimed(Rejected), claimed(Rejected), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
             ("rejected-backoff", [Err(Refusal::AlreadyRejected), Err(Refusal::NotCurrent), backoff.clone(), backoff.clone(), backoff.clone(), claimed(Rejected), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
             ("dead", [Err(Refusal::Dead), Err(Refusal::NotCurrent), Err(Refusal::Dead), Err(Refusal::Dead), Err(Refusal::Dead), claimed(Dead), lost.clone(), lost.clone(), lost.clone(), lost.clone()]),
+            // An operator's forced refresh of a dead credential: a reject cannot revive it.
+            ("refreshing-dead", [Err(Refusal::Dead), Err(Refusal::NotCurrent), busy.clone(), busy.clone(), busy.clone(), busy.clone(), Ok((Valid, None)), lost.clone(), Ok((Dead, None)), Ok((Dead, None))]),
         ];
         for (name, outcomes) in expect {
             for ((ev_name, ev), want) in events.iter().zip(outcomes) {
-                let got = short(apply(&row(name), ev, NOW, &P));
+                let got = short(apply(&row(name), ev, AT, &P));
                 assert_eq!(got, want, "{name} × {ev_name}");
             }
         }
@@ -746,13 +876,13 @@ mod tests {
 
     #[test]
     fn guards_fence_callers_by_version_and_owners_by_lease() {
-        let t = apply(&row("expiring"), &claim(token(0)), NOW, &P).unwrap();
+        let t = apply(&row("expiring"), &claim(token(0)), AT, &P).unwrap();
         assert_eq!(t.guard, Guard::Version(7));
         assert_eq!(t.lease.unwrap().id, "NEW");
         let t = apply(
             &row("refreshing"),
             &Event::Reject { is_current: true },
-            NOW,
+            AT,
             &P,
         )
         .unwrap();
@@ -761,7 +891,7 @@ mod tests {
         let ok = Event::Succeed {
             lease_id: "L".into(),
         };
-        let t = apply(&row("refreshing"), &ok, NOW, &P).unwrap();
+        let t = apply(&row("refreshing"), &ok, AT, &P).unwrap();
         assert_eq!(
             t.guard,
             Guard::Lease {
@@ -774,7 +904,7 @@ mod tests {
             lease_id: "L".into(),
             retry_after_ms: None,
         };
-        let t = apply(&row("refreshing"), &failed, NOW, &P).unwrap();
+        let t = apply(&row("refreshing"), &failed, AT, &P).unwrap();
         assert_eq!(
             t.guard,
             Guard::Lease {
@@ -791,7 +921,7 @@ mod tests {
             resume: Some(Rejected),
             ..row("refreshing-expired-lease")
         };
-        let t = apply(&r, &claim(token(0)), NOW, &P).unwrap();
+        let t = apply(&r, &claim(token(0)), AT, &P).unwrap();
         assert_eq!((t.to, t.resume), (Refreshing, Some(Rejected)));
         assert!(t.reason.contains("owner-L"), "{}", t.reason);
         assert_eq!(t.lease.unwrap().id, "NEW");
@@ -806,7 +936,7 @@ mod tests {
                 lease_id: "L".into(),
                 retry_after_ms: None,
             };
-            let t = apply(&r, &ev, NOW, &P).unwrap();
+            let t = apply(&r, &ev, AT, &P).unwrap();
             waits.push(t.next_attempt_at_ms.unwrap() - NOW);
             r.failures = t.failures;
         }
@@ -818,7 +948,7 @@ mod tests {
             lease_id: "L".into(),
             retry_after_ms: Some(120_000),
         };
-        let t = apply(&row("refreshing"), &ev, NOW, &P).unwrap();
+        let t = apply(&row("refreshing"), &ev, AT, &P).unwrap();
         assert_eq!(t.next_attempt_at_ms, Some(NOW + 120_000));
         assert_eq!(t.failures, 1);
         assert_eq!(backoff_ms(u32::MAX, &P), 300_000);
@@ -830,7 +960,7 @@ mod tests {
             lease_id: "L".into(),
             code: "refresh_token_reused".into(),
         };
-        let t = apply(&row("refreshing"), &ev, NOW, &P).unwrap();
+        let t = apply(&row("refreshing"), &ev, AT, &P).unwrap();
         assert_eq!(t.dead_reason.as_deref(), Some("refresh_token_reused"));
         assert_eq!(t.to, Dead);
     }

@@ -18,7 +18,7 @@ use crate::credential::Credential;
 use crate::error::{Error, Result};
 use crate::provider::usage;
 use crate::quota;
-use crate::state::{Need, Policy, State};
+use crate::state::{Need, Now, Policy, State};
 use crate::warden::{Via, Warden};
 
 /// Why (and how) a credential is due, or why not.
@@ -32,11 +32,12 @@ pub enum Due {
     Yes(Need),
 }
 
-/// A per-credential spread of the refresh window, so credentials imported
-/// together do not all refresh in the same second: up to half the window,
-/// stable for one token (hash of id and expiry).
-pub fn jitter_ms(id: &str, expires_at_ms: i64, policy: &Policy) -> i64 {
-    let spread = policy.refresh_ahead_ms / 2;
+/// A per-credential spread of the refresh window (`window_ms`, see
+/// [`crate::state::Status::window_ms`]), so credentials imported together
+/// do not all refresh in the same second: up to half the window, stable for
+/// one token (hash of id and expiry).
+pub fn jitter_ms(id: &str, expires_at_ms: i64, window_ms: i64) -> i64 {
+    let spread = window_ms / 2;
     if spread <= 0 {
         return 0;
     }
@@ -48,12 +49,13 @@ pub fn jitter_ms(id: &str, expires_at_ms: i64, policy: &Policy) -> i64 {
     (h % spread as u64) as i64
 }
 
-/// Whether `c` is due at `now_ms`: inside its (jittered) refresh window,
+/// Whether `c` is due at `now`: inside its (jittered) refresh window,
 /// rejected, retrying after a failure whose backoff has passed, or last
 /// refreshed more than `max_age_ms` ago.
-pub fn due(c: &Credential, now_ms: i64, policy: &Policy, max_age_ms: Option<i64>) -> Due {
+pub fn due(c: &Credential, now: Now, policy: &Policy, max_age_ms: Option<i64>) -> Due {
     let s = &c.status;
-    let lease_live = s.lease.as_ref().is_some_and(|l| now_ms <= l.until_ms);
+    let now_ms = now.wall_ms;
+    let lease_live = s.lease_left_ms(now.lease).is_some();
     let base = match s.state {
         State::Refreshing if lease_live => return Due::No,
         State::Refreshing => s.resume.unwrap_or(State::Valid),
@@ -69,7 +71,10 @@ pub fn due(c: &Credential, now_ms: i64, policy: &Policy, max_age_ms: Option<i64>
         return Due::Yes(Need::Token { min_ttl_ms: 0 });
     }
     let ahead = match s.expires_at_ms {
-        Some(e) if s.has_access_token => policy.refresh_ahead_ms + jitter_ms(&c.id, e, policy),
+        Some(e) if s.has_access_token => {
+            let window = s.window_ms(policy);
+            window + jitter_ms(&c.id, e, window)
+        }
         _ => return Due::Yes(Need::Token { min_ttl_ms: 0 }),
     };
     if !s.usable(now_ms, ahead) {
@@ -92,15 +97,19 @@ pub fn due(c: &Credential, now_ms: i64, policy: &Policy, max_age_ms: Option<i64>
 }
 
 /// When `c` will next be due (unix ms), for the background scheduler's sleep.
-fn next_due_ms(c: &Credential, policy: &Policy) -> Option<i64> {
+fn next_due_ms(c: &Credential, now: Now, policy: &Policy) -> Option<i64> {
     let s = &c.status;
     let mut next = s.next_attempt_at_ms;
     if let (Some(e), true) = (s.expires_at_ms, s.has_access_token) {
-        let at = e - policy.refresh_ahead_ms - jitter_ms(&c.id, e, policy);
+        let window = s.window_ms(policy);
+        let at = e - window - jitter_ms(&c.id, e, window);
         next = Some(next.map_or(at, |n| n.max(at)));
     }
-    if let Some(l) = &s.lease {
-        next = Some(next.map_or(l.until_ms + 1, |n| n.min(l.until_ms + 1)));
+    if s.state == State::Refreshing {
+        // The lease's end, on the wall clock as this process reads it now
+        // (an ended or foreign lease: at once).
+        let end = now.wall_ms + s.lease_left_ms(now.lease).map_or(0, |left| left + 1);
+        next = Some(next.map_or(end, |n| n.min(end)));
     }
     next
 }
@@ -258,7 +267,7 @@ pub fn sweep(
         }
         rows.retain(|r| opts.only.contains(&r.id));
     }
-    let now = clock::now_ms();
+    let now = clock::now();
     let policy = warden.config().policy;
     let max_age = max_age_ms(opts.max_age);
     let mut report = SweepReport::default();
@@ -402,9 +411,9 @@ fn schedule(
     queued: &Mutex<HashSet<String>>,
 ) -> Result<Duration> {
     let rows = warden.list_without_secrets()?;
-    let now = clock::now_ms();
+    let now = clock::now();
     let policy = warden.config().policy;
-    let mut next = now + clock::millis(TICK_MAX);
+    let mut next = now.wall_ms + clock::millis(TICK_MAX);
     for row in &rows {
         if let Due::Yes(need) = due(row, now, &policy, None) {
             if queued.lock().insert(row.id.clone())
@@ -412,13 +421,13 @@ fn schedule(
             {
                 // Workers are busy: try again next round.
                 queued.lock().remove(&row.id);
-                next = now;
+                next = now.wall_ms;
             }
-        } else if let Some(at) = next_due_ms(row, &policy) {
+        } else if let Some(at) = next_due_ms(row, now, &policy) {
             next = next.min(at);
         }
     }
-    let pause = Duration::from_millis((next - now).max(0) as u64);
+    let pause = Duration::from_millis((next - now.wall_ms).max(0) as u64);
     Ok(pause.clamp(TICK_MIN, TICK_MAX))
 }
 
@@ -450,9 +459,14 @@ mod tests {
     use super::*;
     use crate::credential::{Claims, ProviderConfig};
     use crate::provider::ProviderKind;
-    use crate::state::{Lease, Status};
+    use crate::state::{Lease, LeaseTime, Status};
 
     const NOW: i64 = 10_000_000_000;
+    /// The lease clock reads the wall clock's number in these tests.
+    const AT: Now = Now {
+        wall_ms: NOW,
+        lease: LeaseTime { clock: 7, ms: NOW },
+    };
     const P: Policy = Policy {
         refresh_ahead_ms: 300_000,
         backoff_min_ms: 5_000,
@@ -494,9 +508,33 @@ mod tests {
             ("fresh", valid(hour), None, Due::No),
             (
                 "in window",
-                valid(60_000),
+                Status {
+                    last_refresh_ms: Some(NOW - hour),
+                    ..valid(60_000)
+                },
                 None,
-                token(300_000 + jitter_ms("c", NOW + 60_000, &P)),
+                token(300_000 + jitter_ms("c", NOW + 60_000, 300_000)),
+            ),
+            // A 120 s token (shorter than refresh_ahead): its window is
+            // half its lifetime, so it is not due right after its refresh…
+            (
+                "short-lived, just minted",
+                Status {
+                    last_refresh_ms: Some(NOW - 1_000),
+                    ..valid(119_000)
+                },
+                None,
+                Due::No,
+            ),
+            // …and due once it is past half of it, with jitter scaled alike.
+            (
+                "short-lived, past half",
+                Status {
+                    last_refresh_ms: Some(NOW - 100_000),
+                    ..valid(20_000)
+                },
+                None,
+                token(60_000 + jitter_ms("c", NOW + 20_000, 60_000)),
             ),
             (
                 "no token",
@@ -556,7 +594,10 @@ mod tests {
                     lease: Some(Lease {
                         owner: "o".into(),
                         id: "l".into(),
-                        until_ms: NOW + 1,
+                        until: LeaseTime {
+                            clock: 7,
+                            ms: NOW + 1,
+                        },
                     }),
                     ..valid(60_000)
                 },
@@ -571,7 +612,10 @@ mod tests {
                     lease: Some(Lease {
                         owner: "o".into(),
                         id: "l".into(),
-                        until_ms: NOW - 1,
+                        until: LeaseTime {
+                            clock: 7,
+                            ms: NOW - 1,
+                        },
                     }),
                     ..valid(hour)
                 },
@@ -602,18 +646,22 @@ mod tests {
             ),
         ];
         for (name, status, max_age, want) in table {
-            assert_eq!(due(&cred(status), NOW, &P, max_age), want, "{name}");
+            assert_eq!(due(&cred(status), AT, &P, max_age), want, "{name}");
         }
     }
 
     #[test]
     fn jitter_spreads_within_half_the_window() {
         let values: HashSet<i64> = (0..1000)
-            .map(|i| jitter_ms(&format!("id{i}"), NOW, &P))
+            .map(|i| jitter_ms(&format!("id{i}"), NOW, P.refresh_ahead_ms))
             .collect();
         assert!(values.iter().all(|&v| (0..150_000).contains(&v)));
         assert!(values.len() > 900, "spread out: {}", values.len());
-        assert_eq!(jitter_ms("a", 1, &P), jitter_ms("a", 1, &P), "stable");
+        assert_eq!(
+            jitter_ms("a", 1, 300_000),
+            jitter_ms("a", 1, 300_000),
+            "stable"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::credential::Credential;
 use crate::provider::usage::{Credits, Window};
-use crate::state::Policy;
+use crate::state::{Now, Policy};
 use crate::store::EventRow;
 use crate::store::{HandleRow, QuotaRow};
 use crate::warden::Grant;
@@ -210,10 +210,11 @@ impl<'a> QuotaView<'a> {
 }
 
 impl<'a> Summary<'a> {
-    /// The summary of `c` at `now_ms`.
-    pub fn new(c: &'a Credential, now_ms: i64, policy: &Policy) -> Self {
+    /// The summary of `c` at `now`.
+    pub fn new(c: &'a Credential, now: Now, policy: &Policy) -> Self {
         let s = &c.status;
-        let state = s.effective(now_ms, policy);
+        let now_ms = now.wall_ms;
+        let state = s.effective(now, policy);
         Summary {
             id: &c.id,
             provider: c.provider.kind.as_str(),

@@ -137,7 +137,7 @@ impl Warden {
         if let Some(stamp) = rows.stamp(&self.core.store) {
             let policy = &self.core.config.policy;
             let served = rows.with(stamp, id, |row| {
-                match state::decide(&row.status, need, clock::now_ms(), policy) {
+                match state::decide(&row.status, need, clock::now(), policy) {
                     Decision::Serve => Some(Grant::from_row(row)),
                     _ => None,
                 }
@@ -158,7 +158,7 @@ impl Warden {
         let policy = &self.core.config.policy;
         rows.stamp(&self.core.store).is_some_and(|stamp| {
             rows.with(stamp, id, |row| {
-                state::decide(&row.status, need, clock::now_ms(), policy) == Decision::Serve
+                state::decide(&row.status, need, clock::now(), policy) == Decision::Serve
             }) == Some(true)
         })
     }
@@ -181,13 +181,13 @@ impl Warden {
                 .access_token
                 .as_ref()
                 .is_some_and(|t| t.expose() == token);
-            let now = clock::now_ms();
+            let now = clock::now();
             let event = Event::Reject { is_current };
             match state::apply(&row.status, &event, now, &self.core.config.policy) {
                 Ok(t) => {
                     let actor = clock::actor(&self.core.config.actor);
                     if store
-                        .apply(id, &t, Write::STATE_ONLY, &actor, now)?
+                        .apply(id, &t, Write::STATE_ONLY, &actor, now.wall_ms)?
                         .is_some()
                     {
                         log::info!("{id}: access token rejected upstream; {}", t.reason);

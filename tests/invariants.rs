@@ -258,12 +258,12 @@ fn a_killed_refresher_is_recovered_after_its_lease() {
     child.wait().unwrap();
     let row = warden.get("k").unwrap();
     assert_eq!(row.status.state, State::Refreshing, "killed mid-refresh");
-    let lease_until = row.status.lease.as_ref().unwrap().until_ms;
+    let lease = row.status.lease.clone().unwrap();
 
     let started = Instant::now();
     let g = warden.token("k", Duration::ZERO).expect("recovered");
     assert!(
-        tokenwarden::clock::now_ms() > lease_until,
+        lease.left_ms(tokenwarden::clock::lease_now()).is_none(),
         "takeover happened only after the lease ended"
     );
     assert!(
@@ -358,14 +358,14 @@ fn owner_writes_are_fenced_by_the_lease() {
     let store = Store::open(&env.db, Duration::from_secs(5), 2).unwrap();
     let p = Policy::default();
     let need = Need::Token { min_ttl_ms: 0 };
-    let claim = |owner: &str, until_ms: i64| {
+    let claim = |owner: &str, for_ms: i64| {
         let row = store.get("f").unwrap().unwrap();
         let lease = Lease {
             owner: owner.into(),
             id: format!("lease-{owner}"),
-            until_ms,
+            until: tokenwarden::clock::now().plus(for_ms).lease,
         };
-        let t = apply(&row.status, &Event::Claim { lease, need }, now_ms(), &p).unwrap();
+        let t = apply(&row.status, &Event::Claim { lease, need }, now(), &p).unwrap();
         store
             .apply("f", &t, Write::STATE_ONLY, owner, now_ms())
             .unwrap()
@@ -373,6 +373,9 @@ fn owner_writes_are_fenced_by_the_lease() {
     };
     fn now_ms() -> i64 {
         tokenwarden::clock::now_ms()
+    }
+    fn now() -> tokenwarden::state::Now {
+        tokenwarden::clock::now()
     }
     let tokens = |n: &str| Tokens {
         access_token: format!("at-{n}").into(),
@@ -386,7 +389,7 @@ fn owner_writes_are_fenced_by_the_lease() {
         let ev = Event::Succeed {
             lease_id: format!("lease-{owner}"),
         };
-        match apply(&row.status, &ev, now_ms(), &p) {
+        match apply(&row.status, &ev, now(), &p) {
             Ok(t) => store
                 .apply(
                     "f",
@@ -404,8 +407,8 @@ fn owner_writes_are_fenced_by_the_lease() {
     };
 
     // A's lease ends; B takes over; A's late commit must not land.
-    claim("A", now_ms() - 1);
-    claim("B", now_ms() + 60_000);
+    claim("A", -1);
+    claim("B", 60_000);
     let a = tokens("A");
     // A writes with the guard it computed when it still held the lease.
     let row = store.get("f").unwrap().unwrap();
@@ -449,7 +452,7 @@ fn owner_writes_are_fenced_by_the_lease() {
     let t = apply(
         &current.status,
         &Event::Reject { is_current: true },
-        now_ms(),
+        now(),
         &p,
     )
     .unwrap();

@@ -278,7 +278,7 @@ mod tests {
             (Error::Exists("a".into()), 409, "exists"),
             (Error::Db("locked".into()), 500, "database"),
             (Error::Io("disk".into()), 500, "io"),
-            (Error::Config("bad".into()), 500, "config"),
+            (Error::Config("bad".into()), 500, "config_error"),
         ];
         for (e, status, code) in cases {
             let a = ApiError::from(e);

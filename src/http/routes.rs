@@ -296,7 +296,7 @@ fn dispatch(
         Action::Show => {
             let row = w.get(id)?;
             let quota = w.store().latest_quota(id)?;
-            let summary = Summary::new(&row, clock::now_ms(), &w.config().policy);
+            let summary = Summary::new(&row, clock::now(), &w.config().policy);
             Ok(Reply::json(200, &summary.with_quota(quota.as_ref())))
         }
         Action::Delete => {
@@ -362,7 +362,7 @@ fn token_reply(grant: &Grant) -> Result<Reply, ApiError> {
 /// more than one decoded row (and no secret) is held at once.
 fn list(w: &Warden) -> Result<Reply, ApiError> {
     let quotas = w.store().latest_quotas()?;
-    let (now, policy) = (clock::now_ms(), w.config().policy);
+    let (now, policy) = (clock::now(), w.config().policy);
     let mut out = b"{\"credentials\":[".to_vec();
     let mut encoded: serde_json::Result<()> = Ok(());
     let mut first = true;
@@ -385,7 +385,7 @@ fn list(w: &Warden) -> Result<Reply, ApiError> {
 /// Prometheus text, with the credentials counted by effective state (read
 /// one row at a time, without secrets).
 fn metrics(w: &Warden) -> Result<Reply, ApiError> {
-    let (now, policy) = (clock::now_ms(), w.config().policy);
+    let (now, policy) = (clock::now(), w.config().policy);
     let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
     w.store().each_without_secrets(|c| {
         let state = c.status.effective(now, &policy).as_str();
@@ -417,7 +417,7 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     let creds = import::parse_import(body, &opts, clock::now_ms())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let rows = w.import(&creds, q.flag("replace")?)?;
-    let (now, policy) = (clock::now_ms(), w.config().policy);
+    let (now, policy) = (clock::now(), w.config().policy);
     if is_array(body) {
         let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
         return Ok(Reply::json(201, &SummaryList { credentials }));

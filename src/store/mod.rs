@@ -28,7 +28,7 @@ use crate::provider::usage::Quota;
 use crate::provider::{ClientAuth, Encoding, ProviderKind, Tokens};
 use crate::seal::Sealer;
 use crate::secret::Secret;
-use crate::state::{Guard, Lease, State, Status, Transition};
+use crate::state::{Guard, Lease, LeaseTime, State, Status, Transition};
 
 pub use schema::VERSION as SCHEMA_VERSION;
 use sealing::Codec;
@@ -393,7 +393,7 @@ const COLUMNS: &str = "id, provider, state, version, access_token, refresh_token
     expires_at_ms, token_url, client_id, client_secret, scope, encoding, client_auth, api_key, \
     account_id, email, plan_type, user_id, organization_id, lease_owner, lease_id, \
     lease_until_ms, resume_state, failures, next_attempt_at_ms, dead_reason, last_error_code, \
-    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms";
+    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms, lease_clock";
 
 /// Converts a TEXT column through `parse`, failing on values this build
 /// does not know (a corrupt row, never silently a default).
@@ -451,7 +451,11 @@ fn read_row(r: &Row, codec: &Codec, secrets: Secrets) -> rusqlite::Result<Creden
         (Some(owner), Some(id)) => Some(Lease {
             owner,
             id,
-            until_ms: r.get::<_, Option<i64>>(22)?.unwrap_or(0),
+            // No clock (a lease of schema version 1): judged expired.
+            until: LeaseTime {
+                clock: r.get::<_, Option<i64>>(33)?.unwrap_or(0),
+                ms: r.get::<_, Option<i64>>(22)?.unwrap_or(0),
+            },
         }),
         _ => None,
     };
@@ -661,7 +665,8 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
              organization_id = COALESCE(?19, organization_id), \
              last_error_code = CASE WHEN ?20 THEN ?21 ELSE last_error_code END, \
              last_error_message = CASE WHEN ?20 THEN ?22 ELSE last_error_message END, \
-             last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END \
+             last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END, \
+             lease_clock = ?27 \
              WHERE id = ?24 AND (?25 IS NULL OR version = ?25) AND (?26 IS NULL OR lease_id = ?26)",
         )
         .and_then(|mut s| {
@@ -670,7 +675,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
                 t.resume.map(State::as_str),
                 t.lease.as_ref().map(|l| &l.owner),
                 t.lease.as_ref().map(|l| &l.id),
-                t.lease.as_ref().map(|l| l.until_ms),
+                t.lease.as_ref().map(|l| l.until.ms),
                 t.failures,
                 t.next_attempt_at_ms,
                 t.dead_reason,
@@ -693,6 +698,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
                 id,
                 guard_version,
                 guard_lease,
+                t.lease.as_ref().map(|l| l.until.clock),
             ])
         })
         .map_err(db_err)?;

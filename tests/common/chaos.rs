@@ -1278,17 +1278,15 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// `refreshing`; each credential ends usable (holding upstream's
     /// current refresh token) or dead.
     fn end_state(&mut self) {
-        let now = tokenwarden::clock::now_ms();
+        let now = tokenwarden::clock::now();
         let policy = self.admin.config().policy;
         for (cred, id) in self.sh.ids.iter().enumerate() {
             let row = self.admin.get(id).expect("row");
-            if row.status.state == State::Refreshing {
-                let until = row.status.lease.as_ref().map_or(0, |l| l.until_ms);
-                if until >= now {
-                    self.fail(format!(
-                        "{id} holds a live lease after every process stopped"
-                    ));
-                }
+            // lease_left_ms is None unless the row is refreshing.
+            if row.status.lease_left_ms(now.lease).is_some() {
+                self.fail(format!(
+                    "{id} holds a live lease after every process stopped"
+                ));
             }
             if row.status.effective(now, &policy) == State::Refreshing {
                 self.fail(format!("{id} reads as refreshing past its lease"));
