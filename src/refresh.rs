@@ -599,11 +599,12 @@ impl Refresher {
 
     /// Writes the owner's outcome, fenced by the lease.
     ///
-    /// Rotated tokens exist nowhere else: their commit is retried until it
-    /// lands or the lease is seen taken over — also past the lease's end,
-    /// which is safe, since the write is fenced by the lease id and a
-    /// takeover replaces it. Other outcomes are tried once: losing one only
-    /// loses a failure count.
+    /// A rotated refresh token exists nowhere else: its commit is retried
+    /// until it lands or the lease is seen taken over — also past the
+    /// lease's end, which is safe, since the write is fenced by the lease id
+    /// and a takeover replaces it. New tokens that kept the refresh token
+    /// are retried while the lease lasts; failures are tried once (losing
+    /// one only loses a failure count).
     fn commit(
         &self,
         row: &Credential,
@@ -620,7 +621,15 @@ impl Refresher {
                 Ok(None) => return Ok(self.lease_lost(row, write)),
                 Err(e) => e,
             };
-            if write.tokens.is_none() {
+            // A rotated refresh token exists nowhere else: keep at it. An
+            // answer that kept the refresh token loses nothing if dropped
+            // (the next refresh gets another), so it is tried while the
+            // lease lasts; other outcomes only once.
+            let rotated = write
+                .tokens
+                .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
+            let lease_left = lease.left_ms(clock::lease_now()).unwrap_or(0);
+            if write.tokens.is_none() || (!rotated && lease_left < 250) {
                 return Err(err);
             }
             tries += 1;
