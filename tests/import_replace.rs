@@ -135,7 +135,7 @@ fn a_replace_during_a_live_lease_waits_and_never_resends_the_refresh_token() {
     assert_eq!(again.access_token, granted.access_token);
     assert_eq!(
         env.fake.presented_refresh_tokens("live"),
-        [g.refresh_token.clone()],
+        std::slice::from_ref(&g.refresh_token),
         "the refresh token was sent exactly once"
     );
     assert_eq!(warden.get("live").unwrap().status.state, State::Valid);
@@ -162,7 +162,10 @@ fn a_replace_during_a_live_lease_waits_and_never_resends_the_refresh_token() {
         t.elapsed() > Duration::from_millis(500),
         "the replace waited for the lease"
     );
-    owner.join().unwrap().expect("the owner's commit landed first");
+    owner
+        .join()
+        .unwrap()
+        .expect("the owner's commit landed first");
     let row = warden.get("live").unwrap();
     assert_eq!(row.refresh_token.expose(), fresh.refresh_token);
     assert_eq!(row.status.state, State::Valid);
@@ -200,7 +203,11 @@ fn a_replace_with_the_same_refresh_token_keeps_its_state_and_a_new_one_revives()
         text(&out.stderr)
     );
     let row = warden.get("d").unwrap();
-    assert_eq!(row.status.state, State::Dead, "the same dead token stays dead");
+    assert_eq!(
+        row.status.state,
+        State::Dead,
+        "the same dead token stays dead"
+    );
     assert_eq!(row.status.dead_reason.as_deref(), Some("invalid_grant"));
     let requests = env.fake.stats().token_requests;
     assert!(warden.token("d", Duration::ZERO).is_err());
@@ -247,7 +254,11 @@ fn a_stale_reimport_of_a_rotated_refresh_token_is_refused() {
         .at_ms;
     let when = tokenwarden::rfc3339::format(rotated_at - rotated_at.rem_euclid(1000));
 
-    for extra in [&["--replace"][..], &["--id", "st-copy"], &["--id", "st-copy", "--replace"]] {
+    for extra in [
+        &["--replace"][..],
+        &["--id", "st-copy"],
+        &["--id", "st-copy", "--replace"],
+    ] {
         let out = import(&env, &file, extra);
         assert_eq!(code(&out), 1, "{extra:?}: {}", text(&out.stderr));
         let line = last_line(&out);
@@ -271,12 +282,15 @@ fn a_stale_reimport_of_a_rotated_refresh_token_is_refused() {
     }
 
     let after = warden.get("st").unwrap();
-    assert_eq!(after.status.version, before.status.version, "nothing changed");
+    assert_eq!(
+        after.status.version, before.status.version,
+        "nothing changed"
+    );
     assert_eq!(after.refresh_token, before.refresh_token);
     assert!(warden.get("st-copy").is_err());
     assert_eq!(
         env.fake.presented_refresh_tokens("st"),
-        [g.refresh_token.clone()]
+        std::slice::from_ref(&g.refresh_token)
     );
     assert_eq!(env.fake.stats().reuse_detected, 0);
 }
@@ -291,7 +305,10 @@ fn one_refresh_token_under_two_ids_is_refused_naming_the_holder() {
     for (path, extra) in [
         (file.clone(), &["--id", "b"][..]),
         (file.clone(), &["--id", "b", "--replace"]),
-        (write(&env, "auth.json", &g.codex_auth_json()), &["--id", "b"]),
+        (
+            write(&env, "auth.json", &g.codex_auth_json()),
+            &["--id", "b"],
+        ),
     ] {
         let out = import(&env, &path, extra);
         assert_eq!(code(&out), 1, "{extra:?}: {}", text(&out.stderr));
@@ -350,7 +367,11 @@ fn an_import_without_an_expiry_takes_the_access_tokens_jwt_exp() {
         ("cpa", cliproxy, &cpa),
         ("cdx", codex.codex_auth_json(), &codex),
     ] {
-        let out = import(&env, &write(&env, &format!("{id}.json"), &value), &["--id", id]);
+        let out = import(
+            &env,
+            &write(&env, &format!("{id}.json"), &value),
+            &["--id", id],
+        );
         assert_eq!(code(&out), 0, "{id}: {}", text(&out.stderr));
         let summary = json(&env.run(&["show", id, "--json"]));
         assert_eq!(summary["expires_at"], grant.expires_at, "{id}: {summary}");
@@ -428,11 +449,29 @@ fn a_schema_v1_database_gets_fingerprints_and_then_refuses_a_duplicate() {
         let fp = fps[0].1.clone().expect("a fingerprint was computed");
         assert_eq!(fp.len(), 64, "{fp}");
         assert!(!fp.contains(&g.refresh_token));
+        let fp_key: String = rusqlite::Connection::open(&env.db)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'fingerprint_key'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            fp_key.starts_with("tw1:"),
+            encrypted,
+            "the fingerprint key is sealed in an encrypted database"
+        );
 
         let record = json!({"id": "new", "provider": "codex", "refresh_token": g.refresh_token});
         let path = write(&env, "dup.json", &record);
         let out = run(&["import", path.to_str().unwrap()]);
-        assert_eq!(code(&out), 1, "encrypted={encrypted}: {}", text(&out.stderr));
+        assert_eq!(
+            code(&out),
+            1,
+            "encrypted={encrypted}: {}",
+            text(&out.stderr)
+        );
         assert!(last_line(&out).contains("'old'"), "{}", last_line(&out));
         assert_eq!(fingerprints(&env).len(), 1);
     }
