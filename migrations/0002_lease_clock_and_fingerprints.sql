@@ -22,5 +22,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS credentials_by_refresh_fp ON credentials (refr
 CREATE TABLE IF NOT EXISTS spent_tokens (
     fp             TEXT PRIMARY KEY NOT NULL,
     credential_id  TEXT NOT NULL,
-    spent_at_ms    INTEGER NOT NULL
+    spent_at_ms    INTEGER NOT NULL,
+    -- 'rotated': a refresh answered with another refresh token;
+    -- 'replaced': an import put another refresh token in its place.
+    reason         TEXT NOT NULL CHECK (reason IN ('rotated', 'replaced'))
 );

@@ -19,6 +19,7 @@ use crate::provider::ProviderKind;
 use crate::quota;
 use crate::seal::Sealer;
 use crate::secret::Secret;
+use crate::state::State;
 use crate::sweep::{self, SweepOptions, SweepReport};
 use crate::view::{
     EventList, EventView, HandleView, QuotaView, Summary, SummaryList, TokenResponse,
@@ -436,8 +437,21 @@ fn execute(cli: Cli) -> Result<i32> {
                     .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
                 creds.extend(parsed);
             }
-            for row in warden.import(&creds, *replace)? {
-                println!("imported {} ({})", row.id, row.provider.kind);
+            // One at a time, so that the ones imported before a refusal are
+            // reported as such.
+            for c in &creds {
+                for row in warden.import(std::slice::from_ref(c), *replace)? {
+                    println!("imported {} ({})", row.id, row.provider.kind);
+                    if row.status.state == State::Dead {
+                        // A replace with the refresh token that was refused.
+                        eprintln!(
+                            "note: {} is still dead ({}): this file holds the refresh token \
+                             that was refused; log in again and import the new file",
+                            row.id,
+                            row.status.dead_reason.as_deref().unwrap_or("dead")
+                        );
+                    }
+                }
             }
         }
         Command::Token { id, min_ttl, out } => {

@@ -57,6 +57,87 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
+    /// A replace while a refresh of the credential is in flight (its lease
+    /// is live): the replace could get the refresh token sent twice.
+    #[error(
+        "credential '{id}' is being refreshed right now; replacing it mid-refresh could get its \
+         refresh token sent twice and the login revoked. It was left as it was; retry in \
+         {retry_after_s} s"
+    )]
+    RefreshInProgress {
+        /// Credential id.
+        id: String,
+        /// Whole seconds until the lease ends.
+        retry_after_s: u64,
+    },
+    /// An import carrying a refresh token that was already spent.
+    #[error(
+        "refusing to import '{id}': its refresh token is spent, it was {how} of credential \
+         '{spent_by}' at {at}. Providers that rotate refresh tokens treat a spent one that comes \
+         back as stolen and revoke the whole login, so importing it would log out every copy of \
+         that account. '{id}' was not imported; import a newer file (while '{spent_by}' exists, \
+         `tokenwarden export {spent_by} --format codex` writes its current token) or log in again"
+    )]
+    SpentToken {
+        /// The id the import was for.
+        id: String,
+        /// The credential that spent the token (it may since be deleted).
+        spent_by: String,
+        /// When (RFC 3339, whole seconds).
+        at: String,
+        /// How it was spent.
+        how: Spent,
+    },
+    /// An import carrying the refresh token another credential holds.
+    #[error(
+        "refusing to import '{id}': credential '{holder}' already holds this refresh token. \
+         Under two ids it would be refreshed twice, and the second refresh is reuse: the \
+         provider revokes the login. '{id}' was not imported; use '{holder}' (`tokenwarden token \
+         {holder}`), or move it: `tokenwarden delete {holder}`, then import again"
+    )]
+    TokenHeldElsewhere {
+        /// The id the import was for.
+        id: String,
+        /// The credential holding the token.
+        holder: String,
+    },
+}
+
+/// How a refresh token came to be spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// A refresh answered with another refresh token.
+    Rotated,
+    /// An import put another refresh token in its place.
+    Replaced,
+}
+
+impl Spent {
+    /// The `spent_tokens.reason` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spent::Rotated => "rotated",
+            Spent::Replaced => "replaced",
+        }
+    }
+
+    /// Parses [`Spent::as_str`]'s values.
+    pub fn parse(s: &str) -> Option<Spent> {
+        match s {
+            "rotated" => Some(Spent::Rotated),
+            "replaced" => Some(Spent::Replaced),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Spent::Rotated => "rotated away by a refresh",
+            Spent::Replaced => "replaced by an import",
+        })
+    }
 }
 
 impl Error {
@@ -72,7 +153,10 @@ impl Error {
             | Error::DiskFull(_)
             | Error::Io(_)
             | Error::NoQuota(_)
-            | Error::QuotaUnsupported { .. } => 1,
+            | Error::QuotaUnsupported { .. }
+            | Error::RefreshInProgress { .. }
+            | Error::SpentToken { .. }
+            | Error::TokenHeldElsewhere { .. } => 1,
         }
     }
 
@@ -90,6 +174,9 @@ impl Error {
             Error::Io(_) => "io",
             Error::NoQuota(_) => "no_quota",
             Error::QuotaUnsupported { .. } => "quota_unsupported",
+            Error::RefreshInProgress { .. } => "refresh_in_progress",
+            Error::SpentToken { .. } => "refresh_token_spent",
+            Error::TokenHeldElsewhere { .. } => "refresh_token_in_use",
         }
     }
 }

@@ -16,7 +16,10 @@
 //!
 //! Only `refresh_token` (plus the provider's settings) is required. Empty
 //! strings and `null` count as absent. An expiry without an access token is
-//! dropped: such a credential is refreshed before first use anyway.
+//! dropped: such a credential is refreshed before first use anyway. An
+//! access token without an expiry (`expires_at`, `expired`) takes its JWT
+//! `exp` if it has one; an opaque one has no known expiry and is refreshed
+//! before first use.
 //!
 //! Errors name the field and say what is expected; they never quote a token,
 //! secret or key.
@@ -256,8 +259,14 @@ fn parse_record(map: &Map<String, Value>, opts: &ImportOptions) -> Result<NewCre
         id: id.chars().take(140).collect(),
         why,
     })?;
-    if cred.access_token.is_none() {
-        cred.expires_at_ms = None;
+    match &cred.access_token {
+        // Refreshed before first use anyway.
+        None => cred.expires_at_ms = None,
+        // No expiry given: the access token's own, if it is a JWT with `exp`.
+        Some(token) if cred.expires_at_ms.is_none() => {
+            cred.expires_at_ms = jwt::expiry_ms(token.expose());
+        }
+        Some(_) => {}
     }
     cred.id = id;
     Ok(cred)
@@ -823,6 +832,34 @@ mod tests {
         // A UTF-8 byte order mark is fine; blank strings are absent.
         let c = one("\u{feff}{\"id\":\"x\",\"provider\":\"codex\",\"refresh_token\":\" r \",\"access_token\":\"  \"}");
         assert_eq!((c.refresh_token.expose(), c.access_token), ("r", None));
+    }
+
+    #[test]
+    fn an_access_tokens_jwt_exp_stands_in_for_a_missing_expiry() {
+        let at = jwt(r#"{"exp":1700003600}"#);
+        for text in [
+            format!(r#"{{"id":"x","provider":"codex","refresh_token":"r","access_token":"{at}"}}"#),
+            format!(
+                r#"{{"type":"codex","refresh_token":"r","access_token":"{at}","email":"x@example.com"}}"#
+            ),
+            format!(
+                r#"{{"tokens":{{"refresh_token":"r","access_token":"{at}","account_id":"x"}}}}"#
+            ),
+        ] {
+            assert_eq!(one(&text).expires_at_ms, Some(1_700_003_600_000), "{text}");
+        }
+        // An expiry given in the file wins over the JWT's.
+        let text = format!(
+            r#"{{"id":"x","provider":"codex","refresh_token":"r","access_token":"{at}","expires_at":1700000000}}"#
+        );
+        assert_eq!(one(&text).expires_at_ms, Some(NOW));
+        let text = format!(
+            r#"{{"type":"codex","refresh_token":"r","access_token":"{at}","email":"x@example.com","expired":"2023-11-14T22:13:20Z"}}"#
+        );
+        assert_eq!(one(&text).expires_at_ms, Some(NOW));
+        // An opaque access token has no known expiry.
+        let text = r#"{"id":"x","provider":"codex","refresh_token":"r","access_token":"opaque"}"#;
+        assert_eq!(one(text).expires_at_ms, None);
     }
 
     #[test]

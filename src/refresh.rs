@@ -333,7 +333,13 @@ impl Refresher {
 
     /// Sleeps until the row's version moves past `version`, an in-process
     /// wake-up, or `max` — whichever comes first.
-    fn wait_for_change(&self, id: &str, version: i64, max: Duration, poll: Duration) -> Result<()> {
+    pub(crate) fn wait_for_change(
+        &self,
+        id: &str,
+        version: i64,
+        max: Duration,
+        poll: Duration,
+    ) -> Result<()> {
         let signal = self.signals.get(id);
         let start = Instant::now();
         let end = start + max;

@@ -1,7 +1,7 @@
 //! The library API: a blocking, `Send + Sync` handle on one database.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::config::Config;
@@ -15,6 +15,12 @@ use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
 use crate::store::{EventRow, Store, Write};
 use crate::upstream::Upstream;
+
+/// How often a replace waiting on a refresh lease looks at the row even
+/// if nothing woke it (a crashed owner's lease runs out without a write).
+const REPLACE_RECHECK: Duration = Duration::from_millis(100);
+/// The first pause between two polls of the row's version.
+const POLL: Duration = Duration::from_millis(5);
 
 /// An access token handed to a caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,20 +237,91 @@ impl Warden {
         self.core.obtain(checked(id)?, need, wait)
     }
 
-    /// Stores credentials; an existing id is an error unless `replace`.
+    /// Stores credentials; an existing id is an error unless `replace`. A
+    /// replace waits up to the configured `wait` for a refresh in flight
+    /// (see [`Warden::import_within`]).
     pub fn import(&self, creds: &[NewCredential], replace: bool) -> Result<Vec<Credential>> {
-        let actor = clock::actor(&self.core.config.actor);
-        let now = clock::now_ms();
+        self.import_within(creds, replace, self.core.config.wait)
+    }
+
+    /// Stores credentials, each in its own transaction, in order.
+    ///
+    /// A refresh token that another id holds, or that was already spent (a
+    /// refresh rotated it away, or an import replaced it), is refused
+    /// ([`Error::TokenHeldElsewhere`], [`Error::SpentToken`]). An existing
+    /// id is [`Error::Exists`] unless `replace`; a replace is a
+    /// compare-and-swap on the version read (see [`Store::replace`]), made
+    /// only while no refresh lease is live: it waits up to `wait` for the
+    /// refresh in flight to end, then refuses with
+    /// [`Error::RefreshInProgress`].
+    pub fn import_within(
+        &self,
+        creds: &[NewCredential],
+        replace: bool,
+        wait: Duration,
+    ) -> Result<Vec<Credential>> {
         creds
             .iter()
             .map(|c| {
-                checked(&c.id)?;
-                let row = self.core.store.insert(c, replace, &actor, now)?;
-                // A replaced row voids any lease: wake waiters to re-read.
+                let row = self.import_one(c, replace, wait)?;
+                // Waiters of this process re-read the row.
                 self.core.signals.notify(&c.id);
                 Ok(row)
             })
             .collect()
+    }
+
+    fn import_one(&self, c: &NewCredential, replace: bool, wait: Duration) -> Result<Credential> {
+        let id = checked(&c.id)?;
+        let store = &self.core.store;
+        let actor = clock::actor(&self.core.config.actor);
+        let deadline = Instant::now() + wait;
+        loop {
+            let now = clock::now();
+            let current = match replace {
+                true => store.get_without_secrets(id)?,
+                false => None,
+            };
+            let Some(row) = current else {
+                match store.insert(c, &actor, now.wall_ms) {
+                    // Imported by someone else meanwhile: replace that.
+                    Err(Error::Exists(_)) if replace => continue,
+                    other => return other,
+                }
+            };
+            // The state machine says whether a lease is live (Wait): then the
+            // owner may be sending the refresh token right now, and its
+            // commit must land before anything replaces the row.
+            let need = Need::Token { min_ttl_ms: 0 };
+            if let Decision::Wait { lease_left_ms, .. } =
+                state::decide(&row.status, need, now, &self.core.config.policy)
+            {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let lease_s = self.core.config.lease_ttl.as_secs().max(1);
+                    let retry_after_s = (lease_left_ms.max(1) as u64)
+                        .div_ceil(1000)
+                        .clamp(1, lease_s);
+                    return Err(Error::RefreshInProgress {
+                        id: id.to_owned(),
+                        retry_after_s,
+                    });
+                }
+                // Woken by the owner's commit (or a poll of the version), and
+                // at least every REPLACE_RECHECK, to see the lease run out.
+                self.core.wait_for_change(
+                    id,
+                    row.status.version,
+                    left.min(REPLACE_RECHECK),
+                    POLL,
+                )?;
+                continue;
+            }
+            if let Some(row) = store.replace(c, row.status.version, &actor, now.wall_ms)? {
+                return Ok(row);
+            }
+            // Lost a race with another writer: look again.
+        }
     }
 
     /// One credential.

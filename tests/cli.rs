@@ -60,8 +60,13 @@ fn imports_a_codex_auth_json_and_prints_a_token() {
     );
     assert_eq!(env.fake.stats().token_requests, 0);
 
-    // Without --id the id comes from the e-mail claim.
-    let out = env.run(&["import", path.to_str().unwrap(), "--replace"]);
+    // Without --id the id comes from the e-mail claim. (Its refresh token
+    // can live under one id only: `cx` gives it up first.)
+    let out = env.run(&["import", path.to_str().unwrap()]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(last_line(&out).contains("'cx'"), "{}", last_line(&out));
+    assert_eq!(code(&env.run(&["delete", "cx"])), 0);
+    let out = env.run(&["import", path.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&g.email));
 }
@@ -126,7 +131,7 @@ fn import_refuses_to_overwrite_without_replace() {
         .iter()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
-    assert_eq!(reasons, ["imported", "re-imported"]);
+    assert_eq!(reasons, ["imported", "re-imported, same refresh token"]);
 }
 
 #[test]
@@ -334,11 +339,16 @@ fn export_round_trips_and_writes_private_files() {
     assert_eq!(cpa["type"], "codex");
     assert_eq!(cpa["refresh_token"], g.refresh_token.as_str());
 
-    // Re-importing the export yields the same credential.
+    // Re-importing the export into another database yields the same
+    // credential. (In this one its refresh token is held by `ex`.)
     let out = env.run(&["import", file.to_str().unwrap(), "--id", "ex2"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(last_line(&out).contains("'ex'"), "{}", last_line(&out));
+    let other = Env::new();
+    let out = other.run(&["import", file.to_str().unwrap(), "--id", "ex2"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let a = json(&env.run(&["show", "ex", "--json"]));
-    let b = json(&env.run(&["show", "ex2", "--json"]));
+    let b = json(&other.run(&["show", "ex2", "--json"]));
     for key in ["provider", "expires_at", "account_id", "email", "plan_type"] {
         assert_eq!(a[key], b[key], "{key}");
     }

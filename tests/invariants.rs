@@ -106,9 +106,11 @@ fn no_refresh_token_is_sent_twice() {
 }
 
 /// Invariant 3: the rotated tokens are committed before anyone sees them;
-/// a commit that fails is an error, never a token served from memory.
+/// a commit that fails is retried (past the lease's end: the write is
+/// fenced by the lease id) until it lands, and the new token is never
+/// served from memory meanwhile.
 #[test]
-fn commit_before_use_and_a_failed_commit_is_an_error() {
+fn commit_before_use_and_a_failed_commit_is_retried_never_served() {
     let env = Env::with(Tuning {
         lease_ttl: 2.5,
         ..Tuning::default()
@@ -129,18 +131,33 @@ fn commit_before_use_and_a_failed_commit_is_an_error() {
          BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
     )
     .unwrap();
-    let err = warden.refresh("c", false).unwrap_err();
-    assert!(matches!(err, Error::Db(_)), "{err:?}");
+    let warden = Arc::new(warden);
+    let w = warden.clone();
+    let owner = thread::spawn(move || w.refresh("c", false));
+    let rotated = Instant::now() + Duration::from_secs(5);
+    while env.fake.family_state("c").current_access_token == g.access_token.expose() {
+        assert!(Instant::now() < rotated, "upstream never rotated");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Past the lease's end: the owner still holds the rotated tokens and
+    // keeps trying; nothing new is committed or served meanwhile.
+    thread::sleep(Duration::from_millis(3000));
+    assert!(!owner.is_finished(), "the owner gave up on rotated tokens");
     let after = warden.get("c").unwrap();
     assert_eq!(
         after.access_token.as_ref(),
         Some(&g.access_token),
         "nothing new committed"
     );
-    assert_ne!(
-        env.fake.family_state("c").current_access_token,
-        g.access_token.expose(),
-        "upstream did rotate"
+    // The write failure clears: the commit lands, and only then is the new
+    // token served.
+    conn.execute_batch("DROP TRIGGER no_commit").unwrap();
+    let new = owner.join().unwrap().expect("the commit landed");
+    let family = env.fake.family_state("c");
+    assert_eq!(new.access_token.expose(), family.current_access_token);
+    assert_eq!(
+        warden.get("c").unwrap().refresh_token.expose(),
+        family.current_refresh_token
     );
 }
 

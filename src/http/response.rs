@@ -237,6 +237,13 @@ impl From<Error> for ApiError {
                 ApiError::new(404, e.code(), message)
             }
             Error::Exists(_) => ApiError::new(409, "exists", message),
+            Error::RefreshInProgress { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(409, e.code(), message)
+            },
+            Error::SpentToken { .. } | Error::TokenHeldElsewhere { .. } => {
+                ApiError::new(409, e.code(), message)
+            }
             Error::Dead { reason, .. } => ApiError {
                 reason: Some(reason),
                 ..ApiError::new(410, "credential_dead", message)
@@ -276,6 +283,32 @@ mod tests {
                 "quota_unsupported",
             ),
             (Error::Exists("a".into()), 409, "exists"),
+            (
+                Error::RefreshInProgress {
+                    id: "a".into(),
+                    retry_after_s: 3,
+                },
+                409,
+                "refresh_in_progress",
+            ),
+            (
+                Error::SpentToken {
+                    id: "a".into(),
+                    spent_by: "a".into(),
+                    at: "2025-01-01T00:00:00Z".into(),
+                    how: crate::error::Spent::Rotated,
+                },
+                409,
+                "refresh_token_spent",
+            ),
+            (
+                Error::TokenHeldElsewhere {
+                    id: "b".into(),
+                    holder: "a".into(),
+                },
+                409,
+                "refresh_token_in_use",
+            ),
             (Error::Db("locked".into()), 500, "database"),
             (Error::Io("disk".into()), 500, "io"),
             (Error::Config("bad".into()), 500, "config_error"),

@@ -7,6 +7,8 @@
 //! transaction that changes the row, bumps its version and appends the
 //! event row; a lost compare-and-swap is `Ok(None)`, not an error.
 
+mod fingerprint;
+mod imports;
 mod schema;
 mod sealing;
 
@@ -22,7 +24,7 @@ use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
 
-use crate::credential::{Claims, Credential, LastError, NewCredential, ProviderConfig};
+use crate::credential::{Claims, Credential, LastError, ProviderConfig};
 use crate::error::{Error, Result};
 use crate::provider::usage::Quota;
 use crate::provider::{ClientAuth, Encoding, ProviderKind, Tokens};
@@ -705,6 +707,17 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
     if changed == 0 {
         return Ok(None);
     }
+    // A new refresh token: the old one's fingerprint is spent, the new one's
+    // current (same transaction).
+    if let Some(tok) = tok {
+        fingerprint::rotated(
+            tx,
+            codec.fingerprints(),
+            id,
+            tok.refresh_token.expose(),
+            now_ms,
+        )?;
+    }
     let row = select_one(tx, id, codec)
         .map_err(db_err)?
         .ok_or_else(|| Error::Db("updated row vanished".into()))?;
@@ -748,11 +761,13 @@ impl Store {
         schema::configure(&conn, busy_ms).map_err(db_err)?;
         schema::migrate(&mut conn, path)?;
         sealing::check_key(&mut conn, path, sealer.as_ref())?;
+        let sealer = sealer.map(Arc::new);
+        let fingerprints = fingerprint::prepare(&mut conn, sealer.as_deref())?;
         ensure_reserve(path);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                codec: Codec::new(sealer),
+                codec: Codec::new(sealer, fingerprints),
                 busy_timeout,
                 busy_ms,
                 pool_size,
@@ -921,87 +936,6 @@ impl Store {
             f(read_row(r, &self.inner.codec, Secrets::Drop).map_err(db_err)?);
         }
         Ok(())
-    }
-
-    /// Inserts a credential, or with `replace` overwrites an existing one
-    /// (its version keeps counting up, so no stale compare-and-swap can hit
-    /// the new row, and any lease on the old one is voided).
-    pub fn insert(
-        &self,
-        c: &NewCredential,
-        replace: bool,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<Credential> {
-        let mut conn = self.writer(Sync::Full)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        let old: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT state, version FROM credentials WHERE id = ?1",
-                [&c.id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(db_err)?;
-        if old.is_some() && !replace {
-            return Err(Error::Exists(c.id.clone()));
-        }
-        let version = old.as_ref().map_or(1, |(_, v)| v + 1);
-        let p = &c.provider;
-        let seal = |col: &str, s: &Secret| self.inner.codec.seal(&c.id, col, s.expose());
-        let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
-        tx.execute(
-            "INSERT OR REPLACE INTO credentials (id, provider, state, version, access_token, \
-             refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
-             encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
-             organization_id, failures, last_refresh_ms, created_ms, updated_ms) \
-             VALUES (?1, ?2, 'valid', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             ?16, ?17, ?18, ?19, 0, ?20, ?21, ?21)",
-            params![
-                c.id,
-                p.kind.as_str(),
-                version,
-                seal_opt("access_token", &c.access_token),
-                seal("refresh_token", &c.refresh_token),
-                seal_opt("id_token", &c.id_token),
-                c.expires_at_ms,
-                p.token_url,
-                p.client_id,
-                seal_opt("client_secret", &p.client_secret),
-                p.scope,
-                p.encoding.map(Encoding::as_str),
-                p.client_auth.map(ClientAuth::as_str),
-                seal_opt("api_key", &c.api_key),
-                c.claims.account_id,
-                c.claims.email,
-                c.claims.plan_type,
-                c.claims.user_id,
-                c.claims.organization_id,
-                c.last_refresh_ms,
-                now_ms,
-            ],
-        )
-        .map_err(db_err)?;
-        let reason = if old.is_some() {
-            "re-imported"
-        } else {
-            "imported"
-        };
-        let from = old.as_ref().map(|(s, _)| s.as_str());
-        let change = Change {
-            from,
-            to: "valid",
-            version,
-            reason,
-        };
-        append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(&tx, &c.id, &self.inner.codec)
-            .map_err(db_err)?
-            .ok_or_else(|| Error::Db("imported row vanished".into()))?;
-        tx.commit().map_err(db_err)?;
-        Ok(row)
     }
 
     /// Writes `t` if its guard still holds: `Ok(Some(row))` with the new row,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
+use super::fingerprint::{self, FpKey};
 use super::{db_err, schema};
 use crate::error::{Error, Result};
 use crate::seal::{is_sealed, Sealer};
@@ -33,13 +34,14 @@ pub(super) fn column(i: usize) -> &'static str {
 }
 
 /// Seals on write and opens on read, or passes values through when the
-/// database is not encrypted.
+/// database is not encrypted; and fingerprints refresh tokens with the
+/// database's key (see [`super::fingerprint`]).
 #[derive(Clone)]
-pub(super) struct Codec(Option<Arc<Sealer>>);
+pub(super) struct Codec(Option<Arc<Sealer>>, Arc<FpKey>);
 
 impl Codec {
-    pub(super) fn new(sealer: Option<Sealer>) -> Codec {
-        Codec(sealer.map(Arc::new))
+    pub(super) fn new(sealer: Option<Arc<Sealer>>, fingerprints: FpKey) -> Codec {
+        Codec(sealer, Arc::new(fingerprints))
     }
 
     pub(super) fn seal(&self, id: &str, column: &str, plain: &str) -> String {
@@ -47,6 +49,16 @@ impl Codec {
             Some(s) => s.seal(id, column, plain),
             None => plain.to_owned(),
         }
+    }
+
+    /// The keyed fingerprint of a refresh token.
+    pub(super) fn fingerprint(&self, refresh_token: &str) -> String {
+        self.1.fingerprint(refresh_token)
+    }
+
+    /// The fingerprint key, for the writes that keep fingerprints current.
+    pub(super) fn fingerprints(&self) -> &FpKey {
+        &self.1
     }
 
     /// Opens a stored value. A plain value in an encrypted database (written
@@ -201,6 +213,8 @@ fn convert_all(
         )
         .map_err(db_err)?;
     }
+    // The refresh-token fingerprint key is sealed like a column.
+    fingerprint::convert_key(&tx, &convert)?;
     tx.execute(
         "INSERT OR REPLACE INTO meta (key, value) VALUES ('key_check', ?1)",
         [new.seal("", "key_check", CHECK)],

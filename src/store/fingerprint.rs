@@ -1,0 +1,373 @@
+//! Keyed fingerprints of refresh tokens: how the store knows, without
+//! keeping any old token, that an import carries a refresh token another id
+//! holds (`credentials.refresh_fp`, unique) or one that was already spent
+//! (`spent_tokens`).
+//!
+//! A fingerprint is HMAC-SHA-256 under a random 32-byte key made for each
+//! database and kept in `meta` as `fingerprint_key` (sealed with the
+//! encryption key when the database is encrypted), in hex. Keyed, so that a
+//! copy of the database without the key tells nothing about tokens seen
+//! elsewhere; a plain hash of a high-entropy token would be safe too, but
+//! the key costs nothing and keeps fingerprints from matching across
+//! databases.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::db_err;
+use crate::error::{Error, Result};
+use crate::seal::{is_sealed, Sealer};
+
+/// The `meta` key of the fingerprint key.
+pub(super) const META_KEY: &str = "fingerprint_key";
+
+/// The sealing context of the fingerprint key (no credential id).
+pub(super) const SEAL_COLUMN: &str = "fingerprint_key";
+
+const BLOCK: usize = 64;
+
+/// HMAC-SHA-256 (RFC 2104) over the `sha2` crate already used here: two
+/// hashes and a key pad, not worth another dependency.
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = Zeroizing::new([0u8; BLOCK]);
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut pad = Zeroizing::new([0u8; BLOCK]);
+    for (p, k) in pad.iter_mut().zip(block.iter()) {
+        *p = k ^ 0x36;
+    }
+    let inner = Sha256::new()
+        .chain_update(&pad[..])
+        .chain_update(message)
+        .finalize();
+    for (p, k) in pad.iter_mut().zip(block.iter()) {
+        *p = k ^ 0x5c;
+    }
+    Sha256::new()
+        .chain_update(&pad[..])
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// A database's fingerprint key.
+pub(crate) struct FpKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for FpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FpKey(***)")
+    }
+}
+
+impl FpKey {
+    fn random() -> Result<FpKey> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::getrandom(&mut key[..])
+            .map_err(|e| Error::Io(format!("no randomness from the OS: {e}")))?;
+        Ok(FpKey(key))
+    }
+
+    /// The key as stored in `meta`: base64, sealed if `sealer` is given.
+    fn stored(&self, sealer: Option<&Sealer>) -> String {
+        let plain = Zeroizing::new(STANDARD.encode(&self.0[..]));
+        match sealer {
+            Some(s) => s.seal("", SEAL_COLUMN, &plain),
+            None => plain.to_string(),
+        }
+    }
+
+    /// Reads the key as stored in `meta`.
+    fn from_stored(stored: &str, sealer: Option<&Sealer>) -> Result<FpKey> {
+        let bad = |why: &str| {
+            Error::Db(format!(
+                "the refresh-token fingerprint key in the database's meta table {why}"
+            ))
+        };
+        let plain = match (sealer, is_sealed(stored)) {
+            (Some(s), true) => Zeroizing::new(
+                s.open("", SEAL_COLUMN, stored)
+                    .map_err(|_| bad("does not open with the encryption key"))?,
+            ),
+            (None, true) => return Err(bad("is encrypted and no key is configured")),
+            (_, false) => Zeroizing::new(stored.to_owned()),
+        };
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(plain.trim())
+                .map_err(|_| bad("is not base64"))?,
+        );
+        let key: [u8; 32] = bytes[..]
+            .try_into()
+            .map_err(|_| bad("is not 32 bytes long"))?;
+        Ok(FpKey(Zeroizing::new(key)))
+    }
+
+    /// The fingerprint of `token`: HMAC-SHA-256, 64 hex digits.
+    pub(crate) fn fingerprint(&self, token: &str) -> String {
+        hmac_sha256(&self.0[..], token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Re-seals the fingerprint key for `encrypt` / `rekey` (inside their
+/// transaction): `convert` maps the stored value to the new one.
+pub(super) fn convert_key(
+    tx: &Connection,
+    convert: impl Fn(&str, &str, String) -> Result<String>,
+) -> Result<()> {
+    let stored: Option<String> = tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [META_KEY], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db_err)?;
+    if let Some(stored) = stored {
+        let value = convert("", SEAL_COLUMN, stored)?;
+        tx.execute(
+            "UPDATE meta SET value = ?2 WHERE key = ?1",
+            params![META_KEY, value],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Opens a stored refresh token for fingerprinting.
+fn open_token(sealer: Option<&Sealer>, id: &str, stored: String) -> Result<Zeroizing<String>> {
+    match (sealer, is_sealed(&stored)) {
+        (Some(s), true) => s
+            .open(id, "refresh_token", &stored)
+            .map(Zeroizing::new)
+            .map_err(|e| Error::Db(format!("credential '{id}', refresh_token: {e}"))),
+        (None, true) => Err(Error::Config(
+            "the database holds encrypted tokens and no key is configured".into(),
+        )),
+        (_, false) => Ok(Zeroizing::new(stored)),
+    }
+}
+
+/// What [`prepare`] found to do.
+struct Pending {
+    /// Rows without a fingerprint, with the one to give them.
+    rows: Vec<(String, String)>,
+    /// Rows left without one, each with the id that holds its token.
+    twins: Vec<(String, String)>,
+}
+
+/// Finds the rows without a fingerprint (written by schema version 1) and
+/// computes theirs; a row whose token another row already holds is left
+/// without one and reported (one of them is burnt already, or will be at
+/// its next refresh).
+fn pending(conn: &Connection, key: &FpKey, sealer: Option<&Sealer>) -> Result<Pending> {
+    let missing: Vec<(String, String)> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, refresh_token FROM credentials WHERE refresh_fp IS NULL ORDER BY id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)?
+    };
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut twins = Vec::new();
+    for (id, stored) in missing {
+        let fp = key.fingerprint(&open_token(sealer, &id, stored)?);
+        let holder: Option<String> = conn
+            .query_row(
+                "SELECT id FROM credentials WHERE refresh_fp = ?1",
+                [&fp],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let twin = rows.iter().find(|(_, f)| *f == fp).map(|(i, _)| i.clone());
+        match holder.or(twin) {
+            Some(holder) => twins.push((id, holder)),
+            None => rows.push((id, fp)),
+        }
+    }
+    Ok(Pending { rows, twins })
+}
+
+fn warn_twins(p: &Pending) {
+    for (id, holder) in &p.twins {
+        log::warn!(
+            "credentials '{holder}' and '{id}' hold the same refresh token: the first to \
+             refresh spends it for both, and the other dies of reuse. Keep one \
+             (`tokenwarden delete {id}`), or log in again and re-import one of them"
+        );
+    }
+}
+
+/// Makes sure the database has a fingerprint key and every row its
+/// fingerprint, and returns the key. Reads first and takes the write lock
+/// only when there is something to write (a new key, rows of schema
+/// version 1), then does it all in one transaction.
+pub(super) fn prepare(conn: &mut Connection, sealer: Option<&Sealer>) -> Result<FpKey> {
+    let read_key = |c: &Connection| -> Result<Option<FpKey>> {
+        c.query_row("SELECT value FROM meta WHERE key = ?1", [META_KEY], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(db_err)?
+        .map(|s| FpKey::from_stored(&s, sealer))
+        .transpose()
+    };
+    if let Some(key) = read_key(conn)? {
+        let todo = pending(conn, &key, sealer)?;
+        if todo.rows.is_empty() {
+            warn_twins(&todo);
+            return Ok(key);
+        }
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    // Another process may have done it while this one waited for the lock.
+    let key = match read_key(&tx)? {
+        Some(key) => key,
+        None => {
+            let key = FpKey::random()?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)",
+                params![META_KEY, key.stored(sealer)],
+            )
+            .map_err(db_err)?;
+            key
+        }
+    };
+    let todo = pending(&tx, &key, sealer)?;
+    for (id, fp) in &todo.rows {
+        tx.execute(
+            "UPDATE credentials SET refresh_fp = ?2 WHERE id = ?1",
+            params![id, fp],
+        )
+        .map_err(db_err)?;
+    }
+    tx.commit().map_err(db_err)?;
+    warn_twins(&todo);
+    if !todo.rows.is_empty() {
+        log::info!(
+            "computed the refresh-token fingerprints of {} credential(s)",
+            todo.rows.len()
+        );
+    }
+    Ok(key)
+}
+
+/// Inside the transaction of a commit that wrote `refresh_token` to `id`:
+/// if it is a new token, the old one's fingerprint becomes spent (a refresh
+/// rotated it away) and the new one's becomes current.
+pub(super) fn rotated(
+    tx: &Connection,
+    key: &FpKey,
+    id: &str,
+    refresh_token: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let new = key.fingerprint(refresh_token);
+    let old: Option<String> = tx
+        .prepare_cached("SELECT refresh_fp FROM credentials WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+        .map_err(db_err)?;
+    if old.as_deref() == Some(new.as_str()) {
+        return Ok(());
+    }
+    if let Some(old) = &old {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+             VALUES (?1, ?2, ?3, 'rotated')",
+        )
+        .and_then(|mut s| s.execute(params![old, id, now_ms]))
+        .map_err(db_err)?;
+    }
+    // Another row holding the new token cannot happen (tokens are unique per
+    // id and upstream mints new ones); should it, the rotated tokens must
+    // still be committed: the row goes without a fingerprint instead.
+    let set = tx
+        .prepare_cached("UPDATE OR IGNORE credentials SET refresh_fp = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, new]))
+        .map_err(db_err)?;
+    if set == 0 {
+        log::error!("{id}: another credential holds the refresh token a refresh just returned");
+        tx.execute(
+            "UPDATE credentials SET refresh_fp = NULL WHERE id = ?1",
+            [id],
+        )
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// RFC 4231 test cases 1, 2, 4 and 6 (key longer than a block).
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let cases: [(&[u8], &[u8], &str); 4] = [
+            (
+                &[0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe",
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                &[
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                    23, 24, 25,
+                ],
+                &[0xcd; 50],
+                "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+            ),
+            (
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+        ];
+        for (key, msg, want) in cases {
+            assert_eq!(hex(&hmac_sha256(key, msg)), want);
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_plain_and_sealed() {
+        let key = FpKey::random().unwrap();
+        let fp = key.fingerprint("rt-1");
+        assert_eq!(fp.len(), 64);
+        assert_ne!(fp, key.fingerprint("rt-2"));
+        assert_ne!(fp, FpKey::random().unwrap().fingerprint("rt-1"), "keyed");
+
+        let plain = FpKey::from_stored(&key.stored(None), None).unwrap();
+        assert_eq!(plain.fingerprint("rt-1"), fp);
+        let sealer = Sealer::from_base64(&crate::seal::generate_key()).unwrap();
+        let sealed = key.stored(Some(&sealer));
+        assert!(is_sealed(&sealed));
+        let opened = FpKey::from_stored(&sealed, Some(&sealer)).unwrap();
+        assert_eq!(opened.fingerprint("rt-1"), fp);
+        assert!(FpKey::from_stored(&sealed, None).is_err());
+        assert!(FpKey::from_stored("not base64!", None).is_err());
+        assert!(FpKey::from_stored(&STANDARD.encode([0u8; 16]), None).is_err());
+        assert_eq!(format!("{key:?}"), "FpKey(***)");
+    }
+}

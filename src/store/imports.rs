@@ -1,0 +1,549 @@
+//! Imports: a new credential (`INSERT`), or a replace (`UPDATE` guarded by
+//! the version the caller read, like every other change — never a delete
+//! and insert, so handles, quota history and the version count survive).
+//!
+//! Both refuse, inside their transaction, a refresh token another id holds
+//! (`credentials.refresh_fp` is unique) or one that was already spent
+//! (`spent_tokens`), comparing keyed fingerprints, never tokens.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{append_event, db_err, select_one, Change, Codec, Store, Sync};
+use crate::credential::{Credential, NewCredential};
+use crate::error::{Error, Result, Spent};
+use crate::provider::{ClientAuth, Encoding};
+use crate::secret::Secret;
+use crate::state::State;
+
+/// Refuses `fp` for credential `id` if another credential holds it or it
+/// was spent.
+fn check_token(tx: &Connection, id: &str, fp: &str) -> Result<()> {
+    let holder: Option<String> = tx
+        .query_row(
+            "SELECT id FROM credentials WHERE refresh_fp = ?1 AND id <> ?2",
+            params![fp, id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    if let Some(holder) = holder {
+        return Err(Error::TokenHeldElsewhere {
+            id: id.to_owned(),
+            holder,
+        });
+    }
+    let spent: Option<(String, i64, String)> = tx
+        .query_row(
+            "SELECT credential_id, spent_at_ms, reason FROM spent_tokens WHERE fp = ?1",
+            [fp],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    if let Some((spent_by, at_ms, reason)) = spent {
+        return Err(Error::SpentToken {
+            id: id.to_owned(),
+            spent_by,
+            at: crate::rfc3339::format(at_ms - at_ms.rem_euclid(1000)),
+            how: Spent::parse(&reason).unwrap_or(Spent::Rotated),
+        });
+    }
+    Ok(())
+}
+
+/// The columns an import writes, sealed as the database wants them.
+struct Sealed {
+    access_token: Option<String>,
+    refresh_token: String,
+    id_token: Option<String>,
+    client_secret: Option<String>,
+    api_key: Option<String>,
+}
+
+fn sealed(codec: &Codec, c: &NewCredential) -> Sealed {
+    let seal = |col: &str, s: &Secret| codec.seal(&c.id, col, s.expose());
+    let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
+    Sealed {
+        access_token: seal_opt("access_token", &c.access_token),
+        refresh_token: seal("refresh_token", &c.refresh_token),
+        id_token: seal_opt("id_token", &c.id_token),
+        client_secret: seal_opt("client_secret", &c.provider.client_secret),
+        api_key: seal_opt("api_key", &c.api_key),
+    }
+}
+
+/// Whether an import carrying the refresh token already stored brings a
+/// newer access token: one the row does not have, that is not the stored
+/// one, and expires later (a re-imported older file never turns back an
+/// access token, nor brings back one that was rejected).
+fn newer_access_token(stored: &Credential, c: &NewCredential) -> bool {
+    let Some(new) = &c.access_token else {
+        return false;
+    };
+    match &stored.access_token {
+        None => true,
+        Some(current) if current == new => false,
+        Some(_) => match (c.expires_at_ms, stored.status.expires_at_ms) {
+            (Some(new), Some(old)) => new > old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        },
+    }
+}
+
+impl Store {
+    /// Stores a new credential. Refused: an id that exists
+    /// ([`Error::Exists`]), a refresh token another id holds
+    /// ([`Error::TokenHeldElsewhere`]) or one already spent
+    /// ([`Error::SpentToken`]).
+    pub fn insert(&self, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential> {
+        let codec = &self.inner.codec;
+        let fp = codec.fingerprint(c.refresh_token.expose());
+        let mut conn = self.writer(Sync::Full)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        check_token(&tx, &c.id, &fp)?;
+        let exists: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM credentials WHERE id = ?1",
+                [&c.id],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if exists {
+            return Err(Error::Exists(c.id.clone()));
+        }
+        let p = &c.provider;
+        let s = sealed(codec, c);
+        tx.execute(
+            "INSERT INTO credentials (id, provider, state, version, access_token, \
+             refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
+             encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
+             organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
+             VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
+            params![
+                c.id,
+                p.kind.as_str(),
+                s.access_token,
+                s.refresh_token,
+                s.id_token,
+                c.expires_at_ms,
+                p.token_url,
+                p.client_id,
+                s.client_secret,
+                p.scope,
+                p.encoding.map(Encoding::as_str),
+                p.client_auth.map(ClientAuth::as_str),
+                s.api_key,
+                c.claims.account_id,
+                c.claims.email,
+                c.claims.plan_type,
+                c.claims.user_id,
+                c.claims.organization_id,
+                c.last_refresh_ms,
+                now_ms,
+                fp,
+            ],
+        )
+        .map_err(db_err)?;
+        let change = Change {
+            from: None,
+            to: "valid",
+            version: 1,
+            reason: "imported",
+        };
+        append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
+        let row = select_one(&tx, &c.id, codec)
+            .map_err(db_err)?
+            .ok_or_else(|| Error::Db("imported row vanished".into()))?;
+        tx.commit().map_err(db_err)?;
+        Ok(row)
+    }
+
+    /// Replaces credential `c.id` if its version is still `version` (the
+    /// caller read it and saw no live refresh lease): `Ok(None)`, having
+    /// written nothing, when another writer got there first or the row is
+    /// gone.
+    ///
+    /// - The refresh token already stored: only settings and metadata
+    ///   change — provider settings and API key as imported, claims filled
+    ///   in, and the access token if the import's is newer (which also ends
+    ///   a `rejected`). The state, failures, backoff and a death stay: they
+    ///   are about that refresh token, which has not changed.
+    /// - Another refresh token (refused if another id holds it or it was
+    ///   spent): the row takes the import whole and becomes `valid` with no
+    ///   lease, failures or error — a dead credential is revived. The old
+    ///   token's fingerprint is kept as spent (`replaced`).
+    ///
+    /// Either way the row keeps its id, creation time, events, handles and
+    /// quota history, and its version counts on.
+    pub fn replace(
+        &self,
+        c: &NewCredential,
+        version: i64,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Option<Credential>> {
+        let codec = &self.inner.codec;
+        let fp = codec.fingerprint(c.refresh_token.expose());
+        let mut conn = self.writer(Sync::Full)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let Some(stored) = select_one(&tx, &c.id, codec).map_err(db_err)? else {
+            return Ok(None);
+        };
+        if stored.status.version != version {
+            return Ok(None);
+        }
+        let stored_fp: Option<String> = tx
+            .query_row(
+                "SELECT refresh_fp FROM credentials WHERE id = ?1",
+                [&c.id],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        let same = match &stored_fp {
+            Some(old) => *old == fp,
+            None => stored.refresh_token == c.refresh_token,
+        };
+        let p = &c.provider;
+        let s = sealed(codec, c);
+        let (change_from, change_to, reason);
+        if same {
+            let tokens = newer_access_token(&stored, c);
+            let unrejected = |st: State| match st {
+                State::Rejected if tokens => State::Valid,
+                st => st,
+            };
+            let state = unrejected(stored.status.state);
+            let resume = stored.status.resume.map(unrejected);
+            tx.execute(
+                "UPDATE credentials SET version = version + 1, provider = ?2, token_url = ?3, \
+                 client_id = ?4, client_secret = ?5, scope = ?6, encoding = ?7, \
+                 client_auth = ?8, api_key = ?9, account_id = COALESCE(?10, account_id), \
+                 email = COALESCE(?11, email), plan_type = COALESCE(?12, plan_type), \
+                 user_id = COALESCE(?13, user_id), \
+                 organization_id = COALESCE(?14, organization_id), state = ?15, \
+                 resume_state = ?16, updated_ms = ?17 WHERE id = ?1",
+                params![
+                    c.id,
+                    p.kind.as_str(),
+                    p.token_url,
+                    p.client_id,
+                    s.client_secret,
+                    p.scope,
+                    p.encoding.map(Encoding::as_str),
+                    p.client_auth.map(ClientAuth::as_str),
+                    s.api_key,
+                    c.claims.account_id,
+                    c.claims.email,
+                    c.claims.plan_type,
+                    c.claims.user_id,
+                    c.claims.organization_id,
+                    state.as_str(),
+                    resume.map(State::as_str),
+                    now_ms,
+                ],
+            )
+            .map_err(db_err)?;
+            if tokens {
+                tx.execute(
+                    "UPDATE credentials SET access_token = ?2, \
+                     id_token = COALESCE(?3, id_token), expires_at_ms = ?4, \
+                     last_refresh_ms = COALESCE(?5, last_refresh_ms) WHERE id = ?1",
+                    params![
+                        c.id,
+                        s.access_token,
+                        s.id_token,
+                        c.expires_at_ms,
+                        c.last_refresh_ms
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+            if stored_fp.is_none() {
+                // A row left without a fingerprint (see `fingerprint::prepare`)
+                // gets it if nobody else holds the token.
+                tx.execute(
+                    "UPDATE OR IGNORE credentials SET refresh_fp = ?2 WHERE id = ?1",
+                    params![c.id, fp],
+                )
+                .map_err(db_err)?;
+            }
+            (change_from, change_to) = (stored.status.state, state);
+            reason = if tokens {
+                "re-imported, same refresh token (newer access token)"
+            } else {
+                "re-imported, same refresh token"
+            };
+        } else {
+            check_token(&tx, &c.id, &fp)?;
+            if let Some(old) = &stored_fp {
+                tx.execute(
+                    "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+                     VALUES (?1, ?2, ?3, 'replaced')",
+                    params![old, c.id, now_ms],
+                )
+                .map_err(db_err)?;
+            }
+            tx.execute(
+                "UPDATE credentials SET provider = ?2, state = 'valid', version = version + 1, \
+                 access_token = ?3, refresh_token = ?4, id_token = ?5, expires_at_ms = ?6, \
+                 token_url = ?7, client_id = ?8, client_secret = ?9, scope = ?10, \
+                 encoding = ?11, client_auth = ?12, api_key = ?13, account_id = ?14, \
+                 email = ?15, plan_type = ?16, user_id = ?17, organization_id = ?18, \
+                 lease_owner = NULL, lease_id = NULL, lease_until_ms = NULL, lease_clock = NULL, \
+                 resume_state = NULL, failures = 0, next_attempt_at_ms = NULL, \
+                 dead_reason = NULL, last_error_code = NULL, last_error_message = NULL, \
+                 last_error_at_ms = NULL, last_refresh_ms = ?19, updated_ms = ?20, \
+                 refresh_fp = ?21 WHERE id = ?1",
+                params![
+                    c.id,
+                    p.kind.as_str(),
+                    s.access_token,
+                    s.refresh_token,
+                    s.id_token,
+                    c.expires_at_ms,
+                    p.token_url,
+                    p.client_id,
+                    s.client_secret,
+                    p.scope,
+                    p.encoding.map(Encoding::as_str),
+                    p.client_auth.map(ClientAuth::as_str),
+                    s.api_key,
+                    c.claims.account_id,
+                    c.claims.email,
+                    c.claims.plan_type,
+                    c.claims.user_id,
+                    c.claims.organization_id,
+                    c.last_refresh_ms,
+                    now_ms,
+                    fp,
+                ],
+            )
+            .map_err(db_err)?;
+            (change_from, change_to) = (stored.status.state, State::Valid);
+            reason = "re-imported";
+        }
+        let change = Change {
+            from: Some(change_from.as_str()),
+            to: change_to.as_str(),
+            version: version + 1,
+            reason,
+        };
+        append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
+        let row = select_one(&tx, &c.id, codec)
+            .map_err(db_err)?
+            .ok_or_else(|| Error::Db("replaced row vanished".into()))?;
+        tx.commit().map_err(db_err)?;
+        Ok(Some(row))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::credential::ProviderConfig;
+    use crate::provider::{ProviderKind, Tokens};
+    use crate::state::{self, Event, Lease, Need, Policy};
+    use crate::store::{ErrorUpdate, Write};
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn new(id: &str, rt: &str, at: Option<(&str, i64)>) -> NewCredential {
+        NewCredential {
+            id: id.into(),
+            provider: ProviderConfig::new(ProviderKind::Codex),
+            refresh_token: Secret::new(rt),
+            access_token: at.map(|(t, _)| Secret::new(t)),
+            id_token: None,
+            expires_at_ms: at.map(|(_, e)| e),
+            claims: Default::default(),
+            last_refresh_ms: None,
+            api_key: None,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db"), Duration::from_secs(5), 2).unwrap();
+        (dir, store)
+    }
+
+    fn fp_of(store: &Store, id: &str) -> Option<String> {
+        store
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT refresh_fp FROM credentials WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn spent(store: &Store) -> Vec<(String, String)> {
+        let conn = store.conn().unwrap();
+        let mut stmt = conn
+            .prepare("SELECT credential_id, reason FROM spent_tokens ORDER BY spent_at_ms")
+            .unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// A refresh by the lease owner that returns `rt`.
+    fn rotate(store: &Store, id: &str, rt: &str, at: i64) -> Credential {
+        let p = Policy::default();
+        let row = store.get(id).unwrap().unwrap();
+        let now = crate::state::Now {
+            wall_ms: at,
+            lease: crate::clock::lease_now(),
+        };
+        let lease = Lease {
+            owner: "o".into(),
+            id: format!("l-{rt}"),
+            until: now.plus(60_000).lease,
+        };
+        let need = Need::Refresh {
+            since_ms: at,
+            force: true,
+        };
+        let t = state::apply(&row.status, &Event::Claim { lease, need }, now, &p).unwrap();
+        store
+            .apply(id, &t, Write::STATE_ONLY, "o", at)
+            .unwrap()
+            .unwrap();
+        let row = store.get(id).unwrap().unwrap();
+        let ev = Event::Succeed {
+            lease_id: format!("l-{rt}"),
+        };
+        let t = state::apply(&row.status, &ev, now, &p).unwrap();
+        let tokens = Tokens {
+            access_token: Secret::new(format!("at-{rt}")),
+            refresh_token: Secret::new(rt),
+            id_token: None,
+            expires_at_ms: at + 3_600_000,
+            claims: Default::default(),
+        };
+        let write = Write {
+            tokens: Some(&tokens),
+            error: ErrorUpdate::Clear,
+        };
+        store.apply(id, &t, write, "o", at).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_rotation_spends_the_old_fingerprint_in_its_own_commit() {
+        let (_dir, store) = open();
+        store.insert(&new("a", "rt-1", None), "t", NOW).unwrap();
+        let fp1 = fp_of(&store, "a").unwrap();
+        assert_eq!(fp1, store.inner.codec.fingerprint("rt-1"));
+        rotate(&store, "a", "rt-2", NOW + 1000);
+        assert_eq!(
+            fp_of(&store, "a"),
+            Some(store.inner.codec.fingerprint("rt-2"))
+        );
+        assert_eq!(spent(&store), [("a".to_owned(), "rotated".to_owned())]);
+        // A refresh that keeps the refresh token spends nothing.
+        rotate(&store, "a", "rt-2", NOW + 2000);
+        assert_eq!(spent(&store).len(), 1);
+
+        for (id, rt) in [("a", "rt-1"), ("b", "rt-1")] {
+            match store.insert(&new(id, rt, None), "t", NOW) {
+                Err(Error::SpentToken {
+                    spent_by, at, how, ..
+                }) => {
+                    assert_eq!((spent_by.as_str(), how), ("a", Spent::Rotated));
+                    assert_eq!(at, "2023-11-14T22:13:21Z");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match store.insert(&new("b", "rt-2", None), "t", NOW) {
+            Err(Error::TokenHeldElsewhere { holder, .. }) => assert_eq!(holder, "a"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.insert(&new("a", "rt-9", None), "t", NOW),
+            Err(Error::Exists(_))
+        ));
+        let v = store.get("a").unwrap().unwrap().status.version;
+        match store.replace(&new("a", "rt-1", None), v, "t", NOW) {
+            Err(Error::SpentToken { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.get("a").unwrap().unwrap().status.version, v);
+    }
+
+    #[test]
+    fn a_replace_is_a_compare_and_swap_that_keeps_the_row() {
+        let (_dir, store) = open();
+        let row = store
+            .insert(&new("a", "rt-1", Some(("at-1", NOW + 10_000))), "t", NOW)
+            .unwrap();
+        store.insert_handle("h", "a", "laptop", NOW).unwrap();
+        let v = row.status.version;
+        assert!(store
+            .replace(&new("a", "rt-2", None), v + 1, "t", NOW)
+            .unwrap()
+            .is_none());
+
+        // The same refresh token: a newer access token is taken, an older
+        // one is not, and the state of a dead credential stays.
+        let newer = new("a", "rt-1", Some(("at-2", NOW + 20_000)));
+        let row = store.replace(&newer, v, "t", NOW).unwrap().unwrap();
+        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        assert_eq!(row.status.version, v + 1);
+        let older = new("a", "rt-1", Some(("at-0", NOW + 5_000)));
+        let row = store.replace(&older, v + 1, "t", NOW).unwrap().unwrap();
+        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        store
+            .conn()
+            .unwrap()
+            .execute(
+                "UPDATE credentials SET state = 'dead', dead_reason = 'invalid_grant' \
+                 WHERE id = 'a'",
+                [],
+            )
+            .unwrap();
+        let row = store
+            .replace(&new("a", "rt-1", None), v + 2, "t", NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status.state, State::Dead);
+        assert!(spent(&store).is_empty());
+
+        // A new refresh token revives it and spends the old one.
+        let row = store
+            .replace(&new("a", "rt-3", None), v + 3, "t", NOW + 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status.state, State::Valid);
+        assert_eq!(row.status.dead_reason, None);
+        assert_eq!(row.refresh_token, Secret::new("rt-3"));
+        assert_eq!(row.created_ms, NOW);
+        assert_eq!(spent(&store), [("a".to_owned(), "replaced".to_owned())]);
+        assert_eq!(store.handles("a").unwrap().len(), 1, "handles kept");
+        let reasons: Vec<String> = store
+            .events("a", None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "imported",
+                "re-imported, same refresh token (newer access token)",
+                "re-imported, same refresh token",
+                "re-imported, same refresh token",
+                "re-imported"
+            ]
+        );
+    }
+}
