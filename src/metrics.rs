@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// How a refresh (or a wait for one) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,6 +57,40 @@ pub struct Metrics {
     http: Mutex<BTreeMap<(&'static str, u16), u64>>,
     waiters: AtomicI64,
     upstream_requests: AtomicU64,
+    leases: Leases,
+}
+
+/// The refresh leases this process holds: each from just before its claim
+/// until its outcome is committed or the lease is lost. Shutdown waits for
+/// them (a refresh cut short after upstream answered burns the login).
+#[derive(Default)]
+struct Leases {
+    book: Mutex<LeaseBook>,
+    /// Signalled when a lease ends.
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct LeaseBook {
+    /// When each lease held now was taken, by a serial number.
+    held: BTreeMap<u64, Instant>,
+    next: u64,
+    /// No new lease may be taken: the process is exiting.
+    refused: bool,
+}
+
+/// A refresh lease of this process (see [`Metrics::lease`]); ends when
+/// dropped.
+pub struct LeaseHeld<'a> {
+    leases: &'a Leases,
+    serial: u64,
+}
+
+impl Drop for LeaseHeld<'_> {
+    fn drop(&mut self) {
+        self.leases.book.lock().held.remove(&self.serial);
+        self.leases.ended.notify_all();
+    }
 }
 
 /// Decrements the waiter gauge when dropped.
@@ -102,6 +136,59 @@ impl Metrics {
     pub fn waiting(&self) -> Waiting<'_> {
         self.waiters.fetch_add(1, Ordering::Relaxed);
         Waiting(self)
+    }
+
+    /// Marks a refresh lease of this process, from just before its claim
+    /// until the guard drops (its outcome committed, or the lease lost);
+    /// `None` once [`Metrics::refuse_leases`] was called: no refresh may
+    /// start in a process that is exiting.
+    pub(crate) fn lease(&self) -> Option<LeaseHeld<'_>> {
+        let mut book = self.leases.book.lock();
+        if book.refused {
+            return None;
+        }
+        let serial = book.next;
+        book.next += 1;
+        book.held.insert(serial, Instant::now());
+        Some(LeaseHeld {
+            leases: &self.leases,
+            serial,
+        })
+    }
+
+    /// How many refresh leases this process holds now.
+    pub fn leases_held(&self) -> usize {
+        self.leases.book.lock().held.len()
+    }
+
+    /// When the newest lease this process holds was taken; `None` when it
+    /// holds none. A lease taken at T ends by T + the lease TTL.
+    pub fn newest_lease(&self) -> Option<Instant> {
+        self.leases.book.lock().held.values().max().copied()
+    }
+
+    /// From now on no refresh lease is taken in this process (a caller that
+    /// would claim one gets "unavailable, retry"): it is exiting. Leases
+    /// already held are not affected.
+    pub fn refuse_leases(&self) {
+        self.leases.book.lock().refused = true;
+    }
+
+    /// Waits until this process holds no refresh lease, or until every lease
+    /// still held was taken more than `ttl` ago; returns how many are still
+    /// held.
+    pub fn wait_for_leases(&self, ttl: Duration) -> usize {
+        let mut book = self.leases.book.lock();
+        loop {
+            let Some(newest) = book.held.values().max().copied() else {
+                return 0;
+            };
+            let end = newest + ttl;
+            if Instant::now() >= end {
+                return book.held.len();
+            }
+            self.leases.ended.wait_until(&mut book, end);
+        }
     }
 
     /// How many refreshes ended with `outcome` (all providers).
@@ -195,6 +282,16 @@ impl Metrics {
         )?;
         writeln!(
             out,
+            "# HELP tokenwarden_refreshes_in_flight Refresh leases this process holds."
+        )?;
+        writeln!(out, "# TYPE tokenwarden_refreshes_in_flight gauge")?;
+        writeln!(
+            out,
+            "tokenwarden_refreshes_in_flight {}",
+            self.leases_held()
+        )?;
+        writeln!(
+            out,
             "# HELP tokenwarden_upstream_requests_total Token-endpoint requests sent."
         )?;
         writeln!(out, "# TYPE tokenwarden_upstream_requests_total counter")?;
@@ -235,5 +332,27 @@ mod tests {
         }
         assert!(m.render(&[]).contains("tokenwarden_waiters 0"));
         assert_eq!(m.refresh_count(RefreshOutcome::Success), 2);
+    }
+
+    #[test]
+    fn leases_are_counted_waited_for_and_refused_once_exiting() {
+        let m = Metrics::default();
+        assert_eq!(m.wait_for_leases(Duration::from_secs(60)), 0);
+        let held = m.lease().expect("a lease");
+        assert_eq!(m.leases_held(), 1);
+        assert!(m.render(&[]).contains("tokenwarden_refreshes_in_flight 1"));
+        // Bounded by the lease: one older than the TTL is not waited for.
+        assert_eq!(m.wait_for_leases(Duration::ZERO), 1);
+        m.refuse_leases();
+        assert!(m.lease().is_none(), "no new lease once exiting");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                drop(held);
+            });
+            assert_eq!(m.wait_for_leases(Duration::from_secs(60)), 0);
+        });
+        assert_eq!(m.leases_held(), 0);
+        assert_eq!(m.newest_lease(), None);
     }
 }

@@ -423,6 +423,12 @@ impl Refresher {
             Err(_) => return Ok(None),
         };
         let takeover = row.status.state == state::State::Refreshing;
+        // Counted from before the claim until the outcome is committed (or
+        // the lease lost): a shutting-down process waits for it, and starts
+        // no new one.
+        let Some(_held) = self.metrics.lease() else {
+            return Err(unavailable(row, 1000, "this process is shutting down"));
+        };
         let Some(claimed) =
             self.store
                 .apply(&row.id, &t, Write::STATE_ONLY, &actor, now.wall_ms)?

@@ -37,16 +37,32 @@ pub use response::{ApiError, Reply, MAX_BODY};
 pub use routes::MAX_WAIT_S;
 pub use server::{Server, ServerOptions, DEFAULT_WAIT};
 
-/// How long shutdown waits for requests and refreshes in flight.
+/// How long shutdown waits for requests in flight that hold no refresh
+/// lease (`TOKENWARDEN_SHUTDOWN_GRACE` overrides it). Refreshes in flight
+/// are waited for until they commit, however long that takes within their
+/// lease.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The environment variable that sets the shutdown grace (seconds).
+pub const SHUTDOWN_GRACE_ENV: &str = "TOKENWARDEN_SHUTDOWN_GRACE";
+
 /// Runs `tokenwarden serve`: the HTTP API and, unless `--no-refresher`, the
-/// background refresher, until SIGTERM or SIGINT; then stops taking
-/// requests, lets those in flight finish (at most [`SHUTDOWN_GRACE`] each
-/// for the API and the refresher) and returns. A second signal exits at
-/// once.
+/// background refresher, until SIGTERM or SIGINT. Then it stops taking
+/// requests and starting refreshes, lets the requests in flight finish (at
+/// most the grace, [`SHUTDOWN_GRACE`] unless `TOKENWARDEN_SHUTDOWN_GRACE`
+/// says otherwise) and waits until every refresh lease this process holds
+/// is committed or over (its TTL + [`server::LEASE_MARGIN`]), then returns
+/// (exit 0). A second signal exits at once, with status 1.
 pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
     let keys = ApiKeys::load(args.api_key_file.as_deref())?;
+    let grace = match std::env::var(SHUTDOWN_GRACE_ENV) {
+        Ok(raw) => crate::config::parse_secs(&raw).ok_or_else(|| {
+            Error::Config(format!(
+                "{SHUTDOWN_GRACE_ENV}={raw:?} is not a number of seconds"
+            ))
+        })?,
+        Err(_) => SHUTDOWN_GRACE,
+    };
     let signal_error = |e: std::io::Error| Error::Io(format!("cannot handle signals: {e}"));
     // Installed first, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(signal_error)?;
@@ -82,9 +98,22 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         _ => "SIGTERM",
     };
     log::info!("{name}: shutting down (a second signal exits at once)");
-    server.shutdown(SHUTDOWN_GRACE);
+    // No refresh starts from here on; those in flight are waited for.
+    warden.metrics().refuse_leases();
+    server.shutdown(grace);
     if let Some(background) = background {
-        background.stop(SHUTDOWN_GRACE);
+        background.stop(grace);
+    }
+    let metrics = warden.metrics();
+    if metrics.leases_held() > 0 {
+        log::info!(
+            "waiting for {} refresh(es) in flight to commit",
+            metrics.leases_held()
+        );
+    }
+    let left = metrics.wait_for_leases(warden.config().lease_ttl + server::LEASE_MARGIN);
+    if left > 0 {
+        log::warn!("{left} refresh(es) still running past their lease; exiting anyway");
     }
     log::info!("stopped");
     Ok(())

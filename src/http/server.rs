@@ -1,9 +1,15 @@
 //! The server: a tiny_http listener, a fixed pool of worker threads pulling
 //! requests from it, and a supervisor that replaces a worker that dies and
 //! stops them all on [`Server::shutdown`].
+//!
+//! Stopping closes the listening socket (new connections are refused),
+//! answers requests not yet started with 503, and waits for the requests in
+//! flight: each for the grace, and past it as long as this process holds a
+//! refresh lease — a refresh cut short after upstream answered would lose
+//! the rotated refresh token and burn the login.
 
 use std::io::{Cursor, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +42,17 @@ const DISCARD_MAX: u64 = 16 << 20;
 /// How long dropping a [`Server`] that was not shut down waits for requests
 /// in flight.
 const DROP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long past its TTL a refresh lease of this process is still waited
+/// for at shutdown (its owner's commit, once its last attempt ended).
+pub const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// How long the requests in flight get to send their answers once the
+/// refresh leases that kept shutdown waiting have ended.
+const ANSWER_TAIL: Duration = Duration::from_secs(1);
+
+/// How often a stopping server looks at this process's refresh leases.
+const LEASE_POLL: Duration = Duration::from_millis(20);
 
 /// How a [`Server`] runs.
 #[derive(Debug, Clone)]
@@ -76,8 +93,9 @@ struct Shared {
     app: App,
     handler: Handler,
     stopping: AtomicBool,
-    /// When draining queued requests must end, once stopping.
-    deadline: Mutex<Option<Instant>>,
+    /// A second handle on the listening socket, shut down on stop so that
+    /// new connections are refused (tiny_http keeps the first).
+    listener: Mutex<Option<TcpListener>>,
 }
 
 /// A running HTTP API. Dropping it shuts it down (briefly waiting for
@@ -150,6 +168,7 @@ impl Server {
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
         let listener = no_delay(listener);
+        let second = listener.try_clone().ok();
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
@@ -170,7 +189,7 @@ impl Server {
             },
             handler,
             stopping: AtomicBool::new(false),
-            deadline: Mutex::new(None),
+            listener: Mutex::new(second),
         });
         let (control, inbox) = crossbeam_channel::unbounded();
         let mut workers = Vec::with_capacity(options.threads);
@@ -209,8 +228,11 @@ impl Server {
         self.addr
     }
 
-    /// Stops taking requests, lets those in flight (and their refreshes)
-    /// finish for at most `grace`, and returns.
+    /// Stops taking requests (new connections are refused, requests not yet
+    /// started get 503) and returns once those in flight are done: each gets
+    /// at most `grace`, except that while this process holds a refresh lease
+    /// (a refresh in flight) the wait goes on until it is committed or the
+    /// lease is over (its TTL + [`LEASE_MARGIN`]).
     pub fn shutdown(mut self, grace: Duration) {
         self.stop(grace);
     }
@@ -311,29 +333,63 @@ fn supervise(
             Err(_) => break DROP_GRACE,
         }
     };
-    let deadline = Instant::now() + grace;
-    *shared.deadline.lock() = Some(deadline);
+    let grace_end = Instant::now() + grace;
     release(shared, workers.len());
+    let warden = &shared.app.warden;
+    let lease_ttl = warden.config().lease_ttl + LEASE_MARGIN;
+    // Past the grace, requests are waited for while this process holds a
+    // refresh lease that is not over, and then for ANSWER_TAIL (the owner's
+    // answer still has to be sent).
+    let mut leased_at: Option<Instant> = None;
+    let mut told = false;
     // Every slot's current thread sends exactly one Exited or Died when it
     // ends (a replaced thread's Died was handled above).
     let mut running = workers.len() - lost;
     while running > 0 {
-        match inbox.recv_deadline(deadline) {
+        let now = Instant::now();
+        if let Some(taken) = warden.metrics().newest_lease() {
+            if now < taken + lease_ttl {
+                if !told && now >= grace_end {
+                    told = true;
+                    log::info!(
+                        "waiting for {} refresh(es) in flight to commit",
+                        warden.metrics().leases_held()
+                    );
+                }
+                leased_at = Some(now);
+            }
+        }
+        let end = leased_at.map_or(grace_end, |t| grace_end.max(t + ANSWER_TAIL));
+        if now >= end {
+            break;
+        }
+        match inbox.recv_deadline(end.min(now + LEASE_POLL)) {
             Ok(Control::Exited | Control::Died(_)) => running -= 1,
-            Ok(Control::Stop(_)) => {}
-            Err(_) => break,
+            Ok(Control::Stop(_)) | Err(_) => {}
         }
     }
-    let still = workers.iter().filter(|h| !h.is_finished()).count();
-    if still > 0 {
-        log::warn!("{still} HTTP request(s) still running after {grace:?}; not waiting for them");
+    if running > 0 {
+        log::warn!(
+            "{running} HTTP request(s) still running after {grace:?} (none holding a refresh \
+             lease); not waiting for them"
+        );
     }
     log::info!("HTTP API stopped");
 }
 
-/// Tells `workers` worker threads to finish what is queued and return.
+/// Stops listening and tells `workers` worker threads to refuse what is
+/// queued and return.
 fn release(shared: &Shared, workers: usize) {
     shared.stopping.store(true, Ordering::SeqCst);
+    // Shutting the socket down (not just closing this handle) ends the
+    // listening for tiny_http's handle too: connections are refused from
+    // now on, and its accept thread ends.
+    if let Some(listener) = shared.listener.lock().take() {
+        let socket = TcpStream::from(OwnedFd::from(listener));
+        if let Err(e) = socket.shutdown(Shutdown::Both) {
+            log::debug!("cannot shut the listening socket down: {e}");
+        }
+    }
     for _ in 0..workers {
         shared.http.unblock();
     }
@@ -342,15 +398,21 @@ fn release(shared: &Shared, workers: usize) {
 fn work(shared: &Shared) {
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
-            // Answer what was already queued, then go.
-            while shared.deadline.lock().is_some_and(|d| Instant::now() < d) {
+            // Refuse what is queued (no request starts once stopping), then
+            // go. An empty pop may have eaten another worker's wake-up
+            // marker: one is put back, at the end of the queue, so requests
+            // queued behind markers (at most one per worker, plus the
+            // listener's closing error) are still reached.
+            let mut empty = 0;
+            while empty <= MAX_THREADS {
                 match shared.http.try_recv() {
-                    Ok(Some(rq)) => serve(shared, rq),
+                    Ok(Some(rq)) => {
+                        empty = 0;
+                        refuse(rq);
+                    }
                     _ => {
-                        // That may have eaten another worker's wake-up
-                        // marker: put one back.
                         shared.http.unblock();
-                        break;
+                        empty += 1;
                     }
                 }
             }
@@ -364,6 +426,20 @@ fn work(shared: &Shared) {
             Err(_) => {}
         }
     }
+}
+
+/// Answers a request that arrived too late: the server is stopping.
+fn refuse(rq: Request) {
+    let reply = ApiError {
+        retry_after_s: Some(1),
+        ..ApiError::new(
+            503,
+            "unavailable",
+            "the server is shutting down; retry (on another instance)",
+        )
+    }
+    .into_reply();
+    send(rq, reply, BodyState::Unread);
 }
 
 /// Answers one request; a panic anywhere in its handling becomes a 500 and

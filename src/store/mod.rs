@@ -296,14 +296,56 @@ const WAL_INDEX_VERSION: u32 = 3_007_000;
 /// gives, which reads the same header but only inside a read transaction
 /// (two `fcntl` locks and an `fstat`: ~2 µs here, as long as a whole point
 /// SELECT).
+///
+/// The descriptor is never closed (see [`shm_file`]): SQLite's locks are
+/// POSIX advisory locks, which belong to the process, and closing any
+/// descriptor of the `-shm` file would drop every one of them — the write
+/// lock a connection of this process holds included.
 struct Watch {
-    shm: File,
+    shm: &'static File,
+}
+
+/// This process's read-only descriptors of `-shm` files, by device and
+/// inode: each opened once and never closed.
+///
+/// `close()` of any descriptor of a file releases every POSIX advisory lock
+/// the process holds on it, whichever descriptor took them ("How To Corrupt
+/// An SQLite Database File", §2.2). SQLite's own descriptors are safe (it
+/// tracks its files by inode and defers closes while a connection of the
+/// process holds a lock), but one opened beside SQLite is not: closing it
+/// while another connection of this process — another store, or any
+/// `rusqlite` connection — holds SQLite's write lock lets a second process
+/// write at the same time, and one of the two commits is lost. No store
+/// can know that no connection of its process is open, so the descriptor
+/// is leaked on purpose: one per `-shm` inode the process ever watches (a
+/// server watches one; the inode changes only when every connection of
+/// every process has closed the database and SQLite deleted the file).
+fn shm_file(path: &Path) -> Option<&'static File> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    static FILES: OnceLock<Mutex<HashMap<(u64, u64), &'static File>>> = OnceLock::new();
+    let key = |m: std::fs::Metadata| (m.dev(), m.ino());
+    let mut files = FILES.get_or_init(Mutex::default).lock();
+    // `stat` first: no descriptor is opened on a file already watched.
+    let known = std::fs::metadata(path).ok().map(key);
+    if let Some(file) = known.and_then(|k| files.get(&k)) {
+        return Some(file);
+    }
+    let file: &'static File = Box::leak(Box::new(File::open(path).ok()?));
+    // Keyed by what was opened (the path may have been replaced since the
+    // `stat`). Should it already be known, this second descriptor stays
+    // open all the same.
+    if let Ok(k) = file.metadata().map(key) {
+        files.entry(k).or_insert(file);
+    }
+    Some(file)
 }
 
 impl Watch {
     /// Opens the wal-index of the database `conn` has open, if it is in WAL
-    /// mode and the header reads as SQLite writes it; `None` otherwise
-    /// (callers then simply never get a stamp).
+    /// mode; `None` otherwise (callers then simply never get a stamp). A
+    /// header that does not read well now (a commit writing it, or not set
+    /// up as SQLite sets it up) only means no stamp until it does.
     fn open(conn: &Connection) -> Option<Watch> {
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -316,10 +358,8 @@ impl Watch {
             .ok()?;
         // The name SQLite itself derives the -shm name from.
         let db = conn.path().filter(|p| !p.is_empty())?;
-        let shm = File::open(format!("{db}-shm")).ok()?;
-        let watch = Watch { shm };
-        watch.read()?;
-        Some(watch)
+        let shm = shm_file(Path::new(&format!("{db}-shm")))?;
+        Some(Watch { shm })
     }
 
     fn read(&self) -> Option<Stamp> {

@@ -20,7 +20,18 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Creates the file with mode 0600 if it does not exist, so no other user
 /// can ever read it; SQLite gives its -wal and -shm files the same mode.
+///
+/// The descriptor this opens is closed at once, and closing a descriptor
+/// drops every SQLite lock the process holds on that file (POSIX advisory
+/// locks belong to the process). So it only ever opens a file it creates
+/// itself (`O_EXCL`: an existing database, which a connection of this
+/// process may have open and locked, is never opened here), and creating
+/// files takes turns within the process, so another store of this process
+/// cannot open the new file between its creation and that close (stores
+/// open their connection only after this returns).
 pub fn create_private(path: &Path) -> Result<()> {
+    static CREATING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+    let _turn = CREATING.lock();
     if path.exists() {
         return Ok(());
     }
@@ -33,14 +44,23 @@ pub fn create_private(path: &Path) -> Result<()> {
             )));
         }
     }
-    OpenOptions::new()
+    match OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .map(drop)
-        .map_err(|e| Error::Io(format!("cannot create database {}: {e}", path.display())))
+    {
+        Ok(file) => {
+            drop(file);
+            Ok(())
+        }
+        // Created meanwhile by another process: nothing was opened.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Io(format!(
+            "cannot create database {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 /// Warns when others can read the database file (its tokens) or replace
