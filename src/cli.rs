@@ -279,6 +279,11 @@ pub struct ServeArgs {
     /// Worker threads of the background refresher.
     #[arg(long, default_value_t = 4)]
     pub refresher_threads: usize,
+    /// Also answer requests sent to this Host name when no API key is set
+    /// (repeatable; loopback names are always answered) [env:
+    /// TOKENWARDEN_ALLOW_HOST, comma-separated, adds to these].
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }
 
 /// `--json`.

@@ -15,6 +15,7 @@
 //! never a header, query value or body.
 
 pub mod auth;
+mod origin;
 pub mod quota;
 pub mod response;
 mod routes;
@@ -33,6 +34,7 @@ use crate::sweep;
 use crate::warden::Warden;
 
 pub use auth::ApiKeys;
+pub use origin::ALLOW_HOST_ENV;
 pub use response::{ApiError, Reply, MAX_BODY};
 pub use routes::MAX_WAIT_S;
 pub use server::{Server, ServerOptions, DEFAULT_WAIT};
@@ -66,6 +68,7 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         threads: args.threads,
         keys,
         wait,
+        allow_hosts: origin::allowed_hosts(&args.allow_host),
     };
     let server = Server::start(warden.clone(), &args.listen, options)?;
     let background = match args.no_refresher {

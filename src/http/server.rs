@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::warden::Warden;
 
 use super::auth::{ApiKeys, API_KEY_ENV};
+use super::origin::HostPolicy;
 use super::response::{ApiError, Reply, MAX_BODY};
 use super::routes::{self, App, BodyState, Handled};
 
@@ -46,6 +47,9 @@ pub struct ServerOptions {
     pub keys: ApiKeys,
     /// Default wait on a refresh in flight (`?wait=` overrides it).
     pub wait: Duration,
+    /// Names answered as `Host` besides loopback ones when no API key is
+    /// set (`--allow-host`, `TOKENWARDEN_ALLOW_HOST`).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +58,7 @@ impl Default for ServerOptions {
             threads: 8,
             keys: ApiKeys::default(),
             wait: DEFAULT_WAIT,
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -164,6 +169,7 @@ impl Server {
         let shared = Arc::new(Shared {
             http,
             app: App {
+                hosts: HostPolicy::new(!options.keys.is_empty(), &options.allow_hosts, false),
                 warden,
                 keys: options.keys,
                 wait: options.wait,

@@ -388,7 +388,7 @@ pub fn form_decode(body: &str) -> Vec<(String, String)> {
 
 /// The host of a URL authority (`host[:port]`, `[v6][:port]`), if well formed.
 /// User info is refused by the caller before this is reached.
-fn url_host(authority: &str) -> Option<&str> {
+pub(crate) fn url_host(authority: &str) -> Option<&str> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => {
             let end = rest.find(']')?;
@@ -417,7 +417,7 @@ fn url_host(authority: &str) -> Option<&str> {
 }
 
 /// `localhost`, an address in 127.0.0.0/8, or `[::1]`.
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
     }
@@ -1740,7 +1740,7 @@ mod tests {
             format!(r#"{{"access_token":"{FRAG}"#),
             format!(r#"{{"refresh_token":"{FRAG}","access_tok"#),
             format!("<html>{FRAG}</html>"),
-            format!("{FRAG}"),
+            FRAG.to_string(),
             format!(r#"["{FRAG}"]"#),
             format!(r#""{FRAG}""#),
             format!(r#"{{"error":"{FRAG}","access_token":"{FRAG}"}}"#),
