@@ -20,6 +20,7 @@ pub mod quota;
 pub mod response;
 mod routes;
 pub mod server;
+pub mod tls;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use origin::ALLOW_HOST_ENV;
 pub use response::{ApiError, Reply, MAX_BODY};
 pub use routes::MAX_WAIT_S;
 pub use server::{Server, ServerOptions, DEFAULT_WAIT};
+pub use tls::TlsFiles;
 
 /// How long shutdown waits for requests and refreshes in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -69,6 +71,7 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         keys,
         wait,
         allow_hosts: origin::allowed_hosts(&args.allow_host),
+        tls: args.tls_files(),
     };
     let server = Server::start(warden.clone(), &args.listen, options)?;
     let background = match args.no_refresher {
