@@ -280,6 +280,42 @@ pub struct ServeArgs {
     /// Worker threads of the background refresher.
     #[arg(long, default_value_t = 4)]
     pub refresher_threads: usize,
+    /// Also answer requests sent to this Host name when no API key is set
+    /// (repeatable; loopback names are always answered) [env:
+    /// TOKENWARDEN_ALLOW_HOST, comma-separated, adds to these].
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Serve HTTPS: PEM certificate chain, the server's certificate first
+    /// (needs --tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TOKENWARDEN_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (keep it 0600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TOKENWARDEN_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// `--tls-cert` and `--tls-key`, when both are given (clap requires
+    /// one with the other).
+    pub fn tls_files(&self) -> Option<crate::http::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::http::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `--json`.

@@ -372,3 +372,29 @@ fn unavailable_exits_5_with_a_retry_hint() {
     assert_eq!(s["failures"], 1);
     assert_eq!(s["last_error"]["code"], "http_429");
 }
+
+#[test]
+fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    // A cron job's mail or a captured log: stderr is a pipe. TERM says the
+    // (absent) terminal could do colours; that must not matter.
+    let env = Env::new();
+    assert_eq!(code(&env.run(&["init"])), 0);
+    std::fs::set_permissions(&env.db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env
+        .cmd()
+        .args(["list"])
+        .env("TERM", "xterm-256color")
+        .env("TOKENWARDEN_LOG", "trace")
+        .output()
+        .expect("run tokenwarden");
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("readable by others"),
+        "a warning was logged: {err}"
+    );
+    assert!(
+        !err.contains("\x1b["),
+        "escape codes in captured stderr: {err:?}"
+    );
+}

@@ -1064,3 +1064,140 @@ fn fuzzed_requests_never_break_the_server() {
         "a 5xx was counted: {metrics}"
     );
 }
+
+/// DNS rebinding (DESIGN.md §7): a keyless `serve` on loopback answered a
+/// page that reached it as `rebind.attacker.example` with the credential
+/// list and a token. Now a foreign Host is 403 `forbidden_host` unless
+/// `--allow-host` / `TOKENWARDEN_ALLOW_HOST` names it, and a foreign
+/// `Origin` is 403 `forbidden_origin` with or without a key.
+#[test]
+fn a_dns_rebinding_page_reads_nothing() {
+    let env = Env::new();
+    let g = env.login("rb", 3000);
+    let addr = loopback(free_port());
+    let mut cmd = serve_cmd(&env, addr, &["--no-refresher", "--allow-host", "tw.lan"]);
+    cmd.env("TOKENWARDEN_ALLOW_HOST", "box.example, other.example");
+    let served = Served::spawn(cmd, addr);
+    let port = addr.port();
+    let send = |path: &str, headers: &[String]| {
+        let mut head = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        raw(addr, head.as_bytes(), Duration::from_secs(20)).expect("an answer")
+    };
+    let host = |h: &str| format!("Host: {h}");
+    let origin = |o: &str| format!("Origin: {o}");
+    let paths = [
+        "/v1/credentials",
+        "/v1/credentials/rb",
+        "/v1/credentials/rb/token",
+        "/metrics",
+        "/nowhere",
+    ];
+    for path in paths {
+        for h in [
+            "rebind.attacker.example".to_owned(),
+            format!("rebind.attacker.example:{port}"),
+            format!("127.0.0.1.attacker.example:{port}"),
+            format!("localhost.attacker.example:{port}"),
+        ] {
+            let a = send(path, &[host(&h)]);
+            assert_eq!(
+                (a.status, a.code().as_str()),
+                (403, "forbidden_host"),
+                "{path} Host {h}: {}",
+                a.body
+            );
+            assert!(!a.body.contains(&g.access_token) && !a.body.contains("\"rb\""));
+        }
+        // The server's own names, any port; names allowed by flag or env.
+        for h in [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            "LOCALHOST".to_owned(),
+            "tw.lan:443".to_owned(),
+            "box.example".to_owned(),
+            "other.example".to_owned(),
+        ] {
+            let a = send(path, &[host(&h)]);
+            assert!(
+                a.status != 403 && a.status != 400,
+                "{path} Host {h}: {} {}",
+                a.status,
+                a.body
+            );
+        }
+        // A foreign Origin, even with a good Host.
+        for o in [
+            "http://rebind.attacker.example".to_owned(),
+            format!("http://evil.example:{port}"),
+            format!("https://127.0.0.1:{port}"),
+            "null".to_owned(),
+        ] {
+            let a = send(path, &[host(&format!("127.0.0.1:{port}")), origin(&o)]);
+            assert_eq!(
+                (a.status, a.code().as_str()),
+                (403, "forbidden_origin"),
+                "{path} Origin {o}: {}",
+                a.body
+            );
+        }
+        // The server's own origin is fine (its own page, if it had one).
+        let own = format!("http://127.0.0.1:{port}");
+        let a = send(path, &[host(&format!("127.0.0.1:{port}")), origin(&own)]);
+        assert_ne!(a.status, 403, "{path}: {}", a.body);
+    }
+    // The token route works for a local client, and health checks for all.
+    let a = send(
+        "/v1/credentials/rb/token",
+        &[host(&format!("localhost:{port}"))],
+    );
+    assert_eq!(token_of(&a.expect(200)), g.access_token);
+    let a = send("/healthz", &[host("rebind.attacker.example")]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    // HTTP/1.1 without Host is malformed; HTTP/1.0 may omit it.
+    let a = raw(
+        addr,
+        b"GET /v1/credentials HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    )
+    .expect("an answer");
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = raw(
+        addr,
+        b"GET /v1/credentials HTTP/1.0\r\n\r\n",
+        Duration::from_secs(20),
+    )
+    .expect("an answer");
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (status, stderr) = served.terminate();
+    assert_eq!(status, Some(0), "{stderr}");
+}
+
+/// With an API key a page cannot authenticate, so any Host is answered
+/// (the server may be reached by a DNS name); a foreign Origin is still
+/// refused, before the key is even looked at.
+#[test]
+fn with_a_key_any_host_but_never_a_foreign_origin() {
+    let env = Env::new();
+    env.login("k", 3000);
+    let srv = InProcess::start(&env, &[KEY], 2);
+    let req = |extra: &[&str]| {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        raw(
+            srv.addr(),
+            &raw_request("GET", "/v1/credentials/k", Some(KEY), &extra, b""),
+            Duration::from_secs(20),
+        )
+        .expect("an answer")
+    };
+    // raw_request sends `Host: test`.
+    req(&[]).expect(200);
+    let a = req(&["Origin: http://test"]);
+    assert_eq!(a.status, 200, "the server's own origin: {}", a.body);
+    let a = req(&["Origin: https://evil.example"]);
+    assert_eq!((a.status, a.code().as_str()), (403, "forbidden_origin"));
+}

@@ -229,14 +229,12 @@ fn the_document_is_consistent() {
         if pattern.contains("{id}") {
             assert!(statuses.contains_key(&404), "{what} lacks 404");
         }
-        let admin_only = op["security"] == json!([{"bearerAuth": ["admin"]}]);
-        let has_force = op["parameters"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "force"));
+        // 403: a refused Host or Origin anywhere but /healthz, and a
+        // read-only key where an admin key is needed.
         assert_eq!(
             statuses.contains_key(&403),
-            admin_only || has_force,
-            "{what}: 403 exactly where an admin key is needed"
+            pattern != "/healthz",
+            "{what}: 403 everywhere but /healthz"
         );
         for (status, r) in &statuses {
             if *status == 503 {
@@ -256,7 +254,7 @@ fn the_document_is_consistent() {
         .as_object()
         .expect("x-unrouted");
     let statuses: Vec<&str> = unrouted.keys().map(String::as_str).collect();
-    assert_eq!(statuses, ["400", "401", "404", "405", "413"]);
+    assert_eq!(statuses, ["400", "401", "403", "404", "405", "413"]);
     let allow = spec.resolve(&unrouted["405"]);
     assert_eq!(allow["headers"]["Allow"]["required"], true);
 }
@@ -363,6 +361,23 @@ fn every_answer_matches_the_document() {
             for who in [Anon, Wrong] {
                 let a = h.send(who, &method, &target, None).expect(401);
                 assert_eq!(a.code(), "unauthorized");
+            }
+        }
+        // A page of another origin, whatever the key (checked first).
+        if pattern != "/healthz" {
+            for who in [Admin, Anon] {
+                let a = h.raw(
+                    who,
+                    &method,
+                    &target,
+                    &["Origin: https://evil.example"],
+                    b"",
+                );
+                assert_eq!(
+                    (a.status, a.code().as_str()),
+                    (403, "forbidden_origin"),
+                    "{method} {target}"
+                );
             }
         }
         let a = h.send(Admin, &method, &format!("{target}?bogus=1"), None);
@@ -772,6 +787,16 @@ fn every_answer_matches_the_document() {
     .expect(413);
     h.raw(Admin, "GET", "/v1/credentials/../metrics", &[], b"")
         .expect(400);
+    let a = h
+        .raw(
+            Anon,
+            "GET",
+            "/no/such/path",
+            &["Origin: http://evil.example"],
+            b"",
+        )
+        .expect(403);
+    assert_eq!(a.code(), "forbidden_origin");
 
     // Delete: admin only; events outlive the credential.
     h.send(Read, "DELETE", "/v1/credentials/alice", None)
@@ -795,7 +820,7 @@ fn every_answer_matches_the_document() {
             }
         }
     }
-    for status in [400, 401, 404, 405, 413] {
+    for status in [400, 401, 403, 404, 405, 413] {
         if !seen.contains(&("x-unrouted".into(), "*".into(), status)) {
             missing.push(format!("x-unrouted {status}"));
         }
@@ -812,4 +837,45 @@ fn every_answer_matches_the_document() {
         "contract: {} (route, method, status) combinations seen",
         seen.len()
     );
+}
+
+/// Without an API key, a `Host` that is not a loopback name is refused
+/// (the DNS-rebinding defence), and so is an HTTP/1.1 request without
+/// one; those answers fit the document too.
+#[test]
+fn host_refusals_match_the_document() {
+    let spec = Spec::load();
+    let env = Env::new();
+    env.login("h", 3000);
+    let srv = InProcess::start(&env, &[], 2);
+    for (pattern, method) in spec.operations() {
+        let target = fill(&pattern, "h");
+        let extra = ["Host: rebind.attacker.example".to_owned()];
+        let head = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
+        let mut cases = vec![(format!("{head}{}\r\n\r\n", extra[0]), 403, "forbidden_host")];
+        cases.push((format!("{head}\r\n"), 400, "bad_request"));
+        for (request, status, code) in cases {
+            let a = raw(srv.addr(), request.as_bytes(), Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("no answer to {method} {target}"));
+            if pattern == "/healthz" {
+                assert_eq!(a.status, 200, "{}", a.body);
+                continue;
+            }
+            assert_eq!(
+                (a.status, a.code().as_str()),
+                (status, code),
+                "{method} {target}"
+            );
+            let seen = Seen {
+                method: &method,
+                target: &target,
+                status: a.status,
+                headers: &a.headers,
+                body: &a.body,
+            };
+            if let Err(e) = spec.check(&seen) {
+                panic!("{method} {target} → {}: {e}", a.status);
+            }
+        }
+    }
 }

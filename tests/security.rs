@@ -454,3 +454,81 @@ fn no_secret_in_any_log_at_trace_level() {
         assert!(!answer.contains(&handle), "the handle in an answer");
     }
 }
+
+/// A 2xx answer carries new secrets: when it cannot be used (truncated,
+/// not JSON, an `error` field, no access token), none of it may be quoted —
+/// not in `last_error`, `show`, events, the HTTP 503 body, nor in the CLI's
+/// stderr at trace level.
+#[test]
+fn a_2xx_body_that_fails_is_echoed_nowhere() {
+    use common::fake_oauth::Fault;
+    use common::http::InProcess;
+    // Short and letter-only after the prefix: no "looks like a token" rule
+    // would catch it, only the rule that 2xx bodies are never quoted.
+    const FRAG: &str = "at_TrUnCaTeDfRaG";
+    let bodies = [
+        format!(r#"{{"access_token":"{FRAG}"#),
+        format!(r#"{{"token_type":"Bearer","refresh_token":"{FRAG}","access_tok"#),
+        format!("<html><body>{FRAG}</body></html>"),
+        format!(r#"{{"error":{{"message":"{FRAG}"}},"access_token":"{FRAG}"}}"#),
+        format!(r#"{{"error":"{FRAG}"}}"#),
+        format!(r#"{{"refresh_token":"{FRAG}","expires_in":3600}}"#),
+    ];
+    let env = Env::new();
+    let server = InProcess::start(&env, &[], 2);
+    let mut seen = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        // Through the CLI, at trace level.
+        let id = format!("cli{i}");
+        env.login(&id, -10);
+        env.fake.push_fault(Fault::status(200, body.clone()));
+        let out = env
+            .cmd()
+            .env("TOKENWARDEN_LOG", "trace")
+            .args(["token", &id])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 5, "{body}: {}", text(&out.stderr));
+        seen.push(("CLI stderr", body, text(&out.stderr)));
+        seen.push(("CLI stdout", body, text(&out.stdout)));
+        for args in [&["show", &id, "--json"][..], &["events", &id, "--json"]] {
+            let out = env.run(args);
+            assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
+            seen.push(("CLI show/events", body, text(&out.stdout)));
+        }
+        let row = env.warden().get(&id).unwrap();
+        let last = row.last_error.expect("a failure is recorded");
+        assert!(!last.code.is_empty());
+        seen.push((
+            "last_error",
+            body,
+            format!("{} {}", last.code, last.message),
+        ));
+
+        // Through the HTTP API.
+        let id = format!("http{i}");
+        env.login(&id, -10);
+        env.fake.push_fault(Fault::status(200, body.clone()));
+        let a = server.client.get(&format!("/v1/credentials/{id}/token"));
+        assert_eq!(a.status, 503, "{body}: {}", a.body);
+        seen.push(("HTTP 503", body, a.body));
+        let a = server
+            .client
+            .get(&format!("/v1/credentials/{id}"))
+            .expect(200);
+        seen.push(("HTTP summary", body, a.body));
+        let a = server
+            .client
+            .get(&format!("/v1/credentials/{id}/events"))
+            .expect(200);
+        seen.push(("HTTP events", body, a.body));
+        let a = server.client.get(&format!("/v1/credentials/{id}/token"));
+        seen.push(("HTTP 503 in backoff", body, a.body));
+    }
+    for (where_, body, out) in &seen {
+        assert!(
+            !out.to_lowercase().contains(&FRAG.to_lowercase()),
+            "{where_} quotes a 2xx body ({body}): {out}"
+        );
+    }
+}

@@ -15,10 +15,12 @@
 //! never a header, query value or body.
 
 pub mod auth;
+mod origin;
 pub mod quota;
 pub mod response;
 mod routes;
 pub mod server;
+pub mod tls;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -33,9 +35,11 @@ use crate::sweep;
 use crate::warden::Warden;
 
 pub use auth::ApiKeys;
+pub use origin::ALLOW_HOST_ENV;
 pub use response::{ApiError, Reply, MAX_BODY};
 pub use routes::MAX_WAIT_S;
 pub use server::{Server, ServerOptions, DEFAULT_WAIT};
+pub use tls::TlsFiles;
 
 /// How long shutdown waits for requests in flight that hold no refresh
 /// lease (`TOKENWARDEN_SHUTDOWN_GRACE` overrides it). Refreshes in flight
@@ -82,6 +86,8 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         threads: args.threads,
         keys,
         wait,
+        allow_hosts: origin::allowed_hosts(&args.allow_host),
+        tls: args.tls_files(),
     };
     let server = Server::start(warden.clone(), &args.listen, options)?;
     let background = match args.no_refresher {

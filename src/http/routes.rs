@@ -19,6 +19,7 @@ use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
 use crate::warden::{Grant, Warden};
 
 use super::auth::{ApiKeys, Scope};
+use super::origin::{self, HostPolicy};
 use super::quota::{quota_get, quota_post};
 use super::response::{ApiError, Reply, MAX_BODY};
 
@@ -30,6 +31,8 @@ pub(crate) struct App {
     pub warden: std::sync::Arc<Warden>,
     pub keys: ApiKeys,
     pub wait: Duration,
+    /// Which `Host` and `Origin` headers are answered.
+    pub hosts: HostPolicy,
 }
 
 /// The outcome of one request, ready to count, log and send.
@@ -218,7 +221,25 @@ fn answer(
     // A standard method is a plain enum value: cloning it copies nothing.
     let method = rq.method().clone();
     let method = method.as_str();
-    // Auth comes first, on every path: a caller without a key learns
+    // A page of another site, or one that reached us by DNS rebinding, is
+    // refused before anything else (origin.rs); health checks are exempt.
+    if path != "/healthz" {
+        let all = |name: &'static str| -> Vec<&str> {
+            rq.headers()
+                .iter()
+                .filter(|h| h.field.equiv(name))
+                .map(|h| h.value.as_str())
+                .collect()
+        };
+        let (hosts, origins) = (all("Host"), all("Origin"));
+        let version = rq.http_version();
+        app.hosts.check(&origin::Seen {
+            http_1_0: (version.0, version.1) <= (1, 0),
+            hosts: &hosts,
+            origins: &origins,
+        })?;
+    }
+    // Auth comes next, on every path: a caller without a key learns
     // nothing, not even which paths exist. The facade authenticates by the
     // handle in its body instead.
     let public =

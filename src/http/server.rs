@@ -25,8 +25,10 @@ use crate::error::{Error, Result};
 use crate::warden::Warden;
 
 use super::auth::{ApiKeys, API_KEY_ENV};
+use super::origin::HostPolicy;
 use super::response::{ApiError, Reply, MAX_BODY};
 use super::routes::{self, App, BodyState, Handled};
+use super::tls::{self, TlsFiles, TlsFront};
 
 /// How long a caller waits on someone else's refresh unless `?wait=` says
 /// otherwise (DESIGN.md §7).
@@ -63,6 +65,12 @@ pub struct ServerOptions {
     pub keys: ApiKeys,
     /// Default wait on a refresh in flight (`?wait=` overrides it).
     pub wait: Duration,
+    /// Names answered as `Host` besides loopback ones when no API key is
+    /// set (`--allow-host`, `TOKENWARDEN_ALLOW_HOST`).
+    pub allow_hosts: Vec<String>,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`,
+    /// `--tls-key`) instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerOptions {
@@ -71,6 +79,8 @@ impl Default for ServerOptions {
             threads: 8,
             keys: ApiKeys::default(),
             wait: DEFAULT_WAIT,
+            allow_hosts: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -96,6 +106,9 @@ struct Shared {
     /// A second handle on the listening socket, shut down on stop so that
     /// new connections are refused (tiny_http keeps the first).
     listener: Mutex<Option<TcpListener>>,
+    /// The TLS listener in front of `http`, if serving HTTPS (dropped
+    /// last: it stops accepting and removes the internal socket).
+    _tls: Option<TlsFront>,
 }
 
 /// A running HTTP API. Dropping it shuts it down (briefly waiting for
@@ -165,6 +178,7 @@ impl Server {
                  --api-key-file FILE, or listen on 127.0.0.1"
             )));
         }
+        let tls_config = options.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
         let listener = no_delay(listener);
@@ -172,17 +186,41 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
+        let cannot = |e| Error::Io(format!("cannot listen on {listen}: {e}"));
+        let (http, front) = match tls_config {
+            None => (
+                tiny_http::Server::from_listener(listener, None).map_err(cannot)?,
+                None,
+            ),
+            Some(config) => {
+                let (internal, path, dir) = tls::internal_listener()?;
+                let http = tiny_http::Server::from_listener(internal, None).map_err(cannot)?;
+                (http, Some(TlsFront::start(listener, config, path, dir)?))
+            }
+        };
+        let scheme = if front.is_some() { "https" } else { "http" };
         if options.keys.is_empty() {
             log::warn!(
-                "no API key configured: serving http://{addr} without authentication \
+                "no API key configured: serving {scheme}://{addr} without authentication \
                  (loopback only); set {API_KEY_ENV} or --api-key-file to require one"
+            );
+        }
+        if front.is_none() && !loopback {
+            log::warn!(
+                "serving plain http:// on {addr}, which is not a loopback address: API keys, \
+                 facade handles and access tokens cross the network in clear text. Pass \
+                 --tls-cert FILE --tls-key FILE, or put a TLS-terminating reverse proxy in \
+                 front and listen on 127.0.0.1"
             );
         }
         let shared = Arc::new(Shared {
             http,
             app: App {
+                hosts: HostPolicy::new(
+                    !options.keys.is_empty(),
+                    &options.allow_hosts,
+                    front.is_some(),
+                ),
                 warden,
                 keys: options.keys,
                 wait: options.wait,
@@ -190,6 +228,7 @@ impl Server {
             handler,
             stopping: AtomicBool::new(false),
             listener: Mutex::new(second),
+            _tls: front,
         });
         let (control, inbox) = crossbeam_channel::unbounded();
         let mut workers = Vec::with_capacity(options.threads);
@@ -213,7 +252,7 @@ impl Server {
                 Error::Io(format!("cannot start the HTTP supervisor thread: {e}"))
             })?;
         log::info!(
-            "serving the HTTP API on http://{addr} with {} worker(s)",
+            "serving the HTTP API on {scheme}://{addr} with {} worker(s)",
             options.threads
         );
         Ok(Server {

@@ -388,7 +388,7 @@ pub fn form_decode(body: &str) -> Vec<(String, String)> {
 
 /// The host of a URL authority (`host[:port]`, `[v6][:port]`), if well formed.
 /// User info is refused by the caller before this is reached.
-fn url_host(authority: &str) -> Option<&str> {
+pub(crate) fn url_host(authority: &str) -> Option<&str> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => {
             let end = rest.find(']')?;
@@ -417,7 +417,7 @@ fn url_host(authority: &str) -> Option<&str> {
 }
 
 /// `localhost`, an address in 127.0.0.0/8, or `[::1]`.
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
     }
@@ -664,16 +664,25 @@ pub const MAX_RETRY_AFTER_MS: i64 = 86_400_000;
 /// | status | body | outcome |
 /// |---|---|---|
 /// | 2xx | not a JSON object | transient `bad_json` |
-/// | 2xx | an error code (any shape), with `error` or without `access_token` | as a 400 with that code |
-/// | 2xx | `error` without a code | transient `upstream_error` |
+/// | 2xx | a known code (permanent or transient list), with `error` or without `access_token` | as a 400 with that code |
+/// | 2xx | `error` with no code or an unknown one | transient `upstream_error` |
 /// | 2xx | no usable `access_token` | transient `no_access_token` |
 /// | 400 | permanent code | permanent, that code |
 /// | 400 | other code | transient, that code |
 /// | 400 | no code / not JSON | transient `http_400` / `bad_json` |
 /// | 401 | known transient code | transient, that code |
 /// | 401 | any other code | permanent, that code |
-/// | 401 | no code, or not JSON | permanent `unauthorized` |
+/// | 401 | JSON with no code, or an empty body | permanent `unauthorized` |
+/// | 401 | a non-empty body that is not JSON | transient `bad_json` |
 /// | 408, 429, 5xx, other | anything | transient `http_<status>` |
+///
+/// The 401 rule (DESIGN.md §6, §7): a JSON 401 is the token endpoint
+/// itself refusing the grant, so it is final even without a code (as the
+/// Codex CLI treats it), and so is a bare 401 with nothing in its body. A
+/// 401 whose body is an HTML (or any other non-JSON) page comes from a
+/// gateway, proxy or captive portal in front of it, which says nothing
+/// about the refresh token: killing the credential over it would force a
+/// human to log in again for a network problem, so it backs off instead.
 ///
 /// The code is read from `error.code`, then `error` (a string), then a
 /// top-level `code`; `error.type` counts only when it is a known transient
@@ -682,10 +691,15 @@ pub const MAX_RETRY_AFTER_MS: i64 = 86_400_000;
 /// lower-cased. A `Retry-After` header, when present and readable, is
 /// attached to every failure.
 ///
-/// The message quotes `error_description` / `error.message` / `message`
-/// (200 characters at most), or a short non-JSON body (printable ASCII,
-/// 100 characters), after replacing `old_refresh` and anything that looks
-/// like a token with `***`.
+/// Nothing of a 2xx body reaches the failure (it may carry new tokens, even
+/// when truncated or malformed): no excerpt, no upstream message, and a
+/// code only when it is one of ours ([`PERMANENT_CODES`],
+/// [`TRANSIENT_CODES`]). For other statuses the message quotes
+/// `error_description` / `error.message` / `message` (200 characters at
+/// most), or a short non-JSON body (printable ASCII, 100 characters), after
+/// [`scrub`] has replaced `old_refresh`, the values of `access_token`,
+/// `refresh_token` and `id_token`, and anything that looks like a token
+/// with `***`.
 pub fn parse_refresh(
     kind: ProviderKind,
     resp: &HttpResponse,
@@ -804,9 +818,19 @@ fn upstream_error(map: &Map<String, Value>, secrets: &[&str]) -> (Option<String>
 fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failure {
     use Permanence::{Permanent, Transient};
     let secrets = [old_refresh.expose()];
+    let success = (200..300).contains(&status);
     let (code, message) = match body {
         Body::Object(map) => upstream_error(map, &secrets),
         _ => (None, None),
+    };
+    // A 2xx body may hold new tokens: only a code we know, which is our own
+    // constant rather than upstream's text, comes out of it.
+    let (code, message) = match success {
+        true => (
+            code.filter(|c| is_permanent_code(c) || is_transient_code(c)),
+            None,
+        ),
+        false => (code, message),
     };
     let is_object = matches!(body, Body::Object(_));
     let by_400 = |c: &String| {
@@ -817,6 +841,7 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
         };
         (p, c.clone())
     };
+    let blank = raw.iter().all(u8::is_ascii_whitespace);
     let (permanence, our_code) = match status {
         200..=299 if !is_object => (Transient, "bad_json".to_owned()),
         200..=299 => match (&code, body) {
@@ -832,6 +857,8 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
         401 => match &code {
             Some(c) if is_transient_code(c) => (Transient, c.clone()),
             Some(c) => (Permanent, c.clone()),
+            // A gateway's or proxy's page, not the token endpoint's answer.
+            None if matches!(body, Body::NotJson) && !blank => (Transient, "bad_json".into()),
             None => (Permanent, "unauthorized".into()),
         },
         _ => (Transient, format!("http_{status}")),
@@ -839,7 +866,12 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
 
     let mut text = format!("token endpoint answered HTTP {status}");
     match body {
-        Body::NotJson if raw.len() <= MAX_EXCERPT_BODY && !raw.is_empty() => {
+        Body::NotJson if blank => text.push_str(" with an empty body"),
+        Body::NotJson if success => text.push_str(&format!(
+            " with a {}-byte body that is not JSON (not quoted: a 2xx body may hold new tokens)",
+            raw.len()
+        )),
+        Body::NotJson if raw.len() <= MAX_EXCERPT_BODY => {
             let excerpt = clean(
                 &scrub(&String::from_utf8_lossy(raw), &secrets),
                 MAX_EXCERPT_CHARS,
@@ -847,7 +879,6 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
             );
             text.push_str(&format!(" with a body that is not JSON: {excerpt:?}"));
         }
-        Body::NotJson if raw.is_empty() => text.push_str(" with an empty body"),
         Body::NotJson => {
             text.push_str(&format!(" with a {}-byte body that is not JSON", raw.len()))
         }
@@ -855,6 +886,9 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
         Body::Object(_) if our_code == "no_access_token" => {
             text.push_str(" without an access_token")
         }
+        Body::Object(_) if success && code.is_none() => text.push_str(
+            " with an error and no known code (not quoted: a 2xx body may hold new tokens)",
+        ),
         Body::Object(_) => {}
     }
     if let Some(c) = &code {
@@ -874,20 +908,77 @@ fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failu
 }
 
 /// Whether a run of token characters looks like a credential: long, with
-/// both letters and digits (JWTs, opaque tokens, keys).
+/// both letters and digits (JWTs, opaque tokens, keys); anything that
+/// starts like a JWT (`eyJ`, base64 of `{"`), even cut short; or a long
+/// run of the base64url alphabet alone.
 fn looks_like_token(run: &str) -> bool {
-    run.len() >= 24
+    let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    (run.len() >= 24
         && run.bytes().any(|b| b.is_ascii_digit())
-        && run.bytes().any(|b| b.is_ascii_alphabetic())
+        && run.bytes().any(|b| b.is_ascii_alphabetic()))
+        || (run.len() >= 8
+            && run
+                .split(['.', '/', '=', '+', '~'])
+                .any(|p| p.starts_with("eyJ")))
+        || (run.len() >= 32 && run.bytes().all(b64url))
 }
 
-/// Replaces every known secret (at least 4 characters long) and every
-/// token-looking run of `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
+/// The names whose values are always secret, wherever they appear.
+const TOKEN_FIELDS: [&str; 3] = ["access_token", "refresh_token", "id_token"];
+
+/// Replaces the value after each `access_token`, `refresh_token` or
+/// `id_token` (as a JSON member, `"name": "value"`, or a form or header
+/// pair, `name=value`) with `***`, whatever it looks like: the value may be
+/// short or cut off.
+fn redact_token_fields(text: &str) -> String {
+    // ASCII lower-casing keeps every byte offset.
+    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
+    let skip = |mut j: usize, set: &[u8]| {
+        while j < bytes.len() && set.contains(&bytes[j]) {
+            j += 1;
+        }
+        j
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some((at, len)) = TOKEN_FIELDS
+        .iter()
+        .filter_map(|f| lower[i..].find(f).map(|at| (i + at, f.len())))
+        .min()
+    {
+        let name_end = at + len;
+        let j = skip(name_end, b"\"'\\ \t");
+        if j >= bytes.len() || !matches!(bytes[j], b':' | b'=') {
+            out.push_str(&text[i..name_end]);
+            i = name_end;
+            continue;
+        }
+        let start = skip(j + 1, b" \t\"'\\");
+        let mut end = start;
+        // Every delimiter is ASCII, so `end` stays on a char boundary.
+        while end < bytes.len() && !b"\"'\\,;&}]) \t\r\n<>".contains(&bytes[end]) {
+            end += 1;
+        }
+        out.push_str(&text[i..start]);
+        if end > start {
+            out.push_str("***");
+        }
+        i = end;
+    }
+    out.push_str(&text[i..]);
+    out
+}
+
+/// Replaces every known secret (at least 4 characters long), the values of
+/// `access_token`, `refresh_token` and `id_token`, and every token-looking
+/// run of `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut s = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         s = s.replace(secret, "***");
     }
+    let s = redact_token_fields(&s);
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
     let mut out = String::with_capacity(s.len());
     let mut run_start = None;
@@ -1456,7 +1547,14 @@ mod tests {
             (401, no_code, None, P, "unauthorized", None),
             (401, "{}", None, P, "unauthorized", None),
             (401, "", None, P, "unauthorized", None),
-            (401, garbage, None, P, "unauthorized", None),
+            (401, " \r\n", None, P, "unauthorized", None),
+            (401, "null", None, P, "unauthorized", None),
+            (401, "[]", None, P, "unauthorized", None),
+            // ... but a page that is not JSON comes from a gateway or proxy
+            // in front of the token endpoint: transient.
+            (401, garbage, None, T, "bad_json", None),
+            (401, "Unauthorized", None, T, "bad_json", None),
+            (401, r#"{"error":"invalid_gr"#, None, T, "bad_json", None),
             (401, invalid_request, None, P, "invalid_request", None),
             (
                 401,
@@ -1519,6 +1617,15 @@ mod tests {
             ),
             (200, garbage, None, T, "bad_json", None),
             (201, "null", None, T, "bad_json", None),
+            // A 2xx names a known code, or none of its text counts.
+            (
+                200,
+                r#"{"error":"weird_new_code"}"#,
+                None,
+                T,
+                "upstream_error",
+                None,
+            ),
             // Status-driven transients, whatever the body says.
             (408, "", None, T, "http_408", None),
             (429, rate, Some("120"), T, "http_429", Some(120_000)),
@@ -1588,7 +1695,7 @@ mod tests {
         );
 
         // Short garbage that echoes the token: scrubbed, ASCII only, cut.
-        let body = format!("oops {OLD_REFRESH}\u{1}\u{e9}{}", "x".repeat(150));
+        let body = format!("oops {OLD_REFRESH}\u{1}\u{e9}{}", "x ".repeat(75));
         let f = failure(K, 400, &body, None);
         assert!(f.message.contains("oops *** ?"), "{}", f.message);
         assert!(f.message.ends_with("...\""), "{}", f.message);
@@ -1621,6 +1728,120 @@ mod tests {
             !f.code.contains(OLD_REFRESH) && !f.message.contains(OLD_REFRESH),
             "{f:?}"
         );
+    }
+
+    /// A 2xx body may carry new tokens, so no part of it reaches a failure:
+    /// not truncated JSON, not HTML, not an `error` field's text, not an
+    /// unknown code.
+    #[test]
+    fn a_2xx_body_is_never_quoted() {
+        const FRAG: &str = "at_FRAG7q"; // short: no "looks like a token" rule catches it
+        let bodies = [
+            format!(r#"{{"access_token":"{FRAG}"#),
+            format!(r#"{{"refresh_token":"{FRAG}","access_tok"#),
+            format!("<html>{FRAG}</html>"),
+            FRAG.to_string(),
+            format!(r#"["{FRAG}"]"#),
+            format!(r#""{FRAG}""#),
+            format!(r#"{{"error":"{FRAG}","access_token":"{FRAG}"}}"#),
+            format!(r#"{{"error":{{"message":"{FRAG}"}},"access_token":"{FRAG}"}}"#),
+            format!(r#"{{"error_description":"{FRAG}","refresh_token":"{FRAG}"}}"#),
+            format!(r#"{{"error":"invalid_grant","error_description":"{FRAG}"}}"#),
+            format!(r#"{{"message":"{FRAG}","id_token":"{FRAG}"}}"#),
+            format!(r#"{{"code":"{FRAG}"}}"#),
+            format!(r#"{{"access_token":"","refresh_token":"{FRAG}"}}"#),
+        ];
+        for status in [200, 201, 204, 299] {
+            for body in &bodies {
+                let f = failure(K, status, body, None);
+                assert!(
+                    !f.message.to_lowercase().contains(&FRAG.to_lowercase())
+                        && !f.code.contains(&FRAG.to_lowercase()),
+                    "{status} {body}: {f:?}"
+                );
+            }
+        }
+        // A known code still classifies (it is our constant, not their text).
+        let f = failure(
+            K,
+            200,
+            &format!(r#"{{"error":"invalid_grant","error_description":"{FRAG}"}}"#),
+            None,
+        );
+        assert_eq!(
+            (f.permanence, f.code.as_str()),
+            (Permanence::Permanent, "invalid_grant")
+        );
+        assert!(
+            f.message.contains("HTTP 200") && f.message.contains("invalid_grant"),
+            "{}",
+            f.message
+        );
+    }
+
+    /// Bodies of other statuses are quoted, with token values redacted.
+    #[test]
+    fn excerpts_redact_token_values() {
+        let jwtish = jwt(r#"{"sub":"1"}"#);
+        let cases = [
+            (
+                502,
+                r#"{"access_token":"short1","refresh_token":"x"#.to_owned(),
+            ),
+            (
+                502,
+                "access_token=abc&refresh_token=def&id_token=ghi".to_owned(),
+            ),
+            (502, format!("<p>{}</p>", &jwtish[..12])),
+            (
+                502,
+                format!("<p>{}</p>", "Abc-def_GhiJklMnoPqrStuVwxYzAbcDef"),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_request","error_description":"bad access_token: short1"}"#
+                    .to_owned(),
+            ),
+            (
+                401,
+                r#"{"error":"invalid_grant","error_description":"id_token='zz9' refused"}"#
+                    .to_owned(),
+            ),
+        ];
+        for (status, body) in cases {
+            let f = failure(K, status, &body, None);
+            for leak in ["short1", "=abc", "=def", "=ghi", "eyJ", "GhiJkl", "zz9"] {
+                assert!(!f.message.contains(leak), "{body}: {}", f.message);
+            }
+            assert!(f.message.contains("***"), "{body}: {}", f.message);
+        }
+    }
+
+    #[test]
+    fn token_fields_are_redacted() {
+        let table = [
+            (
+                r#"{"access_token":"abc","x":1}"#,
+                r#"{"access_token":"***","x":1}"#,
+            ),
+            (
+                r#"{"Refresh_Token" : "abc"}"#,
+                r#"{"Refresh_Token" : "***"}"#,
+            ),
+            ("a=1&id_token=abc&b=2", "a=1&id_token=***&b=2"),
+            (r#"{"access_token":"cut off"#, r#"{"access_token":"*** off"#),
+            ("access_token", "access_token"),
+            ("access_token=", "access_token="),
+            ("the access_token is wrong", "the access_token is wrong"),
+            (
+                "access_tokenrefresh_token=zz",
+                "access_tokenrefresh_token=***",
+            ),
+            ("é access_token: ü", "é access_token: ***"),
+        ];
+        for (text, want) in table {
+            assert_eq!(redact_token_fields(text), want, "{text}");
+        }
     }
 
     #[test]

@@ -320,6 +320,29 @@ mod tests {
         assert_eq!(f.retry_after_ms, Some(30_000));
     }
 
+    /// Usage failures name a status or a shape, never a piece of the body.
+    #[test]
+    fn failures_quote_nothing() {
+        const FRAG: &str = "at_FrAgMeNt";
+        for status in [200, 400, 403, 500, 502] {
+            for body in [
+                format!(r#"{{"access_token":"{FRAG}"#),
+                format!("<html>{FRAG}</html>"),
+                format!(r#"{{"error":{{"message":"{FRAG}","code":"{FRAG}"}}}}"#),
+                format!(r#"{{"detail":"{FRAG}"}}"#),
+            ] {
+                if let UsageOutcome::Failed(f) =
+                    parse_usage(ProviderKind::Codex, &resp(status, &body), NOW)
+                {
+                    assert!(
+                        !f.message.contains(FRAG) && !f.code.contains(FRAG),
+                        "{status} {body}: {f:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn requests() {
         let e = Endpoints::default();
