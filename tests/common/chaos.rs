@@ -284,6 +284,8 @@ struct Records {
     /// CLI imports that were refused or killed and must have written
     /// nothing: (pid, credential).
     refused_pids: Vec<(u32, usize)>,
+    /// CLI imports of a new login (they may write `re-imported`).
+    relogin_pids: HashSet<u32>,
     /// Refresh tokens seen in each credential's row, oldest first. Any but
     /// the one it holds now was rotated away or replaced: spent.
     held: HashMap<usize, (Vec<String>, HashSet<String>)>,
@@ -1162,6 +1164,9 @@ fn relogin(sh: &Shared, admin: &Warden, cred: usize) {
     let Some((end, pid)) = import_replace(sh, Via::Cli, cred, &record) else {
         return;
     };
+    if let Some(pid) = pid {
+        sh.records.lock().unwrap().relogin_pids.insert(pid);
+    }
     // Whether it landed, from the row: only this import can bring a token
     // of the new family, and nothing else imports until `_turn` ends.
     let Ok(row) = admin.get(id) else { return };
@@ -1862,7 +1867,7 @@ pub fn run(plan: &Plan) -> Report {
         timing_done.store(true, Ordering::SeqCst);
         checks.fake_log();
         checks.serve_terms();
-        checks.refused_imports();
+        checks.imports();
         checks.rejections();
         (workload, checks.take())
     });
@@ -2498,18 +2503,25 @@ impl<'a, 'b> Checks<'a, 'b> {
     }
 
     /// Invariant 9: a refused (or killed) stale or foreign import wrote
-    /// nothing — no event names its process.
-    fn refused_imports(&mut self) {
-        let pids: Vec<(u32, usize)> = self.sh.records.lock().unwrap().refused_pids.clone();
-        let mut by_cred: HashMap<usize, HashSet<u32>> = HashMap::new();
-        for (pid, cred) in pids {
-            by_cred.entry(cred).or_default().insert(pid);
-        }
-        for (cred, pids) in by_cred {
-            let id = &self.sh.ids[cred];
+    /// nothing — no event names its process; and no import but a new login
+    /// (the resetter's, in this process, or an operator's re-login) ever
+    /// put another refresh token in a row: a replace with the current token
+    /// that lands must land as "same refresh token", or it carried a token
+    /// that was rotated away while it waited.
+    fn imports(&mut self) {
+        let (refused, relogins): (HashSet<u32>, HashSet<u32>) = {
+            let r = self.sh.records.lock().unwrap();
+            (
+                r.refused_pids.iter().map(|(pid, _)| *pid).collect(),
+                r.relogin_pids.clone(),
+            )
+        };
+        let me = std::process::id();
+        for id in &self.sh.ids {
             let events = self.admin.events(id, None).expect("events");
             for e in events {
-                if owner_of(&e.actor).is_some_and(|(pid, _)| pids.contains(&pid)) {
+                let pid = owner_of(&e.actor).map(|(pid, _)| pid);
+                if pid.is_some_and(|p| refused.contains(&p)) {
                     self.fail(format!(
                         "{id}: a stale or foreign import that must have been refused wrote an \
                          event: {} -> {} by {} ({})",
@@ -2517,6 +2529,14 @@ impl<'a, 'b> Checks<'a, 'b> {
                         e.to,
                         e.actor,
                         e.reason
+                    ));
+                }
+                let new_token = e.reason == "imported" || e.reason == "re-imported";
+                if new_token && !pid.is_some_and(|p| p == me || relogins.contains(&p)) {
+                    self.fail(format!(
+                        "{id}: {} put a new refresh token in the row (event {}: {}) but was no \
+                         new login: a spent or foreign refresh token was accepted",
+                        e.actor, e.seq, e.reason
                     ));
                 }
             }
