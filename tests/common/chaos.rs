@@ -1219,12 +1219,14 @@ fn record_revived_death(sh: &Shared, admin: &Warden, cred: usize, pid: u32) {
     if events[i].from.as_deref() != Some("dead") {
         return;
     }
+    // The refusal that killed it (a replace with the same token since then
+    // wrote dead -> dead).
     let reason = events[..i]
         .iter()
         .rev()
-        .find(|e| e.to == "dead")
-        .and_then(|e| e.reason.strip_prefix("refresh refused: "))
-        .unwrap_or_default()
+        .filter(|e| e.to == "dead")
+        .find_map(|e| e.reason.strip_prefix("refresh refused: "))
+        .unwrap_or("(no refusal among the last 200 events)")
         .to_owned();
     let account = sh.accounts.lock().unwrap()[cred].last().cloned().unwrap();
     sh.records.lock().unwrap().deaths.push(Death {
