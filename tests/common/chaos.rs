@@ -544,6 +544,8 @@ struct Shared<'a> {
     plan: &'a Plan,
     ids: Vec<String>,
     t0: Instant,
+    /// The wall clock at `t0` (ms).
+    t0_ms: i64,
     stop: AtomicBool,
     procs: Mutex<HashMap<u32, (Kind, Child)>>,
     records: Mutex<Records>,
@@ -585,6 +587,11 @@ impl Shared<'_> {
 
     fn now_us(&self) -> u64 {
         self.t0.elapsed().as_micros() as u64
+    }
+
+    /// A [`Shared::now_us`] time on the wall clock (ms).
+    fn wall_ms(&self, us: u64) -> i64 {
+        self.t0_ms + (us / 1000) as i64
     }
 
     fn stopped(&self) -> bool {
@@ -1826,6 +1833,7 @@ pub fn run(plan: &Plan) -> Report {
         plan,
         ids: ids.clone(),
         t0: Instant::now(),
+        t0_ms: tokenwarden::clock::now_ms(),
         stop: AtomicBool::new(false),
         procs: Mutex::new(HashMap::new()),
         records: Mutex::new(Records::default()),
@@ -2618,11 +2626,25 @@ impl<'a, 'b> Checks<'a, 'b> {
             *e = (*e).min(rej.done_us);
         }
         let mut bad = Vec::new();
+        let mut shown: HashSet<(usize, &str)> = HashSet::new();
         for s in &r.served {
             if let Some(&done) = settled.get(&(s.cred, s.token.as_str())) {
                 if s.start_us > done {
+                    // The first time for a token: what the row went through
+                    // from a second before the rejection to the call.
+                    let story = if shown.insert((s.cred, s.token.as_str())) {
+                        let from = self.sh.wall_ms(done) - 1000;
+                        let to = self.sh.wall_ms(s.start_us) + 200;
+                        format!(
+                            "; events of {} around it (ms after the rejection settled): {}",
+                            self.sh.ids[s.cred],
+                            self.story(s.cred, from, to, self.sh.wall_ms(done))
+                        )
+                    } else {
+                        String::new()
+                    };
                     bad.push(format!(
-                        "{}: a {} call started {} ms after the token was rejected got it again",
+                        "{}: a {} call started {} ms after the token was rejected got it again{story}",
                         self.sh.ids[s.cred],
                         s.source,
                         (s.start_us - done) / 1000
@@ -2634,5 +2656,32 @@ impl<'a, 'b> Checks<'a, 'b> {
         for b in bad {
             self.fail(b);
         }
+    }
+
+    /// Credential `cred`'s events between `from_ms` and `to_ms` (wall),
+    /// with their times relative to `zero_ms`, for a violation's message.
+    fn story(&self, cred: usize, from_ms: i64, to_ms: i64, zero_ms: i64) -> String {
+        let events = self
+            .admin
+            .events(&self.sh.ids[cred], None)
+            .unwrap_or_default();
+        let lines: Vec<String> = events
+            .iter()
+            .map(|e| (self.real_ms(e.at_ms, &e.actor), e))
+            .filter(|(at, _)| (from_ms..=to_ms).contains(at))
+            .map(|(at, e)| {
+                format!(
+                    "[#{} {:+} ms v{} {} -> {} by {}: {}]",
+                    e.seq,
+                    at - zero_ms,
+                    e.version,
+                    e.from.as_deref().unwrap_or("-"),
+                    e.to,
+                    e.actor,
+                    e.reason
+                )
+            })
+            .collect();
+        lines.join(" ")
     }
 }
