@@ -1623,6 +1623,9 @@ fn http_client(sh: &Shared, admin: &Warden, n: u64) {
                             Answer::Lost
                         }
                     },
+                    // A stopping server refuses requests it had not started
+                    // yet: a reject answered so was never recorded.
+                    503 if rejected.is_some() && body.contains("shutting down") => Answer::Lost,
                     503 => Answer::Unavailable,
                     410 => Answer::Dead,
                     other => {
