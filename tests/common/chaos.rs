@@ -1001,13 +1001,14 @@ fn spent_how(message: &str) -> &'static str {
 /// An operator re-imports credential `cred` with the refresh token it holds
 /// now (its current `auth.json`): a metadata-only replace that must never
 /// disturb a refresh in flight (checks 1–3b catch one that does). Refused
-/// because a refresh got there first, the operator exports and tries again,
-/// up to three times.
-fn replace_current(sh: &Shared, admin: &Warden, cred: usize, via: Via) {
-    for _ in 0..3 {
-        if !replace_current_once(sh, admin, cred, via) {
+/// because a refresh got there first, the operator exports again and
+/// retries a moment later, up to five times.
+fn replace_current(sh: &Shared, admin: &Warden, cred: usize, via: Via, rng: &mut Rng) {
+    for _ in 0..5 {
+        if sh.stopped() || !replace_current_once(sh, admin, cred, via) {
             break;
         }
+        thread::sleep(Duration::from_millis(rng.between((50, 300))));
     }
 }
 
@@ -1139,7 +1140,7 @@ fn stale_import(sh: &Shared, admin: &Warden, cred: usize, via: Via, rng: &mut Rn
         })
     };
     if old.is_empty() {
-        replace_current(sh, admin, cred, via);
+        replace_current(sh, admin, cred, via, rng);
         return;
     }
     // Mostly a recent backup, sometimes an old one.
@@ -1284,7 +1285,7 @@ fn operator_move(sh: &Shared, admin: &Warden, via: Via, rng: &mut Rng) {
     if roll < relogin_pct {
         relogin(sh, admin, cred);
     } else if roll < relogin_pct + (100 - relogin_pct) * 45 / 100 {
-        replace_current(sh, admin, cred, via);
+        replace_current(sh, admin, cred, via, rng);
     } else if roll < relogin_pct + (100 - relogin_pct) * 85 / 100 {
         stale_import(sh, admin, cred, via, rng);
     } else {
