@@ -100,7 +100,7 @@ impl Plan {
             kill_gap_ms: (100, 700),
             snipe_percent: 8,
             fault_gap_ms: (250, 1000),
-            operator_percent: 8,
+            operator_percent: 12,
             http_operator_percent: 3,
             relogin_percent: 10,
             clock_step_percent: 15,
