@@ -243,13 +243,37 @@ struct Death {
     reason: String,
 }
 
-/// Log lines saying an attempt ended ambiguously: (credential, pid, thread
-/// name if known).
-type Ambiguous = HashSet<(usize, u32, Option<String>)>;
+/// One child process, from its spawn to its end. Process ids come back
+/// around in a long run (pid_max is 32768 here, and a 20-minute run starts
+/// some 20,000 processes), so anything known about a process is looked up by
+/// its pid *and* a moment of its life ([`Records::life_at`]).
+#[derive(Clone, Debug)]
+struct Life {
+    pid: u32,
+    kind: Kind,
+    /// Test wall clock (ms) at its spawn, and when its end was seen
+    /// (`i64::MAX` while it runs).
+    start_ms: i64,
+    end_ms: i64,
+    /// How far its own wall clock runs off (ms; 0: not stepped).
+    offset_ms: i64,
+    /// Died of SIGKILL (or, a one-shot process, of SIGTERM).
+    killed: bool,
+    /// `serve` only: SIGTERMed once (then it drains, and is left alone).
+    termed: bool,
+    /// Credentials it logged an ambiguous attempt for.
+    ambiguous: HashSet<usize>,
+}
+
+/// Slack (ms) around a life's recorded start and end when matching an
+/// event's time to it.
+const LIFE_SLACK_MS: i64 = 200;
 
 /// A SIGTERM sent to `serve` while it held a live refresh lease.
 #[derive(Clone, Debug)]
 struct Term {
+    /// The server's life ([`Records::lives`]).
+    life: usize,
     /// Wall ms when it was sent.
     at_ms: i64,
     sent: Instant,
@@ -267,34 +291,70 @@ struct Records {
     rejected: Vec<Rejected>,
     recent: HashMap<usize, VecDeque<String>>,
     deaths: Vec<Death>,
-    /// Processes that died of SIGKILL (or, one-shot CLI processes, of
-    /// SIGTERM): pid → kind.
-    killed: HashMap<u32, Kind>,
-    /// One-shot CLI processes that died of SIGTERM (also in `killed`).
+    /// Every child process, in spawn order.
+    lives: Vec<Life>,
+    /// pid → its lives, oldest first.
+    by_pid: HashMap<u32, Vec<usize>>,
+    /// Processes killed so far (for the progress line).
+    kills: u64,
+    /// One-shot CLI processes that died of SIGTERM (also killed).
     termed: u64,
     spawned: HashMap<Kind, u64>,
     violations: Vec<String>,
-    ambiguous: Ambiguous,
     lib_ops: u64,
     http_ops: u64,
     unavailable: u64,
     dead_answers: u64,
-    /// CLI processes run with a stepped wall clock: pid → offset (ms).
-    stepped: HashMap<u32, i64>,
-    /// SIGTERMs to `serve`, by pid.
-    terms: HashMap<u32, Term>,
+    /// SIGTERMs to `serve`.
+    terms: Vec<Term>,
     /// Operator imports: (move, outcome) → count.
     ops: HashMap<(&'static str, String), u64>,
     /// CLI imports that were refused or killed and must have written
-    /// nothing: (pid, credential).
-    refused_pids: Vec<(u32, usize)>,
-    /// CLI imports of a new login (they may write `re-imported`).
-    relogin_pids: HashSet<u32>,
+    /// nothing (lives).
+    refused: HashSet<usize>,
+    /// CLI imports of a new login (lives; they may write `re-imported`).
+    relogins: HashSet<usize>,
     /// "Retry later" answers naming a wait over [`LONG_WAIT_S`].
     long_waits: u64,
     /// Refresh tokens seen in each credential's row, oldest first. Any but
     /// the one it holds now was rotated away or replaced: spent.
     held: HashMap<usize, (Vec<String>, HashSet<String>)>,
+}
+
+impl Records {
+    /// The life of `pid` that is still running.
+    fn running(&self, pid: u32) -> Option<usize> {
+        let lives = self.by_pid.get(&pid)?;
+        lives
+            .last()
+            .copied()
+            .filter(|&l| self.lives[l].end_ms == i64::MAX)
+    }
+
+    /// Whether the running `serve` `pid` got its SIGTERM (it is draining).
+    fn draining(&self, pid: u32) -> bool {
+        self.running(pid).is_some_and(|l| self.lives[l].termed)
+    }
+
+    /// The life of `pid` at `real_ms` (test wall clock).
+    fn life_at(&self, pid: u32, real_ms: i64) -> Option<usize> {
+        self.by_pid.get(&pid)?.iter().rev().copied().find(|&l| {
+            let life = &self.lives[l];
+            life.start_ms - LIFE_SLACK_MS <= real_ms
+                && real_ms <= life.end_ms.saturating_add(LIFE_SLACK_MS)
+        })
+    }
+
+    /// The life of `pid` that wrote an event stamped `at_ms` by its own
+    /// (maybe stepped) wall clock.
+    fn life_of_event(&self, pid: u32, at_ms: i64) -> Option<usize> {
+        self.by_pid.get(&pid)?.iter().rev().copied().find(|&l| {
+            let life = &self.lives[l];
+            let real = at_ms - life.offset_ms;
+            life.start_ms - LIFE_SLACK_MS <= real
+                && real <= life.end_ms.saturating_add(LIFE_SLACK_MS)
+        })
+    }
 }
 
 /// The figures of one run.
@@ -692,15 +752,12 @@ impl Shared<'_> {
             .or_default() += 1;
     }
 
-    fn evidence(&self, pid: u32, stderr: &str) {
+    /// Notes the credentials a child's log says ended ambiguously.
+    fn evidence(&self, life: usize, stderr: &str) {
         for line in stderr.lines().filter(|l| l.contains("ended ambiguously")) {
             for (i, id) in self.ids.iter().enumerate() {
                 if line.contains(&format!("{id}: attempt")) {
-                    self.records
-                        .lock()
-                        .unwrap()
-                        .ambiguous
-                        .insert((i, pid, None));
+                    self.records.lock().unwrap().lives[life].ambiguous.insert(i);
                 }
             }
         }
@@ -710,6 +767,8 @@ impl Shared<'_> {
 /// A child process's end.
 struct Ended {
     pid: u32,
+    /// Its life ([`Records::lives`]).
+    life: usize,
     kind: Kind,
     status: ExitStatus,
     stdout: String,
@@ -757,13 +816,23 @@ fn run_child(sh: &Shared, kind: Kind, mut cmd: Command, step: Option<i64>) -> Op
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
     let pid = child.id();
-    {
+    let life = {
         let mut r = sh.records.lock().unwrap();
         *r.spawned.entry(kind).or_default() += 1;
-        if let Some(ms) = step {
-            r.stepped.insert(pid, ms);
-        }
-    }
+        let life = r.lives.len();
+        r.lives.push(Life {
+            pid,
+            kind,
+            start_ms: tokenwarden::clock::now_ms(),
+            end_ms: i64::MAX,
+            offset_ms: step.unwrap_or(0),
+            killed: false,
+            termed: false,
+            ambiguous: HashSet::new(),
+        });
+        r.by_pid.entry(pid).or_default().push(life);
+        life
+    };
     sh.procs.lock().unwrap().insert(pid, (kind, child));
     let status = loop {
         {
@@ -787,22 +856,27 @@ fn run_child(sh: &Shared, kind: Kind, mut cmd: Command, step: Option<i64>) -> Op
     };
     let ended = Ended {
         pid,
+        life,
         kind,
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     };
-    if ended.killed() {
+    {
         let mut r = sh.records.lock().unwrap();
-        r.killed.insert(pid, kind);
-        if status.signal() == Some(15) {
-            r.termed += 1;
+        r.lives[life].end_ms = tokenwarden::clock::now_ms();
+        if ended.killed() {
+            r.lives[life].killed = true;
+            r.kills += 1;
+            if status.signal() == Some(15) {
+                r.termed += 1;
+            }
         }
     }
     if ended.stderr.contains("panicked") || ended.stderr.contains("RUST_BACKTRACE") {
         sh.violation(format!("{kind:?} pid {pid} panicked: {}", ended.stderr));
     }
-    sh.evidence(pid, &ended.stderr);
+    sh.evidence(life, &ended.stderr);
     Some(ended)
 }
 
@@ -907,14 +981,14 @@ enum Imported {
 }
 
 /// Sends `record` as an import of credential `cred` with `--replace`; the
-/// CLI process's pid comes back too. An answer no import may give is a
+/// CLI process's life ([`Records::lives`]) comes back too. An answer no import may give is a
 /// violation (then `None`).
 fn import_replace(
     sh: &Shared,
     via: Via,
     cred: usize,
     record: &Value,
-) -> Option<(Imported, Option<u32>)> {
+) -> Option<(Imported, Option<usize>)> {
     let id = &sh.ids[cred];
     match via {
         Via::Cli => {
@@ -926,9 +1000,9 @@ fn import_replace(
             let end = run_child(sh, Kind::Import, cmd, None);
             let _ = std::fs::remove_file(&path);
             let end = end?;
-            let pid = Some(end.pid);
+            let life = Some(end.life);
             if end.killed() {
-                return Some((Imported::Lost, pid));
+                return Some((Imported::Lost, life));
             }
             let err = end.stderr.trim().to_owned();
             let answer = match end.status.code() {
@@ -950,7 +1024,7 @@ fn import_replace(
                     return None;
                 }
             };
-            Some((answer, pid))
+            Some((answer, life))
         }
         Via::Http(agent, addr) => {
             let result = agent
@@ -1077,13 +1151,13 @@ fn expect_refusal(
     what: &'static str,
     via: Via,
     cred: usize,
-    (end, pid): (Imported, Option<u32>),
+    (end, life): (Imported, Option<usize>),
     holder: Option<&str>,
 ) {
     let id = &sh.ids[cred];
     let via = via.name();
-    if let Some(pid) = pid {
-        sh.records.lock().unwrap().refused_pids.push((pid, cred));
+    if let Some(life) = life {
+        sh.records.lock().unwrap().refused.insert(life);
     }
     match end {
         Imported::Landed => sh.violation(format!(
@@ -1196,11 +1270,11 @@ fn relogin(sh: &Shared, admin: &Warden, cred: usize) {
     let account = format!("{id}.relogin{n}");
     let grant = sh.env.fake.new_family(&account);
     let record = grant.import_json(id, "codex", &sh.env.fake.token_url());
-    let Some((end, pid)) = import_replace(sh, Via::Cli, cred, &record) else {
+    let Some((end, life)) = import_replace(sh, Via::Cli, cred, &record) else {
         return;
     };
-    if let Some(pid) = pid {
-        sh.records.lock().unwrap().relogin_pids.insert(pid);
+    if let Some(life) = life {
+        sh.records.lock().unwrap().relogins.insert(life);
     }
     // Whether it landed, from the row: only this import can bring a token
     // of the new family, and nothing else imports until `_turn` ends.
@@ -1209,7 +1283,8 @@ fn relogin(sh: &Shared, admin: &Warden, cred: usize) {
     let landed = issued.iter().any(|t| t == row.refresh_token.expose());
     match (landed, end) {
         (true, end @ (Imported::Landed | Imported::Lost)) => {
-            if let Some(pid) = pid {
+            if let Some(life) = life {
+                let pid = sh.records.lock().unwrap().lives[life].pid;
                 record_revived_death(sh, admin, cred, pid);
             }
             sh.accounts.lock().unwrap()[cred].push(account);
@@ -1480,7 +1555,7 @@ fn serve_supervisor(sh: &Shared, admin: &Warden) {
         *sh.serve_addr.lock().unwrap() = Some(addr);
         if let Some(end) = run_child(sh, Kind::Serve, cmd, None) {
             *sh.serve_addr.lock().unwrap() = None;
-            let termed = sh.records.lock().unwrap().terms.contains_key(&end.pid);
+            let termed = sh.records.lock().unwrap().lives[end.life].termed;
             if termed {
                 serve_stopped(sh, admin, &end);
             } else if !end.killed() {
@@ -1503,7 +1578,11 @@ fn serve_stopped(sh: &Shared, admin: &Warden, end: &Ended) {
     let exited_ms = tokenwarden::clock::now_ms();
     {
         let mut r = sh.records.lock().unwrap();
-        let t = r.terms.get_mut(&pid).expect("signalled");
+        let t = r
+            .terms
+            .iter_mut()
+            .find(|t| t.life == end.life)
+            .expect("signalled");
         if end.killed() {
             t.killed = true;
             return;
@@ -1564,7 +1643,7 @@ fn terminator(sh: &Shared, admin: &Warden) {
                 .find(|(_, (kind, _))| *kind == Kind::Serve)
                 .map(|(pid, _)| *pid);
             let Some(pid) = serve else { continue };
-            if sh.records.lock().unwrap().terms.contains_key(&pid) {
+            if sh.records.lock().unwrap().draining(pid) {
                 continue;
             }
             let now = tokenwarden::clock::lease_now();
@@ -1584,16 +1663,18 @@ fn terminator(sh: &Shared, admin: &Warden) {
             }
             let procs = sh.procs.lock().unwrap();
             if procs.contains_key(&pid) && signal(pid, "-TERM") {
-                sh.records.lock().unwrap().terms.insert(
-                    pid,
-                    Term {
+                let mut r = sh.records.lock().unwrap();
+                if let Some(life) = r.running(pid) {
+                    r.lives[life].termed = true;
+                    r.terms.push(Term {
+                        life,
                         at_ms: tokenwarden::clock::now_ms(),
                         sent: Instant::now(),
                         held,
                         exited: None,
                         killed: false,
-                    },
-                );
+                    });
+                }
             }
             break;
         }
@@ -1693,9 +1774,7 @@ fn killer(sh: &Shared) {
         let (kind, child) = procs.get_mut(&pid).unwrap();
         // The server lives longer than a CLI call: kill it less often; and
         // never while it drains after a SIGTERM (that is checked).
-        if *kind == Kind::Serve
-            && (!rng.chance(10) || sh.records.lock().unwrap().terms.contains_key(&pid))
-        {
+        if *kind == Kind::Serve && (!rng.chance(10) || sh.records.lock().unwrap().draining(pid)) {
             continue;
         }
         // A one-shot CLI has no SIGTERM handler: SIGTERM is a kill too.
@@ -1751,7 +1830,7 @@ fn sniper(sh: &Shared, admin: &Warden) {
             let Some((pid, _)) = owner_of(&lease.owner) else {
                 continue;
             };
-            if sh.records.lock().unwrap().terms.contains_key(&pid) {
+            if sh.records.lock().unwrap().draining(pid) {
                 continue; // draining after a SIGTERM: that is checked
             }
             if let Some((_, child)) = sh.procs.lock().unwrap().get_mut(&pid) {
@@ -1985,7 +2064,7 @@ fn workload(sh: &Shared, admin: &Warden, wardens: &[Warden; 2], started: Instant
                             "chaos: {:>4} s: {} refreshes, {} killed, {} served, {} deaths, {} violations",
                             started.elapsed().as_secs(),
                             st.successful_refreshes,
-                            r.killed.len(),
+                            r.kills,
                             r.served.len(),
                             r.deaths.len(),
                             r.violations.len()
@@ -2029,8 +2108,8 @@ fn report(sh: &Shared, mut checks: Found, workload: Duration) -> Report {
         v
     };
     let mut killed: HashMap<Kind, u64> = HashMap::new();
-    for kind in r.killed.values() {
-        *killed.entry(*kind).or_default() += 1;
+    for life in r.lives.iter().filter(|l| l.killed) {
+        *killed.entry(life.kind).or_default() += 1;
     }
     let mut faults: Vec<(String, u64)> = sh
         .faults
@@ -2056,8 +2135,8 @@ fn report(sh: &Shared, mut checks: Found, workload: Duration) -> Report {
         } && (outcome.contains("refused: spent") || outcome.contains("held by another id")))
         .map(|(_, n)| n)
         .sum();
-    let ahead = r.stepped.values().filter(|&&ms| ms > 0).count() as u64;
-    let behind = r.stepped.len() as u64 - ahead;
+    let ahead = r.lives.iter().filter(|l| l.offset_ms > 0).count() as u64;
+    let behind = r.lives.iter().filter(|l| l.offset_ms < 0).count() as u64;
     let figures = Figures {
         seed: plan.seed,
         workload,
@@ -2125,8 +2204,6 @@ struct Checks<'a, 'b> {
     takeovers: u64,
     /// Rotations (request seq) already classified as lost.
     lost: HashMap<usize, &'static str>,
-    /// Wall-clock offset (ms) of each clock-stepped process.
-    offsets: HashMap<u32, i64>,
     /// `(credential, epoch)` → how many rotations that login had committed
     /// when an import replaced it: the refresh token it then held.
     replaced_at: HashMap<(usize, usize), usize>,
@@ -2149,7 +2226,6 @@ impl<'a, 'b> Checks<'a, 'b> {
             fault_lost: 0,
             takeovers: 0,
             lost: HashMap::new(),
-            offsets: sh.records.lock().unwrap().stepped.clone(),
             replaced_at: HashMap::new(),
             serve_terms: ServeTerms::default(),
             stuck_by_step: 0,
@@ -2159,9 +2235,10 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// An event's time on the test's wall clock: a clock-stepped process
     /// wrote its own, which is off by its step.
     fn real_ms(&self, at_ms: i64, actor: &str) -> i64 {
+        let r = self.sh.records.lock().unwrap();
         let offset = owner_of(actor)
-            .and_then(|(pid, _)| self.offsets.get(&pid).copied())
-            .unwrap_or(0);
+            .and_then(|(pid, _)| r.life_of_event(pid, at_ms))
+            .map_or(0, |l| r.lives[l].offset_ms);
         at_ms - offset
     }
 
@@ -2284,7 +2361,9 @@ impl<'a, 'b> Checks<'a, 'b> {
             .rev()
             .find(|e| e.reason.starts_with("refresh failed transiently"))?;
         let (pid, _) = owner_of(&e.actor)?;
-        (self.offsets.get(&pid).copied().unwrap_or(0) > 0).then(|| e.actor.clone())
+        let r = self.sh.records.lock().unwrap();
+        let life = r.life_of_event(pid, e.at_ms)?;
+        (r.lives[life].offset_ms > 0).then(|| e.actor.clone())
     }
 
     /// The leases of every credential, from its events.
@@ -2367,12 +2446,16 @@ impl<'a, 'b> Checks<'a, 'b> {
         self.leases = all;
     }
 
-    fn killed(&self, owner: &str) -> bool {
+    /// Whether `owner` (an actor string) was a process that was killed —
+    /// the one with that pid alive at `at_ms` (test wall clock).
+    fn killed(&self, owner: &str, at_ms: i64) -> bool {
+        let r = self.sh.records.lock().unwrap();
         owner_of(owner)
-            .is_some_and(|(pid, _)| self.sh.records.lock().unwrap().killed.contains_key(&pid))
+            .and_then(|(pid, _)| r.life_at(pid, at_ms))
+            .is_some_and(|l| r.lives[l].killed)
     }
 
-    fn ambiguous_evidence(&self, cred: usize, owner: &str) -> bool {
+    fn ambiguous_evidence(&self, cred: usize, owner: &str, at_ms: i64) -> bool {
         let Some((pid, thread)) = owner_of(owner) else {
             return false;
         };
@@ -2382,12 +2465,9 @@ impl<'a, 'b> Checks<'a, 'b> {
                 msg.starts_with(&format!("{id}: attempt")) && name.as_ref() == thread.as_ref()
             });
         }
-        self.sh
-            .records
-            .lock()
-            .unwrap()
-            .ambiguous
-            .contains(&(cred, pid, None))
+        let r = self.sh.records.lock().unwrap();
+        r.life_at(pid, at_ms)
+            .is_some_and(|l| r.lives[l].ambiguous.contains(&cred))
     }
 
     /// Invariants 1–3 and 6 from the fake's log and the events.
@@ -2405,7 +2485,7 @@ impl<'a, 'b> Checks<'a, 'b> {
         // replaces a row under a live lease (it waits, or refuses).
         for (cred, spans) in self.leases.clone().iter().enumerate() {
             for l in spans.iter().filter(|l| l.end == "takeover") {
-                if !self.killed(&l.owner) {
+                if !self.killed(&l.owner, l.start_ms) {
                     self.fail(format!(
                         "{}: the lease of {} (not killed) was taken over: a live owner let it \
                          run out",
@@ -2414,7 +2494,7 @@ impl<'a, 'b> Checks<'a, 'b> {
                 }
             }
             for l in spans.iter().filter(|l| l.end == "reimport") {
-                if !self.killed(&l.owner) {
+                if !self.killed(&l.owner, l.start_ms) {
                     self.fail(format!(
                         "{}: an import replaced the row while {} (not killed) held its lease \
                          (claimed at {} ms, replaced at {} ms)",
@@ -2509,11 +2589,13 @@ impl<'a, 'b> Checks<'a, 'b> {
                             .cloned()
                             .collect();
                         let crash = spans.iter().any(|l| {
-                            l.end != "success" && l.end != "commit" && self.killed(&l.owner)
+                            l.end != "success"
+                                && l.end != "commit"
+                                && self.killed(&l.owner, l.start_ms)
                         });
-                        let timeout = spans
-                            .iter()
-                            .any(|l| l.end == "commit" && self.ambiguous_evidence(cred, &l.owner));
+                        let timeout = spans.iter().any(|l| {
+                            l.end == "commit" && self.ambiguous_evidence(cred, &l.owner, l.start_ms)
+                        });
                         if crash {
                             self.crash_window_hits += 1;
                             self.lost.insert(r.seq, "crash window (owner killed)");
@@ -2602,19 +2684,20 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// that lands must land as "same refresh token", or it carried a token
     /// that was rotated away while it waited.
     fn imports(&mut self) {
-        let (refused, relogins): (HashSet<u32>, HashSet<u32>) = {
-            let r = self.sh.records.lock().unwrap();
-            (
-                r.refused_pids.iter().map(|(pid, _)| *pid).collect(),
-                r.relogin_pids.clone(),
-            )
-        };
         let me = std::process::id();
         for id in &self.sh.ids {
             let events = self.admin.events(id, None).expect("events");
             for e in events {
                 let pid = owner_of(&e.actor).map(|(pid, _)| pid);
-                if pid.is_some_and(|p| refused.contains(&p)) {
+                let (refused, relogin) = {
+                    let r = self.sh.records.lock().unwrap();
+                    let life = pid.and_then(|p| r.life_of_event(p, e.at_ms));
+                    (
+                        life.is_some_and(|l| r.refused.contains(&l)),
+                        life.is_some_and(|l| r.relogins.contains(&l)),
+                    )
+                };
+                if refused {
                     self.fail(format!(
                         "{id}: a stale or foreign import that must have been refused wrote an \
                          event: {} -> {} by {} ({})",
@@ -2625,7 +2708,7 @@ impl<'a, 'b> Checks<'a, 'b> {
                     ));
                 }
                 let new_token = e.reason == "imported" || e.reason == "re-imported";
-                if new_token && !pid.is_some_and(|p| p == me || relogins.contains(&p)) {
+                if new_token && pid != Some(me) && !relogin {
                     self.fail(format!(
                         "{id}: {} put a new refresh token in the row (event {}: {}) but was no \
                          new login: a spent or foreign refresh token was accepted",
@@ -2640,17 +2723,16 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// in a commit (a rotation, or a released failure) before it exited 0 —
     /// never taken over, replaced or left open.
     fn serve_terms(&mut self) {
-        let terms: Vec<(u32, Term)> = self
-            .sh
-            .records
-            .lock()
-            .unwrap()
-            .terms
-            .iter()
-            .map(|(p, t)| (*p, t.clone()))
-            .collect();
+        let terms: Vec<(Life, Term)> = {
+            let r = self.sh.records.lock().unwrap();
+            r.terms
+                .iter()
+                .map(|t| (r.lives[t.life].clone(), t.clone()))
+                .collect()
+        };
         let mut f = ServeTerms::default();
-        for (pid, t) in terms {
+        for (life, t) in terms {
+            let pid = life.pid;
             f.sent += 1;
             f.leases_held += t.held.len() as u64;
             let Some((exit_ms, took)) = t.exited else {
@@ -2658,7 +2740,10 @@ impl<'a, 'b> Checks<'a, 'b> {
             };
             f.clean_exits += 1;
             f.max_drain = f.max_drain.max(took);
-            let of_pid = |l: &&LeaseSpan| owner_of(&l.owner).is_some_and(|(p, _)| p == pid);
+            let of_pid = |l: &&LeaseSpan| {
+                owner_of(&l.owner).is_some_and(|(p, _)| p == pid)
+                    && l.start_ms >= life.start_ms - LIFE_SLACK_MS
+            };
             f.rotations_after_signal += self
                 .leases
                 .iter()
@@ -2670,7 +2755,11 @@ impl<'a, 'b> Checks<'a, 'b> {
                 let id = &self.sh.ids[*cred];
                 let span = self.leases[*cred]
                     .iter()
-                    .rfind(|l| l.owner == *owner && l.start_ms <= t.at_ms + 5)
+                    .rfind(|l| {
+                        l.owner == *owner
+                            && l.start_ms <= t.at_ms + 5
+                            && l.start_ms >= life.start_ms - LIFE_SLACK_MS
+                    })
                     .cloned();
                 let Some(l) = span else {
                     self.fail(format!(
@@ -2700,44 +2789,45 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// Invariant 4: a call started after a rejection was settled never
     /// gets the rejected token.
     fn rejections(&mut self) {
-        let r = self.sh.records.lock().unwrap();
-        let mut settled: HashMap<(usize, &str), u64> = HashMap::new();
-        for rej in &r.rejected {
-            let e = settled
-                .entry((rej.cred, rej.token.as_str()))
-                .or_insert(rej.done_us);
-            *e = (*e).min(rej.done_us);
-        }
-        let mut bad = Vec::new();
-        let mut shown: HashSet<(usize, &str)> = HashSet::new();
-        for s in &r.served {
-            if let Some(&done) = settled.get(&(s.cred, s.token.as_str())) {
-                if s.start_us > done {
-                    // The first time for a token: what the row went through
-                    // from a second before the rejection to the call.
-                    let story = if shown.insert((s.cred, s.token.as_str())) {
-                        let from = self.sh.wall_ms(done) - 1000;
-                        let to = self.sh.wall_ms(s.start_us) + 200;
-                        format!(
-                            "; events of {} around it (ms after the rejection settled): {}",
-                            self.sh.ids[s.cred],
-                            self.story(s.cred, from, to, self.sh.wall_ms(done))
-                        )
-                    } else {
-                        String::new()
-                    };
-                    bad.push(format!(
-                        "{}: a {} call started {} ms after the token was rejected got it again{story}",
-                        self.sh.ids[s.cred],
-                        s.source,
-                        (s.start_us - done) / 1000
-                    ));
+        // (credential, token, source, call start, rejection settled)
+        let mut bad: Vec<(usize, String, &'static str, u64, u64)> = Vec::new();
+        {
+            let r = self.sh.records.lock().unwrap();
+            let mut settled: HashMap<(usize, &str), u64> = HashMap::new();
+            for rej in &r.rejected {
+                let e = settled
+                    .entry((rej.cred, rej.token.as_str()))
+                    .or_insert(rej.done_us);
+                *e = (*e).min(rej.done_us);
+            }
+            for s in &r.served {
+                if let Some(&done) = settled.get(&(s.cred, s.token.as_str())) {
+                    if s.start_us > done {
+                        bad.push((s.cred, s.token.clone(), s.source, s.start_us, done));
+                    }
                 }
             }
         }
-        drop(r);
-        for b in bad {
-            self.fail(b);
+        let mut shown: HashSet<(usize, String)> = HashSet::new();
+        for (cred, token, source, start_us, done) in bad {
+            // The first time for a token: what the row went through from a
+            // second before the rejection to the call.
+            let story = if shown.insert((cred, token)) {
+                let from = self.sh.wall_ms(done) - 1000;
+                let to = self.sh.wall_ms(start_us) + 200;
+                format!(
+                    "; events of {} around it (ms after the rejection settled): {}",
+                    self.sh.ids[cred],
+                    self.story(cred, from, to, self.sh.wall_ms(done))
+                )
+            } else {
+                String::new()
+            };
+            self.fail(format!(
+                "{}: a {source} call started {} ms after the token was rejected got it again{story}",
+                self.sh.ids[cred],
+                (start_us - done) / 1000
+            ));
         }
     }
 
