@@ -397,7 +397,13 @@ fn config(cli: &Cli, role: &str) -> Result<Config> {
 }
 
 fn open(cli: &Cli, role: &str) -> Result<Warden> {
-    Warden::open(&cli.db, config(cli, role)?)
+    let warden = Warden::open(&cli.db, config(cli, role)?)?;
+    // `serve` has its own shutdown; one-shot commands finish their
+    // refreshes in flight on SIGTERM/SIGINT.
+    if role != "http" {
+        crate::exit::finish_refreshes_on_signal(&warden)?;
+    }
+    Ok(warden)
 }
 
 fn read_key(path: &Path) -> Result<Secret> {

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod exit;
 pub mod facade;
 pub mod http;
 pub mod import;

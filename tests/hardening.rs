@@ -325,3 +325,53 @@ fn a_short_retry_after_is_waited_out_within_the_call() {
     let next = summary["next_attempt_at"].as_i64().unwrap();
     assert!(next >= common::tw::now() + 28, "{summary}");
 }
+
+/// SIGTERM (or Ctrl-C's SIGINT) to a one-shot command that holds a refresh
+/// lease: it finishes committing the rotated tokens before exiting, so the
+/// rotation is not lost (before: it died at once, and the next refresh sent
+/// the spent token). A command waiting on nothing exits at once.
+#[test]
+fn sigterm_to_a_one_shot_command_mid_refresh_keeps_the_rotation() {
+    for (args, signal) in [
+        (&["token", "one"][..], "-TERM"),
+        (&["sweep"][..], "-INT"),
+    ] {
+        let env = Env::with(slow_lease());
+        env.login("one", 0);
+        env.fake.set_latency(Duration::from_millis(1500));
+        let child = env
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the refresh in flight", Duration::from_secs(5), || {
+            env.fake.stats().in_flight == 1
+        });
+        let kill = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.code().is_some(),
+            "{args:?} died by the signal mid-refresh: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+        let family = env.fake.family_state("one");
+        assert_eq!(family.rotations, 1, "{args:?}");
+        let row = env.warden().get("one").unwrap();
+        assert_eq!(
+            row.refresh_token.expose(),
+            family.current_refresh_token,
+            "{args:?}: the rotated refresh token was committed before exiting"
+        );
+        env.fake.set_latency(Duration::ZERO);
+        let out = env.run(&["refresh", "one"]);
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
+        assert_eq!(env.fake.stats().reuse_detected, 0, "{args:?}");
+    }
+}
