@@ -332,10 +332,7 @@ fn a_short_retry_after_is_waited_out_within_the_call() {
 /// the spent token). A command waiting on nothing exits at once.
 #[test]
 fn sigterm_to_a_one_shot_command_mid_refresh_keeps_the_rotation() {
-    for (args, signal) in [
-        (&["token", "one"][..], "-TERM"),
-        (&["sweep"][..], "-INT"),
-    ] {
+    for (args, signal) in [(&["token", "one"][..], "-TERM"), (&["sweep"][..], "-INT")] {
         let env = Env::with(slow_lease());
         env.login("one", 0);
         env.fake.set_latency(Duration::from_millis(1500));

@@ -321,7 +321,8 @@ fn dispatch(
             Ok(Reply::json(200, &summary.with_quota(quota.as_ref())))
         }
         Action::Delete => {
-            w.delete(id)?;
+            // Refused at once (409 `refresh_in_progress`) during a refresh.
+            w.delete_within(id, Duration::ZERO)?;
             Ok(Reply::empty(204))
         }
         Action::Token => {

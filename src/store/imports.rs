@@ -72,25 +72,6 @@ fn sealed(codec: &Codec, c: &NewCredential) -> Sealed {
     }
 }
 
-/// Whether an import carrying the refresh token already stored brings a
-/// newer access token: one the row does not have, that is not the stored
-/// one, and expires later (a re-imported older file never turns back an
-/// access token, nor brings back one that was rejected).
-fn newer_access_token(stored: &Credential, c: &NewCredential) -> bool {
-    let Some(new) = &c.access_token else {
-        return false;
-    };
-    match &stored.access_token {
-        None => true,
-        Some(current) if current == new => false,
-        Some(_) => match (c.expires_at_ms, stored.status.expires_at_ms) {
-            (Some(new), Some(old)) => new > old,
-            (Some(_), None) => true,
-            (None, _) => false,
-        },
-    }
-}
-
 impl Store {
     /// Stores a new credential. Refused: an id that exists
     /// ([`Error::Exists`]), a refresh token another id holds
@@ -213,13 +194,14 @@ impl Store {
         let s = sealed(codec, c);
         let (change_from, change_to, reason);
         if same {
-            let tokens = newer_access_token(&stored, c);
-            let unrejected = |st: State| match st {
-                State::Rejected if tokens => State::Valid,
-                st => st,
-            };
-            let state = unrejected(stored.status.state);
-            let resume = stored.status.resume.map(unrejected);
+            // The refresh token already stored: settings and claims only.
+            // Its tokens, state, failures, backoff and lease stay as they
+            // are — they are about that refresh token — and the file's
+            // access token is not taken: it may be one reported rejected
+            // (and rotated away) since the file was written, which must
+            // never be served again. `refresh ID` gets a new one.
+            let state = stored.status.state;
+            let resume = stored.status.resume;
             tx.execute(
                 "UPDATE credentials SET version = version + 1, provider = ?2, token_url = ?3, \
                  client_id = ?4, client_secret = ?5, scope = ?6, encoding = ?7, \
@@ -249,21 +231,6 @@ impl Store {
                 ],
             )
             .map_err(db_err)?;
-            if tokens {
-                tx.execute(
-                    "UPDATE credentials SET access_token = ?2, \
-                     id_token = COALESCE(?3, id_token), expires_at_ms = ?4, \
-                     last_refresh_ms = COALESCE(?5, last_refresh_ms) WHERE id = ?1",
-                    params![
-                        c.id,
-                        s.access_token,
-                        s.id_token,
-                        c.expires_at_ms,
-                        c.last_refresh_ms
-                    ],
-                )
-                .map_err(db_err)?;
-            }
             if stored_fp.is_none() {
                 // A row left without a fingerprint (see `fingerprint::prepare`)
                 // gets it if nobody else holds the token.
@@ -274,11 +241,7 @@ impl Store {
                 .map_err(db_err)?;
             }
             (change_from, change_to) = (stored.status.state, state);
-            reason = if tokens {
-                "re-imported, same refresh token (newer access token)"
-            } else {
-                "re-imported, same refresh token"
-            };
+            reason = "re-imported, same refresh token";
         } else {
             check_token(&tx, &c.id, &fp)?;
             if let Some(old) = &stored_fp {
@@ -493,15 +456,16 @@ mod tests {
             .unwrap()
             .is_none());
 
-        // The same refresh token: a newer access token is taken, an older
-        // one is not, and the state of a dead credential stays.
+        // The same refresh token: the file's access token is never taken
+        // (newer or older: it may be one reported rejected since), and the
+        // state of a dead credential stays.
         let newer = new("a", "rt-1", Some(("at-2", NOW + 20_000)));
         let row = store.replace(&newer, v, "t", NOW).unwrap().unwrap();
-        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        assert_eq!(row.access_token, Some(Secret::new("at-1")));
         assert_eq!(row.status.version, v + 1);
         let older = new("a", "rt-1", Some(("at-0", NOW + 5_000)));
         let row = store.replace(&older, v + 1, "t", NOW).unwrap().unwrap();
-        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        assert_eq!(row.access_token, Some(Secret::new("at-1")));
         store
             .conn()
             .unwrap()
@@ -539,7 +503,7 @@ mod tests {
             reasons,
             [
                 "imported",
-                "re-imported, same refresh token (newer access token)",
+                "re-imported, same refresh token",
                 "re-imported, same refresh token",
                 "re-imported, same refresh token",
                 "re-imported"
