@@ -130,6 +130,19 @@ pub fn parse_refresh(
                 return Outcome::Success(tokens);
             }
         }
+        // Not a usable answer — but if it carries a new refresh token,
+        // upstream has rotated, the old one is spent, and this is the only
+        // copy of the login: it is kept (with no usable access token, so
+        // the next caller refreshes with it) rather than thrown away.
+        if let Some(rotated) = new_refresh_token(map, old_refresh) {
+            return Outcome::Success(Tokens {
+                access_token: Secret::new(String::new()),
+                refresh_token: rotated,
+                id_token: None,
+                expires_at_ms: now_ms,
+                claims: Default::default(),
+            });
+        }
     }
     let mut failure = classify(resp.status, &body, &resp.body, old_refresh);
     failure.retry_after_ms = resp
@@ -146,8 +159,25 @@ enum Body {
     NotJson,
 }
 
+/// Whether a 2xx body says it failed: an `error` member that holds
+/// something (`null`, `""`, `{}` and `[]` say nothing).
 fn has_error(map: &Map<String, Value>) -> bool {
-    map.get("error").is_some_and(|e| !e.is_null())
+    map.get("error").is_some_and(|e| match e {
+        Value::Null => false,
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    })
+}
+
+/// A refresh token in a 2xx body that is not the one sent.
+fn new_refresh_token(map: &Map<String, Value>, old_refresh: &Secret) -> Option<Secret> {
+    map.get("refresh_token")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != old_refresh.expose())
+        .map(Secret::new)
 }
 
 fn read_tokens(
@@ -604,11 +634,9 @@ mod tests {
             format!(r#""{FRAG}""#),
             format!(r#"{{"error":"{FRAG}","access_token":"{FRAG}"}}"#),
             format!(r#"{{"error":{{"message":"{FRAG}"}},"access_token":"{FRAG}"}}"#),
-            format!(r#"{{"error_description":"{FRAG}","refresh_token":"{FRAG}"}}"#),
             format!(r#"{{"error":"invalid_grant","error_description":"{FRAG}"}}"#),
             format!(r#"{{"message":"{FRAG}","id_token":"{FRAG}"}}"#),
             format!(r#"{{"code":"{FRAG}"}}"#),
-            format!(r#"{{"access_token":"","refresh_token":"{FRAG}"}}"#),
         ];
         for status in [200, 201, 204, 299] {
             for body in &bodies {
@@ -620,6 +648,48 @@ mod tests {
                 );
             }
         }
+        // A 2xx that carries a new refresh token but no usable access token
+        // (or an `error` that says nothing): upstream has rotated, so the new
+        // refresh token is kept — with no usable access token.
+        for body in [
+            format!(r#"{{"error_description":"{FRAG}","refresh_token":"{FRAG}"}}"#),
+            format!(r#"{{"access_token":"","refresh_token":"{FRAG}"}}"#),
+            format!(r#"{{"error":"x","refresh_token":"{FRAG}"}}"#),
+        ] {
+            let resp = HttpResponse {
+                status: 200,
+                body: body.clone().into_bytes(),
+                retry_after: None,
+            };
+            match parse_refresh(K, &resp, &Secret::new("rt-old"), 1_000) {
+                Outcome::Success(t) => {
+                    assert_eq!(t.refresh_token.expose(), FRAG, "{body}");
+                    assert!(t.access_token.expose().is_empty(), "{body}");
+                    assert_eq!(t.expires_at_ms, 1_000, "{body}");
+                }
+                other => panic!("{body}: the rotated refresh token was dropped: {other:?}"),
+            }
+        }
+        // The same refresh token back with nothing usable is no rotation.
+        let resp = HttpResponse {
+            status: 200,
+            body: br#"{"access_token":"","refresh_token":"rt-old"}"#.to_vec(),
+            retry_after: None,
+        };
+        assert!(matches!(
+            parse_refresh(K, &resp, &Secret::new("rt-old"), 1_000),
+            Outcome::Failure(_)
+        ));
+        // An empty `error` beside complete tokens says nothing.
+        let resp = HttpResponse {
+            status: 200,
+            body: br#"{"access_token":"at-1","refresh_token":"rt-2","error":""}"#.to_vec(),
+            retry_after: None,
+        };
+        assert!(matches!(
+            parse_refresh(K, &resp, &Secret::new("rt-old"), 1_000),
+            Outcome::Success(t) if t.access_token.expose() == "at-1"
+        ));
         // A known code still classifies (it is our constant, not their text).
         let f = failure(
             K,
