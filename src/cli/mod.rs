@@ -26,6 +26,10 @@ use crate::view::{
 };
 use crate::warden::{Grant, Warden};
 
+mod serve;
+
+pub use serve::run_serve;
+
 /// Most bytes read from one import file or stdin.
 const MAX_IMPORT: u64 = 1 << 20;
 
@@ -676,7 +680,7 @@ fn execute(cli: Cli) -> Result<i32> {
         }
         Command::Serve(args) => {
             let warden = open(&cli, "http")?;
-            crate::http::run_serve(warden, args)?;
+            run_serve(warden, args)?;
         }
         Command::Export {
             id,
