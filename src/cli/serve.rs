@@ -15,7 +15,12 @@ use crate::http::{
 use crate::sweep;
 use crate::warden::Warden;
 
-use super::ServeArgs;
+use super::{open, Cli, ServeArgs};
+
+/// `serve`: opens the database as the `http` actor, then [`run_serve`].
+pub(super) fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    run_serve(open(cli, "http")?, args)
+}
 
 /// Runs `tokenwarden serve`: the HTTP API and, unless `--no-refresher`, the
 /// background refresher, until SIGTERM or SIGINT. Then it stops taking
