@@ -1,120 +1,13 @@
-//! The provider kinds and their settings' vocabulary (body encoding,
-//! client authentication, default endpoints), and the per-provider facts of
+//! The default endpoints and the per-provider facts of
 //! the refresh grant (`Dialect`) with the claims readers dialects share.
 //! Everything else is shared, so a provider file holds only its constants
 //! and its claims reader.
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 
 use super::{claude, codex, google, oauth2};
-use crate::credential::Claims;
+use crate::credential::{Claims, Encoding, ProviderKind};
 use crate::jwt;
-
-/// Which token endpoint dialect a credential speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderKind {
-    /// OpenAI's auth server, as the Codex CLI uses it.
-    Codex,
-    /// Anthropic's OAuth server, as Claude Code uses it.
-    Claude,
-    /// Google's OAuth 2.0 server.
-    Google,
-    /// Any RFC 6749 server, configured per credential.
-    OAuth2,
-}
-
-impl ProviderKind {
-    /// Every provider, in a stable order.
-    pub const ALL: [ProviderKind; 4] = [
-        ProviderKind::Codex,
-        ProviderKind::Claude,
-        ProviderKind::Google,
-        ProviderKind::OAuth2,
-    ];
-
-    /// The name used in import files, the database and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Codex => "codex",
-            ProviderKind::Claude => "claude",
-            ProviderKind::Google => "google",
-            ProviderKind::OAuth2 => "oauth2",
-        }
-    }
-
-    /// Parses [`ProviderKind::as_str`]'s names.
-    pub fn parse(s: &str) -> Option<ProviderKind> {
-        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How the refresh grant's body is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// `application/x-www-form-urlencoded` (RFC 6749).
-    Form,
-    /// `application/json` (OpenAI's and Anthropic's clients).
-    Json,
-}
-
-impl Encoding {
-    /// `form` or `json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::Form => "form",
-            Encoding::Json => "json",
-        }
-    }
-
-    /// Parses [`Encoding::as_str`]'s names.
-    pub fn parse(s: &str) -> Option<Encoding> {
-        match s {
-            "form" => Some(Encoding::Form),
-            "json" => Some(Encoding::Json),
-            _ => None,
-        }
-    }
-}
-
-/// How a client authenticates to the token endpoint (RFC 6749 §2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// Public client: only `client_id` in the body.
-    None,
-    /// `client_secret_post`: id and secret in the body.
-    Post,
-    /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
-    Basic,
-}
-
-impl ClientAuth {
-    /// `none`, `post` or `basic`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientAuth::None => "none",
-            ClientAuth::Post => "post",
-            ClientAuth::Basic => "basic",
-        }
-    }
-
-    /// Parses [`ClientAuth::as_str`]'s names.
-    pub fn parse(s: &str) -> Option<ClientAuth> {
-        match s {
-            "none" => Some(ClientAuth::None),
-            "post" => Some(ClientAuth::Post),
-            "basic" => Some(ClientAuth::Basic),
-            _ => None,
-        }
-    }
-}
 
 /// Upstream URLs, defaulting to the real services; the shell fills them from
 /// `TOKENWARDEN_*_URL` overrides. A credential's own `token_url` wins.

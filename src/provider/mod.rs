@@ -25,7 +25,10 @@ pub use classify::{
     is_permanent_code, is_transient_code, parse_refresh, PERMANENT_CODES, TRANSIENT_CODES,
 };
 pub use form::{form_component, form_decode, form_encode};
-pub use kind::{default_lifetime_secs, oidc_claims, ClientAuth, Encoding, Endpoints, ProviderKind};
+// The provider settings' enums are credential data: they live in
+// `credential`, which names nothing of `provider` (ARCHITECTURE.md).
+pub use crate::credential::{ClientAuth, Encoding, ProviderKind};
+pub use kind::{default_lifetime_secs, oidc_claims, Endpoints};
 pub(crate) use kind::{oidc_answer_claims, str_at, Dialect};
 pub use request::{check_config, effective_client_auth, refresh_request};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER_MS};
