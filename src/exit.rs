@@ -7,10 +7,9 @@
 //! once. A second signal exits at once, with status 1. `serve` has its own
 //! shutdown (`http::run_serve`), which also drains HTTP requests.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -20,25 +19,43 @@ use crate::warden::Warden;
 /// Added to the lease TTL when waiting for leases on the way out.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Installs the handler for this process's `warden` (see the module doc).
-/// Call it once, right after opening the warden.
-pub fn finish_refreshes_on_signal(warden: &Warden) -> Result<()> {
-    let signal_error = |e: std::io::Error| Error::Io(format!("cannot handle signals: {e}"));
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(signal_error)?;
-    let again = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, again.clone())
-            .map_err(signal_error)?;
-    }
-    let leases = warden.metrics().lease_book();
-    let ttl = warden.config().lease_ttl + LEASE_MARGIN;
+/// Takes over SIGTERM and SIGINT: the first one is handed to the receiver
+/// (the caller shuts down in order); any later one exits the process at
+/// once, with status 1. (One thread reads them in order: a flag set after
+/// the first would race the signal handler that checks it.)
+pub fn on_stop() -> Result<Receiver<i32>> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::Io(format!("cannot handle signals: {e}")))?;
+    let (first, stop) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let Some(signal) = signals.forever().next() else {
+            let mut seen = false;
+            for signal in signals.forever() {
+                if seen {
+                    log::warn!("signal {signal} again: exiting at once");
+                    std::process::exit(1);
+                }
+                seen = true;
+                let _ = first.send(signal);
+            }
+        })
+        .map_err(|e| Error::Io(format!("cannot start the signal thread: {e}")))?;
+    Ok(stop)
+}
+
+/// Installs the handler for this process's `warden` (see the module doc).
+/// Call it once, right after opening the warden.
+pub fn finish_refreshes_on_signal(warden: &Warden) -> Result<()> {
+    let stop = on_stop()?;
+    let leases = warden.metrics().lease_book();
+    let ttl = warden.config().lease_ttl + LEASE_MARGIN;
+    std::thread::Builder::new()
+        .name("exit".into())
+        .spawn(move || {
+            let Ok(signal) = stop.recv() else {
                 return;
             };
-            again.store(true, std::sync::atomic::Ordering::SeqCst);
             leases.refuse();
             if leases.held() > 0 {
                 log::warn!(
@@ -54,5 +71,5 @@ pub fn finish_refreshes_on_signal(warden: &Warden) -> Result<()> {
             std::process::exit(128 + signal);
         })
         .map(drop)
-        .map_err(|e| Error::Io(format!("cannot start the signal thread: {e}")))
+        .map_err(|e| Error::Io(format!("cannot start the exit thread: {e}")))
 }

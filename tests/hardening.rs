@@ -359,7 +359,13 @@ fn sigterm_to_a_one_shot_command_mid_refresh_keeps_the_rotation() {
             text(&out.stderr)
         );
         let family = env.fake.family_state("one");
-        assert_eq!(family.rotations, 1, "{args:?}");
+        assert_eq!(
+            family.rotations,
+            1,
+            "{args:?}: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
         let row = env.warden().get("one").unwrap();
         assert_eq!(
             row.refresh_token.expose(),

@@ -2,11 +2,9 @@
 //! refresher of [`crate::sweep`], until SIGTERM or SIGINT, then a shutdown
 //! that waits for this process's refresh leases.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::consts::SIGINT;
 
 use crate::error::{Error, Result};
 use crate::http::{
@@ -39,14 +37,8 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         })?,
         Err(_) => SHUTDOWN_GRACE,
     };
-    let signal_error = |e: std::io::Error| Error::Io(format!("cannot handle signals: {e}"));
     // Installed first, so a signal during start-up is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(signal_error)?;
-    let again = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, again.clone())
-            .map_err(signal_error)?;
-    }
+    let stop = crate::exit::on_stop()?;
     let warden = Arc::new(warden);
     // `?wait=` defaults to 30 s for HTTP callers, unless TOKENWARDEN_WAIT
     // sets the wait for every caller.
@@ -69,10 +61,8 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
             args.refresher_threads,
         )),
     };
-    let signal = signals.forever().next();
-    again.store(true, std::sync::atomic::Ordering::SeqCst);
-    let name = match signal {
-        Some(SIGINT) => "SIGINT",
+    let name = match stop.recv() {
+        Ok(SIGINT) => "SIGINT",
         _ => "SIGTERM",
     };
     log::info!("{name}: shutting down (a second signal exits at once)");
