@@ -6,7 +6,8 @@
 //! (`credentials.refresh_fp` is unique) or one that was already spent
 //! (`spent_tokens`), comparing keyed fingerprints, never tokens.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{append_event, db_err, select_one, Change, Codec, Store, Sync};
 use crate::credential::{Credential, NewCredential};
@@ -72,6 +73,47 @@ fn sealed(codec: &Codec, c: &NewCredential) -> Sealed {
     }
 }
 
+/// The values of a whole-row write (an insert, or a replace with another
+/// refresh token), bound as `?1` to `?21` in that order: id, provider,
+/// access, refresh and id tokens, expiry, token URL, client id and secret,
+/// scope, encoding, client auth, API key, the five claims, last refresh,
+/// now, fingerprint.
+fn whole_row<'a>(
+    c: &'a NewCredential,
+    s: &'a Sealed,
+    now_ms: i64,
+    fp: &'a str,
+) -> impl rusqlite::Params + 'a {
+    let p = &c.provider;
+    params_from_iter([
+        Value::from(c.id.clone()),
+        Value::from(p.kind.as_str().to_owned()),
+        opt(s.access_token.clone()),
+        Value::from(s.refresh_token.clone()),
+        opt(s.id_token.clone()),
+        c.expires_at_ms.map_or(Value::Null, Value::from),
+        opt(p.token_url.clone()),
+        opt(p.client_id.clone()),
+        opt(s.client_secret.clone()),
+        opt(p.scope.clone()),
+        opt(p.encoding.map(|e| e.as_str().to_owned())),
+        opt(p.client_auth.map(|a| a.as_str().to_owned())),
+        opt(s.api_key.clone()),
+        opt(c.claims.account_id.clone()),
+        opt(c.claims.email.clone()),
+        opt(c.claims.plan_type.clone()),
+        opt(c.claims.user_id.clone()),
+        opt(c.claims.organization_id.clone()),
+        c.last_refresh_ms.map_or(Value::Null, Value::from),
+        Value::from(now_ms),
+        Value::from(fp.to_owned()),
+    ])
+}
+
+fn opt(v: Option<String>) -> Value {
+    v.map_or(Value::Null, Value::from)
+}
+
 impl Store {
     /// Stores a new credential. Refused: an id that exists
     /// ([`Error::Exists`]), a refresh token another id holds
@@ -95,7 +137,6 @@ impl Store {
         if exists {
             return Err(Error::Exists(c.id.clone()));
         }
-        let p = &c.provider;
         let s = sealed(codec, c);
         tx.execute(
             "INSERT INTO credentials (id, provider, state, version, access_token, \
@@ -104,29 +145,7 @@ impl Store {
              organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
              VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
              ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
-            params![
-                c.id,
-                p.kind.as_str(),
-                s.access_token,
-                s.refresh_token,
-                s.id_token,
-                c.expires_at_ms,
-                p.token_url,
-                p.client_id,
-                s.client_secret,
-                p.scope,
-                p.encoding.map(Encoding::as_str),
-                p.client_auth.map(ClientAuth::as_str),
-                s.api_key,
-                c.claims.account_id,
-                c.claims.email,
-                c.claims.plan_type,
-                c.claims.user_id,
-                c.claims.organization_id,
-                c.last_refresh_ms,
-                now_ms,
-                fp,
-            ],
+            whole_row(c, &s, now_ms, &fp),
         )
         .map_err(db_err)?;
         let change = Change {
@@ -263,29 +282,7 @@ impl Store {
                  dead_reason = NULL, last_error_code = NULL, last_error_message = NULL, \
                  last_error_at_ms = NULL, last_refresh_ms = ?19, updated_ms = ?20, \
                  refresh_fp = ?21 WHERE id = ?1",
-                params![
-                    c.id,
-                    p.kind.as_str(),
-                    s.access_token,
-                    s.refresh_token,
-                    s.id_token,
-                    c.expires_at_ms,
-                    p.token_url,
-                    p.client_id,
-                    s.client_secret,
-                    p.scope,
-                    p.encoding.map(Encoding::as_str),
-                    p.client_auth.map(ClientAuth::as_str),
-                    s.api_key,
-                    c.claims.account_id,
-                    c.claims.email,
-                    c.claims.plan_type,
-                    c.claims.user_id,
-                    c.claims.organization_id,
-                    c.last_refresh_ms,
-                    now_ms,
-                    fp,
-                ],
+                whole_row(c, &s, now_ms, &fp),
             )
             .map_err(db_err)?;
             (change_from, change_to) = (stored.status.state, State::Valid);
