@@ -80,7 +80,7 @@ struct LeaseBook {
     refused: bool,
 }
 
-/// A refresh lease of this process (see [`Metrics::lease`]); ends when
+/// A refresh lease of this process (taken by the refresh protocol); ends when
 /// dropped.
 pub struct LeaseHeld<'a> {
     leases: &'a Arc<Leases>,
