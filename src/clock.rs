@@ -62,20 +62,34 @@ fn parse_boottime_offset(text: &str) -> Option<i64> {
 
 /// A number naming this boot of this machine: FNV-1a of the kernel's boot
 /// id, so a lease written before a reboot (whose boot-time clock started
-/// again from zero) is never judged on the new clock. Without a boot id
-/// (no /proc), 1: then a lease from before a reboot is still caught by
-/// [`crate::state::MAX_LEASE_MS`] once the new boot's clock has run past
-/// it, or when its deadline lies further ahead than that. (The boot time
-/// in /proc/stat is no substitute: it is derived from the wall clock, and
-/// moves with it.)
+/// again from zero) is never judged on the new clock. 0 when the boot id
+/// cannot be read (a sandbox hiding /proc/sys, systemd's `ProcSubset=pid`):
+/// such a process cannot tell its clock from the others', so it takes no
+/// lease (see [`lease_clock_known`]) — the boot time in /proc/stat is no
+/// substitute, since it moves with the wall clock.
 fn boot_clock() -> i64 {
     static CLOCK: OnceLock<i64> = OnceLock::new();
     *CLOCK.get_or_init(
         || match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
             Ok(id) if !id.trim().is_empty() => clock_id(id.trim()),
-            _ => 1,
+            _ => 0,
         },
     )
+}
+
+/// Whether this process can name the lease clock: without the boot id its
+/// leases could not be judged by the other processes of the box (nor
+/// theirs by it), so it must not take one. The error says what to fix.
+pub fn lease_clock_known() -> Result<(), String> {
+    match boot_clock() {
+        0 => Err(
+            "cannot read /proc/sys/kernel/random/boot_id, which names the clock refresh \
+                  leases count on; without it this process cannot take a lease safely. Give it \
+                  /proc/sys (systemd: drop ProcSubset=pid)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// FNV-1a of `s`, as a positive number (0 is never a clock).

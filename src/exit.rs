@@ -1,5 +1,5 @@
-//! What a one-shot command (`token`, `refresh`, `sweep`, …) does on SIGTERM
-//! or SIGINT: a refresh this process has in flight may already have rotated
+//! What a one-shot command (`token`, `refresh`, `sweep`, …) does on SIGTERM,
+//! SIGINT or SIGHUP: a refresh this process has in flight may already have rotated
 //! the refresh token upstream, and its commit is the only copy of the new
 //! one. So the first signal starts no new refresh, waits for this process's
 //! refresh leases to be committed (or lost; at most their TTL), and exits
@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{Error, Result};
@@ -19,12 +19,13 @@ use crate::warden::Warden;
 /// Added to the lease TTL when waiting for leases on the way out.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Takes over SIGTERM and SIGINT: the first one is handed to the receiver
+/// Takes over SIGTERM, SIGINT and SIGHUP (a closed terminal or a dropped
+/// ssh session): the first one is handed to the receiver
 /// (the caller shuts down in order); any later one exits the process at
 /// once, with status 1. (One thread reads them in order: a flag set after
 /// the first would race the signal handler that checks it.)
 pub fn on_stop() -> Result<Receiver<i32>> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| Error::Io(format!("cannot handle signals: {e}")))?;
     let (first, stop) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()

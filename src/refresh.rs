@@ -405,6 +405,7 @@ impl Refresher {
         let request =
             provider::refresh_request(&row.provider, &row.refresh_token, &self.config.endpoints)
                 .map_err(|why| config_error(row, &self.config.endpoints, &why))?;
+        clock::lease_clock_known().map_err(Error::Config)?;
         let now = clock::now();
         let actor = clock::actor(&self.config.actor);
         let lease = Lease {

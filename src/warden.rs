@@ -197,6 +197,12 @@ impl Warden {
                         .is_some()
                     {
                         log::info!("{id}: access token rejected upstream; {}", t.reason);
+                        // Never taken from an import again. Best effort: the
+                        // rejection itself is recorded; losing this only
+                        // matters to a delete + re-import of an old file.
+                        if let Err(e) = store.remember_rejected(id, token, now.wall_ms) {
+                            log::warn!("{id}: could not remember the rejected token: {e}");
+                        }
                         break;
                     }
                     // Lost a race with another writer: look again.

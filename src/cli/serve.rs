@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use signal_hook::consts::SIGINT;
+use signal_hook::consts::{SIGHUP, SIGINT};
 
 use crate::error::{Error, Result};
 use crate::http::{
@@ -63,6 +63,7 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
     };
     let name = match stop.recv() {
         Ok(SIGINT) => "SIGINT",
+        Ok(SIGHUP) => "SIGHUP",
         _ => "SIGTERM",
     };
     log::info!("{name}: shutting down (a second signal exits at once)");

@@ -130,11 +130,12 @@ pub fn parse_refresh(
                 return Outcome::Success(tokens);
             }
         }
-        // Not a usable answer — but if it carries a new refresh token,
+        // No usable access token, and no error — but a new refresh token:
         // upstream has rotated, the old one is spent, and this is the only
-        // copy of the login: it is kept (with no usable access token, so
-        // the next caller refreshes with it) rather than thrown away.
-        if let Some(rotated) = new_refresh_token(map, old_refresh) {
+        // copy of the login. It is kept (with no usable access token, so the
+        // next caller refreshes with it) rather than thrown away. A body that
+        // names an error is judged by it, as a 400 would be (DESIGN §7).
+        if let (false, Some(rotated)) = (has_error(map), new_refresh_token(map, old_refresh)) {
             return Outcome::Success(Tokens {
                 access_token: Secret::new(String::new()),
                 refresh_token: rotated,
@@ -654,7 +655,6 @@ mod tests {
         for body in [
             format!(r#"{{"error_description":"{FRAG}","refresh_token":"{FRAG}"}}"#),
             format!(r#"{{"access_token":"","refresh_token":"{FRAG}"}}"#),
-            format!(r#"{{"error":"x","refresh_token":"{FRAG}"}}"#),
         ] {
             let resp = HttpResponse {
                 status: 200,
@@ -669,6 +669,20 @@ mod tests {
                 }
                 other => panic!("{body}: the rotated refresh token was dropped: {other:?}"),
             }
+        }
+        // A body that names an error is judged by it, new refresh token or
+        // not (attack2::a_2xx_invalid_grant_with_a_refresh_token_member_…).
+        let resp = HttpResponse {
+            status: 200,
+            body: br#"{"error":"invalid_grant","refresh_token":"not-a-token"}"#.to_vec(),
+            retry_after: None,
+        };
+        match parse_refresh(K, &resp, &Secret::new("rt-old"), 1_000) {
+            Outcome::Failure(f) => assert_eq!(
+                (f.permanence, f.code.as_str()),
+                (Permanence::Permanent, "invalid_grant")
+            ),
+            other => panic!("a 2xx invalid_grant was taken as tokens: {other:?}"),
         }
         // The same refresh token back with nothing usable is no rotation.
         let resp = HttpResponse {

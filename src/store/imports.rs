@@ -61,16 +61,46 @@ struct Sealed {
     api_key: Option<String>,
 }
 
-fn sealed(codec: &Codec, c: &NewCredential) -> Sealed {
+/// `spent_tokens.reason` of an access token an upstream API refused: its
+/// fingerprint is kept so that no import brings it back (a delete and a
+/// re-import of an old file would otherwise serve it again).
+pub(crate) const REJECTED_ACCESS: &str = "rejected access token";
+
+/// Whether `token` was reported rejected (see [`REJECTED_ACCESS`]).
+fn was_rejected(tx: &Connection, codec: &Codec, token: &str) -> Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM spent_tokens WHERE fp = ?1 AND reason = ?2",
+        params![codec.fingerprint(token), REJECTED_ACCESS],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(db_err)
+}
+
+/// `c`'s secrets, sealed; an access token once reported rejected is left
+/// out (the credential then refreshes before its first use).
+fn sealed(tx: &Connection, codec: &Codec, c: &NewCredential) -> Result<Sealed> {
     let seal = |col: &str, s: &Secret| codec.seal(&c.id, col, s.expose());
     let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
-    Sealed {
-        access_token: seal_opt("access_token", &c.access_token),
+    let access = match &c.access_token {
+        Some(t) if was_rejected(tx, codec, t.expose())? => {
+            log::warn!(
+                "{}: the imported access token was reported rejected before; it is left out \
+                 (the first use refreshes)",
+                c.id
+            );
+            None
+        }
+        other => other.clone(),
+    };
+    Ok(Sealed {
+        access_token: seal_opt("access_token", &access),
         refresh_token: seal("refresh_token", &c.refresh_token),
         id_token: seal_opt("id_token", &c.id_token),
         client_secret: seal_opt("client_secret", &c.provider.client_secret),
         api_key: seal_opt("api_key", &c.api_key),
-    }
+    })
 }
 
 /// The values of a whole-row write (an insert, or a replace with another
@@ -115,6 +145,20 @@ fn opt(v: Option<String>) -> Value {
 }
 
 impl Store {
+    /// Remembers that an upstream API refused `token`, an access token of
+    /// credential `id` (see [`REJECTED_ACCESS`]).
+    pub fn remember_rejected(&self, id: &str, token: &str, now_ms: i64) -> Result<()> {
+        let fp = self.inner.codec.fingerprint(token);
+        let conn = self.writer(Sync::Full)?;
+        conn.execute(
+            "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
+            params![fp, id, now_ms, REJECTED_ACCESS],
+        )
+        .map(drop)
+        .map_err(db_err)
+    }
+
     /// Stores a new credential. Refused: an id that exists
     /// ([`Error::Exists`]), a refresh token another id holds
     /// ([`Error::TokenHeldElsewhere`]) or one already spent
@@ -137,7 +181,7 @@ impl Store {
         if exists {
             return Err(Error::Exists(c.id.clone()));
         }
-        let s = sealed(codec, c);
+        let s = sealed(&tx, codec, c)?;
         tx.execute(
             "INSERT INTO credentials (id, provider, state, version, access_token, \
              refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
@@ -210,7 +254,7 @@ impl Store {
             None => stored.refresh_token == c.refresh_token,
         };
         let p = &c.provider;
-        let s = sealed(codec, c);
+        let s = sealed(&tx, codec, c)?;
         let (change_from, change_to, reason);
         if same {
             // The refresh token already stored: settings and claims only.
@@ -265,8 +309,8 @@ impl Store {
             check_token(&tx, &c.id, &fp)?;
             if let Some(old) = &stored_fp {
                 tx.execute(
-                    "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-                     VALUES (?1, ?2, ?3, 'replaced')",
+                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+                     VALUES (?1, ?2, ?3, 'replaced') ON CONFLICT (fp) DO NOTHING",
                     params![old, c.id, now_ms],
                 )
                 .map_err(db_err)?;

@@ -1147,8 +1147,10 @@ impl Store {
         if state == State::Refreshing.as_str() {
             if let Some(fp) = fp {
                 tx.execute(
-                    "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-                     VALUES (?1, ?2, ?3, ?4)",
+                    // ON CONFLICT, not OR IGNORE: OR IGNORE also skips a
+                    // row that fails a CHECK, silently.
+                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
                     params![
                         fp,
                         id,
