@@ -119,7 +119,13 @@ impl Warden {
         &self.core.upstream
     }
 
-    /// The underlying store (for tools that list or inspect rows).
+    /// The underlying store. Tests and benches only: the crate's callers,
+    /// and the CLI and HTTP API above all, go through `Warden`'s methods
+    /// (here and in `admin.rs`; architecture invariant A3), and an embedder
+    /// should too. Kept public, hidden, for the integration tests that look
+    /// at rows directly (`attack`, `hardening`, `import_replace`,
+    /// `shm_locks`).
+    #[doc(hidden)]
     pub fn store(&self) -> &Store {
         &self.core.store
     }

@@ -28,6 +28,18 @@ const BOUNDARIES: &[Boundary] = &[
               (ProviderKind, Encoding, ClientAuth) are defined in credential.rs \
               and re-exported by provider",
     },
+    Boundary {
+        from: "src/cli",
+        to: "store",
+        why: "the CLI reads and writes through Warden (src/warden.rs, src/admin.rs): \
+              one door into the store, so the list/show code exists once",
+    },
+    Boundary {
+        from: "src/http",
+        to: "store",
+        why: "the HTTP API reads and writes through Warden (src/warden.rs, src/admin.rs): \
+              one door into the store, so the list/show code exists once",
+    },
 ];
 
 /// Whether `c` can be part of an identifier.
@@ -37,7 +49,9 @@ fn ident(c: char) -> bool {
 
 /// Whether `line` names `module` as a path segment next to `::`: `cli::x`,
 /// `crate::cli`, `super::cli`, `tokenwarden::cli::{…}` — in code, `use`
-/// lines and doc links alike — but not `client::` or a plain word.
+/// lines and doc links alike — or through an accessor named after it
+/// (`warden.store()`), but not `client::`, a plain word or a method that
+/// takes arguments (`flag.store(true, …)`).
 fn names(line: &str, module: &str) -> bool {
     line.match_indices(module).any(|(at, _)| {
         let before = line[..at].chars().next_back();
@@ -45,7 +59,9 @@ fn names(line: &str, module: &str) -> bool {
         if before.is_some_and(ident) || after.chars().next().is_some_and(ident) {
             return false;
         }
-        line[..at].ends_with("::") || after.starts_with("::")
+        line[..at].ends_with("::")
+            || after.starts_with("::")
+            || (before == Some('.') && after.starts_with("()"))
     })
 }
 
@@ -115,11 +131,20 @@ fn credential_never_names_provider() {
     check("src/credential.rs", "provider");
 }
 
+/// Architecture invariant: one door into the store. Neither the CLI nor the
+/// HTTP API names `store` (no `crate::store::…`, no `warden.store()`); both
+/// go through `Warden` (src/warden.rs, src/admin.rs).
+#[test]
+fn cli_and_http_never_name_the_store() {
+    check("src/cli", "store");
+    check("src/http", "store");
+}
+
 /// Every rule has a test above, and the matcher sees each way of naming a
 /// module (and nothing else), so a clean result means something.
 #[test]
 fn the_boundary_checks_see_every_spelling() {
-    assert_eq!(BOUNDARIES.len(), 2, "give each new rule its own test");
+    assert_eq!(BOUNDARIES.len(), 4, "give each new rule a test");
     for hit in [
         "use crate::cli::ServeArgs;",
         "use crate::cli;",
@@ -128,8 +153,16 @@ fn the_boundary_checks_see_every_spelling() {
         "/// See [`crate::cli::run_serve`].",
         "pub use crate::provider::{ClientAuth, Encoding};",
         "let k = provider::ProviderKind::Codex;",
+        "let n = crate::store::encrypt_in_place(&cli.db, ms, &key)?;",
+        "use crate::store::HandleRow;",
+        "    let quotas = warden.store().latest_quotas()?;",
+        "        .store()",
+        "/// See [`store::Store::replace`].",
     ] {
-        assert!(names(hit, "cli") || names(hit, "provider"), "missed: {hit}");
+        assert!(
+            names(hit, "cli") || names(hit, "provider") || names(hit, "store"),
+            "missed: {hit}"
+        );
     }
     for miss in [
         "use crate::client::Agent;",
@@ -139,9 +172,14 @@ fn the_boundary_checks_see_every_spelling() {
         "/// Overrides the provider's token endpoint.",
         "ProviderKind::Codex => \"codex\",",
         "mod cli_tests;",
+        "shared.stopping.store(true, Ordering::SeqCst);",
+        "headers.extend(header(\"Cache-Control\", \"no-store\"));",
+        "// the store keeps the row",
+        "let restore = restore::plan();",
+        "fn store_path() -> PathBuf {",
     ] {
         assert!(
-            !names(miss, "cli") && !names(miss, "provider"),
+            !names(miss, "cli") && !names(miss, "provider") && !names(miss, "store"),
             "false hit: {miss}"
         );
     }

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::clock::{self, now_ms};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::facade;
 use crate::import::{self, ImportOptions};
@@ -14,7 +14,7 @@ use crate::provider::ProviderKind;
 use crate::quota;
 use crate::state::State;
 use crate::sweep::{self, SweepOptions};
-use crate::view::{EventList, EventView, HandleView, QuotaView, Summary, SummaryList};
+use crate::view::{EventList, EventView, HandleView, QuotaView, SummaryList};
 
 use super::print::{
     print_events, print_grant, print_handles, print_json, print_quota, print_summary, print_sweep,
@@ -109,30 +109,20 @@ pub(super) fn refresh(cli: &Cli, id: &str, force: bool, json: bool) -> Result<()
 
 /// `list`.
 pub(super) fn list(cli: &Cli, json: bool) -> Result<()> {
-    let warden = open(cli, "cli")?;
-    let rows = warden.list_without_secrets()?;
-    let quotas = warden.store().latest_quotas()?;
-    let policy = warden.config().policy;
-    let t = clock::now();
-    let credentials: Vec<_> = rows
-        .iter()
-        .map(|c| Summary::new(c, t, &policy).with_quota(quotas.get(&c.id)))
-        .collect();
+    let listing = open(cli, "cli")?.listing()?;
+    let credentials = listing.summaries();
     if json {
         print_json(&SummaryList { credentials })?;
     } else {
-        print_table(&credentials, t.wall_ms);
+        print_table(&credentials, listing.now().wall_ms);
     }
     Ok(())
 }
 
 /// `show ID`.
 pub(super) fn show(cli: &Cli, id: &str, json: bool) -> Result<()> {
-    let warden = open(cli, "cli")?;
-    let row = warden.get(id)?;
-    let quota = warden.store().latest_quota(id)?;
-    let summary =
-        Summary::new(&row, clock::now(), &warden.config().policy).with_quota(quota.as_ref());
+    let detail = open(cli, "cli")?.detail(id)?;
+    let summary = detail.summary();
     if json {
         print_json(&summary)?;
     } else {
@@ -220,9 +210,7 @@ pub(super) fn handle_create(cli: &Cli, id: &str, label: &str) -> Result<()> {
 
 /// `handle list ID`.
 pub(super) fn handle_list(cli: &Cli, id: &str, json: bool) -> Result<()> {
-    let warden = open(cli, "cli")?;
-    warden.get(id)?;
-    let rows = warden.store().handles(id)?;
+    let rows = open(cli, "cli")?.handles(id)?;
     let views: Vec<HandleView> = rows.iter().map(HandleView::from).collect();
     if json {
         print_json(&serde_json::json!({ "handles": views }))?;

@@ -2,11 +2,11 @@
 //! file.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::seal::Sealer;
 use crate::secret::Secret;
+use crate::warden::Warden;
 
 use super::{config, Cli};
 
@@ -22,7 +22,7 @@ pub(super) fn encrypt(cli: &Cli) -> Result<()> {
         c.encryption_key.as_ref(),
         "set TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file",
     )?;
-    let n = crate::store::encrypt_in_place(&cli.db, millis_u64(c.busy_timeout), &key)?;
+    let n = Warden::encrypt(&cli.db, c.busy_timeout, &key)?;
     println!("encrypted {n} credentials in {}", cli.db.display());
     Ok(())
 }
@@ -44,7 +44,7 @@ pub(super) fn rekey(cli: &Cli, new_key_file: Option<&Path>) -> Result<()> {
         new_key.as_ref(),
         "the new key (--new-key-file or TOKENWARDEN_NEW_ENCRYPTION_KEY)",
     )?;
-    let n = crate::store::rekey(&cli.db, millis_u64(c.busy_timeout), &old, &new)?;
+    let n = Warden::rekey(&cli.db, c.busy_timeout, &old, &new)?;
     println!("re-keyed {n} credentials in {}", cli.db.display());
     Ok(())
 }
@@ -59,8 +59,4 @@ pub(super) fn read_key(path: &Path) -> Result<Secret> {
 fn sealer(key: Option<&Secret>, what: &str) -> Result<Sealer> {
     let key = key.ok_or_else(|| Error::Config(format!("{what}: no key given")))?;
     Sealer::from_base64(key.expose()).map_err(|e| Error::Config(format!("{what}: {e}")))
-}
-
-fn millis_u64(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -142,10 +142,8 @@ pub(super) fn print_quota(q: &QuotaView) {
 }
 
 pub(super) fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
-    let rows = warden.list_without_secrets()?;
-    let quotas = warden.store().latest_quotas()?;
-    let policy = warden.config().policy;
-    let t = clock::now();
+    let listing = warden.listing()?;
+    let (t, policy) = (listing.now(), listing.policy());
     let action = |id: &String| {
         if report.refreshed.contains(id) {
             "refreshed".to_owned()
@@ -161,14 +159,14 @@ pub(super) fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
         "{:<32} {:<10} {:<10} {:>10}  {:<20}",
         "ID", "STATE", "ACTION", "QUOTA LEFT", "NEXT RESET"
     );
-    for c in rows.iter().filter(|c| {
+    for c in listing.credentials().iter().filter(|c| {
         report.refreshed.contains(&c.id)
             || report.skipped.contains(&c.id)
             || report.dead.contains(&c.id)
             || report.failed.iter().any(|f| f.id == c.id)
     }) {
-        let window = quotas
-            .get(&c.id)
+        let window = listing
+            .quota(&c.id)
             .and_then(|q| q.quota.as_ref())
             .and_then(|q| q.windows.first());
         let left = window.map_or_else(
@@ -178,7 +176,7 @@ pub(super) fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
         println!(
             "{:<32} {:<10} {:<10} {:>10}  {:<20}",
             c.id,
-            c.status.effective(t, &policy).as_str(),
+            c.status.effective(t, policy).as_str(),
             action(&c.id),
             left,
             when(window.and_then(|w| w.resets_at))
