@@ -1,7 +1,9 @@
 //! Chaos: threads, CLI processes, sweeps and a server sharing one database
-//! while processes are SIGKILLed and upstream misbehaves; then every
-//! invariant of DESIGN.md §3 is checked from the fake's and the database's
-//! records (see `common::chaos::run`).
+//! while processes are SIGKILLed and SIGTERMed, upstream misbehaves, an
+//! operator runs `import --replace` (current, stale and foreign refresh
+//! tokens, new logins) and some processes' wall clocks are stepped ±60 s;
+//! then every invariant of DESIGN.md §3 is checked from the fake's and the
+//! database's records (see `common::chaos::run`).
 //!
 //! The default run takes about half a minute. The long run:
 //!
@@ -49,6 +51,26 @@ fn chaos() {
     assert!(f.served > 50, "too few tokens served: {}", f.served);
     let killed: u64 = f.killed.iter().map(|(_, n)| n).sum();
     assert!(killed > 3, "too few processes killed: {killed}");
+    assert!(
+        f.stale_refused > 0,
+        "no stale or foreign import was refused: {:?}",
+        f.operator
+    );
+    let replaced: u64 = f
+        .operator
+        .iter()
+        .filter(|(k, _)| k.starts_with("replace") && k.ends_with(" replaced"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(replaced > 0, "no replace landed: {:?}", f.operator);
+    if let Some((ahead, behind)) = f.stepped {
+        assert!(ahead + behind > 0, "no process ran with a stepped clock");
+    }
+    assert!(
+        f.serve_terms.clean_exits > 0,
+        "no serve was SIGTERMed mid-refresh and drained: {:?}",
+        f.serve_terms
+    );
 }
 
 /// `refresh` returns the token of a refresh that committed after it was
