@@ -270,7 +270,7 @@ struct Records {
     /// Processes that died of SIGKILL (or, one-shot CLI processes, of
     /// SIGTERM): pid → kind.
     killed: HashMap<u32, Kind>,
-    /// One-shot CLI processes that died of SIGTERM (also in `killed`).
+    /// One-shot CLI processes stopped by a SIGTERM (exit 143; not kills).
     termed: u64,
     spawned: HashMap<Kind, u64>,
     violations: Vec<String>,
@@ -347,8 +347,8 @@ pub struct Figures {
     pub violations: usize,
     /// Whether `serve` took part.
     pub serve: bool,
-    /// One-shot CLI processes that died of SIGTERM (counted in `killed`:
-    /// the same loss window as SIGKILL).
+    /// One-shot CLI processes stopped by a SIGTERM: they finished their
+    /// refreshes in flight, then exited 143 (not kills).
     pub cli_sigterm_deaths: u64,
     /// Operator imports (`import --replace`, CLI and HTTP), by move and
     /// outcome.
@@ -425,7 +425,7 @@ impl Figures {
         let _ = writeln!(s, "  of which sniped       {}", self.snipes);
         let _ = writeln!(
             s,
-            "  of which SIGTERM      {} (one-shot CLI: no handler, same window as SIGKILL)",
+            "one-shot CLIs SIGTERMed {} (finished their refreshes, then exited 143)",
             self.cli_sigterm_deaths
         );
         let t = &self.serve_terms;
@@ -720,11 +720,15 @@ impl Ended {
     /// Died of SIGKILL; or, a one-shot process (no handler), of SIGTERM.
     /// `serve` must handle SIGTERM: dying of it is no kill.
     fn killed(&self) -> bool {
-        match self.status.signal() {
-            Some(9) => true,
-            Some(15) => self.kind != Kind::Serve,
-            _ => false,
-        }
+        self.status.signal() == Some(9)
+    }
+
+    /// A one-shot CLI that a SIGTERM stopped the way it must: it finished
+    /// the refreshes it had in flight, then exited 128 + 15. It printed no
+    /// answer, but lost nothing (its leases were committed), so it is no
+    /// kill: a lease of it taken over is still a violation.
+    fn stopped(&self) -> bool {
+        self.kind != Kind::Serve && self.status.code() == Some(128 + 15)
     }
 
     fn last_line(&self) -> &str {
@@ -793,11 +797,10 @@ fn run_child(sh: &Shared, kind: Kind, mut cmd: Command, step: Option<i64>) -> Op
         stderr: err.join().unwrap_or_default(),
     };
     if ended.killed() {
-        let mut r = sh.records.lock().unwrap();
-        r.killed.insert(pid, kind);
-        if status.signal() == Some(15) {
-            r.termed += 1;
-        }
+        sh.records.lock().unwrap().killed.insert(pid, kind);
+    }
+    if ended.stopped() {
+        sh.records.lock().unwrap().termed += 1;
     }
     if ended.stderr.contains("panicked") || ended.stderr.contains("RUST_BACKTRACE") {
         sh.violation(format!("{kind:?} pid {pid} panicked: {}", ended.stderr));
@@ -927,7 +930,7 @@ fn import_replace(
             let _ = std::fs::remove_file(&path);
             let end = end?;
             let pid = Some(end.pid);
-            if end.killed() {
+            if end.killed() || end.stopped() {
                 return Some((Imported::Lost, pid));
             }
             let err = end.stderr.trim().to_owned();
@@ -1403,7 +1406,7 @@ fn cli_runner(sh: &Shared, admin: &Warden, n: u64) {
         let Some(end) = run_child(sh, kind, cmd, step) else {
             continue;
         };
-        let answer = if end.killed() {
+        let answer = if end.killed() || end.stopped() {
             Answer::Lost
         } else {
             match end.status.code() {
@@ -1449,7 +1452,7 @@ fn sweep_runner(sh: &Shared) {
         cmd.args(["sweep", "--json", "--concurrency", "3"]);
         if let Some(end) = run_child(sh, Kind::Sweep, cmd, None) {
             match end.status.code() {
-                _ if end.killed() => {}
+                _ if end.killed() || end.stopped() => {}
                 Some(0 | 4 | 5) => {}
                 other => sh.violation(format!("sweep exited {other:?}: {}", end.last_line())),
             }
@@ -1698,8 +1701,13 @@ fn killer(sh: &Shared) {
         {
             continue;
         }
-        // A one-shot CLI has no SIGTERM handler: SIGTERM is a kill too.
-        if *kind != Kind::Serve && rng.chance(sh.plan.cli_sigterm_percent) {
+        // A one-shot CLI finishes its refreshes on SIGTERM, then exits
+        // 143; a second SIGTERM would exit at once, so a process already
+        // sent one gets SIGKILL instead (a kill: the crash window).
+        static TERMED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+        let first_term = !TERMED.lock().unwrap().contains(&pid);
+        if *kind != Kind::Serve && first_term && rng.chance(sh.plan.cli_sigterm_percent) {
+            TERMED.lock().unwrap().push(pid);
             signal(pid, "-TERM");
         } else {
             let _ = child.kill();
