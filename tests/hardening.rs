@@ -120,6 +120,39 @@ fn an_owner_whose_wall_clock_is_behind_keeps_its_lease() {
     assert_eq!(stats.reuse_detected, 0);
 }
 
+/// Item 6, the owner ahead: an owner whose wall clock alone is 60 s ahead
+/// commits within its lease, and the others adopt its refresh.
+#[test]
+fn an_owner_whose_wall_clock_is_ahead_commits_within_its_lease() {
+    let env = Env::with(slow_lease());
+    env.login("ahead-owner", 60);
+    env.fake.set_latency(Duration::from_millis(2500));
+    let Some(mut cmd) = with_wall_clock(env.cmd(), "+60s") else {
+        return;
+    };
+    let owner = cmd
+        .args(["token", "ahead-owner"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let warden = env.warden();
+    wait_until("the owner's request", Duration::from_secs(5), || {
+        env.fake.stats().in_flight == 1
+    });
+    assert_eq!(
+        warden.get("ahead-owner").unwrap().status.state,
+        State::Refreshing
+    );
+    let g = warden.token("ahead-owner", Duration::ZERO).expect("token");
+    let out = owner.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), g.access_token.expose());
+    let stats = env.fake.stats();
+    assert_eq!(stats.token_requests, 1, "one refresh, by the lease's owner");
+    assert_eq!(stats.reuse_detected, 0);
+}
+
 /// Item 6: a lease written by a process of another boot (its boot-time
 /// clock is not this one) or with a deadline out of range reads as expired:
 /// a dead owner's credential never stays stuck.
