@@ -720,7 +720,13 @@ impl Ended {
     /// Died of SIGKILL; or, a one-shot process (no handler), of SIGTERM.
     /// `serve` must handle SIGTERM: dying of it is no kill.
     fn killed(&self) -> bool {
-        self.status.signal() == Some(9)
+        match self.status.signal() {
+            Some(9) => true,
+            // A one-shot CLI signalled before it installed its handler
+            // (it held no lease yet): a kill, like SIGKILL.
+            Some(15) => self.kind != Kind::Serve,
+            _ => false,
+        }
     }
 
     /// A one-shot CLI that a SIGTERM stopped the way it must: it finished
