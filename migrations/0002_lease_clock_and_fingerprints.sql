@@ -25,5 +25,9 @@ CREATE TABLE IF NOT EXISTS spent_tokens (
     spent_at_ms    INTEGER NOT NULL,
     -- 'rotated': a refresh answered with another refresh token;
     -- 'replaced': an import put another refresh token in its place.
-    reason         TEXT NOT NULL CHECK (reason IN ('rotated', 'replaced'))
+    -- 'rotated', 'replaced', 'deleted during a refresh' (src/error.rs `Spent`),
+    -- or 'rejected access token': an access token an upstream API refused,
+    -- never taken from an import again.
+    reason         TEXT NOT NULL CHECK (reason IN ('rotated', 'replaced',
+                       'deleted during a refresh', 'rejected access token'))
 );

@@ -19,41 +19,77 @@ pub fn now() -> Now {
 /// The lease clock now: `CLOCK_BOOTTIME` (never stepped by NTP or an
 /// operator, counts time spent suspended, shared by every process of the
 /// box), named by this boot. Read through the vDSO, not libc, so even a
-/// process under `faketime` agrees with the others.
+/// process under `faketime` agrees with the others. A time namespace
+/// (`unshare --time`, a container restored by CRIU) offsets this clock for
+/// its processes but not the boot id: the offset is taken back out, so
+/// every namespace of the box reads the host's clock.
 pub fn lease_now() -> LeaseTime {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ms = t
+        .tv_sec
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec / 1_000_000);
     LeaseTime {
         clock: boot_clock(),
-        ms: t
-            .tv_sec
-            .saturating_mul(1000)
-            .saturating_add(t.tv_nsec / 1_000_000),
+        ms: ms.saturating_sub(boottime_offset_ms()),
     }
+}
+
+/// This process's time namespace's offset of `CLOCK_BOOTTIME` from the
+/// host's (ms), read once; 0 outside a time namespace or on kernels
+/// without them.
+fn boottime_offset_ms() -> i64 {
+    static OFFSET: OnceLock<i64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .ok()
+            .and_then(|text| parse_boottime_offset(&text))
+            .unwrap_or(0)
+    })
+}
+
+/// The `boottime` line of `/proc/self/timens_offsets` (`boottime <s> <ns>`),
+/// in ms.
+fn parse_boottime_offset(text: &str) -> Option<i64> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("boottime"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let secs: i64 = fields.next()?.parse().ok()?;
+    let nanos: i64 = fields.next().map_or(Some(0), |n| n.parse().ok())?;
+    Some(secs.saturating_mul(1000).saturating_add(nanos / 1_000_000))
 }
 
 /// A number naming this boot of this machine: FNV-1a of the kernel's boot
 /// id, so a lease written before a reboot (whose boot-time clock started
-/// again from zero) is never judged on the new clock. Without a boot id
-/// (not Linux, or no /proc), the boot time the kernel reports in
-/// /proc/stat serves; failing both, 1.
+/// again from zero) is never judged on the new clock. 0 when the boot id
+/// cannot be read (a sandbox hiding /proc/sys, systemd's `ProcSubset=pid`):
+/// such a process cannot tell its clock from the others', so it takes no
+/// lease (see [`lease_clock_known`]) — the boot time in /proc/stat is no
+/// substitute, since it moves with the wall clock.
 fn boot_clock() -> i64 {
     static CLOCK: OnceLock<i64> = OnceLock::new();
-    *CLOCK.get_or_init(|| {
-        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .or_else(|| {
-                let stat = std::fs::read_to_string("/proc/stat").ok()?;
-                stat.lines()
-                    .find(|l| l.starts_with("btime "))
-                    .map(str::to_owned)
-            });
-        match id {
-            Some(id) => clock_id(&id),
-            None => 1,
-        }
-    })
+    *CLOCK.get_or_init(
+        || match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+            Ok(id) if !id.trim().is_empty() => clock_id(id.trim()),
+            _ => 0,
+        },
+    )
+}
+
+/// Whether this process can name the lease clock: without the boot id its
+/// leases could not be judged by the other processes of the box (nor
+/// theirs by it), so it must not take one. The error says what to fix.
+pub fn lease_clock_known() -> Result<(), String> {
+    match boot_clock() {
+        0 => Err(
+            "cannot read /proc/sys/kernel/random/boot_id, which names the clock refresh \
+                  leases count on; without it this process cannot take a lease safely. Give it \
+                  /proc/sys (systemd: drop ProcSubset=pid)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// FNV-1a of `s`, as a positive number (0 is never a clock).
@@ -111,6 +147,15 @@ mod tests {
         assert_eq!(a.clock, b.clock);
         assert!(a.clock > 0);
         assert!(b.ms >= a.ms + 5, "{a:?} {b:?}");
+    }
+
+    #[test]
+    fn a_time_namespace_offset_is_read_from_its_line() {
+        let text = "monotonic  0 0\nboottime  -600 250000000\n";
+        assert_eq!(parse_boottime_offset(text), Some(-600_000 + 250));
+        assert_eq!(parse_boottime_offset("monotonic 5 0\n"), None);
+        assert_eq!(parse_boottime_offset("boottime x 0\n"), None);
+        assert_eq!(parse_boottime_offset("boottime 3 0"), Some(3000));
     }
 
     #[test]

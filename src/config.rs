@@ -162,7 +162,7 @@ impl Config {
     /// of the lease. Two seconds, or the lease's slack over
     /// [`Config::refresh_budget`] if that is less.
     pub fn commit_margin(&self) -> Duration {
-        (self.lease_ttl.saturating_sub(self.refresh_budget()) / 2).min(Duration::from_secs(2))
+        (self.lease_ttl.saturating_sub(self.refresh_budget()) / 4).min(Duration::from_secs(2))
     }
 
     /// Refuses a configuration under which a lease could run out while its

@@ -1,7 +1,13 @@
 //! The data a credential is made of, as the store keeps it and as imports
 //! produce it. Plain data: no I/O.
+//!
+//! The provider settings' enums ([`ProviderKind`], [`Encoding`],
+//! [`ClientAuth`]) are defined here and re-exported by `provider`, so the
+//! dependency goes one way: `provider` uses `credential`, never the
+//! reverse (ARCHITECTURE.md, architecture invariants).
 
-use crate::provider::{ClientAuth, Encoding, ProviderKind};
+use std::fmt;
+
 use crate::secret::Secret;
 use crate::state::Status;
 
@@ -31,6 +37,110 @@ pub fn validate_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Which token endpoint dialect a credential speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// OpenAI's auth server, as the Codex CLI uses it.
+    Codex,
+    /// Anthropic's OAuth server, as Claude Code uses it.
+    Claude,
+    /// Google's OAuth 2.0 server.
+    Google,
+    /// Any RFC 6749 server, configured per credential.
+    OAuth2,
+}
+
+impl ProviderKind {
+    /// Every provider, in a stable order.
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Codex,
+        ProviderKind::Claude,
+        ProviderKind::Google,
+        ProviderKind::OAuth2,
+    ];
+
+    /// The name used in import files, the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Codex => "codex",
+            ProviderKind::Claude => "claude",
+            ProviderKind::Google => "google",
+            ProviderKind::OAuth2 => "oauth2",
+        }
+    }
+
+    /// Parses [`ProviderKind::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the refresh grant's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    Form,
+    /// `application/json` (OpenAI's and Anthropic's clients).
+    Json,
+}
+
+impl Encoding {
+    /// `form` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Form => "form",
+            Encoding::Json => "json",
+        }
+    }
+
+    /// Parses [`Encoding::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Encoding> {
+        match s {
+            "form" => Some(Encoding::Form),
+            "json" => Some(Encoding::Json),
+            _ => None,
+        }
+    }
+}
+
+/// How a client authenticates to the token endpoint (RFC 6749 §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Public client: only `client_id` in the body.
+    None,
+    /// `client_secret_post`: id and secret in the body.
+    Post,
+    /// `client_secret_basic`: id and secret in an `Authorization: Basic` header.
+    Basic,
+}
+
+impl ClientAuth {
+    /// `none`, `post` or `basic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Post => "post",
+            ClientAuth::Basic => "basic",
+        }
+    }
+
+    /// Parses [`ClientAuth::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<ClientAuth> {
+        match s {
+            "none" => Some(ClientAuth::None),
+            "post" => Some(ClientAuth::Post),
+            "basic" => Some(ClientAuth::Basic),
+            _ => None,
+        }
+    }
 }
 
 /// How to reach a credential's token endpoint.

@@ -57,12 +57,14 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
-    /// A replace while a refresh of the credential is in flight (its lease
-    /// is live): the replace could get the refresh token sent twice.
+    /// An operator's change (replace, delete, encrypt, rekey) while a
+    /// refresh of the credential is in flight: it could get the refresh
+    /// token sent twice, or the rotated one lost.
     #[error(
-        "credential '{id}' is being refreshed right now; replacing it mid-refresh could get its \
-         refresh token sent twice and the login revoked. It was left as it was; retry in \
-         {retry_after_s} s"
+        "credential '{id}' is being refreshed right now; changing it mid-refresh could get its \
+         refresh token sent twice and the login revoked. Nothing was changed; retry in \
+         {retry_after_s} s (if it stays so, another tokenwarden process is refreshing it, or \
+         one that crashed left it: `tokenwarden token {id}` settles that)"
     )]
     RefreshInProgress {
         /// Credential id.
@@ -110,6 +112,9 @@ pub enum Spent {
     Rotated,
     /// An import put another refresh token in its place.
     Replaced,
+    /// Its credential was deleted while left `refreshing`: it may have
+    /// reached upstream.
+    DeletedInRefresh,
 }
 
 impl Spent {
@@ -118,6 +123,7 @@ impl Spent {
         match self {
             Spent::Rotated => "rotated",
             Spent::Replaced => "replaced",
+            Spent::DeletedInRefresh => "deleted during a refresh",
         }
     }
 
@@ -126,6 +132,7 @@ impl Spent {
         match s {
             "rotated" => Some(Spent::Rotated),
             "replaced" => Some(Spent::Replaced),
+            "deleted during a refresh" => Some(Spent::DeletedInRefresh),
             _ => None,
         }
     }
@@ -136,6 +143,9 @@ impl std::fmt::Display for Spent {
         f.write_str(match self {
             Spent::Rotated => "rotated away by a refresh",
             Spent::Replaced => "replaced by an import",
+            Spent::DeletedInRefresh => {
+                "sent upstream by a refresh whose credential was then deleted"
+            }
         })
     }
 }

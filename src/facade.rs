@@ -64,9 +64,7 @@ pub fn create_handle(warden: &Warden, id: &str, label: &str) -> Result<Secret> {
         ));
     }
     let handle = new_handle()?;
-    warden
-        .store()
-        .insert_handle(&hash_handle(handle.expose()), id, label, clock::now_ms())?;
+    warden.add_handle(&hash_handle(handle.expose()), id, label, clock::now_ms())?;
     Ok(handle)
 }
 
@@ -84,7 +82,7 @@ pub fn revoke_handle(warden: &Warden, handle_or_id: &str) -> Result<()> {
             "give the handle (twh_…) or its {SHORT_ID_LEN}-digit id from `tokenwarden handle list`"
         )));
     };
-    match warden.store().revoke_handles(&prefix, clock::now_ms())? {
+    match warden.revoke_handles(&prefix, clock::now_ms())? {
         0 => Err(Error::BadInput("no such active handle".into())),
         _ => Ok(()),
     }
@@ -277,7 +275,7 @@ pub fn exchange(
         return Err(Refusal::InvalidHandle);
     }
     let hash = hash_handle(handle);
-    let h: HandleRow = match warden.store().handle(&hash) {
+    let h: HandleRow = match warden.handle(&hash) {
         Ok(Some(h)) if h.revoked_ms.is_none() => h,
         Ok(_) => return Err(Refusal::InvalidHandle),
         Err(e) => return Err(refusal(e)),
@@ -319,10 +317,7 @@ pub fn exchange(
     };
     let (row, _) = warden.ensure(id, need, opts.wait).map_err(refusal)?;
     let served = row.access_token.as_ref().map(|t| fingerprint(t.expose()));
-    if let Err(e) = warden
-        .store()
-        .touch_handle(&hash, now, served.as_deref().unwrap_or(""))
-    {
+    if let Err(e) = warden.touch_handle(&hash, now, served.as_deref().unwrap_or("")) {
         log::warn!("facade: could not record handle use: {e}");
     }
     Ok(row)

@@ -11,11 +11,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod error;
+pub mod exit;
 pub mod facade;
 pub mod http;
 pub mod import;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -57,14 +58,14 @@ pub struct Metrics {
     http: Mutex<BTreeMap<(&'static str, u16), u64>>,
     waiters: AtomicI64,
     upstream_requests: AtomicU64,
-    leases: Leases,
+    leases: Arc<Leases>,
 }
 
 /// The refresh leases this process holds: each from just before its claim
 /// until its outcome is committed or the lease is lost. Shutdown waits for
 /// them (a refresh cut short after upstream answered burns the login).
 #[derive(Default)]
-struct Leases {
+pub(crate) struct Leases {
     book: Mutex<LeaseBook>,
     /// Signalled when a lease ends.
     ended: Condvar,
@@ -79,11 +80,38 @@ struct LeaseBook {
     refused: bool,
 }
 
-/// A refresh lease of this process (see [`Metrics::lease`]); ends when
+/// A refresh lease of this process (taken by the refresh protocol); ends when
 /// dropped.
 pub struct LeaseHeld<'a> {
-    leases: &'a Leases,
+    leases: &'a Arc<Leases>,
     serial: u64,
+}
+
+impl Leases {
+    /// How many are held now.
+    pub(crate) fn held(&self) -> usize {
+        self.book.lock().held.len()
+    }
+
+    /// No new lease from now on (see [`Metrics::refuse_leases`]).
+    pub(crate) fn refuse(&self) {
+        self.book.lock().refused = true;
+    }
+
+    /// See [`Metrics::wait_for_leases`].
+    pub(crate) fn wait(&self, ttl: Duration) -> usize {
+        let mut book = self.book.lock();
+        loop {
+            let Some(newest) = book.held.values().max().copied() else {
+                return 0;
+            };
+            let end = newest + ttl;
+            if Instant::now() >= end {
+                return book.held.len();
+            }
+            self.ended.wait_until(&mut book, end);
+        }
+    }
 }
 
 impl Drop for LeaseHeld<'_> {
@@ -158,7 +186,13 @@ impl Metrics {
 
     /// How many refresh leases this process holds now.
     pub fn leases_held(&self) -> usize {
-        self.leases.book.lock().held.len()
+        self.leases.held()
+    }
+
+    /// The lease book itself, for a thread that outlives a borrow of this
+    /// (the one-shot commands' signal handler).
+    pub(crate) fn lease_book(&self) -> Arc<Leases> {
+        self.leases.clone()
     }
 
     /// When the newest lease this process holds was taken; `None` when it
@@ -171,24 +205,14 @@ impl Metrics {
     /// would claim one gets "unavailable, retry"): it is exiting. Leases
     /// already held are not affected.
     pub fn refuse_leases(&self) {
-        self.leases.book.lock().refused = true;
+        self.leases.refuse();
     }
 
     /// Waits until this process holds no refresh lease, or until every lease
     /// still held was taken more than `ttl` ago; returns how many are still
     /// held.
     pub fn wait_for_leases(&self, ttl: Duration) -> usize {
-        let mut book = self.leases.book.lock();
-        loop {
-            let Some(newest) = book.held.values().max().copied() else {
-                return 0;
-            };
-            let end = newest + ttl;
-            if Instant::now() >= end {
-                return book.held.len();
-            }
-            self.leases.ended.wait_until(&mut book, end);
-        }
+        self.leases.wait(ttl)
     }
 
     /// How many refreshes ended with `outcome` (all providers).

@@ -25,7 +25,6 @@ fn check_supported(warden: &Warden, id: &str) -> Result<crate::credential::Crede
 pub fn latest(warden: &Warden, id: &str) -> Result<QuotaRow> {
     check_supported(warden, id)?;
     warden
-        .store()
         .latest_quota(id)?
         .ok_or_else(|| Error::NoQuota(id.to_owned()))
 }
@@ -92,7 +91,7 @@ pub fn fetch(warden: &Warden, id: &str) -> Result<QuotaRow> {
         }
     }
     let keep = clock::millis(warden.config().quota_keep);
-    warden.store().insert_quota(
+    warden.record_quota(
         &row,
         resp.as_ref().map(|r| r.body.as_slice()),
         row.fetched_at_ms.saturating_sub(keep),

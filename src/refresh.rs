@@ -405,6 +405,7 @@ impl Refresher {
         let request =
             provider::refresh_request(&row.provider, &row.refresh_token, &self.config.endpoints)
                 .map_err(|why| config_error(row, &self.config.endpoints, &why))?;
+        clock::lease_clock_known().map_err(Error::Config)?;
         let now = clock::now();
         let actor = clock::actor(&self.config.actor);
         let lease = Lease {
@@ -641,7 +642,18 @@ impl Refresher {
                 .tokens
                 .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
             let lease_left = lease.left_ms(clock::lease_now()).unwrap_or(0);
-            if write.tokens.is_none() || (!rotated && lease_left < 250) {
+            // Only a database that may come back is waited for (busy, full,
+            // read-only, an I/O error); anything else will not clear.
+            let may_clear = matches!(err, Error::DiskFull(_) | Error::Db(_));
+            if write.tokens.is_none() || !may_clear || (!rotated && lease_left < 250) {
+                if rotated {
+                    log::error!(
+                        "{}: the rotated tokens of lease {} cannot be committed ({err}); \
+                         they are lost, and the next refresh will be refused",
+                        row.id,
+                        lease.id
+                    );
+                }
                 return Err(err);
             }
             tries += 1;
@@ -687,10 +699,12 @@ impl Refresher {
         loop {
             let now = clock::now();
             // The state machine needs the status only: no secrets decoded.
-            let current = self
-                .store
-                .get_without_secrets(&row.id)?
-                .ok_or_else(|| Error::NotFound(row.id.clone()))?;
+            let Some(current) = self.store.get_without_secrets(&row.id)? else {
+                // Deleted under the lease (a delete waits for live leases,
+                // so this one had run out): nothing left to write to.
+                log::error!("{}: the credential was deleted during its refresh", row.id);
+                return Ok(None);
+            };
             let t = match state::apply(&current.status, event, now, &self.config.policy) {
                 Ok(t) => t,
                 Err(Refusal::LeaseLost) => return Ok(None),

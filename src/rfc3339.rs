@@ -10,7 +10,7 @@
 //!   in lower case and a space in place of `T` (RFC 3339 §5.6 note).
 //!   Fractions of any length are read to the millisecond (truncated). A
 //!   leap second (`:60`) is refused, as Go's and most parsers do.
-//! - [`format`] always writes UTC with a `Z`, and the fraction only when it
+//! - [`format()`] always writes UTC with a `Z`, and the fraction only when it
 //!   is not zero (`.mmm`, exactly three digits). Instants outside the years
 //!   0000–9999 are clamped to that range, so the output always parses back.
 

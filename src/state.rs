@@ -976,6 +976,110 @@ mod tests {
         }
     }
 
+    /// Leases are judged on the lease clock alone: a step of the wall clock
+    /// (either way) changes nothing; a reading of another clock (another
+    /// boot) or a deadline out of range reads as ended.
+    #[test]
+    fn leases_follow_the_lease_clock_not_the_wall_clock() {
+        let busy = |left| Decision::Wait {
+            lease_left_ms: left,
+            fallback: true,
+        };
+        for step in [-60_000, -1, 0, 1, 60_000, 86_400_000] {
+            let stepped = Now {
+                wall_ms: NOW + step,
+                ..AT
+            };
+            // The token itself expires by the wall clock (60 s ahead): only
+            // whether the old token may be served as a fallback follows it.
+            let want = Decision::Wait {
+                lease_left_ms: 30_000,
+                fallback: step < 60_000,
+            };
+            assert_eq!(
+                decide(&row("refreshing"), token(0), stepped, &P),
+                want,
+                "{step}"
+            );
+        }
+        let other_boot = Now {
+            lease: LeaseTime {
+                clock: CLOCK + 1,
+                ms: NOW,
+            },
+            ..AT
+        };
+        assert_eq!(
+            decide(&row("refreshing"), token(0), other_boot, &P),
+            Decision::Claim
+        );
+        assert_eq!(row("refreshing").effective(other_boot, &P), Expiring);
+        let far = Status {
+            lease: Some(lease("L", NOW + MAX_LEASE_MS + 1)),
+            ..row("refreshing")
+        };
+        assert_eq!(decide(&far, token(0), AT, &P), Decision::Claim);
+        let at_max = Status {
+            lease: Some(lease("L", NOW + MAX_LEASE_MS)),
+            ..row("refreshing")
+        };
+        assert_eq!(decide(&at_max, token(0), AT, &P), busy(MAX_LEASE_MS));
+        // The lease clock moving past the deadline ends it, whatever the
+        // wall clock says (here: not moved at all).
+        let later = Now {
+            lease: LeaseTime {
+                clock: CLOCK,
+                ms: NOW + 30_001,
+            },
+            wall_ms: NOW,
+        };
+        assert_eq!(
+            decide(&row("refreshing"), token(0), later, &P),
+            Decision::Claim
+        );
+    }
+
+    /// The refresh window is min(refresh_ahead, lifetime / 2), lifetime
+    /// measured from the refresh that minted the token; a caller's min_ttl
+    /// is capped the same way.
+    #[test]
+    fn short_lived_tokens_get_half_their_lifetime_as_window() {
+        let minted = |ago: i64, left: i64| Status {
+            last_refresh_ms: Some(NOW - ago),
+            expires_at_ms: Some(NOW + left),
+            ..row("valid")
+        };
+        let table = [
+            // (minted ago, left, need, decision)
+            (1_000, 119_000, token(0), Decision::Serve),
+            (59_000, 61_000, token(0), Decision::Serve),
+            (61_000, 59_000, token(0), Decision::Claim),
+            (1_000, 119_000, token(600_000), Decision::Serve),
+            (1_000, 119_000, token(61_000), Decision::Serve),
+            (70_000, 50_000, token(55_000), Decision::Claim),
+            // A long-lived token keeps refresh_ahead (300 s).
+            (HOUR, 301_000, token(0), Decision::Serve),
+            (HOUR, 299_000, token(0), Decision::Claim),
+        ];
+        for (ago, left, need, want) in table {
+            assert_eq!(
+                decide(&minted(ago, left), need, AT, &P),
+                want,
+                "minted {ago} ms ago, {left} ms left, {need:?}"
+            );
+        }
+        assert_eq!(minted(1_000, 119_000).window_ms(&P), 60_000);
+        assert_eq!(minted(HOUR, 301_000).window_ms(&P), 300_000);
+        // Nonsense data (expiry before the refresh) falls back to refresh_ahead.
+        assert_eq!(minted(-10_000, 5_000).window_ms(&P), 300_000);
+        let unknown = Status {
+            last_refresh_ms: None,
+            ..minted(0, 100_000)
+        };
+        assert_eq!(unknown.window_ms(&P), 300_000);
+        assert_eq!(unknown.effective(AT, &P), Expiring);
+    }
+
     #[test]
     fn names_round_trip() {
         for s in State::ALL {

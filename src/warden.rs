@@ -13,7 +13,7 @@ use crate::refresh::{Refresher, Rows, Signals};
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
-use crate::store::{EventRow, Store, Write};
+use crate::store::{Deleted, EventRow, Store, Write};
 use crate::upstream::Upstream;
 
 /// How often a replace waiting on a refresh lease looks at the row even
@@ -119,7 +119,13 @@ impl Warden {
         &self.core.upstream
     }
 
-    /// The underlying store (for tools that list or inspect rows).
+    /// The underlying store. Tests and benches only: the crate's callers,
+    /// and the CLI and HTTP API above all, go through `Warden`'s methods
+    /// (here and in `admin.rs`; architecture invariant A3), and an embedder
+    /// should too. Kept public, hidden, for the integration tests that look
+    /// at rows directly (`attack`, `hardening`, `import_replace`,
+    /// `shm_locks`).
+    #[doc(hidden)]
     pub fn store(&self) -> &Store {
         &self.core.store
     }
@@ -197,6 +203,12 @@ impl Warden {
                         .is_some()
                     {
                         log::info!("{id}: access token rejected upstream; {}", t.reason);
+                        // Never taken from an import again. Best effort: the
+                        // rejection itself is recorded; losing this only
+                        // matters to a delete + re-import of an old file.
+                        if let Err(e) = store.remember_rejected(id, token, now.wall_ms) {
+                            log::warn!("{id}: could not remember the rejected token: {e}");
+                        }
                         break;
                     }
                     // Lost a race with another writer: look again.
@@ -277,50 +289,57 @@ impl Warden {
         let actor = clock::actor(&self.core.config.actor);
         let deadline = Instant::now() + wait;
         loop {
-            let now = clock::now();
             let current = match replace {
-                true => store.get_without_secrets(id)?,
+                true => self.without_live_lease(id, deadline)?,
                 false => None,
             };
+            let now = clock::now_ms();
             let Some(row) = current else {
-                match store.insert(c, &actor, now.wall_ms) {
+                match store.insert(c, &actor, now) {
                     // Imported by someone else meanwhile: replace that.
                     Err(Error::Exists(_)) if replace => continue,
                     other => return other,
                 }
             };
-            // The state machine says whether a lease is live (Wait): then the
-            // owner may be sending the refresh token right now, and its
-            // commit must land before anything replaces the row.
-            let need = Need::Token { min_ttl_ms: 0 };
-            if let Decision::Wait { lease_left_ms, .. } =
-                state::decide(&row.status, need, now, &self.core.config.policy)
-            {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let lease_s = self.core.config.lease_ttl.as_secs().max(1);
-                    let retry_after_s = (lease_left_ms.max(1) as u64)
-                        .div_ceil(1000)
-                        .clamp(1, lease_s);
-                    return Err(Error::RefreshInProgress {
-                        id: id.to_owned(),
-                        retry_after_s,
-                    });
-                }
-                // Woken by the owner's commit (or a poll of the version), and
-                // at least every REPLACE_RECHECK, to see the lease run out.
-                self.core.wait_for_change(
-                    id,
-                    row.status.version,
-                    left.min(REPLACE_RECHECK),
-                    POLL,
-                )?;
-                continue;
-            }
-            if let Some(row) = store.replace(c, row.status.version, &actor, now.wall_ms)? {
+            if let Some(row) = store.replace(c, row.status.version, &actor, now)? {
                 return Ok(row);
             }
             // Lost a race with another writer: look again.
+        }
+    }
+
+    /// The row of `id` (without secrets) once no refresh lease on it is
+    /// live, for an operator's change (replace, delete): while one is, its
+    /// owner may be sending the refresh token right now, and its commit
+    /// must land first. Waits until `deadline` (woken by the owner's commit
+    /// or a poll of the version, and at least every [`REPLACE_RECHECK`] to
+    /// see a crashed owner's lease run out), then refuses with
+    /// [`Error::RefreshInProgress`]. `None` if there is no such credential.
+    fn without_live_lease(&self, id: &str, deadline: Instant) -> Result<Option<Credential>> {
+        loop {
+            let Some(row) = self.core.store.get_without_secrets(id)? else {
+                return Ok(None);
+            };
+            let need = Need::Token { min_ttl_ms: 0 };
+            let now = clock::now();
+            let Decision::Wait { lease_left_ms, .. } =
+                state::decide(&row.status, need, now, &self.core.config.policy)
+            else {
+                return Ok(Some(row));
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let lease_s = self.core.config.lease_ttl.as_secs().max(1);
+                let retry_after_s = (lease_left_ms.max(1) as u64)
+                    .div_ceil(1000)
+                    .clamp(1, lease_s);
+                return Err(Error::RefreshInProgress {
+                    id: id.to_owned(),
+                    retry_after_s,
+                });
+            }
+            self.core
+                .wait_for_change(id, row.status.version, left.min(REPLACE_RECHECK), POLL)?;
         }
     }
 
@@ -342,18 +361,40 @@ impl Warden {
         self.core.store.list_without_secrets()
     }
 
-    /// Deletes a credential; its events stay.
+    /// Deletes a credential; its events stay. Waits up to the configured
+    /// `wait` for a refresh in flight (see [`Warden::delete_within`]).
     pub fn delete(&self, id: &str) -> Result<()> {
+        self.delete_within(id, self.core.config.wait)
+    }
+
+    /// Deletes a credential once no refresh lease on it is live (waiting at
+    /// most `wait`, then [`Error::RefreshInProgress`]): deleting under a
+    /// live lease would discard the owner's rotated tokens, and an import
+    /// of the same file would then send the spent token again. A row left
+    /// `refreshing` by a lease that ran out has its refresh token recorded
+    /// as spent (it may have reached upstream).
+    pub fn delete_within(&self, id: &str, wait: Duration) -> Result<()> {
+        let id = checked(id)?;
         let actor = clock::actor(&self.core.config.actor);
-        if self
-            .core
-            .store
-            .delete(checked(id)?, &actor, clock::now_ms())?
-        {
-            self.core.signals.notify(id);
-            Ok(())
-        } else {
-            Err(Error::NotFound(id.to_owned()))
+        let deadline = Instant::now() + wait;
+        loop {
+            let row = self
+                .without_live_lease(id, deadline)?
+                .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+            let version = row.status.version;
+            match self
+                .core
+                .store
+                .delete(id, version, &actor, clock::now_ms())?
+            {
+                Deleted::Done => {
+                    self.core.signals.notify(id);
+                    return Ok(());
+                }
+                Deleted::NotFound => return Err(Error::NotFound(id.to_owned())),
+                // Changed meanwhile (a claim, a refresh): look again.
+                Deleted::Changed => {}
+            }
         }
     }
 

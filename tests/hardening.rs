@@ -120,6 +120,39 @@ fn an_owner_whose_wall_clock_is_behind_keeps_its_lease() {
     assert_eq!(stats.reuse_detected, 0);
 }
 
+/// Item 6, the owner ahead: an owner whose wall clock alone is 60 s ahead
+/// commits within its lease, and the others adopt its refresh.
+#[test]
+fn an_owner_whose_wall_clock_is_ahead_commits_within_its_lease() {
+    let env = Env::with(slow_lease());
+    env.login("ahead-owner", 60);
+    env.fake.set_latency(Duration::from_millis(2500));
+    let Some(mut cmd) = with_wall_clock(env.cmd(), "+60s") else {
+        return;
+    };
+    let owner = cmd
+        .args(["token", "ahead-owner"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let warden = env.warden();
+    wait_until("the owner's request", Duration::from_secs(5), || {
+        env.fake.stats().in_flight == 1
+    });
+    assert_eq!(
+        warden.get("ahead-owner").unwrap().status.state,
+        State::Refreshing
+    );
+    let g = warden.token("ahead-owner", Duration::ZERO).expect("token");
+    let out = owner.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), g.access_token.expose());
+    let stats = env.fake.stats();
+    assert_eq!(stats.token_requests, 1, "one refresh, by the lease's owner");
+    assert_eq!(stats.reuse_detected, 0);
+}
+
 /// Item 6: a lease written by a process of another boot (its boot-time
 /// clock is not this one) or with a deadline out of range reads as expired:
 /// a dead owner's credential never stays stuck.
@@ -324,4 +357,57 @@ fn a_short_retry_after_is_waited_out_within_the_call() {
     let summary = json(&env.run(&["show", "ra-long", "--json"]));
     let next = summary["next_attempt_at"].as_i64().unwrap();
     assert!(next >= common::tw::now() + 28, "{summary}");
+}
+
+/// SIGTERM (or Ctrl-C's SIGINT) to a one-shot command that holds a refresh
+/// lease: it finishes committing the rotated tokens before exiting, so the
+/// rotation is not lost (before: it died at once, and the next refresh sent
+/// the spent token). A command waiting on nothing exits at once.
+#[test]
+fn sigterm_to_a_one_shot_command_mid_refresh_keeps_the_rotation() {
+    for (args, signal) in [(&["token", "one"][..], "-TERM"), (&["sweep"][..], "-INT")] {
+        let env = Env::with(slow_lease());
+        env.login("one", 0);
+        env.fake.set_latency(Duration::from_millis(1500));
+        let child = env
+            .cmd()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the refresh in flight", Duration::from_secs(5), || {
+            env.fake.stats().in_flight == 1
+        });
+        let kill = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.code().is_some(),
+            "{args:?} died by the signal mid-refresh: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+        let family = env.fake.family_state("one");
+        assert_eq!(
+            family.rotations,
+            1,
+            "{args:?}: {:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+        let row = env.warden().get("one").unwrap();
+        assert_eq!(
+            row.refresh_token.expose(),
+            family.current_refresh_token,
+            "{args:?}: the rotated refresh token was committed before exiting"
+        );
+        env.fake.set_latency(Duration::ZERO);
+        let out = env.run(&["refresh", "one"]);
+        assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
+        assert_eq!(env.fake.stats().reuse_detected, 0, "{args:?}");
+    }
 }

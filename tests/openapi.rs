@@ -427,6 +427,28 @@ fn every_answer_matches_the_document() {
     );
     h.send(Admin, "POST", "/v1/credentials?replace=1", Some(&record))
         .expect(201);
+    // A refresh in flight: a delete is refused at once (409), never waited
+    // out over HTTP, and deletes nothing.
+    fake.set_latency(Duration::from_millis(1500));
+    let pending = {
+        let client = h.srv.client.with_key(Admin.key());
+        std::thread::spawn(move || client.send("POST", "/v1/credentials/alice/refresh", None))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while fake.stats().in_flight == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the refresh never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let a = h
+        .send(Admin, "DELETE", "/v1/credentials/alice", None)
+        .expect(409);
+    assert_eq!(a.code(), "refresh_in_progress");
+    assert!(a.header("retry-after").is_some());
+    pending.join().expect("refresh").expect(200);
+    fake.set_latency(Duration::ZERO);
     let bob = fake.new_family("bob");
     let auth_json = bob.codex_auth_json().to_string();
     h.send(

@@ -14,7 +14,6 @@ use crate::credential::validate_id;
 use crate::facade;
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
-use crate::state::State;
 use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
 use crate::warden::{Grant, Warden};
 
@@ -315,13 +314,12 @@ fn dispatch(
         Action::List => list(w),
         Action::Import => import(w, q, body),
         Action::Show => {
-            let row = w.get(id)?;
-            let quota = w.store().latest_quota(id)?;
-            let summary = Summary::new(&row, clock::now(), &w.config().policy);
-            Ok(Reply::json(200, &summary.with_quota(quota.as_ref())))
+            let detail = w.detail(id)?;
+            Ok(Reply::json(200, &detail.summary()))
         }
         Action::Delete => {
-            w.delete(id)?;
+            // Refused at once (409 `refresh_in_progress`) during a refresh.
+            w.delete_within(id, Duration::ZERO)?;
             Ok(Reply::empty(204))
         }
         Action::Token => {
@@ -382,17 +380,14 @@ fn token_reply(grant: &Grant) -> Result<Reply, ApiError> {
 /// as serialising a [`SummaryList`], written one row at a time so that no
 /// more than one decoded row (and no secret) is held at once.
 fn list(w: &Warden) -> Result<Reply, ApiError> {
-    let quotas = w.store().latest_quotas()?;
-    let (now, policy) = (clock::now(), w.config().policy);
     let mut out = b"{\"credentials\":[".to_vec();
     let mut encoded: serde_json::Result<()> = Ok(());
     let mut first = true;
-    w.store().each_without_secrets(|c| {
+    w.each_summary(|summary| {
         if encoded.is_ok() {
             if !std::mem::take(&mut first) {
                 out.push(b',');
             }
-            let summary = Summary::new(&c, now, &policy).with_quota(quotas.get(&c.id));
             encoded = serde_json::to_writer(&mut out, &summary);
         }
     })?;
@@ -406,14 +401,7 @@ fn list(w: &Warden) -> Result<Reply, ApiError> {
 /// Prometheus text, with the credentials counted by effective state (read
 /// one row at a time, without secrets).
 fn metrics(w: &Warden) -> Result<Reply, ApiError> {
-    let (now, policy) = (clock::now(), w.config().policy);
-    let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
-    w.store().each_without_secrets(|c| {
-        let state = c.status.effective(now, &policy).as_str();
-        if let Some((_, n)) = states.iter_mut().find(|(name, _)| *name == state) {
-            *n += 1;
-        }
-    })?;
+    let states = w.count_by_state()?;
     Ok(Reply::metrics(w.metrics().render(&states)))
 }
 

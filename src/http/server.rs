@@ -458,6 +458,8 @@ fn work(shared: &Shared) {
             return;
         }
         match shared.http.recv() {
+            // Stopping began while this worker waited: no request starts.
+            Ok(rq) if shared.stopping.load(Ordering::SeqCst) => refuse(rq),
             Ok(rq) => serve(shared, rq),
             Err(e) if !shared.stopping.load(Ordering::SeqCst) => {
                 log::error!("the HTTP listener failed: {e}");

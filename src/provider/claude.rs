@@ -39,6 +39,7 @@ mod tests {
     use super::super::testkit::*;
     use super::super::*;
     use super::*;
+    use crate::credential::ProviderConfig;
 
     const K: ProviderKind = ProviderKind::Claude;
 

@@ -60,6 +60,7 @@ mod tests {
     use super::super::testkit::*;
     use super::super::*;
     use super::*;
+    use crate::credential::ProviderConfig;
 
     const K: ProviderKind = ProviderKind::Codex;
 

@@ -22,6 +22,7 @@ mod tests {
     use super::super::testkit::*;
     use super::super::*;
     use crate::credential::Claims;
+    use crate::credential::ProviderConfig;
 
     const K: ProviderKind = ProviderKind::Google;
 

@@ -25,6 +25,8 @@ mod tests {
 
     use super::super::testkit::*;
     use super::super::*;
+    use crate::credential::ProviderConfig;
+    use crate::secret::Secret;
 
     const K: ProviderKind = ProviderKind::OAuth2;
 

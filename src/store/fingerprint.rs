@@ -285,8 +285,8 @@ pub(super) fn rotated(
     }
     if let Some(old) = &old {
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-             VALUES (?1, ?2, ?3, 'rotated')",
+            "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+             VALUES (?1, ?2, ?3, 'rotated') ON CONFLICT (fp) DO NOTHING",
         )
         .and_then(|mut s| s.execute(params![old, id, now_ms]))
         .map_err(db_err)?;

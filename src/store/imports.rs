@@ -6,7 +6,8 @@
 //! (`credentials.refresh_fp` is unique) or one that was already spent
 //! (`spent_tokens`), comparing keyed fingerprints, never tokens.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{append_event, db_err, select_one, Change, Codec, Store, Sync};
 use crate::credential::{Credential, NewCredential};
@@ -60,38 +61,104 @@ struct Sealed {
     api_key: Option<String>,
 }
 
-fn sealed(codec: &Codec, c: &NewCredential) -> Sealed {
+/// `spent_tokens.reason` of an access token an upstream API refused: its
+/// fingerprint is kept so that no import brings it back (a delete and a
+/// re-import of an old file would otherwise serve it again).
+pub(crate) const REJECTED_ACCESS: &str = "rejected access token";
+
+/// Whether `token` was reported rejected (see [`REJECTED_ACCESS`]).
+fn was_rejected(tx: &Connection, codec: &Codec, token: &str) -> Result<bool> {
+    tx.query_row(
+        "SELECT 1 FROM spent_tokens WHERE fp = ?1 AND reason = ?2",
+        params![codec.fingerprint(token), REJECTED_ACCESS],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|found| found.is_some())
+    .map_err(db_err)
+}
+
+/// `c`'s secrets, sealed; an access token once reported rejected is left
+/// out (the credential then refreshes before its first use).
+fn sealed(tx: &Connection, codec: &Codec, c: &NewCredential) -> Result<Sealed> {
     let seal = |col: &str, s: &Secret| codec.seal(&c.id, col, s.expose());
     let seal_opt = |col: &str, s: &Option<Secret>| s.as_ref().map(|s| seal(col, s));
-    Sealed {
-        access_token: seal_opt("access_token", &c.access_token),
+    let access = match &c.access_token {
+        Some(t) if was_rejected(tx, codec, t.expose())? => {
+            log::warn!(
+                "{}: the imported access token was reported rejected before; it is left out \
+                 (the first use refreshes)",
+                c.id
+            );
+            None
+        }
+        other => other.clone(),
+    };
+    Ok(Sealed {
+        access_token: seal_opt("access_token", &access),
         refresh_token: seal("refresh_token", &c.refresh_token),
         id_token: seal_opt("id_token", &c.id_token),
         client_secret: seal_opt("client_secret", &c.provider.client_secret),
         api_key: seal_opt("api_key", &c.api_key),
-    }
+    })
 }
 
-/// Whether an import carrying the refresh token already stored brings a
-/// newer access token: one the row does not have, that is not the stored
-/// one, and expires later (a re-imported older file never turns back an
-/// access token, nor brings back one that was rejected).
-fn newer_access_token(stored: &Credential, c: &NewCredential) -> bool {
-    let Some(new) = &c.access_token else {
-        return false;
-    };
-    match &stored.access_token {
-        None => true,
-        Some(current) if current == new => false,
-        Some(_) => match (c.expires_at_ms, stored.status.expires_at_ms) {
-            (Some(new), Some(old)) => new > old,
-            (Some(_), None) => true,
-            (None, _) => false,
-        },
-    }
+/// The values of a whole-row write (an insert, or a replace with another
+/// refresh token), bound as `?1` to `?21` in that order: id, provider,
+/// access, refresh and id tokens, expiry, token URL, client id and secret,
+/// scope, encoding, client auth, API key, the five claims, last refresh,
+/// now, fingerprint.
+fn whole_row<'a>(
+    c: &'a NewCredential,
+    s: &'a Sealed,
+    now_ms: i64,
+    fp: &'a str,
+) -> impl rusqlite::Params + 'a {
+    let p = &c.provider;
+    params_from_iter([
+        Value::from(c.id.clone()),
+        Value::from(p.kind.as_str().to_owned()),
+        opt(s.access_token.clone()),
+        Value::from(s.refresh_token.clone()),
+        opt(s.id_token.clone()),
+        c.expires_at_ms.map_or(Value::Null, Value::from),
+        opt(p.token_url.clone()),
+        opt(p.client_id.clone()),
+        opt(s.client_secret.clone()),
+        opt(p.scope.clone()),
+        opt(p.encoding.map(|e| e.as_str().to_owned())),
+        opt(p.client_auth.map(|a| a.as_str().to_owned())),
+        opt(s.api_key.clone()),
+        opt(c.claims.account_id.clone()),
+        opt(c.claims.email.clone()),
+        opt(c.claims.plan_type.clone()),
+        opt(c.claims.user_id.clone()),
+        opt(c.claims.organization_id.clone()),
+        c.last_refresh_ms.map_or(Value::Null, Value::from),
+        Value::from(now_ms),
+        Value::from(fp.to_owned()),
+    ])
+}
+
+fn opt(v: Option<String>) -> Value {
+    v.map_or(Value::Null, Value::from)
 }
 
 impl Store {
+    /// Remembers that an upstream API refused `token`, an access token of
+    /// credential `id` (see [`REJECTED_ACCESS`]).
+    pub fn remember_rejected(&self, id: &str, token: &str, now_ms: i64) -> Result<()> {
+        let fp = self.inner.codec.fingerprint(token);
+        let conn = self.writer(Sync::Full)?;
+        conn.execute(
+            "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
+            params![fp, id, now_ms, REJECTED_ACCESS],
+        )
+        .map(drop)
+        .map_err(db_err)
+    }
+
     /// Stores a new credential. Refused: an id that exists
     /// ([`Error::Exists`]), a refresh token another id holds
     /// ([`Error::TokenHeldElsewhere`]) or one already spent
@@ -114,8 +181,7 @@ impl Store {
         if exists {
             return Err(Error::Exists(c.id.clone()));
         }
-        let p = &c.provider;
-        let s = sealed(codec, c);
+        let s = sealed(&tx, codec, c)?;
         tx.execute(
             "INSERT INTO credentials (id, provider, state, version, access_token, \
              refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
@@ -123,29 +189,7 @@ impl Store {
              organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
              VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
              ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
-            params![
-                c.id,
-                p.kind.as_str(),
-                s.access_token,
-                s.refresh_token,
-                s.id_token,
-                c.expires_at_ms,
-                p.token_url,
-                p.client_id,
-                s.client_secret,
-                p.scope,
-                p.encoding.map(Encoding::as_str),
-                p.client_auth.map(ClientAuth::as_str),
-                s.api_key,
-                c.claims.account_id,
-                c.claims.email,
-                c.claims.plan_type,
-                c.claims.user_id,
-                c.claims.organization_id,
-                c.last_refresh_ms,
-                now_ms,
-                fp,
-            ],
+            whole_row(c, &s, now_ms, &fp),
         )
         .map_err(db_err)?;
         let change = Change {
@@ -210,16 +254,17 @@ impl Store {
             None => stored.refresh_token == c.refresh_token,
         };
         let p = &c.provider;
-        let s = sealed(codec, c);
+        let s = sealed(&tx, codec, c)?;
         let (change_from, change_to, reason);
         if same {
-            let tokens = newer_access_token(&stored, c);
-            let unrejected = |st: State| match st {
-                State::Rejected if tokens => State::Valid,
-                st => st,
-            };
-            let state = unrejected(stored.status.state);
-            let resume = stored.status.resume.map(unrejected);
+            // The refresh token already stored: settings and claims only.
+            // Its tokens, state, failures, backoff and lease stay as they
+            // are — they are about that refresh token — and the file's
+            // access token is not taken: it may be one reported rejected
+            // (and rotated away) since the file was written, which must
+            // never be served again. `refresh ID` gets a new one.
+            let state = stored.status.state;
+            let resume = stored.status.resume;
             tx.execute(
                 "UPDATE credentials SET version = version + 1, provider = ?2, token_url = ?3, \
                  client_id = ?4, client_secret = ?5, scope = ?6, encoding = ?7, \
@@ -249,21 +294,6 @@ impl Store {
                 ],
             )
             .map_err(db_err)?;
-            if tokens {
-                tx.execute(
-                    "UPDATE credentials SET access_token = ?2, \
-                     id_token = COALESCE(?3, id_token), expires_at_ms = ?4, \
-                     last_refresh_ms = COALESCE(?5, last_refresh_ms) WHERE id = ?1",
-                    params![
-                        c.id,
-                        s.access_token,
-                        s.id_token,
-                        c.expires_at_ms,
-                        c.last_refresh_ms
-                    ],
-                )
-                .map_err(db_err)?;
-            }
             if stored_fp.is_none() {
                 // A row left without a fingerprint (see `fingerprint::prepare`)
                 // gets it if nobody else holds the token.
@@ -274,17 +304,13 @@ impl Store {
                 .map_err(db_err)?;
             }
             (change_from, change_to) = (stored.status.state, state);
-            reason = if tokens {
-                "re-imported, same refresh token (newer access token)"
-            } else {
-                "re-imported, same refresh token"
-            };
+            reason = "re-imported, same refresh token";
         } else {
             check_token(&tx, &c.id, &fp)?;
             if let Some(old) = &stored_fp {
                 tx.execute(
-                    "INSERT OR IGNORE INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-                     VALUES (?1, ?2, ?3, 'replaced')",
+                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+                     VALUES (?1, ?2, ?3, 'replaced') ON CONFLICT (fp) DO NOTHING",
                     params![old, c.id, now_ms],
                 )
                 .map_err(db_err)?;
@@ -300,29 +326,7 @@ impl Store {
                  dead_reason = NULL, last_error_code = NULL, last_error_message = NULL, \
                  last_error_at_ms = NULL, last_refresh_ms = ?19, updated_ms = ?20, \
                  refresh_fp = ?21 WHERE id = ?1",
-                params![
-                    c.id,
-                    p.kind.as_str(),
-                    s.access_token,
-                    s.refresh_token,
-                    s.id_token,
-                    c.expires_at_ms,
-                    p.token_url,
-                    p.client_id,
-                    s.client_secret,
-                    p.scope,
-                    p.encoding.map(Encoding::as_str),
-                    p.client_auth.map(ClientAuth::as_str),
-                    s.api_key,
-                    c.claims.account_id,
-                    c.claims.email,
-                    c.claims.plan_type,
-                    c.claims.user_id,
-                    c.claims.organization_id,
-                    c.last_refresh_ms,
-                    now_ms,
-                    fp,
-                ],
+                whole_row(c, &s, now_ms, &fp),
             )
             .map_err(db_err)?;
             (change_from, change_to) = (stored.status.state, State::Valid);
@@ -493,15 +497,16 @@ mod tests {
             .unwrap()
             .is_none());
 
-        // The same refresh token: a newer access token is taken, an older
-        // one is not, and the state of a dead credential stays.
+        // The same refresh token: the file's access token is never taken
+        // (newer or older: it may be one reported rejected since), and the
+        // state of a dead credential stays.
         let newer = new("a", "rt-1", Some(("at-2", NOW + 20_000)));
         let row = store.replace(&newer, v, "t", NOW).unwrap().unwrap();
-        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        assert_eq!(row.access_token, Some(Secret::new("at-1")));
         assert_eq!(row.status.version, v + 1);
         let older = new("a", "rt-1", Some(("at-0", NOW + 5_000)));
         let row = store.replace(&older, v + 1, "t", NOW).unwrap().unwrap();
-        assert_eq!(row.access_token, Some(Secret::new("at-2")));
+        assert_eq!(row.access_token, Some(Secret::new("at-1")));
         store
             .conn()
             .unwrap()
@@ -539,7 +544,7 @@ mod tests {
             reasons,
             [
                 "imported",
-                "re-imported, same refresh token (newer access token)",
+                "re-imported, same refresh token",
                 "re-imported, same refresh token",
                 "re-imported, same refresh token",
                 "re-imported"

@@ -257,6 +257,17 @@ impl DerefMut for Writer<'_> {
     }
 }
 
+/// What [`Store::delete`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Deleted (its events stay).
+    Done,
+    /// No such credential.
+    NotFound,
+    /// The row changed since the version given: nothing deleted.
+    Changed,
+}
+
 /// How durable a write transaction must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sync {
@@ -1109,23 +1120,49 @@ impl Store {
         Ok(results)
     }
 
-    /// Deletes a credential (its events stay). `false` if there was none.
-    pub fn delete(&self, id: &str, actor: &str, now_ms: i64) -> Result<bool> {
+    /// Deletes a credential (its events stay) if it is still at `version`.
+    pub fn delete(&self, id: &str, version: i64, actor: &str, now_ms: i64) -> Result<Deleted> {
         let mut conn = self.writer(Sync::Full)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let old: Option<(String, i64)> = tx
+        let old: Option<(String, i64, Option<String>)> = tx
             .query_row(
-                "DELETE FROM credentials WHERE id = ?1 RETURNING state, version",
+                "SELECT state, version, refresh_fp FROM credentials WHERE id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(db_err)?;
-        let Some((state, version)) = old else {
-            return Ok(false);
+        let Some((state, current, fp)) = old else {
+            return Ok(Deleted::NotFound);
         };
+        if current != version {
+            return Ok(Deleted::Changed);
+        }
+        // Left `refreshing` (its lease over, or its owner gone): the
+        // refresh token may have reached upstream and rotated, so it counts
+        // as spent — an old file holding it must not come back under this
+        // or another id.
+        if state == State::Refreshing.as_str() {
+            if let Some(fp) = fp {
+                tx.execute(
+                    // ON CONFLICT, not OR IGNORE: OR IGNORE also skips a
+                    // row that fails a CHECK, silently.
+                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
+                    params![
+                        fp,
+                        id,
+                        now_ms,
+                        crate::error::Spent::DeletedInRefresh.as_str()
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+        }
+        tx.execute("DELETE FROM credentials WHERE id = ?1", [id])
+            .map_err(db_err)?;
         let change = Change {
             from: Some(&state),
             to: "deleted",
@@ -1134,7 +1171,7 @@ impl Store {
         };
         append_event(&tx, id, &change, actor, now_ms).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(true)
+        Ok(Deleted::Done)
     }
 
     /// A credential's events, newest last; `limit` keeps the newest N.

@@ -174,6 +174,25 @@ fn convert_all(
         (Some(old), Some(check)) => verify(old, &check, path)?,
         (None, None) => {}
     }
+    // A refresh in flight (or one whose owner may still be committing
+    // after its lease ran out) writes with the key it opened the database
+    // with: converting under it would leave that commit unreadable, or
+    // refuse it and lose the rotated token. Refused instead; the check and
+    // the conversion are one write transaction, so no claim slips between.
+    let refreshing: Option<String> = tx
+        .query_row(
+            "SELECT id FROM credentials WHERE state = 'refreshing' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    if let Some(id) = refreshing {
+        return Err(Error::RefreshInProgress {
+            id,
+            retry_after_s: 1,
+        });
+    }
     let select = format!(
         "SELECT id, {} FROM credentials",
         SECRET_COLUMNS.map(|(_, c)| c).join(", ")

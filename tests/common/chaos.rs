@@ -257,9 +257,10 @@ struct Life {
     end_ms: i64,
     /// How far its own wall clock runs off (ms; 0: not stepped).
     offset_ms: i64,
-    /// Died of SIGKILL (or, a one-shot process, of SIGTERM).
+    /// Died of SIGKILL (or of a SIGTERM that came before its handler).
     killed: bool,
-    /// `serve` only: SIGTERMed once (then it drains, and is left alone).
+    /// Sent a SIGTERM (a `serve` then drains and is left alone; a
+    /// one-shot process gets SIGKILL, not a second SIGTERM).
     termed: bool,
     /// Credentials it logged an ambiguous attempt for.
     ambiguous: HashSet<usize>,
@@ -297,7 +298,7 @@ struct Records {
     by_pid: HashMap<u32, Vec<usize>>,
     /// Processes killed so far (for the progress line).
     kills: u64,
-    /// One-shot CLI processes that died of SIGTERM (also killed).
+    /// One-shot CLI processes stopped by a SIGTERM (exit 143; not kills).
     termed: u64,
     spawned: HashMap<Kind, u64>,
     violations: Vec<String>,
@@ -407,8 +408,8 @@ pub struct Figures {
     pub violations: usize,
     /// Whether `serve` took part.
     pub serve: bool,
-    /// One-shot CLI processes that died of SIGTERM (counted in `killed`:
-    /// the same loss window as SIGKILL).
+    /// One-shot CLI processes stopped by a SIGTERM: they finished their
+    /// refreshes in flight, then exited 143 (not kills).
     pub cli_sigterm_deaths: u64,
     /// Operator imports (`import --replace`, CLI and HTTP), by move and
     /// outcome.
@@ -485,7 +486,7 @@ impl Figures {
         let _ = writeln!(s, "  of which sniped       {}", self.snipes);
         let _ = writeln!(
             s,
-            "  of which SIGTERM      {} (one-shot CLI: no handler, same window as SIGKILL)",
+            "one-shot CLIs SIGTERMed {} (finished their refreshes, then exited 143)",
             self.cli_sigterm_deaths
         );
         let t = &self.serve_terms;
@@ -781,9 +782,19 @@ impl Ended {
     fn killed(&self) -> bool {
         match self.status.signal() {
             Some(9) => true,
+            // A one-shot CLI signalled before it installed its handler
+            // (it held no lease yet): a kill, like SIGKILL.
             Some(15) => self.kind != Kind::Serve,
             _ => false,
         }
+    }
+
+    /// A one-shot CLI that a SIGTERM stopped the way it must: it finished
+    /// the refreshes it had in flight, then exited 128 + 15. It printed no
+    /// answer, but lost nothing (its leases were committed), so it is no
+    /// kill: a lease of it taken over is still a violation.
+    fn stopped(&self) -> bool {
+        self.kind != Kind::Serve && self.status.code() == Some(128 + 15)
     }
 
     fn last_line(&self) -> &str {
@@ -868,9 +879,9 @@ fn run_child(sh: &Shared, kind: Kind, mut cmd: Command, step: Option<i64>) -> Op
         if ended.killed() {
             r.lives[life].killed = true;
             r.kills += 1;
-            if status.signal() == Some(15) {
-                r.termed += 1;
-            }
+        }
+        if ended.stopped() {
+            r.termed += 1;
         }
     }
     if ended.stderr.contains("panicked") || ended.stderr.contains("RUST_BACKTRACE") {
@@ -1001,7 +1012,7 @@ fn import_replace(
             let _ = std::fs::remove_file(&path);
             let end = end?;
             let life = Some(end.life);
-            if end.killed() {
+            if end.killed() || end.stopped() {
                 return Some((Imported::Lost, life));
             }
             let err = end.stderr.trim().to_owned();
@@ -1478,7 +1489,7 @@ fn cli_runner(sh: &Shared, admin: &Warden, n: u64) {
         let Some(end) = run_child(sh, kind, cmd, step) else {
             continue;
         };
-        let answer = if end.killed() {
+        let answer = if end.killed() || end.stopped() {
             Answer::Lost
         } else {
             match end.status.code() {
@@ -1524,7 +1535,7 @@ fn sweep_runner(sh: &Shared) {
         cmd.args(["sweep", "--json", "--concurrency", "3"]);
         if let Some(end) = run_child(sh, Kind::Sweep, cmd, None) {
             match end.status.code() {
-                _ if end.killed() => {}
+                _ if end.killed() || end.stopped() => {}
                 Some(0 | 4 | 5) => {}
                 other => sh.violation(format!("sweep exited {other:?}: {}", end.last_line())),
             }
@@ -1777,9 +1788,17 @@ fn killer(sh: &Shared) {
         if *kind == Kind::Serve && (!rng.chance(10) || sh.records.lock().unwrap().draining(pid)) {
             continue;
         }
-        // A one-shot CLI has no SIGTERM handler: SIGTERM is a kill too.
-        if *kind != Kind::Serve && rng.chance(sh.plan.cli_sigterm_percent) {
-            signal(pid, "-TERM");
+        // A one-shot CLI finishes its refreshes on SIGTERM, then exits
+        // 143; a second SIGTERM would exit at once, so a process already
+        // sent one gets SIGKILL instead (a kill: the crash window).
+        let life = sh.records.lock().unwrap().running(pid);
+        let first_term = life.is_some_and(|l| !sh.records.lock().unwrap().lives[l].termed);
+        if *kind != Kind::Serve && first_term && rng.chance(sh.plan.cli_sigterm_percent) {
+            if signal(pid, "-TERM") {
+                if let Some(l) = life {
+                    sh.records.lock().unwrap().lives[l].termed = true;
+                }
+            }
         } else {
             let _ = child.kill();
         }

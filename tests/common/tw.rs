@@ -48,7 +48,10 @@ impl Default for Tuning {
         Tuning {
             request_timeout: 2.0,
             attempts: 1,
-            lease_ttl: 3.0,
+            // 1.5 s over the one attempt's 2 s timeout: the commit margin
+            // (a quarter of that) plus room for a slow claim on a loaded
+            // machine.
+            lease_ttl: 3.5,
             backoff_min: 5.0,
         }
     }

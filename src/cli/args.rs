@@ -1,0 +1,354 @@
+//! The command line's clap definitions: every flag, its help text and its
+//! parser, and how the tuning flags override a [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clock;
+use crate::config::{parse_secs, Config};
+use crate::error::Result;
+use crate::provider::ProviderKind;
+
+/// Keeps OAuth credentials and prints access tokens that work, refreshing
+/// each rotating refresh token exactly once across processes.
+#[derive(Debug, Parser)]
+#[command(name = "tokenwarden", version)]
+pub struct Cli {
+    /// The database file (created with mode 0600 on first use).
+    #[arg(
+        long,
+        global = true,
+        env = "TOKENWARDEN_DB",
+        default_value = "tokenwarden.db"
+    )]
+    pub db: PathBuf,
+    /// Tuning overrides.
+    #[command(flatten)]
+    pub tuning: Tuning,
+    /// File holding the base64 key that seals secrets at rest
+    /// [env: TOKENWARDEN_ENCRYPTION_KEY].
+    #[arg(long, global = true)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Overrides of the `TOKENWARDEN_*` tuning variables (seconds).
+#[derive(Debug, Args)]
+pub struct Tuning {
+    /// Timeout of one token-endpoint request [env: TOKENWARDEN_REQUEST_TIMEOUT=15]
+    #[arg(long, global = true, value_parser = secs)]
+    pub request_timeout: Option<Duration>,
+    /// Token-endpoint attempts per refresh [env: TOKENWARDEN_ATTEMPTS=3]
+    #[arg(long, global = true)]
+    pub attempts: Option<u32>,
+    /// Refresh lease length [env: TOKENWARDEN_LEASE_TTL=60]
+    #[arg(long, global = true, value_parser = secs)]
+    pub lease_ttl: Option<Duration>,
+    /// Refresh this long before expiry [env: TOKENWARDEN_REFRESH_AHEAD=300]
+    #[arg(long, global = true, value_parser = secs)]
+    pub refresh_ahead: Option<Duration>,
+    /// First backoff after a failed refresh [env: TOKENWARDEN_BACKOFF_MIN=5]
+    #[arg(long, global = true, value_parser = secs)]
+    pub backoff_min: Option<Duration>,
+    /// Longest backoff after failed refreshes [env: TOKENWARDEN_BACKOFF_MAX=300]
+    #[arg(long, global = true, value_parser = secs)]
+    pub backoff_max: Option<Duration>,
+    /// How long to wait on another process's refresh [env: TOKENWARDEN_WAIT]
+    #[arg(long, global = true, value_parser = secs)]
+    pub wait: Option<Duration>,
+}
+
+fn secs(raw: &str) -> std::result::Result<Duration, String> {
+    parse_secs(raw).ok_or_else(|| format!("{raw:?} is not a number of seconds"))
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database (idempotent).
+    Init,
+    /// Import credentials: tokenwarden JSON, Codex auth.json or CLIProxyAPI
+    /// files (auto-detected); '-' reads stdin.
+    Import {
+        /// Files to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The id to store it under (default: from the file, else the e-mail).
+        #[arg(long)]
+        id: Option<String>,
+        /// The provider, where the file does not say.
+        #[arg(long, value_parser = provider)]
+        provider: Option<ProviderKind>,
+        /// Overwrite an existing credential with the same id.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Print a usable access token, refreshing first if needed.
+    Token {
+        /// Credential id.
+        id: String,
+        /// The token must stay valid this many more seconds.
+        #[arg(long, value_parser = secs, default_value = "0")]
+        min_ttl: Duration,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Report that upstream answered 401 for a token; prints a different,
+    /// fresh one.
+    Reject {
+        /// Credential id.
+        id: String,
+        /// The rejected token ('-' reads it from stdin, out of the process list).
+        #[arg(long, allow_hyphen_values = true)]
+        token: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Refresh now even if the token is valid, and print the new token.
+    Refresh {
+        /// Credential id.
+        id: String,
+        /// Also retry a dead credential, and ignore the backoff.
+        #[arg(long)]
+        force: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// List credentials.
+    List {
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show one credential.
+    Show {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a credential's state changes.
+    Events {
+        /// Credential id.
+        id: String,
+        /// Only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete a credential (its events stay).
+    Delete {
+        /// Credential id.
+        id: String,
+    },
+    /// One pass for cron: refresh every credential that is due (and fetch
+    /// quota with --quota). Exit 4 if some credential is dead, else 5 if
+    /// some refresh failed, else 0.
+    Sweep {
+        /// Also fetch quota snapshots (Codex, Claude).
+        #[arg(long)]
+        quota: bool,
+        /// Worker threads.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Only these credentials.
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Show a credential's latest quota snapshot (--refresh fetches one now).
+    Quota {
+        /// Credential id.
+        id: String,
+        /// Fetch a snapshot now.
+        #[arg(long)]
+        refresh: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Handles for the Codex token-endpoint facade (`POST /oauth/token`).
+    #[command(subcommand)]
+    Handle(HandleCommand),
+    /// Print a new random encryption key (base64) for
+    /// TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file.
+    Keygen,
+    /// Seal every secret of a plain database with the configured key, in
+    /// one transaction (stop other tokenwarden processes first).
+    Encrypt,
+    /// Re-seal every secret with a new key, in one transaction.
+    Rekey {
+        /// File holding the new base64 key [env: TOKENWARDEN_NEW_ENCRYPTION_KEY].
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+    /// Serve the HTTP API (and refresh credentials in the background).
+    Serve(ServeArgs),
+    /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
+    Export {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Codex format only: put a new facade handle with this label in
+        /// place of the refresh token (for another machine or container).
+        #[arg(long)]
+        handle: Option<String>,
+    },
+}
+
+/// `tokenwarden handle …`.
+#[derive(Debug, Subcommand)]
+pub enum HandleCommand {
+    /// Make a handle for one client of credential ID; printed once.
+    Create {
+        /// Credential id.
+        id: String,
+        /// Who the handle is for (a machine, a container…).
+        #[arg(long)]
+        label: String,
+    },
+    /// List a credential's handles (never the handles themselves).
+    List {
+        /// Credential id.
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Revoke a handle, named by itself or by its id from `handle list`.
+    Revoke {
+        /// The handle (twh_…) or its 12-digit id.
+        #[arg(allow_hyphen_values = true)]
+        handle: String,
+    },
+}
+
+/// `tokenwarden serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; a non-loopback address needs an API key.
+    #[arg(long, default_value = "127.0.0.1:8719")]
+    pub listen: String,
+    /// Worker threads answering requests.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// File with the API key(s), one per line [env: TOKENWARDEN_API_KEY, comma-separated].
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Do not refresh credentials in the background.
+    #[arg(long)]
+    pub no_refresher: bool,
+    /// Worker threads of the background refresher.
+    #[arg(long, default_value_t = 4)]
+    pub refresher_threads: usize,
+    /// Also answer requests sent to this Host name when no API key is set
+    /// (repeatable; loopback names are always answered) [env:
+    /// TOKENWARDEN_ALLOW_HOST, comma-separated, adds to these].
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Serve HTTPS: PEM certificate chain, the server's certificate first
+    /// (needs --tls-key).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TOKENWARDEN_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (keep it 0600).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TOKENWARDEN_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// `--tls-cert` and `--tls-key`, when both are given (clap requires
+    /// one with the other).
+    pub fn tls_files(&self) -> Option<crate::http::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::http::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// Codex CLI `auth.json`.
+    Codex,
+    /// CLIProxyAPI auth file.
+    Cliproxy,
+}
+
+fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
+    ProviderKind::parse(raw)
+        .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+impl Tuning {
+    /// Applies the overrides to `c` and checks the result.
+    pub(super) fn apply(&self, c: &mut Config) -> Result<()> {
+        if let Some(d) = self.request_timeout {
+            c.request_timeout = d;
+        }
+        if let Some(n) = self.attempts {
+            c.attempts = n;
+        }
+        if let Some(d) = self.lease_ttl {
+            c.lease_ttl = d;
+        }
+        let ms = clock::millis;
+        if let Some(d) = self.backoff_min {
+            c.policy.backoff_min_ms = ms(d);
+        }
+        if let Some(d) = self.backoff_max {
+            c.policy.backoff_max_ms = ms(d);
+        }
+        if let Some(d) = self.refresh_ahead {
+            c.policy.refresh_ahead_ms = ms(d);
+        }
+        match self.wait {
+            Some(d) => c.wait = d,
+            // The wait follows the lease unless set: a caller blocked behind
+            // a crashed owner must live long enough to take over.
+            None if std::env::var_os("TOKENWARDEN_WAIT").is_none() => {
+                c.wait = c.lease_ttl + c.request_timeout;
+            }
+            None => {}
+        }
+        c.validate()
+    }
+}

@@ -1,0 +1,89 @@
+//! `tokenwarden serve`: the HTTP API of [`crate::http`] and the background
+//! refresher of [`crate::sweep`], until SIGTERM or SIGINT, then a shutdown
+//! that waits for this process's refresh leases.
+
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGINT};
+
+use crate::error::{Error, Result};
+use crate::http::{
+    self, ApiKeys, Server, ServerOptions, DEFAULT_WAIT, SHUTDOWN_GRACE, SHUTDOWN_GRACE_ENV,
+};
+use crate::sweep;
+use crate::warden::Warden;
+
+use super::{open, Cli, ServeArgs};
+
+/// `serve`: opens the database as the `http` actor, then [`run_serve`].
+pub(super) fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
+    run_serve(open(cli, "http")?, args)
+}
+
+/// Runs `tokenwarden serve`: the HTTP API and, unless `--no-refresher`, the
+/// background refresher, until SIGTERM or SIGINT. Then it stops taking
+/// requests and starting refreshes, lets the requests in flight finish (at
+/// most the grace, [`SHUTDOWN_GRACE`] unless `TOKENWARDEN_SHUTDOWN_GRACE`
+/// says otherwise) and waits until every refresh lease this process holds
+/// is committed or over (its TTL + [`http::server::LEASE_MARGIN`]), then
+/// returns (exit 0). A second signal exits at once, with status 1.
+pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
+    let keys = ApiKeys::load(args.api_key_file.as_deref())?;
+    let grace = match std::env::var(SHUTDOWN_GRACE_ENV) {
+        Ok(raw) => crate::config::parse_secs(&raw).ok_or_else(|| {
+            Error::Config(format!(
+                "{SHUTDOWN_GRACE_ENV}={raw:?} is not a number of seconds"
+            ))
+        })?,
+        Err(_) => SHUTDOWN_GRACE,
+    };
+    // Installed first, so a signal during start-up is not lost.
+    let stop = crate::exit::on_stop()?;
+    let warden = Arc::new(warden);
+    // `?wait=` defaults to 30 s for HTTP callers, unless TOKENWARDEN_WAIT
+    // sets the wait for every caller.
+    let wait = match std::env::var_os("TOKENWARDEN_WAIT") {
+        Some(_) => warden.config().wait,
+        None => DEFAULT_WAIT,
+    };
+    let options = ServerOptions {
+        threads: args.threads,
+        keys,
+        wait,
+        allow_hosts: http::allowed_hosts(&args.allow_host),
+        tls: args.tls_files(),
+    };
+    let server = Server::start(warden.clone(), &args.listen, options)?;
+    let background = match args.no_refresher {
+        true => None,
+        false => Some(sweep::start_background(
+            warden.clone(),
+            args.refresher_threads,
+        )),
+    };
+    let name = match stop.recv() {
+        Ok(SIGINT) => "SIGINT",
+        Ok(SIGHUP) => "SIGHUP",
+        _ => "SIGTERM",
+    };
+    log::info!("{name}: shutting down (a second signal exits at once)");
+    // No refresh starts from here on; those in flight are waited for.
+    warden.metrics().refuse_leases();
+    server.shutdown(grace);
+    if let Some(background) = background {
+        background.stop(grace);
+    }
+    let metrics = warden.metrics();
+    if metrics.leases_held() > 0 {
+        log::info!(
+            "waiting for {} refresh(es) in flight to commit",
+            metrics.leases_held()
+        );
+    }
+    let left = metrics.wait_for_leases(warden.config().lease_ttl + http::server::LEASE_MARGIN);
+    if left > 0 {
+        log::warn!("{left} refresh(es) still running past their lease; exiting anyway");
+    }
+    log::info!("stopped");
+    Ok(())
+}

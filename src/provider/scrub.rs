@@ -1,0 +1,186 @@
+//! Making upstream text safe to quote: known secrets, token-field values
+//! and anything that looks like a token become `***`, and excerpts are
+//! flattened and cut short.
+
+/// Whether a run of token characters looks like a credential: long, with
+/// both letters and digits (JWTs, opaque tokens, keys); anything that
+/// starts like a JWT (`eyJ`, base64 of `{"`), even cut short; or a long
+/// run of the base64url alphabet alone.
+fn looks_like_token(run: &str) -> bool {
+    let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    (run.len() >= 24
+        && run.bytes().any(|b| b.is_ascii_digit())
+        && run.bytes().any(|b| b.is_ascii_alphabetic()))
+        || (run.len() >= 8
+            && run
+                .split(['.', '/', '=', '+', '~'])
+                .any(|p| p.starts_with("eyJ")))
+        || (run.len() >= 32 && run.bytes().all(b64url))
+}
+
+/// The names whose values are always secret, wherever they appear.
+const TOKEN_FIELDS: [&str; 3] = ["access_token", "refresh_token", "id_token"];
+
+/// Replaces the value after each `access_token`, `refresh_token` or
+/// `id_token` (as a JSON member, `"name": "value"`, or a form or header
+/// pair, `name=value`) with `***`, whatever it looks like: the value may be
+/// short or cut off.
+fn redact_token_fields(text: &str) -> String {
+    // ASCII lower-casing keeps every byte offset.
+    let lower = text.to_ascii_lowercase();
+    let bytes = text.as_bytes();
+    let skip = |mut j: usize, set: &[u8]| {
+        while j < bytes.len() && set.contains(&bytes[j]) {
+            j += 1;
+        }
+        j
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while let Some((at, len)) = TOKEN_FIELDS
+        .iter()
+        .filter_map(|f| lower[i..].find(f).map(|at| (i + at, f.len())))
+        .min()
+    {
+        let name_end = at + len;
+        let j = skip(name_end, b"\"'\\ \t");
+        if j >= bytes.len() || !matches!(bytes[j], b':' | b'=') {
+            out.push_str(&text[i..name_end]);
+            i = name_end;
+            continue;
+        }
+        let start = skip(j + 1, b" \t\"'\\");
+        let mut end = start;
+        // Every delimiter is ASCII, so `end` stays on a char boundary.
+        while end < bytes.len() && !b"\"'\\,;&}]) \t\r\n<>".contains(&bytes[end]) {
+            end += 1;
+        }
+        out.push_str(&text[i..start]);
+        if end > start {
+            out.push_str("***");
+        }
+        i = end;
+    }
+    out.push_str(&text[i..]);
+    out
+}
+
+/// Replaces every known secret (at least 4 characters long), the values of
+/// `access_token`, `refresh_token` and `id_token`, and every token-looking
+/// run of `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut s = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        s = s.replace(secret, "***");
+    }
+    let s = redact_token_fields(&s);
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
+    let mut out = String::with_capacity(s.len());
+    let mut run_start = None;
+    let flush = |run: &str, out: &mut String| {
+        out.push_str(if looks_like_token(run) { "***" } else { run });
+    };
+    for (i, c) in s.char_indices() {
+        match (is_token_char(c), run_start) {
+            (true, None) => run_start = Some(i),
+            (true, Some(_)) => {}
+            (false, start) => {
+                if let Some(start) = start {
+                    flush(&s[start..i], &mut out);
+                }
+                run_start = None;
+                out.push(c);
+            }
+        }
+    }
+    if let Some(start) = run_start {
+        flush(&s[start..], &mut out);
+    }
+    out
+}
+
+/// Collapses whitespace and control characters to single spaces (and, with
+/// `ascii_only`, anything outside printable ASCII to `?`), then truncates to
+/// `max` characters with a `...` marker.
+pub(super) fn clean(text: &str, max: usize, ascii_only: bool) -> String {
+    let mut out = String::new();
+    let mut count = 0;
+    let mut last_space = true;
+    for c in text.chars() {
+        let c = if c.is_whitespace() || c.is_control() {
+            ' '
+        } else if ascii_only && !c.is_ascii_graphic() {
+            '?'
+        } else {
+            c
+        };
+        if c == ' ' && last_space {
+            continue;
+        }
+        if count == max {
+            out.push_str("...");
+            return out.trim_end().to_owned();
+        }
+        last_space = c == ' ';
+        out.push(c);
+        count += 1;
+    }
+    out.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::testkit::*;
+
+    #[test]
+    fn token_fields_are_redacted() {
+        let table = [
+            (
+                r#"{"access_token":"abc","x":1}"#,
+                r#"{"access_token":"***","x":1}"#,
+            ),
+            (
+                r#"{"Refresh_Token" : "abc"}"#,
+                r#"{"Refresh_Token" : "***"}"#,
+            ),
+            ("a=1&id_token=abc&b=2", "a=1&id_token=***&b=2"),
+            (r#"{"access_token":"cut off"#, r#"{"access_token":"*** off"#),
+            ("access_token", "access_token"),
+            ("access_token=", "access_token="),
+            ("the access_token is wrong", "the access_token is wrong"),
+            (
+                "access_tokenrefresh_token=zz",
+                "access_tokenrefresh_token=***",
+            ),
+            ("é access_token: ü", "é access_token: ***"),
+        ];
+        for (text, want) in table {
+            assert_eq!(redact_token_fields(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn scrubbing() {
+        let jwtish = jwt(r#"{"sub":"123456"}"#);
+        let table = [
+            ("plain words stay", "plain words stay"),
+            ("token rt_old_secret here", "token *** here"),
+            (
+                "see https://platform.openai.com/docs/guides/error-codes",
+                "see https://platform.openai.com/docs/guides/error-codes",
+            ),
+            ("id 9d1c250a-e61b-44d9-88ed-5944d1962f5e.", "id ***"),
+            ("short abc123 stays", "short abc123 stays"),
+        ];
+        for (text, want) in table {
+            assert_eq!(scrub(text, &[OLD_REFRESH]), want, "{text}");
+        }
+        assert_eq!(scrub(&format!("bearer {jwtish}!"), &[]), "bearer ***!");
+        assert_eq!(
+            scrub("abc", &["a"]),
+            "abc",
+            "secrets under 4 characters are not replaced"
+        );
+    }
+}

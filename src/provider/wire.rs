@@ -1,0 +1,100 @@
+//! The values that cross the boundary between the pure core and the shell:
+//! the request to send, the answer read back, and what it was classified as.
+
+use std::fmt;
+
+use crate::credential::Claims;
+use crate::secret::Secret;
+
+/// An HTTP request to send upstream, built purely.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `POST` or `GET`.
+    pub method: &'static str,
+    /// Absolute URL; `http://` only for loopback hosts.
+    pub url: String,
+    /// Header name/value pairs (may hold secrets: never log them).
+    pub headers: Vec<(String, String)>,
+    /// Request body (holds the refresh token: never log it).
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for HttpRequest {
+    // The headers and body carry secrets; only the target is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HttpRequest({} {})", self.method, self.url)
+    }
+}
+
+/// What came back from upstream, read by the shell with a size cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The raw `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The body (possibly truncated at the shell's cap).
+    pub body: Vec<u8>,
+}
+
+/// A successful refresh, ready to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// The new access token.
+    pub access_token: Secret,
+    /// The rotated refresh token, or the old one when none came back.
+    pub refresh_token: Secret,
+    /// New id token, if one came back.
+    pub id_token: Option<Secret>,
+    /// Absolute expiry of the access token (unix ms).
+    pub expires_at_ms: i64,
+    /// Claims found in the answer (unset fields: keep the stored ones).
+    pub claims: Claims,
+}
+
+/// Whether a failure may clear up by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permanence {
+    /// The refresh token is refused for good: the credential is dead.
+    Permanent,
+    /// Worth retrying later, with backoff.
+    Transient,
+}
+
+/// A refresh that did not produce tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Permanent or transient.
+    pub permanence: Permanence,
+    /// Machine-readable code: the upstream's (`invalid_grant`, …) or ours
+    /// (`http_503`, `bad_json`, `connect_failed`, `timeout_after_send`, …).
+    pub code: String,
+    /// Human-readable text; never contains a secret.
+    pub message: String,
+    /// From `Retry-After`, relative to the answer (ms).
+    pub retry_after_ms: Option<i64>,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+}
+
+impl Failure {
+    /// A transient failure with no answer from upstream.
+    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure {
+            permanence: Permanence::Transient,
+            code: code.into(),
+            message: message.into(),
+            retry_after_ms: None,
+            status: None,
+        }
+    }
+}
+
+/// The classified answer of a token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// New tokens.
+    Success(Tokens),
+    /// No tokens, and why.
+    Failure(Failure),
+}
