@@ -777,8 +777,9 @@ struct Ended {
 }
 
 impl Ended {
-    /// Died of SIGKILL; or, a one-shot process (no handler), of SIGTERM.
-    /// `serve` must handle SIGTERM: dying of it is no kill.
+    /// Died of SIGKILL; or, a one-shot process signalled before it
+    /// installed its handler, of SIGTERM. `serve` must handle SIGTERM:
+    /// dying of it is no kill.
     fn killed(&self) -> bool {
         match self.status.signal() {
             Some(9) => true,
@@ -1939,10 +1940,11 @@ fn owner_of(actor: &str) -> Option<(u32, Option<String>)> {
 ///    was used later, is in the database, or was in it when an import
 ///    replaced that login) is never presented again;
 /// 3. no lost rotation: every clean rotation upstream is in the database or
-///    superseded — or its owner was SIGKILLed (or, a one-shot CLI,
-///    SIGTERMed) holding the lease (the documented crash window, counted)
-///    or timed out on it (ambiguous, counted); and no live process ever
-///    abandons a lease, nor has an import replace the row under it (3b);
+///    superseded — or its owner was killed holding the lease (the
+///    documented crash window, counted) or timed out on it (ambiguous,
+///    counted); and no live process (one stopping after a SIGTERM
+///    included) ever abandons a lease, nor has an import replace the row
+///    under it (3b);
 /// 4. no rejected token is handed out by a call started after the
 ///    rejection was settled;
 /// 5. nothing stays `refreshing` past its lease; every credential is
