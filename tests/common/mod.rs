@@ -8,4 +8,5 @@
 pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
+pub mod scripted;
 pub mod tw;
