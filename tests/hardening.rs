@@ -86,19 +86,18 @@ fn a_process_whose_wall_clock_is_ahead_does_not_take_over_a_live_lease() {
     env.fake.assert_no_reuse_after_success();
 }
 
-/// Item 6, backward: an owner whose wall clock alone is 60 s behind must
-/// not be robbed of its lease by processes with the right time (before:
-/// its lease read as expired to everyone else the moment it was written).
-#[test]
-fn an_owner_whose_wall_clock_is_behind_keeps_its_lease() {
+/// A CLI owner whose wall clock alone is moved by `offset` takes the lease
+/// of `id` against a slow upstream; an in-test caller with the right time
+/// must wait for it and adopt its refresh: one request, no reuse.
+fn an_owner_with_a_stepped_clock_keeps_its_lease(id: &str, offset: &str) {
     let env = Env::with(slow_lease());
-    env.login("behind", 60);
+    env.login(id, 60);
     env.fake.set_latency(Duration::from_millis(2500));
-    let Some(mut cmd) = with_wall_clock(env.cmd(), "-60s") else {
+    let Some(mut cmd) = with_wall_clock(env.cmd(), offset) else {
         return;
     };
     let owner = cmd
-        .args(["token", "behind"])
+        .args(["token", id])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -107,50 +106,32 @@ fn an_owner_whose_wall_clock_is_behind_keeps_its_lease() {
     wait_until("the owner's request", Duration::from_secs(5), || {
         env.fake.stats().in_flight == 1
     });
-    assert_eq!(
-        warden.get("behind").unwrap().status.state,
-        State::Refreshing
-    );
-    let g = warden.token("behind", Duration::ZERO).expect("token");
+    assert_eq!(warden.get(id).unwrap().status.state, State::Refreshing);
+    let g = warden.token(id, Duration::ZERO).expect("token");
     let out = owner.wait_with_output().unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(code(&out), 0, "{offset}: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), g.access_token.expose());
     let stats = env.fake.stats();
-    assert_eq!(stats.token_requests, 1, "one refresh, by the lease's owner");
+    assert_eq!(
+        stats.token_requests, 1,
+        "{offset}: one refresh, by the lease's owner"
+    );
     assert_eq!(stats.reuse_detected, 0);
+}
+
+/// Item 6, backward: an owner whose wall clock alone is 60 s behind must
+/// not be robbed of its lease by processes with the right time (before:
+/// its lease read as expired to everyone else the moment it was written).
+#[test]
+fn an_owner_whose_wall_clock_is_behind_keeps_its_lease() {
+    an_owner_with_a_stepped_clock_keeps_its_lease("behind", "-60s");
 }
 
 /// Item 6, the owner ahead: an owner whose wall clock alone is 60 s ahead
 /// commits within its lease, and the others adopt its refresh.
 #[test]
 fn an_owner_whose_wall_clock_is_ahead_commits_within_its_lease() {
-    let env = Env::with(slow_lease());
-    env.login("ahead-owner", 60);
-    env.fake.set_latency(Duration::from_millis(2500));
-    let Some(mut cmd) = with_wall_clock(env.cmd(), "+60s") else {
-        return;
-    };
-    let owner = cmd
-        .args(["token", "ahead-owner"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let warden = env.warden();
-    wait_until("the owner's request", Duration::from_secs(5), || {
-        env.fake.stats().in_flight == 1
-    });
-    assert_eq!(
-        warden.get("ahead-owner").unwrap().status.state,
-        State::Refreshing
-    );
-    let g = warden.token("ahead-owner", Duration::ZERO).expect("token");
-    let out = owner.wait_with_output().unwrap();
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout).trim(), g.access_token.expose());
-    let stats = env.fake.stats();
-    assert_eq!(stats.token_requests, 1, "one refresh, by the lease's owner");
-    assert_eq!(stats.reuse_detected, 0);
+    an_owner_with_a_stepped_clock_keeps_its_lease("ahead-owner", "+60s");
 }
 
 /// Item 6: a lease written by a process of another boot (its boot-time
