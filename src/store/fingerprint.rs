@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::db_err;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Spent};
 use crate::seal::{is_sealed, Sealer};
 
 /// The `meta` key of the fingerprint key.
@@ -31,6 +31,27 @@ const BLOCK: usize = 64;
 
 /// HMAC-SHA-256 (RFC 2104) over the `sha2` crate already used here: two
 /// hashes and a key pad, not worth another dependency.
+/// Records the fingerprint `fp` as spent by credential `id`, for `reason`
+/// (a `spent_tokens.reason` value; the table's CHECK lists them). A
+/// fingerprint already recorded keeps its first record. `ON CONFLICT`, not
+/// `OR IGNORE`: OR IGNORE would also skip, silently, a row the CHECK
+/// refuses.
+pub(super) fn record_spent(
+    tx: &Connection,
+    fp: &str,
+    id: &str,
+    now_ms: i64,
+    reason: &str,
+) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute(params![fp, id, now_ms, reason]))
+    .map(drop)
+    .map_err(db_err)
+}
+
 pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut block = Zeroizing::new([0u8; BLOCK]);
     if key.len() > BLOCK {
@@ -284,12 +305,7 @@ pub(super) fn rotated(
         return Ok(());
     }
     if let Some(old) = &old {
-        tx.prepare_cached(
-            "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-             VALUES (?1, ?2, ?3, 'rotated') ON CONFLICT (fp) DO NOTHING",
-        )
-        .and_then(|mut s| s.execute(params![old, id, now_ms]))
-        .map_err(db_err)?;
+        record_spent(tx, old, id, now_ms, Spent::Rotated.as_str())?;
     }
     // Another row holding the new token cannot happen (tokens are unique per
     // id and upstream mints new ones); should it, the rotated tokens must

@@ -9,6 +9,7 @@
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
+use super::fingerprint::record_spent;
 use super::{append_event, db_err, select_one, Change, Codec, Store, Sync};
 use crate::credential::{Credential, NewCredential};
 use crate::error::{Error, Result, Spent};
@@ -150,13 +151,7 @@ impl Store {
     pub fn remember_rejected(&self, id: &str, token: &str, now_ms: i64) -> Result<()> {
         let fp = self.inner.codec.fingerprint(token);
         let conn = self.writer(Sync::Full)?;
-        conn.execute(
-            "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
-            params![fp, id, now_ms, REJECTED_ACCESS],
-        )
-        .map(drop)
-        .map_err(db_err)
+        record_spent(&conn, &fp, id, now_ms, REJECTED_ACCESS)
     }
 
     /// Stores a new credential. Refused: an id that exists
@@ -308,12 +303,7 @@ impl Store {
         } else {
             check_token(&tx, &c.id, &fp)?;
             if let Some(old) = &stored_fp {
-                tx.execute(
-                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-                     VALUES (?1, ?2, ?3, 'replaced') ON CONFLICT (fp) DO NOTHING",
-                    params![old, c.id, now_ms],
-                )
-                .map_err(db_err)?;
+                record_spent(&tx, old, &c.id, now_ms, Spent::Replaced.as_str())?;
             }
             tx.execute(
                 "UPDATE credentials SET provider = ?2, state = 'valid', version = version + 1, \

@@ -1146,19 +1146,8 @@ impl Store {
         // or another id.
         if state == State::Refreshing.as_str() {
             if let Some(fp) = fp {
-                tx.execute(
-                    // ON CONFLICT, not OR IGNORE: OR IGNORE also skips a
-                    // row that fails a CHECK, silently.
-                    "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (fp) DO NOTHING",
-                    params![
-                        fp,
-                        id,
-                        now_ms,
-                        crate::error::Spent::DeletedInRefresh.as_str()
-                    ],
-                )
-                .map_err(db_err)?;
+                let reason = crate::error::Spent::DeletedInRefresh.as_str();
+                fingerprint::record_spent(&tx, &fp, id, now_ms, reason)?;
             }
         }
         tx.execute("DELETE FROM credentials WHERE id = ?1", [id])
