@@ -96,7 +96,7 @@ impl Warden {
     pub fn each_summary(&self, mut f: impl FnMut(Summary<'_>)) -> Result<()> {
         let quotas = self.store().latest_quotas()?;
         let (now, policy) = (clock::now(), self.config().policy);
-        self.store().each_without_secrets(|c| {
+        self.store().each_without_secrets(&mut |c| {
             f(Summary::new(&c, now, &policy).with_quota(quotas.get(&c.id)));
         })
     }
@@ -106,7 +106,7 @@ impl Warden {
     pub fn count_by_state(&self) -> Result<[(&'static str, u64); State::ALL.len()]> {
         let (now, policy) = (clock::now(), self.config().policy);
         let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
-        self.store().each_without_secrets(|c| {
+        self.store().each_without_secrets(&mut |c| {
             let state = c.status.effective(now, &policy).as_str();
             if let Some((_, n)) = states.iter_mut().find(|(name, _)| *name == state) {
                 *n += 1;

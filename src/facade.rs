@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::provider::{form_decode, ProviderKind};
 use crate::secret::Secret;
 use crate::state::Need;
-use crate::store::HandleRow;
 use crate::warden::Warden;
+use crate::HandleRow;
 
 /// Every handle starts with this.
 pub const HANDLE_PREFIX: &str = "twh_";

@@ -4,7 +4,7 @@
 //!
 //! The pure core — [`state`] (the state machine) and [`provider`] (each
 //! token endpoint's wire format) — does no I/O. The shells feed it:
-//! [`store`] (SQLite, compare-and-swap on a row version), [`upstream`]
+//! the store (SQLite, compare-and-swap on a row version), [`upstream`]
 //! (HTTP client), the refresh protocol, and the [`Warden`] API on top.
 //! ARCHITECTURE.md draws the map and the invariants.
 
@@ -30,7 +30,7 @@ pub mod rfc3339;
 pub mod seal;
 pub mod secret;
 pub mod state;
-pub mod store;
+pub(crate) mod store;
 pub mod sweep;
 pub mod upstream;
 pub mod view;
@@ -39,4 +39,15 @@ pub mod warden;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use secret::Secret;
+pub use store::{EventRow, HandleRow, QuotaRow};
 pub use warden::{Grant, Warden};
+
+/// Not an API: the store below [`Warden`], for the integration tests that
+/// play a second writer, inject faults or read rows directly. Everything
+/// else reaches the store through `Warden` (ARCHITECTURE.md, invariant A3).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::store::{
+        Backend, Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Stamp, Store, Write,
+    };
+}

@@ -6,8 +6,8 @@ use crate::clock;
 use crate::error::{Error, Result};
 use crate::provider::usage::{self, UsageOutcome};
 use crate::provider::HttpResponse;
-use crate::store::QuotaRow;
 use crate::warden::{Grant, Warden};
+use crate::QuotaRow;
 
 fn check_supported(warden: &Warden, id: &str) -> Result<crate::credential::Credential> {
     let c = warden.get(id)?;

@@ -7,9 +7,9 @@ use serde::Serialize;
 use crate::credential::Credential;
 use crate::provider::usage::{Credits, Window};
 use crate::state::{Now, Policy};
-use crate::store::EventRow;
-use crate::store::{HandleRow, QuotaRow};
 use crate::warden::Grant;
+use crate::EventRow;
+use crate::{HandleRow, QuotaRow};
 
 /// Unix seconds, rounded down (an expiry is never overstated).
 pub fn secs_floor(ms: i64) -> i64 {

@@ -262,7 +262,7 @@ impl Warden {
     /// refresh rotated it away, or an import replaced it), is refused
     /// ([`Error::TokenHeldElsewhere`], [`Error::SpentToken`]). An existing
     /// id is [`Error::Exists`] unless `replace`; a replace is a
-    /// compare-and-swap on the version read (see [`Store::replace`]), made
+    /// compare-and-swap on the version read (see `Backend::replace` in the store), made
     /// only while no refresh lease is live: it waits up to `wait` for the
     /// refresh in flight to end, then refuses with
     /// [`Error::RefreshInProgress`].
@@ -356,7 +356,7 @@ impl Warden {
     }
 
     /// Every credential, by id, without its secrets (see
-    /// [`Store::list_without_secrets`]): for listings and schedulers.
+    /// `Backend::list_without_secrets`): for listings and schedulers.
     pub fn list_without_secrets(&self) -> Result<Vec<Credential>> {
         self.core.store.list_without_secrets()
     }

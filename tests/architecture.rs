@@ -140,6 +140,39 @@ fn cli_and_http_never_name_the_store() {
     check("src/http", "store");
 }
 
+/// The modules that hold a `Store`: the refresh protocol and `Warden` (with
+/// its admin operations), and lib.rs's hidden `testing` re-export for the
+/// integration tests. By path prefix, relative to the crate.
+const STORE_HOLDERS: &[&str] = &[
+    "src/store/",
+    "src/refresh",
+    "src/warden.rs",
+    "src/admin.rs",
+    "src/lib.rs",
+];
+
+/// Architecture invariant: the store has one door. No module but the
+/// refresher and `Warden` names `store` — the facade, quota, sweep and view
+/// take the row types from the crate root (`crate::HandleRow`, …), and a
+/// new module that reaches for the store fails here.
+#[test]
+fn only_warden_and_the_refresher_name_the_store() {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for file in sources(&crate_dir.join("src")) {
+        let rel = file.strip_prefix(crate_dir).unwrap().display().to_string();
+        if STORE_HOLDERS.iter().any(|h| rel.starts_with(h)) {
+            continue;
+        }
+        found.extend(crossings(&rel, "store"));
+    }
+    assert!(
+        found.is_empty(),
+        "only {STORE_HOLDERS:?} may name `store`:\n{}",
+        found.join("\n")
+    );
+}
+
 /// Every rule has a test above, and the matcher sees each way of naming a
 /// module (and nothing else), so a clean result means something.
 #[test]

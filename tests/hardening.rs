@@ -172,7 +172,7 @@ fn a_lease_on_another_clock_or_out_of_range_is_taken_over() {
             .apply(
                 "stuck",
                 &t,
-                tokenwarden::store::Write::STATE_ONLY,
+                tokenwarden::testing::Write::STATE_ONLY,
                 "ghost",
                 0,
             )

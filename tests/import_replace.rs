@@ -16,7 +16,7 @@ use common::http::InProcess;
 use common::tw::{code, json, now, text, Env};
 use serde_json::{json, Value};
 use tokenwarden::state::State;
-use tokenwarden::store::QuotaRow;
+use tokenwarden::testing::QuotaRow;
 use tokenwarden::Warden;
 
 const KEY: &str = "import-test-key";

@@ -368,7 +368,7 @@ fn killed_after_upstream_rotated_goes_dead_with_the_reason() {
 fn owner_writes_are_fenced_by_the_lease() {
     use tokenwarden::provider::Tokens;
     use tokenwarden::state::{apply, Event, Lease, Need, Policy};
-    use tokenwarden::store::{ErrorUpdate, Store, Write};
+    use tokenwarden::testing::{ErrorUpdate, Store, Write};
 
     let env = Env::new();
     env.login("f", 60);

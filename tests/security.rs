@@ -178,7 +178,7 @@ fn encrypt_and_rekey_convert_a_database() {
 
 /// Fills a plain database with `n` credentials quickly (one transaction).
 fn fill(db: &Path, n: usize) {
-    let store = tokenwarden::store::Store::open(db, Duration::from_secs(5), 1).unwrap();
+    let store = tokenwarden::testing::Store::open(db, Duration::from_secs(5), 1).unwrap();
     drop(store);
     let mut conn = rusqlite::Connection::open(db).unwrap();
     let tx = conn.transaction().unwrap();

@@ -121,7 +121,7 @@ fn dropping_a_store_keeps_the_locks_of_another_store_of_the_process() {
     env.login("a", 3600);
     let config = env.config();
     let open = || {
-        tokenwarden::store::Store::open(&env.db, config.busy_timeout, config.pool_size)
+        tokenwarden::testing::Store::open(&env.db, config.busy_timeout, config.pool_size)
             .expect("open store")
     };
     let (first, second) = (open(), open());

@@ -212,7 +212,7 @@ fn quota_snapshots_are_recorded_and_readable() {
     // History is kept.
     let out = env.run(&["quota", "q", "--refresh"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let store = tokenwarden::store::Store::open(&env.db, Duration::from_secs(5), 1).unwrap();
+    let store = tokenwarden::testing::Store::open(&env.db, Duration::from_secs(5), 1).unwrap();
     assert_eq!(store.quota_history_len("q").unwrap(), 2);
     // …and pruned to the configured age (the newest always stays).
     let out = env

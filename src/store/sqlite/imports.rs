@@ -7,10 +7,15 @@
 //! (`spent_tokens`), comparing keyed fingerprints, never tokens.
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use super::conn::Sync;
+use super::errors::db_err;
+use super::events::{append_event, Change};
 use super::fingerprint::record_spent;
-use super::{append_event, db_err, select_one, Change, Codec, Store, Sync};
+use super::rows::select_one;
+use super::sealing::Codec;
+use super::Sqlite;
 use crate::credential::{Credential, NewCredential};
 use crate::error::{Error, Result, Spent};
 use crate::provider::{ClientAuth, Encoding};
@@ -145,27 +150,28 @@ fn opt(v: Option<String>) -> Value {
     v.map_or(Value::Null, Value::from)
 }
 
-impl Store {
-    /// Remembers that an upstream API refused `token`, an access token of
-    /// credential `id` (see [`REJECTED_ACCESS`]).
-    pub fn remember_rejected(&self, id: &str, token: &str, now_ms: i64) -> Result<()> {
-        let fp = self.inner.codec.fingerprint(token);
-        let conn = self.writer(Sync::Full)?;
-        record_spent(&conn, &fp, id, now_ms, REJECTED_ACCESS)
-    }
+/// Remembers that an upstream API refused `token`, an access token of
+/// credential `id` (see [`REJECTED_ACCESS`]).
+pub(super) fn remember_rejected(db: &Sqlite, id: &str, token: &str, now_ms: i64) -> Result<()> {
+    let fp = db.codec.fingerprint(token);
+    let conn = db.writer(Sync::Full)?;
+    record_spent(&conn, &fp, id, now_ms, REJECTED_ACCESS)
+}
 
-    /// Stores a new credential. Refused: an id that exists
-    /// ([`Error::Exists`]), a refresh token another id holds
-    /// ([`Error::TokenHeldElsewhere`]) or one already spent
-    /// ([`Error::SpentToken`]).
-    pub fn insert(&self, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential> {
-        let codec = &self.inner.codec;
-        let fp = codec.fingerprint(c.refresh_token.expose());
-        let mut conn = self.writer(Sync::Full)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        check_token(&tx, &c.id, &fp)?;
+/// Stores a new credential. Refused: an id that exists
+/// ([`Error::Exists`]), a refresh token another id holds
+/// ([`Error::TokenHeldElsewhere`]) or one already spent
+/// ([`Error::SpentToken`]).
+pub(super) fn insert(
+    db: &Sqlite,
+    c: &NewCredential,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Credential> {
+    let codec = &db.codec;
+    let fp = codec.fingerprint(c.refresh_token.expose());
+    db.write_tx(Sync::Full, |tx| {
+        check_token(tx, &c.id, &fp)?;
         let exists: bool = tx
             .query_row(
                 "SELECT count(*) > 0 FROM credentials WHERE id = ?1",
@@ -176,14 +182,14 @@ impl Store {
         if exists {
             return Err(Error::Exists(c.id.clone()));
         }
-        let s = sealed(&tx, codec, c)?;
+        let s = sealed(tx, codec, c)?;
         tx.execute(
             "INSERT INTO credentials (id, provider, state, version, access_token, \
-             refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
-             encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
-             organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
-             VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
+         refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
+         encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
+         organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
+         VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+         ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
             whole_row(c, &s, now_ms, &fp),
         )
         .map_err(db_err)?;
@@ -193,45 +199,42 @@ impl Store {
             version: 1,
             reason: "imported",
         };
-        append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(&tx, &c.id, codec)
+        append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
+        let row = select_one(tx, &c.id, codec)
             .map_err(db_err)?
             .ok_or_else(|| Error::Db("imported row vanished".into()))?;
-        tx.commit().map_err(db_err)?;
         Ok(row)
-    }
+    })
+}
 
-    /// Replaces credential `c.id` if its version is still `version` (the
-    /// caller read it and saw no live refresh lease): `Ok(None)`, having
-    /// written nothing, when another writer got there first or the row is
-    /// gone.
-    ///
-    /// - The refresh token already stored: only settings and metadata
-    ///   change — provider settings and API key as imported, claims filled
-    ///   in, and the access token if the import's is newer (which also ends
-    ///   a `rejected`). The state, failures, backoff and a death stay: they
-    ///   are about that refresh token, which has not changed.
-    /// - Another refresh token (refused if another id holds it or it was
-    ///   spent): the row takes the import whole and becomes `valid` with no
-    ///   lease, failures or error — a dead credential is revived. The old
-    ///   token's fingerprint is kept as spent (`replaced`).
-    ///
-    /// Either way the row keeps its id, creation time, events, handles and
-    /// quota history, and its version counts on.
-    pub fn replace(
-        &self,
-        c: &NewCredential,
-        version: i64,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<Option<Credential>> {
-        let codec = &self.inner.codec;
-        let fp = codec.fingerprint(c.refresh_token.expose());
-        let mut conn = self.writer(Sync::Full)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        let Some(stored) = select_one(&tx, &c.id, codec).map_err(db_err)? else {
+/// Replaces credential `c.id` if its version is still `version` (the
+/// caller read it and saw no live refresh lease): `Ok(None)`, having
+/// written nothing, when another writer got there first or the row is
+/// gone.
+///
+/// - The refresh token already stored: only settings and metadata
+///   change — provider settings and API key as imported, claims filled
+///   in, and the access token if the import's is newer (which also ends
+///   a `rejected`). The state, failures, backoff and a death stay: they
+///   are about that refresh token, which has not changed.
+/// - Another refresh token (refused if another id holds it or it was
+///   spent): the row takes the import whole and becomes `valid` with no
+///   lease, failures or error — a dead credential is revived. The old
+///   token's fingerprint is kept as spent (`replaced`).
+///
+/// Either way the row keeps its id, creation time, events, handles and
+/// quota history, and its version counts on.
+pub(super) fn replace(
+    db: &Sqlite,
+    c: &NewCredential,
+    version: i64,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Option<Credential>> {
+    let codec = &db.codec;
+    let fp = codec.fingerprint(c.refresh_token.expose());
+    db.write_tx(Sync::Full, |tx| {
+        let Some(stored) = select_one(tx, &c.id, codec).map_err(db_err)? else {
             return Ok(None);
         };
         if stored.status.version != version {
@@ -249,7 +252,7 @@ impl Store {
             None => stored.refresh_token == c.refresh_token,
         };
         let p = &c.provider;
-        let s = sealed(&tx, codec, c)?;
+        let s = sealed(tx, codec, c)?;
         let (change_from, change_to, reason);
         if same {
             // The refresh token already stored: settings and claims only.
@@ -262,12 +265,12 @@ impl Store {
             let resume = stored.status.resume;
             tx.execute(
                 "UPDATE credentials SET version = version + 1, provider = ?2, token_url = ?3, \
-                 client_id = ?4, client_secret = ?5, scope = ?6, encoding = ?7, \
-                 client_auth = ?8, api_key = ?9, account_id = COALESCE(?10, account_id), \
-                 email = COALESCE(?11, email), plan_type = COALESCE(?12, plan_type), \
-                 user_id = COALESCE(?13, user_id), \
-                 organization_id = COALESCE(?14, organization_id), state = ?15, \
-                 resume_state = ?16, updated_ms = ?17 WHERE id = ?1",
+             client_id = ?4, client_secret = ?5, scope = ?6, encoding = ?7, \
+             client_auth = ?8, api_key = ?9, account_id = COALESCE(?10, account_id), \
+             email = COALESCE(?11, email), plan_type = COALESCE(?12, plan_type), \
+             user_id = COALESCE(?13, user_id), \
+             organization_id = COALESCE(?14, organization_id), state = ?15, \
+             resume_state = ?16, updated_ms = ?17 WHERE id = ?1",
                 params![
                     c.id,
                     p.kind.as_str(),
@@ -301,21 +304,21 @@ impl Store {
             (change_from, change_to) = (stored.status.state, state);
             reason = "re-imported, same refresh token";
         } else {
-            check_token(&tx, &c.id, &fp)?;
+            check_token(tx, &c.id, &fp)?;
             if let Some(old) = &stored_fp {
-                record_spent(&tx, old, &c.id, now_ms, Spent::Replaced.as_str())?;
+                record_spent(tx, old, &c.id, now_ms, Spent::Replaced.as_str())?;
             }
             tx.execute(
                 "UPDATE credentials SET provider = ?2, state = 'valid', version = version + 1, \
-                 access_token = ?3, refresh_token = ?4, id_token = ?5, expires_at_ms = ?6, \
-                 token_url = ?7, client_id = ?8, client_secret = ?9, scope = ?10, \
-                 encoding = ?11, client_auth = ?12, api_key = ?13, account_id = ?14, \
-                 email = ?15, plan_type = ?16, user_id = ?17, organization_id = ?18, \
-                 lease_owner = NULL, lease_id = NULL, lease_until_ms = NULL, lease_clock = NULL, \
-                 resume_state = NULL, failures = 0, next_attempt_at_ms = NULL, \
-                 dead_reason = NULL, last_error_code = NULL, last_error_message = NULL, \
-                 last_error_at_ms = NULL, last_refresh_ms = ?19, updated_ms = ?20, \
-                 refresh_fp = ?21 WHERE id = ?1",
+             access_token = ?3, refresh_token = ?4, id_token = ?5, expires_at_ms = ?6, \
+             token_url = ?7, client_id = ?8, client_secret = ?9, scope = ?10, \
+             encoding = ?11, client_auth = ?12, api_key = ?13, account_id = ?14, \
+             email = ?15, plan_type = ?16, user_id = ?17, organization_id = ?18, \
+             lease_owner = NULL, lease_id = NULL, lease_until_ms = NULL, lease_clock = NULL, \
+             resume_state = NULL, failures = 0, next_attempt_at_ms = NULL, \
+             dead_reason = NULL, last_error_code = NULL, last_error_message = NULL, \
+             last_error_at_ms = NULL, last_refresh_ms = ?19, updated_ms = ?20, \
+             refresh_fp = ?21 WHERE id = ?1",
                 whole_row(c, &s, now_ms, &fp),
             )
             .map_err(db_err)?;
@@ -328,13 +331,12 @@ impl Store {
             version: version + 1,
             reason,
         };
-        append_event(&tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(&tx, &c.id, codec)
+        append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
+        let row = select_one(tx, &c.id, codec)
             .map_err(db_err)?
             .ok_or_else(|| Error::Db("replaced row vanished".into()))?;
-        tx.commit().map_err(db_err)?;
         Ok(Some(row))
-    }
+    })
 }
 
 #[cfg(test)]
@@ -345,7 +347,7 @@ mod tests {
     use crate::credential::ProviderConfig;
     use crate::provider::{ProviderKind, Tokens};
     use crate::state::{self, Event, Lease, Need, Policy};
-    use crate::store::{ErrorUpdate, Write};
+    use crate::store::{Backend, ErrorUpdate, Write};
 
     const NOW: i64 = 1_700_000_000_000;
 
@@ -363,13 +365,14 @@ mod tests {
         }
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
+    fn open() -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("t.db"), Duration::from_secs(5), 2).unwrap();
+        let path = dir.path().join("t.db");
+        let store = Sqlite::open(&path, Duration::from_secs(5), 2, None).unwrap();
         (dir, store)
     }
 
-    fn fp_of(store: &Store, id: &str) -> Option<String> {
+    fn fp_of(store: &Sqlite, id: &str) -> Option<String> {
         store
             .conn()
             .unwrap()
@@ -381,7 +384,7 @@ mod tests {
             .unwrap()
     }
 
-    fn spent(store: &Store) -> Vec<(String, String)> {
+    fn spent(store: &Sqlite) -> Vec<(String, String)> {
         let conn = store.conn().unwrap();
         let mut stmt = conn
             .prepare("SELECT credential_id, reason FROM spent_tokens ORDER BY spent_at_ms")
@@ -391,7 +394,7 @@ mod tests {
     }
 
     /// A refresh by the lease owner that returns `rt`.
-    fn rotate(store: &Store, id: &str, rt: &str, at: i64) -> Credential {
+    fn rotate(store: &Sqlite, id: &str, rt: &str, at: i64) -> Credential {
         let p = Policy::default();
         let row = store.get(id).unwrap().unwrap();
         let now = crate::state::Now {
@@ -436,12 +439,9 @@ mod tests {
         let (_dir, store) = open();
         store.insert(&new("a", "rt-1", None), "t", NOW).unwrap();
         let fp1 = fp_of(&store, "a").unwrap();
-        assert_eq!(fp1, store.inner.codec.fingerprint("rt-1"));
+        assert_eq!(fp1, store.codec.fingerprint("rt-1"));
         rotate(&store, "a", "rt-2", NOW + 1000);
-        assert_eq!(
-            fp_of(&store, "a"),
-            Some(store.inner.codec.fingerprint("rt-2"))
-        );
+        assert_eq!(fp_of(&store, "a"), Some(store.codec.fingerprint("rt-2")));
         assert_eq!(spent(&store), [("a".to_owned(), "rotated".to_owned())]);
         // A refresh that keeps the refresh token spends nothing.
         rotate(&store, "a", "rt-2", NOW + 2000);

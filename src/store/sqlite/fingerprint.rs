@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::db_err;
+use super::errors::db_err;
 use crate::error::{Error, Result, Spent};
 use crate::seal::{is_sealed, Sealer};
 

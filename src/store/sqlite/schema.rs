@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 
 /// Each entry takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../schema.sql"),
-    include_str!("../../migrations/0002_lease_clock_and_fingerprints.sql"),
+    include_str!("../../../schema.sql"),
+    include_str!("../../../migrations/0002_lease_clock_and_fingerprints.sql"),
 ];
 
 /// The schema version this build writes.
@@ -110,7 +110,7 @@ pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()
 /// tokenwarden databases or come from a newer release.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let shown = path.display();
-    let err = |e: rusqlite::Error| match super::db_err(e) {
+    let err = |e: rusqlite::Error| match super::errors::db_err(e) {
         Error::Db(m) => Error::Db(format!("{shown}: {m}")),
         other => other,
     };

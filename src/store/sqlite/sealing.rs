@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
+use super::errors::db_err;
 use super::fingerprint::{self, FpKey};
-use super::{db_err, schema};
+use super::schema;
 use crate::error::{Error, Result};
 use crate::seal::{is_sealed, Sealer};
 use crate::secret::Secret;

@@ -1,0 +1,176 @@
+//! The protocol of DESIGN.md §1, as the one trait every database
+//! implements.
+//!
+//! Everything above the store (`refresh`, `Warden` and its admin
+//! operations) sees a credential only through these methods, so a second
+//! backend (PostgreSQL) is one more `impl Backend`. The rules each
+//! implementation keeps:
+//!
+//! - Every change is one transaction that changes the row, bumps its
+//!   version and appends its event row; a lost compare-and-swap is
+//!   `Ok(None)` (or [`Deleted::Changed`]), never an error, and writes
+//!   nothing.
+//! - A write is guarded by the version the caller read, or by the lease it
+//!   holds ([`crate::state::Guard`]): a takeover voids a late owner's
+//!   commit.
+//! - A refresh token's keyed fingerprint is kept with its row (unique: one
+//!   token, one id), and a replaced, rotated or possibly-sent one is
+//!   recorded as spent in the same transaction that replaces it; imports
+//!   of a held or spent token are refused inside their transaction.
+//! - Errors are the database's own trouble ([`crate::Error::Db`],
+//!   [`crate::Error::DiskFull`]) or an import's refusal; never a decision
+//!   about a credential.
+
+use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Stamp, Write};
+use crate::credential::{Credential, NewCredential};
+use crate::error::Result;
+use crate::state::Transition;
+
+/// A database holding credentials, changed only by compare-and-swap.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    // ---- reading a row ----
+
+    /// Reads one credential, secrets included.
+    fn get(&self, id: &str) -> Result<Option<Credential>>;
+
+    /// Reads one credential without its secrets (as
+    /// [`Backend::each_without_secrets`]): enough for the state machine.
+    fn get_without_secrets(&self, id: &str) -> Result<Option<Credential>>;
+
+    /// Reads only a credential's version: the cheap poll of a waiter.
+    fn version(&self, id: &str) -> Result<Option<i64>>;
+
+    /// Every credential, by id, secrets included.
+    fn list(&self) -> Result<Vec<Credential>>;
+
+    /// Hands every credential, by id and without its secrets, to `f`, one
+    /// at a time: no access, refresh or id token, client secret or API key
+    /// (the refresh token reads as empty); `status.has_access_token` still
+    /// says whether there is an access token. Nothing but the row at hand
+    /// is held in memory.
+    fn each_without_secrets(&self, f: &mut dyn FnMut(Credential)) -> Result<()>;
+
+    /// Every credential, by id, without its secrets (see
+    /// [`Backend::each_without_secrets`]): what listings, summaries and the
+    /// refresh scheduler need, at a fraction of the memory of
+    /// [`Backend::list`].
+    fn list_without_secrets(&self) -> Result<Vec<Credential>> {
+        let mut rows = Vec::new();
+        self.each_without_secrets(&mut |c| rows.push(c))?;
+        Ok(rows)
+    }
+
+    /// A [`Stamp`] of the database's commit history: equal stamps taken at
+    /// two instants prove that no connection of any process committed
+    /// anything in between. `None` when it cannot be proven: then nothing
+    /// may be assumed unchanged. Cheap (no lock, no query): this is how
+    /// [`crate::Warden::token`] knows its cached row is still the row.
+    fn stamp(&self) -> Option<Stamp>;
+
+    // ---- the compare-and-swap writes ----
+
+    /// Writes `t` if its guard still holds: `Ok(Some(row))` with the new
+    /// row, or `Ok(None)` when another writer got there first (a lost CAS).
+    /// A new refresh token in `write` spends the old one's fingerprint in
+    /// the same transaction.
+    fn apply(
+        &self,
+        id: &str,
+        t: &Transition,
+        write: Write<'_>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Option<Credential>>;
+
+    /// Stores a new credential. Refused: an id that exists
+    /// ([`crate::Error::Exists`]), a refresh token another id holds
+    /// ([`crate::Error::TokenHeldElsewhere`]) or one already spent
+    /// ([`crate::Error::SpentToken`]).
+    fn insert(&self, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential>;
+
+    /// Replaces credential `c.id` if its version is still `version` (the
+    /// caller read it and saw no live refresh lease): `Ok(None)`, having
+    /// written nothing, when another writer got there first or the row is
+    /// gone.
+    ///
+    /// - The refresh token already stored: only settings and metadata
+    ///   change — provider settings and API key as imported, claims filled
+    ///   in. Its tokens, state, failures, backoff and a death stay: they
+    ///   are about that refresh token, which has not changed, and the
+    ///   file's access token is not taken (it may be one reported rejected
+    ///   since the file was written).
+    /// - Another refresh token (refused if another id holds it or it was
+    ///   spent): the row takes the import whole and becomes `valid` with
+    ///   no lease, failures or error — a dead credential is revived. The
+    ///   old token's fingerprint is kept as spent (`replaced`).
+    ///
+    /// Either way the row keeps its id, creation time, events, handles and
+    /// quota history, and its version counts on.
+    fn replace(
+        &self,
+        c: &NewCredential,
+        version: i64,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Option<Credential>>;
+
+    /// Deletes a credential (its events stay) if it is still at `version`.
+    /// A row left `refreshing` spends its refresh token: it may have
+    /// reached upstream.
+    fn delete(&self, id: &str, version: i64, actor: &str, now_ms: i64) -> Result<Deleted>;
+
+    /// Remembers that an upstream API refused `token`, an access token of
+    /// credential `id`, so that no import brings it back.
+    fn remember_rejected(&self, id: &str, token: &str, now_ms: i64) -> Result<()>;
+
+    /// Frees the space kept for committing rotated tokens on a full disk;
+    /// `false` if there was none left (or the backend keeps none).
+    fn release_reserve(&self) -> bool;
+
+    // ---- history ----
+
+    /// A credential's events, newest last; `limit` keeps the newest N.
+    fn events(&self, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>>;
+
+    // ---- quota snapshots ----
+
+    /// Records a quota snapshot (with the raw answer, capped) and prunes
+    /// that credential's snapshots older than `keep_since_ms`, always
+    /// keeping the newest.
+    fn insert_quota(&self, q: &QuotaRow, body: Option<&[u8]>, keep_since_ms: i64) -> Result<()>;
+
+    /// The newest quota snapshot of a credential.
+    fn latest_quota(&self, id: &str) -> Result<Option<QuotaRow>>;
+
+    /// The newest quota snapshot of every credential that has one.
+    fn latest_quotas(&self) -> Result<std::collections::HashMap<String, QuotaRow>>;
+
+    /// How many quota snapshots a credential has (history depth).
+    fn quota_history_len(&self, id: &str) -> Result<i64>;
+
+    // ---- facade handles ----
+
+    /// Records a new handle for `credential_id` ([`crate::Error::NotFound`]
+    /// if there is no such credential).
+    fn insert_handle(
+        &self,
+        hash: &str,
+        credential_id: &str,
+        label: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+
+    /// The handle with this hash.
+    fn handle(&self, hash: &str) -> Result<Option<HandleRow>>;
+
+    /// A credential's handles, oldest first.
+    fn handles(&self, credential_id: &str) -> Result<Vec<HandleRow>>;
+
+    /// Revokes the handles whose hash starts with `hash_prefix` (at least
+    /// 12 hex digits, so one handle is meant); returns how many.
+    fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize>;
+
+    /// Notes that a client was answered with the token whose fingerprint
+    /// is `served_token`.
+    fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()>;
+}
