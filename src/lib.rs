@@ -2,11 +2,67 @@
 //! refreshing each rotating refresh token exactly once across every thread
 //! and process that shares one SQLite file.
 //!
+//! # Embedding it
+//!
+//! [`Warden`] is the library: blocking, `Send + Sync`, one handle for every
+//! thread of a service. Open it on a database file, import a login once,
+//! then ask for a token whenever you call the API it is for:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokenwarden::import::{parse_import, ImportOptions};
+//! use tokenwarden::{Config, Warden};
+//!
+//! # fn main() -> tokenwarden::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let db = dir.path().join("tokenwarden.db");
+//! let warden = Warden::open(&db, Config::default())?;
+//!
+//! // A login, in tokenwarden's own import format (`tokenwarden import`
+//! // also reads Codex CLI's auth.json and CLIProxyAPI's files).
+//! let file = br#"{"id": "me", "provider": "codex", "refresh_token": "rt-1",
+//!                "access_token": "at-1", "expires_at": 4102444800}"#;
+//! let creds = parse_import(file, &ImportOptions::default(), 0)
+//!     .map_err(|e| tokenwarden::Error::BadInput(e.to_string()))?;
+//! warden.import(&creds, false)?;
+//!
+//! // A token good for at least another minute: served from the row while
+//! // it is, refreshed first (by exactly one caller) when it is not.
+//! let grant = warden.token("me", Duration::from_secs(60))?;
+//! assert_eq!(grant.access_token.expose(), "at-1");
+//!
+//! // The API answered 401: report the token, get a new one. The rejected
+//! // token is never served again, by this process or any other.
+//! // let grant = warden.reject("me", grant.access_token.expose())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What to know:
+//!
+//! - **Share the file, not the handle.** Threads share one `Warden`;
+//!   processes (the CLI, cron's `sweep`, `serve`, other services) open the
+//!   same database and take part in the same single-flight refreshes —
+//!   whoever wins the compare-and-swap into `refreshing` holds a lease and
+//!   is the only caller of the token endpoint.
+//! - **Errors say what to do.** [`Error`] maps onto the CLI's exit codes
+//!   ([`Error::exit_code`]) and the API's error codes ([`Error::code`]); a
+//!   [`Error::Dead`] login needs a human (log in again and re-import), an
+//!   [`Error::Unavailable`] one a retry after `retry_after_s`.
+//! - **Secrets are [`Secret`]s**: their `Debug` and `Display` print
+//!   `***`, so logging a grant never leaks its token.
+//! - `examples/embed.rs` is a whole threaded service (`cargo run --example
+//!   embed`).
+//!
+//! # The map
+//!
 //! The pure core — [`state`] (the state machine) and [`provider`] (each
-//! token endpoint's wire format) — does no I/O. The shells feed it:
-//! the store (SQLite, compare-and-swap on a row version), [`upstream`]
-//! (HTTP client), the refresh protocol, and the [`Warden`] API on top.
-//! ARCHITECTURE.md draws the map and the invariants.
+//! token endpoint's wire format) — does no I/O and reads no clock. The
+//! shells feed it: the store (one `Backend` trait for the compare-and-swap
+//! protocol, SQLite behind it), [`upstream`] (HTTP client), the refresh
+//! protocol, and the [`Warden`] API on top; [`cli`] and [`http`] are thin
+//! shells over `Warden`. ARCHITECTURE.md draws the map and the invariants
+//! that keep it true.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
