@@ -164,6 +164,10 @@ pub enum Command {
         /// Only these credentials.
         #[arg(long, num_args = 1..)]
         only: Vec<String>,
+        /// List every credential, the fresh ones too (without it, only
+        /// those refreshed, failed or dead get a line).
+        #[arg(long, short)]
+        verbose: bool,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,

@@ -157,6 +157,7 @@ pub(super) fn sweep(
     quota: bool,
     concurrency: usize,
     only: &[String],
+    verbose: bool,
     json: bool,
 ) -> Result<i32> {
     let warden = open(cli, "sweep")?;
@@ -180,7 +181,7 @@ pub(super) fn sweep(
     if json {
         print_json(&report)?;
     } else {
-        print_sweep(&warden, &report)?;
+        print_sweep(&warden, &report, verbose)?;
     }
     Ok(report.exit_code())
 }

@@ -79,8 +79,9 @@ fn execute(cli: Cli) -> Result<i32> {
             quota,
             concurrency,
             only,
+            verbose,
             out,
-        } => return commands::sweep(&cli, *quota, *concurrency, only, out.json),
+        } => return commands::sweep(&cli, *quota, *concurrency, only, *verbose, out.json),
         Command::Quota { id, refresh, out } => commands::quota(&cli, id, *refresh, out.json)?,
         Command::Handle(HandleCommand::Create { id, label }) => {
             commands::handle_create(&cli, id, label)?

@@ -2,6 +2,9 @@
 //! JSON with `--json`, and the sweep's report. What is printed is the
 //! [`crate::view`] shapes, so nothing secret fits in it.
 
+use std::collections::HashMap;
+use std::io::Write;
+
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::sweep::SweepReport;
@@ -141,49 +144,176 @@ pub(super) fn print_quota(q: &QuotaView) {
     }
 }
 
-pub(super) fn print_sweep(warden: &Warden, report: &SweepReport) -> Result<()> {
-    let listing = warden.listing()?;
-    let (t, policy) = (listing.now(), listing.policy());
-    let action = |id: &String| {
-        if report.refreshed.contains(id) {
-            "refreshed".to_owned()
-        } else if report.dead.contains(id) {
-            "dead".to_owned()
-        } else if report.failed.iter().any(|f| &f.id == id) {
-            "failed".to_owned()
-        } else {
-            "fresh".to_owned()
-        }
-    };
-    println!(
-        "{:<32} {:<10} {:<10} {:>10}  {:<20}",
-        "ID", "STATE", "ACTION", "QUOTA LEFT", "NEXT RESET"
-    );
-    for c in listing.credentials().iter().filter(|c| {
-        report.refreshed.contains(&c.id)
-            || report.skipped.contains(&c.id)
-            || report.dead.contains(&c.id)
-            || report.failed.iter().any(|f| f.id == c.id)
-    }) {
-        let window = listing
-            .quota(&c.id)
-            .and_then(|q| q.quota.as_ref())
-            .and_then(|q| q.windows.first());
-        let left = window.map_or_else(
-            || "-".into(),
-            |w| format!("{:.0}%", (100.0 - w.used_percent).max(0.0)),
-        );
-        println!(
-            "{:<32} {:<10} {:<10} {:>10}  {:<20}",
-            c.id,
-            c.status.effective(t, policy).as_str(),
-            action(&c.id),
-            left,
-            when(window.and_then(|w| w.resets_at))
-        );
+/// What a sweep did to one credential, as its table shows it.
+fn sweep_actions(report: &SweepReport, verbose: bool) -> HashMap<&str, &'static str> {
+    let mut actions = HashMap::new();
+    if verbose {
+        actions.extend(report.skipped.iter().map(|id| (id.as_str(), "fresh")));
     }
+    actions.extend(report.refreshed.iter().map(|id| (id.as_str(), "refreshed")));
+    actions.extend(report.failed.iter().map(|f| (f.id.as_str(), "failed")));
+    actions.extend(report.dead.iter().map(|id| (id.as_str(), "dead")));
+    actions
+}
+
+/// The sweep's summary: one line per outcome, and per quota outcome with
+/// `--quota`. Cron mails what a job prints, so this stays a few lines
+/// however many credentials there are.
+fn write_sweep_summary(out: &mut impl Write, report: &SweepReport) -> std::io::Result<()> {
+    for (label, n) in [
+        ("refreshed", report.refreshed.len()),
+        ("fresh", report.skipped.len()),
+        ("failed", report.failed.len()),
+        ("dead", report.dead.len()),
+    ] {
+        writeln!(out, "{label:<10} {n}")?;
+    }
+    if !report.quota.is_empty() {
+        let mut by_status: Vec<(&str, usize)> = Vec::new();
+        for q in &report.quota {
+            let status = if q.status.starts_with("error") {
+                "error"
+            } else {
+                q.status.as_str()
+            };
+            match by_status.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => by_status.push((status, 1)),
+            }
+        }
+        let parts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        writeln!(out, "{:<10} {}", "quota", parts.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `sweep` without `--json`: the summary, then a table row for each
+/// credential the sweep refreshed, saw fail or found dead — every one with
+/// `verbose` — and each failure's message on stderr. Linear in the number
+/// of credentials: the rows are streamed and looked up by id.
+pub(super) fn print_sweep(warden: &Warden, report: &SweepReport, verbose: bool) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| Error::Io(format!("cannot write the sweep's report: {e}"));
+    write_sweep_summary(&mut out, report).map_err(io)?;
+    let actions = sweep_actions(report, verbose);
+    if !actions.is_empty() {
+        writeln!(
+            out,
+            "\n{:<32} {:<10} {:<10} {:>10}  {:<20}",
+            "ID", "STATE", "ACTION", "QUOTA LEFT", "NEXT RESET"
+        )
+        .map_err(io)?;
+        let mut written = Ok(());
+        warden.each_summary(|s| {
+            let Some(action) = actions.get(s.id) else {
+                return;
+            };
+            if written.is_ok() {
+                written = write_sweep_row(&mut out, &s, action);
+            }
+        })?;
+        written.map_err(io)?;
+    }
+    out.flush().map_err(io)?;
     for f in &report.failed {
         eprintln!("{}: {}", f.id, f.error);
     }
     Ok(())
+}
+
+/// One row of the sweep's table.
+fn write_sweep_row(out: &mut impl Write, s: &Summary, action: &str) -> std::io::Result<()> {
+    let window = s.quota.as_ref().and_then(|q| q.windows.first());
+    let left = window.map_or_else(
+        || "-".into(),
+        |w| format!("{:.0}%", (100.0 - w.used_percent).max(0.0)),
+    );
+    writeln!(
+        out,
+        "{:<32} {:<10} {:<10} {:>10}  {:<20}",
+        s.id,
+        s.state,
+        action,
+        left,
+        when(window.and_then(|w| w.resets_at))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::{Failed, QuotaStatus};
+
+    fn report() -> SweepReport {
+        SweepReport {
+            refreshed: vec!["r1".into(), "r2".into()],
+            skipped: (0..1000).map(|n| format!("s{n:04}")).collect(),
+            failed: vec![Failed {
+                id: "f1".into(),
+                error: "upstream 503".into(),
+            }],
+            dead: vec!["d1".into()],
+            quota: vec![
+                QuotaStatus {
+                    id: "r1".into(),
+                    status: "ok".into(),
+                },
+                QuotaStatus {
+                    id: "r2".into(),
+                    status: "ok".into(),
+                },
+                QuotaStatus {
+                    id: "d1".into(),
+                    status: "skipped".into(),
+                },
+                QuotaStatus {
+                    id: "f1".into(),
+                    status: "error: credential 'f1' is temporarily unavailable".into(),
+                },
+            ],
+        }
+    }
+
+    /// The summary is one line per outcome (and one for quota), however
+    /// many credentials the sweep saw.
+    #[test]
+    fn the_summary_counts_each_outcome_in_a_few_lines() {
+        let mut out = Vec::new();
+        write_sweep_summary(&mut out, &report()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "refreshed  2\nfresh      1000\nfailed     1\ndead       1\n\
+             quota      ok 2, skipped 1, error 1\n"
+        );
+        let mut out = Vec::new();
+        write_sweep_summary(&mut out, &SweepReport::default()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "refreshed  0\nfresh      0\nfailed     0\ndead       0\n"
+        );
+    }
+
+    /// Without --verbose only the credentials that changed, failed or died
+    /// get a row; with it, every one, the fresh ones as `fresh`.
+    #[test]
+    fn rows_go_to_what_changed_failed_or_died_and_to_all_when_verbose() {
+        let r = report();
+        let quiet = sweep_actions(&r, false);
+        let mut ids: Vec<(&str, &str)> = quiet.iter().map(|(k, v)| (*k, *v)).collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                ("d1", "dead"),
+                ("f1", "failed"),
+                ("r1", "refreshed"),
+                ("r2", "refreshed")
+            ]
+        );
+        let all = sweep_actions(&r, true);
+        assert_eq!(all.len(), 1004);
+        assert_eq!(all.get("s0999"), Some(&"fresh"));
+        assert_eq!(all.get("r1"), Some(&"refreshed"));
+    }
 }
