@@ -6,17 +6,46 @@
 //! once.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::clock;
 use crate::credential::Credential;
 use crate::error::Result;
+use crate::provider::ProviderKind;
 use crate::seal::Sealer;
 use crate::state::{Now, Policy, State};
-use crate::store::{self, HandleRow, QuotaRow};
+use crate::store::{self, HandleRow, QuotaRow, Scan};
 use crate::view::Summary;
 use crate::warden::Warden;
+
+/// One page of a listing (`GET /v1/credentials?limit=&after=&state=&provider=`,
+/// `tokenwarden list --limit … --after …`): in id order, after a cursor,
+/// filtered by effective state and provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageQuery {
+    /// The cursor: only ids after this one (the `next` of the page before).
+    pub after: Option<String>,
+    /// At most this many summaries.
+    pub limit: usize,
+    /// Only credentials in this effective state (`expiring` included).
+    pub state: Option<State>,
+    /// Only this provider's credentials.
+    pub provider: Option<ProviderKind>,
+}
+
+impl Default for PageQuery {
+    /// Everything, in one page.
+    fn default() -> PageQuery {
+        PageQuery {
+            after: None,
+            limit: usize::MAX,
+            state: None,
+            provider: None,
+        }
+    }
+}
 
 /// Every credential as listed: its row without secrets and its newest
 /// quota snapshot, with the instant and policy its effective state is
@@ -99,6 +128,51 @@ impl Warden {
         self.store().each_without_secrets(&mut |c| {
             f(Summary::new(&c, now, &policy).with_quota(quotas.get(&c.id)));
         })
+    }
+
+    /// Hands the summaries of one page to `f`, in id order: the
+    /// credentials after `q.after` whose effective state and provider match
+    /// the filters, at most `q.limit` of them. Returns the cursor of the
+    /// next page — the last id handed — when another matching credential
+    /// follows, else `None`. Reads the rows after the cursor only as far as
+    /// the page needs (each with its newest quota snapshot, by id), so a
+    /// page costs what it holds, not the table.
+    pub fn each_summary_page(
+        &self,
+        q: &PageQuery,
+        mut f: impl FnMut(Summary<'_>),
+    ) -> Result<Option<String>> {
+        let (now, policy) = (clock::now(), self.config().policy);
+        let scan = Scan {
+            after: q.after.as_deref(),
+            provider: q.provider,
+        };
+        let (mut handed, mut last, mut more) = (0usize, None::<String>, false);
+        let mut failed = Ok(());
+        self.store().scan(scan, &mut |c| {
+            if q.state
+                .is_some_and(|s| c.status.effective(now, &policy) != s)
+            {
+                return ControlFlow::Continue(());
+            }
+            if handed == q.limit {
+                more = true;
+                return ControlFlow::Break(());
+            }
+            let quota = match self.store().latest_quota(&c.id) {
+                Ok(quota) => quota,
+                Err(e) => {
+                    failed = Err(e);
+                    return ControlFlow::Break(());
+                }
+            };
+            f(Summary::new(&c, now, &policy).with_quota(quota.as_ref()));
+            handed += 1;
+            last = Some(c.id);
+            ControlFlow::Continue(())
+        })?;
+        failed?;
+        Ok(if more { last } else { None })
     }
 
     /// How many credentials are in each effective state now, for every
@@ -188,4 +262,143 @@ impl Warden {
 
 fn millis_u64(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::{NewCredential, ProviderConfig};
+    use crate::secret::Secret;
+
+    /// A credential `id` holding `rt`, its access token valid for an hour.
+    fn new(id: String, kind: ProviderKind, rt: &str) -> NewCredential {
+        NewCredential {
+            provider: ProviderConfig::new(kind),
+            refresh_token: Secret::new(rt),
+            access_token: Some(Secret::new(format!("at-{id}"))),
+            id_token: None,
+            expires_at_ms: Some(clock::now_ms() + 3_600_000),
+            claims: Default::default(),
+            last_refresh_ms: None,
+            api_key: None,
+            id,
+        }
+    }
+
+    /// A database of `n` Codex credentials `c00`… and `n` Claude ones
+    /// `k00`…, all valid for an hour.
+    fn warden(n: usize) -> (tempfile::TempDir, Warden) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Warden::open(dir.path().join("t.db"), crate::Config::default()).unwrap();
+        let creds: Vec<_> = (0..n)
+            .flat_map(|i| {
+                let (c, k) = (format!("c{i:02}"), format!("k{i:02}"));
+                [
+                    new(c.clone(), ProviderKind::Codex, &format!("rt-{c}")),
+                    new(k.clone(), ProviderKind::Claude, &format!("rt-{k}")),
+                ]
+            })
+            .collect();
+        w.import(&creds, false).unwrap();
+        (dir, w)
+    }
+
+    fn page(w: &Warden, q: &PageQuery) -> (Vec<String>, Option<String>) {
+        let mut ids = Vec::new();
+        let next = w
+            .each_summary_page(q, |s| ids.push(s.id.to_owned()))
+            .unwrap();
+        (ids, next)
+    }
+
+    /// Pages follow each other by cursor, in id order, without gaps or
+    /// repeats; the last has no cursor; filters apply before the limit.
+    #[test]
+    fn pages_cover_every_credential_once_and_filters_apply_before_the_limit() {
+        let (_dir, w) = warden(12);
+        let mut q = PageQuery {
+            limit: 5,
+            ..PageQuery::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (ids, next) = page(&w, &q);
+            assert!(ids.len() <= 5);
+            seen.extend(ids);
+            match next {
+                Some(after) => {
+                    assert_eq!(Some(&after), seen.last(), "the cursor is the last id");
+                    q.after = Some(after);
+                }
+                None => break,
+            }
+        }
+        let mut all: Vec<String> = (0..12)
+            .flat_map(|i| [format!("c{i:02}"), format!("k{i:02}")])
+            .collect();
+        all.sort();
+        assert_eq!(seen, all);
+        // Exactly a page's worth left: no cursor to an empty page.
+        let (ids, next) = page(
+            &w,
+            &PageQuery {
+                limit: 12,
+                provider: Some(ProviderKind::Claude),
+                ..PageQuery::default()
+            },
+        );
+        assert_eq!(ids.len(), 12);
+        assert!(ids.iter().all(|id| id.starts_with('k')));
+        assert_eq!(next, None);
+        // A state filter skips what does not match before counting: c05's
+        // new login carries an access token past its expiry, so it reads as
+        // `expiring`.
+        let mut stale = new("c05".into(), ProviderKind::Codex, "rt-c05-relogin");
+        stale.expires_at_ms = Some(clock::now_ms() - 1_000);
+        w.import(&[stale], true).unwrap();
+        let expiring = PageQuery {
+            limit: 10,
+            state: Some(State::Expiring),
+            ..PageQuery::default()
+        };
+        assert_eq!(page(&w, &expiring), (vec!["c05".to_owned()], None));
+        let valid_after = page(
+            &w,
+            &PageQuery {
+                limit: 3,
+                after: Some("c02".into()),
+                state: Some(State::Valid),
+                ..PageQuery::default()
+            },
+        );
+        assert_eq!(valid_after.0, ["c03", "c04", "c06"]);
+        assert_eq!(valid_after.1.as_deref(), Some("c06"));
+    }
+
+    /// Events page forward from a sequence number; without one, the tail.
+    #[test]
+    fn event_pages_follow_the_sequence_and_the_tail_has_no_cursor() {
+        let (_dir, w) = warden(1);
+        for n in 0..4 {
+            let login = new("c00".into(), ProviderKind::Codex, &format!("rt-new-{n}"));
+            w.import(&[login], true).unwrap();
+        }
+        let all = w.events("c00", None).unwrap();
+        assert_eq!(all.len(), 5, "import and four replaces");
+        let (first, next) = w.events_page("c00", Some(0), Some(2)).unwrap();
+        assert_eq!(first, all[..2]);
+        assert_eq!(next, Some(all[1].seq));
+        let (second, next) = w.events_page("c00", next, Some(2)).unwrap();
+        assert_eq!(second, all[2..4]);
+        let (last, next) = w.events_page("c00", next, Some(2)).unwrap();
+        assert_eq!(last, all[4..]);
+        assert_eq!(next, None);
+        let (tail, next) = w.events_page("c00", None, Some(2)).unwrap();
+        assert_eq!(tail, all[3..]);
+        assert_eq!(next, None);
+        assert!(matches!(
+            w.events_page("nobody", Some(0), Some(2)),
+            Err(crate::Error::NotFound(_))
+        ));
+    }
 }

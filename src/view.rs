@@ -246,11 +246,68 @@ impl<'a> Summary<'a> {
     }
 }
 
-/// `{"credentials":[summary…]}`.
+/// `{"credentials":[summary…],"next":"ID"}`: a page of summaries and,
+/// when more follow, the cursor of the next page (absent on the last).
 #[derive(Debug, Serialize)]
 pub struct SummaryList<'a> {
     /// The summaries.
     pub credentials: Vec<Summary<'a>>,
+    /// The `after` of the next page, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Writes a [`SummaryList`] one summary at a time — the same bytes as
+/// serialising it whole — so that a listing of any size holds one decoded
+/// row at a time, never the list.
+#[derive(Debug)]
+pub struct SummaryWriter<W: std::io::Write> {
+    out: W,
+    first: bool,
+    failed: Option<serde_json::Error>,
+}
+
+impl<W: std::io::Write> SummaryWriter<W> {
+    /// Starts the list on `out`.
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(b"{\"credentials\":[")?;
+        Ok(SummaryWriter {
+            out,
+            first: true,
+            failed: None,
+        })
+    }
+
+    /// Writes one summary (after a failure, nothing more).
+    pub fn push(&mut self, summary: &Summary<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        let comma = if std::mem::take(&mut self.first) {
+            Ok(())
+        } else {
+            self.out.write_all(b",").map_err(serde_json::Error::io)
+        };
+        if let Err(e) = comma.and_then(|()| serde_json::to_writer(&mut self.out, summary)) {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Ends the list, with the next page's cursor if there is one; the
+    /// first failure of any write, if there was one.
+    pub fn finish(mut self, next: Option<&str>) -> serde_json::Result<W> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let io = serde_json::Error::io;
+        self.out.write_all(b"]").map_err(io)?;
+        if let Some(next) = next {
+            self.out.write_all(b",\"next\":").map_err(io)?;
+            serde_json::to_writer(&mut self.out, next)?;
+        }
+        self.out.write_all(b"}").map_err(io)?;
+        Ok(self.out)
+    }
 }
 
 /// One event as shown.
@@ -286,11 +343,14 @@ impl<'a> From<&'a EventRow> for EventView<'a> {
     }
 }
 
-/// `{"events":[…]}`.
+/// `{"events":[…],"next":SEQ}` (`next` only when more follow).
 #[derive(Debug, Serialize)]
 pub struct EventList<'a> {
     /// The events, oldest first.
     pub events: Vec<EventView<'a>>,
+    /// The `after` of the next page, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
 }
 
 #[cfg(test)]

@@ -401,10 +401,40 @@ impl Warden {
     /// A credential's events (the newest `limit`), oldest first. Works for
     /// deleted credentials too; an id that never existed is `NotFound`.
     pub fn events(&self, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>> {
-        let events = self.core.store.events(checked(id)?, limit)?;
-        if events.is_empty() && self.core.store.get(id)?.is_none() {
+        self.events_page(id, None, limit).map(|(events, _)| events)
+    }
+
+    /// One page of a credential's events, oldest first: with `after` (a
+    /// sequence number, 0 for the start), the first `limit` that follow it,
+    /// and the `after` of the next page when more follow; without, the
+    /// newest `limit` (the tail: no next page). Works for deleted
+    /// credentials too; an id that never existed is `NotFound`.
+    pub fn events_page(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<(Vec<EventRow>, Option<i64>)> {
+        let store = &self.core.store;
+        let id = checked(id)?;
+        // One more than asked, to learn whether a next page exists.
+        let probe = limit
+            .filter(|_| after.is_some())
+            .map(|n| n.saturating_add(1));
+        let mut events = store.events(id, after, probe.or(limit))?;
+        let next = match (probe, limit) {
+            (Some(p), Some(n)) if events.len() as u64 >= u64::from(p) => {
+                events.truncate(n as usize);
+                events.last().map(|e| e.seq)
+            }
+            _ => None,
+        };
+        if events.is_empty()
+            && store.get(id)?.is_none()
+            && store.events(id, None, Some(1))?.is_empty()
+        {
             return Err(Error::NotFound(id.to_owned()));
         }
-        Ok(events)
+        Ok((events, next))
     }
 }

@@ -158,7 +158,17 @@ fn sweep_exit_codes() {
     env.login("fine", 7200);
     let out = env.run(&["sweep"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("fine"), "human table lists it");
+    // Issue 13: a summary line per outcome; a fresh credential gets a row
+    // only with --verbose.
+    assert!(
+        text(&out.stdout).contains("fresh      1"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!text(&out.stdout).contains("fine"), "{}", text(&out.stdout));
+    let out = env.run(&["sweep", "--verbose"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("fine"), "--verbose lists it");
 
     env.login("flaky", 60);
     env.fake.push_fault(Fault::status(503, "{}"));

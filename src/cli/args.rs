@@ -10,6 +10,7 @@ use crate::clock;
 use crate::config::{parse_secs, Config};
 use crate::error::Result;
 use crate::provider::ProviderKind;
+use crate::state::State;
 
 /// Keeps OAuth credentials and prints access tokens that work, refreshing
 /// each rotating refresh token exactly once across processes.
@@ -121,8 +122,22 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
-    /// List credentials.
+    /// List credentials, in id order (every one, or a page of them).
     List {
+        /// At most this many (a page); the next page's `--after` is printed
+        /// when more follow (on stderr, or as `next` with --json).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only ids after this one (a page's cursor).
+        #[arg(long)]
+        after: Option<String>,
+        /// Only credentials in this effective state (valid, expiring,
+        /// refreshing, rejected, dead).
+        #[arg(long, value_parser = state)]
+        state: Option<State>,
+        /// Only this provider's credentials.
+        #[arg(long, value_parser = provider)]
+        provider: Option<ProviderKind>,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -320,6 +335,15 @@ pub enum ExportFormat {
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
     ProviderKind::parse(raw)
         .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+fn state(raw: &str) -> std::result::Result<State, String> {
+    State::parse(raw).ok_or_else(|| {
+        format!(
+            "unknown state {raw:?}; use one of {}",
+            State::ALL.map(State::as_str).join(", ")
+        )
+    })
 }
 
 impl Tuning {

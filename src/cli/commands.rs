@@ -6,6 +6,8 @@ use std::io::{IsTerminal, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admin::PageQuery;
+use crate::clock;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::facade;
@@ -14,11 +16,11 @@ use crate::provider::ProviderKind;
 use crate::quota;
 use crate::state::State;
 use crate::sweep::{self, SweepOptions};
-use crate::view::{EventList, EventView, HandleView, QuotaView, SummaryList};
+use crate::view::{EventList, EventView, HandleView, QuotaView, SummaryWriter};
 
 use super::print::{
     print_events, print_grant, print_handles, print_json, print_quota, print_summary, print_sweep,
-    print_table,
+    TableWriter,
 };
 use super::{open, Cli, ExportFormat};
 
@@ -108,13 +110,27 @@ pub(super) fn refresh(cli: &Cli, id: &str, force: bool, json: bool) -> Result<()
 }
 
 /// `list`.
-pub(super) fn list(cli: &Cli, json: bool) -> Result<()> {
-    let listing = open(cli, "cli")?.listing()?;
-    let credentials = listing.summaries();
-    if json {
-        print_json(&SummaryList { credentials })?;
+pub(super) fn list(cli: &Cli, page: &PageQuery, json: bool) -> Result<()> {
+    let warden = open(cli, "cli")?;
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| Error::Io(format!("cannot write the listing: {e}"));
+    let next = if json {
+        let mut list = SummaryWriter::new(out).map_err(io)?;
+        let next = warden.each_summary_page(page, |s| list.push(&s))?;
+        let mut out = list
+            .finish(next.as_deref())
+            .map_err(|e| Error::Io(format!("cannot write the listing: {e}")))?;
+        writeln!(out).and_then(|()| out.flush()).map_err(io)?;
+        next
     } else {
-        print_table(&credentials, listing.now().wall_ms);
+        let mut table = TableWriter::new(out, clock::now_ms()).map_err(io)?;
+        let next = warden.each_summary_page(page, |s| table.push(&s))?;
+        table.finish().map_err(io)?;
+        next
+    };
+    if let (Some(next), false) = (&next, json) {
+        eprintln!("more follow: --after {next}");
     }
     Ok(())
 }
@@ -137,7 +153,7 @@ pub(super) fn events(cli: &Cli, id: &str, limit: Option<u32>, json: bool) -> Res
     let rows = warden.events(id, limit)?;
     let events: Vec<EventView> = rows.iter().map(EventView::from).collect();
     if json {
-        print_json(&EventList { events })?;
+        print_json(&EventList { events, next: None })?;
     } else {
         print_events(&events);
     }

@@ -13,6 +13,7 @@
 //!   and its signal-driven shutdown.
 //! - `print`: tables, summaries, `--json` and the sweep's report.
 
+use crate::admin::PageQuery;
 use crate::config::Config;
 use crate::error::Result;
 use crate::warden::Warden;
@@ -71,7 +72,21 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::Token { id, min_ttl, out } => commands::token(&cli, id, *min_ttl, out.json)?,
         Command::Reject { id, token, out } => commands::reject(&cli, id, token, out.json)?,
         Command::Refresh { id, force, out } => commands::refresh(&cli, id, *force, out.json)?,
-        Command::List { out } => commands::list(&cli, out.json)?,
+        Command::List {
+            limit,
+            after,
+            state,
+            provider,
+            out,
+        } => {
+            let page = PageQuery {
+                after: after.clone(),
+                limit: limit.unwrap_or(usize::MAX),
+                state: *state,
+                provider: *provider,
+            };
+            commands::list(&cli, &page, out.json)?
+        }
         Command::Show { id, out } => commands::show(&cli, id, out.json)?,
         Command::Events { id, limit, out } => commands::events(&cli, id, *limit, out.json)?,
         Command::Delete { id } => commands::delete(&cli, id)?,

@@ -30,16 +30,37 @@ fn when(secs: Option<i64>) -> String {
     secs.map_or_else(|| "-".into(), |s| crate::rfc3339::format(s * 1000))
 }
 
-pub(super) fn print_table(rows: &[Summary], now_ms: i64) {
-    println!(
-        "{:<32} {:<8} {:<10} {:>9}  {:<32} {:>3}",
-        "ID", "PROVIDER", "STATE", "EXPIRES", "ACCOUNT", "ERR"
-    );
-    for s in rows {
+/// `list`'s table, written one row at a time as the rows are read.
+pub(super) struct TableWriter<W: Write> {
+    out: W,
+    now_ms: i64,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: Write> TableWriter<W> {
+    /// Writes the header.
+    pub(super) fn new(mut out: W, now_ms: i64) -> std::io::Result<Self> {
+        writeln!(
+            out,
+            "{:<32} {:<8} {:<10} {:>9}  {:<32} {:>3}",
+            "ID", "PROVIDER", "STATE", "EXPIRES", "ACCOUNT", "ERR"
+        )?;
+        Ok(TableWriter {
+            out,
+            now_ms,
+            failed: None,
+        })
+    }
+
+    /// Writes one row (after a failure, nothing more).
+    pub(super) fn push(&mut self, s: &Summary) {
+        if self.failed.is_some() {
+            return;
+        }
         let expires = s.expires_at.map_or_else(
             || "-".into(),
             |e| {
-                let left = e - now_ms / 1000;
+                let left = e - self.now_ms / 1000;
                 if left <= 0 {
                     "expired".into()
                 } else if left < 3600 {
@@ -50,10 +71,21 @@ pub(super) fn print_table(rows: &[Summary], now_ms: i64) {
             },
         );
         let account = s.email.or(s.account_id).unwrap_or("-");
-        println!(
+        if let Err(e) = writeln!(
+            self.out,
             "{:<32} {:<8} {:<10} {:>9}  {:<32} {:>3}",
             s.id, s.provider, s.state, expires, account, s.failures
-        );
+        ) {
+            self.failed = Some(e);
+        }
+    }
+
+    /// Flushes the table; the first failure of any write, if there was one.
+    pub(super) fn finish(mut self) -> std::io::Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => self.out.flush(),
+        }
     }
 }
 

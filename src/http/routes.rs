@@ -8,13 +8,15 @@ use std::time::Duration;
 use serde_json::Value;
 use tiny_http::Request;
 
+use crate::admin::PageQuery;
 use crate::clock;
 use crate::config::parse_secs;
 use crate::credential::validate_id;
 use crate::facade;
 use crate::import::{self, ImportOptions};
-use crate::provider::ProviderKind;
-use crate::view::{EventList, EventView, Summary, SummaryList, TokenResponse};
+use crate::provider::{form_unescape, ProviderKind};
+use crate::state::State;
+use crate::view::{EventList, EventView, Summary, SummaryList, SummaryWriter, TokenResponse};
 use crate::warden::{Grant, Warden};
 
 use super::auth::{ApiKeys, Scope};
@@ -114,7 +116,11 @@ const ROUTES: &[Route] = &[
     Route {
         pattern: "/v1/credentials",
         endpoints: &[
-            ep("GET", Action::List, &[]),
+            ep(
+                "GET",
+                Action::List,
+                &["limit", "after", "state", "provider"],
+            ),
             ep("POST", Action::Import, &["id", "provider", "replace"]),
         ],
     },
@@ -139,7 +145,7 @@ const ROUTES: &[Route] = &[
     },
     Route {
         pattern: "/v1/credentials/{id}/events",
-        endpoints: &[ep("GET", Action::Events, &["limit"])],
+        endpoints: &[ep("GET", Action::Events, &["limit", "after"])],
     },
     Route {
         pattern: "/oauth/token",
@@ -311,7 +317,7 @@ fn dispatch(
     match action {
         Action::Healthz => Ok(Reply::json(200, &serde_json::json!({"status": "ok"}))),
         Action::Metrics => metrics(w),
-        Action::List => list(w),
+        Action::List => list(w, q),
         Action::Import => import(w, q, body),
         Action::Show => {
             let detail = w.detail(id)?;
@@ -332,9 +338,11 @@ fn dispatch(
         }
         Action::Refresh => token_reply(&w.refresh_within(id, q.flag("force")?, wait()?)?),
         Action::Events => {
-            let rows = w.events(id, q.count("limit")?)?;
+            let limit = u32::try_from(q.limit(LIST_LIMIT)?).unwrap_or(u32::MAX);
+            let after = q.count("after")?.map(i64::from);
+            let (rows, next) = w.events_page(id, after, Some(limit))?;
             let events = rows.iter().map(EventView::from).collect();
-            Ok(Reply::json(200, &EventList { events }))
+            Ok(Reply::json(200, &EventList { events, next }))
         }
         Action::QuotaGet => quota_get(w, id),
         Action::QuotaPost => quota_post(w, id),
@@ -376,25 +384,47 @@ fn token_reply(grant: &Grant) -> Result<Reply, ApiError> {
     }
 }
 
-/// `GET /v1/credentials`: `{"credentials":[summary…]}`, the same bytes
-/// as serialising a [`SummaryList`], written one row at a time so that no
-/// more than one decoded row (and no secret) is held at once.
-fn list(w: &Warden) -> Result<Reply, ApiError> {
-    let mut out = b"{\"credentials\":[".to_vec();
-    let mut encoded: serde_json::Result<()> = Ok(());
-    let mut first = true;
-    w.each_summary(|summary| {
-        if encoded.is_ok() {
-            if !std::mem::take(&mut first) {
-                out.push(b',');
-            }
-            encoded = serde_json::to_writer(&mut out, &summary);
-        }
-    })?;
-    if let Err(e) = encoded {
-        return Err(ApiError::internal(format!("cannot encode the answer: {e}")));
-    }
-    out.extend_from_slice(b"]}");
+/// A provider named in the query string.
+fn parse_provider(p: &str) -> Result<ProviderKind, ApiError> {
+    ProviderKind::parse(p).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown provider {:?}; use codex, claude, google or oauth2",
+            shorten(p)
+        ))
+    })
+}
+
+/// Items a page of `GET /v1/credentials` (or of a credential's events)
+/// holds when `limit` is not given, and the most it may ask for.
+pub const LIST_LIMIT: (usize, usize) = (1_000, 10_000);
+
+/// `GET /v1/credentials?limit=&after=&state=&provider=`: one page of
+/// summaries in id order, `{"credentials":[…],"next":"ID"}` (`next` only
+/// when more follow), written one row at a time.
+fn list(w: &Warden, q: &Query) -> Result<Reply, ApiError> {
+    let page = PageQuery {
+        after: q.text("after"),
+        limit: q.limit(LIST_LIMIT)?,
+        state: q
+            .get("state")
+            .map(|s| {
+                State::parse(s).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown state {:?}; use one of {}",
+                        shorten(s),
+                        State::ALL.map(State::as_str).join(", ")
+                    ))
+                })
+            })
+            .transpose()?,
+        provider: q.get("provider").map(parse_provider).transpose()?,
+    };
+    let mut list = SummaryWriter::new(Vec::new())
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
+    let next = w.each_summary_page(&page, |summary| list.push(&summary))?;
+    let out = list
+        .finish(next.as_deref())
+        .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
     Ok(Reply::raw_json(200, out))
 }
 
@@ -408,17 +438,7 @@ fn metrics(w: &Warden) -> Result<Reply, ApiError> {
 /// `POST /v1/credentials`: any import format; 201 with the summary, or
 /// `{"credentials":[…]}` for an array.
 fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
-    let provider = q
-        .get("provider")
-        .map(|p| {
-            ProviderKind::parse(p).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown provider {:?}; use codex, claude, google or oauth2",
-                    shorten(p)
-                ))
-            })
-        })
-        .transpose()?;
+    let provider = q.get("provider").map(parse_provider).transpose()?;
     let opts = ImportOptions {
         id: q.get("id").map(str::to_owned),
         provider,
@@ -431,7 +451,13 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     let (now, policy) = (clock::now(), w.config().policy);
     if is_array(body) {
         let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
-        return Ok(Reply::json(201, &SummaryList { credentials }));
+        return Ok(Reply::json(
+            201,
+            &SummaryList {
+                credentials,
+                next: None,
+            },
+        ));
     }
     match rows.first() {
         Some(row) => Ok(Reply::json(201, &Summary::new(row, now, &policy))
@@ -517,6 +543,22 @@ impl<'a> Query<'a> {
             None => Err(ApiError::bad_request(format!(
                 "{name}={:?} is not a number of seconds",
                 shorten(raw)
+            ))),
+        }
+    }
+
+    /// A text value, percent-decoded (an id with `@` arrives as `%40`).
+    fn text(&self, name: &str) -> Option<String> {
+        self.get(name).map(form_unescape)
+    }
+
+    /// `limit`: a whole number from 1 to `max`; `default` when absent.
+    fn limit(&self, (default, max): (usize, usize)) -> Result<usize, ApiError> {
+        match self.count("limit")? {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&(n as usize)) => Ok(n as usize),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "limit is a whole number from 1 to {max}"
             ))),
         }
     }

@@ -31,35 +31,39 @@ pub fn form_encode(pairs: &[(&str, &str)]) -> String {
 /// pairs, in order. Lenient, for mock servers and tests: a malformed `%`
 /// escape is kept as it is, and bytes that are not UTF-8 become U+FFFD.
 pub fn form_decode(body: &str) -> Vec<(String, String)> {
-    fn unescape(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = b
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match (b[i], hex) {
-                (b'+', _) => out.push(b' '),
-                (b'%', Some(v)) => {
-                    out.push(v);
-                    i += 2;
-                }
-                (c, _) => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
     body.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (unescape(k), unescape(v))
+            (form_unescape(k), form_unescape(v))
         })
         .collect()
+}
+
+/// Decodes one form or query component: `+` is a space, `%XX` a byte; a
+/// malformed `%` escape is kept as it is, and bytes that are not UTF-8
+/// become U+FFFD.
+pub fn form_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 2;
+            }
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

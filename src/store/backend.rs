@@ -21,7 +21,9 @@
 //!   [`crate::Error::DiskFull`]) or an import's refusal; never a decision
 //!   about a credential.
 
-use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Stamp, Write};
+use std::ops::ControlFlow;
+
+use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
 use crate::state::Transition;
@@ -43,12 +45,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Every credential, by id, secrets included.
     fn list(&self) -> Result<Vec<Credential>>;
 
-    /// Hands every credential, by id and without its secrets, to `f`, one
-    /// at a time: no access, refresh or id token, client secret or API key
-    /// (the refresh token reads as empty); `status.has_access_token` still
-    /// says whether there is an access token. Nothing but the row at hand
-    /// is held in memory.
-    fn each_without_secrets(&self, f: &mut dyn FnMut(Credential)) -> Result<()>;
+    /// Hands the credentials `scan` selects, in id order and without their
+    /// secrets, to `f`, one at a time, until `f` breaks: no access, refresh
+    /// or id token, client secret or API key (the refresh token reads as
+    /// empty); `status.has_access_token` still says whether there is an
+    /// access token. Nothing but the row at hand is held in memory, and a
+    /// scan that breaks early reads no further (a page after a cursor costs
+    /// what it reads, not the table).
+    fn scan(&self, scan: Scan<'_>, f: &mut dyn FnMut(Credential) -> ControlFlow<()>) -> Result<()>;
+
+    /// Every credential, as [`Backend::scan`] with no cursor or filter.
+    fn each_without_secrets(&self, f: &mut dyn FnMut(Credential)) -> Result<()> {
+        self.scan(Scan::default(), &mut |c| {
+            f(c);
+            ControlFlow::Continue(())
+        })
+    }
 
     /// Every credential, by id, without its secrets (see
     /// [`Backend::each_without_secrets`]): what listings, summaries and the
@@ -129,8 +141,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     // ---- history ----
 
-    /// A credential's events, newest last; `limit` keeps the newest N.
-    fn events(&self, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>>;
+    /// A credential's events, oldest first: with `after`, the first
+    /// `limit` whose sequence number follows it; without, the newest
+    /// `limit` (all, without a limit).
+    fn events(&self, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>>;
 
     // ---- quota snapshots ----
 

@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::seal::Sealer;
 
 pub use backend::Backend;
-pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Stamp, Write};
+pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 pub use sqlite::{encrypt_in_place, rekey};
 
 /// A shared handle on the database: cheap to clone, and every method is

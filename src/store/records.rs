@@ -4,7 +4,7 @@
 
 use crate::credential::LastError;
 use crate::provider::usage::Quota;
-use crate::provider::Tokens;
+use crate::provider::{ProviderKind, Tokens};
 
 /// What a transition does to `last_error`.
 #[derive(Debug, Clone, Copy)]
@@ -117,4 +117,15 @@ impl Stamp {
     pub(crate) fn new(bytes: [u8; Stamp::LEN]) -> Stamp {
         Stamp(bytes)
     }
+}
+
+/// Which credentials a [`Backend::scan`](super::Backend::scan) reads, in id
+/// order: those after the cursor `after` (exclusive), of `provider` if
+/// given. The default reads them all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scan<'a> {
+    /// Only ids greater than this one (the last id of the previous page).
+    pub after: Option<&'a str>,
+    /// Only this provider's credentials.
+    pub provider: Option<ProviderKind>,
 }

@@ -40,18 +40,26 @@ pub(super) fn append_event(
 }
 
 /// A credential's events, newest last; `limit` keeps the newest N.
-pub(super) fn events(db: &Sqlite, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>> {
+pub(super) fn events(
+    db: &Sqlite,
+    id: &str,
+    after: Option<i64>,
+    limit: Option<u32>,
+) -> Result<Vec<EventRow>> {
     let conn = db.conn()?;
     let mut stmt = conn
-        .prepare_cached(
+        .prepare_cached(if after.is_some() {
+            "SELECT seq, credential_id, at_ms, from_state, to_state, version, actor, reason \
+             FROM events WHERE credential_id = ?1 AND seq > ?3 ORDER BY seq LIMIT ?2"
+        } else {
             "SELECT seq, credential_id, at_ms, from_state, to_state, version, actor, reason \
              FROM (SELECT * FROM events WHERE credential_id = ?1 ORDER BY seq DESC LIMIT ?2) \
-             ORDER BY seq",
-        )
+             WHERE ?3 IS NULL ORDER BY seq"
+        })
         .map_err(db_err)?;
     let limit = limit.map_or(-1, i64::from);
     let rows = stmt
-        .query_map(params![id, limit], |r| {
+        .query_map(params![id, limit, after], |r| {
             Ok(EventRow {
                 seq: r.get(0)?,
                 credential_id: r.get(1)?,

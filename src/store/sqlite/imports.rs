@@ -525,7 +525,7 @@ mod tests {
         assert_eq!(spent(&store), [("a".to_owned(), "replaced".to_owned())]);
         assert_eq!(store.handles("a").unwrap().len(), 1, "handles kept");
         let reasons: Vec<String> = store
-            .events("a", None)
+            .events("a", None, None)
             .unwrap()
             .into_iter()
             .map(|e| e.reason)

@@ -27,6 +27,7 @@ mod sealing;
 mod watch;
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,7 +37,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Stamp, Write};
+use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
 use crate::seal::Sealer;
@@ -139,8 +140,8 @@ impl Backend for Sqlite {
         rows::list(self)
     }
 
-    fn each_without_secrets(&self, f: &mut dyn FnMut(Credential)) -> Result<()> {
-        rows::each_without_secrets(self, f)
+    fn scan(&self, scan: Scan<'_>, f: &mut dyn FnMut(Credential) -> ControlFlow<()>) -> Result<()> {
+        rows::scan(self, scan, f)
     }
 
     fn stamp(&self) -> Option<Stamp> {
@@ -184,8 +185,8 @@ impl Backend for Sqlite {
         reserve::release_reserve(self)
     }
 
-    fn events(&self, id: &str, limit: Option<u32>) -> Result<Vec<EventRow>> {
-        events::events(self, id, limit)
+    fn events(&self, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>> {
+        events::events(self, id, after, limit)
     }
 
     fn insert_quota(&self, q: &QuotaRow, body: Option<&[u8]>, keep_since_ms: i64) -> Result<()> {

@@ -2,7 +2,9 @@
 //! sealed columns, refusing values this build does not know), and the
 //! point and full reads.
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use std::ops::ControlFlow;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::errors::db_err;
 use super::sealing::{self, Codec};
@@ -12,6 +14,7 @@ use crate::error::Result;
 use crate::provider::{ClientAuth, Encoding, ProviderKind};
 use crate::secret::Secret;
 use crate::state::{Lease, LeaseTime, State, Status};
+use crate::store::Scan;
 
 pub(super) const COLUMNS: &str =
     "id, provider, state, version, access_token, refresh_token, id_token, \
@@ -182,17 +185,28 @@ pub(super) fn list(db: &Sqlite) -> Result<Vec<Credential>> {
     rows.collect::<rusqlite::Result<_>>().map_err(db_err)
 }
 
-/// Hands every credential, by id and without its secrets (as
-/// [`Store::list_without_secrets`]), to `f`, one at a time: nothing
-/// but the row at hand is held in memory.
-pub(super) fn each_without_secrets(db: &Sqlite, mut f: impl FnMut(Credential)) -> Result<()> {
+/// Hands the credentials `scan` selects, by id and without their secrets,
+/// to `f`, one at a time, until `f` breaks: the rows after the cursor come
+/// from the primary key's order, so a page costs what it reads, not the
+/// table.
+pub(super) fn scan(
+    db: &Sqlite,
+    scan: Scan<'_>,
+    f: &mut dyn FnMut(Credential) -> ControlFlow<()>,
+) -> Result<()> {
     let conn = db.conn()?;
     let mut stmt = conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM credentials ORDER BY id"))
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM credentials WHERE (?1 IS NULL OR id > ?1) \
+             AND (?2 IS NULL OR provider = ?2) ORDER BY id"
+        ))
         .map_err(db_err)?;
-    let mut rows = stmt.query([]).map_err(db_err)?;
+    let provider = scan.provider.map(ProviderKind::as_str);
+    let mut rows = stmt.query(params![scan.after, provider]).map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
-        f(read_row(r, &db.codec, Secrets::Drop).map_err(db_err)?);
+        if f(read_row(r, &db.codec, Secrets::Drop).map_err(db_err)?).is_break() {
+            break;
+        }
     }
     Ok(())
 }
