@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::clock;
-use crate::credential::Credential;
+use crate::credential::{validate_id, Credential, NewCredential};
+use crate::error::Error;
 use crate::error::Result;
 use crate::provider::ProviderKind;
 use crate::seal::Sealer;
@@ -173,6 +174,56 @@ impl Warden {
         })?;
         failed?;
         Ok(if more { last } else { None })
+    }
+
+    /// Imports a batch of credentials in one transaction (one fsync, for
+    /// migrations of many): each is refused on its own, as
+    /// [`Warden::import`] refuses it, its refusal returned in its place.
+    /// With `replace`, the ones whose id exists are replaced one at a time
+    /// through [`Warden::import_within`] (waiting out a live refresh lease
+    /// up to `wait`). `Err` only for the database's own trouble, which
+    /// fails the batch's inserts as a whole.
+    pub fn import_batch(
+        &self,
+        creds: &[NewCredential],
+        replace: bool,
+        wait: Duration,
+    ) -> Result<Vec<Result<Credential>>> {
+        let valid: Vec<Result<()>> = creds
+            .iter()
+            .map(|c| validate_id(&c.id).map_err(Error::BadInput))
+            .collect();
+        let to_insert: Vec<NewCredential> = creds
+            .iter()
+            .zip(&valid)
+            .filter(|(_, v)| v.is_ok())
+            .map(|(c, _)| c.clone())
+            .collect();
+        let actor = clock::actor(&self.config().actor);
+        let mut inserted = self
+            .store()
+            .insert_many(&to_insert, &actor, clock::now_ms())?
+            .into_iter();
+        let mut out = Vec::with_capacity(creds.len());
+        for (c, v) in creds.iter().zip(valid) {
+            let result = match v {
+                Err(e) => Err(e),
+                // One result per credential inserted, in order.
+                Ok(()) => inserted.next().unwrap_or(Err(Error::Db(
+                    "a batch insert answered fewer rows than it was given".into(),
+                ))),
+            };
+            out.push(match result {
+                Err(Error::Exists(_)) if replace => self
+                    .import_within(std::slice::from_ref(c), true, wait)
+                    .map(|rows| rows.into_iter().next())
+                    .and_then(|row| {
+                        row.ok_or_else(|| Error::Db("a replace answered no row".into()))
+                    }),
+                other => other,
+            });
+        }
+        Ok(out)
     }
 
     /// How many credentials are in each effective state now, for every

@@ -90,6 +90,18 @@ pub enum Error {
         /// How it was spent.
         how: Spent,
     },
+    /// An import of several records of which some were refused (each said
+    /// on stderr with its file and position); the others were imported.
+    #[error(
+        "{refused} of {total} records were refused (each is named above); the others were \
+         imported. Fix or remove the refused ones and import them again"
+    )]
+    PartlyImported {
+        /// Records refused.
+        refused: usize,
+        /// Records read.
+        total: usize,
+    },
     /// An import carrying the refresh token another credential holds.
     #[error(
         "refusing to import '{id}': credential '{holder}' already holds this refresh token. \
@@ -166,6 +178,7 @@ impl Error {
             | Error::QuotaUnsupported { .. }
             | Error::RefreshInProgress { .. }
             | Error::SpentToken { .. }
+            | Error::PartlyImported { .. }
             | Error::TokenHeldElsewhere { .. } => 1,
         }
     }
@@ -187,6 +200,7 @@ impl Error {
             Error::RefreshInProgress { .. } => "refresh_in_progress",
             Error::SpentToken { .. } => "refresh_token_spent",
             Error::TokenHeldElsewhere { .. } => "refresh_token_in_use",
+            Error::PartlyImported { .. } => "partly_imported",
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::admin::PageQuery;
 use crate::clock;
-use crate::clock::now_ms;
+use crate::credential::NewCredential;
 use crate::error::{Error, Result};
 use crate::facade;
 use crate::import::{self, ImportOptions};
@@ -24,9 +24,6 @@ use super::print::{
 };
 use super::{open, Cli, ExportFormat};
 
-/// Most bytes read from one import file or stdin.
-const MAX_IMPORT: u64 = 1 << 20;
-
 /// `init`.
 pub(super) fn init(cli: &Cli) -> Result<()> {
     open(cli, "cli")?;
@@ -34,7 +31,15 @@ pub(super) fn init(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// `import FILE…`.
+/// Records committed per transaction by `import` (one fsync each).
+const IMPORT_BATCH: usize = 1_000;
+
+/// `import FILE...`: each file read as a stream (a JSON array, JSON Lines,
+/// or one object, of any size) and committed in batches. Each record is
+/// checked and refused on its own, named by its file and position; the
+/// others are imported. One refusal in all is returned as it is (so a
+/// single file's exit code and message are the record's own); several end
+/// in [`Error::PartlyImported`].
 pub(super) fn import(
     cli: &Cli,
     files: &[PathBuf],
@@ -52,30 +57,133 @@ pub(super) fn import(
             "--id names one credential; import one file at a time with it".into(),
         ));
     }
-    // Parse everything first, so a bad file imports nothing.
-    let mut creds = Vec::new();
+    let mut run = ImportRun {
+        warden: &warden,
+        replace,
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        batch: Vec::with_capacity(IMPORT_BATCH),
+        total: 0,
+        first_refusal: None,
+        refused: 0,
+        all_bad_input: true,
+        failed: None,
+    };
     for file in files {
-        let parsed = import::parse_import(&read_input(file)?, &opts, now_ms())
-            .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
-        creds.extend(parsed);
+        let shown = file.display();
+        let reader: Box<dyn Read> = if file.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(
+                std::fs::File::open(file)
+                    .map_err(|e| Error::Io(format!("cannot read {shown}: {e}")))?,
+            )
+        };
+        let streamed = import::stream_import(reader, &opts, |_, record| {
+            run.total += 1;
+            match record {
+                Ok(c) => run.push(c),
+                Err(e) => run.refuse(Error::BadInput(format!("{shown}: {e}"))),
+            }
+        });
+        run.flush();
+        if let Some(e) = run.failed.take() {
+            return Err(e);
+        }
+        streamed.map_err(|e| Error::BadInput(format!("{shown}: {e}")))?;
     }
-    // One at a time, so that the ones imported before a refusal are
-    // reported as such.
-    for c in &creds {
-        for row in warden.import(std::slice::from_ref(c), replace)? {
-            println!("imported {} ({})", row.id, row.provider.kind);
-            if row.status.state == State::Dead {
-                // A replace with the refresh token that was refused.
-                eprintln!(
-                    "note: {} is still dead ({}): this file holds the refresh token \
-                     that was refused; log in again and import the new file",
-                    row.id,
-                    row.status.dead_reason.as_deref().unwrap_or("dead")
-                );
+    run.out
+        .flush()
+        .map_err(|e| Error::Io(format!("cannot write to stdout: {e}")))?;
+    match (run.refused, run.first_refusal) {
+        (0, _) => Ok(()),
+        (1, Some(e)) => Err(e),
+        // Nothing imported, and only for what the input says: bad input.
+        (refused, _) if refused == run.total && run.all_bad_input => Err(Error::BadInput(format!(
+            "none of the {refused} records could be imported (each is named above)"
+        ))),
+        (refused, _) => Err(Error::PartlyImported {
+            refused,
+            total: run.total,
+        }),
+    }
+}
+
+/// One `import` run: the batch being filled, and what became of the
+/// records so far.
+struct ImportRun<'w, W: std::io::Write> {
+    warden: &'w crate::Warden,
+    replace: bool,
+    out: W,
+    batch: Vec<NewCredential>,
+    total: usize,
+    first_refusal: Option<Error>,
+    refused: usize,
+    /// Whether every refusal so far was for the input itself (exit 2).
+    all_bad_input: bool,
+    /// The database's own trouble: nothing more is imported.
+    failed: Option<Error>,
+}
+
+impl<W: std::io::Write> ImportRun<'_, W> {
+    fn push(&mut self, c: NewCredential) {
+        self.batch.push(c);
+        if self.batch.len() == IMPORT_BATCH {
+            self.flush();
+        }
+    }
+
+    /// A record refused, counted. The first is kept to be the command's
+    /// error if it stays the only one; from the second on, each is said on
+    /// stderr (one line each, the first one too).
+    fn refuse(&mut self, e: Error) {
+        self.refused += 1;
+        self.all_bad_input &= matches!(e, Error::BadInput(_));
+        match (&self.first_refusal, self.refused) {
+            (None, _) => self.first_refusal = Some(e),
+            (Some(first), 2) => {
+                eprintln!("{first}");
+                eprintln!("{e}");
+            }
+            (Some(_), _) => eprintln!("{e}"),
+        }
+    }
+
+    /// Commits the batch and reports each record.
+    fn flush(&mut self) {
+        if self.batch.is_empty() || self.failed.is_some() {
+            self.batch.clear();
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let results =
+            match self
+                .warden
+                .import_batch(&batch, self.replace, self.warden.config().wait)
+            {
+                Ok(results) => results,
+                Err(e) => {
+                    self.failed = Some(e);
+                    return;
+                }
+            };
+        for result in results {
+            match result {
+                Ok(row) => {
+                    let _ = writeln!(self.out, "imported {} ({})", row.id, row.provider.kind);
+                    if row.status.state == State::Dead {
+                        // A replace with the refresh token that was refused.
+                        eprintln!(
+                            "note: {} is still dead ({}): this file holds the refresh token \
+                             that was refused; log in again and import the new file",
+                            row.id,
+                            row.status.dead_reason.as_deref().unwrap_or("dead")
+                        );
+                    }
+                }
+                Err(e) => self.refuse(e),
             }
         }
     }
-    Ok(())
 }
 
 /// `token ID`.
@@ -271,23 +379,6 @@ pub(super) fn export(
         None => println!("{text}"),
     }
     Ok(())
-}
-
-fn read_input(path: &Path) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let shown = path.display();
-    let n = if path.as_os_str() == "-" {
-        std::io::stdin().take(MAX_IMPORT + 1).read_to_end(&mut buf)
-    } else {
-        std::fs::File::open(path).and_then(|f| f.take(MAX_IMPORT + 1).read_to_end(&mut buf))
-    }
-    .map_err(|e| Error::Io(format!("cannot read {shown}: {e}")))?;
-    if n as u64 > MAX_IMPORT {
-        return Err(Error::BadInput(format!(
-            "{shown} is larger than 1 MiB; is it the right file?"
-        )));
-    }
-    Ok(buf)
 }
 
 /// Writes `bytes` to `path` with mode 0600 (also when the file existed).

@@ -241,9 +241,9 @@ impl From<Error> for ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(409, e.code(), message)
             },
-            Error::SpentToken { .. } | Error::TokenHeldElsewhere { .. } => {
-                ApiError::new(409, e.code(), message)
-            }
+            Error::SpentToken { .. }
+            | Error::TokenHeldElsewhere { .. }
+            | Error::PartlyImported { .. } => ApiError::new(409, e.code(), message),
             Error::Dead { reason, .. } => ApiError {
                 reason: Some(reason),
                 ..ApiError::new(410, "credential_dead", message)

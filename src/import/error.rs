@@ -77,6 +77,9 @@ pub enum ImportError {
          drop --id and give each record an \"id\""
     )]
     IdForMany(usize),
+    /// One record larger than the bound (bytes).
+    #[error("the record is larger than {} MiB; is it the right file?", .0 / (1024 * 1024))]
+    TooLarge(usize),
     /// The same id twice in one import.
     #[error("id {0:?} appears more than once in the input")]
     DuplicateId(String),

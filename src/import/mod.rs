@@ -30,6 +30,7 @@ mod error;
 mod export;
 mod fields;
 mod own;
+mod stream;
 
 #[cfg(test)]
 mod testkit;
@@ -38,6 +39,7 @@ mod tests;
 
 pub use error::ImportError;
 pub use export::{export_cliproxy, export_codex, ExportError};
+pub use stream::{stream_import, MAX_RECORD};
 
 use serde_json::{Map, Value};
 

@@ -100,6 +100,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// ([`crate::Error::SpentToken`]).
     fn insert(&self, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential>;
 
+    /// Stores many new credentials in one transaction, each refused on its
+    /// own as [`Backend::insert`] refuses it (its refusal in its place, the
+    /// others kept). The database's own trouble fails the whole batch,
+    /// which then wrote nothing.
+    fn insert_many(
+        &self,
+        creds: &[NewCredential],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Result<Credential>>>;
+
     /// Replaces credential `c.id` if its version is still `version` (the
     /// caller read it and saw no live refresh lease): `Ok(None)`, having
     /// written nothing, when another writer got there first or the row is

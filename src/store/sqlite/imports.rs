@@ -168,43 +168,86 @@ pub(super) fn insert(
     actor: &str,
     now_ms: i64,
 ) -> Result<Credential> {
-    let codec = &db.codec;
-    let fp = codec.fingerprint(c.refresh_token.expose());
+    db.write_tx(Sync::Full, |tx| insert_in(tx, &db.codec, c, actor, now_ms))
+}
+
+/// Stores many new credentials in one transaction (one fsync), each under
+/// its own savepoint: a refused one ([`insert`]'s refusals) is rolled back
+/// alone and its refusal returned in its place. The database's own
+/// trouble fails the whole batch, which then wrote nothing.
+pub(super) fn insert_many(
+    db: &Sqlite,
+    creds: &[NewCredential],
+    actor: &str,
+    now_ms: i64,
+) -> Result<Vec<Result<Credential>>> {
     db.write_tx(Sync::Full, |tx| {
-        check_token(tx, &c.id, &fp)?;
-        let exists: bool = tx
-            .query_row(
-                "SELECT count(*) > 0 FROM credentials WHERE id = ?1",
-                [&c.id],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if exists {
-            return Err(Error::Exists(c.id.clone()));
+        let mut out = Vec::with_capacity(creds.len());
+        for c in creds {
+            tx.execute_batch("SAVEPOINT import").map_err(db_err)?;
+            match insert_in(tx, &db.codec, c, actor, now_ms) {
+                Ok(row) => {
+                    tx.execute_batch("RELEASE import").map_err(db_err)?;
+                    out.push(Ok(row));
+                }
+                Err(
+                    e @ (Error::Exists(_)
+                    | Error::SpentToken { .. }
+                    | Error::TokenHeldElsewhere { .. }),
+                ) => {
+                    tx.execute_batch("ROLLBACK TO import; RELEASE import")
+                        .map_err(db_err)?;
+                    out.push(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let s = sealed(tx, codec, c)?;
-        tx.execute(
-            "INSERT INTO credentials (id, provider, state, version, access_token, \
-         refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
-         encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
-         organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
-         VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-         ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
-            whole_row(c, &s, now_ms, &fp),
+        Ok(out)
+    })
+}
+
+/// [`insert`] inside the caller's transaction.
+fn insert_in(
+    tx: &Connection,
+    codec: &Codec,
+    c: &NewCredential,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Credential> {
+    let fp = codec.fingerprint(c.refresh_token.expose());
+    check_token(tx, &c.id, &fp)?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT count(*) > 0 FROM credentials WHERE id = ?1",
+            [&c.id],
+            |r| r.get(0),
         )
         .map_err(db_err)?;
-        let change = Change {
-            from: None,
-            to: "valid",
-            version: 1,
-            reason: "imported",
-        };
-        append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
-        let row = select_one(tx, &c.id, codec)
-            .map_err(db_err)?
-            .ok_or_else(|| Error::Db("imported row vanished".into()))?;
-        Ok(row)
-    })
+    if exists {
+        return Err(Error::Exists(c.id.clone()));
+    }
+    let s = sealed(tx, codec, c)?;
+    tx.execute(
+        "INSERT INTO credentials (id, provider, state, version, access_token, \
+     refresh_token, id_token, expires_at_ms, token_url, client_id, client_secret, scope, \
+     encoding, client_auth, api_key, account_id, email, plan_type, user_id, \
+     organization_id, failures, last_refresh_ms, created_ms, updated_ms, refresh_fp) \
+     VALUES (?1, ?2, 'valid', 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+     ?15, ?16, ?17, ?18, 0, ?19, ?20, ?20, ?21)",
+        whole_row(c, &s, now_ms, &fp),
+    )
+    .map_err(db_err)?;
+    let change = Change {
+        from: None,
+        to: "valid",
+        version: 1,
+        reason: "imported",
+    };
+    append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
+    let row = select_one(tx, &c.id, codec)
+        .map_err(db_err)?
+        .ok_or_else(|| Error::Db("imported row vanished".into()))?;
+    Ok(row)
 }
 
 /// Replaces credential `c.id` if its version is still `version` (the

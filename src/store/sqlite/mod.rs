@@ -163,6 +163,15 @@ impl Backend for Sqlite {
         imports::insert(self, c, actor, now_ms)
     }
 
+    fn insert_many(
+        &self,
+        creds: &[NewCredential],
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Result<Credential>>> {
+        imports::insert_many(self, creds, actor, now_ms)
+    }
+
     fn replace(
         &self,
         c: &NewCredential,
