@@ -1,0 +1,269 @@
+//! Every variant's message, exit code and API code, pinned: these are what
+//! users, scripts and API clients see, so a change to any of them is a
+//! change to the interface.
+
+use super::*;
+
+fn os(errno: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(errno)
+}
+
+/// (error, its message, its exit code, its API code)
+fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
+    let enoent = os(2);
+    vec![
+        (
+            Error::NotFound("a".into()),
+            "unknown credential 'a'; `tokenwarden list` shows the ids there are",
+            3,
+            "not_found",
+        ),
+        (
+            Error::Dead {
+                id: "a".into(),
+                reason: "invalid_grant".into(),
+            },
+            "credential 'a' is dead (invalid_grant): log in again and re-import it \
+             (`tokenwarden import FILE --replace`), or retry with `tokenwarden refresh a --force`",
+            4,
+            "credential_dead",
+        ),
+        (
+            Error::Unavailable {
+                id: "a".into(),
+                message: "upstream answered 503".into(),
+                retry_after_s: 7,
+            },
+            "credential 'a' is temporarily unavailable: upstream answered 503; retry in 7 s",
+            5,
+            "unavailable",
+        ),
+        (
+            Error::BadInput("--token is empty".into()),
+            "--token is empty",
+            2,
+            "bad_request",
+        ),
+        (
+            Error::Exists("a".into()),
+            "credential 'a' already exists; pass --replace (HTTP: ?replace=1) to overwrite it",
+            1,
+            "exists",
+        ),
+        (
+            Error::Config("pool size must be at least 1".into()),
+            "configuration: pool size must be at least 1",
+            2,
+            "config_error",
+        ),
+        (
+            Error::NoQuota("a".into()),
+            "no quota snapshot for 'a' yet; fetch one with `tokenwarden quota a --refresh`",
+            1,
+            "no_quota",
+        ),
+        (
+            Error::QuotaUnsupported {
+                id: "a".into(),
+                provider: "google".into(),
+            },
+            "credential 'a' is a google credential, which has no quota endpoint",
+            1,
+            "quota_unsupported",
+        ),
+        (
+            Error::RefreshInProgress {
+                id: "a".into(),
+                retry_after_s: 3,
+            },
+            "credential 'a' is being refreshed right now; changing it mid-refresh could get its \
+             refresh token sent twice and the login revoked. Nothing was changed; retry in 3 s \
+             (if it stays so, another tokenwarden process is refreshing it, or one that crashed \
+             left it: `tokenwarden token a` settles that)",
+            1,
+            "refresh_in_progress",
+        ),
+        (
+            Error::SpentToken {
+                id: "b".into(),
+                spent_by: "a".into(),
+                at: "2025-01-01T00:00:00Z".into(),
+                how: Spent::Rotated,
+            },
+            "refusing to import 'b': its refresh token is spent, it was rotated away by a refresh \
+             of credential 'a' at 2025-01-01T00:00:00Z. Providers that rotate refresh tokens \
+             treat a spent one that comes back as stolen and revoke the whole login, so \
+             importing it would log out every copy of that account. 'b' was not imported; \
+             import a newer file (while 'a' exists, `tokenwarden export a --format codex` writes \
+             its current token) or log in again",
+            1,
+            "refresh_token_spent",
+        ),
+        (
+            Error::TokenHeldElsewhere {
+                id: "b".into(),
+                holder: "a".into(),
+            },
+            "refusing to import 'b': credential 'a' already holds this refresh token. Under two \
+             ids it would be refreshed twice, and the second refresh is reuse: the provider \
+             revokes the login. 'b' was not imported; use 'a' (`tokenwarden token a`), or move \
+             it: `tokenwarden delete a`, then import again",
+            1,
+            "refresh_token_in_use",
+        ),
+        // The database's own conditions (SQLite's are pinned in
+        // store/sqlite/errors.rs, code by code).
+        (
+            Error::DiskFull("database or disk is full".into()),
+            "database: the disk is full; free some space and retry (nothing was written) \
+             (database or disk is full)",
+            1,
+            "disk_full",
+        ),
+        (
+            Error::Db("no database connection: timed out waiting for connection".into()),
+            "database: no database connection: timed out waiting for connection",
+            1,
+            "database",
+        ),
+        (
+            Error::Db(
+                "/d/t.db has schema version 99, newer than this build's 3; upgrade tokenwarden"
+                    .into(),
+            ),
+            "database: /d/t.db has schema version 99, newer than this build's 3; upgrade \
+             tokenwarden",
+            1,
+            "database",
+        ),
+        (
+            Error::Db("/d/t.db holds tables of another application; pass another --db".into()),
+            "database: /d/t.db holds tables of another application; pass another --db",
+            1,
+            "database",
+        ),
+        (
+            Error::Db(format!(
+                "migrating /d/t.db to schema version 2: {}",
+                "near \"x\": syntax error"
+            )),
+            "database: migrating /d/t.db to schema version 2: near \"x\": syntax error",
+            1,
+            "database",
+        ),
+        (
+            Error::Db(format!(
+                "credential 'a', refresh_token: {}",
+                crate::seal::SealError::Open
+            )),
+            "database: credential 'a', refresh_token: a sealed value does not open with this \
+             key (wrong key, or the value was altered)",
+            1,
+            "database",
+        ),
+        (
+            Error::Db(
+                "the refresh-token fingerprint key in the database's meta table is not base64"
+                    .into(),
+            ),
+            "database: the refresh-token fingerprint key in the database's meta table is not \
+             base64",
+            1,
+            "database",
+        ),
+        // Broken invariants.
+        (
+            Error::Db("updated row vanished".into()),
+            "database: updated row vanished",
+            1,
+            "database",
+        ),
+        (
+            Error::Db("imported row vanished".into()),
+            "database: imported row vanished",
+            1,
+            "database",
+        ),
+        (
+            Error::Db("replaced row vanished".into()),
+            "database: replaced row vanished",
+            1,
+            "database",
+        ),
+        (
+            Error::Db(format!("{}: served row has no access token", "a")),
+            "database: a: served row has no access token",
+            1,
+            "database",
+        ),
+        (
+            Error::Db("the write failed unexpectedly; retry".into()),
+            "database: the write failed unexpectedly; retry",
+            1,
+            "database",
+        ),
+        // Files, sockets, threads.
+        (
+            Error::Io(format!("cannot read {}: {enoent}", "/d/in.json")),
+            "cannot read /d/in.json: No such file or directory (os error 2)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!("cannot read key file {}: {enoent}", "/d/key")),
+            "cannot read key file /d/key: No such file or directory (os error 2)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!("cannot write {}: {}", "/d/out.json", os(13))),
+            "cannot write /d/out.json: Permission denied (os error 13)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!(
+                "cannot create database {}: directory {} does not exist",
+                "/d/x/t.db", "/d/x"
+            )),
+            "cannot create database /d/x/t.db: directory /d/x does not exist",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!("cannot create database {}: {}", "/d/t.db", os(13))),
+            "cannot create database /d/t.db: Permission denied (os error 13)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!("cannot listen on {}: {}", "127.0.0.1:1", os(98))),
+            "cannot listen on 127.0.0.1:1: Address already in use (os error 98)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!("cannot start the signal thread: {}", os(11))),
+            "cannot start the signal thread: Resource temporarily unavailable (os error 11)",
+            1,
+            "io",
+        ),
+        (
+            Error::Io(format!(
+                "no randomness from the OS: {}",
+                getrandom::Error::UNSUPPORTED
+            )),
+            "no randomness from the OS: getrandom: this target is not supported",
+            1,
+            "io",
+        ),
+    ]
+}
+
+#[test]
+fn every_message_and_code_is_pinned() {
+    for (e, message, exit, code) in table() {
+        assert_eq!(e.to_string(), message, "{e:?}");
+        assert_eq!((e.exit_code(), e.code()), (exit, code), "{e:?}");
+    }
+}
