@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 use crate::facade;
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
@@ -89,7 +89,7 @@ pub(super) fn reject(cli: &Cli, id: &str, token: &str, json: bool) -> Result<()>
         std::io::stdin()
             .take(64 * 1024)
             .read_to_string(&mut s)
-            .map_err(|e| Error::Io(format!("cannot read the token from stdin: {e}")))?;
+            .map_err(|e| IoError::new("cannot read the token from stdin", e))?;
         s.trim().to_owned()
     } else {
         token.to_owned()
@@ -264,7 +264,7 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
     } else {
         std::fs::File::open(path).and_then(|f| f.take(MAX_IMPORT + 1).read_to_end(&mut buf))
     }
-    .map_err(|e| Error::Io(format!("cannot read {shown}: {e}")))?;
+    .map_err(|e| IoError::with_path("cannot read", path, e))?;
     if n as u64 > MAX_IMPORT {
         return Err(Error::BadInput(format!(
             "{shown} is larger than 1 MiB; is it the right file?"
@@ -276,7 +276,7 @@ fn read_input(path: &Path) -> Result<Vec<u8>> {
 /// Writes `bytes` to `path` with mode 0600 (also when the file existed).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let err = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
+    let err = |e: std::io::Error| Error::from(IoError::with_path("cannot write", path, e));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -3,13 +3,13 @@
 //! [`crate::view`] shapes, so nothing secret fits in it.
 
 use crate::clock;
-use crate::error::{Error, Result};
+use crate::error::{IoError, Result};
 use crate::sweep::SweepReport;
 use crate::view::{EventView, HandleView, QuotaView, Summary, TokenResponse};
 use crate::warden::{Grant, Warden};
 
 pub(super) fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Io(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| IoError::new("", e))?;
     println!("{text}");
     Ok(())
 }
