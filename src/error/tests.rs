@@ -11,7 +11,7 @@ fn os(errno: i32) -> std::io::Error {
 
 /// (error, its message, its exit code, its API code)
 fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
-    vec![
+    let mut rows = vec![
         (
             Error::NotFound("a".into()),
             "unknown credential 'a'; `tokenwarden list` shows the ids there are",
@@ -111,8 +111,6 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             1,
             "refresh_token_in_use",
         ),
-        // The database's own conditions (SQLite's are pinned in
-        // store/sqlite/errors.rs, code by code).
         (
             Error::DiskFull(DbError::caused_by(
                 DbKind::DiskFull,
@@ -123,14 +121,16 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             1,
             "disk_full",
         ),
+    ];
+    // The database's own conditions (SQLite's are pinned in
+    // store/sqlite/errors.rs, code by code), and broken invariants.
+    let database = vec![
         (
             Error::Db(
                 DbError::caused_by(DbKind::NoConnection, "timed out waiting for connection")
                     .with_context("no database connection"),
             ),
             "database: no database connection: timed out waiting for connection",
-            1,
-            "database",
         ),
         (
             Error::Db(DbError::new(
@@ -139,8 +139,6 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             )),
             "database: /d/t.db has schema version 99, newer than this build's 3; upgrade \
              tokenwarden",
-            1,
-            "database",
         ),
         (
             Error::Db(DbError::new(
@@ -148,8 +146,6 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
                 "/d/t.db holds tables of another application; pass another --db",
             )),
             "database: /d/t.db holds tables of another application; pass another --db",
-            1,
-            "database",
         ),
         (
             Error::Db(
@@ -157,8 +153,6 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
                     .with_context("migrating /d/t.db to schema version 2"),
             ),
             "database: migrating /d/t.db to schema version 2: near \"x\": syntax error",
-            1,
-            "database",
         ),
         (
             Error::Db(
@@ -167,8 +161,6 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             ),
             "database: credential 'a', refresh_token: a sealed value does not open with this \
              key (wrong key, or the value was altered)",
-            1,
-            "database",
         ),
         (
             Error::Db(DbError::new(
@@ -177,60 +169,44 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             )),
             "database: the refresh-token fingerprint key in the database's meta table is not \
              base64",
-            1,
-            "database",
         ),
         // Broken invariants.
         (
             Error::Internal("updated row vanished"),
             "database: updated row vanished",
-            1,
-            "database",
         ),
         (
             Error::Internal("imported row vanished"),
             "database: imported row vanished",
-            1,
-            "database",
         ),
         (
             Error::Internal("replaced row vanished"),
             "database: replaced row vanished",
-            1,
-            "database",
         ),
         (
             // Was "database: a: served row has no access token": the id is
             // logged now, as a fixed string cannot hold it.
             Error::Internal("served row has no access token"),
             "database: served row has no access token",
-            1,
-            "database",
         ),
         (
             Error::Internal("the write failed unexpectedly; retry"),
             "database: the write failed unexpectedly; retry",
-            1,
-            "database",
         ),
-        // Files, sockets, threads.
+    ];
+    // Files, sockets, threads, randomness.
+    let io = vec![
         (
             IoError::with_path("cannot read", "/d/in.json", os(2)).into(),
             "cannot read /d/in.json: No such file or directory (os error 2)",
-            1,
-            "io",
         ),
         (
             IoError::with_path("cannot read key file", "/d/key", os(2)).into(),
             "cannot read key file /d/key: No such file or directory (os error 2)",
-            1,
-            "io",
         ),
         (
             IoError::with_path("cannot write", "/d/out.json", os(13)).into(),
             "cannot write /d/out.json: Permission denied (os error 13)",
-            1,
-            "io",
         ),
         (
             IoError::with_path(
@@ -243,26 +219,18 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             )
             .into(),
             "cannot create database /d/x/t.db: directory /d/x does not exist",
-            1,
-            "io",
         ),
         (
             IoError::with_path("cannot create database", "/d/t.db", os(13)).into(),
             "cannot create database /d/t.db: Permission denied (os error 13)",
-            1,
-            "io",
         ),
         (
             IoError::new(format!("cannot listen on {}", "127.0.0.1:1"), os(98)).into(),
             "cannot listen on 127.0.0.1:1: Address already in use (os error 98)",
-            1,
-            "io",
         ),
         (
             IoError::new("cannot start the signal thread", os(11)).into(),
             "cannot start the signal thread: Resource temporarily unavailable (os error 11)",
-            1,
-            "io",
         ),
         (
             IoError::new(
@@ -271,17 +239,16 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             )
             .into(),
             "no randomness from the OS: getrandom: this target is not supported",
-            1,
-            "io",
         ),
         (
             // A JSON printer's failure: the source alone.
             IoError::new("", serde_json::from_str::<u8>("x").unwrap_err()).into(),
             "expected value at line 1 column 1",
-            1,
-            "io",
         ),
-    ]
+    ];
+    rows.extend(database.into_iter().map(|(e, m)| (e, m, 1, "database")));
+    rows.extend(io.into_iter().map(|(e, m)| (e, m, 1, "io")));
+    rows
 }
 
 #[test]
@@ -359,4 +326,38 @@ fn io_errors_keep_their_path_and_source() {
     );
     let thread = IoError::new("cannot start the exit thread", os(11));
     assert_eq!(thread.path(), None);
+}
+
+/// The sites themselves say what the table pins: a database in a missing
+/// directory, a file that cannot be written.
+#[test]
+fn the_sites_say_what_the_table_pins() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("gone");
+    let db = missing.join("t.db");
+    let Err(e) = crate::Warden::open(&db, crate::Config::default()) else {
+        panic!("opened a database in a missing directory");
+    };
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot create database {}: directory {} does not exist",
+            db.display(),
+            missing.display()
+        )
+    );
+    assert_eq!((e.exit_code(), e.code()), (1, "io"));
+    let Error::Io(io) = &e else { unreachable!() };
+    assert_eq!(io.path(), Some(db.as_path()));
+    assert_eq!(io.io_kind(), Some(std::io::ErrorKind::NotFound));
+
+    let out = missing.join("out.json");
+    let e = crate::cli::write_private(&out, b"{}").expect_err("no directory to write in");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot write {}: No such file or directory (os error 2)",
+            out.display()
+        )
+    );
 }

@@ -79,7 +79,8 @@ mod tests {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.into()))
     }
 
-    /// Each SQLite condition's message and codes, pinned.
+    /// Each SQLite condition's message, codes and kind, pinned, with
+    /// SQLite's error kept beneath.
     #[test]
     fn each_sqlite_condition_says_what_to_do() {
         let cases = [
@@ -88,52 +89,61 @@ mod tests {
                 "database: the database stayed locked by another process past the busy \
                  timeout; retry (database is locked)",
                 "database",
+                DbKind::Busy,
             ),
             (
                 failure(ffi::SQLITE_LOCKED, "database table is locked"),
                 "database: the database stayed locked by another process past the busy \
                  timeout; retry (database table is locked)",
                 "database",
+                DbKind::Busy,
             ),
             (
                 failure(ffi::SQLITE_READONLY, "attempt to write a readonly database"),
                 "database: the database is read-only; check the file's and its directory's \
                  permissions (attempt to write a readonly database)",
                 "database",
+                DbKind::ReadOnly,
             ),
             (
                 failure(ffi::SQLITE_NOTADB, "file is not a database"),
                 "database: the file is not a tokenwarden database, or it is corrupt (file is \
                  not a database)",
                 "database",
+                DbKind::Corrupt,
             ),
             (
                 failure(ffi::SQLITE_CORRUPT, "database disk image is malformed"),
                 "database: the file is not a tokenwarden database, or it is corrupt (database \
                  disk image is malformed)",
                 "database",
+                DbKind::Corrupt,
             ),
             (
                 failure(ffi::SQLITE_CANTOPEN, "unable to open database file"),
                 "database: the database file cannot be opened (unable to open database file)",
                 "database",
+                DbKind::CannotOpen,
             ),
             (
                 failure(ffi::SQLITE_IOERR_FSYNC, "disk I/O error"),
                 "database: an I/O error hit the database file (disk I/O error)",
                 "database",
+                DbKind::Io,
             ),
             (
                 failure(ffi::SQLITE_FULL, "database or disk is full"),
                 "database: the disk is full; free some space and retry (nothing was written) \
                  (database or disk is full)",
                 "disk_full",
+                DbKind::DiskFull,
             ),
             (
                 failure(ffi::SQLITE_IOERR_SHMSIZE, "disk I/O error"),
                 "database: the disk is full; free some space and retry (nothing was written) \
                  (disk I/O error)",
                 "disk_full",
+                DbKind::DiskFull,
             ),
             (
                 failure(
@@ -142,27 +152,16 @@ mod tests {
                 ),
                 "database: UNIQUE constraint failed: t.x",
                 "database",
+                DbKind::Other,
             ),
             (
                 rusqlite::Error::QueryReturnedNoRows,
                 "database: Query returned no rows",
                 "database",
+                DbKind::Other,
             ),
         ];
-        let kinds = [
-            DbKind::Busy,
-            DbKind::Busy,
-            DbKind::ReadOnly,
-            DbKind::Corrupt,
-            DbKind::Corrupt,
-            DbKind::CannotOpen,
-            DbKind::Io,
-            DbKind::DiskFull,
-            DbKind::DiskFull,
-            DbKind::Other,
-            DbKind::Other,
-        ];
-        for ((e, message, code), kind) in cases.into_iter().zip(kinds) {
+        for (e, message, code, kind) in cases {
             let e = db_err(e);
             assert_eq!(e.to_string(), message, "{e:?}");
             assert_eq!((e.exit_code(), e.code()), (1, code), "{e:?}");
