@@ -76,8 +76,9 @@ pub enum Error {
     #[error("database: {0}")]
     Db(#[source] DbError),
     /// A broken invariant: a row written in this transaction is gone, a
-    /// write panicked. A bug in tokenwarden, not the database's condition
-    /// nor the caller's mistake; the transaction it broke in rolled back.
+    /// write panicked, a served row has no token. A bug in tokenwarden,
+    /// neither the database's condition nor the caller's mistake; one
+    /// raised inside a transaction rolls it back.
     ///
     /// It reads `database: …` and has the database's exit and API codes,
     /// which is how these surfaced before they had a variant of their own.
