@@ -209,17 +209,15 @@ impl Warden {
             let result = match v {
                 Err(e) => Err(e),
                 // One result per credential inserted, in order.
-                Ok(()) => inserted.next().unwrap_or(Err(Error::Db(
-                    "a batch insert answered fewer rows than it was given".into(),
+                Ok(()) => inserted.next().unwrap_or(Err(Error::Internal(
+                    "a batch insert answered fewer rows than it was given",
                 ))),
             };
             out.push(match result {
                 Err(Error::Exists(_)) if replace => self
                     .import_within(std::slice::from_ref(c), true, wait)
                     .map(|rows| rows.into_iter().next())
-                    .and_then(|row| {
-                        row.ok_or_else(|| Error::Db("a replace answered no row".into()))
-                    }),
+                    .and_then(|row| row.ok_or(Error::Internal("a replace answered no row"))),
                 other => other,
             });
         }

@@ -1,8 +1,36 @@
 //! The crate's error type: one enum whose messages say what happened and
 //! what to do, and which maps onto the CLI's exit codes and HTTP statuses.
+//!
+//! The conditions below tokenwarden are typed, with the error that raised
+//! them kept as the `source()`:
+//!
+//! - [`Error::Db`] and [`Error::DiskFull`] carry a [`DbError`]: a
+//!   backend-neutral [`DbKind`] (busy, read-only, corrupt, …), what to do,
+//!   and the backend's own error. Each backend maps its errors onto it
+//!   (SQLite's codes in `store/sqlite/errors.rs`).
+//! - [`Error::Io`] carries an [`IoError`]: what was being done, to which
+//!   path (ripgrep's `WithPath`), and the `io::Error` beneath.
+//! - [`Error::Internal`] is a broken invariant: tokenwarden's own bug,
+//!   named by a fixed string, not a condition of the database.
+//!
+//! [`Error::BadInput`] and [`Error::Config`] stay text: their message,
+//! written for the user (which flag, which setting, what it must be), is
+//! the whole error; there is nothing beneath it to keep.
+//!
+//! Errors are `Clone` (a failed group commit is every one of its writes'
+//! failure), and every message, exit code and API code is pinned by the
+//! table in `error/tests.rs`.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The error beneath one of ours, shared so that ours can be cloned.
+type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong for a caller of tokenwarden.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No credential with that id.
     #[error("unknown credential '{0}'; `tokenwarden list` shows the ids there are")]
@@ -29,20 +57,33 @@ pub enum Error {
         retry_after_s: u64,
     },
     /// The request itself is wrong: bad id, malformed import, bad flag.
+    /// The text, written for the user, is the whole error.
     #[error("{0}")]
     BadInput(String),
     /// An import would overwrite an existing credential.
     #[error("credential '{0}' already exists; pass --replace (HTTP: ?replace=1) to overwrite it")]
     Exists(String),
-    /// The configuration is unusable.
+    /// The configuration is unusable. The text, written for the user
+    /// (which setting, what it must be), is the whole error.
     #[error("configuration: {0}")]
     Config(String),
-    /// The disk holding the database is full.
+    /// The disk holding the database is full; nothing was written. Its
+    /// [`DbError`] is of kind [`DbKind::DiskFull`].
     #[error("database: the disk is full; free some space and retry (nothing was written) ({0})")]
-    DiskFull(String),
-    /// The database failed (busy, read-only, corrupt, foreign…).
+    DiskFull(#[source] DbError),
+    /// The database failed: [`DbError::kind`] says how (busy, read-only,
+    /// corrupt, another application's, …).
     #[error("database: {0}")]
-    Db(String),
+    Db(#[source] DbError),
+    /// A broken invariant: a row written in this transaction is gone, a
+    /// write panicked, a served row has no token. A bug in tokenwarden,
+    /// neither the database's condition nor the caller's mistake; one
+    /// raised inside a transaction rolls it back.
+    ///
+    /// It reads `database: …` and has the database's exit and API codes,
+    /// which is how these surfaced before they had a variant of their own.
+    #[error("database: {0}")]
+    Internal(&'static str),
     /// No quota snapshot has been fetched for the credential yet.
     #[error("no quota snapshot for '{0}' yet; fetch one with `tokenwarden quota {0} --refresh`")]
     NoQuota(String),
@@ -54,9 +95,9 @@ pub enum Error {
         /// Its provider.
         provider: String,
     },
-    /// A file could not be read or written.
-    #[error("{0}")]
-    Io(String),
+    /// A file, a socket, a thread or the OS's randomness failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// An operator's change (replace, delete, encrypt, rekey) while a
     /// refresh of the credential is in flight: it could get the refresh
     /// token sent twice, or the rotated one lost.
@@ -173,6 +214,7 @@ impl Error {
             Error::Exists(_)
             | Error::Db(_)
             | Error::DiskFull(_)
+            | Error::Internal(_)
             | Error::Io(_)
             | Error::NoQuota(_)
             | Error::QuotaUnsupported { .. }
@@ -192,7 +234,7 @@ impl Error {
             Error::BadInput(_) => "bad_request",
             Error::Exists(_) => "exists",
             Error::Config(_) => "config_error",
-            Error::Db(_) => "database",
+            Error::Db(_) | Error::Internal(_) => "database",
             Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",
             Error::NoQuota(_) => "no_quota",
@@ -205,5 +247,196 @@ impl Error {
     }
 }
 
+/// What went wrong with the database, in terms any backend can report:
+/// each maps its own errors onto these (SQLite's result codes in
+/// `store/sqlite/errors.rs`; PostgreSQL would map its SQLSTATEs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DbKind {
+    /// Another writer held the lock past the busy timeout; a retry may
+    /// succeed.
+    Busy,
+    /// The database refuses writes: the file's or its directory's
+    /// permissions, a read-only mount or replica.
+    ReadOnly,
+    /// No room left on the storage. [`Error::DiskFull`] carries this kind;
+    /// so may an [`Error::Db`] whose message predates that variant (a
+    /// migration step that ran out of space).
+    DiskFull,
+    /// An I/O error beneath the database.
+    Io,
+    /// The database cannot be opened: missing, or no access.
+    CannotOpen,
+    /// No connection to the database within the timeout.
+    NoConnection,
+    /// Not a database at all, or a damaged one.
+    Corrupt,
+    /// A database whose schema this build cannot use: another
+    /// application's, or a newer tokenwarden's.
+    Schema,
+    /// A sealed (encrypted) value, or the fingerprint key, that does not
+    /// open: the wrong key, no key, or an altered value.
+    Sealed,
+    /// Anything else: a constraint, a statement the database refused, a
+    /// value it could not convert.
+    Other,
+}
+
+/// A database failure: its [`DbKind`], what to do, and the backend's own
+/// error as [`source`](std::error::Error::source).
+///
+/// Shown as `[context: ]message (source)`, or without the parts it lacks:
+/// `context` says where (the database file, the migration step), `message`
+/// what to do; with neither the backend's error speaks alone.
+#[derive(Debug, Clone)]
+pub struct DbError {
+    kind: DbKind,
+    context: Option<String>,
+    message: Cow<'static, str>,
+    source: Option<Cause>,
+}
+
+impl DbError {
+    /// An error of `kind` that the message says in full (no error beneath).
+    pub(crate) fn new(kind: DbKind, message: impl Into<Cow<'static, str>>) -> DbError {
+        DbError {
+            kind,
+            context: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The backend's error `source`, of `kind`, with no message of ours yet.
+    pub(crate) fn caused_by(
+        kind: DbKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> DbError {
+        DbError {
+            source: Some(Arc::from(source.into())),
+            ..DbError::new(kind, "")
+        }
+    }
+
+    /// What to do, shown before the source in parentheses.
+    pub(crate) fn with_message(self, message: impl Into<Cow<'static, str>>) -> DbError {
+        DbError {
+            message: message.into(),
+            ..self
+        }
+    }
+
+    /// Where it happened, shown first: `{context}: …` (outermost first).
+    pub(crate) fn with_context(self, context: impl Into<String>) -> DbError {
+        let context = match self.context {
+            Some(inner) => format!("{}: {inner}", context.into()),
+            None => context.into(),
+        };
+        DbError {
+            context: Some(context),
+            ..self
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(context) = &self.context {
+            write!(f, "{context}: ")?;
+        }
+        match (&*self.message, &self.source) {
+            ("", Some(source)) => write!(f, "{source}"),
+            (message, Some(source)) => write!(f, "{message} ({source})"),
+            (message, None) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// An I/O failure: what was being done, to which path when there is one
+/// (ripgrep's `WithPath`), and the error beneath as
+/// [`source`](std::error::Error::source), usually an [`std::io::Error`].
+///
+/// Shown as `{doing} {path}: {source}`, `{doing}: {source}` without a
+/// path (a thread, signals, randomness, a socket address), or the source
+/// alone when `doing` is empty.
+#[derive(Debug, Clone)]
+pub struct IoError {
+    doing: Cow<'static, str>,
+    path: Option<PathBuf>,
+    source: Cause,
+}
+
+impl IoError {
+    /// `source` while `doing` something that has no path.
+    pub(crate) fn new(
+        doing: impl Into<Cow<'static, str>>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> IoError {
+        IoError {
+            doing: doing.into(),
+            path: None,
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// `source` while `doing` something to `path`.
+    pub(crate) fn with_path(
+        doing: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> IoError {
+        IoError {
+            path: Some(path.into()),
+            ..IoError::new(doing, source)
+        }
+    }
+
+    /// The file or directory it happened to, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The [`std::io::ErrorKind`], when the error beneath is an
+    /// [`std::io::Error`].
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        self.source
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind)
+    }
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&*self.doing, &self.path) {
+            ("", _) => {}
+            (doing, None) => write!(f, "{doing}: ")?,
+            (doing, Some(path)) => write!(f, "{doing} {}: ", path.display())?,
+        }
+        write!(f, "{}", self.source)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

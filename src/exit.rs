@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::error::{Error, Result};
+use crate::error::{IoError, Result};
 use crate::warden::Warden;
 
 /// Added to the lease TTL when waiting for leases on the way out.
@@ -26,7 +26,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// the first would race the signal handler that checks it.)
 pub fn on_stop() -> Result<Receiver<i32>> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|e| Error::Io(format!("cannot handle signals: {e}")))?;
+        .map_err(|e| IoError::new("cannot handle signals", e))?;
     let (first, stop) = crossbeam_channel::bounded(1);
     std::thread::Builder::new()
         .name("signals".into())
@@ -41,7 +41,7 @@ pub fn on_stop() -> Result<Receiver<i32>> {
                 let _ = first.send(signal);
             }
         })
-        .map_err(|e| Error::Io(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|e| IoError::new("cannot start the signal thread", e))?;
     Ok(stop)
 }
 
@@ -72,5 +72,5 @@ pub fn finish_refreshes_on_signal(warden: &Warden) -> Result<()> {
             std::process::exit(128 + signal);
         })
         .map(drop)
-        .map_err(|e| Error::Io(format!("cannot start the exit thread: {e}")))
+        .map_err(|e| IoError::new("cannot start the exit thread", e).into())
 }

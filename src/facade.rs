@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock;
 use crate::credential::Credential;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 use crate::provider::{form_decode, ProviderKind};
 use crate::secret::Secret;
 use crate::state::Need;
@@ -38,7 +38,7 @@ pub const SHORT_ID_LEN: usize = 12;
 pub fn new_handle() -> Result<Secret> {
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
     getrandom::getrandom(&mut bytes[..])
-        .map_err(|e| Error::Io(format!("no randomness from the OS: {e}")))?;
+        .map_err(|e| IoError::new("no randomness from the OS", e.to_string()))?;
     Ok(Secret::new(format!(
         "{HANDLE_PREFIX}{}",
         URL_SAFE_NO_PAD.encode(&bytes[..])

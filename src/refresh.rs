@@ -643,8 +643,9 @@ impl Refresher {
                 .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
             let lease_left = lease.left_ms(clock::lease_now()).unwrap_or(0);
             // Only a database that may come back is waited for (busy, full,
-            // read-only, an I/O error); anything else will not clear.
-            let may_clear = matches!(err, Error::DiskFull(_) | Error::Db(_));
+            // read-only, an I/O error), or a write that panicked (Internal:
+            // rolled back, a retry may land); anything else will not clear.
+            let may_clear = matches!(err, Error::DiskFull(_) | Error::Db(_) | Error::Internal(_));
             if write.tokens.is_none() || !may_clear || (!rotated && lease_left < 250) {
                 if rotated {
                     log::error!(

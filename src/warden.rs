@@ -48,10 +48,10 @@ impl Grant {
                 version: row.status.version,
             }),
             // decide() serves only rows with a token and an expiry.
-            _ => Err(Error::Db(format!(
-                "{}: served row has no access token",
-                row.id
-            ))),
+            _ => {
+                log::error!("{}: served row has no access token", row.id);
+                Err(Error::Internal("served row has no access token"))
+            }
         }
     }
 }

@@ -205,9 +205,10 @@ fn a_claim_blocked_past_the_busy_timeout_fails_cleanly_and_retry_works() {
 
     let lock = hold_write_lock(&env.db);
     let err = warden.token("busy", Duration::ZERO).unwrap_err();
-    let Error::Db(message) = &err else {
+    let Error::Db(db) = &err else {
         panic!("expected a database error, got {err:?}");
     };
+    let message = db.to_string();
     assert!(message.contains("locked"), "{message}");
     assert!(message.contains("retry"), "{message}");
     assert_eq!(err.exit_code(), 1);
@@ -926,7 +927,7 @@ fn the_library_refuses_bad_files_with_a_database_error() {
     let path = env.dir.path().join("junk.db");
     std::fs::write(&path, vec![0xa5u8; 8192]).unwrap();
     match Warden::open(&path, env.config()) {
-        Err(Error::Db(m)) => assert!(m.contains("not a tokenwarden database"), "{m}"),
+        Err(Error::Db(m)) => assert!(m.to_string().contains("not a tokenwarden database"), "{m}"),
         Err(other) => panic!("expected a database error, got {other:?}"),
         Ok(_) => panic!("opened junk as a database"),
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::admin::PageQuery;
 use crate::clock;
 use crate::credential::NewCredential;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 use crate::facade;
 use crate::import::{self, ImportOptions};
 use crate::provider::ProviderKind;
@@ -75,7 +75,7 @@ pub(super) fn import(
         } else {
             Box::new(
                 std::fs::File::open(file)
-                    .map_err(|e| Error::Io(format!("cannot read {shown}: {e}")))?,
+                    .map_err(|e| IoError::with_path("cannot read", file, e))?,
             )
         };
         let streamed = import::stream_import(reader, &opts, |_, record| {
@@ -93,7 +93,7 @@ pub(super) fn import(
     }
     run.out
         .flush()
-        .map_err(|e| Error::Io(format!("cannot write to stdout: {e}")))?;
+        .map_err(|e| IoError::new("cannot write to stdout", e))?;
     match (run.refused, run.first_refusal) {
         (0, _) => Ok(()),
         (1, Some(e)) => Err(e),
@@ -199,7 +199,7 @@ pub(super) fn reject(cli: &Cli, id: &str, token: &str, json: bool) -> Result<()>
         std::io::stdin()
             .take(64 * 1024)
             .read_to_string(&mut s)
-            .map_err(|e| Error::Io(format!("cannot read the token from stdin: {e}")))?;
+            .map_err(|e| IoError::new("cannot read the token from stdin", e))?;
         s.trim().to_owned()
     } else {
         token.to_owned()
@@ -222,13 +222,13 @@ pub(super) fn list(cli: &Cli, page: &PageQuery, json: bool) -> Result<()> {
     let warden = open(cli, "cli")?;
     let stdout = std::io::stdout();
     let out = std::io::BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| Error::Io(format!("cannot write the listing: {e}"));
+    let io = |e: std::io::Error| IoError::new("cannot write the listing", e);
     let next = if json {
         let mut list = SummaryWriter::new(out).map_err(io)?;
         let next = warden.each_summary_page(page, |s| list.push(&s))?;
         let mut out = list
             .finish(next.as_deref())
-            .map_err(|e| Error::Io(format!("cannot write the listing: {e}")))?;
+            .map_err(|e| IoError::new("cannot write the listing", e))?;
         writeln!(out).and_then(|()| out.flush()).map_err(io)?;
         next
     } else {
@@ -384,7 +384,7 @@ pub(super) fn export(
 /// Writes `bytes` to `path` with mode 0600 (also when the file existed).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let err = |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", path.display()));
+    let err = |e: std::io::Error| Error::from(IoError::with_path("cannot write", path, e));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

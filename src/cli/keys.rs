@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::warden::Warden;
@@ -52,7 +52,7 @@ pub(super) fn rekey(cli: &Cli, new_key_file: Option<&Path>) -> Result<()> {
 /// Reads a base64 key from a file (surrounding white space dropped).
 pub(super) fn read_key(path: &Path) -> Result<Secret> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Io(format!("cannot read key file {}: {e}", path.display())))?;
+        .map_err(|e| IoError::with_path("cannot read key file", path, e))?;
     Ok(Secret::new(text.trim()))
 }
 

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use crate::clock;
-use crate::error::{Error, Result};
+use crate::error::{IoError, Result};
 use crate::sweep::SweepReport;
 use crate::view::{EventView, HandleView, QuotaView, Summary, TokenResponse};
 use crate::warden::{Grant, Warden};
 
 pub(super) fn print_json(value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Io(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| IoError::new("", e))?;
     println!("{text}");
     Ok(())
 }
@@ -226,7 +226,7 @@ fn write_sweep_summary(out: &mut impl Write, report: &SweepReport) -> std::io::R
 pub(super) fn print_sweep(warden: &Warden, report: &SweepReport, verbose: bool) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| Error::Io(format!("cannot write the sweep's report: {e}"));
+    let io = |e: std::io::Error| IoError::new("cannot write the sweep's report", e);
     write_sweep_summary(&mut out, report).map_err(io)?;
     let actions = sweep_actions(report, verbose);
     if !actions.is_empty() {

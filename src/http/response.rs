@@ -252,7 +252,11 @@ impl From<Error> for ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(503, "unavailable", message)
             },
-            Error::Db(_) | Error::DiskFull(_) | Error::Io(_) | Error::Config(_) => {
+            Error::Db(_)
+            | Error::DiskFull(_)
+            | Error::Internal(_)
+            | Error::Io(_)
+            | Error::Config(_) => {
                 log::error!("answering 500: {message}");
                 ApiError::new(500, e.code(), message)
             }
@@ -263,6 +267,7 @@ impl From<Error> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{DbError, DbKind, IoError};
 
     fn body(reply: Reply) -> serde_json::Value {
         serde_json::from_slice(&reply.into_bytes()).expect("JSON body")
@@ -309,8 +314,13 @@ mod tests {
                 409,
                 "refresh_token_in_use",
             ),
-            (Error::Db("locked".into()), 500, "database"),
-            (Error::Io("disk".into()), 500, "io"),
+            (
+                Error::Db(DbError::caused_by(DbKind::Busy, "locked")),
+                500,
+                "database",
+            ),
+            (Error::Internal("vanished"), 500, "database"),
+            (IoError::new("cannot read", "disk").into(), 500, "io"),
             (Error::Config("bad".into()), 500, "config_error"),
         ];
         for (e, status, code) in cases {

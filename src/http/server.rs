@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use tiny_http::{Header, Request, Response};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 use crate::warden::Warden;
 
 use super::auth::{ApiKeys, API_KEY_ENV};
@@ -180,13 +180,13 @@ impl Server {
         }
         let tls_config = options.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = TcpListener::bind(&addrs[..])
-            .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
+            .map_err(|e| IoError::new(format!("cannot listen on {listen}"), e))?;
         let listener = no_delay(listener);
         let second = listener.try_clone().ok();
         let addr = listener
             .local_addr()
-            .map_err(|e| Error::Io(format!("cannot listen on {listen}: {e}")))?;
-        let cannot = |e| Error::Io(format!("cannot listen on {listen}: {e}"));
+            .map_err(|e| IoError::new(format!("cannot listen on {listen}"), e))?;
+        let cannot = |e| IoError::new(format!("cannot listen on {listen}"), e);
         let (http, front) = match tls_config {
             None => (
                 tiny_http::Server::from_listener(listener, None).map_err(cannot)?,
@@ -237,9 +237,7 @@ impl Server {
                 Ok(h) => workers.push(h),
                 Err(e) => {
                     release(&shared, workers.len());
-                    return Err(Error::Io(format!(
-                        "cannot start an HTTP worker thread: {e}"
-                    )));
+                    return Err(IoError::new("cannot start an HTTP worker thread", e).into());
                 }
             }
         }
@@ -249,7 +247,7 @@ impl Server {
             .spawn(move || supervise(&ours, workers, &tx, &inbox))
             .map_err(|e| {
                 release(&shared, options.threads);
-                Error::Io(format!("cannot start the HTTP supervisor thread: {e}"))
+                IoError::new("cannot start the HTTP supervisor thread", e)
             })?;
         log::info!(
             "serving the HTTP API on {scheme}://{addr} with {} worker(s)",

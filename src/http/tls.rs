@@ -33,7 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoError, Result};
 
 /// How long a client has to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,13 +104,13 @@ impl PrivateDir {
     fn new() -> Result<PrivateDir> {
         let mut bytes = [0u8; 8];
         getrandom::getrandom(&mut bytes)
-            .map_err(|e| Error::Io(format!("no randomness for a temporary name: {e}")))?;
+            .map_err(|e| IoError::new("no randomness for a temporary name", e.to_string()))?;
         let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("tokenwarden-tls-{name}"));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| Error::Io(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| IoError::with_path("cannot create", &dir, e))?;
         Ok(PrivateDir(dir))
     }
 }
@@ -146,7 +146,7 @@ pub(crate) fn internal_listener(
     let dir = PrivateDir::new()?;
     let path = dir.0.join("http.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| Error::Io(format!("cannot listen on {}: {e}", path.display())))?;
+        .map_err(|e| IoError::with_path("cannot listen on", &path, e))?;
     Ok((listener, path, PrivateDirHandle(dir)))
 }
 
@@ -165,7 +165,7 @@ impl TlsFront {
     ) -> Result<TlsFront> {
         let local = listener
             .local_addr()
-            .map_err(|e| Error::Io(format!("cannot read the listening address: {e}")))?;
+            .map_err(|e| IoError::new("cannot read the listening address", e))?;
         let wake = match local.ip() {
             ip if ip.is_unspecified() && local.is_ipv4() => {
                 SocketAddr::from(([127, 0, 0, 1], local.port()))
@@ -180,7 +180,7 @@ impl TlsFront {
         let accept = thread::Builder::new()
             .name("tokenwarden-tls-accept".into())
             .spawn(move || accept_loop(&listener, &config, &internal, &theirs))
-            .map_err(|e| Error::Io(format!("cannot start the TLS accept thread: {e}")))?;
+            .map_err(|e| IoError::new("cannot start the TLS accept thread", e))?;
         Ok(TlsFront {
             stop,
             wake,

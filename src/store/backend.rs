@@ -18,8 +18,10 @@
 //!   recorded as spent in the same transaction that replaces it; imports
 //!   of a held or spent token are refused inside their transaction.
 //! - Errors are the database's own trouble ([`crate::Error::Db`],
-//!   [`crate::Error::DiskFull`]) or an import's refusal; never a decision
-//!   about a credential.
+//!   [`crate::Error::DiskFull`], whose backend-neutral
+//!   [`DbKind`](crate::error::DbKind) each backend maps its errors onto), a
+//!   broken invariant ([`crate::Error::Internal`]) or an import's refusal;
+//!   never a decision about a credential.
 
 use std::ops::ControlFlow;
 

@@ -12,7 +12,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::errors::{busy, db_err};
 use super::{schema, Sqlite};
-use crate::error::{Error, Result};
+use crate::error::{DbError, DbKind, Error, Result};
 
 /// A connection of the store: the primary one, or one from the pool.
 pub(crate) enum Conn<'a> {
@@ -104,9 +104,11 @@ impl Sqlite {
                 .connection_timeout(self.busy_timeout.max(Duration::from_secs(1)))
                 .build_unchecked(manager)
         });
-        pool.get()
-            .map(Conn::Pooled)
-            .map_err(|e| Error::Db(format!("no database connection: {e}")))
+        pool.get().map(Conn::Pooled).map_err(|e| {
+            Error::Db(
+                DbError::caused_by(DbKind::NoConnection, e).with_context("no database connection"),
+            )
+        })
     }
 
     /// A new connection to the database, set up like every other.

@@ -17,8 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::errors::db_err;
-use crate::error::{Error, Result, Spent};
+use super::errors::{db_err, sealed};
+use crate::error::{DbError, DbKind, Error, IoError, Result, Spent};
 use crate::seal::{is_sealed, Sealer};
 
 /// The `meta` key of the fingerprint key.
@@ -90,7 +90,7 @@ impl FpKey {
     fn random() -> Result<FpKey> {
         let mut key = Zeroizing::new([0u8; 32]);
         getrandom::getrandom(&mut key[..])
-            .map_err(|e| Error::Io(format!("no randomness from the OS: {e}")))?;
+            .map_err(|e| IoError::new("no randomness from the OS", e.to_string()))?;
         Ok(FpKey(key))
     }
 
@@ -105,27 +105,30 @@ impl FpKey {
 
     /// Reads the key as stored in `meta`.
     fn from_stored(stored: &str, sealer: Option<&Sealer>) -> Result<FpKey> {
-        let bad = |why: &str| {
-            Error::Db(format!(
-                "the refresh-token fingerprint key in the database's meta table {why}"
+        let bad = |kind, why: &str| {
+            Error::Db(DbError::new(
+                kind,
+                format!("the refresh-token fingerprint key in the database's meta table {why}"),
             ))
         };
         let plain = match (sealer, is_sealed(stored)) {
             (Some(s), true) => Zeroizing::new(
                 s.open("", SEAL_COLUMN, stored)
-                    .map_err(|_| bad("does not open with the encryption key"))?,
+                    .map_err(|_| bad(DbKind::Sealed, "does not open with the encryption key"))?,
             ),
-            (None, true) => return Err(bad("is encrypted and no key is configured")),
+            (None, true) => {
+                return Err(bad(DbKind::Sealed, "is encrypted and no key is configured"))
+            }
             (_, false) => Zeroizing::new(stored.to_owned()),
         };
         let bytes = Zeroizing::new(
             STANDARD
                 .decode(plain.trim())
-                .map_err(|_| bad("is not base64"))?,
+                .map_err(|_| bad(DbKind::Corrupt, "is not base64"))?,
         );
         let key: [u8; 32] = bytes[..]
             .try_into()
-            .map_err(|_| bad("is not 32 bytes long"))?;
+            .map_err(|_| bad(DbKind::Corrupt, "is not 32 bytes long"))?;
         Ok(FpKey(Zeroizing::new(key)))
     }
 
@@ -167,7 +170,7 @@ fn open_token(sealer: Option<&Sealer>, id: &str, stored: String) -> Result<Zeroi
         (Some(s), true) => s
             .open(id, "refresh_token", &stored)
             .map(Zeroizing::new)
-            .map_err(|e| Error::Db(format!("credential '{id}', refresh_token: {e}"))),
+            .map_err(|e| sealed(id, "refresh_token", e)),
         (None, true) => Err(Error::Config(
             "the database holds encrypted tokens and no key is configured".into(),
         )),

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::conn::Sync;
-use super::errors::{copy_of, db_err};
+use super::errors::db_err;
 use super::events::{append_event, Change};
 use super::rows::select_one;
 use super::sealing::Codec;
@@ -67,9 +67,9 @@ impl Drop for Leading<'_> {
         for op in &self.batch {
             let mut result = op.result.lock();
             if result.is_none() {
-                *result = Some(Err(Error::Db(
-                    "the write failed unexpectedly; retry".into(),
-                )));
+                // Writing panicked: a bug, and the transaction rolled back,
+                // so a retry may well land.
+                *result = Some(Err(Error::Internal("the write failed unexpectedly; retry")));
             }
         }
         self.group.state.lock().leading = false;
@@ -169,7 +169,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
     }
     let row = select_one(tx, id, codec)
         .map_err(db_err)?
-        .ok_or_else(|| Error::Db("updated row vanished".into()))?;
+        .ok_or(Error::Internal("updated row vanished"))?;
     let change = Change {
         from: Some(t.from.as_str()),
         to: t.to.as_str(),
@@ -257,18 +257,16 @@ pub(super) fn apply(
 
 /// Writes `batch` in one transaction and hands each op its result.
 fn write_batch(db: &Sqlite, batch: &[&Arc<Op>], sync: Sync) {
-    let results = try_batch(db, batch, sync);
-    match results {
+    match try_batch(db, batch, sync) {
         Ok(results) => {
             for (op, r) in batch.iter().zip(results) {
                 *op.result.lock() = Some(r);
             }
         }
-        Err(e) if batch.len() == 1 => *batch[0].result.lock() = Some(Err(e)),
         Err(e) => {
             // Nothing was written: every op fails alike.
             for op in batch {
-                *op.result.lock() = Some(Err(copy_of(&e)));
+                *op.result.lock() = Some(Err(e.clone()));
             }
         }
     }

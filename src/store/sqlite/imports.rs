@@ -246,7 +246,7 @@ fn insert_in(
     append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
     let row = select_one(tx, &c.id, codec)
         .map_err(db_err)?
-        .ok_or_else(|| Error::Db("imported row vanished".into()))?;
+        .ok_or(Error::Internal("imported row vanished"))?;
     Ok(row)
 }
 
@@ -377,7 +377,7 @@ pub(super) fn replace(
         append_event(tx, &c.id, &change, actor, now_ms).map_err(db_err)?;
         let row = select_one(tx, &c.id, codec)
             .map_err(db_err)?
-            .ok_or_else(|| Error::Db("replaced row vanished".into()))?;
+            .ok_or(Error::Internal("replaced row vanished"))?;
         Ok(Some(row))
     })
 }

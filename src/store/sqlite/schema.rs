@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::error::{Error, Result};
+use crate::error::{DbError, DbKind, Error, IoError, Result};
 
 /// Each entry takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -37,11 +37,11 @@ pub fn create_private(path: &Path) -> Result<()> {
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            return Err(Error::Io(format!(
-                "cannot create database {}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            )));
+            let missing = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("directory {} does not exist", dir.display()),
+            );
+            return Err(IoError::with_path("cannot create database", path, missing).into());
         }
     }
     match OpenOptions::new()
@@ -56,10 +56,7 @@ pub fn create_private(path: &Path) -> Result<()> {
         }
         // Created meanwhile by another process: nothing was opened.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::Io(format!(
-            "cannot create database {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(IoError::with_path("cannot create database", path, e).into()),
     }
 }
 
@@ -111,7 +108,7 @@ pub fn configure(conn: &Connection, busy_timeout_ms: u64) -> rusqlite::Result<()
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let shown = path.display();
     let err = |e: rusqlite::Error| match super::errors::db_err(e) {
-        Error::Db(m) => Error::Db(format!("{shown}: {m}")),
+        Error::Db(d) => Error::Db(d.with_context(shown.to_string())),
         other => other,
     };
     // Read-only checks first: nothing is written to a file that is refused,
@@ -119,9 +116,12 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
     let found = version(conn).map_err(err)?;
     if found > VERSION {
-        return Err(Error::Db(format!(
-            "{shown} has schema version {found}, newer than this build's {VERSION}; \
-             upgrade tokenwarden"
+        return Err(Error::Db(DbError::new(
+            DbKind::Schema,
+            format!(
+                "{shown} has schema version {found}, newer than this build's {VERSION}; \
+                 upgrade tokenwarden"
+            ),
         )));
     }
     if found == 0 {
@@ -133,8 +133,9 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             )
             .map_err(err)?;
         if foreign > 0 {
-            return Err(Error::Db(format!(
-                "{shown} holds tables of another application; pass another --db"
+            return Err(Error::Db(DbError::new(
+                DbKind::Schema,
+                format!("{shown} holds tables of another application; pass another --db"),
             )));
         }
     }
@@ -159,10 +160,8 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let current = version(&tx).map_err(err)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql).map_err(|e| {
-            Error::Db(format!(
-                "migrating {shown} to schema version {}: {e}",
-                i + 1
-            ))
+            let step = format!("migrating {shown} to schema version {}", i + 1);
+            Error::Db(DbError::caused_by(super::errors::kind_of(&e), e).with_context(step))
         })?;
     }
     if current < VERSION {

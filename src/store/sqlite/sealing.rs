@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
-use super::errors::db_err;
+use super::errors::{db_err, sealed};
 use super::fingerprint::{self, FpKey};
 use super::schema;
 use crate::error::{Error, Result};
@@ -271,8 +271,7 @@ pub fn rekey(path: &Path, busy_timeout_ms: u64, old: &Sealer, new: &Sealer) -> R
         Some(old),
         |id, col, v| {
             let plain = if is_sealed(&v) {
-                old.open(id, col, &v)
-                    .map_err(|e| Error::Db(format!("credential '{id}', {col}: {e}")))?
+                old.open(id, col, &v).map_err(|e| sealed(id, col, e))?
             } else {
                 v
             };
