@@ -22,10 +22,6 @@
 //! runs more, from a random seed that is printed; `TOKENWARDEN_FUZZ_SEED=N`
 //! replays one.
 
-mod common;
-#[path = "contract/spec.rs"]
-mod spec;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -33,14 +29,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::CODEX_CLIENT_ID;
-use common::http::{free_port, parse_raw, read_answer, Answer, Client, InProcess};
-use common::tw::Env;
+use crate::common::fake_oauth::CODEX_CLIENT_ID;
+use crate::common::http::{free_port, parse_raw, read_answer, Answer, Client, InProcess};
+use crate::common::spec::{Seen, Spec};
+use crate::common::tw::Env;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde_json::{json, Value};
-use spec::{Seen, Spec};
 use tokenwarden::http::{ApiKeys, Server, ServerOptions};
 
 const KEY: &str = "fuzz-admin-key-0123456789abcdef";
@@ -1200,6 +1196,7 @@ fn closed_within_5s(addr: SocketAddr, request: &str) -> bool {
     !matches!(send_raw(addr, request.as_bytes(), 5), Outcome::Hung)
 }
 
+/// Known limitation (ignored): a request declaring an unallocatable Content-Length is closed rather than left hanging.
 #[test]
 #[ignore = "known limitation (SECURITY.md): tiny_http 0.12 would allocate an undrained \
             declared Content-Length at once and abort, so src/http/server.rs abandons such a \
@@ -1219,6 +1216,7 @@ fn an_unallocatable_content_length_is_closed_not_leaked() {
     }
 }
 
+/// Known limitation (ignored): a request line naming HTTP/2.0 or later is answered or closed rather than left hanging.
 #[test]
 #[ignore = "known limitation (SECURITY.md) of tiny_http 0.12, client.rs: a request line \
             naming HTTP/2.0 or later gets a 505 that is never flushed, and the connection is \

@@ -2,22 +2,20 @@
 //! in-process and as the real `tokenwarden serve`, against the fake OAuth
 //! server.
 
-mod common;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::Fault;
-use common::http::{free_port, raw, raw_request, Client, InProcess, Served, XorShift};
-use common::tw::{code, now, text, Env};
+use crate::common::fake_oauth::Fault;
+use crate::common::http::{free_port, raw, raw_request, Client, InProcess, Served, XorShift};
+use crate::common::tw::{code, now, text, Env};
 use serde_json::{json, Value};
 
 const KEY: &str = "test-key-0123456789";
 
-fn token_of(a: &common::http::Answer) -> String {
+fn token_of(a: &crate::common::http::Answer) -> String {
     a.json()["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("no access_token: {}", a.body))
@@ -56,6 +54,7 @@ fn metric(text: &str, series: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Without a valid Bearer key every route but `GET /healthz` is 401 before routing, and any configured key (scheme case-insensitive) works.
 #[test]
 fn auth_comes_before_routing_and_any_configured_key_works() {
     let env = Env::new();
@@ -123,6 +122,7 @@ fn auth_comes_before_routing_and_any_configured_key_works() {
     assert_eq!(lower.status, 200, "{}", lower.body);
 }
 
+/// Import (record, auth.json, array), list, show, events and delete over HTTP answer their documented shapes and never a secret.
 #[test]
 fn import_list_show_events_and_delete() {
     let env = Env::new();
@@ -219,6 +219,7 @@ fn import_list_show_events_and_delete() {
     c.get("/v1/credentials/alice/events").expect(200);
 }
 
+/// The token, reject and refresh routes serve, refresh and replace tokens as asked and refuse bad parameters and bodies by name.
 #[test]
 fn token_reject_and_refresh_answer_token_responses() {
     let env = Env::new();
@@ -317,6 +318,7 @@ fn token_reject_and_refresh_answer_token_responses() {
     c.post("/v1/credentials/nobody/refresh", "").expect(404);
 }
 
+/// A dead credential is 410 with its reason, and a backing-off one 503 with `Retry-After`.
 #[test]
 fn dead_is_410_with_the_reason_and_unavailable_is_503_with_retry_after() {
     let env = Env::new();
@@ -355,6 +357,7 @@ fn dead_is_410_with_the_reason_and_unavailable_is_503_with_retry_after() {
     assert_eq!(env.fake.stats().token_requests, before);
 }
 
+/// A forced refresh of a dead credential that upstream still refuses is 410 with the reason.
 #[test]
 fn a_forced_refresh_refused_for_good_is_410() {
     let env = Env::new();
@@ -371,6 +374,7 @@ fn a_forced_refresh_refused_for_good_is_410() {
     assert_eq!(a.json()["error"]["reason"], "refresh_token_invalidated");
 }
 
+/// Ids with dots, escaped slashes, NULs or over 128 characters are 400, never normalised into another credential's path.
 #[test]
 fn bad_ids_are_refused_never_normalised() {
     let env = Env::new();
@@ -419,6 +423,7 @@ fn bad_ids_are_refused_never_normalised() {
     srv.client.get("/v1/credentials/victim").expect(200);
 }
 
+/// A wrong method on a known route is 405 with the route's methods in `Allow`.
 #[test]
 fn wrong_methods_are_405_with_allow() {
     let env = Env::new();
@@ -443,6 +448,7 @@ fn wrong_methods_are_405_with_allow() {
     }
 }
 
+/// Bodies over 1 MiB (declared, chunked or absent behind a declared length) are 413, exactly 1 MiB is read, and no length takes the server down.
 #[test]
 fn bodies_over_one_mib_are_413() {
     let env = Env::new();
@@ -513,6 +519,7 @@ fn bodies_over_one_mib_are_413() {
     c.get("/v1/credentials").expect(200);
 }
 
+/// The quota routes fetch, keep and show a snapshot, say `no_quota` or `quota_unsupported`, and never show the access token.
 #[test]
 fn quota_routes() {
     let env = Env::new();
@@ -699,6 +706,7 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// `tokenwarden serve` answers with either configured key, logs one line per request without secrets, and on SIGTERM finishes requests in flight and exits 0.
 #[test]
 fn the_binary_serves_and_exits_0_on_sigterm_after_finishing_in_flight_requests() {
     let env = Env::new();
@@ -742,6 +750,7 @@ fn the_binary_serves_and_exits_0_on_sigterm_after_finishing_in_flight_requests()
     }
 }
 
+/// `serve` on a public address without an API key refuses to start, naming both ways to set one.
 #[test]
 fn serve_refuses_a_public_address_without_a_key() {
     let env = Env::new();
@@ -772,6 +781,7 @@ fn serve_refuses_a_public_address_without_a_key() {
     }
 }
 
+/// `serve` with an API key file on a public address uses the file's keys and the default database in the working directory.
 #[test]
 fn serve_with_a_key_file_on_a_public_address_and_a_default_database() {
     let env = Env::new();
@@ -796,6 +806,7 @@ fn serve_with_a_key_file_on_a_public_address_and_a_default_database() {
     assert_eq!(status, Some(0), "{stderr}");
 }
 
+/// `serve`'s background refresher refreshes due credentials and leaves valid and dead ones alone.
 #[test]
 fn the_background_refresher_refreshes_due_credentials_and_leaves_dead_ones_alone() {
     let env = Env::new();

@@ -589,6 +589,10 @@ pub struct Report {
 
 // ---------------------------------------------------------------------------
 // Capturing this process's log (the library threads' "ended ambiguously").
+// The logger is process-wide and the test binary runs other tests beside
+// the chaos run, so only the run's threads are kept: its workers
+// (`chaos-…`) and the test's own thread (`chaos::…`, where the end state
+// is brought to rest).
 
 struct Capture {
     lines: Mutex<Vec<(Option<String>, String)>>,
@@ -605,9 +609,12 @@ impl log::Log for Capture {
 
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
+            let name = thread::current().name().map(str::to_owned);
+            if !name.as_deref().is_some_and(|n| n.starts_with("chaos")) {
+                return;
+            }
             let msg = r.args().to_string();
             if msg.contains("ended ambiguously") {
-                let name = thread::current().name().map(str::to_owned);
                 self.lines.lock().unwrap().push((name, msg));
             }
         }

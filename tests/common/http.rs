@@ -283,8 +283,6 @@ pub fn free_port() -> u16 {
 pub struct Served {
     /// The child (killed on drop if still running).
     pub child: Child,
-    /// Where it listens.
-    pub addr: SocketAddr,
 }
 
 impl Served {
@@ -296,7 +294,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tokenwarden serve");
-        let mut served = Served { child, addr };
+        let mut served = Served { child };
         let client = Client::new(addr, None);
         let start = Instant::now();
         loop {
