@@ -8,7 +8,7 @@
 //! The default run takes about half a minute. The long run:
 //!
 //! ```sh
-//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test chaos -- --nocapture
+//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos:: -- --nocapture
 //! ```
 //!
 //! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
