@@ -1036,14 +1036,19 @@ impl World {
         let scope = presented.as_deref().and_then(key_scope);
         // A second `Host` or a foreign `Origin` is refused before the key
         // is looked at (DNS rebinding, src/http/origin.rs), whatever the key.
+        // (An answer to HEAD has no body to say which refusal it is.)
+        let error = serde_json::from_str::<Value>(&a.body).unwrap_or_default();
+        let says = |field: &str, what: fn(&str) -> bool| {
+            head || error["error"][field].as_str().is_some_and(what)
+        };
         let host_refused = path != "/healthz"
             && rq
                 .headers
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case("host") || n.eq_ignore_ascii_case("origin"))
             && match a.status {
-                400 => a.message().contains("Host"),
-                403 => a.code().starts_with("forbidden_"),
+                400 => says("message", |m| m.contains("Host")),
+                403 => says("code", |c| c.starts_with("forbidden_")),
                 _ => false,
             };
         let public = (rq.method == "GET" && path == "/healthz") || facade || host_refused;
