@@ -502,6 +502,17 @@ impl Harness {
     }
 }
 
+/// Drives the routes of `group` on a harness of their own: first the errors
+/// any of their requests can get, then `paths` (their success and error
+/// paths), and checks that every documented status but 500 of their
+/// operations was seen.
+fn route_group(group: Group, paths: impl FnOnce(&Harness)) {
+    let h = Harness::new();
+    h.errors_of_any_request(group);
+    paths(&h);
+    h.assert_all_seen(group);
+}
+
 /// No 5xx among the (route, method, status) seen but 503.
 fn assert_no_5xx_but_503(seen: &BTreeSet<(String, String, u16)>) {
     assert!(
@@ -515,13 +526,12 @@ fn assert_no_5xx_but_503(seen: &BTreeSet<(String, String, u16)>) {
 #[test]
 fn service_routes_match_the_document() {
     use Who::{Anon, Read};
-    let h = Harness::new();
-    h.errors_of_any_request(Group::Service);
-    let health = h.send(Anon, "GET", "/healthz", None).expect(200);
-    assert_eq!(health.json(), json!({"status": "ok"}));
-    let metrics = h.send(Read, "GET", "/metrics", None).expect(200);
-    assert!(metrics.body.contains("# TYPE"), "{}", metrics.body);
-    h.assert_all_seen(Group::Service);
+    route_group(Group::Service, |h| {
+        let health = h.send(Anon, "GET", "/healthz", None).expect(200);
+        assert_eq!(health.json(), json!({"status": "ok"}));
+        let metrics = h.send(Read, "GET", "/metrics", None).expect(200);
+        assert!(metrics.body.contains("# TYPE"), "{}", metrics.body);
+    });
 }
 
 /// Credentials (import, list, show, delete) match the document through
@@ -530,138 +540,136 @@ fn service_routes_match_the_document() {
 #[test]
 fn credential_routes_match_the_document() {
     use Who::{Admin, Read};
-    let h = Harness::new();
-    let fake = &h.env.fake;
-    let url = fake.token_url();
-    let mib = 1usize << 20;
-    h.errors_of_any_request(Group::Credentials);
+    route_group(Group::Credentials, |h| {
+        let fake = &h.env.fake;
+        let url = fake.token_url();
+        let mib = 1usize << 20;
 
-    // Import, list, show.
-    assert_eq!(
-        h.send(Admin, "GET", "/v1/credentials", None)
-            .expect(200)
-            .json(),
-        json!({"credentials": []})
-    );
-    let alice = fake.new_family("alice");
-    let record = alice.import_json("alice", "codex", &url).to_string();
-    let a = h
-        .send(Admin, "POST", "/v1/credentials", Some(&record))
-        .expect(201);
-    assert_eq!(a.header("location"), Some("/v1/credentials/alice"));
-    let a = h
-        .send(Admin, "POST", "/v1/credentials", Some(&record))
-        .expect(409);
-    assert_eq!(a.code(), "exists");
-    assert_eq!(
-        h.send(Read, "POST", "/v1/credentials", Some(&record))
-            .expect(403)
-            .code(),
-        "forbidden"
-    );
-    h.send(Admin, "POST", "/v1/credentials?replace=1", Some(&record))
-        .expect(201);
-    // A refresh in flight: a delete is refused at once (409), never waited
-    // out over HTTP, and deletes nothing.
-    fake.set_latency(Duration::from_millis(1500));
-    let pending = {
-        let client = h.srv.client.with_key(Admin.key());
-        std::thread::spawn(move || client.send("POST", "/v1/credentials/alice/refresh", None))
-    };
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while fake.stats().in_flight == 0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the refresh never started"
+        // Import, list, show.
+        assert_eq!(
+            h.send(Admin, "GET", "/v1/credentials", None)
+                .expect(200)
+                .json(),
+            json!({"credentials": []})
         );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let a = h
-        .send(Admin, "DELETE", "/v1/credentials/alice", None)
-        .expect(409);
-    assert_eq!(a.code(), "refresh_in_progress");
-    assert!(a.header("retry-after").is_some());
-    pending.join().expect("refresh").expect(200);
-    fake.set_latency(Duration::ZERO);
-    let bob = fake.new_family("bob");
-    let auth_json = bob.codex_auth_json().to_string();
-    h.send(
-        Admin,
-        "POST",
-        "/v1/credentials?id=bob&provider=codex",
-        Some(&auth_json),
-    )
-    .expect(201);
-    let (carol, dave) = (fake.new_family("carol"), fake.new_family("dave"));
-    let many = json!([
-        carol.import_json("carol", "codex", &url),
-        dave.import_json("dave", "codex", &url)
-    ]);
-    let a = h
-        .send(Admin, "POST", "/v1/credentials", Some(&many.to_string()))
-        .expect(201);
-    assert_eq!(a.json()["credentials"].as_array().map(Vec::len), Some(2));
-    assert_eq!(a.header("location"), None);
-    // No access token, no expiry: nulls in the summary.
-    let bare =
-        json!({"id": "bare", "provider": "codex", "refresh_token": "rt-bare", "token_url": url});
-    let a = h
-        .send(Admin, "POST", "/v1/credentials", Some(&bare.to_string()))
-        .expect(201);
-    assert_eq!(a.json()["expires_at"], Value::Null);
-    for (target, body) in [
-        ("/v1/credentials", "{not json"),
-        ("/v1/credentials", ""),
-        ("/v1/credentials", "[]"),
-        ("/v1/credentials", r#"{"provider":"codex"}"#),
-        ("/v1/credentials?id=..", record.as_str()),
-        ("/v1/credentials?provider=nope", record.as_str()),
-        ("/v1/credentials?replace=maybe", record.as_str()),
-        ("/v1/credentials?id=a&id=b", record.as_str()),
-    ] {
-        let a = h.send(Admin, "POST", target, Some(body)).expect(400);
-        assert!(!a.body.contains(&alice.refresh_token));
-    }
-    h.send(Admin, "POST", "/v1/credentials", Some(&" ".repeat(mib + 1)))
-        .expect(413);
-    let chunked = h
-        .srv
-        .client
-        .post_chunked("/v1/credentials", vec![b' '; mib + 10]);
-    h.check("POST", "/v1/credentials", chunked).expect(413);
-    let list = h.send(Read, "GET", "/v1/credentials", None).expect(200);
-    for g in [&alice, &bob, &carol, &dave] {
-        assert!(!list.body.contains(&g.refresh_token) && !list.body.contains(&g.access_token));
-    }
-    h.send(Read, "GET", "/v1/credentials/alice", None)
-        .expect(200);
-    for bad in ["..", "%2f", "a%00b", "%2e%2e", &"x".repeat(129)] {
-        for method in ["GET", "DELETE"] {
-            let a = h.raw(Admin, method, &format!("/v1/credentials/{bad}"), &[], b"");
-            assert_eq!((a.status, a.code().as_str()), (400, "bad_request"), "{bad}");
+        let alice = fake.new_family("alice");
+        let record = alice.import_json("alice", "codex", &url).to_string();
+        let a = h
+            .send(Admin, "POST", "/v1/credentials", Some(&record))
+            .expect(201);
+        assert_eq!(a.header("location"), Some("/v1/credentials/alice"));
+        let a = h
+            .send(Admin, "POST", "/v1/credentials", Some(&record))
+            .expect(409);
+        assert_eq!(a.code(), "exists");
+        assert_eq!(
+            h.send(Read, "POST", "/v1/credentials", Some(&record))
+                .expect(403)
+                .code(),
+            "forbidden"
+        );
+        h.send(Admin, "POST", "/v1/credentials?replace=1", Some(&record))
+            .expect(201);
+        // A refresh in flight: a delete is refused at once (409), never waited
+        // out over HTTP, and deletes nothing.
+        fake.set_latency(Duration::from_millis(1500));
+        let pending = {
+            let client = h.srv.client.with_key(Admin.key());
+            std::thread::spawn(move || client.send("POST", "/v1/credentials/alice/refresh", None))
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while fake.stats().in_flight == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "the refresh never started"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
-        h.raw(
+        let a = h
+            .send(Admin, "DELETE", "/v1/credentials/alice", None)
+            .expect(409);
+        assert_eq!(a.code(), "refresh_in_progress");
+        assert!(a.header("retry-after").is_some());
+        pending.join().expect("refresh").expect(200);
+        fake.set_latency(Duration::ZERO);
+        let bob = fake.new_family("bob");
+        let auth_json = bob.codex_auth_json().to_string();
+        h.send(
             Admin,
-            "GET",
-            &format!("/v1/credentials/{bad}/token"),
-            &[],
-            b"",
+            "POST",
+            "/v1/credentials?id=bob&provider=codex",
+            Some(&auth_json),
         )
-        .expect(400);
-    }
+        .expect(201);
+        let (carol, dave) = (fake.new_family("carol"), fake.new_family("dave"));
+        let many = json!([
+            carol.import_json("carol", "codex", &url),
+            dave.import_json("dave", "codex", &url)
+        ]);
+        let a = h
+            .send(Admin, "POST", "/v1/credentials", Some(&many.to_string()))
+            .expect(201);
+        assert_eq!(a.json()["credentials"].as_array().map(Vec::len), Some(2));
+        assert_eq!(a.header("location"), None);
+        // No access token, no expiry: nulls in the summary.
+        let bare = json!({"id": "bare", "provider": "codex", "refresh_token": "rt-bare", "token_url": url});
+        let a = h
+            .send(Admin, "POST", "/v1/credentials", Some(&bare.to_string()))
+            .expect(201);
+        assert_eq!(a.json()["expires_at"], Value::Null);
+        for (target, body) in [
+            ("/v1/credentials", "{not json"),
+            ("/v1/credentials", ""),
+            ("/v1/credentials", "[]"),
+            ("/v1/credentials", r#"{"provider":"codex"}"#),
+            ("/v1/credentials?id=..", record.as_str()),
+            ("/v1/credentials?provider=nope", record.as_str()),
+            ("/v1/credentials?replace=maybe", record.as_str()),
+            ("/v1/credentials?id=a&id=b", record.as_str()),
+        ] {
+            let a = h.send(Admin, "POST", target, Some(body)).expect(400);
+            assert!(!a.body.contains(&alice.refresh_token));
+        }
+        h.send(Admin, "POST", "/v1/credentials", Some(&" ".repeat(mib + 1)))
+            .expect(413);
+        let chunked = h
+            .srv
+            .client
+            .post_chunked("/v1/credentials", vec![b' '; mib + 10]);
+        h.check("POST", "/v1/credentials", chunked).expect(413);
+        let list = h.send(Read, "GET", "/v1/credentials", None).expect(200);
+        for g in [&alice, &bob, &carol, &dave] {
+            assert!(!list.body.contains(&g.refresh_token) && !list.body.contains(&g.access_token));
+        }
+        h.send(Read, "GET", "/v1/credentials/alice", None)
+            .expect(200);
+        for bad in ["..", "%2f", "a%00b", "%2e%2e", &"x".repeat(129)] {
+            for method in ["GET", "DELETE"] {
+                let a = h.raw(Admin, method, &format!("/v1/credentials/{bad}"), &[], b"");
+                assert_eq!((a.status, a.code().as_str()), (400, "bad_request"), "{bad}");
+            }
+            h.raw(
+                Admin,
+                "GET",
+                &format!("/v1/credentials/{bad}/token"),
+                &[],
+                b"",
+            )
+            .expect(400);
+        }
 
-    // Delete: admin only; events outlive the credential.
-    h.send(Read, "DELETE", "/v1/credentials/alice", None)
-        .expect(403);
-    let a = h
-        .send(Admin, "DELETE", "/v1/credentials/alice", None)
-        .expect(204);
-    assert!(a.body.is_empty());
-    h.send(Admin, "DELETE", "/v1/credentials/alice", None)
-        .expect(404);
-    h.send(Read, "GET", "/v1/credentials/alice/events", None)
-        .expect(200);
-    h.assert_all_seen(Group::Credentials);
+        // Delete: admin only; events outlive the credential.
+        h.send(Read, "DELETE", "/v1/credentials/alice", None)
+            .expect(403);
+        let a = h
+            .send(Admin, "DELETE", "/v1/credentials/alice", None)
+            .expect(204);
+        assert!(a.body.is_empty());
+        h.send(Admin, "DELETE", "/v1/credentials/alice", None)
+            .expect(404);
+        h.send(Read, "GET", "/v1/credentials/alice/events", None)
+            .expect(200);
+    });
 }
 
 /// Token, reject and refresh match the document through every documented
@@ -670,200 +678,175 @@ fn credential_routes_match_the_document() {
 #[test]
 fn token_routes_match_the_document() {
     use Who::{Admin, Read};
-    let h = Harness::new();
-    h.errors_of_any_request(Group::Tokens);
-
-    // Tokens.
-    let tok = h.env.login("tok", 3000);
-    let t = h
-        .send(Read, "GET", "/v1/credentials/tok/token", None)
-        .expect(200)
-        .json();
-    assert_eq!(t["access_token"], tok.access_token.as_str());
-    assert_eq!(
-        t["expires_at"].as_i64(),
-        Some(now() + t["expires_in"].as_i64().unwrap())
-    );
-    let t2 = h
-        .send(
-            Read,
-            "GET",
-            "/v1/credentials/tok/token?min_ttl=3500&wait=5",
-            None,
+    route_group(Group::Tokens, |h| {
+        // Tokens.
+        let tok = h.env.login("tok", 3000);
+        let t = h
+            .send(Read, "GET", "/v1/credentials/tok/token", None)
+            .expect(200)
+            .json();
+        assert_eq!(t["access_token"], tok.access_token.as_str());
+        assert_eq!(
+            t["expires_at"].as_i64(),
+            Some(now() + t["expires_in"].as_i64().unwrap())
+        );
+        let t2 = h
+            .send(
+                Read,
+                "GET",
+                "/v1/credentials/tok/token?min_ttl=3500&wait=5",
+                None,
+            )
+            .expect(200)
+            .json()["access_token"]
+            .clone();
+        assert_ne!(t2, tok.access_token.as_str());
+        for q in [
+            "min_ttl=abc",
+            "min_ttl=-1",
+            "wait=301",
+            "wait=x",
+            "wait=1&wait=1",
+        ] {
+            h.send(Read, "GET", &format!("/v1/credentials/tok/token?{q}"), None)
+                .expect(400);
+        }
+        let current = t2.as_str().unwrap().to_owned();
+        let t3 = h
+            .send(
+                Read,
+                "POST",
+                "/v1/credentials/tok/reject?wait=5",
+                Some(&reject_body(&current)),
+            )
+            .expect(200)
+            .json();
+        assert_ne!(t3["access_token"], current.as_str());
+        for body in [
+            "{",
+            "[]",
+            "{}",
+            r#"{"access_token":""}"#,
+            r#"{"access_token":1}"#,
+        ] {
+            h.send(Read, "POST", "/v1/credentials/tok/reject", Some(body))
+                .expect(400);
+        }
+        h.send(Read, "POST", "/v1/credentials/tok/refresh", None)
+            .expect(200);
+        h.send(
+            Admin,
+            "POST",
+            "/v1/credentials/tok/refresh?force=1&wait=5",
+            Some("ignored"),
         )
-        .expect(200)
-        .json()["access_token"]
-        .clone();
-    assert_ne!(t2, tok.access_token.as_str());
-    for q in [
-        "min_ttl=abc",
-        "min_ttl=-1",
-        "wait=301",
-        "wait=x",
-        "wait=1&wait=1",
-    ] {
-        h.send(Read, "GET", &format!("/v1/credentials/tok/token?{q}"), None)
-            .expect(400);
-    }
-    let current = t2.as_str().unwrap().to_owned();
-    let t3 = h
-        .send(
+        .expect(200);
+        let a = h
+            .send(Read, "POST", "/v1/credentials/tok/refresh?force=1", None)
+            .expect(403);
+        assert_eq!(a.code(), "forbidden");
+        h.send(
             Read,
             "POST",
-            "/v1/credentials/tok/reject?wait=5",
-            Some(&reject_body(&current)),
+            "/v1/credentials/tok/refresh?force=maybe",
+            None,
         )
-        .expect(200)
-        .json();
-    assert_ne!(t3["access_token"], current.as_str());
-    for body in [
-        "{",
-        "[]",
-        "{}",
-        r#"{"access_token":""}"#,
-        r#"{"access_token":1}"#,
-    ] {
-        h.send(Read, "POST", "/v1/credentials/tok/reject", Some(body))
-            .expect(400);
-    }
-    h.send(Read, "POST", "/v1/credentials/tok/refresh", None)
-        .expect(200);
-    h.send(
-        Admin,
-        "POST",
-        "/v1/credentials/tok/refresh?force=1&wait=5",
-        Some("ignored"),
-    )
-    .expect(200);
-    let a = h
-        .send(Read, "POST", "/v1/credentials/tok/refresh?force=1", None)
-        .expect(403);
-    assert_eq!(a.code(), "forbidden");
-    h.send(
-        Read,
-        "POST",
-        "/v1/credentials/tok/refresh?force=maybe",
-        None,
-    )
-    .expect(400);
+        .expect(400);
 
-    // Dead: 410 with the reason; the summary says why.
-    let a = h.dead("gone");
-    assert_eq!(a.json()["error"]["reason"], "refresh_token_invalidated");
-    h.send(Read, "GET", "/v1/credentials/gone/token", None)
+        // Dead: 410 with the reason; the summary says why.
+        let a = h.dead("gone");
+        assert_eq!(a.json()["error"]["reason"], "refresh_token_invalidated");
+        h.send(Read, "GET", "/v1/credentials/gone/token", None)
+            .expect(410);
+        h.send(
+            Read,
+            "POST",
+            "/v1/credentials/gone/reject",
+            Some(&reject_body("x")),
+        )
         .expect(410);
-    h.send(
-        Read,
-        "POST",
-        "/v1/credentials/gone/reject",
-        Some(&reject_body("x")),
-    )
-    .expect(410);
-    h.send(Admin, "POST", "/v1/credentials/gone/refresh?force=1", None)
-        .expect(410);
-    let s = h
-        .send(Read, "GET", "/v1/credentials/gone", None)
-        .expect(200)
-        .json();
-    assert_eq!(
-        (&s["state"], &s["dead_reason"]),
-        (&json!("dead"), &json!("refresh_token_invalidated"))
-    );
-    assert_eq!(s["last_error"]["code"], "refresh_token_invalidated");
+        h.send(Admin, "POST", "/v1/credentials/gone/refresh?force=1", None)
+            .expect(410);
+        let s = h
+            .send(Read, "GET", "/v1/credentials/gone", None)
+            .expect(200)
+            .json();
+        assert_eq!(
+            (&s["state"], &s["dead_reason"]),
+            (&json!("dead"), &json!("refresh_token_invalidated"))
+        );
+        assert_eq!(s["last_error"]["code"], "refresh_token_invalidated");
 
-    // Unavailable: an expired credential whose refresh fails transiently.
-    let a = h.backing_off("busy");
-    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
-    assert!(retry >= 100, "upstream asked for 120 s: {retry}");
-    assert_eq!(a.json()["error"]["retry_after"], retry);
-    assert_eq!(a.code(), "unavailable");
-    h.send(Read, "POST", "/v1/credentials/busy/refresh", None)
+        // Unavailable: an expired credential whose refresh fails transiently.
+        let a = h.backing_off("busy");
+        let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry >= 100, "upstream asked for 120 s: {retry}");
+        assert_eq!(a.json()["error"]["retry_after"], retry);
+        assert_eq!(a.code(), "unavailable");
+        h.send(Read, "POST", "/v1/credentials/busy/refresh", None)
+            .expect(503);
+        h.send(
+            Read,
+            "POST",
+            "/v1/credentials/busy/reject",
+            Some(&reject_body("x")),
+        )
         .expect(503);
-    h.send(
-        Read,
-        "POST",
-        "/v1/credentials/busy/reject",
-        Some(&reject_body("x")),
-    )
-    .expect(503);
-    let s = h
-        .send(Read, "GET", "/v1/credentials/busy", None)
-        .expect(200)
-        .json();
-    assert!(
-        s["next_attempt_at"]
-            .as_i64()
-            .is_some_and(|t| t >= now() + 100),
-        "{s}"
-    );
-    // A transient failure on a never-usable credential, from a dead port.
-    let port = free_port();
-    let down = json!({"id": "down", "provider": "oauth2", "refresh_token": "r-down",
-        "token_url": format!("http://127.0.0.1:{port}/token"), "client_id": "c"});
-    h.send(Admin, "POST", "/v1/credentials", Some(&down.to_string()))
-        .expect(201);
-    h.send(Read, "GET", "/v1/credentials/down/token", None)
-        .expect(503);
-    h.assert_all_seen(Group::Tokens);
+        let s = h
+            .send(Read, "GET", "/v1/credentials/busy", None)
+            .expect(200)
+            .json();
+        assert!(
+            s["next_attempt_at"]
+                .as_i64()
+                .is_some_and(|t| t >= now() + 100),
+            "{s}"
+        );
+        // A transient failure on a never-usable credential, from a dead port.
+        let port = free_port();
+        let down = json!({"id": "down", "provider": "oauth2", "refresh_token": "r-down",
+            "token_url": format!("http://127.0.0.1:{port}/token"), "client_id": "c"});
+        h.send(Admin, "POST", "/v1/credentials", Some(&down.to_string()))
+            .expect(201);
+        h.send(Read, "GET", "/v1/credentials/down/token", None)
+            .expect(503);
+    });
 }
 
 /// Events match the document through every documented status but 500,
 /// and `limit` is honoured or refused.
 #[test]
 fn event_routes_match_the_document() {
-    use Who::{Admin, Read};
-    let h = Harness::new();
-    h.errors_of_any_request(Group::Events);
-    // A history: the import, a refresh for a longer token, a reject and a
-    // forced refresh.
-    h.env.login("tok", 3000);
-    let t = h
-        .send(
-            Read,
-            "GET",
-            "/v1/credentials/tok/token?min_ttl=3500&wait=5",
-            None,
-        )
-        .expect(200)
-        .json();
-    let current = t["access_token"].as_str().unwrap().to_owned();
-    h.send(
-        Read,
-        "POST",
-        "/v1/credentials/tok/reject?wait=5",
-        Some(&reject_body(&current)),
-    )
-    .expect(200);
-    h.send(
-        Admin,
-        "POST",
-        "/v1/credentials/tok/refresh?force=1&wait=5",
-        None,
-    )
-    .expect(200);
-
-    let ev = h
-        .send(Read, "GET", "/v1/credentials/tok/events", None)
-        .expect(200)
-        .json();
-    assert!(
-        ev["events"].as_array().is_some_and(|e| e.len() >= 4),
-        "{ev}"
-    );
-    let one = h
-        .send(Read, "GET", "/v1/credentials/tok/events?limit=1", None)
-        .expect(200);
-    assert_eq!(one.json()["events"].as_array().map(Vec::len), Some(1));
-    for q in ["limit=x", "limit=-1", "limit=1.5"] {
-        h.send(
-            Read,
-            "GET",
-            &format!("/v1/credentials/tok/events?{q}"),
-            None,
-        )
-        .expect(400);
-    }
-    h.assert_all_seen(Group::Events);
+    use Who::Read;
+    route_group(Group::Events, |h| {
+        // A history: the import and three forced refreshes.
+        h.env.login("tok", 3000);
+        let warden = h.env.warden();
+        for _ in 0..3 {
+            warden.refresh("tok", true).expect("refresh");
+        }
+        let ev = h
+            .send(Read, "GET", "/v1/credentials/tok/events", None)
+            .expect(200)
+            .json();
+        assert!(
+            ev["events"].as_array().is_some_and(|e| e.len() >= 4),
+            "{ev}"
+        );
+        let one = h
+            .send(Read, "GET", "/v1/credentials/tok/events?limit=1", None)
+            .expect(200);
+        assert_eq!(one.json()["events"].as_array().map(Vec::len), Some(1));
+        for q in ["limit=x", "limit=-1", "limit=1.5"] {
+            h.send(
+                Read,
+                "GET",
+                &format!("/v1/credentials/tok/events?{q}"),
+                None,
+            )
+            .expect(400);
+        }
+    });
 }
 
 /// Quota matches the document through every documented status but 500:
@@ -872,63 +855,62 @@ fn event_routes_match_the_document() {
 #[test]
 fn quota_routes_match_the_document() {
     use Who::{Admin, Read};
-    let h = Harness::new();
-    let fake = &h.env.fake;
-    let url = fake.token_url();
-    h.errors_of_any_request(Group::Quota);
-    h.import("alice");
+    route_group(Group::Quota, |h| {
+        let fake = &h.env.fake;
+        let url = fake.token_url();
+        h.import("alice");
 
-    // Quota: none yet, fetched, a failed fetch, a provider without one.
-    assert_eq!(
+        // Quota: none yet, fetched, a failed fetch, a provider without one.
+        assert_eq!(
+            h.send(Read, "GET", "/v1/credentials/alice/quota", None)
+                .expect(404)
+                .code(),
+            "no_quota"
+        );
+        let q = h
+            .send(Read, "POST", "/v1/credentials/alice/quota", None)
+            .expect(200)
+            .json();
+        assert_eq!(q["status"], "ok");
         h.send(Read, "GET", "/v1/credentials/alice/quota", None)
-            .expect(404)
-            .code(),
-        "no_quota"
-    );
-    let q = h
-        .send(Read, "POST", "/v1/credentials/alice/quota", None)
-        .expect(200)
-        .json();
-    assert_eq!(q["status"], "ok");
-    h.send(Read, "GET", "/v1/credentials/alice/quota", None)
-        .expect(200);
-    fake.push_usage_fault(Fault::status(500, r#"{"error":"boom"}"#));
-    let q = h
-        .send(Read, "POST", "/v1/credentials/alice/quota", None)
-        .expect(200)
-        .json();
-    assert_ne!(q["status"], "ok");
-    assert!(q["error"].is_string(), "{q}");
-    let s = h
-        .send(Read, "GET", "/v1/credentials/alice", None)
-        .expect(200)
-        .json();
-    assert!(s["quota"].is_object(), "{s}");
-    let list = h
-        .send(Read, "GET", "/v1/credentials", None)
-        .expect(200)
-        .json();
-    assert!(list["credentials"][0]["quota"].is_object(), "{list}");
-    let o2 = json!({"id": "o2", "provider": "oauth2", "refresh_token": "r-o2", "token_url": url, "client_id": "c"});
-    h.send(Admin, "POST", "/v1/credentials", Some(&o2.to_string()))
-        .expect(201);
-    for method in ["GET", "POST"] {
-        let a = h
-            .send(Read, method, "/v1/credentials/o2/quota", None)
-            .expect(404);
-        assert_eq!(a.code(), "quota_unsupported");
-    }
+            .expect(200);
+        fake.push_usage_fault(Fault::status(500, r#"{"error":"boom"}"#));
+        let q = h
+            .send(Read, "POST", "/v1/credentials/alice/quota", None)
+            .expect(200)
+            .json();
+        assert_ne!(q["status"], "ok");
+        assert!(q["error"].is_string(), "{q}");
+        let s = h
+            .send(Read, "GET", "/v1/credentials/alice", None)
+            .expect(200)
+            .json();
+        assert!(s["quota"].is_object(), "{s}");
+        let list = h
+            .send(Read, "GET", "/v1/credentials", None)
+            .expect(200)
+            .json();
+        assert!(list["credentials"][0]["quota"].is_object(), "{list}");
+        let o2 = json!({"id": "o2", "provider": "oauth2", "refresh_token": "r-o2", "token_url": url, "client_id": "c"});
+        h.send(Admin, "POST", "/v1/credentials", Some(&o2.to_string()))
+            .expect(201);
+        for method in ["GET", "POST"] {
+            let a = h
+                .send(Read, method, "/v1/credentials/o2/quota", None)
+                .expect(404);
+            assert_eq!(a.code(), "quota_unsupported");
+        }
 
-    // Dead: 410.
-    h.dead("gone");
-    h.send(Read, "POST", "/v1/credentials/gone/quota", None)
-        .expect(410);
+        // Dead: 410.
+        h.dead("gone");
+        h.send(Read, "POST", "/v1/credentials/gone/quota", None)
+            .expect(410);
 
-    // Backing off: 503.
-    h.backing_off("busy");
-    h.send(Read, "POST", "/v1/credentials/busy/quota", None)
-        .expect(503);
-    h.assert_all_seen(Group::Quota);
+        // Backing off: 503.
+        h.backing_off("busy");
+        h.send(Read, "POST", "/v1/credentials/busy/quota", None)
+            .expect(503);
+    });
 }
 
 /// The Codex facade answers in OpenAI's shapes, JSON or form-encoded,
@@ -937,70 +919,69 @@ fn quota_routes_match_the_document() {
 #[test]
 fn facade_route_matches_the_document() {
     use Who::Anon;
-    let h = Harness::new();
-    let mib = 1usize << 20;
-    h.errors_of_any_request(Group::Facade);
-    let alice = h.import("alice");
-    h.dead("gone");
-    h.backing_off("busy");
+    route_group(Group::Facade, |h| {
+        let mib = 1usize << 20;
+        let alice = h.import("alice");
+        h.dead("gone");
+        h.backing_off("busy");
 
-    // The Codex facade: OpenAI's shapes.
-    let handle = h.handle("alice");
-    let a = h
-        .send(Anon, "POST", "/oauth/token", Some(&facade_body(&handle)))
-        .expect(200);
-    let body = a.json();
-    assert_eq!(body["refresh_token"], handle.as_str());
-    assert!(
-        body["id_token"].is_string() && body["expires_in"].is_i64(),
-        "{body}"
-    );
-    assert!(!a.body.contains(&alice.refresh_token));
-    let form =
-        format!("grant_type=refresh_token&refresh_token={handle}&client_id={CODEX_CLIENT_ID}");
-    h.raw(
-        Anon,
-        "POST",
-        "/oauth/token",
-        &["Content-Type: application/x-www-form-urlencoded"],
-        form.as_bytes(),
-    )
-    .expect(200);
-    for body in [
-        "garbage".to_owned(),
-        "[1]".to_owned(),
-        json!({"grant_type": "authorization_code", "refresh_token": handle}).to_string(),
-        json!({"grant_type": "refresh_token"}).to_string(),
-    ] {
+        // The Codex facade: OpenAI's shapes.
+        let handle = h.handle("alice");
         let a = h
-            .send(Anon, "POST", "/oauth/token", Some(&body))
-            .expect(400);
-        assert_eq!(a.json()["error"]["code"], "invalid_request");
-        assert_eq!(a.json()["error"]["type"], "invalid_request_error");
-    }
-    for presented in [
-        "twh_unknown".to_owned(),
-        "not-a-handle".to_owned(),
-        h.handle("gone"),
-    ] {
-        let a = h.send(Anon, "POST", "/oauth/token", Some(&facade_body(&presented)));
-        let a = a.expect(401);
-        assert_eq!(a.json()["error"]["code"], "refresh_token_invalidated");
-    }
-    let a = h
-        .send(
+            .send(Anon, "POST", "/oauth/token", Some(&facade_body(&handle)))
+            .expect(200);
+        let body = a.json();
+        assert_eq!(body["refresh_token"], handle.as_str());
+        assert!(
+            body["id_token"].is_string() && body["expires_in"].is_i64(),
+            "{body}"
+        );
+        assert!(!a.body.contains(&alice.refresh_token));
+        let form =
+            format!("grant_type=refresh_token&refresh_token={handle}&client_id={CODEX_CLIENT_ID}");
+        h.raw(
             Anon,
             "POST",
             "/oauth/token",
-            Some(&facade_body(&h.handle("busy"))),
+            &["Content-Type: application/x-www-form-urlencoded"],
+            form.as_bytes(),
         )
-        .expect(503);
-    assert_eq!(a.json()["error"]["code"], "temporarily_unavailable");
-    let a = h
-        .send(Anon, "POST", "/oauth/token", Some(&" ".repeat(mib + 1)))
-        .expect(413);
-    assert_eq!(a.code(), "too_large");
-    h.assert_all_seen(Group::Facade);
+        .expect(200);
+        for body in [
+            "garbage".to_owned(),
+            "[1]".to_owned(),
+            json!({"grant_type": "authorization_code", "refresh_token": handle}).to_string(),
+            json!({"grant_type": "refresh_token"}).to_string(),
+        ] {
+            let a = h
+                .send(Anon, "POST", "/oauth/token", Some(&body))
+                .expect(400);
+            assert_eq!(a.json()["error"]["code"], "invalid_request");
+            assert_eq!(a.json()["error"]["type"], "invalid_request_error");
+        }
+        for presented in [
+            "twh_unknown".to_owned(),
+            "not-a-handle".to_owned(),
+            h.handle("gone"),
+        ] {
+            let a = h.send(Anon, "POST", "/oauth/token", Some(&facade_body(&presented)));
+            let a = a.expect(401);
+            assert_eq!(a.json()["error"]["code"], "refresh_token_invalidated");
+        }
+        let a = h
+            .send(
+                Anon,
+                "POST",
+                "/oauth/token",
+                Some(&facade_body(&h.handle("busy"))),
+            )
+            .expect(503);
+        assert_eq!(a.json()["error"]["code"], "temporarily_unavailable");
+        let a = h
+            .send(Anon, "POST", "/oauth/token", Some(&" ".repeat(mib + 1)))
+            .expect(413);
+        assert_eq!(a.code(), "too_large");
+    });
 }
 
 /// Requests no route takes (a wrong method, an unknown or malformed path)
