@@ -14,8 +14,17 @@
 //! role (`--child ROLE …`): the bare tiny_http baseline server, the Rust
 //! load generator (when there is no wrk) and the single-flight callers.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+/// The helpers of tests/common the benchmarks drive: the fake OAuth server,
+/// a tokenwarden under test and its HTTP client. They are written for the
+/// test binary, which uses all of them; here only a few items are, hence
+/// the allowance on this module alone.
+#[allow(dead_code)]
+#[path = "../tests/common"]
+mod common {
+    pub mod fake_oauth;
+    pub mod http;
+    pub mod tw;
+}
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -4,14 +4,12 @@
 //! one FAILS on the tree it was written against, except those marked HELD
 //! (attacks that did not break anything, kept as guards).
 
-mod common;
-
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::scripted::{answer, import_at, wait_for_lease, write, Scripted};
-use common::tw::{code, now, text, Env};
+use crate::common::scripted::{answer, import_at, wait_for_lease, write, Scripted};
+use crate::common::tw::{code, now, text, Env};
 use serde_json::Value;
 use tokenwarden::state::State;
 use tokenwarden::Warden;

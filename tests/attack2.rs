@@ -5,15 +5,13 @@
 //! it was written against (2231e86), except those marked HELD (attacks that
 //! did not break anything, kept as guards).
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::scripted::{answer, import_at, wait_for_lease, Scripted};
-use common::tw::{code, text, Env, BIN};
+use crate::common::scripted::{answer, import_at, wait_for_lease, Scripted};
+use crate::common::tw::{code, text, Env, BIN};
 use tokenwarden::state::State;
 
 /// `cmd` (the env's binary and environment) run inside `wrapper`, which
@@ -187,7 +185,7 @@ fn delete_of_a_row_left_refreshing_records_nothing_as_spent() {
     // Upstream rotates at once, then is slow to answer; the refresher is
     // killed meanwhile (OOM killer, power cut: the documented crash window).
     env.fake
-        .push_fault(common::fake_oauth::Fault::ProcessThenHang(
+        .push_fault(crate::common::fake_oauth::Fault::ProcessThenHang(
             Duration::from_secs(10),
         ));
     let mut child = env

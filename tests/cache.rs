@@ -6,15 +6,13 @@
 //! served — and that the state machine still judges cached rows by the
 //! current clock.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::Fault;
-use common::tw::{code, now, text, Env};
+use crate::common::fake_oauth::Fault;
+use crate::common::tw::{code, now, text, Env};
 use serde_json::Value;
 use tokenwarden::{Error, Warden};
 
@@ -37,6 +35,7 @@ fn stdout_token(out: &std::process::Output) -> String {
     text(&out.stdout).trim().to_owned()
 }
 
+/// Another process's reject voids this warden's cached row at once: the new token is served, then cached in turn.
 #[test]
 fn a_reject_from_another_process_is_seen_at_once() {
     let env = Env::new();
@@ -58,6 +57,7 @@ fn a_reject_from_another_process_is_seen_at_once() {
     assert_eq!(warm(&w, "r"), t2);
 }
 
+/// A token rejected by another process whose refresh then failed is never served from the cache (unavailable instead).
 #[test]
 fn a_rejected_token_whose_refresh_failed_is_not_served_from_the_cache() {
     let env = Env::new();
@@ -77,6 +77,7 @@ fn a_rejected_token_whose_refresh_failed_is_not_served_from_the_cache() {
     assert!(!w.token_cached("rf"));
 }
 
+/// Another process's refresh is seen at once: the cache serves the new token, not the old.
 #[test]
 fn a_refresh_from_another_process_is_seen_at_once() {
     let env = Env::new();
@@ -88,6 +89,7 @@ fn a_refresh_from_another_process_is_seen_at_once() {
     assert_eq!(w.token("f", ZERO).expect("token").access_token.expose(), t2);
 }
 
+/// An `import --replace` of a new login by another process is seen at once: its token is served, not the cached one.
 #[test]
 fn a_re_import_is_seen_at_once() {
     let env = Env::new();
@@ -107,6 +109,7 @@ fn a_re_import_is_seen_at_once() {
     assert_eq!(got.access_token.expose(), g2.access_token);
 }
 
+/// Another process's delete is seen at once: the cached row answers `NotFound`, no stale token.
 #[test]
 fn a_delete_is_seen_at_once() {
     let env = Env::new();
@@ -121,6 +124,7 @@ fn a_delete_is_seen_at_once() {
     }
 }
 
+/// A reject by another thread of this process voids the shared cache, even when its refresh fails.
 #[test]
 fn an_in_process_reject_from_another_thread_is_seen_at_once() {
     let env = Env::new();

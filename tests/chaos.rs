@@ -8,19 +8,18 @@
 //! The default run takes about half a minute. The long run:
 //!
 //! ```sh
-//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test chaos -- --nocapture
+//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos:: -- --nocapture
 //! ```
 //!
 //! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
 //! `TOKENWARDEN_CHAOS_SEED` replays a seed's choices.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::chaos::{self, Plan};
-use common::tw::Env;
+use crate::common::chaos::{self, Plan};
+use crate::common::tw::Env;
 
+/// Every invariant of DESIGN.md §3 holds through the chaos run (kills, SIGTERMs, faults, stale imports, clock steps), and the run did enough of each to mean something.
 #[test]
 fn chaos() {
     let seed = chaos::seed_from_env();

@@ -1,12 +1,10 @@
 //! The command line as a user meets it: formats, flags, exit codes, output
 //! shapes, and errors that say what to do.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::fake_oauth::Fault;
-use common::tw::{code, json, now, text, Env};
+use crate::common::fake_oauth::Fault;
+use crate::common::tw::{code, json, now, text, Env};
 use serde_json::Value;
 
 fn last_line(out: &std::process::Output) -> String {
@@ -18,6 +16,7 @@ fn last_line(out: &std::process::Output) -> String {
         .to_owned()
 }
 
+/// `init` twice succeeds, creates a 0600 database and leaves it empty.
 #[test]
 fn init_is_idempotent_and_creates_a_private_file() {
     let env = Env::new();
@@ -31,6 +30,7 @@ fn init_is_idempotent_and_creates_a_private_file() {
     assert_eq!(json(&out), serde_json::json!({"credentials": []}));
 }
 
+/// A Codex `auth.json` imports with its claims and expiry, `token` prints its access token without a refresh, and an id taken from the e-mail needs the refresh token free.
 #[test]
 fn imports_a_codex_auth_json_and_prints_a_token() {
     let env = Env::new();
@@ -71,6 +71,7 @@ fn imports_a_codex_auth_json_and_prints_a_token() {
     assert!(text(&out.stdout).contains(&g.email));
 }
 
+/// Imports read stdin and tokenwarden's own and CLIProxyAPI's formats; a credential without an access token is refreshed on first use.
 #[test]
 fn imports_from_stdin_and_several_formats() {
     let env = Env::new();
@@ -114,6 +115,7 @@ fn imports_from_stdin_and_several_formats() {
     assert_eq!(s["expires_at"], 4_070_908_800i64);
 }
 
+/// Importing over an existing id is refused with a hint at `--replace`, which then re-imports it and records why.
 #[test]
 fn import_refuses_to_overwrite_without_replace() {
     let env = Env::new();
@@ -134,6 +136,7 @@ fn import_refuses_to_overwrite_without_replace() {
     assert_eq!(reasons, ["imported", "re-imported, same refresh token"]);
 }
 
+/// Bad import files, ids, usage, missing files and foreign databases each get their exit code and a message that says what is wrong, never a panic.
 #[test]
 fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
     let env = Env::new();
@@ -187,6 +190,7 @@ fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
     assert!(last_line(&out).contains("database"), "{}", last_line(&out));
 }
 
+/// `reject` takes tokens that begin with `-` and `-` for stdin; a stale token refreshes nothing, the current one is replaced.
 #[test]
 fn reject_accepts_tokens_that_begin_with_a_dash_and_reads_stdin() {
     let env = Env::new();
@@ -218,6 +222,7 @@ fn reject_accepts_tokens_that_begin_with_a_dash_and_reads_stdin() {
     assert_eq!(env.fake.stats().token_requests, 1);
 }
 
+/// `refresh` always refreshes, a permanent refusal makes the credential dead (exit 4), and only `--force` tries it again.
 #[test]
 fn refresh_prints_a_new_token_and_dead_ones_need_force() {
     let env = Env::new();
@@ -243,6 +248,7 @@ fn refresh_prints_a_new_token_and_dead_ones_need_force() {
     );
 }
 
+/// `list`, `show` and `events` print every summary and event field (JSON and human), and `delete` removes the credential while its events stay.
 #[test]
 fn list_show_events_and_delete() {
     let env = Env::new();
@@ -300,6 +306,7 @@ fn list_show_events_and_delete() {
     assert_eq!(code(&env.run(&["events", "never-existed"])), 3);
 }
 
+/// `export` writes Codex and CLIProxyAPI files (0600) that import again into another database as the same credential.
 #[test]
 fn export_round_trips_and_writes_private_files() {
     let env = Env::new();
@@ -354,6 +361,7 @@ fn export_round_trips_and_writes_private_files() {
     }
 }
 
+/// A transient upstream refusal exits 5 with a retry hint and records the failure and the next attempt.
 #[test]
 fn unavailable_exits_5_with_a_retry_hint() {
     let env = Env::new();
@@ -373,6 +381,7 @@ fn unavailable_exits_5_with_a_retry_hint() {
     assert_eq!(s["last_error"]["code"], "http_429");
 }
 
+/// Log lines on a piped stderr carry no colour escape codes, whatever TERM says.
 #[test]
 fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     // A cron job's mail or a captured log: stderr is a pipe. TERM says the

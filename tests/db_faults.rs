@@ -9,15 +9,13 @@
 //! filled up. Where mounting is not permitted those tests print why and
 //! return early.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::tw::{code, text, Env, Tuning};
+use crate::common::tw::{code, text, Env, Tuning};
 use rusqlite::{Connection, OpenFlags};
 use tokenwarden::state::State;
 use tokenwarden::{Config, Error, Warden};
@@ -800,6 +798,7 @@ fn refuse_unchanged(env: &Env, path: &Path, says: &[&str]) {
     assert_eq!(env.fake.stats().token_requests, requests);
 }
 
+/// A file of random bytes given as the database is refused as not ours and left byte-for-byte unchanged.
 #[test]
 fn random_bytes_are_refused_and_left_alone() {
     let env = Env::new();
@@ -817,6 +816,7 @@ fn random_bytes_are_refused_and_left_alone() {
     refuse_unchanged(&env, &path, &["not a tokenwarden database"]);
 }
 
+/// A text file given as the database is refused as not ours and left byte-for-byte unchanged.
 #[test]
 fn a_text_file_is_refused_and_left_alone() {
     let env = Env::new();

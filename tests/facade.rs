@@ -3,14 +3,12 @@
 //! refresh and retry on a 401) in threads and separate processes, against a
 //! fake OAuth server that rotates and detects reuse.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::{jwt_payload, now_unix, CODEX_CLIENT_ID};
-use common::tw::{code, json, text, Env};
+use crate::common::fake_oauth::{jwt_payload, now_unix, CODEX_CLIENT_ID};
+use crate::common::tw::{code, json, text, Env};
 use serde_json::{json, Value};
 use tokenwarden::http::{ApiKeys, Server, ServerOptions};
 use tokenwarden::Warden;
@@ -125,6 +123,13 @@ fn codex_client(
     t
 }
 
+/// The name libtest knows [`facade_client_process`] by (its path in the
+/// test binary, without the crate's name), for the fleet test's `--exact`.
+fn client_test() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::facade_client_process")
+}
+
 /// The client as a separate process: this test binary re-run with
 /// `FACADE_CLIENT` set prints its tally as JSON.
 #[test]
@@ -182,6 +187,7 @@ fn fleet() -> Fleet {
     }
 }
 
+/// Eleven Codex-like clients (threads and processes) share one login through the facade for several token lifetimes with no reuse, single flight, far fewer upstream refreshes, and never the real refresh token.
 #[test]
 fn a_fleet_of_codex_clients_shares_one_login_without_reuse() {
     let f = fleet();
@@ -201,12 +207,13 @@ fn a_fleet_of_codex_clients_shares_one_login_without_reuse() {
         handles.push(text(&out.stdout).trim().to_owned());
     }
     let exe = std::env::current_exe().unwrap();
+    let client_test = client_test();
     let procs: Vec<_> = handles[8..]
         .iter()
         .map(|h| {
             let args = json!({"facade": facade_url, "usage": usage_url, "handle": h, "window": 1.0, "secs": secs});
             std::process::Command::new(&exe)
-                .args(["--ignored", "--exact", "facade_client_process", "--nocapture"])
+                .args(["--ignored", "--exact", &client_test, "--nocapture"])
                 .env("FACADE_CLIENT", args.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -285,6 +292,7 @@ fn a_fleet_of_codex_clients_shares_one_login_without_reuse() {
     drop(f.warden);
 }
 
+/// 24 simultaneous facade refreshes with one handle cause one upstream refresh, and all get the new token.
 #[test]
 fn clients_coming_back_at_once_cause_one_refresh() {
     let f = fleet();
@@ -321,6 +329,7 @@ fn clients_coming_back_at_once_cause_one_refresh() {
     );
 }
 
+/// Revoked, unknown and malformed handles get OpenAI's 401 `refresh_token_invalidated`, a bad grant 400; handles are never listed, and form bodies work.
 #[test]
 fn revoked_and_unknown_handles_are_refused_in_openais_shape() {
     let f = fleet();
@@ -370,6 +379,7 @@ fn revoked_and_unknown_handles_are_refused_in_openais_shape() {
     assert_eq!(body["refresh_token"], h2.as_str());
 }
 
+/// `export --handle` writes a 0600 `auth.json` holding a handle, never a real refresh token, that works at the facade.
 #[test]
 fn export_with_a_handle_writes_a_ready_auth_json() {
     let f = fleet();

@@ -1,13 +1,11 @@
 //! Self-test of the fake OAuth server in tests/common: drives it over
 //! loopback with ureq, as the crate under test will.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::{
+use crate::common::fake_oauth::{
     jwt_payload, FakeOAuth, Fault, Outcome, CODEX_CLIENT_ID, OPENAI_REUSE_BODY,
 };
 use serde_json::{json, Value};
@@ -70,6 +68,7 @@ fn codex_usage(fake: &FakeOAuth, token: &str, account: Option<&str>) -> Answer {
     read(req.call()).expect("usage request")
 }
 
+/// The fake issues OpenAI-shaped JWTs, rotates the refresh token on every refresh, records the chain, and answers Claude-shaped on its other path.
 #[test]
 fn rotation_chains_tokens() {
     let fake = FakeOAuth::start();
@@ -148,6 +147,7 @@ fn rotation_chains_tokens() {
     assert!(b3.get("id_token").is_none());
 }
 
+/// Presenting a rotated-away refresh token answers OpenAI's `refresh_token_reused` and revokes the whole family.
 #[test]
 fn reuse_revokes_the_family() {
     let fake = FakeOAuth::start();
@@ -191,6 +191,7 @@ fn reuse_revokes_the_family() {
     assert!(caught.is_err(), "the reuse must be reported");
 }
 
+/// The fake answers unknown tokens, wrong grants, missing or wrong clients and broken bodies as OAuth servers do, accepts form bodies with Basic auth, and routes 404/405/413.
 #[test]
 fn bad_requests_and_encodings() {
     let fake = FakeOAuth::start();
@@ -287,6 +288,7 @@ fn bad_requests_and_encodings() {
     );
 }
 
+/// Queued faults are served in order, one per request, and leave the refresh token unconsumed.
 #[test]
 fn faults_are_served_in_order_without_consuming() {
     let fake = FakeOAuth::start();
@@ -344,6 +346,7 @@ fn faults_are_served_in_order_without_consuming() {
     fake.assert_no_reuse_after_success();
 }
 
+/// The ambiguous faults rotate upstream, then hang or drop: the client sees an error while the token is spent.
 #[test]
 fn process_then_hang_or_drop_consumes_the_token() {
     let fake = FakeOAuth::start();
@@ -386,6 +389,7 @@ fn process_then_hang_or_drop_consumes_the_token() {
     assert_eq!(fake.family_state("frank").rotations, 1);
 }
 
+/// Requests really run in parallel, and the in-flight counters (global and per family) see it.
 #[test]
 fn concurrency_counters_see_parallel_requests() {
     let fake = Arc::new(FakeOAuth::start());
@@ -444,6 +448,7 @@ fn concurrency_counters_see_parallel_requests() {
     );
 }
 
+/// The Codex and Claude quota endpoints answer their canned bodies, check the bearer, account and beta headers, refuse expired or revoked tokens, and log each request.
 #[test]
 fn usage_endpoints() {
     let fake = FakeOAuth::start();
@@ -528,6 +533,7 @@ fn usage_endpoints() {
     assert_eq!(log[0].status, Some(200));
 }
 
+/// Issued tokens sometimes begin with `-` (so the CLI's argument parsing gets tested) and are still valid.
 #[test]
 fn tokens_can_start_with_a_dash() {
     let fake = FakeOAuth::start();
@@ -565,6 +571,7 @@ fn tokens_can_start_with_a_dash() {
     assert_eq!(dashes, 1);
 }
 
+/// With rotation off (Google-style) refreshes keep the refresh token and omit it from the answer.
 #[test]
 fn rotation_can_be_switched_off() {
     let fake = FakeOAuth::start();
@@ -586,6 +593,7 @@ fn rotation_can_be_switched_off() {
     assert_eq!(refresh(&fake, &g.refresh_token).status, 401);
 }
 
+/// Dropping the fake closes its listener and wakes a hanging request at once.
 #[test]
 fn drop_stops_the_server() {
     let fake = FakeOAuth::start();

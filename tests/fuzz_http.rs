@@ -2,29 +2,37 @@
 //! query strings, headers, framing and bodies against one in-process server
 //! holding a few credentials (the fake OAuth server upstream).
 //!
+//! The one HTTP fuzzer: it also holds the input classes and properties of
+//! the seeded random-request test tests/http.rs had (odd prefixes and
+//! ids, a header line without a colon, a second `Authorization`, framing
+//! headers that contradict each other, a re-import of a real login).
+//!
 //! Properties, for every request:
 //! - it is answered, unless its HTTP framing is invalid (then the server may
-//!   close the connection without a word);
+//!   close the connection without a word); a header line tiny_http cannot
+//!   parse (no colon) gets its 400;
 //! - no 5xx but 503 `unavailable` (`temporarily_unavailable` on the facade)
-//!   with an integer `Retry-After`;
+//!   with an integer `Retry-After`, and only for a credential whose refresh
+//!   upstream failed (its summary counts failures) or that another refresh
+//!   holds: a credential whose upstream is well is never 5xx;
 //! - every error body is `{"error":{"code","message"}}` (OpenAI's shape from
 //!   the facade), and every answer fits docs/openapi.yaml;
 //! - a request without a valid key is 401 on every route but `GET /healthz`
 //!   and `POST /oauth/token`; a read-only key never imports or deletes;
-//! - no secret in any answer: no refresh token, no facade handle (but the
-//!   one presented, echoed by the facade), no API key, and no access or id
-//!   token unless the request was an authorized token / reject / refresh
-//!   call (access token) or a facade call (access and id token);
+//! - no secret in any answer: no refresh token (not even one the request
+//!   itself carried, as in a re-import of a real login), no facade handle
+//!   (but the one presented, echoed by the facade), no API key, and no
+//!   access or id token unless the request was an authorized token /
+//!   reject / refresh call (access token) or a facade call (access and id
+//!   token);
 //!
-//! and afterwards `/healthz` still answers 200 and no 5xx was counted.
+//! and afterwards `/healthz` still answers 200, no 5xx but 503 was counted,
+//! and (from 64 cases on) the answers span at least six statuses, one of
+//! them a success.
 //!
-//! 96 cases by default; `TOKENWARDEN_FUZZ_CASES=2000` (or `PROPTEST_CASES`)
+//! 400 cases by default; `TOKENWARDEN_FUZZ_CASES=2000` (or `PROPTEST_CASES`)
 //! runs more, from a random seed that is printed; `TOKENWARDEN_FUZZ_SEED=N`
 //! replays one.
-
-mod common;
-#[path = "contract/spec.rs"]
-mod spec;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,19 +41,19 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::CODEX_CLIENT_ID;
-use common::http::{free_port, parse_raw, read_answer, Answer, Client, InProcess};
-use common::tw::Env;
+use crate::common::fake_oauth::CODEX_CLIENT_ID;
+use crate::common::http::{free_port, parse_raw, read_answer, Answer, Client, InProcess};
+use crate::common::spec::{Seen, Spec};
+use crate::common::tw::Env;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde_json::{json, Value};
-use spec::{Seen, Spec};
 use tokenwarden::http::{ApiKeys, Server, ServerOptions};
 
 const KEY: &str = "fuzz-admin-key-0123456789abcdef";
 const READ_KEY: &str = "fuzz-read-key-fedcba9876543210";
-const DEFAULT_CASES: u32 = 96;
+const DEFAULT_CASES: u32 = 400;
 
 /// What every JWT the fake issues (access and id tokens) starts with:
 /// base64url of `{"alg":`.
@@ -54,6 +62,9 @@ const JWT_MARK: &str = "eyJhbGci";
 const FUZZ_REFRESH: &str = "rtfz";
 const FUZZ_ACCESS: &str = "atfz";
 const FUZZ_CLIENT_SECRET: &str = "csfz";
+/// A body that stands for the import record of `real`'s first login (its
+/// refresh token, by now maybe rotated away, and its access and id tokens).
+const REAL_LOGIN: &str = "$REAL_LOGIN";
 
 // ---------------------------------------------------------------------------
 // Requests
@@ -116,6 +127,11 @@ struct FuzzRequest {
     body: Body,
     framing: Framing,
     version: String,
+    /// Header lines sent as they are, after the others (`{KEY}` stands
+    /// for the admin key): a line without a colon, a second
+    /// `Authorization`, a `Content-Length` or `Transfer-Encoding` beside the
+    /// framing's own.
+    lines: Vec<String>,
     /// Send through ureq when the request is well-formed enough for it.
     ureq: bool,
 }
@@ -143,6 +159,7 @@ fn id() -> impl Strategy<Value = String> {
         2 => select(vec![
             "..", ".", "%2f", "%2F", "%00", "a%2fb", "%2e%2e", "real%00", "", "real%20",
             "%C3%A9", "é", "日本", "%", "%zz", "-", "@+._", "real;x", "real#x", "real?",
+            "a%00b", "a/b", "a%zz",
         ])
         .prop_map(str::to_owned),
         1 => "\\PC{0,12}",
@@ -158,12 +175,12 @@ fn path() -> impl Strategy<Value = String> {
         "/token/x", "/",
     ]);
     let segment = prop_oneof![
-        3 => "[a-zA-Z0-9._~%-]{0,10}",
+        3 => "[a-zA-Z0-9._~%@+=;-]{0,10}",
         1 => "\\PC{0,6}",
         1 => select(vec!["..", ".", "v1", "credentials", "oauth", "token", "healthz"]).prop_map(str::to_owned),
     ];
     prop_oneof![
-        8 => (id(), tail).prop_map(|(id, t)| format!("/v1/credentials/{id}{t}")),
+        8 => (id(), tail.clone()).prop_map(|(id, t)| format!("/v1/credentials/{id}{t}")),
         3 => select(vec![
             "/healthz", "/metrics", "/v1/credentials", "/oauth/token", "/v1/credentials/",
         ])
@@ -177,6 +194,11 @@ fn path() -> impl Strategy<Value = String> {
             "//v1/credentials", "/oauth/token/", "/oauth/token/x",
         ])
         .prop_map(str::to_owned),
+        2 => (select(vec![
+            "/v1/credentials/", "/v1/credentials", "/healthz", "/metrics", "/", "/v1/",
+            "/v2/credentials/", "*", "http://fuzz/v1/credentials/", "//v1/credentials/",
+        ]), id(), tail)
+            .prop_map(|(prefix, id, t)| format!("{prefix}{id}{t}")),
     ]
 }
 
@@ -188,7 +210,7 @@ fn query() -> impl Strategy<Value = String> {
         4 => select(vec![
             "0", "1", "60", "3500", "abc", "-1", "1e400", "301", "300", "1.5", "", "true", "no",
             "maybe", "%31", "codex", "oauth2", "claude", "nope", "real", "fz-new", "..",
-            "1e2", "inf", "NaN", "0.25", "99999999999", " 5",
+            "1e2", "inf", "NaN", "0.25", "99999999999", " 5", "%2f", "x", "2",
         ])
         .prop_map(str::to_owned),
         1 => "[!-~]{0,12}",
@@ -244,6 +266,27 @@ fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
         1 => "\\PC{0,10}",
     ];
     prop::collection::vec((name, value), 0..4)
+}
+
+/// Header lines the name/value pairs above never make.
+fn lines() -> impl Strategy<Value = Vec<String>> {
+    let line = select(vec![
+        "no colon in this line",
+        "Authorization: Bearer {KEY}",
+        "Authorization: Bearer nope",
+        "Authorization: Basic dXNlcjpwYXNz",
+        "Authorization: Bearer",
+        "Content-Length: 3000000",
+        "Content-Length: -1",
+        "Transfer-Encoding: chunked",
+        "Expect: 100-continue",
+        "X-Not-Ascii: caf\u{e9}",
+    ])
+    .prop_map(str::to_owned);
+    prop_oneof![
+        6 => Just(Vec::new()),
+        1 => prop::collection::vec(line, 1..4),
+    ]
 }
 
 /// A near-valid import record: fields of the three formats, values
@@ -383,6 +426,7 @@ fn reject_body() -> impl Strategy<Value = Body> {
         4 => select(vec!["$CURRENT", "$CURRENT", "not-a-token", ""]).prop_map(|t| json!({ "access_token": t })),
         1 => Just(json!({"access_token": 5})),
         1 => Just(json!({"access_token": null})),
+        1 => Just(json!({"access_token": ["x"]})),
         1 => Just(json!({"access_token": "$CURRENT", "extra": 1})),
         1 => Just(json!({"token": "$CURRENT"})),
     ]
@@ -426,9 +470,11 @@ fn body() -> impl Strategy<Value = Body> {
     let mib = 1usize << 20;
     prop_oneof![
         6 => Just(Body::Bytes(Vec::new())),
-        3 => prop::collection::vec(any::<u8>(), 0..600).prop_map(Body::Bytes),
+        3 => prop::collection::vec(any::<u8>(), 0..2000).prop_map(Body::Bytes),
         3 => arbitrary_json().prop_map(|v| Body::Text(v.to_string())),
+        1 => select(vec!["\u{feff}{}", "[]", "null"]).prop_map(|t| Body::Text(t.to_owned())),
         4 => import_body(),
+        1 => Just(Body::Text(REAL_LOGIN.to_owned())),
         3 => reject_body(),
         3 => facade_body(),
         1 => (prop_oneof![mib - 4..=mib + 4, mib..=mib + mib / 5], any::<u8>())
@@ -474,18 +520,22 @@ fn chaotic() -> impl Strategy<Value = FuzzRequest> {
         body(),
         framing(),
         version(),
+        lines(),
         any::<bool>(),
     )
         .prop_map(
-            |(method, path, query, auth, headers, body, framing, version, ureq)| FuzzRequest {
-                method,
-                target: format!("{path}{query}"),
-                auth,
-                headers,
-                body,
-                framing,
-                version,
-                ureq,
+            |(method, path, query, auth, headers, body, framing, version, lines, ureq)| {
+                FuzzRequest {
+                    method,
+                    target: format!("{path}{query}"),
+                    auth,
+                    headers,
+                    body,
+                    framing,
+                    version,
+                    lines,
+                    ureq,
+                }
             },
         )
 }
@@ -564,6 +614,7 @@ fn well_formed() -> impl Strategy<Value = FuzzRequest> {
                 body,
                 framing: Framing::Length,
                 version: "HTTP/1.1".to_owned(),
+                lines: Vec::new(),
                 ureq,
             }
         })
@@ -594,8 +645,11 @@ struct World {
     srv: InProcess,
     spec: Spec,
     client: Client,
-    /// `$HANDLE_REAL`, `$HANDLE_GONE`, `$HANDLE_BUSY`.
-    handles: Vec<(&'static str, String)>,
+    /// `$HANDLE_REAL`, `$HANDLE_GONE`, `$HANDLE_BUSY`, with the
+    /// credential each stands for.
+    handles: Vec<(&'static str, String, &'static str)>,
+    /// [`REAL_LOGIN`] filled in.
+    real_login: String,
     /// Upstream accounts whose refresh tokens are secrets.
     accounts: Vec<String>,
     down_url: String,
@@ -632,7 +686,10 @@ impl World {
             client: client.clone(),
         };
         let url = env.fake.token_url();
-        env.login("real", 3000);
+        let real_login = env
+            .login("real", 3000)
+            .import_json("real", "codex", &url)
+            .to_string();
         env.login("soon", 100);
         env.login("spare", 3000);
         env.login("gone", 3000);
@@ -661,14 +718,15 @@ impl World {
                 .to_owned()
         };
         let handles = vec![
-            ("$HANDLE_REAL", handle("real")),
-            ("$HANDLE_GONE", handle("gone")),
-            ("$HANDLE_BUSY", handle("busy")),
+            ("$HANDLE_REAL", handle("real"), "real"),
+            ("$HANDLE_GONE", handle("gone"), "gone"),
+            ("$HANDLE_BUSY", handle("busy"), "busy"),
         ];
         World {
             spec: Spec::load(),
             client,
             handles,
+            real_login,
             accounts: ["real", "soon", "spare", "gone", "o2"]
                 .map(str::to_owned)
                 .to_vec(),
@@ -689,13 +747,14 @@ impl World {
             Body::Bytes(b) => b.clone(),
             Body::Huge(n, b) => vec![*b; *n],
             Body::Text(t) => {
-                let mut t = t.replace("$FAKE", &self.env.fake.token_url());
+                let mut t = t.replace(REAL_LOGIN, &self.real_login);
+                t = t.replace("$FAKE", &self.env.fake.token_url());
                 t = t.replace("$DOWN", &self.down_url);
                 if t.contains("$CURRENT") {
                     let current = self.env.fake.family_state("real").current_access_token;
                     t = t.replace("$CURRENT", &current);
                 }
-                for (name, h) in &self.handles {
+                for (name, h, _) in &self.handles {
                     t = t.replace(name, h);
                 }
                 t.into_bytes()
@@ -724,6 +783,10 @@ impl World {
         }
         for (n, v) in &rq.headers {
             head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        for line in &rq.lines {
+            head.push_str(&line.replace("{KEY}", KEY));
+            head.push_str("\r\n");
         }
         match &rq.framing {
             Framing::Length if !body.is_empty() => {
@@ -794,6 +857,7 @@ impl World {
             && !rq.method.eq_ignore_ascii_case("CONNECT")
             && rq.version == "HTTP/1.1"
             && rq.framing == Framing::Length
+            && rq.lines.is_empty()
             && rq.target.starts_with('/')
             // ureq drops a fragment.
             && !rq.target.contains('#')
@@ -846,11 +910,12 @@ impl World {
         };
         if std::env::var_os("FUZZ_DEBUG").is_some() {
             eprintln!(
-                "{:?} {:?} {:?} {:?} framing {:?} body {:?} → {:?} in {:?}",
+                "{:?} {:?} {:?} {:?} {:?} framing {:?} body {:?} → {:?} in {:?}",
                 rq.method,
                 rq.target.chars().take(80).collect::<String>(),
                 rq.version,
                 rq.headers,
+                rq.lines,
                 rq.framing,
                 rq.body,
                 outcome,
@@ -908,7 +973,14 @@ impl World {
             let odd_expect = rq.headers.iter().any(|(n, v)| {
                 n.eq_ignore_ascii_case("expect") && !v.trim().eq_ignore_ascii_case("100-continue")
             });
-            if (invalid && a.status == 400) || (odd_expect && a.status == 417) {
+            // A header line without a colon, or framing headers beside the
+            // framing's own: tiny_http may refuse it, but must answer.
+            let odd_lines = rq.lines.iter().any(|l| {
+                !l.contains(':')
+                    || l.starts_with("Content-Length:")
+                    || l.starts_with("Transfer-Encoding:")
+            });
+            if ((invalid || odd_lines) && a.status == 400) || (odd_expect && a.status == 417) {
                 return Ok(());
             }
             return Err(format!(
@@ -941,6 +1013,7 @@ impl World {
                 if !matches!(code, "unavailable" | "temporarily_unavailable") {
                     return Err(format!("503 with code {code}"));
                 }
+                self.explain_503(path, body, e)?;
             }
         }
         // The contract.
@@ -953,10 +1026,32 @@ impl World {
                 body: &a.body,
             })
             .map_err(|e| format!("does not match docs/openapi.yaml: {e}"))?;
-        // Keys.
-        let presented = Self::auth_value(&rq.auth);
+        // Keys: the server reads the first `Authorization` line.
+        let presented = Self::auth_value(&rq.auth).or_else(|| {
+            rq.lines.iter().find_map(|l| {
+                let value = l.strip_prefix("Authorization:")?;
+                Some(value.replace("{KEY}", KEY).trim().to_owned())
+            })
+        });
         let scope = presented.as_deref().and_then(key_scope);
-        let public = (rq.method == "GET" && path == "/healthz") || facade;
+        // A second `Host` or a foreign `Origin` is refused before the key
+        // is looked at (DNS rebinding, src/http/origin.rs), whatever the key.
+        // (An answer to HEAD has no body to say which refusal it is.)
+        let error = serde_json::from_str::<Value>(&a.body).unwrap_or_default();
+        let says = |field: &str, what: fn(&str) -> bool| {
+            head || error["error"][field].as_str().is_some_and(what)
+        };
+        let host_refused = path != "/healthz"
+            && rq
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("host") || n.eq_ignore_ascii_case("origin"))
+            && match a.status {
+                400 => says("message", |m| m.contains("Host")),
+                403 => says("code", |c| c.starts_with("forbidden_")),
+                _ => false,
+            };
+        let public = (rq.method == "GET" && path == "/healthz") || facade || host_refused;
         if scope.is_none() && !public && a.status != 401 {
             return Err("no valid key, yet not 401".into());
         }
@@ -1008,6 +1103,41 @@ impl World {
         Ok(())
     }
 
+    /// A 503 is for a credential whose refresh upstream failed (its summary
+    /// counts failures) or that another refresh holds: never for one whose
+    /// upstream is well. `error` is the answer's `error` member.
+    fn explain_503(&self, path: &str, body: &[u8], error: &Value) -> Result<(), String> {
+        let message = error["message"].as_str().unwrap_or_default();
+        if message.contains("another refresh of it is still in flight") {
+            return Ok(());
+        }
+        let id = match path.split_once("/v1/credentials/") {
+            Some((_, rest)) => rest.split('/').next().unwrap_or_default().to_owned(),
+            // The facade: the credential of the handle presented.
+            None => {
+                let body = String::from_utf8_lossy(body);
+                let held = self
+                    .handles
+                    .iter()
+                    .find(|(_, h, _)| body.contains(h.as_str()));
+                match held {
+                    Some((_, _, id)) => (*id).to_owned(),
+                    None => return Err("a 503 for no known handle".into()),
+                }
+            }
+        };
+        let summary = self.client.get(&format!("/v1/credentials/{id}"));
+        if summary.status != 200 {
+            return Err(format!("a 503 for {id:?}, which is not there"));
+        }
+        let s = summary.json();
+        let failed = s["failures"].as_u64().is_some_and(|n| n > 0);
+        if !failed && s["state"] != "refreshing" {
+            return Err(format!("a 503 for {id}, whose upstream never failed: {s}"));
+        }
+        Ok(())
+    }
+
     /// Every secret known now.
     fn secrets(&self) -> Vec<String> {
         let mut s: Vec<String> = self
@@ -1015,7 +1145,7 @@ impl World {
             .iter()
             .flat_map(|a| self.env.fake.issued_refresh_tokens(a))
             .collect();
-        s.extend(self.handles.iter().map(|(_, h)| h.clone()));
+        s.extend(self.handles.iter().map(|(_, h, _)| h.clone()));
         s.extend([KEY, READ_KEY].map(str::to_owned));
         s.extend(
             [JWT_MARK, FUZZ_REFRESH, FUZZ_ACCESS, FUZZ_CLIENT_SECRET]
@@ -1121,6 +1251,8 @@ fn cases() -> (u32, bool) {
     }
 }
 
+/// Every fuzzed request, well-formed or not, keeps every property in this
+/// module's doc, and the server is still up and counted no 5xx afterwards.
 #[test]
 fn fuzzed_requests_keep_every_property() {
     let started = Instant::now();
@@ -1200,6 +1332,7 @@ fn closed_within_5s(addr: SocketAddr, request: &str) -> bool {
     !matches!(send_raw(addr, request.as_bytes(), 5), Outcome::Hung)
 }
 
+/// Known limitation (ignored): a request declaring an unallocatable Content-Length is closed rather than left hanging.
 #[test]
 #[ignore = "known limitation (SECURITY.md): tiny_http 0.12 would allocate an undrained \
             declared Content-Length at once and abort, so src/http/server.rs abandons such a \
@@ -1219,6 +1352,7 @@ fn an_unallocatable_content_length_is_closed_not_leaked() {
     }
 }
 
+/// Known limitation (ignored): a request line naming HTTP/2.0 or later is answered or closed rather than left hanging.
 #[test]
 #[ignore = "known limitation (SECURITY.md) of tiny_http 0.12, client.rs: a request line \
             naming HTTP/2.0 or later gets a 505 that is never flushed, and the connection is \

@@ -5,16 +5,14 @@
 //! setting, a reject during an operator's forced retry, and a short
 //! `Retry-After`. Each failed on the code before its fix.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::Fault;
-use common::tw::{code, json, text, Env, Tuning};
+use crate::common::fake_oauth::Fault;
+use crate::common::tw::{code, json, text, Env, Tuning};
 use tokenwarden::state::State;
 use tokenwarden::Error;
 
@@ -337,7 +335,7 @@ fn a_short_retry_after_is_waited_out_within_the_call() {
     assert_eq!(code(&out), 5, "{}", text(&out.stderr));
     let summary = json(&env.run(&["show", "ra-long", "--json"]));
     let next = summary["next_attempt_at"].as_i64().unwrap();
-    assert!(next >= common::tw::now() + 28, "{summary}");
+    assert!(next >= crate::common::tw::now() + 28, "{summary}");
 }
 
 /// SIGTERM (or Ctrl-C's SIGINT) to a one-shot command that holds a refresh

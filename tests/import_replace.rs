@@ -4,16 +4,14 @@
 //! without an expiry, and a database of schema version 1 opened by this
 //! build.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::Fault;
-use common::http::InProcess;
-use common::tw::{code, json, now, text, Env};
+use crate::common::fake_oauth::Fault;
+use crate::common::http::InProcess;
+use crate::common::tw::{code, json, now, text, Env};
 use serde_json::{json, Value};
 use tokenwarden::state::State;
 use tokenwarden::testing::QuotaRow;

@@ -2,16 +2,14 @@
 //! file, the real binary in several processes, and the fake OAuth server
 //! over loopback.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::{Fault, OPENAI_REUSE_BODY};
-use common::tw::{code, json, now, text, Env, Tuning};
+use crate::common::fake_oauth::{Fault, OPENAI_REUSE_BODY};
+use crate::common::tw::{code, json, now, text, Env, Tuning};
 use tokenwarden::state::State;
 use tokenwarden::Error;
 

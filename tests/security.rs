@@ -1,14 +1,12 @@
 //! Secrets at rest and in output: encrypted databases, encrypt/rekey that
 //! survive SIGKILL, file modes, and no secret in any output at trace level.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::tw::{code, json, now, text, Env};
+use crate::common::tw::{code, json, now, text, Env};
 
 fn key() -> String {
     tokenwarden::seal::generate_key()
@@ -28,6 +26,7 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
+/// An encrypted database works with its key (refreshes write sealed tokens) and is refused, saying why, without it or with a wrong or malformed key.
 #[test]
 fn an_encrypted_database_opens_only_with_its_key() {
     let env = Env::new();
@@ -118,6 +117,7 @@ fn an_encrypted_database_opens_only_with_its_key() {
     assert_eq!(text(&out.stdout).trim(), fresh, "{}", text(&out.stderr));
 }
 
+/// `encrypt` and `rekey` convert every token of a database (no plaintext left) and the old key stops working.
 #[test]
 fn encrypt_and_rekey_convert_a_database() {
     let env = Env::new();
@@ -214,6 +214,7 @@ fn all_tokens(env: &Env, key: Option<&str>) -> Option<Vec<String>> {
     )
 }
 
+/// `encrypt` and `rekey` SIGKILLed at any point leave a database one key opens with every token intact, and a rerun finishes the job.
 #[test]
 fn encrypt_and_rekey_survive_sigkill_midway() {
     let env = Env::new();
@@ -292,6 +293,7 @@ fn encrypt_and_rekey_survive_sigkill_midway() {
     assert_eq!(all_tokens(&env, Some(&k3)).unwrap(), expected);
 }
 
+/// The database is created 0600, and a database readable by others is warned about.
 #[test]
 fn files_are_private_and_loose_permissions_are_warned_about() {
     let env = Env::new();
@@ -314,7 +316,7 @@ fn files_are_private_and_loose_permissions_are_warned_about() {
 /// answer but the ones that exist to hand them out.
 #[test]
 fn no_secret_in_any_log_at_trace_level() {
-    use common::http::{free_port, Client};
+    use crate::common::http::{free_port, Client};
     let env = Env::new();
     let a = env.login("a", 60);
     let b = env.fake.new_family("b");
@@ -461,8 +463,8 @@ fn no_secret_in_any_log_at_trace_level() {
 /// stderr at trace level.
 #[test]
 fn a_2xx_body_that_fails_is_echoed_nowhere() {
-    use common::fake_oauth::Fault;
-    use common::http::InProcess;
+    use crate::common::fake_oauth::Fault;
+    use crate::common::http::InProcess;
     // Short and letter-only after the prefix: no "looks like a token" rule
     // would catch it, only the rule that 2xx bodies are never quoted.
     const FRAG: &str = "at_TrUnCaTeDfRaG";

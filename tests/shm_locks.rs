@@ -14,13 +14,11 @@
 //! Nothing here opens the `-shm` file in the test process itself (that would
 //! drop the locks just the same): a child `dd` reads and writes it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::tw::{code, text, Env};
+use crate::common::tw::{code, text, Env};
 use rusqlite::{Connection, OpenFlags};
 
 const ZERO: Duration = Duration::ZERO;
@@ -84,6 +82,7 @@ fn shm(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Dropping one of two wardens on a database keeps this process's SQLite write lock: another process still cannot write.
 #[test]
 fn dropping_one_of_two_wardens_on_a_database_keeps_the_processs_locks() {
     let env = Env::new();
@@ -115,6 +114,7 @@ fn dropping_one_of_two_wardens_on_a_database_keeps_the_processs_locks() {
     assert_eq!(integrity(&env.db), "ok");
 }
 
+/// Dropping one store keeps the write lock another store of this process holds.
 #[test]
 fn dropping_a_store_keeps_the_locks_of_another_store_of_the_process() {
     let env = Env::new();
@@ -181,6 +181,7 @@ fn header_checksum(h: &[u8]) -> (u32, u32) {
     (s1, s2)
 }
 
+/// A WAL-index header SQLite accepts but the stamp reader cannot read keeps this process's write lock.
 #[test]
 fn a_wal_index_header_the_watch_cannot_read_keeps_the_processs_locks() {
     let env = Env::new();

@@ -10,8 +10,6 @@
 //! The grace is set to 0.5 s (`TOKENWARDEN_SHUTDOWN_GRACE`) and upstream
 //! answers after 3 s, so a shutdown bounded by the grace loses the rotation.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -19,8 +17,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::http::{free_port, Answer, Client, Served};
-use common::tw::{code, json, text, Env, Tuning};
+use crate::common::http::{free_port, Answer, Client, Served};
+use crate::common::tw::{code, json, text, Env, Tuning};
 
 /// How long upstream takes to answer a refresh.
 const LATENCY: Duration = Duration::from_secs(3);
@@ -157,6 +155,7 @@ fn assert_rotation_kept(env: &Env, id: &str, served_token: &str) {
     );
 }
 
+/// On SIGTERM `serve` refuses new work but waits past its grace for a caller's refresh in flight, so the rotated token is committed.
 #[test]
 fn sigterm_waits_for_a_callers_refresh_in_flight_past_the_grace() {
     let env = Env::with(tuning());
@@ -219,6 +218,7 @@ fn sigterm_waits_for_a_callers_refresh_in_flight_past_the_grace() {
     assert_rotation_kept(&env, "slow", &token);
 }
 
+/// On SIGTERM `serve` waits for the background refresher's refresh in flight, exits 0, and the rotated token is committed.
 #[test]
 fn sigterm_waits_for_the_background_refreshers_refresh_in_flight() {
     let env = Env::with(tuning());
@@ -246,6 +246,7 @@ fn sigterm_waits_for_the_background_refreshers_refresh_in_flight() {
     assert_rotation_kept(&env, "bg", &token);
 }
 
+/// A second signal during the drain exits `serve` at once with status 1.
 #[test]
 fn a_second_signal_exits_at_once_with_status_1() {
     let env = Env::with(tuning());

@@ -1,15 +1,13 @@
 //! `tokenwarden sweep` and quota snapshots, against the fake OAuth and
 //! usage servers over loopback, with several processes on one database.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_oauth::Fault;
-use common::tw::{code, json, now, text, Env};
+use crate::common::fake_oauth::Fault;
+use crate::common::tw::{code, json, now, text, Env};
 use serde_json::{json, Value};
 use tokenwarden::import::{parse_import, ImportOptions};
 use tokenwarden::sweep::{start_background, sweep, SweepOptions};
@@ -46,6 +44,7 @@ fn ids(v: &Value, key: &str) -> HashSet<String> {
         .collect()
 }
 
+/// A sweep refreshes exactly the due credentials once, reports dead and skipped ones, and a second sweep finds nothing due.
 #[test]
 fn a_sweep_refreshes_exactly_the_due_credentials_once() {
     let env = Env::new();
@@ -90,6 +89,7 @@ fn a_sweep_refreshes_exactly_the_due_credentials_once() {
     assert_eq!(code(&env.run(&["sweep", "--only", "nope"])), 3);
 }
 
+/// Concurrent sweeps and a background refresher refresh each due credential exactly once, with no reuse and single flight.
 #[test]
 fn concurrent_sweeps_and_a_background_refresher_refresh_each_credential_once() {
     let env = Env::new();
@@ -152,6 +152,7 @@ fn concurrent_sweeps_and_a_background_refresher_refresh_each_credential_once() {
     }
 }
 
+/// A sweep exits 0 when all is well and 5 on a transient failure, listing what failed.
 #[test]
 fn sweep_exit_codes() {
     let env = Env::new();
@@ -182,6 +183,7 @@ fn sweep_exit_codes() {
     );
 }
 
+/// `sweep --quota` records a quota snapshot per credential with its bearer, readable afterwards with `quota`.
 #[test]
 fn quota_snapshots_are_recorded_and_readable() {
     let env = Env::new();
@@ -235,6 +237,7 @@ fn quota_snapshots_are_recorded_and_readable() {
     assert_eq!(store.quota_history_len("q").unwrap(), 1);
 }
 
+/// A 401 from the usage endpoint makes one refresh and one retry with the new token, and the refused token is not served again.
 #[test]
 fn a_401_from_the_usage_endpoint_refreshes_once_and_retries() {
     let env = Env::new();
@@ -254,6 +257,7 @@ fn a_401_from_the_usage_endpoint_refreshes_once_and_retries() {
     assert_ne!(text(&out.stdout).trim(), g.access_token);
 }
 
+/// Usage endpoint failures are recorded in the snapshot (status and error), not fatal to the sweep.
 #[test]
 fn transient_usage_failures_are_recorded_not_fatal() {
     let env = Env::new();
@@ -273,6 +277,7 @@ fn transient_usage_failures_are_recorded_not_fatal() {
     assert_eq!(json(&out)["status"], "bad_json");
 }
 
+/// Providers without a quota endpoint are skipped by the sweep and refused by `quota`, with no usage request.
 #[test]
 fn providers_without_a_quota_endpoint_are_skipped() {
     let env = Env::new();

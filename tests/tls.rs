@@ -2,8 +2,6 @@
 //! a CA and a server certificate made by the test (rcgen), and a plain
 //! listen on a public address warning loudly.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -12,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::http::{free_port, raw, read_answer, Answer, Served};
-use common::tw::{code, text, Env};
+use crate::common::http::{free_port, raw, read_answer, Answer, Served};
+use crate::common::tw::{code, text, Env};
 
 const KEY: &str = "tls-test-key-0123456789";
 
@@ -133,6 +131,7 @@ fn terminate(mut child: Child) -> (Option<i32>, String) {
     (status.code(), err)
 }
 
+/// `serve --tls-cert --tls-key` answers over HTTPS with the given certificate, and an `http://` origin is another site.
 #[test]
 fn serve_speaks_tls_with_the_given_certificate() {
     let env = Env::new();
@@ -227,6 +226,7 @@ fn serve_speaks_tls_with_the_given_certificate() {
     assert!(!stderr.contains("clear text"), "{stderr}");
 }
 
+/// Missing, unreadable or mismatched TLS files, or one flag without the other, exit 2 saying which, never echoing a key.
 #[test]
 fn bad_tls_files_are_a_configuration_error() {
     let env = Env::new();
@@ -275,6 +275,7 @@ fn bad_tls_files_are_a_configuration_error() {
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
 }
 
+/// Plain HTTP on a public address warns loudly about clear text and points at `--tls-cert`.
 #[test]
 fn plain_http_off_loopback_warns_loudly() {
     let env = Env::new();

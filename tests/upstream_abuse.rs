@@ -8,8 +8,6 @@
 //! own tiny raw TCP server ([`RawServer`]) whose URL is the credential's
 //! `token_url`.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Output, Stdio};
@@ -18,8 +16,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::fake_oauth::Grant;
-use common::tw::{code, json, now, text, Env, Tuning};
+use crate::common::fake_oauth::Grant;
+use crate::common::tw::{code, json, now, text, Env, Tuning};
 use serde_json::Value;
 
 /// A marker repeated through abusive bodies: it must never reach a message.
@@ -355,6 +353,7 @@ fn assert_clean(message: &str) {
 // ---------------------------------------------------------------------------
 // Huge answers: the client reads at most BODY_CAP.
 
+/// A 50 MiB token answer is cut at the body cap (`response_too_large`), not read whole.
 #[test]
 fn a_50_mib_body_is_capped_not_buffered() {
     let server = RawServer::start(|c| {
@@ -385,6 +384,7 @@ fn a_50_mib_body_is_capped_not_buffered() {
     );
 }
 
+/// A close-delimited huge error body is cut at the body cap.
 #[test]
 fn a_huge_body_without_length_is_capped() {
     // Close-delimited: no Content-Length, no chunking.
@@ -406,6 +406,7 @@ fn a_huge_body_without_length_is_capped() {
     assert!(server.written() < 50 * MIB);
 }
 
+/// A 200 holding a 10 MB access token is refused whole, its tokens never stored.
 #[test]
 fn a_200_with_a_10_mb_access_token_is_refused_whole() {
     let server = RawServer::start(|c| {
@@ -476,6 +477,7 @@ fn gzip_bomb(inflated: u64) -> Vec<u8> {
     b.out
 }
 
+/// A gzip bomb under the cap compressed is cut at the cap after inflating.
 #[test]
 fn a_gzip_bomb_is_capped_after_inflating() {
     // Smaller than the cap compressed, 128 times larger inflated: only a
@@ -503,6 +505,7 @@ fn a_gzip_bomb_is_capped_after_inflating() {
     );
 }
 
+/// A chunked body that never ends is cut at the body cap.
 #[test]
 fn chunked_encoding_that_never_ends_is_capped() {
     let server = RawServer::start(|c| {
@@ -534,6 +537,7 @@ fn chunked_encoding_that_never_ends_is_capped() {
 // ---------------------------------------------------------------------------
 // Answers that trickle or never end: bounded by the request timeout.
 
+/// A body that trickles one byte a second ends in the request timeout, reported as ambiguous.
 #[test]
 fn a_slow_loris_body_times_out() {
     // Headers at once, then one byte of body per second.
@@ -559,6 +563,7 @@ fn a_slow_loris_body_times_out() {
     assert!(message.contains("in time"), "{message}");
 }
 
+/// Headers that trickle forever end in the request timeout, reported as ambiguous.
 #[test]
 fn headers_that_trickle_forever_time_out() {
     let server = RawServer::start(|c| {
@@ -580,6 +585,7 @@ fn headers_that_trickle_forever_time_out() {
     );
 }
 
+/// Headers that flood forever are refused as not valid HTTP.
 #[test]
 fn headers_that_flood_forever_are_refused() {
     let server = RawServer::start(|c| {
@@ -605,6 +611,7 @@ fn headers_that_flood_forever_are_refused() {
     );
 }
 
+/// A header line that never ends is refused as too large.
 #[test]
 fn a_header_line_that_never_ends_is_refused() {
     let server = RawServer::start(|c| {
@@ -625,6 +632,7 @@ fn a_header_line_that_never_ends_is_refused() {
     assert!(server.written() < 50 * MIB);
 }
 
+/// A chunked body that trickles forever ends in the request timeout, reported as ambiguous.
 #[test]
 fn chunked_encoding_that_trickles_forever_times_out() {
     let server = RawServer::start(|c| {
@@ -650,6 +658,7 @@ fn chunked_encoding_that_trickles_forever_times_out() {
     );
 }
 
+/// An answer that never comes ends in the request timeout, reported as ambiguous.
 #[test]
 fn an_answer_that_never_comes_times_out() {
     let server = RawServer::start(|c| c.pause(Duration::from_secs(30)));
@@ -704,16 +713,19 @@ fn redirect_case(status: &'static str, verb: &str) {
     );
 }
 
+/// A 302 from the token endpoint is not followed, and the error names the status and the target.
 #[test]
 fn a_302_redirect_is_not_followed() {
     redirect_case("302 Found", "token");
 }
 
+/// A 307 from the token endpoint is not followed, and the error names the status and the target.
 #[test]
 fn a_307_redirect_is_not_followed() {
     redirect_case("307 Temporary Redirect", "refresh");
 }
 
+/// A 308 from the token endpoint is not followed, and the error names the status and the target.
 #[test]
 fn a_308_redirect_is_not_followed() {
     redirect_case("308 Permanent Redirect", "token");
@@ -735,6 +747,7 @@ fn body_case(status: &'static str, content_type: &'static str, body: &'static [u
     })
 }
 
+/// A token answer of invalid UTF-8 is a transient `bad_json` failure whose bytes are not quoted.
 #[test]
 fn an_invalid_utf8_body_is_a_transient_failure_and_not_quoted() {
     let server = body_case(
@@ -755,6 +768,7 @@ fn an_invalid_utf8_body_is_a_transient_failure_and_not_quoted() {
     assert!(message.contains("not quoted"), "{message}");
 }
 
+/// An error answer of invalid UTF-8 is a transient `bad_json` failure naming the status.
 #[test]
 fn an_invalid_utf8_error_body_is_a_transient_failure() {
     let server = body_case("400 Bad Request", "application/json", b"\xc0\xc1\xf5\xff");
@@ -768,6 +782,7 @@ fn an_invalid_utf8_error_body_is_a_transient_failure() {
     );
 }
 
+/// A large non-JSON answer is described by its size only, never quoted.
 #[test]
 fn a_large_non_json_body_is_described_by_its_size_only() {
     let server = RawServer::start(|c| {
@@ -791,6 +806,7 @@ fn a_large_non_json_body_is_described_by_its_size_only() {
     );
 }
 
+/// A body cut short is an ambiguous connection loss (it may have been processed).
 #[test]
 fn a_truncated_body_is_an_ambiguous_connection_loss() {
     let server = RawServer::start(|c| {
@@ -811,6 +827,7 @@ fn a_truncated_body_is_an_ambiguous_connection_loss() {
     );
 }
 
+/// A connection closed without an answer is an ambiguous connection loss.
 #[test]
 fn a_closed_connection_without_answer_is_ambiguous() {
     let server = RawServer::start(|_| Ok(()));
@@ -824,6 +841,7 @@ fn a_closed_connection_without_answer_is_ambiguous() {
     );
 }
 
+/// An answer that is not HTTP is refused as `bad_response`.
 #[test]
 fn an_answer_that_is_not_http_is_refused() {
     let server = RawServer::start(|c| c.send(format!("SSH-2.0-{MARKER}\r\n\r\n").as_bytes()));

@@ -33,7 +33,6 @@ use tokenwarden::state::State;
 use tokenwarden::{Error, Warden};
 
 use super::fake_oauth::{Fault, Outcome, TokenRequest};
-use super::http::XorShift;
 use super::tw::{Env, Tuning};
 
 // ---------------------------------------------------------------------------
@@ -164,22 +163,26 @@ const LONG_WAIT_S: u64 = 3;
 // ---------------------------------------------------------------------------
 // PRNG.
 
-/// Independent seeded streams of the shared xorshift64* generator.
-pub struct Rng(XorShift);
+/// Independent seeded streams of an xorshift64* generator.
+pub struct Rng(u64);
 
 impl Rng {
-    /// Seeded; `stream` derives independent generators from one seed.
+    /// Seeded; `stream` derives independent generators from one seed (a
+    /// zero state is replaced: xorshift needs a non-zero one).
     pub fn new(seed: u64, stream: u64) -> Rng {
-        let mut r = Rng(XorShift::new(
-            seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
+        let mut r = Rng((seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)).max(1));
         r.next();
         r
     }
 
     /// The next 64 bits.
     pub fn next(&mut self) -> u64 {
-        self.0.next()
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     /// In `0..n`.
@@ -589,6 +592,10 @@ pub struct Report {
 
 // ---------------------------------------------------------------------------
 // Capturing this process's log (the library threads' "ended ambiguously").
+// The logger is process-wide and the test binary runs other tests beside
+// the chaos run, so only the run's threads are kept: its workers
+// (`chaos-…`) and the test's own thread (`chaos::…`, where the end state
+// is brought to rest).
 
 struct Capture {
     lines: Mutex<Vec<(Option<String>, String)>>,
@@ -605,9 +612,12 @@ impl log::Log for Capture {
 
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
+            let name = thread::current().name().map(str::to_owned);
+            if !name.as_deref().is_some_and(|n| n.starts_with("chaos")) {
+                return;
+            }
             let msg = r.args().to_string();
             if msg.contains("ended ambiguously") {
-                let name = thread::current().name().map(str::to_owned);
                 self.lines.lock().unwrap().push((name, msg));
             }
         }

@@ -53,8 +53,6 @@ use serde_json::{json, Value};
 
 /// The Codex CLI's OAuth client id (DESIGN.md §6).
 pub const CODEX_CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
-/// Claude Code's OAuth client id (DESIGN.md §6).
-pub const CLAUDE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// The `anthropic-beta` value the Claude quota endpoint requires.
 pub const ANTHROPIC_OAUTH_BETA: &str = "oauth-2025-04-20";
 /// OpenAI's answer to a reused refresh token, verbatim (status 401).
@@ -186,18 +184,10 @@ pub enum Outcome {
 pub struct TokenRequest {
     /// 0-based position in arrival order.
     pub seq: usize,
-    /// Request path (`/oauth/token` or `/v1/oauth/token`).
-    pub path: String,
-    /// The `Content-Type` header, if any.
-    pub content_type: Option<String>,
-    /// How the body was decoded, if it could be.
-    pub encoding: Option<Encoding>,
     /// Body parameters (JSON values other than strings are stringified).
     pub params: BTreeMap<String, String>,
     /// Client credentials from an `Authorization: Basic` header.
     pub basic_auth: Option<(String, String)>,
-    /// `User-Agent` header, if any.
-    pub user_agent: Option<String>,
     /// The refresh token presented, if any.
     pub refresh_token: Option<String>,
     /// The account of the family that token belongs to, if known.
@@ -227,14 +217,10 @@ impl TokenRequest {
 /// One request to a quota endpoint, as recorded by the fake.
 #[derive(Clone, Debug)]
 pub struct UsageRequest {
-    /// Request path.
-    pub path: String,
     /// The bearer token presented, if any.
     pub bearer: Option<String>,
     /// `ChatGPT-Account-Id` header, if any.
     pub account_header: Option<String>,
-    /// `anthropic-beta` header, if any.
-    pub anthropic_beta: Option<String>,
     /// `User-Agent` header, if any.
     pub user_agent: Option<String>,
     /// Status answered (None for a dropped connection).
@@ -1202,12 +1188,8 @@ impl Shared {
             let seq = st.log.len();
             st.log.push(TokenRequest {
                 seq,
-                path: req.path.clone(),
-                content_type: req.header("content-type").map(str::to_string),
-                encoding: parsed.encoding,
                 params: parsed.params.clone().unwrap_or_default(),
                 basic_auth: parsed.basic_auth.clone(),
-                user_agent: req.header("user-agent").map(str::to_string),
                 refresh_token: refresh_token.clone(),
                 account: fam.map(|fi| st.families[fi].account.clone()),
                 fault: fault.clone(),
@@ -1282,10 +1264,8 @@ impl Shared {
                 st.stats.usage_faults_served += 1;
             }
             st.usage_log.push(UsageRequest {
-                path: req.path.clone(),
                 bearer: bearer.clone(),
                 account_header: req.header("chatgpt-account-id").map(str::to_string),
-                anthropic_beta: req.header("anthropic-beta").map(str::to_string),
                 user_agent: req.header("user-agent").map(str::to_string),
                 status: None,
             });
@@ -1556,18 +1536,6 @@ impl FakeOAuth {
     /// Token faults still queued.
     pub fn pending_faults(&self) -> usize {
         self.shared.state.lock().token_faults.len()
-    }
-
-    /// Status and body the Codex quota endpoint answers to a valid request
-    /// (default 200 + fixtures/fake/codex_usage.json).
-    pub fn set_codex_usage(&self, status: u16, body: Value) {
-        self.shared.state.lock().codex_usage = (status, body);
-    }
-
-    /// Status and body the Claude quota endpoint answers to a valid request
-    /// (default 200 + fixtures/fake/claude_usage.json).
-    pub fn set_claude_usage(&self, status: u16, body: Value) {
-        self.shared.state.lock().claude_usage = (status, body);
     }
 
     /// A snapshot of the counters.

@@ -283,8 +283,6 @@ pub fn free_port() -> u16 {
 pub struct Served {
     /// The child (killed on drop if still running).
     pub child: Child,
-    /// Where it listens.
-    pub addr: SocketAddr,
 }
 
 impl Served {
@@ -296,7 +294,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tokenwarden serve");
-        let mut served = Served { child, addr };
+        let mut served = Served { child };
         let client = Client::new(addr, None);
         let start = Instant::now();
         loop {
@@ -340,40 +338,5 @@ impl Drop for Served {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-/// A tiny xorshift64* generator: reproducible "random" input from a seed.
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// Seeded (a zero seed is replaced: xorshift needs a non-zero state).
-    pub fn new(seed: u64) -> XorShift {
-        XorShift(seed.max(1))
-    }
-
-    /// The next 64 bits.
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n` (`n` > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// One of `items`.
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// `len` random bytes.
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
     }
 }

@@ -1,12 +1,9 @@
-//! Helpers shared by the integration tests. Each `tests/*.rs` file that needs
-//! them starts with `mod common;`, so this module is compiled into every test
-//! crate; most crates use only part of it, hence the blanket `dead_code`
-//! allowance.
-
-#![allow(dead_code)]
+//! Helpers shared by the integration tests (`crate::common::…` from every
+//! module of tests/tests.rs).
 
 pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
 pub mod scripted;
+pub mod spec;
 pub mod tw;

@@ -6,8 +6,6 @@
 //! Shared by tests/openapi.rs (the contract) and tests/fuzz_http.rs (every
 //! fuzzed answer must match the contract too).
 
-#![allow(dead_code)]
-
 use serde_json::Value;
 
 /// The methods OpenAPI path items may hold, upper-cased.
@@ -264,7 +262,7 @@ impl Spec {
                 ASSERTIONS.contains(&k.as_str())
                     || ANNOTATIONS.contains(&k.as_str())
                     || k.starts_with("x-"),
-                "{at}: unsupported schema keyword {k:?}; extend tests/contract/spec.rs"
+                "{at}: unsupported schema keyword {k:?}; extend tests/common/spec.rs"
             );
         }
         if let Some(r) = s.get("$ref") {
@@ -526,6 +524,7 @@ impl Pattern {
 mod tests {
     use super::*;
 
+    /// The validator's regular expressions match exactly what docs/openapi.yaml's patterns mean.
     #[test]
     fn patterns() {
         let p = Pattern::parse("^[A-Za-z0-9._@+-]{1,128}$");
@@ -537,6 +536,7 @@ mod tests {
         assert!(!Pattern::parse("^twh_[a-z]+x?$").matches("twh_"));
     }
 
+    /// A path template's `{x}` fits exactly one segment.
     #[test]
     fn path_patterns() {
         assert!(pattern_matches("/v1/credentials/{id}", "/v1/credentials/a"));

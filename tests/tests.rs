@@ -1,0 +1,52 @@
+//! The integration tests: one binary (`cargo test --test tests`), each file
+//! of tests/ a module of it, so tests/common is compiled and linked once.
+//! Run one file's tests with its module path, e.g.
+//! `cargo test --test tests chaos::`, and one test with its full path and
+//! `--exact`.
+
+// Helpers: the fake OAuth server, a tokenwarden under test, HTTP clients,
+// the scripted token endpoint, docs/openapi.yaml's validator, the chaos run.
+mod common;
+
+// The import-graph rules of ARCHITECTURE.md, read from the sources.
+mod architecture;
+// First hostile review: ways the exactly-once promise broke (issue 11).
+mod attack;
+// Second hostile review: ways the fixes of the first one broke.
+mod attack2;
+// The in-memory row cache never serves a token committed over.
+mod cache;
+// Threads, processes, kills, faults and clock steps on one database.
+mod chaos;
+// The command line: formats, flags, exit codes, errors.
+mod cli;
+// A locked, read-only, full, corrupt or foreign database.
+mod db_faults;
+// The Codex token-endpoint facade under a fleet of clients.
+mod facade;
+// The fake OAuth server itself behaves like the real ones.
+mod fake_oauth_selftest;
+// Property-based fuzzing of the HTTP API (proptest).
+mod fuzz_http;
+// Regressions of an outside review: clocks, leases, signals.
+mod hardening;
+// The HTTP API end to end, in-process and as `tokenwarden serve`.
+mod http;
+// Imports that could burn a login: replace, stale, duplicate.
+mod import_replace;
+// One test or more per invariant of DESIGN.md §3.
+mod invariants;
+// docs/openapi.yaml against the running server, one test per route group.
+mod openapi;
+// Secrets at rest and in output; encrypt and rekey under SIGKILL.
+mod security;
+// SQLite's process-wide POSIX locks are never dropped by tokenwarden.
+mod shm_locks;
+// `serve` stopping on SIGTERM with a refresh in flight.
+mod shutdown;
+// `tokenwarden sweep` and quota snapshots.
+mod sweep;
+// `serve` over HTTPS, and the warning for plain HTTP off loopback.
+mod tls;
+// A token endpoint that misbehaves at the HTTP level.
+mod upstream_abuse;
