@@ -1,15 +1,16 @@
 //! The library API: a blocking, `Send + Sync` handle on one database.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock;
+use crate::clock::{self, SystemClock};
 use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use crate::refresh::Via;
-use crate::refresh::{Refresher, Rows, Signals};
+use crate::refresh::{Refresher, Transport};
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
@@ -93,14 +94,12 @@ impl Warden {
         let store =
             Store::open_sealed(path.as_ref(), config.busy_timeout, config.pool_size, sealer)?;
         Ok(Warden {
-            core: Refresher {
+            core: Refresher::new(
                 store,
                 config,
-                upstream: Upstream::new(),
-                signals: Signals::default(),
-                metrics: Metrics::default(),
-                rows: Rows::default(),
-            },
+                Box::new(Upstream::new()),
+                Arc::new(SystemClock),
+            ),
         })
     }
 
@@ -115,8 +114,8 @@ impl Warden {
     }
 
     /// The HTTP client (for the usage endpoints).
-    pub(crate) fn upstream(&self) -> &Upstream {
-        &self.core.upstream
+    pub(crate) fn upstream(&self) -> &dyn Transport {
+        &*self.core.upstream
     }
 
     /// The underlying store. Tests and benches only: the crate's callers,
