@@ -836,3 +836,6 @@ fn unavailable(row: &Credential, retry_ms: i64, what: &str) -> Error {
         retry_after_s: (retry_ms.max(1) as u64).div_ceil(1000),
     }
 }
+
+#[cfg(test)]
+mod tests;
