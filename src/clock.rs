@@ -1,11 +1,14 @@
 //! The shell's clock and unique ids. The pure core never reads the clock:
 //! the shell reads it here and passes `now` in.
 //!
-//! This file is the only place that reads the operating system's clocks.
-//! The refresh protocol does not call the functions below directly: it takes
-//! a [`Clock`] as a parameter, whose real implementation ([`SystemClock`])
-//! calls them, so that its tests can run it on simulated time (`SimClock`,
-//! tests only) where a sleep moves the clock instead of the thread.
+//! This file is the only place that reads the wall clock and the lease
+//! clock. The refresh protocol reads no clock at all, not even `Instant`:
+//! it takes a [`Clock`] as a parameter, whose real implementation
+//! ([`SystemClock`]) calls the functions below, `Instant::now` and real
+//! sleeps, so that its tests can run it on simulated time (`SimClock`,
+//! tests only) where a sleep moves the clock instead of the thread. (Other
+//! shells — shutdown graces, the HTTP server, the sweep — still read
+//! `Instant` themselves for their own timeouts.)
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};

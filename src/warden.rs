@@ -286,7 +286,8 @@ impl Warden {
         let id = checked(&c.id)?;
         let store = &self.core.store;
         let actor = clock::actor(&self.core.config.actor);
-        let deadline = Instant::now() + wait;
+        // On the refresher's clock, like the waits on it.
+        let deadline = self.core.clock.instant() + wait;
         loop {
             let current = match replace {
                 true => self.without_live_lease(id, deadline)?,
@@ -320,13 +321,13 @@ impl Warden {
                 return Ok(None);
             };
             let need = Need::Token { min_ttl_ms: 0 };
-            let now = clock::now();
+            let now = self.core.clock.now();
             let Decision::Wait { lease_left_ms, .. } =
                 state::decide(&row.status, need, now, &self.core.config.policy)
             else {
                 return Ok(Some(row));
             };
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(self.core.clock.instant());
             if left.is_zero() {
                 let lease_s = self.core.config.lease_ttl.as_secs().max(1);
                 let retry_after_s = (lease_left_ms.max(1) as u64)
@@ -375,7 +376,8 @@ impl Warden {
     pub fn delete_within(&self, id: &str, wait: Duration) -> Result<()> {
         let id = checked(id)?;
         let actor = clock::actor(&self.core.config.actor);
-        let deadline = Instant::now() + wait;
+        // On the refresher's clock, like the waits on it.
+        let deadline = self.core.clock.instant() + wait;
         loop {
             let row = self
                 .without_live_lease(id, deadline)?
