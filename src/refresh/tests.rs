@@ -747,3 +747,39 @@ fn known_issue_a_writer_whose_wall_clock_is_ahead_records_expiries_late() {
     assert_eq!(row.status.expires_at_ms, Some(wall_at(secs(160))));
     assert!(reader.sent().is_empty());
 }
+
+/// The seam stays whole: the refresher reads no clock and pauses on none
+/// but its [`Clock`] (else the tests above would run partly on real time),
+/// and clock.rs stays the one file that reads the wall clock or the lease
+/// clock from the system.
+#[test]
+fn the_refresher_reads_time_only_through_its_clock() {
+    let refresher = include_str!("../refresh.rs");
+    for read in [
+        "Instant::now",
+        "thread::sleep",
+        "clock::now",
+        "clock::lease_now",
+        ".elapsed()",
+        ".wait_for(&mut",
+    ] {
+        assert!(!refresher.contains(read), "src/refresh.rs reads `{read}`");
+    }
+    // Spelled in two halves, so that this file does not match itself.
+    let system_reads = [concat!("SystemTime", "::now"), concat!("clock_", "gettime")];
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") && !path.ends_with("src/clock.rs")
+            {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for read in system_reads {
+                    assert!(!text.contains(read), "{} reads `{read}`", path.display());
+                }
+            }
+        }
+    }
+}
