@@ -1,12 +1,63 @@
 //! The shell's clock and unique ids. The pure core never reads the clock:
 //! the shell reads it here and passes `now` in.
+//!
+//! This file is the only place that reads the wall clock and the lease
+//! clock. The refresh protocol reads no clock at all, not even `Instant`:
+//! it takes a [`Clock`] as a parameter, whose real implementation
+//! ([`SystemClock`]) calls the functions below, `Instant::now` and real
+//! sleeps, so that its tests can run it on simulated time (`SimClock`,
+//! tests only) where a sleep moves the clock instead of the thread. (Other
+//! shells — shutdown graces, the HTTP server, the sweep — still read
+//! `Instant` themselves for their own timeouts.)
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, MutexGuard};
 
 use crate::state::{LeaseTime, Now};
+
+/// The clocks the refresh protocol runs on, and its ways of letting time
+/// pass: taken as a parameter so that the protocol's timing rules (attempt
+/// budgets, backoff, `Retry-After`, a caller's wait) can be tested on
+/// simulated time, deterministically and without sleeping.
+pub(crate) trait Clock: Send + Sync {
+    /// Both clocks at one instant: what the pure core is handed.
+    fn now(&self) -> Now;
+    /// A monotonic instant, for the shell's own deadlines (a caller's wait,
+    /// when an attempt may start, poll intervals).
+    fn instant(&self) -> Instant;
+    /// Lets `d` pass on this thread.
+    fn sleep(&self, d: Duration);
+    /// Waits on `cond` (whose mutex `guard` holds) until it is notified or
+    /// `timeout` has passed; spurious wake-ups allowed, so callers re-check.
+    fn wait_for(&self, cond: &Condvar, guard: &mut MutexGuard<'_, u64>, timeout: Duration);
+}
+
+/// The real clock: the functions of this file, `Instant`, and real sleeps
+/// and condvar waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        now()
+    }
+
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn wait_for(&self, cond: &Condvar, guard: &mut MutexGuard<'_, u64>, timeout: Duration) {
+        cond.wait_for(guard, timeout);
+    }
+}
 
 /// Both clocks at one instant: what the pure core is handed.
 pub fn now() -> Now {
@@ -77,11 +128,12 @@ fn boot_clock() -> i64 {
     )
 }
 
-/// Whether this process can name the lease clock: without the boot id its
-/// leases could not be judged by the other processes of the box (nor
-/// theirs by it), so it must not take one. The error says what to fix.
-pub fn lease_clock_known() -> Result<(), String> {
-    match boot_clock() {
+/// Whether `at`, a reading of this process's lease clock, names its clock:
+/// without the boot id (clock 0) this process's leases could not be judged
+/// by the other processes of the box (nor theirs by it), so it must not
+/// take one. The error says what to fix.
+pub fn lease_clock_known(at: LeaseTime) -> Result<(), String> {
+    match at.clock {
         0 => Err(
             "cannot read /proc/sys/kernel/random/boot_id, which names the clock refresh \
                   leases count on; without it this process cannot take a lease safely. Give it \
@@ -135,6 +187,137 @@ pub fn actor(role: &str) -> String {
     }
 }
 
+/// Simulated time, for tests of the code that takes a [`Clock`]: the wall
+/// clock, the lease clock and the monotonic instant start at fixed readings
+/// and move together, only when the code under test sleeps or waits (by
+/// exactly that long, at once) or the test moves them. So a test of a
+/// 60-second lease runs in microseconds and reads exact times, never
+/// "about". Meant for one thread: nobody can notify a simulated condvar
+/// wait, which therefore lasts its whole timeout.
+///
+/// Handles made by [`SimClock::with_wall_ahead`] share the timeline (and
+/// the lease clock) but read the wall clock stepped, like two processes of
+/// one box whose wall clocks disagree.
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct SimClock {
+    shared: std::sync::Arc<SimShared>,
+    /// Added to the wall clock this handle reads.
+    wall_ahead_ms: i64,
+}
+
+#[cfg(test)]
+struct SimShared {
+    /// What `instant()` reads at simulated time zero.
+    base: Instant,
+    time: parking_lot::Mutex<SimTime>,
+    /// Run after every pause (see [`SimClock::on_pause`]).
+    hook: parking_lot::Mutex<Option<PauseHook>>,
+}
+
+/// What a test runs after each simulated pause, given the time elapsed.
+#[cfg(test)]
+type PauseHook = Box<dyn FnMut(Duration) + Send>;
+
+#[cfg(test)]
+struct SimTime {
+    /// Simulated time since the start.
+    elapsed: Duration,
+    /// Both clocks at the start.
+    start: Now,
+    /// Every sleep and condvar wait the code under test made, in order.
+    pauses: Vec<Duration>,
+}
+
+#[cfg(test)]
+impl SimClock {
+    /// Simulated time starting at `start` on both clocks.
+    pub(crate) fn new(start: Now) -> SimClock {
+        SimClock {
+            shared: std::sync::Arc::new(SimShared {
+                base: Instant::now(),
+                time: parking_lot::Mutex::new(SimTime {
+                    elapsed: Duration::ZERO,
+                    start,
+                    pauses: Vec::new(),
+                }),
+                hook: parking_lot::Mutex::new(None),
+            }),
+            wall_ahead_ms: 0,
+        }
+    }
+
+    /// Another handle on the same simulated time whose wall clock reads
+    /// `ms` ahead (behind if negative); the lease clock is the same.
+    pub(crate) fn with_wall_ahead(&self, ms: i64) -> SimClock {
+        SimClock {
+            shared: self.shared.clone(),
+            wall_ahead_ms: self.wall_ahead_ms + ms,
+        }
+    }
+
+    /// Lets `d` pass, as the world outside the code under test does (an
+    /// upstream that takes its time, a test waiting for something).
+    pub(crate) fn advance(&self, d: Duration) {
+        self.shared.time.lock().elapsed += d;
+    }
+
+    /// Simulated time since the start.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.shared.time.lock().elapsed
+    }
+
+    /// Every sleep and condvar wait so far, in order.
+    pub(crate) fn pauses(&self) -> Vec<Duration> {
+        self.shared.time.lock().pauses.clone()
+    }
+
+    /// Runs `f` (with the time elapsed) after each pause of the code under
+    /// test: the world changing while it sleeps.
+    pub(crate) fn on_pause(&self, f: impl FnMut(Duration) + Send + 'static) {
+        *self.shared.hook.lock() = Some(Box::new(f));
+    }
+
+    fn pause(&self, d: Duration) {
+        let elapsed = {
+            let mut time = self.shared.time.lock();
+            time.elapsed += d;
+            time.pauses.push(d);
+            time.elapsed
+        };
+        // Taken out while it runs, so that it may use this clock.
+        let hook = self.shared.hook.lock().take();
+        if let Some(mut f) = hook {
+            f(elapsed);
+            self.shared.hook.lock().get_or_insert(f);
+        }
+    }
+}
+
+#[cfg(test)]
+impl Clock for SimClock {
+    fn now(&self) -> Now {
+        let time = self.shared.time.lock();
+        let at = time.start.plus(millis(time.elapsed));
+        Now {
+            wall_ms: at.wall_ms.saturating_add(self.wall_ahead_ms),
+            ..at
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        self.shared.base + self.elapsed()
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.pause(d);
+    }
+
+    fn wait_for(&self, _cond: &Condvar, _guard: &mut MutexGuard<'_, u64>, timeout: Duration) {
+        self.pause(timeout);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +339,35 @@ mod tests {
         assert_eq!(parse_boottime_offset("monotonic 5 0\n"), None);
         assert_eq!(parse_boottime_offset("boottime x 0\n"), None);
         assert_eq!(parse_boottime_offset("boottime 3 0"), Some(3000));
+    }
+
+    #[test]
+    fn simulated_time_moves_only_when_slept_waited_or_advanced() {
+        let start = Now {
+            wall_ms: 1_700_000_000_000,
+            lease: LeaseTime {
+                clock: 9,
+                ms: 5_000,
+            },
+        };
+        let sim = SimClock::new(start);
+        let ahead = sim.with_wall_ahead(60_000);
+        let t0 = sim.instant();
+        assert_eq!(sim.now(), start);
+        sim.sleep(Duration::from_millis(1500));
+        let cond = Condvar::new();
+        let lock = parking_lot::Mutex::new(0u64);
+        sim.wait_for(&cond, &mut lock.lock(), Duration::from_millis(20));
+        sim.advance(Duration::from_millis(480));
+        assert_eq!(sim.now(), start.plus(2000));
+        assert_eq!(sim.instant() - t0, Duration::from_secs(2));
+        assert_eq!(
+            sim.pauses(),
+            [Duration::from_millis(1500), Duration::from_millis(20)]
+        );
+        // Another process of the box: its wall clock alone is ahead.
+        assert_eq!(ahead.now().wall_ms, start.wall_ms + 62_000);
+        assert_eq!(ahead.now().lease, sim.now().lease);
     }
 
     #[test]

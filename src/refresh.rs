@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::clock;
+use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::credential::{Credential, LastError};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RefreshOutcome};
-use crate::provider::{self, Failure, HttpRequest, Outcome, Permanence};
+use crate::provider::{self, Failure, HttpRequest, HttpResponse, Outcome, Permanence};
 use crate::state::{self, Decision, Event, Lease, Need, Refusal};
 use crate::store::{ErrorUpdate, Stamp, Store, Write};
 use crate::upstream::{self, Upstream};
@@ -166,17 +166,57 @@ enum Owned {
     LeaseLost,
 }
 
-/// The protocol, over one store, one configuration and one HTTP client.
+/// Sends a request upstream and hands back the answer or a classified
+/// transport failure: the refresher's (and the quota fetch's) one way out.
+/// The real one is [`Upstream`]; the refresher's tests answer from a script,
+/// on simulated time.
+pub(crate) trait Transport: Send + Sync {
+    /// Sends `req`, giving up after `timeout` in all.
+    fn send(&self, req: &HttpRequest, timeout: Duration) -> Result<HttpResponse, Failure>;
+}
+
+impl Transport for Upstream {
+    fn send(&self, req: &HttpRequest, timeout: Duration) -> Result<HttpResponse, Failure> {
+        Upstream::send(self, req, timeout)
+    }
+}
+
+/// The protocol, over one store, one configuration, one HTTP client and one
+/// clock.
+///
+/// Every time the protocol reads (its deadlines, the lease left, the `now`
+/// it hands the state machine, the time it writes) and every pause it makes
+/// go through `clock`: in production [`clock::SystemClock`], in the tests a
+/// simulated clock that moves only when the refresher sleeps or waits.
 pub(crate) struct Refresher {
     pub(crate) store: Store,
     pub(crate) config: Config,
-    pub(crate) upstream: Upstream,
+    pub(crate) upstream: Box<dyn Transport>,
+    pub(crate) clock: Arc<dyn Clock>,
     pub(crate) signals: Signals,
     pub(crate) metrics: Metrics,
     pub(crate) rows: Rows,
 }
 
 impl Refresher {
+    /// A refresher over `store`, sending through `upstream`, on `clock`.
+    pub(crate) fn new(
+        store: Store,
+        config: Config,
+        upstream: Box<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Refresher {
+        Refresher {
+            store,
+            config,
+            upstream,
+            clock,
+            signals: Signals::default(),
+            metrics: Metrics::default(),
+            rows: Rows::default(),
+        }
+    }
+
     /// Gets the credential into a state that satisfies `need` and returns
     /// the row to serve from, waiting at most `wait` on someone else's
     /// refresh (DESIGN.md §4).
@@ -187,14 +227,14 @@ impl Refresher {
     }
 
     fn obtain_now(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
-        let deadline = Instant::now() + wait;
+        let deadline = self.clock.instant() + wait;
         let mut poll = POLL_MIN;
         let mut waited = false;
         loop {
             let row = self
                 .read(id)?
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-            let now = clock::now();
+            let now = self.clock.now();
             match state::decide(&row.status, need, now, &self.config.policy) {
                 Decision::Serve if waited => {
                     self.metrics
@@ -218,7 +258,7 @@ impl Refresher {
                 Decision::Claim => {
                     let signal = self.signals.get(id);
                     let turn = signal.claiming.try_lock();
-                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let remaining = deadline.saturating_duration_since(self.clock.instant());
                     if turn.is_none() && !remaining.is_zero() {
                         // Another thread of this process is claiming it:
                         // wait for its outcome (it wakes us), then decide
@@ -243,7 +283,7 @@ impl Refresher {
                     lease_left_ms,
                     fallback,
                 } => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let remaining = deadline.saturating_duration_since(self.clock.instant());
                     if remaining.is_zero() {
                         if fallback {
                             return Ok((row, Via::Stored));
@@ -284,7 +324,7 @@ impl Refresher {
     /// What a caller gets after running the refresh itself: no second
     /// round, so a forced refresh that failed is not retried in a loop.
     fn after_own_refresh(&self, row: Credential, need: Need) -> Result<Credential> {
-        let now = clock::now();
+        let now = self.clock.now();
         if row.status.state == state::State::Dead {
             // Also after a forced refresh, which decide() would let claim again.
             return Err(Error::Dead {
@@ -341,7 +381,7 @@ impl Refresher {
         poll: Duration,
     ) -> Result<()> {
         let signal = self.signals.get(id);
-        let start = Instant::now();
+        let start = self.clock.instant();
         let end = start + max;
         let mut poll = poll;
         let mut generation = signal.generation.lock();
@@ -352,7 +392,7 @@ impl Refresher {
         // does not keep the CPU the refresher needs busy with polls.
         let mut poller = None;
         loop {
-            let left = end.saturating_duration_since(Instant::now());
+            let left = end.saturating_duration_since(self.clock.instant());
             if left.is_zero() {
                 return Ok(());
             }
@@ -360,7 +400,8 @@ impl Refresher {
                 poller = signal.poller.try_lock();
             }
             let nap = if poller.is_some() { poll } else { POLL_MAX };
-            signal.cond.wait_for(&mut generation, nap.min(left));
+            self.clock
+                .wait_for(&signal.cond, &mut generation, nap.min(left));
             if *generation != seen {
                 return Ok(());
             }
@@ -373,7 +414,7 @@ impl Refresher {
             let current = match looked {
                 Some(v) => v,
                 None => {
-                    let at = Instant::now();
+                    let at = self.clock.instant();
                     let v = parking_lot::MutexGuard::unlocked(&mut generation, || {
                         self.store.version(id)
                     })?;
@@ -405,8 +446,8 @@ impl Refresher {
         let request =
             provider::refresh_request(&row.provider, &row.refresh_token, &self.config.endpoints)
                 .map_err(|why| config_error(row, &self.config.endpoints, &why))?;
-        clock::lease_clock_known().map_err(Error::Config)?;
-        let now = clock::now();
+        let now = self.clock.now();
+        clock::lease_clock_known(now.lease).map_err(Error::Config)?;
         let actor = clock::actor(&self.config.actor);
         let lease = Lease {
             owner: actor.clone(),
@@ -471,7 +512,7 @@ impl Refresher {
         let timeout = cfg.request_timeout;
         let budget = timeout + cfg.commit_margin();
         let lease_left =
-            || Duration::from_millis(lease.left_ms(clock::lease_now()).unwrap_or(0) as u64);
+            || Duration::from_millis(lease.left_ms(self.clock.now().lease).unwrap_or(0) as u64);
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
             if lease_left() < budget {
@@ -482,22 +523,23 @@ impl Refresher {
                 );
                 break;
             }
-            if attempt > 1 && Instant::now() + timeout > deadline {
+            if attempt > 1 && self.clock.instant() + timeout > deadline {
                 break;
             }
             log::debug!("{}: refresh attempt {attempt} to {}", row.id, request.url);
-            let started = Instant::now();
+            let started = self.clock.instant();
             let outcome = match self.upstream.send(&request, timeout) {
                 Ok(resp) => provider::parse_refresh(
                     row.provider.kind,
                     &resp,
                     &row.refresh_token,
-                    clock::now_ms(),
+                    self.clock.now().wall_ms,
                 ),
                 Err(f) => Outcome::Failure(f),
             };
+            let took = self.clock.instant().saturating_duration_since(started);
             self.metrics
-                .upstream_latency(row.provider.kind.as_str(), started.elapsed());
+                .upstream_latency(row.provider.kind.as_str(), took);
             match outcome {
                 Outcome::Success(tokens) => {
                     // Commit before anything else touches the new tokens.
@@ -522,7 +564,7 @@ impl Refresher {
                     return self.commit_failure(&row, lease, actor, &f);
                 }
                 Outcome::Failure(f) => {
-                    let elapsed = started.elapsed().as_millis();
+                    let elapsed = took.as_millis();
                     if upstream::is_ambiguous(&f) {
                         log::warn!(
                             "{}: attempt {attempt} ended ambiguously after {elapsed} ms ({}): \
@@ -549,7 +591,7 @@ impl Refresher {
                     last = Some(f);
                     if attempt == cfg.attempts
                         || pause + budget > lease_left()
-                        || Instant::now() + pause + timeout > deadline
+                        || self.clock.instant() + pause + timeout > deadline
                     {
                         break;
                     }
@@ -558,7 +600,7 @@ impl Refresher {
                         // attempt has been made.
                         f.retry_after_ms = None;
                     }
-                    std::thread::sleep(pause);
+                    self.clock.sleep(pause);
                 }
             }
         }
@@ -596,7 +638,7 @@ impl Refresher {
         let error = LastError {
             code: f.code.clone(),
             message: f.message.clone(),
-            at_ms: clock::now_ms(),
+            at_ms: self.clock.now().wall_ms,
         };
         self.commit(
             row,
@@ -641,7 +683,7 @@ impl Refresher {
             let rotated = write
                 .tokens
                 .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
-            let lease_left = lease.left_ms(clock::lease_now()).unwrap_or(0);
+            let lease_left = lease.left_ms(self.clock.now().lease).unwrap_or(0);
             // Only a database that may come back is waited for (busy, full,
             // read-only, an I/O error), or a write that panicked (Internal:
             // rolled back, a retry may land); anything else will not clear.
@@ -677,7 +719,7 @@ impl Refresher {
                     lease.id
                 );
             }
-            std::thread::sleep(pause);
+            self.clock.sleep(pause);
             pause = (pause * 2).min(COMMIT_RETRY_MAX);
         }
     }
@@ -698,7 +740,7 @@ impl Refresher {
         // lands in between makes it recompute; rejections change a row once,
         // so this settles in a round or two.
         loop {
-            let now = clock::now();
+            let now = self.clock.now();
             // The state machine needs the status only: no secrets decoded.
             let Some(current) = self.store.get_without_secrets(&row.id)? else {
                 // Deleted under the lease (a delete waits for live leases,
@@ -795,3 +837,6 @@ fn unavailable(row: &Credential, retry_ms: i64, what: &str) -> Error {
         retry_after_s: (retry_ms.max(1) as u64).div_ceil(1000),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,15 +1,16 @@
 //! The library API: a blocking, `Send + Sync` handle on one database.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock;
+use crate::clock::{self, SystemClock};
 use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 pub use crate::refresh::Via;
-use crate::refresh::{Refresher, Rows, Signals};
+use crate::refresh::{Refresher, Transport};
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
@@ -93,14 +94,12 @@ impl Warden {
         let store =
             Store::open_sealed(path.as_ref(), config.busy_timeout, config.pool_size, sealer)?;
         Ok(Warden {
-            core: Refresher {
+            core: Refresher::new(
                 store,
                 config,
-                upstream: Upstream::new(),
-                signals: Signals::default(),
-                metrics: Metrics::default(),
-                rows: Rows::default(),
-            },
+                Box::new(Upstream::new()),
+                Arc::new(SystemClock),
+            ),
         })
     }
 
@@ -115,8 +114,8 @@ impl Warden {
     }
 
     /// The HTTP client (for the usage endpoints).
-    pub(crate) fn upstream(&self) -> &Upstream {
-        &self.core.upstream
+    pub(crate) fn upstream(&self) -> &dyn Transport {
+        &*self.core.upstream
     }
 
     /// The underlying store. Tests and benches only: the crate's callers,
@@ -287,7 +286,8 @@ impl Warden {
         let id = checked(&c.id)?;
         let store = &self.core.store;
         let actor = clock::actor(&self.core.config.actor);
-        let deadline = Instant::now() + wait;
+        // On the refresher's clock, like the waits on it.
+        let deadline = self.core.clock.instant() + wait;
         loop {
             let current = match replace {
                 true => self.without_live_lease(id, deadline)?,
@@ -321,13 +321,13 @@ impl Warden {
                 return Ok(None);
             };
             let need = Need::Token { min_ttl_ms: 0 };
-            let now = clock::now();
+            let now = self.core.clock.now();
             let Decision::Wait { lease_left_ms, .. } =
                 state::decide(&row.status, need, now, &self.core.config.policy)
             else {
                 return Ok(Some(row));
             };
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(self.core.clock.instant());
             if left.is_zero() {
                 let lease_s = self.core.config.lease_ttl.as_secs().max(1);
                 let retry_after_s = (lease_left_ms.max(1) as u64)
@@ -376,7 +376,8 @@ impl Warden {
     pub fn delete_within(&self, id: &str, wait: Duration) -> Result<()> {
         let id = checked(id)?;
         let actor = clock::actor(&self.core.config.actor);
-        let deadline = Instant::now() + wait;
+        // On the refresher's clock, like the waits on it.
+        let deadline = self.core.clock.instant() + wait;
         loop {
             let row = self
                 .without_live_lease(id, deadline)?
