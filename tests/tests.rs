@@ -38,6 +38,8 @@ mod import_replace;
 mod invariants;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
+// Issue 13 at test scale: pages, a large streaming import, a short sweep.
+mod scale;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.
 mod security;
 // SQLite's process-wide POSIX locks are never dropped by tokenwarden.
