@@ -283,3 +283,41 @@ fn a_sweep_over_many_fresh_credentials_prints_a_few_lines() {
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" fresh ")).collect();
     assert_eq!(rows.len(), 300, "{stdout}");
 }
+
+/// Concurrent pages on a small connection pool: a page must not hold one
+/// connection for its scan while it waits for another for each row's
+/// quota — with every connection held by a scan, every page would wait
+/// out the pool's timeout and answer 500.
+#[test]
+fn concurrent_pages_do_not_wait_on_each_other_for_connections() {
+    use std::sync::Arc;
+    use tokenwarden::http::{ApiKeys, Server, ServerOptions};
+    let env = Env::new();
+    import_lines(&env, 100);
+    let config = tokenwarden::Config {
+        pool_size: 2,
+        ..env.config()
+    };
+    let warden = tokenwarden::Warden::open(&env.db, config).unwrap();
+    let options = ServerOptions {
+        threads: 4,
+        keys: ApiKeys::new([KEY]),
+        ..ServerOptions::default()
+    };
+    let server = Server::start(Arc::new(warden), "127.0.0.1:0", options).unwrap();
+    let addr = server.addr();
+    let statuses: Vec<Vec<u16>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    let client = crate::common::http::Client::new(addr, Some(KEY));
+                    (0..5)
+                        .map(|_| client.get("/v1/credentials?limit=150").status)
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().flatten().all(|&s| s == 200), "{statuses:?}");
+}
