@@ -132,14 +132,13 @@ pub enum Error {
         how: Spent,
     },
     /// An import of several records of which some were refused (each said
-    /// on stderr with its file and position); the others were imported.
-    #[error(
-        "{refused} of {total} records were refused (each is named above); the others were \
-         imported. Fix or remove the refused ones and import them again"
-    )]
+    /// on stderr with its file and position).
+    #[error("{}", partly_imported(*refused, *imported, *total))]
     PartlyImported {
         /// Records refused.
         refused: usize,
+        /// Records imported.
+        imported: usize,
         /// Records read.
         total: usize,
     },
@@ -156,6 +155,19 @@ pub enum Error {
         /// The credential holding the token.
         holder: String,
     },
+}
+
+/// [`Error::PartlyImported`]'s message.
+fn partly_imported(refused: usize, imported: usize, total: usize) -> String {
+    let kept = match imported {
+        0 => "none was imported".to_owned(),
+        1 => "the other one was imported".to_owned(),
+        n => format!("the other {n} were imported"),
+    };
+    format!(
+        "{refused} of {total} records were refused (each is named above); {kept}. Fix or \
+         remove the refused ones and import them again"
+    )
 }
 
 /// How a refresh token came to be spent.

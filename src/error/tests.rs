@@ -112,6 +112,28 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "refresh_token_in_use",
         ),
         (
+            Error::PartlyImported {
+                refused: 3,
+                imported: 9_998,
+                total: 10_001,
+            },
+            "3 of 10001 records were refused (each is named above); the other 9998 were \
+             imported. Fix or remove the refused ones and import them again",
+            1,
+            "partly_imported",
+        ),
+        (
+            Error::PartlyImported {
+                refused: 2,
+                imported: 0,
+                total: 2,
+            },
+            "2 of 2 records were refused (each is named above); none was imported. Fix or \
+             remove the refused ones and import them again",
+            1,
+            "partly_imported",
+        ),
+        (
             Error::DiskFull(DbError::caused_by(
                 DbKind::DiskFull,
                 "database or disk is full",

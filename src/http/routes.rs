@@ -14,7 +14,7 @@ use crate::config::parse_secs;
 use crate::credential::validate_id;
 use crate::facade;
 use crate::import::{self, ImportOptions};
-use crate::provider::{form_unescape, ProviderKind};
+use crate::provider::{percent_unescape, ProviderKind};
 use crate::state::State;
 use crate::view::{EventList, EventView, Summary, SummaryList, SummaryWriter, TokenResponse};
 use crate::warden::{Grant, Warden};
@@ -547,9 +547,10 @@ impl<'a> Query<'a> {
         }
     }
 
-    /// A text value, percent-decoded (an id with `@` arrives as `%40`).
+    /// A text value, percent-decoded (an id with `@` may arrive as `%40`);
+    /// `+` stays a plus sign, as ids may hold one.
     fn text(&self, name: &str) -> Option<String> {
-        self.get(name).map(form_unescape)
+        self.get(name).map(percent_unescape)
     }
 
     /// `limit`: a whole number from 1 to `max`; `default` when absent.
