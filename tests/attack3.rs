@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokenwarden::admin::PageQuery;
 use tokenwarden::credential::{NewCredential, ProviderConfig};
 use tokenwarden::http::{ApiKeys, Server, ServerOptions};
@@ -308,5 +308,141 @@ fn listings_starve_the_owners_commit_until_another_process_reuses_the_token() {
         tokenwarden::state::State::Dead,
         "the login was burnt: {:?}",
         row.status.dead_reason
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Streaming import: exit codes and memory
+// ---------------------------------------------------------------------------
+
+/// One tokenwarden record per line.
+fn jsonl(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| {
+            json!({"id": id, "provider": "codex", "refresh_token": format!("rt-{id}")}).to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// HOLE. DESIGN §5: exit 2 is a usage error, and the commit that made import
+/// stream says "input that yields nothing importable stays exit 2". But a
+/// file cut short (a JSON Lines file whose last line is partial, an array
+/// whose `]` never came: a copy interrupted, a disk that filled while the
+/// export was written) is read record by record, its complete records are
+/// committed, and then the command fails exit 2 "input is not JSON" — the
+/// files named after it are never read. A script that takes exit 2 as "the
+/// input was refused, nothing happened" fixes the file and imports it
+/// again: every record already in is now refused as existing (exit 1).
+/// Likewise one bad record among many: the others are committed and the
+/// command exits 2 with that record's error. (Before the stream, `import`
+/// parsed everything first "so a bad file imports nothing".)
+#[test]
+fn a_file_cut_short_is_half_imported_and_exits_2() {
+    let env = Env::new();
+    env.run(&["init"]);
+    let dir = env.dir.path();
+    let cut = dir.join("cut.jsonl");
+    let mut body = jsonl(&["a", "b", "c"]);
+    body.push_str(r#"{"id":"d","provider":"codex","refresh_tok"#);
+    std::fs::write(&cut, body).unwrap();
+    let later = dir.join("later.jsonl");
+    std::fs::write(&later, jsonl(&["z"])).unwrap();
+    let out = env.run(&["import", cut.to_str().unwrap(), later.to_str().unwrap()]);
+    let imported = ids(&env.warden());
+    eprintln!(
+        "exit {}; imported {imported:?}; stderr: {}",
+        code(&out),
+        text(&out.stderr)
+    );
+    assert!(
+        !(code(&out) == 2 && !imported.is_empty()),
+        "exit 2 (usage: nothing done) but {imported:?} were committed"
+    );
+
+    // One bad record among good ones.
+    let env = Env::new();
+    env.run(&["init"]);
+    let mixed = env.dir.path().join("mixed.jsonl");
+    let mut body = jsonl(&["m1", "m2"]);
+    body.push_str("{\"id\":\"m3\",\"provider\":\"codex\"}\n");
+    body.push_str(&jsonl(&["m4"]));
+    std::fs::write(&mixed, body).unwrap();
+    let out = env.run(&["import", mixed.to_str().unwrap()]);
+    let imported = ids(&env.warden());
+    assert!(
+        !(code(&out) == 2 && !imported.is_empty()),
+        "exit 2 (usage: nothing done) but {imported:?} were committed: {}",
+        text(&out.stderr)
+    );
+}
+
+/// HOLE. `stream_import` promises that "memory holds one record, never the
+/// file" and that a record over 1 MiB "is refused without being parsed". But
+/// the record is first read whole into a `Box<RawValue>` (serde_json buffers
+/// every byte of it) and only then measured: a 2 GiB single-object file
+/// (one record) takes 2 GiB of memory before it is refused, and a process
+/// under a memory limit (a systemd `MemoryMax`, a container, `ulimit -v`)
+/// aborts instead of saying "larger than 1 MiB". Here: a 56 MiB record
+/// under an 80 MiB address-space limit (the CLI needs about 40 MiB).
+#[test]
+fn an_oversized_record_is_read_whole_before_it_is_refused() {
+    use std::io::Write;
+    let env = Env::new();
+    env.run(&["init"]);
+    // `tokenwarden import -` under an 80 MiB address-space limit.
+    let limited = || {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "ulimit -v 81920 && exec \"$@\"",
+            "sh",
+            BIN,
+            "import",
+            "-",
+        ]);
+        for (k, v) in env.cmd().get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("MALLOC_ARENA_MAX", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // The control: a small record imports fine under that limit.
+    let mut small = limited().spawn().unwrap();
+    let record = jsonl(&["small"]);
+    small
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(record.as_bytes())
+        .unwrap();
+    let out = small.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "control: {}", text(&out.stderr));
+
+    let mut child = limited().spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        let _ = stdin.write_all(br#"{"id":"big","provider":"codex","refresh_token":""#);
+        for _ in 0..56 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = stdin.write_all(b"\"}");
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        code(&out) == 2 && err.contains("larger than 1 MiB"),
+        "a 56 MiB record under an 80 MiB limit: {:?}, stderr: {}",
+        out.status,
+        err.lines().take(3).collect::<Vec<_>>().join(" | ")
     );
 }
