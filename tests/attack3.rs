@@ -446,3 +446,251 @@ fn an_oversized_record_is_read_whole_before_it_is_refused() {
         err.lines().take(3).collect::<Vec<_>>().join(" | ")
     );
 }
+
+// ---------------------------------------------------------------------------
+// Batch import: refusals per record, atomicity, concurrency (HELD guards)
+// ---------------------------------------------------------------------------
+
+/// HELD: one batch (one transaction, a savepoint per record) holding the same
+/// new refresh token under two ids, a token spent by a rotation, a token
+/// another id holds, and good records between them. The first holder of the
+/// new token gets it, each other one is refused with its own reason, no
+/// refusal undoes another record's write, a refused record writes no event,
+/// nothing quotes a token, and the exit code is 1 (some imported, some
+/// refused).
+#[test]
+fn held_a_batch_refuses_each_bad_record_alone_and_quotes_no_token() {
+    let env = Env::new();
+    let g = env.login("old", 60);
+    let w = env.warden();
+    w.refresh("old", false).unwrap();
+    let current = env.fake.family_state("old").current_refresh_token;
+    assert_ne!(current, g.refresh_token);
+    let rec = |id: &str, rt: &str| {
+        json!({"id": id, "provider": "codex", "refresh_token": rt,
+               "token_url": env.fake.token_url()})
+        .to_string()
+            + "\n"
+    };
+    let fresh = "rt-fresh-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+    let body = [
+        rec("n1", fresh),
+        rec("n2", fresh),
+        rec("n3", &g.refresh_token),
+        rec("n4", &current),
+        rec("n5", "rt-fresh-5-AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+    ]
+    .concat();
+    let file = env.dir.path().join("batch.jsonl");
+    std::fs::write(&file, body).unwrap();
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(code(&out), 1, "{stdout}{stderr}");
+    assert_eq!(ids(&w), ["n1", "n5", "old"], "{stderr}");
+    assert_eq!(w.get("n1").unwrap().refresh_token.expose(), fresh);
+    for secret in [fresh, g.refresh_token.as_str(), current.as_str()] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a token was quoted: {stdout}{stderr}"
+        );
+    }
+    assert!(stderr.contains("n2") && stderr.contains("n1"), "{stderr}");
+    assert!(
+        stderr.contains("n3") && stderr.contains("spent"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("n4") && stderr.contains("old"), "{stderr}");
+    for id in ["n2", "n3", "n4"] {
+        assert!(
+            matches!(w.events(id, None), Err(Error::NotFound(_))),
+            "refused {id} left events"
+        );
+    }
+    for id in ["n1", "n5"] {
+        assert_eq!(w.events(id, None).unwrap().len(), 1);
+    }
+    // Nothing was sent upstream by the import.
+    assert_eq!(env.fake.token_requests().len(), 1);
+}
+
+/// HELD: `Backend::insert_many` through the store door directly — a refusal
+/// rolls back only its own savepoint, every refusal kind is returned in
+/// place, and a later batch after refusals still commits.
+#[test]
+fn held_insert_many_rolls_back_only_the_refused_record() {
+    let env = Env::new();
+    let w = env.warden();
+    w.import(&[cred("held", "rt-held")], false).unwrap();
+    let store = w.store();
+    let batch = [
+        cred("b1", "rt-b1"),
+        cred("held", "rt-other"),
+        cred("b2", "rt-held"),
+        cred("b3", "rt-b1"),
+        cred("b4", "rt-b4"),
+    ];
+    let results = store
+        .insert_many(&batch, "t", tokenwarden::clock::now_ms())
+        .unwrap();
+    let kinds: Vec<&str> = results
+        .iter()
+        .map(|r| match r {
+            Ok(_) => "ok",
+            Err(Error::Exists(_)) => "exists",
+            Err(Error::TokenHeldElsewhere { .. }) => "held",
+            Err(Error::SpentToken { .. }) => "spent",
+            Err(_) => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["ok", "exists", "held", "held", "ok"]);
+    assert_eq!(ids(&w), ["b1", "b4", "held"]);
+    assert_eq!(w.get("held").unwrap().refresh_token.expose(), "rt-held");
+    let again = store
+        .insert_many(&[cred("b5", "rt-b5")], "t", tokenwarden::clock::now_ms())
+        .unwrap();
+    assert!(again[0].is_ok());
+}
+
+/// HELD: `import` SIGKILLed at several points of a 5,000-record file leaves
+/// whole batches only (one transaction per 1,000 records): every stored
+/// credential has exactly its one `imported` event, no event names a
+/// credential that is not stored, and importing the file again completes
+/// it without a second event for anyone.
+#[test]
+fn held_import_killed_mid_batch_leaves_whole_batches() {
+    let env = Env::new();
+    env.run(&["init"]);
+    let file = env.dir.path().join("k.jsonl");
+    let names: Vec<String> = (0..5000).map(|i| format!("k{i:05}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    std::fs::write(&file, jsonl(&refs)).unwrap();
+    let check = |when: &str| -> i64 {
+        let c = rusqlite::Connection::open(&env.db).unwrap();
+        let rows: i64 = c
+            .query_row("SELECT count(*) FROM credentials", [], |r| r.get(0))
+            .unwrap();
+        let events: i64 = c
+            .query_row(
+                "SELECT count(*) FROM events WHERE reason = 'imported'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let orphans: i64 = c
+            .query_row(
+                "SELECT count(*) FROM events WHERE credential_id NOT IN \
+                 (SELECT id FROM credentials)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows % 1000, 0, "{when}: {rows} rows is not whole batches");
+        assert_eq!(
+            events, rows,
+            "{when}: {events} import events for {rows} rows"
+        );
+        assert_eq!(orphans, 0, "{when}: events of credentials never stored");
+        rows
+    };
+    let mut killed_mid = 0;
+    for delay_ms in [120, 350, 600, 900] {
+        let mut child = env
+            .cmd()
+            .args(["import", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(delay_ms));
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        let rows = check(&format!("killed after {delay_ms} ms"));
+        killed_mid += usize::from(running && rows < 5000);
+    }
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    assert!(matches!(code(&out), 0 | 1), "{}", text(&out.stderr));
+    assert_eq!(check("after the last import"), 5000);
+    eprintln!("{killed_mid} kills landed mid-import");
+}
+
+/// HELD: `import --replace` of a 2,000-record file, holding the six live
+/// credentials' current tokens (or older, spent ones), run three times while
+/// two library threads on another handle refresh those six back to back.
+/// Each replace waits out the live lease and lands by CAS or is refused as
+/// spent: no token is sent twice, no refresh runs beside another, none dies,
+/// and every row ends holding the refresh token upstream accepts now.
+#[test]
+fn held_import_replace_of_a_big_file_during_refreshes_never_resends_a_token() {
+    let env = Env::new();
+    let live: Vec<String> = (0..6).map(|i| format!("live{i}")).collect();
+    for id in &live {
+        env.login(id, 3600);
+    }
+    env.fake.set_latency(Duration::from_millis(60));
+    let w = Arc::new(env.warden());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refreshers: Vec<_> = (0..2)
+        .map(|t| {
+            let (w, stop, live) = (w.clone(), stop.clone(), live.clone());
+            thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let id = &live[(n + t) % live.len()];
+                    w.refresh(id, false).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for round in 0..3 {
+        thread::sleep(Duration::from_millis(300));
+        let mut body = String::new();
+        for id in &live {
+            let row = w.get(id).unwrap();
+            let rt = match round {
+                // A stale copy: the first token of the family, long spent.
+                1 => env.fake.family_state(id).issued_refresh_tokens[0].clone(),
+                _ => row.refresh_token.expose().to_owned(),
+            };
+            body.push_str(
+                &(json!({"id": id, "provider": "codex", "refresh_token": rt,
+                         "token_url": env.fake.token_url()})
+                .to_string()
+                    + "\n"),
+            );
+        }
+        for i in 0..2000 {
+            let id = format!("r{round}-{i:04}");
+            body.push_str(&jsonl(&[&id]));
+        }
+        let file = env.dir.path().join(format!("big{round}.jsonl"));
+        std::fs::write(&file, body).unwrap();
+        let out = env.run(&["import", "--replace", file.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(matches!(code(&out), 0 | 1), "{err}");
+        refused += err.lines().filter(|l| l.contains("spent")).count();
+        if round == 1 {
+            assert!(
+                live.iter().all(|id| err.contains(id.as_str())),
+                "every stale copy is refused: {err}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done: usize = refreshers.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("{done} refreshes, {refused} replaces refused as spent");
+    env.fake.assert_no_reuse_after_success();
+    env.fake.assert_single_flight();
+    for id in &live {
+        let row = w.get(id).unwrap();
+        assert_ne!(row.status.state, tokenwarden::state::State::Dead, "{id}");
+        assert_eq!(
+            row.refresh_token.expose(),
+            env.fake.family_state(id).current_refresh_token,
+            "{id} holds a token upstream no longer accepts"
+        );
+    }
+}
