@@ -694,3 +694,119 @@ fn held_import_replace_of_a_big_file_during_refreshes_never_resends_a_token() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hostile HTTP on the paginated routes (HELD guards)
+// ---------------------------------------------------------------------------
+
+/// HELD: hostile `limit`/`after`/`state`/`provider` values on `GET
+/// /v1/credentials` and `…/events`, sent as raw request lines (odd bytes,
+/// bad percent-escapes, huge numbers, repeated names): each is a 400 or a
+/// page, never a 500, a hang or a crash; an answer never echoes more than a
+/// short excerpt of the value; and a foreign `Host` or `Origin` is refused
+/// before any of it is read.
+#[test]
+fn held_hostile_pagination_parameters_are_400_or_a_page() {
+    use crate::common::http::{raw, raw_request};
+    let env = Env::new();
+    let w = Arc::new(env.warden());
+    fill(&w, 5);
+    let options = ServerOptions {
+        threads: 2,
+        keys: ApiKeys::new(["k"]),
+        ..ServerOptions::default()
+    };
+    let server = Server::start(w.clone(), "127.0.0.1:0", options).unwrap();
+    let long = "A".repeat(6000);
+    let cases: Vec<(String, &[u16])> = vec![
+        ("?limit=0".into(), &[400]),
+        ("?limit=-1".into(), &[400]),
+        ("?limit=10001".into(), &[400]),
+        ("?limit=4294967296".into(), &[400]),
+        ("?limit=18446744073709551617".into(), &[400]),
+        ("?limit=1e3".into(), &[400]),
+        ("?limit=".into(), &[400]),
+        ("?limit=1&limit=2".into(), &[400]),
+        ("?limit=%31".into(), &[400]),
+        ("?after=%00".into(), &[200]),
+        ("?after=%FF%FE".into(), &[200]),
+        ("?after=%ZZ%".into(), &[200]),
+        ("?after=%2e%2e%2f".into(), &[200]),
+        (format!("?after={long}"), &[200, 400, 413, 414, 431]),
+        ("?after=c00001&after=c00002".into(), &[400]),
+        ("?state=VALID".into(), &[400]),
+        ("?state=valid%00".into(), &[400]),
+        ("?state=".into(), &[400]),
+        (format!("?state={long}"), &[400, 413, 414, 431]),
+        ("?provider=codex%20".into(), &[400]),
+        ("?provider=".into(), &[400]),
+        ("?pool=x".into(), &[400]),
+        (
+            "?limit=2&after=c00001&state=valid&provider=codex".into(),
+            &[200],
+        ),
+    ];
+    for (query, ok) in &cases {
+        let req = raw_request(
+            "GET",
+            &format!("/v1/credentials{query}"),
+            Some("k"),
+            &[],
+            b"",
+        );
+        let a = raw(server.addr(), &req, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("{query:.80}: no answer"));
+        assert!(
+            ok.contains(&a.status),
+            "{query:.80}: {} {}",
+            a.status,
+            a.body
+        );
+        assert!(
+            a.body.len() < 4000,
+            "{query:.80}: echoed {} bytes",
+            a.body.len()
+        );
+    }
+    let ev = [
+        ("?after=-1", &[400][..]),
+        ("?after=abc", &[400]),
+        ("?after=4294967296", &[400]),
+        ("?limit=0&after=0", &[400]),
+        ("?after=0&limit=1", &[200]),
+        ("?after=4294967295", &[200]),
+    ];
+    for (query, ok) in ev {
+        let req = raw_request(
+            "GET",
+            &format!("/v1/credentials/c00001/events{query}"),
+            Some("k"),
+            &[],
+            b"",
+        );
+        let a = raw(server.addr(), &req, Duration::from_secs(10)).unwrap();
+        assert!(
+            ok.contains(&a.status),
+            "events{query}: {} {}",
+            a.status,
+            a.body
+        );
+    }
+    // Non-UTF-8 bytes in the request line.
+    let mut req = b"GET /v1/credentials?after=\xff\xfe&limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k\r\nConnection: close\r\n\r\n".to_vec();
+    let a = raw(server.addr(), &req, Duration::from_secs(10));
+    assert!(a.as_ref().is_none_or(|a| a.status != 500), "{a:?}");
+    // Foreign Host (no key configured) and a foreign Origin (key or not).
+    let open = serve(w.clone(), 2).0;
+    req = raw_request("GET", "/v1/credentials?limit=1&after=%00", None, &[], b"");
+    let a = raw(open.addr(), &req, Duration::from_secs(10)).unwrap();
+    assert_eq!(a.status, 403, "{}", a.body);
+    let origin = ["Origin: http://evil.example".to_owned()];
+    req = raw_request("GET", "/v1/credentials?limit=1", Some("k"), &origin, b"");
+    let a = raw(server.addr(), &req, Duration::from_secs(10)).unwrap();
+    assert_eq!(a.status, 403, "{}", a.body);
+    // The server still answers.
+    Client::new(server.addr(), Some("k"))
+        .get("/v1/credentials?limit=1")
+        .expect(200);
+}
