@@ -810,3 +810,73 @@ fn held_hostile_pagination_parameters_are_400_or_a_page() {
         .get("/v1/credentials?limit=1")
         .expect(200);
 }
+
+// ---------------------------------------------------------------------------
+// Clocks (HELD guard)
+// ---------------------------------------------------------------------------
+
+/// HELD: `import --replace` of a new login, from a process whose wall clock
+/// alone is 60 s ahead, while this process's refresh of that credential is
+/// in flight: the replace's wait (now on the refresher's clock) judges the
+/// lease on the lease clock, waits for the owner's commit and only then
+/// lands. The rotation is committed first, nothing is sent twice, and the
+/// row ends holding the new login.
+#[test]
+fn held_a_replace_from_a_process_with_a_stepped_clock_waits_for_the_lease() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install faketime");
+        eprintln!("skipped: {LIBFAKETIME} not installed");
+        return;
+    }
+    let env = Env::new();
+    env.login("clk", 60);
+    let relogin = env.fake.new_family("clk-relogin");
+    let file = env.dir.path().join("relogin.json");
+    std::fs::write(
+        &file,
+        relogin
+            .import_json("clk", "codex", &env.fake.token_url())
+            .to_string(),
+    )
+    .unwrap();
+    env.fake.set_latency(Duration::from_millis(1500));
+    let w = Arc::new(env.warden());
+    let owner = {
+        let w = w.clone();
+        thread::spawn(move || w.refresh("clk", false).map(|g| g.version))
+    };
+    crate::common::scripted::wait_for_lease(&w, "clk");
+    let out = env
+        .cmd()
+        .args(["import", "--replace", file.to_str().unwrap()])
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", "+60s")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("FAKETIME_DONT_RESET", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let owned = owner.join().unwrap();
+    assert!(owned.is_ok(), "{owned:?}");
+    env.fake.assert_no_reuse_after_success();
+    env.fake.assert_single_flight();
+    let old = env.fake.family_state("clk");
+    assert_eq!(old.rotations, 1, "the owner's rotation happened once");
+    let reasons: Vec<String> = w
+        .events("clk", None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.reason)
+        .collect();
+    let refreshed = reasons.iter().rposition(|r| r.contains("refresh"));
+    let replaced = reasons.iter().rposition(|r| r == "re-imported");
+    assert!(
+        matches!((refreshed, replaced), (Some(a), Some(b)) if a < b),
+        "the rotation must be committed before the replace: {reasons:?}"
+    );
+    assert_eq!(
+        w.get("clk").unwrap().refresh_token.expose(),
+        relogin.refresh_token
+    );
+}
