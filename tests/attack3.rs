@@ -880,3 +880,32 @@ fn held_a_replace_from_a_process_with_a_stepped_clock_waits_for_the_lease() {
         relogin.refresh_token
     );
 }
+
+/// HOLE (HTTP import of an array, not new in this diff but left behind by
+/// it). `POST /v1/credentials` with an array still goes through
+/// `import_within`, which stops at the first refusal: the records before it
+/// are committed, the ones after it are never tried, and the answer is the
+/// refusal alone (409) — the client is told its import failed and is not
+/// told that some of it landed. The CLI now refuses each record on its own
+/// and says which were imported; the route should answer per record too
+/// (or commit nothing).
+#[test]
+fn an_http_array_import_answers_409_after_committing_part_of_it() {
+    let env = Env::new();
+    let w = Arc::new(env.warden());
+    w.import(&[cred("holder", "rt-held")], false).unwrap();
+    let (_server, client) = serve(w.clone(), 2);
+    let body = json!([
+        {"id": "h1", "provider": "codex", "refresh_token": "rt-h1"},
+        {"id": "h2", "provider": "codex", "refresh_token": "rt-held"},
+        {"id": "h3", "provider": "codex", "refresh_token": "rt-h3"},
+    ]);
+    let a = client.post("/v1/credentials", &body.to_string());
+    let stored = ids(&w);
+    assert!(
+        !(a.status >= 400 && stored.contains(&"h1".to_owned())),
+        "answered {} {} but committed {stored:?}",
+        a.status,
+        a.body
+    );
+}
