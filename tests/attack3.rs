@@ -993,3 +993,79 @@ fn held_two_processes_importing_the_same_ids_at_once() {
         );
     }
 }
+
+/// HELD: the new outputs at `TOKENWARDEN_LOG=trace` — a streamed batch
+/// import with refusals (same token twice, a spent token, a token another
+/// id holds), `list --limit/--after/--state` in both forms, `sweep` and
+/// `sweep --verbose` with a refresh and a failure, and the HTTP list and
+/// events pages — never carry a token upstream issued or the import held.
+#[test]
+fn held_no_secret_in_batch_import_paged_list_or_sweep_output() {
+    let env = Env::new();
+    let g = env.login("s1", 60);
+    let g2 = env.login("s2", 60);
+    let w = Arc::new(env.warden());
+    w.refresh("s1", false).unwrap();
+    let lines = [
+        json!({"id": "b1", "provider": "codex", "refresh_token": "rt-NEW-ZXCVBNMASDFGHJKLQWERTYUIOP123456", "access_token": "at-NEW-QWERTYUIOPASDFGHJKLZXCVBNM98765"}),
+        json!({"id": "b2", "provider": "codex", "refresh_token": "rt-NEW-ZXCVBNMASDFGHJKLQWERTYUIOP123456"}),
+        json!({"id": "b3", "provider": "codex", "refresh_token": g.refresh_token}),
+        json!({"id": "b4", "provider": "codex", "refresh_token": g2.refresh_token}),
+    ];
+    let file = env.dir.path().join("batch.jsonl");
+    std::fs::write(
+        &file,
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let mut outputs = vec![];
+    let mut run = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env("TOKENWARDEN_LOG", "trace")
+            .args(args)
+            .output()
+            .unwrap();
+        outputs.push((args.join(" "), text(&out.stdout), text(&out.stderr)));
+    };
+    run(&["import", file.to_str().unwrap()]);
+    run(&["list", "--limit", "1", "--after", "b1"]);
+    run(&["list", "--limit", "2", "--json", "--state", "expiring"]);
+    env.fake
+        .push_fault(crate::common::fake_oauth::Fault::status(500, "{}"));
+    run(&["sweep"]);
+    run(&["sweep", "--verbose", "--json"]);
+    run(&["sweep", "--verbose"]);
+    let (_server, client) = serve(w.clone(), 2);
+    for path in [
+        "/v1/credentials?limit=2",
+        "/v1/credentials?limit=2&after=b1&state=valid",
+        "/v1/credentials/s1/events?after=0&limit=2",
+    ] {
+        let a = client.get(path).expect(200);
+        outputs.push((path.to_owned(), a.body, String::new()));
+    }
+    let mut secrets: Vec<String> = vec![
+        "rt-NEW-ZXCVBNMASDFGHJKLQWERTYUIOP123456".into(),
+        "at-NEW-QWERTYUIOPASDFGHJKLZXCVBNM98765".into(),
+        g.access_token.clone(),
+        g.id_token.clone(),
+        g2.access_token.clone(),
+    ];
+    for id in ["s1", "s2"] {
+        let f = env.fake.family_state(id);
+        secrets.extend(f.issued_refresh_tokens);
+        secrets.push(f.current_access_token);
+    }
+    for (what, stdout, stderr) in &outputs {
+        for s in &secrets {
+            assert!(
+                !stdout.contains(s.as_str()) && !stderr.contains(s.as_str()),
+                "`{what}` printed a secret: {stdout}{stderr}"
+            );
+        }
+    }
+}
