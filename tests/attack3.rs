@@ -159,7 +159,7 @@ fn concurrent_listings_deadlock_the_connection_pool() {
     let w = Arc::new(Warden::open(&env.db, config).unwrap());
     fill(&w, 3000);
     let (_server, client) = serve(w.clone(), pool);
-    let statuses: Vec<u16> = (0..2)
+    let statuses: Vec<u16> = (0..3)
         .flat_map(|_| {
             let start = Arc::new(Barrier::new(pool));
             let clients: Vec<_> = (0..pool)
