@@ -1069,3 +1069,39 @@ fn held_no_secret_in_batch_import_paged_list_or_sweep_output() {
         }
     }
 }
+
+/// HELD: a rejected access token does not come back through the batch path:
+/// `reject` it (a refresh follows), delete the credential, and batch-import
+/// an old file holding that access token (with the current refresh token)
+/// under another id among other records: the import leaves the access token
+/// out, and the first `token` refreshes instead of serving it.
+#[test]
+fn held_a_batch_import_never_brings_back_a_rejected_access_token() {
+    let env = Env::new();
+    let g = env.login("r", 3600);
+    let w = env.warden();
+    let fresh = w.reject("r", &g.access_token).unwrap();
+    assert_ne!(fresh.access_token.expose(), g.access_token);
+    let current = w.get("r").unwrap().refresh_token.expose().to_owned();
+    w.delete("r").unwrap();
+    let lines = [
+        jsonl(&["other1"]),
+        json!({"id": "r2", "provider": "codex", "refresh_token": current,
+               "access_token": g.access_token, "expires_at": g.expires_at,
+               "token_url": env.fake.token_url()})
+        .to_string()
+            + "\n",
+        jsonl(&["other2"]),
+    ]
+    .concat();
+    let file = env.dir.path().join("old.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let served = w.token("r2", Duration::ZERO).unwrap();
+    assert_ne!(
+        served.access_token.expose(),
+        g.access_token,
+        "the rejected token was served"
+    );
+}
