@@ -4,7 +4,6 @@
 //! FAILS on the tree it was written against (7e6414a); those marked HELD
 //! are attacks that did not break anything, kept as guards.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
