@@ -14,6 +14,9 @@ mod architecture;
 mod attack;
 // Second hostile review: ways the fixes of the first one broke.
 mod attack2;
+// Third hostile review: the Backend store, typed errors, the clock seam,
+// pagination and streaming import (issue 13).
+mod attack3;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.
