@@ -216,7 +216,7 @@ impl Warden {
         let actor = clock::actor(&self.config().actor);
         let mut inserted = self
             .store()
-            .insert_many(&to_insert, &actor, clock::now_ms())?
+            .insert_many(&to_insert, false, &actor, clock::now_ms())?
             .into_iter();
         let mut out = Vec::with_capacity(creds.len());
         for (c, v) in creds.iter().zip(valid) {
@@ -236,6 +236,64 @@ impl Warden {
             });
         }
         Ok(out)
+    }
+
+    /// Imports the records of an HTTP array: without `replace`, every one
+    /// or none — new ones in one transaction that the first refusal rolls
+    /// back whole. With `replace`, one at a time through
+    /// [`Warden::import_within`] (a replace waits out, or with `wait` zero
+    /// refuses, a live lease), stopping at the first refusal. Either way a
+    /// refusal of an array's record is [`Error::InRecord`]: its position,
+    /// how many records before it were imported, and why.
+    pub fn import_all(
+        &self,
+        creds: &[NewCredential],
+        replace: bool,
+        wait: Duration,
+    ) -> Result<Vec<Credential>> {
+        let many = creds.len() > 1;
+        let at = |index: usize, imported: usize, e: Error| match many {
+            true => Error::InRecord {
+                index,
+                imported,
+                source: Box::new(e),
+            },
+            false => e,
+        };
+        if !replace {
+            for (i, c) in creds.iter().enumerate() {
+                validate_id(&c.id).map_err(|e| at(i, 0, Error::BadInput(e)))?;
+            }
+            let actor = clock::actor(&self.config().actor);
+            return match self
+                .store()
+                .insert_many(creds, true, &actor, clock::now_ms())
+            {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    let id = match &e {
+                        Error::Exists(id)
+                        | Error::SpentToken { id, .. }
+                        | Error::TokenHeldElsewhere { id, .. } => Some(id),
+                        _ => None,
+                    };
+                    // Ids are unique within an array (parse_import refuses
+                    // a repeat), so the id names the record.
+                    match id.and_then(|id| creds.iter().position(|c| &c.id == id)) {
+                        Some(index) => Err(at(index, 0, e)),
+                        None => Err(e),
+                    }
+                }
+            };
+        }
+        let mut rows = Vec::with_capacity(creds.len());
+        for (i, c) in creds.iter().enumerate() {
+            let row = self
+                .import_within(std::slice::from_ref(c), true, wait)
+                .map_err(|e| at(i, rows.len(), e))?;
+            rows.extend(row);
+        }
+        Ok(rows)
     }
 
     /// How many credentials are in each effective state now, for every

@@ -355,7 +355,7 @@ fn a_file_cut_short_is_half_imported_and_exits_2() {
         text(&out.stderr)
     );
     assert!(
-        !(code(&out) == 2 && !imported.is_empty()),
+        code(&out) != 2 || imported.is_empty(),
         "exit 2 (usage: nothing done) but {imported:?} were committed"
     );
 
@@ -370,7 +370,7 @@ fn a_file_cut_short_is_half_imported_and_exits_2() {
     let out = env.run(&["import", mixed.to_str().unwrap()]);
     let imported = ids(&env.warden());
     assert!(
-        !(code(&out) == 2 && !imported.is_empty()),
+        code(&out) != 2 || imported.is_empty(),
         "exit 2 (usage: nothing done) but {imported:?} were committed: {}",
         text(&out.stderr)
     );
@@ -529,7 +529,7 @@ fn held_insert_many_rolls_back_only_the_refused_record() {
         cred("b4", "rt-b4"),
     ];
     let results = store
-        .insert_many(&batch, "t", tokenwarden::clock::now_ms())
+        .insert_many(&batch, false, "t", tokenwarden::clock::now_ms())
         .unwrap();
     let kinds: Vec<&str> = results
         .iter()
@@ -545,7 +545,12 @@ fn held_insert_many_rolls_back_only_the_refused_record() {
     assert_eq!(ids(&w), ["b1", "b4", "held"]);
     assert_eq!(w.get("held").unwrap().refresh_token.expose(), "rt-held");
     let again = store
-        .insert_many(&[cred("b5", "rt-b5")], "t", tokenwarden::clock::now_ms())
+        .insert_many(
+            &[cred("b5", "rt-b5")],
+            false,
+            "t",
+            tokenwarden::clock::now_ms(),
+        )
         .unwrap();
     assert!(again[0].is_ok());
 }

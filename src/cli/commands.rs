@@ -2,6 +2,7 @@
 //! database, call the library, print. `serve` is in `serve`, and the key
 //! commands (`keygen`, `encrypt`, `rekey`) are in `keys`.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -78,7 +79,7 @@ pub(super) fn import(
         })
     };
     for file in files.iter().filter(|f| f.as_os_str() != "-") {
-        import::stream_import(read(file)?, &opts, |_, _| {})
+        import::stream_import(read(file)?, &opts, &mut HashSet::new(), |_, _| {})
             .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
     }
     let mut run = ImportRun {
@@ -93,9 +94,12 @@ pub(super) fn import(
         all_bad_input: true,
         failed: None,
     };
+    // One set of ids for every file: an id twice in one command is refused
+    // the second time, whichever files hold it.
+    let mut seen = HashSet::new();
     for file in files {
         let shown = file.display();
-        let streamed = import::stream_import(read(file)?, &opts, |_, record| {
+        let streamed = import::stream_import(read(file)?, &opts, &mut seen, |_, record| {
             run.total += 1;
             match record {
                 Ok(c) => run.push(c),

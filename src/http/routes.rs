@@ -445,9 +445,11 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     };
     let creds = import::parse_import(body, &opts, clock::now_ms())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    // A replace during a refresh in flight is refused at once (409
-    // `refresh_in_progress`, with Retry-After), not waited out.
-    let rows = w.import_within(&creds, q.flag("replace")?, Duration::ZERO)?;
+    // An array lands whole or not at all (with `replace`: up to the first
+    // refusal, which says what landed). A replace during a refresh in
+    // flight is refused at once (409 `refresh_in_progress`, with
+    // Retry-After), not waited out.
+    let rows = w.import_all(&creds, q.flag("replace")?, Duration::ZERO)?;
     let (now, policy) = (clock::now(), w.config().policy);
     if is_array(body) {
         let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();

@@ -26,11 +26,14 @@ pub const MAX_RECORD: usize = 1024 * 1024;
 /// outcome with its zero-based position: the credential, or why that
 /// record is refused (its error wrapped in [`ImportError::InRecord`] unless
 /// the input is a single object). A repeated id is refused at its second
-/// appearance. `Err` only when the input as a whole is unreadable: not
-/// JSON, no records, or a top-level value that is no object or array.
+/// appearance — also across the inputs of one command, which pass the same
+/// `seen` set. `Err` only when the input as a whole is unreadable: not
+/// JSON, no records, a record over the bound, or a top-level value that is
+/// no object or array.
 pub fn stream_import(
     reader: impl Read,
     opts: &ImportOptions,
+    seen: &mut HashSet<String>,
     mut each: impl FnMut(usize, Result<NewCredential>),
 ) -> Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
@@ -40,19 +43,19 @@ pub fn stream_import(
     // refuses a record that grows past the bound while it is being read,
     // so memory never holds more than one record of at most MAX_RECORD.
     let since = Cell::new(0usize);
-    let seen = Cell::new(0usize);
+    let handed = Cell::new(0usize);
     let reader = Guard {
         inner: reader,
         since: &since,
     };
     let too_large = |e: serde_json::Error| match e.io_error_kind() {
         Some(std::io::ErrorKind::FileTooLarge) => ImportError::InRecord {
-            index: seen.get(),
+            index: handed.get(),
             source: Box::new(ImportError::TooLarge(MAX_RECORD)),
         },
         _ => not_json(e),
     };
-    let mut ids = HashSet::new();
+    let ids = seen;
     let mut record = |index: usize, raw: &RawValue, many: bool| {
         let parsed = parse_raw(raw, opts).and_then(|c| match ids.insert(c.id.clone()) {
             true => Ok(c),
@@ -74,7 +77,7 @@ pub fn stream_import(
     let mut kept: Option<Box<RawValue>> = None;
     let mut handle = |index: usize, raw: Box<RawValue>, many: bool| {
         since.set(0);
-        seen.set(index + 1);
+        handed.set(index + 1);
         match &opts.id {
             None => record(index, &raw, many),
             Some(_) if index == 0 => kept = Some(raw),
@@ -217,7 +220,9 @@ mod tests {
     /// Every outcome of streaming `text`, or the whole input's error.
     fn stream(text: &str, opts: &ImportOptions) -> Result<Vec<(usize, Result<NewCredential>)>> {
         let mut out = Vec::new();
-        stream_import(text.as_bytes(), opts, |i, r| out.push((i, r)))?;
+        stream_import(text.as_bytes(), opts, &mut HashSet::new(), |i, r| {
+            out.push((i, r))
+        })?;
         Ok(out)
     }
 
@@ -370,9 +375,12 @@ mod tests {
         }
         let read = std::cell::Cell::new(0);
         let mut handed = Vec::new();
-        let err = stream_import(Endless(&read), &ImportOptions::default(), |i, r| {
-            handed.push((i, r.map(|c| c.id)))
-        })
+        let err = stream_import(
+            Endless(&read),
+            &ImportOptions::default(),
+            &mut HashSet::new(),
+            |i, r| handed.push((i, r.map(|c| c.id))),
+        )
         .unwrap_err();
         assert!(
             matches!(&err, ImportError::InRecord { index: 1, source } if matches!(**source, ImportError::TooLarge(_))),
@@ -413,6 +421,7 @@ mod tests {
         stream_import(
             Trickle(text.as_bytes(), read.clone()),
             &ImportOptions::default(),
+            &mut HashSet::new(),
             |_, r| {
                 r.unwrap();
                 first_seen_after.get_or_insert(read.get());
