@@ -339,7 +339,7 @@ fn dispatch(
         Action::Refresh => token_reply(&w.refresh_within(id, q.flag("force")?, wait()?)?),
         Action::Events => {
             let limit = u32::try_from(q.limit(LIST_LIMIT)?).unwrap_or(u32::MAX);
-            let after = q.count("after")?.map(i64::from);
+            let after = q.seq("after")?;
             let (rows, next) = w.events_page(id, after, Some(limit))?;
             let events = rows.iter().map(EventView::from).collect();
             Ok(Reply::json(200, &EventList { events, next }))
@@ -564,6 +564,20 @@ impl<'a> Query<'a> {
                 "limit is a whole number from 1 to {max}"
             ))),
         }
+    }
+
+    /// An event sequence number: a whole number from 0.
+    fn seq(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name}={:?} is not a sequence number (a whole number from 0)",
+                        shorten(raw)
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// A whole number.
