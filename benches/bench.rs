@@ -784,17 +784,16 @@ fn bench_sweep(fake: &FakeOAuth, dir: &Path, sizes: &Sizes) -> Figure {
         if sizes.smoke { 5 } else { 100 },
     );
     fake.reset_stats();
-    let t = Instant::now();
-    let out = tw(&db)
-        .args([
+    let ran = run_measured(
+        tw(&db).args([
             "sweep",
             "--concurrency",
             &sizes.sweep_concurrency.to_string(),
             "--json",
-        ])
-        .output()
-        .expect("run sweep");
-    let secs = t.elapsed().as_secs_f64();
+        ]),
+        dir,
+    );
+    let (out, secs) = (ran.out, ran.secs);
     fake.set_latency(Duration::ZERO);
     assert!(
         out.status.success(),
@@ -824,15 +823,79 @@ fn bench_sweep(fake: &FakeOAuth, dir: &Path, sizes: &Sizes) -> Figure {
             "`tokenwarden sweep --concurrency {} --json` over {} due credentials: {:.2} s \
              wall time for the whole process, {} upstream calls. For scale: the fake upstream \
              and an HTTP client alone ({} threads posting to it back to back, nothing else) \
-             reach {probe:.0}/s ({:.2}× the limit) on this machine",
+             reach {probe:.0}/s ({:.2}× the limit) on this machine. The sweep process used \
+             {} of CPU per refresh (user + system) and {} of memory at its peak. {}",
             sizes.sweep_concurrency,
             sizes.sweep_n,
             secs,
             calls,
             sizes.sweep_concurrency,
-            probe / limit
+            probe / limit,
+            ran.cpu_secs.map_or_else(
+                || "?".into(),
+                |c| format!("{:.2} ms", c * 1e3 / refreshed.max(1) as f64)
+            ),
+            ran.hwm_kib
+                .map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            cycle_breakdown(&db),
         )],
     }
+}
+
+/// Where a sweep thread's time went, from the events it wrote: each
+/// refresh writes a claim event (stamped before the claim's write) and a
+/// success event (stamped after the upstream answer, before the commit's
+/// write), and the actor names the thread. Milliseconds, means over every
+/// thread's consecutive refreshes.
+fn cycle_breakdown(db: &Path) -> String {
+    let Ok(conn) = rusqlite::Connection::open(db) else {
+        return String::new();
+    };
+    let Ok(mut stmt) = conn.prepare(
+        "SELECT actor, credential_id, at_ms, to_state FROM events \
+         WHERE actor LIKE 'sweep %' ORDER BY seq",
+    ) else {
+        return String::new();
+    };
+    let mut by_thread: std::collections::HashMap<String, Vec<(String, i64, String)>> =
+        std::collections::HashMap::new();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map(|rows| rows.flatten().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for (actor, id, at, to) in rows {
+        by_thread.entry(actor).or_default().push((id, at, to));
+    }
+    let (mut lease, mut between, mut n) = (0i64, 0i64, 0i64);
+    for events in by_thread.values() {
+        for w in events.windows(3) {
+            let [(id, claim, a), (id2, done, b), (_, next, c)] = w else {
+                continue;
+            };
+            if a == "refreshing" && b == "valid" && c == "refreshing" && id == id2 {
+                lease += done - claim;
+                between += next - done;
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        return String::new();
+    }
+    format!(
+        "Per thread, from the events it wrote ({n} cycles): {:.1} ms from a claim to its \
+         refresh's commit (the claim's write, the upstream round trip), {:.1} ms from that \
+         commit to the thread's next claim (the commit's write, reading the next row)",
+        lease as f64 / n as f64,
+        between as f64 / n as f64
+    )
 }
 
 /// Requests per second of `threads` threads posting refresh requests to
@@ -884,6 +947,8 @@ struct Ran {
     out: std::process::Output,
     secs: f64,
     hwm_kib: Option<u64>,
+    /// User + system CPU seconds, when GNU time could report them.
+    cpu_secs: Option<f64>,
 }
 
 /// Runs `cmd` to completion with its output captured, under GNU
@@ -899,7 +964,7 @@ fn run_measured(cmd: &mut Command, dir: &Path) -> Ran {
         let mut wrapped = Command::new(time);
         wrapped
             .arg("-f")
-            .arg("%M")
+            .arg("%M %U %S")
             .arg("-o")
             .arg(&report)
             .arg(cmd.get_program())
@@ -921,10 +986,24 @@ fn run_measured(cmd: &mut Command, dir: &Path) -> Ran {
         cmd.output().expect("run")
     };
     let secs = t.elapsed().as_secs_f64();
-    let hwm_kib = std::fs::read_to_string(&report)
-        .ok()
-        .and_then(|s| s.lines().last().and_then(|l| l.trim().parse().ok()));
-    Ran { out, secs, hwm_kib }
+    let report = std::fs::read_to_string(&report).unwrap_or_default();
+    let fields: Vec<f64> = report
+        .lines()
+        .last()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let (hwm_kib, cpu_secs) = match fields[..] {
+        [kib, user, sys] => (Some(kib as u64), Some(user + sys)),
+        _ => (None, None),
+    };
+    Ran {
+        out,
+        secs,
+        hwm_kib,
+        cpu_secs,
+    }
 }
 
 /// User + system CPU time of a live process, in ms.
