@@ -1,6 +1,7 @@
 //! The HTTP client shell: sends a request the providers built and hands
 //! back the answer (capped) or a classified transport failure.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::provider::{Failure, HttpRequest, HttpResponse};
@@ -9,10 +10,12 @@ use crate::provider::{Failure, HttpRequest, HttpResponse};
 /// KiB, so anything larger is garbage and is not buffered.
 pub const BODY_CAP: u64 = 256 * 1024;
 
-/// A pooled HTTP client that never follows redirects.
+/// A pooled HTTP client that never follows redirects. Its agent is built
+/// on the first request (a process that serves stored tokens never sends
+/// one); clones share it and its connection pool.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    agent: ureq::Agent,
+    agent: Arc<OnceLock<ureq::Agent>>,
 }
 
 impl Default for Upstream {
@@ -25,14 +28,20 @@ impl Upstream {
     /// A client with keep-alive, no redirects, and statuses returned as
     /// answers rather than errors.
     pub fn new() -> Upstream {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
-            .build();
         Upstream {
-            agent: config.into(),
+            agent: Arc::new(OnceLock::new()),
         }
+    }
+
+    fn agent(&self) -> &ureq::Agent {
+        self.agent.get_or_init(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into()
+        })
     }
 
     /// Sends `req`, giving up after `timeout` in all.
@@ -43,14 +52,14 @@ impl Upstream {
     pub fn send(&self, req: &HttpRequest, timeout: Duration) -> Result<HttpResponse, Failure> {
         let result = match req.method {
             "GET" => {
-                let mut b = self.agent.get(&req.url);
+                let mut b = self.agent().get(&req.url);
                 for (k, v) in &req.headers {
                     b = b.header(k, v);
                 }
                 b.config().timeout_global(Some(timeout)).build().call()
             }
             _ => {
-                let mut b = self.agent.post(&req.url);
+                let mut b = self.agent().post(&req.url);
                 for (k, v) in &req.headers {
                     b = b.header(k, v);
                 }

@@ -14,7 +14,7 @@ use crate::refresh::{Refresher, Transport};
 use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
-use crate::store::{Deleted, EventRow, Store, Write};
+use crate::store::{Deleted, EventRow, Startup, Store, Write};
 use crate::upstream::Upstream;
 
 /// How often a replace waiting on a refresh lease looks at the row even
@@ -84,6 +84,21 @@ fn checked(id: &str) -> Result<&str> {
 impl Warden {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
+        Warden::open_with(path.as_ref(), config, Startup::Eager)
+    }
+
+    /// [`Warden::open`] for a process that will most likely only read, such
+    /// as a one-shot `tokenwarden token`: the start-up work that only
+    /// writes need — the refresh-token fingerprint key, the fingerprints of
+    /// rows of schema version 1, the space reserve — is done before this
+    /// warden's first write (a claim, before any refresh) instead of at
+    /// open. The schema is still checked (and migrated) and the encryption
+    /// key verified at open, and every write is the same.
+    pub fn open_for_reads(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
+        Warden::open_with(path.as_ref(), config, Startup::Deferred)
+    }
+
+    fn open_with(path: &Path, config: Config, startup: Startup) -> Result<Warden> {
         config.validate()?;
         let sealer = config
             .encryption_key
@@ -91,8 +106,7 @@ impl Warden {
             .map(|k| Sealer::from_base64(k.expose()))
             .transpose()
             .map_err(|e| Error::Config(e.to_string()))?;
-        let store =
-            Store::open_sealed(path.as_ref(), config.busy_timeout, config.pool_size, sealer)?;
+        let store = Store::open_with(path, config.busy_timeout, config.pool_size, sealer, startup)?;
         Ok(Warden {
             core: Refresher::new(
                 store,
@@ -158,6 +172,27 @@ impl Warden {
             }
         }
         Grant::from_row(&self.core.obtain(id, need, wait)?.0)
+    }
+
+    /// The stored token of `id` if it can be served as it is — valid for at
+    /// least `min_ttl`, not due for a refresh, no refresh in flight — else
+    /// `None`: then [`Warden::token`] does what it takes (refresh, wait).
+    /// Reads one row and writes nothing: what a one-shot `tokenwarden
+    /// token` tries before it sets up what a refresh needs.
+    pub fn stored_token(&self, id: &str, min_ttl: Duration) -> Result<Option<Grant>> {
+        let id = checked(id)?;
+        let need = Need::Token {
+            min_ttl_ms: clock::millis(min_ttl),
+        };
+        let core = &self.core;
+        let row = core
+            .read(id)?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        core.rows.arm();
+        match state::decide(&row.status, need, core.clock.now(), &core.config.policy) {
+            Decision::Serve => Grant::from_row(&row).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Whether [`Warden::token`] would answer `id` from memory right now: the

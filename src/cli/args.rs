@@ -1,6 +1,7 @@
 //! The command line's clap definitions: every flag, its help text and its
 //! parser, and how the tuning flags override a [`Config`].
 
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,61 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// This process's command line. `token ID` and `token ID --json`, what
+    /// a script runs for every request, are read without clap, whose
+    /// command tree (every subcommand, with the global flags copied into
+    /// each) costs a one-shot `token` more than its database work; any
+    /// other command line, and any variation of those two (another flag,
+    /// `--db`, an id that starts with `-`, an empty `TOKENWARDEN_DB`), goes
+    /// to clap. `the_token_shortcut_reads_what_clap_reads` keeps the two
+    /// in agreement.
+    pub fn parse_args() -> Cli {
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let db = std::env::var_os("TOKENWARDEN_DB");
+        Cli::token_shortcut(&args, db.as_deref()).unwrap_or_else(Cli::parse)
+    }
+
+    /// `args` (without the program name) as clap would read them, if they
+    /// are `token ID` or `token ID --json`; `db_env` is `TOKENWARDEN_DB`.
+    fn token_shortcut(args: &[OsString], db_env: Option<&OsStr>) -> Option<Cli> {
+        let (command, id, json) = match args {
+            [command, id] => (command, id, false),
+            [command, id, flag] if flag == "--json" => (command, id, true),
+            _ => return None,
+        };
+        if command != "token" {
+            return None;
+        }
+        let id = id
+            .to_str()
+            .filter(|id| !id.is_empty() && !id.starts_with('-'))?;
+        let db = match db_env {
+            None => PathBuf::from("tokenwarden.db"),
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            Some(_) => return None,
+        };
+        Some(Cli {
+            db,
+            tuning: Tuning {
+                request_timeout: None,
+                attempts: None,
+                lease_ttl: None,
+                refresh_ahead: None,
+                backoff_min: None,
+                backoff_max: None,
+                wait: None,
+            },
+            encryption_key_file: None,
+            command: Command::Token {
+                id: id.to_owned(),
+                min_ttl: Duration::ZERO,
+                out: JsonFlag { json },
+            },
+        })
+    }
 }
 
 /// Overrides of the `TOKENWARDEN_*` tuning variables (seconds).
@@ -389,5 +445,75 @@ impl Tuning {
             None => {}
         }
         c.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    /// The shortcut takes exactly what it should, and reads it as clap
+    /// does (same `Cli`, compared whole through its Debug form).
+    #[test]
+    fn the_token_shortcut_reads_what_clap_reads() {
+        let env = std::env::var_os("TOKENWARDEN_DB");
+        for args in [
+            &["token", "me@example.com"][..],
+            &["token", "a", "--json"],
+            &["token", "help"],
+            &["token", "an id with spaces"],
+            &["token", "token"],
+        ] {
+            let fast = Cli::token_shortcut(&os(args), env.as_deref())
+                .unwrap_or_else(|| panic!("{args:?} not taken"));
+            let clap =
+                Cli::try_parse_from(std::iter::once("tokenwarden").chain(args.iter().copied()))
+                    .unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{args:?}");
+        }
+        for args in [
+            &[][..],
+            &["token"],
+            &["token", "-x"],
+            &["token", "--", "a"],
+            &["token", "--json", "a"],
+            &["token", "a", "--min-ttl", "5"],
+            &["token", "a", "--json", "--json"],
+            &["token", "a", "--db", "x.db"],
+            &["--db", "x.db", "token", "a"],
+            &["token", ""],
+            &["show", "a"],
+            &["reject", "a", "--json"],
+        ] {
+            assert!(
+                Cli::token_shortcut(&os(args), env.as_deref()).is_none(),
+                "{args:?} taken"
+            );
+        }
+        let not_utf8 = vec![
+            OsString::from("token"),
+            OsString::from_vec(vec![b'a', 0xff]),
+        ];
+        assert!(Cli::token_shortcut(&not_utf8, None).is_none());
+    }
+
+    /// `TOKENWARDEN_DB` as clap reads it: the default when unset, the path
+    /// when set, and clap's own error when empty.
+    #[test]
+    fn the_token_shortcut_takes_the_database_from_the_environment() {
+        let args = os(&["token", "a"]);
+        let db =
+            |env: Option<&str>| Cli::token_shortcut(&args, env.map(OsStr::new)).map(|cli| cli.db);
+        assert_eq!(db(None), Some(PathBuf::from("tokenwarden.db")));
+        assert_eq!(
+            db(Some("/var/lib/tw.db")),
+            Some(PathBuf::from("/var/lib/tw.db"))
+        );
+        assert_eq!(db(Some("")), None);
     }
 }

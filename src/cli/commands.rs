@@ -217,8 +217,19 @@ impl<W: std::io::Write> ImportRun<'_, W> {
 
 /// `token ID`.
 pub(super) fn token(cli: &Cli, id: &str, min_ttl: Duration, json: bool) -> Result<()> {
-    let warden = open(cli, "cli")?;
-    print_grant(&warden.token(id, min_ttl)?, json)
+    // Most calls find the stored token good: one read serves it, with no
+    // signal thread and none of what only a write needs. Anything more (a
+    // refresh, a wait on one) takes the whole path, with the handler that
+    // finishes a refresh in flight on SIGTERM installed first.
+    let warden = super::open_for_reads(cli, "cli")?;
+    let grant = match warden.stored_token(id, min_ttl)? {
+        Some(grant) => grant,
+        None => {
+            crate::exit::finish_refreshes_on_signal(&warden)?;
+            warden.token(id, min_ttl)?
+        }
+    };
+    print_grant(&grant, json)
 }
 
 /// `reject ID --token T`.

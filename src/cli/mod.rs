@@ -60,6 +60,16 @@ fn open(cli: &Cli, role: &str) -> Result<Warden> {
     Ok(warden)
 }
 
+/// Opens for `token`, which most often serves the stored token and writes
+/// nothing: the start-up work only writes need is deferred to the first
+/// write ([`Warden::open_for_reads`]), and no signal handler is installed
+/// yet — `token` installs it ([`crate::exit::finish_refreshes_on_signal`])
+/// before it does anything more than read, as every other one-shot
+/// command does at open.
+fn open_for_reads(cli: &Cli, role: &str) -> Result<Warden> {
+    Warden::open_for_reads(&cli.db, config(cli, role)?)
+}
+
 fn execute(cli: Cli) -> Result<i32> {
     match &cli.command {
         Command::Init => commands::init(&cli)?,

@@ -25,6 +25,19 @@ pub use backend::Backend;
 pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 pub use sqlite::{encrypt_in_place, rekey};
 
+/// When a store does the start-up work that only writes need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Startup {
+    /// At open (every store but a one-shot reader's).
+    Eager,
+    /// Before the store's first write: the refresh-token fingerprint key
+    /// (made if missing), the fingerprints of rows of schema version 1
+    /// and the space reserve. Opening still checks the schema (and
+    /// migrates it) and the encryption key. For a one-shot process that
+    /// will most likely only read (`tokenwarden token`).
+    Deferred,
+}
+
 /// A shared handle on the database: cheap to clone, and every method is
 /// the [`Backend`]'s.
 #[derive(Clone)]
@@ -63,7 +76,19 @@ impl Store {
         pool_size: u32,
         sealer: Option<Sealer>,
     ) -> Result<Store> {
-        let db = sqlite::Sqlite::open(path, busy_timeout, pool_size, sealer)?;
+        Store::open_with(path, busy_timeout, pool_size, sealer, Startup::Eager)
+    }
+
+    /// [`Store::open_sealed`], doing the start-up work only writes need
+    /// when `startup` says.
+    pub fn open_with(
+        path: &Path,
+        busy_timeout: Duration,
+        pool_size: u32,
+        sealer: Option<Sealer>,
+        startup: Startup,
+    ) -> Result<Store> {
+        let db = sqlite::Sqlite::open(path, busy_timeout, pool_size, sealer, startup)?;
         Ok(Store {
             backend: Arc::new(db),
         })

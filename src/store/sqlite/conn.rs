@@ -11,7 +11,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::errors::{busy, db_err};
-use super::{schema, Sqlite};
+use super::{fingerprint, reserve, schema, Sqlite};
 use crate::error::{DbError, DbKind, Error, Result};
 
 /// A connection of the store: the primary one, or one from the pool.
@@ -121,6 +121,12 @@ impl Sqlite {
     /// A connection for one write transaction at `sync`, once this
     /// process's earlier writes are done. Waiting for the turn counts
     /// against the busy timeout like waiting for SQLite's lock does.
+    ///
+    /// Every write of the store gets its connection here, so this is where
+    /// a store opened with [`Startup::Deferred`](crate::store::Startup)
+    /// does, before its first write, what [`Sqlite::open`] would have done
+    /// at start-up: load (or make) the fingerprint key, fingerprint rows of
+    /// schema version 1, and keep the space reserve.
     pub(super) fn writer(&self, sync: Sync) -> Result<Writer<'_>> {
         let turn = self
             .writer
@@ -129,7 +135,7 @@ impl Sqlite {
         // The primary connection if it is free, else the writers' own, which
         // no reader ever holds: a write never queues behind reads for a
         // connection.
-        let conn = match self.primary.try_lock() {
+        let mut conn = match self.primary.try_lock() {
             Some(c) => Conn::Primary(c),
             None => {
                 // Only the holder of the turn takes this lock.
@@ -142,6 +148,15 @@ impl Sqlite {
                 }))
             }
         };
+        if !self.codec.has_fingerprints() {
+            // The deferred start-up work, under this process's turn: its
+            // own transaction (when there is something to write), durable.
+            conn.execute_batch("PRAGMA synchronous = FULL")
+                .map_err(db_err)?;
+            let key = fingerprint::prepare(&mut conn, self.codec.sealer())?;
+            self.codec.set_fingerprints(key);
+            reserve::ensure_reserve(&self.path);
+        }
         // Set on every write (a PRAGMA takes effect when it is prepared, so
         // it is never a cached statement): no connection is ever left at
         // the level of an earlier write.

@@ -389,4 +389,89 @@ mod tests {
         assert!(FpKey::from_stored(&STANDARD.encode([0u8; 16]), None).is_err());
         assert_eq!(format!("{key:?}"), "FpKey(***)");
     }
+
+    /// A store opened with its start-up writes deferred (a one-shot
+    /// `token`) reads a schema-v1 database as migrated, but makes the
+    /// fingerprint key, fingerprints the old rows and keeps the space
+    /// reserve only before its first write — and then exactly as an eager
+    /// open would have.
+    #[test]
+    fn a_deferred_store_does_the_fingerprint_work_before_its_first_write() {
+        use crate::credential::{NewCredential, ProviderConfig};
+        use crate::provider::ProviderKind;
+        use crate::secret::Secret;
+        use crate::store::{Backend, Startup};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("../../../schema.sql"))
+                .unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO credentials (id, provider, state, version, refresh_token, \
+                 failures, created_ms, updated_ms) VALUES ('old', 'codex', 'valid', 1, 'rt-old', 0, 1, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let store =
+            super::super::Sqlite::open(&path, Duration::from_secs(5), 2, None, Startup::Deferred)
+                .unwrap();
+        let look = |sql: &str| -> Option<String> {
+            Connection::open(&path)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .optional()
+                .unwrap()
+                .flatten()
+        };
+        let fp_of_old = "SELECT refresh_fp FROM credentials WHERE id = 'old'";
+        let key = "SELECT value FROM meta WHERE key = 'fingerprint_key'";
+        let reserve = dir.path().join("v1.db-reserve");
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, super::super::schema::VERSION, "migrated at open");
+        assert_eq!(
+            store.get("old").unwrap().unwrap().refresh_token.expose(),
+            "rt-old"
+        );
+        assert_eq!(look(key), None, "no key made by a read");
+        assert_eq!(look(fp_of_old), None);
+        assert!(!reserve.exists());
+
+        let new = NewCredential {
+            id: "new".into(),
+            provider: ProviderConfig::new(ProviderKind::Codex),
+            refresh_token: Secret::new("rt-new"),
+            access_token: None,
+            id_token: None,
+            expires_at_ms: None,
+            claims: Default::default(),
+            last_refresh_ms: None,
+            api_key: None,
+        };
+        store.insert(&new, "t", 2).unwrap();
+        let stored = FpKey::from_stored(&look(key).expect("a key made"), None).unwrap();
+        assert_eq!(look(fp_of_old), Some(stored.fingerprint("rt-old")));
+        assert_eq!(
+            store.codec.fingerprint("rt-new").unwrap(),
+            stored.fingerprint("rt-new")
+        );
+        assert!(reserve.exists());
+        // The old row's token is now known: a second id cannot take it.
+        let dup = NewCredential {
+            id: "dup".into(),
+            refresh_token: Secret::new("rt-old"),
+            ..new
+        };
+        assert!(matches!(
+            store.insert(&dup, "t", 3),
+            Err(Error::TokenHeldElsewhere { .. })
+        ));
+    }
 }

@@ -161,7 +161,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
     if let Some(tok) = tok {
         fingerprint::rotated(
             tx,
-            codec.fingerprints(),
+            codec.fingerprints()?,
             id,
             tok.refresh_token.expose(),
             now_ms,

@@ -74,9 +74,10 @@ pub(crate) const REJECTED_ACCESS: &str = "rejected access token";
 
 /// Whether `token` was reported rejected (see [`REJECTED_ACCESS`]).
 fn was_rejected(tx: &Connection, codec: &Codec, token: &str) -> Result<bool> {
+    let fp = codec.fingerprint(token)?;
     tx.query_row(
         "SELECT 1 FROM spent_tokens WHERE fp = ?1 AND reason = ?2",
-        params![codec.fingerprint(token), REJECTED_ACCESS],
+        params![fp, REJECTED_ACCESS],
         |_| Ok(()),
     )
     .optional()
@@ -153,8 +154,8 @@ fn opt(v: Option<String>) -> Value {
 /// Remembers that an upstream API refused `token`, an access token of
 /// credential `id` (see [`REJECTED_ACCESS`]).
 pub(super) fn remember_rejected(db: &Sqlite, id: &str, token: &str, now_ms: i64) -> Result<()> {
-    let fp = db.codec.fingerprint(token);
     let conn = db.writer(Sync::Full)?;
+    let fp = db.codec.fingerprint(token)?;
     record_spent(&conn, &fp, id, now_ms, REJECTED_ACCESS)
 }
 
@@ -216,7 +217,7 @@ fn insert_in(
     actor: &str,
     now_ms: i64,
 ) -> Result<Credential> {
-    let fp = codec.fingerprint(c.refresh_token.expose());
+    let fp = codec.fingerprint(c.refresh_token.expose())?;
     check_token(tx, &c.id, &fp)?;
     let exists: bool = tx
         .query_row(
@@ -277,8 +278,8 @@ pub(super) fn replace(
     now_ms: i64,
 ) -> Result<Option<Credential>> {
     let codec = &db.codec;
-    let fp = codec.fingerprint(c.refresh_token.expose());
     db.write_tx(Sync::Full, |tx| {
+        let fp = codec.fingerprint(c.refresh_token.expose())?;
         let Some(stored) = select_one(tx, &c.id, codec).map_err(db_err)? else {
             return Ok(None);
         };
@@ -413,7 +414,14 @@ mod tests {
     fn open() -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let store = Sqlite::open(&path, Duration::from_secs(5), 2, None).unwrap();
+        let store = Sqlite::open(
+            &path,
+            Duration::from_secs(5),
+            2,
+            None,
+            crate::store::Startup::Eager,
+        )
+        .unwrap();
         (dir, store)
     }
 
@@ -484,9 +492,12 @@ mod tests {
         let (_dir, store) = open();
         store.insert(&new("a", "rt-1", None), "t", NOW).unwrap();
         let fp1 = fp_of(&store, "a").unwrap();
-        assert_eq!(fp1, store.codec.fingerprint("rt-1"));
+        assert_eq!(fp1, store.codec.fingerprint("rt-1").unwrap());
         rotate(&store, "a", "rt-2", NOW + 1000);
-        assert_eq!(fp_of(&store, "a"), Some(store.codec.fingerprint("rt-2")));
+        assert_eq!(
+            fp_of(&store, "a"),
+            Some(store.codec.fingerprint("rt-2").unwrap())
+        );
         assert_eq!(spent(&store), [("a".to_owned(), "rotated".to_owned())]);
         // A refresh that keeps the refresh token spends nothing.
         rotate(&store, "a", "rt-2", NOW + 2000);

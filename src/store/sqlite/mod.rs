@@ -37,7 +37,7 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
+use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Startup, Write};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
 use crate::seal::Sealer;
@@ -90,12 +90,16 @@ impl Sqlite {
     /// `None`), creating it with mode 0600 and migrating it as needed. A
     /// key that does not match the database, a key for a plain database, or
     /// no key for an encrypted one is refused here, at start-up, never by
-    /// serving garbage later.
+    /// serving garbage later. With [`Startup::Deferred`], what only writes
+    /// need — the refresh-token fingerprint key (made if missing), the
+    /// fingerprints of rows of schema version 1, the space reserve — is
+    /// done before this store's first write instead (see [`Sqlite::writer`]).
     pub(crate) fn open(
         path: &Path,
         busy_timeout: Duration,
         pool_size: u32,
         sealer: Option<Sealer>,
+        startup: Startup,
     ) -> Result<Sqlite> {
         schema::create_private(path)?;
         schema::warn_if_exposed(path);
@@ -105,8 +109,14 @@ impl Sqlite {
         schema::migrate(&mut conn, path)?;
         sealing::check_key(&mut conn, path, sealer.as_ref())?;
         let sealer = sealer.map(Arc::new);
-        let fingerprints = fingerprint::prepare(&mut conn, sealer.as_deref())?;
-        reserve::ensure_reserve(path);
+        let fingerprints = match startup {
+            Startup::Eager => {
+                let key = fingerprint::prepare(&mut conn, sealer.as_deref())?;
+                reserve::ensure_reserve(path);
+                Some(key)
+            }
+            Startup::Deferred => None,
+        };
         Ok(Sqlite {
             path: path.to_owned(),
             codec: Codec::new(sealer, fingerprints),

@@ -3,7 +3,7 @@
 //! transaction — so a crash leaves it entirely before or entirely after.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
@@ -36,13 +36,36 @@ pub(super) fn column(i: usize) -> &'static str {
 
 /// Seals on write and opens on read, or passes values through when the
 /// database is not encrypted; and fingerprints refresh tokens with the
-/// database's key (see [`super::fingerprint`]).
+/// database's key (see [`super::fingerprint`]). The key is loaded at open,
+/// or — for a store opened with its start-up writes deferred
+/// ([`super::Startup::Deferred`]) — before its first write: reads never
+/// need it.
 #[derive(Clone)]
-pub(super) struct Codec(Option<Arc<Sealer>>, Arc<FpKey>);
+pub(super) struct Codec(Option<Arc<Sealer>>, Arc<OnceLock<FpKey>>);
 
 impl Codec {
-    pub(super) fn new(sealer: Option<Arc<Sealer>>, fingerprints: FpKey) -> Codec {
-        Codec(sealer, Arc::new(fingerprints))
+    pub(super) fn new(sealer: Option<Arc<Sealer>>, fingerprints: Option<FpKey>) -> Codec {
+        let key = OnceLock::new();
+        if let Some(k) = fingerprints {
+            let _ = key.set(k);
+        }
+        Codec(sealer, Arc::new(key))
+    }
+
+    /// The sealer, if the database is encrypted.
+    pub(super) fn sealer(&self) -> Option<&Sealer> {
+        self.0.as_deref()
+    }
+
+    /// Whether the fingerprint key is loaded.
+    pub(super) fn has_fingerprints(&self) -> bool {
+        self.1.get().is_some()
+    }
+
+    /// Sets the fingerprint key loaded before a first write (a key loaded
+    /// already stays: it is the database's one key either way).
+    pub(super) fn set_fingerprints(&self, key: FpKey) {
+        let _ = self.1.set(key);
     }
 
     pub(super) fn seal(&self, id: &str, column: &str, plain: &str) -> String {
@@ -53,13 +76,17 @@ impl Codec {
     }
 
     /// The keyed fingerprint of a refresh token.
-    pub(super) fn fingerprint(&self, refresh_token: &str) -> String {
-        self.1.fingerprint(refresh_token)
+    pub(super) fn fingerprint(&self, refresh_token: &str) -> Result<String> {
+        Ok(self.fingerprints()?.fingerprint(refresh_token))
     }
 
     /// The fingerprint key, for the writes that keep fingerprints current.
-    pub(super) fn fingerprints(&self) -> &FpKey {
-        &self.1
+    /// Every write connection comes from `Sqlite::writer`, which loads it
+    /// first, so it is missing only if that rule was broken.
+    pub(super) fn fingerprints(&self) -> Result<&FpKey> {
+        self.1.get().ok_or(Error::Internal(
+            "the fingerprint key was not loaded before a write",
+        ))
     }
 
     /// Opens a stored value. A plain value in an encrypted database (written
