@@ -17,6 +17,8 @@ mod attack2;
 // Third hostile review: the Backend store, typed errors, the clock seam,
 // pagination and streaming import (issue 13).
 mod attack3;
+// Attacks on the token cold-start change (a33b4c4): shortcut parser, deferred start-up.
+mod attack4;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.
