@@ -15,6 +15,8 @@
 //! `tokenwarden` CLI, `wrk` (if installed) and this binary again in a child
 //! role (`--child ROLE …`): the bare tiny_http baseline server, the Rust
 //! load generator (when there is no wrk) and the single-flight callers.
+//! `BENCH_TW_BIN=path` runs another build of `tokenwarden` under the same
+//! harness (to compare two builds in one session).
 
 /// The helpers of tests/common the benchmarks drive: the fake OAuth server,
 /// a tokenwarden under test and its HTTP client. They are written for the
@@ -275,8 +277,12 @@ fn import_creds(db: &Path, fake: &FakeOAuth, prefix: &str, n: usize, expires_in:
 }
 
 /// The real binary on `db`, with a clean environment.
+/// The tokenwarden binary under test: this build's, or the one
+/// `BENCH_TW_BIN` names (to measure another build side by side with the
+/// same harness).
 fn tw(db: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    let bin = std::env::var_os("BENCH_TW_BIN").unwrap_or_else(|| BIN.into());
+    let mut c = Command::new(bin);
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("TOKENWARDEN_DB", db)
@@ -805,6 +811,12 @@ fn bench_sweep(fake: &FakeOAuth, dir: &Path, sizes: &Sizes) -> Figure {
     let calls = fake.stats().token_requests;
     assert_eq!(refreshed, sizes.sweep_n, "every due credential refreshed");
     assert_eq!(calls as usize, sizes.sweep_n, "one upstream call each");
+    let in_flight = fake.stats().max_in_flight;
+    assert!(
+        in_flight as usize <= sizes.sweep_concurrency,
+        "{in_flight} requests in flight at once with --concurrency {}",
+        sizes.sweep_concurrency
+    );
     let rate = refreshed as f64 / secs;
     let limit = sizes.sweep_concurrency as f64 / latency.as_secs_f64();
     let ratio = rate / limit;
@@ -1288,6 +1300,10 @@ fn grow(fake: &FakeOAuth, dir: &Path, n: usize, sizes: &Sizes) -> Grown {
     assert_eq!(
         g.sweep_due_calls as usize, n,
         "one upstream call per credential"
+    );
+    assert!(
+        fake.stats().max_in_flight <= 32,
+        "at most --concurrency requests in flight"
     );
     let _ = std::fs::remove_file(&db);
     g

@@ -23,7 +23,7 @@ use crate::metrics::{Metrics, RefreshOutcome};
 use crate::provider::{self, Failure, HttpRequest, HttpResponse, Outcome, Permanence};
 use crate::state::{self, Decision, Event, Lease, Need, Refusal};
 use crate::store::{ErrorUpdate, Stamp, Store, Write};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, RequestSlots, Upstream};
 
 /// First and longest pause between two polls of a row another process is
 /// refreshing.
@@ -221,12 +221,30 @@ impl Refresher {
     /// the row to serve from, waiting at most `wait` on someone else's
     /// refresh (DESIGN.md §4).
     pub(crate) fn obtain(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
-        let result = self.obtain_now(id, need, wait);
+        self.obtain_with(id, need, wait, None)
+    }
+
+    /// [`Refresher::obtain`], sending a refresh request only with one of
+    /// `slots` taken, if given (see [`RequestSlots`]).
+    pub(crate) fn obtain_with(
+        &self,
+        id: &str,
+        need: Need,
+        wait: Duration,
+        slots: Option<&RequestSlots>,
+    ) -> Result<(Credential, Via)> {
+        let result = self.obtain_now(id, need, wait, slots);
         self.rows.arm();
         result
     }
 
-    fn obtain_now(&self, id: &str, need: Need, wait: Duration) -> Result<(Credential, Via)> {
+    fn obtain_now(
+        &self,
+        id: &str,
+        need: Need,
+        wait: Duration,
+        slots: Option<&RequestSlots>,
+    ) -> Result<(Credential, Via)> {
         let deadline = self.clock.instant() + wait;
         let mut poll = POLL_MIN;
         let mut waited = false;
@@ -268,7 +286,7 @@ impl Refresher {
                         self.wait_for_change(id, row.status.version, remaining, poll)?;
                         continue;
                     }
-                    let outcome = self.claim_and_refresh(&row, need, deadline);
+                    let outcome = self.claim_and_refresh(&row, need, deadline, slots);
                     drop(turn);
                     // Whatever happened, local waiters re-read the row.
                     self.signals.notify(id);
@@ -439,6 +457,7 @@ impl Refresher {
         row: &Credential,
         need: Need,
         deadline: Instant,
+        slots: Option<&RequestSlots>,
     ) -> Result<Option<Credential>> {
         // Build (and so validate) the request before claiming: a setting
         // this process got wrong is this process's error — the row stays as
@@ -488,7 +507,7 @@ impl Refresher {
         }
         // The claim's CAS proved the row unchanged since it was read, so the
         // request built from it carries the stored refresh token.
-        let result = self.run_lease(claimed, request, &lease, &actor, deadline);
+        let result = self.run_lease(claimed, request, &lease, &actor, deadline, slots);
         // Wake local waiters whatever happened: the row is the truth.
         self.signals.notify(&row.id);
         match result? {
@@ -500,6 +519,11 @@ impl Refresher {
     /// The lease owner's work: call the token endpoint (several attempts,
     /// each started only if it can finish, and its answer be committed,
     /// within the lease) and commit the outcome, fenced by the lease.
+    ///
+    /// With `slots`, each attempt first waits for a request slot, and only
+    /// then judges whether it still fits in the lease (the wait uses the
+    /// lease up); the slot is given back as soon as the answer is in, before
+    /// anything is committed.
     fn run_lease(
         &self,
         row: Credential,
@@ -507,6 +531,7 @@ impl Refresher {
         lease: &Lease,
         actor: &str,
         deadline: Instant,
+        slots: Option<&RequestSlots>,
     ) -> Result<Owned> {
         let cfg = &self.config;
         let timeout = cfg.request_timeout;
@@ -515,6 +540,7 @@ impl Refresher {
             || Duration::from_millis(lease.left_ms(self.clock.now().lease).unwrap_or(0) as u64);
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
+            let slot = slots.map(RequestSlots::take);
             if lease_left() < budget {
                 log::warn!(
                     "{}: no time left in the lease for attempt {attempt} ({:?} left, {budget:?} needed)",
@@ -528,7 +554,14 @@ impl Refresher {
             }
             log::debug!("{}: refresh attempt {attempt} to {}", row.id, request.url);
             let started = self.clock.instant();
-            let outcome = match self.upstream.send(&request, timeout) {
+            let sent = self.upstream.send(&request, timeout);
+            let took = self.clock.instant().saturating_duration_since(started);
+            // The answer is in: the next request may go while this one is
+            // parsed and committed.
+            drop(slot);
+            self.metrics
+                .upstream_latency(row.provider.kind.as_str(), took);
+            let outcome = match sent {
                 Ok(resp) => provider::parse_refresh(
                     row.provider.kind,
                     &resp,
@@ -537,9 +570,6 @@ impl Refresher {
                 ),
                 Err(f) => Outcome::Failure(f),
             };
-            let took = self.clock.instant().saturating_duration_since(started);
-            self.metrics
-                .upstream_latency(row.provider.kind.as_str(), took);
             match outcome {
                 Outcome::Success(tokens) => {
                     // Commit before anything else touches the new tokens.

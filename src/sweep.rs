@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::provider::usage;
 use crate::quota;
 use crate::state::{Need, Now, Policy, State};
+use crate::upstream::RequestSlots;
 use crate::warden::{Via, Warden};
 
 /// Why (and how) a credential is due, or why not.
@@ -117,7 +118,10 @@ fn next_due_ms(c: &Credential, now: Now, policy: &Policy) -> Option<i64> {
 /// Options of one sweep.
 #[derive(Debug, Clone)]
 pub struct SweepOptions {
-    /// Worker threads.
+    /// Refresh requests in flight at once. The sweep runs twice as many
+    /// threads, which take turns on these many request slots (see
+    /// [`RequestSlots`]): one thread's claim and commit overlap another's
+    /// request. Quota fetches run on this many threads.
     pub concurrency: usize,
     /// Only these ids (all when empty).
     pub only: Vec<String>,
@@ -242,8 +246,18 @@ enum Settled {
     Failed(String),
 }
 
-fn settle(warden: &Warden, id: &str, need: Need, wait: Duration) -> Settled {
-    match warden.ensure(id, need, wait) {
+fn settle(
+    warden: &Warden,
+    id: &str,
+    need: Need,
+    wait: Duration,
+    slots: Option<&RequestSlots>,
+) -> Settled {
+    let result = match slots {
+        Some(slots) => warden.ensure_with_slots(id, need, wait, slots),
+        None => warden.ensure(id, need, wait),
+    };
+    match result {
         Ok((_, Via::Refreshed)) => Settled::Refreshed,
         Ok(_) => Settled::Skipped,
         Err(Error::Dead { .. }) => Settled::Dead,
@@ -251,41 +265,56 @@ fn settle(warden: &Warden, id: &str, need: Need, wait: Duration) -> Settled {
     }
 }
 
-/// One pass over the database: refreshes every due credential on
-/// `opts.concurrency` workers; `progress(done, total)` is called as jobs end.
+/// One pass over the database: refreshes every due credential with at most
+/// `opts.concurrency` requests in flight (on twice as many threads, see
+/// [`SweepOptions::concurrency`]); `progress(done, total)` is called as
+/// jobs end.
 pub fn sweep(
     warden: &Warden,
     opts: &SweepOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<SweepReport> {
-    let mut rows = warden.list_without_secrets()?;
-    if !opts.only.is_empty() {
-        for id in &opts.only {
-            if !rows.iter().any(|r| &r.id == id) {
-                return Err(Error::NotFound(id.clone()));
-            }
-        }
-        rows.retain(|r| opts.only.contains(&r.id));
-    }
+    // One pass over the rows as they are read, keeping only ids (and, for
+    // quota, the provider): a sweep's memory does not grow with the
+    // rows' size.
+    let only: HashSet<&str> = opts.only.iter().map(String::as_str).collect();
+    let mut found: HashSet<String> = HashSet::new();
     let now = clock::now();
     let policy = warden.config().policy;
     let max_age = max_age_ms(opts.max_age);
     let mut report = SweepReport::default();
     let mut jobs = Vec::new();
-    for row in &rows {
-        match due(row, now, &policy, max_age) {
-            Due::Dead => report.dead.push(row.id.clone()),
-            Due::No => report.skipped.push(row.id.clone()),
-            Due::Yes(need) => jobs.push((row.id.clone(), need)),
+    let mut quota_rows = Vec::new();
+    warden.each_without_secrets(|row| {
+        if !only.is_empty() {
+            if !only.contains(row.id.as_str()) {
+                return;
+            }
+            found.insert(row.id.clone());
         }
+        if opts.quota {
+            quota_rows.push((row.id.clone(), row.provider.kind));
+        }
+        match due(&row, now, &policy, max_age) {
+            Due::Dead => report.dead.push(row.id),
+            Due::No => report.skipped.push(row.id),
+            Due::Yes(need) => jobs.push((row.id, need)),
+        }
+    })?;
+    if let Some(missing) = opts.only.iter().find(|id| !found.contains(*id)) {
+        return Err(Error::NotFound(missing.clone()));
     }
     let total = jobs.len();
     let mut n = 0;
+    // Each refresh is a claim (a write), a request and a commit (a write
+    // with an fsync): a thread that waited for its writes would leave its
+    // request slot idle meanwhile, so two threads share each slot.
+    let slots = RequestSlots::new(opts.concurrency);
     run_pool(
         jobs,
-        opts.concurrency,
+        opts.concurrency.max(1).saturating_mul(2),
         |(id, need)| {
-            let settled = settle(warden, &id, need, opts.wait);
+            let settled = settle(warden, &id, need, opts.wait, Some(&slots));
             (id, settled)
         },
         |(id, settled)| {
@@ -300,15 +329,16 @@ pub fn sweep(
         },
     );
     if opts.quota {
+        let dead: HashSet<&str> = report.dead.iter().map(String::as_str).collect();
         let mut targets = Vec::new();
-        for row in &rows {
-            if report.dead.contains(&row.id) || !usage::supported(row.provider.kind) {
+        for (id, kind) in quota_rows {
+            if dead.contains(id.as_str()) || !usage::supported(kind) {
                 report.quota.push(QuotaStatus {
-                    id: row.id.clone(),
+                    id,
                     status: "skipped".into(),
                 });
             } else {
-                targets.push(row.id.clone());
+                targets.push(id);
             }
         }
         run_pool(
@@ -359,7 +389,7 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
             .name(format!("refresher-{n}"))
             .spawn(move || {
                 for (id, need) in rx.iter() {
-                    match settle(&w, &id, need, Duration::ZERO) {
+                    match settle(&w, &id, need, Duration::ZERO, None) {
                         Settled::Refreshed => log::info!("{id}: refreshed in the background"),
                         Settled::Failed(e) => log::warn!("{id}: background refresh failed: {e}"),
                         Settled::Dead => log::warn!("{id}: dead; background refresh stops"),
@@ -410,12 +440,13 @@ fn schedule(
     jobs: &Sender<(String, Need)>,
     queued: &Mutex<HashSet<String>>,
 ) -> Result<Duration> {
-    let rows = warden.list_without_secrets()?;
     let now = clock::now();
     let policy = warden.config().policy;
     let mut next = now.wall_ms + clock::millis(TICK_MAX);
-    for row in &rows {
-        if let Due::Yes(need) = due(row, now, &policy, None) {
+    // Row by row as they are read: a round's memory does not grow with the
+    // table.
+    warden.each_without_secrets(|row| {
+        if let Due::Yes(need) = due(&row, now, &policy, None) {
             if queued.lock().insert(row.id.clone())
                 && jobs.try_send((row.id.clone(), need)).is_err()
             {
@@ -423,10 +454,10 @@ fn schedule(
                 queued.lock().remove(&row.id);
                 next = now.wall_ms;
             }
-        } else if let Some(at) = next_due_ms(row, now, &policy) {
+        } else if let Some(at) = next_due_ms(&row, now, &policy) {
             next = next.min(at);
         }
-    }
+    })?;
     let pause = Duration::from_millis((next - now.wall_ms).max(0) as u64);
     Ok(pause.clamp(TICK_MIN, TICK_MAX))
 }

@@ -4,11 +4,62 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::{Condvar, Mutex};
+
 use crate::provider::{Failure, HttpRequest, HttpResponse};
 
 /// Most bytes of an upstream answer that are read; a token answer is a few
 /// KiB, so anything larger is garbage and is not buffered.
 pub const BODY_CAP: u64 = 256 * 1024;
+
+/// Idle connections kept for reuse, per host and in all: as many as a sweep
+/// of the largest sensible `--concurrency` has requests in flight.
+const MAX_IDLE: usize = 64;
+
+/// A limit on upstream requests in flight at once, shared by the threads
+/// of one job (the sweep's `--concurrency`): a request is sent only with a
+/// slot taken ([`RequestSlots::take`]), and its slot is given back when its
+/// answer is in, before the answer is committed. So more threads than
+/// slots can run the whole refresh protocol — read, claim, request, commit
+/// — while no more than `limit` requests are ever in flight: one thread's
+/// claim and commit overlap another's request instead of holding its
+/// slot idle.
+#[derive(Debug)]
+pub struct RequestSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A taken slot of [`RequestSlots`]; given back when dropped.
+#[derive(Debug)]
+pub struct RequestSlot<'a>(&'a RequestSlots);
+
+impl RequestSlots {
+    /// `limit` slots (at least one).
+    pub fn new(limit: usize) -> RequestSlots {
+        RequestSlots {
+            free: Mutex::new(limit.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot and takes it.
+    pub fn take(&self) -> RequestSlot<'_> {
+        let mut free = self.free.lock();
+        while *free == 0 {
+            self.freed.wait(&mut free);
+        }
+        *free -= 1;
+        RequestSlot(self)
+    }
+}
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock() += 1;
+        self.0.freed.notify_one();
+    }
+}
 
 /// A pooled HTTP client that never follows redirects. Its agent is built
 /// on the first request (a process that serves stored tokens never sends
@@ -38,6 +89,12 @@ impl Upstream {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(0)
+                // ureq keeps 3 idle connections per host by default: with
+                // more requests than that in flight to one token endpoint
+                // (a sweep's --concurrency), every other request would open
+                // a new connection (and TLS session) and close it after.
+                .max_idle_connections(MAX_IDLE)
+                .max_idle_connections_per_host(MAX_IDLE)
                 .user_agent(concat!("tokenwarden/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .into()
@@ -216,6 +273,37 @@ pub fn is_ambiguous(f: &Failure) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More threads than slots: never more holders than slots at once, and
+    /// every thread gets its turns.
+    #[test]
+    fn request_slots_are_never_held_by_more_than_their_limit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let slots = RequestSlots::new(3);
+        let (now, most, done) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let _slot = slots.take();
+                        let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(held, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 400);
+        assert!(most.load(Ordering::SeqCst) <= 3, "{most:?}");
+        assert_eq!(*slots.free.lock(), 3, "every slot given back");
+        assert_eq!(*RequestSlots::new(0).free.lock(), 1, "at least one slot");
+    }
 
     #[test]
     fn a_redirect_target_is_shown_without_query_or_secrets() {

@@ -15,7 +15,7 @@ use crate::seal::Sealer;
 use crate::secret::Secret;
 use crate::state::{self, Decision, Event, Need, Refusal};
 use crate::store::{Deleted, EventRow, Startup, Store, Write};
-use crate::upstream::Upstream;
+use crate::upstream::{RequestSlots, Upstream};
 
 /// How often a replace waiting on a refresh lease looks at the row even
 /// if nothing woke it (a crashed owner's lease runs out without a write).
@@ -283,6 +283,19 @@ impl Warden {
         self.core.obtain(checked(id)?, need, wait)
     }
 
+    /// [`Warden::ensure`], sending the refresh request (each attempt) only
+    /// with one of `slots` taken: the sweep's limit on requests in flight,
+    /// shared by more threads than it has slots (see [`RequestSlots`]).
+    pub fn ensure_with_slots(
+        &self,
+        id: &str,
+        need: Need,
+        wait: Duration,
+        slots: &RequestSlots,
+    ) -> Result<(Credential, Via)> {
+        self.core.obtain_with(checked(id)?, need, wait, Some(slots))
+    }
+
     /// Stores credentials; an existing id is an error unless `replace`. A
     /// replace waits up to the configured `wait` for a refresh in flight
     /// (see [`Warden::import_within`]).
@@ -394,6 +407,13 @@ impl Warden {
     /// `Backend::list_without_secrets`): for listings and schedulers.
     pub fn list_without_secrets(&self) -> Result<Vec<Credential>> {
         self.core.store.list_without_secrets()
+    }
+
+    /// Every credential without its secrets, by id, handed to `f` one at a
+    /// time as it is read (the sweep's and the background scheduler's
+    /// scan): the memory it takes does not grow with the table.
+    pub fn each_without_secrets(&self, mut f: impl FnMut(Credential)) -> Result<()> {
+        self.core.store.each_without_secrets(&mut f)
     }
 
     /// Deletes a credential; its events stay. Waits up to the configured

@@ -229,7 +229,8 @@ pub enum Command {
         /// Also fetch quota snapshots (Codex, Claude).
         #[arg(long)]
         quota: bool,
-        /// Worker threads.
+        /// Refresh requests in flight at once (on twice as many threads, so
+        /// that database writes overlap requests).
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// Only these credentials.
