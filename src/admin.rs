@@ -5,7 +5,6 @@
 //! itself (architecture invariant A3), so the list and show code exists
 //! once.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
@@ -51,47 +50,6 @@ impl Default for PageQuery {
     }
 }
 
-/// Every credential as listed: its row without secrets and its newest
-/// quota snapshot, with the instant and policy its effective state is
-/// judged at. [`Listing::summaries`] is what `list` shows.
-#[derive(Debug)]
-pub struct Listing {
-    credentials: Vec<Credential>,
-    quotas: HashMap<String, QuotaRow>,
-    now: Now,
-    policy: Policy,
-}
-
-impl Listing {
-    /// The credentials, by id, without their secrets.
-    pub fn credentials(&self) -> &[Credential] {
-        &self.credentials
-    }
-
-    /// The newest quota snapshot of `id`, if it has one.
-    pub fn quota(&self, id: &str) -> Option<&QuotaRow> {
-        self.quotas.get(id)
-    }
-
-    /// When the listing was read: effective states are judged at it.
-    pub fn now(&self) -> Now {
-        self.now
-    }
-
-    /// The policy effective states are judged by.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
-    }
-
-    /// One summary per credential, by id.
-    pub fn summaries(&self) -> Vec<Summary<'_>> {
-        self.credentials
-            .iter()
-            .map(|c| Summary::new(c, self.now, &self.policy).with_quota(self.quota(&c.id)))
-            .collect()
-    }
-}
-
 /// One credential as shown: its row and its newest quota snapshot, with the
 /// instant and policy its effective state is judged at.
 #[derive(Debug)]
@@ -110,19 +68,6 @@ impl Detail {
 }
 
 impl Warden {
-    /// Every credential with its newest quota snapshot, read now (rows
-    /// without secrets): for listings and the sweep's report.
-    pub fn listing(&self) -> Result<Listing> {
-        let credentials = self.list_without_secrets()?;
-        let quotas = self.store().latest_quotas()?;
-        Ok(Listing {
-            credentials,
-            quotas,
-            now: clock::now(),
-            policy: self.config().policy,
-        })
-    }
-
     /// The summary of every credential, by id, handed to `f` one at a
     /// time, so that no more than one decoded row (and no secret) is held
     /// at once: for answers written as they are read.
@@ -207,11 +152,11 @@ impl Warden {
             .iter()
             .map(|c| validate_id(&c.id).map_err(Error::BadInput))
             .collect();
-        let to_insert: Vec<NewCredential> = creds
+        let to_insert: Vec<&NewCredential> = creds
             .iter()
             .zip(&valid)
             .filter(|(_, v)| v.is_ok())
-            .map(|(c, _)| c.clone())
+            .map(|(c, _)| c)
             .collect();
         let actor = clock::actor(&self.config().actor);
         let mut inserted = self
@@ -228,10 +173,7 @@ impl Warden {
                 ))),
             };
             out.push(match result {
-                Err(Error::Exists(_)) if replace => self
-                    .import_within(std::slice::from_ref(c), true, wait)
-                    .map(|rows| rows.into_iter().next())
-                    .and_then(|row| row.ok_or(Error::Internal("a replace answered no row"))),
+                Err(Error::Exists(_)) if replace => self.import_one(c, true, wait),
                 other => other,
             });
         }
@@ -265,9 +207,10 @@ impl Warden {
                 validate_id(&c.id).map_err(|e| at(i, 0, Error::BadInput(e)))?;
             }
             let actor = clock::actor(&self.config().actor);
+            let all: Vec<&NewCredential> = creds.iter().collect();
             return match self
                 .store()
-                .insert_many(creds, true, &actor, clock::now_ms())
+                .insert_many(&all, true, &actor, clock::now_ms())
             {
                 Ok(rows) => rows.into_iter().collect(),
                 Err(e) => {
@@ -289,9 +232,9 @@ impl Warden {
         let mut rows = Vec::with_capacity(creds.len());
         for (i, c) in creds.iter().enumerate() {
             let row = self
-                .import_within(std::slice::from_ref(c), true, wait)
+                .import_one(c, true, wait)
                 .map_err(|e| at(i, rows.len(), e))?;
-            rows.extend(row);
+            rows.push(row);
         }
         Ok(rows)
     }

@@ -321,16 +321,25 @@ impl Warden {
     ) -> Result<Vec<Credential>> {
         creds
             .iter()
-            .map(|c| {
-                let row = self.import_one(c, replace, wait)?;
-                // Waiters of this process re-read the row.
-                self.core.signals.notify(&c.id);
-                Ok(row)
-            })
+            .map(|c| self.import_one(c, replace, wait))
             .collect()
     }
 
-    fn import_one(&self, c: &NewCredential, replace: bool, wait: Duration) -> Result<Credential> {
+    /// One credential of [`Warden::import_within`]: inserted, or with
+    /// `replace` the existing row replaced once no lease on it is live; the
+    /// waiters of this process are woken to re-read it.
+    pub(crate) fn import_one(
+        &self,
+        c: &NewCredential,
+        replace: bool,
+        wait: Duration,
+    ) -> Result<Credential> {
+        let row = self.import_row(c, replace, wait)?;
+        self.core.signals.notify(&c.id);
+        Ok(row)
+    }
+
+    fn import_row(&self, c: &NewCredential, replace: bool, wait: Duration) -> Result<Credential> {
         let id = checked(&c.id)?;
         let store = &self.core.store;
         let actor = clock::actor(&self.core.config.actor);

@@ -72,6 +72,31 @@ fn serve(w: Arc<Warden>, threads: usize) -> (Server, Client) {
 // Pagination
 // ---------------------------------------------------------------------------
 
+/// A listing whose consumer stalls on its first row (for at most `hold`,
+/// or until the sender is used or dropped); returns once it is stalled.
+fn slow_listing(
+    w: &Arc<Warden>,
+    hold: Duration,
+) -> (
+    thread::JoinHandle<tokenwarden::Result<Option<String>>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let w = w.clone();
+    let slow = thread::spawn(move || {
+        let mut first = true;
+        w.each_summary_page(&PageQuery::default(), |_| {
+            if std::mem::take(&mut first) {
+                inside_tx.send(()).unwrap();
+                let _ = done_rx.recv_timeout(hold);
+            }
+        })
+    });
+    inside_rx.recv().unwrap();
+    (slow, done_tx)
+}
+
 /// HOLE. Ids may contain `+` (DESIGN §7). `GET /v1/credentials` hands back
 /// the last id of a page as `next`, "the `after` of the next page", and a
 /// client passes it back as `?after=NEXT`. The server percent-decodes
@@ -200,21 +225,7 @@ fn a_slow_listing_makes_a_second_listing_fail() {
     };
     let w = Arc::new(Warden::open(&env.db, config).unwrap());
     fill(&w, 10);
-    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<()>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let slow = {
-        let w = w.clone();
-        thread::spawn(move || {
-            let mut first = true;
-            w.each_summary_page(&PageQuery::default(), |_| {
-                if std::mem::take(&mut first) {
-                    inside_tx.send(()).unwrap();
-                    let _ = done_rx.recv_timeout(Duration::from_secs(10));
-                }
-            })
-        })
-    };
-    inside_rx.recv().unwrap();
+    let (slow, done_tx) = slow_listing(&w, Duration::from_secs(10));
     let mut n = 0;
     let second = w.each_summary_page(&PageQuery::default(), |_| n += 1);
     done_tx.send(()).unwrap();
@@ -265,21 +276,7 @@ fn listings_starve_the_owners_commit_until_another_process_reuses_the_token() {
     }
     let claimed = Instant::now();
     // A listing whose consumer is slow: it holds one connection.
-    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<()>();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let slow = {
-        let w = w.clone();
-        thread::spawn(move || {
-            let mut first = true;
-            w.each_summary_page(&PageQuery::default(), |_| {
-                if std::mem::take(&mut first) {
-                    inside_tx.send(()).unwrap();
-                    let _ = done_rx.recv_timeout(Duration::from_secs(20));
-                }
-            })
-        })
-    };
-    inside_rx.recv().unwrap();
+    let (slow, done_tx) = slow_listing(&w, Duration::from_secs(20));
     // An ordinary listing: it takes the other connection for its cursor and
     // waits for a third to read a quota snapshot.
     let lister = {
@@ -529,7 +526,12 @@ fn held_insert_many_rolls_back_only_the_refused_record() {
         cred("b4", "rt-b4"),
     ];
     let results = store
-        .insert_many(&batch, false, "t", tokenwarden::clock::now_ms())
+        .insert_many(
+            &batch.iter().collect::<Vec<_>>(),
+            false,
+            "t",
+            tokenwarden::clock::now_ms(),
+        )
         .unwrap();
     let kinds: Vec<&str> = results
         .iter()
@@ -546,7 +548,7 @@ fn held_insert_many_rolls_back_only_the_refused_record() {
     assert_eq!(w.get("held").unwrap().refresh_token.expose(), "rt-held");
     let again = store
         .insert_many(
-            &[cred("b5", "rt-b5")],
+            &[&cred("b5", "rt-b5")],
             false,
             "t",
             tokenwarden::clock::now_ms(),

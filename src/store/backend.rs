@@ -53,7 +53,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// empty); `status.has_access_token` still says whether there is an
     /// access token. Nothing but the row at hand is held in memory, and a
     /// scan that breaks early reads no further (a page after a cursor costs
-    /// what it reads, not the table).
+    /// what it reads, not the table). `f` must not call the store: the scan
+    /// holds a connection while it runs, and a call that needs a second one
+    /// waits on the pool — with every connection held by such a scan, for
+    /// ever (collect what the rows need, then read it after the scan).
     fn scan(&self, scan: Scan<'_>, f: &mut dyn FnMut(Credential) -> ControlFlow<()>) -> Result<()>;
 
     /// Every credential, as [`Backend::scan`] with no cursor or filter.
@@ -109,7 +112,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// whole batch, which then wrote nothing.
     fn insert_many(
         &self,
-        creds: &[NewCredential],
+        creds: &[&NewCredential],
         all_or_nothing: bool,
         actor: &str,
         now_ms: i64,

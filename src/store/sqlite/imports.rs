@@ -179,7 +179,7 @@ pub(super) fn insert(
 /// the whole batch, which then wrote nothing.
 pub(super) fn insert_many(
     db: &Sqlite,
-    creds: &[NewCredential],
+    creds: &[&NewCredential],
     all_or_nothing: bool,
     actor: &str,
     now_ms: i64,

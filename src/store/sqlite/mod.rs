@@ -175,7 +175,7 @@ impl Backend for Sqlite {
 
     fn insert_many(
         &self,
-        creds: &[NewCredential],
+        creds: &[&NewCredential],
         all_or_nothing: bool,
         actor: &str,
         now_ms: i64,
