@@ -1600,18 +1600,21 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
         s,
         "\nEach size is a database of that many valid credentials (each its own login at the \
          fake OAuth server, access tokens valid 6 h), made by `tokenwarden import` of one JSON \
-         array (the import figure); then, on it: `Warden::token` in this process (median of \
-         batches); `tokenwarden token ID` against `true`, alternating (median); `tokenwarden \
-         list --limit 100` (median of runs); `serve --threads 8` (idle once half a second \
-         passes without 10 ms of CPU, then RSS and CPU over the idle window; then one \
-         keep-alive client's sequential `GET …/token`, then `GET /v1/credentials?limit=100`); \
-         `tokenwarden sweep` with nothing due (median of 3, stdout a pipe); and last \
-         `tokenwarden sweep --concurrency 32` with everything due (`TOKENWARDEN_REFRESH_AHEAD` \
-         longer than the tokens' life), the fake answering each refresh after 20 ms; one \
-         upstream call per credential, checked. RSS is the peak (VmHWM; GNU time's maximum \
-         resident set for a finished command). \"grows\" is the exponent k of cost ∝ n^k \
-         from the smallest size to the largest (flat < 0.1 ≤ sub-linear < 0.85 ≤ linear < \
-         1.15 ≤ worse)."
+         array (the import figure). The per-call figures are taken side by side, each round \
+         measuring every size in turn, so that load on the machine hits all sizes alike: \
+         `Warden::token` in this process (a warden on each database; median of batches); \
+         `tokenwarden token ID`, alternating with `true` (median), and `tokenwarden list \
+         --limit 100` (median of runs); a `serve --threads 8` on each database, idle once half \
+         a second passes without 10 ms of CPU in any (then RSS and CPU over one idle window \
+         for all), then one keep-alive client's sequential `GET …/token` and `GET \
+         /v1/credentials?limit=100`, in rounds. Then, size by size, `tokenwarden sweep` with \
+         nothing due (median of 3, stdout a pipe) and `tokenwarden sweep --concurrency 32` \
+         with everything due (`TOKENWARDEN_REFRESH_AHEAD` longer than the tokens' life), the \
+         fake answering each refresh after 20 ms; one upstream call per credential, and never \
+         more than 32 in flight, checked. RSS is the peak (VmHWM; GNU time's maximum resident \
+         set for a finished command). \"grows\" is the exponent k of cost ∝ n^k from the \
+         smallest size to the largest (flat < 0.1 ≤ sub-linear < 0.85 ≤ linear < 1.15 ≤ \
+         worse)."
     );
     let _ = writeln!(s, "\n### Machine\n\n{machine}");
     let _ = writeln!(s, "- growth pass wall time: {:.0} s", took.as_secs_f64());
