@@ -21,6 +21,9 @@ use crate::store::{self, HandleRow, QuotaRow, Scan};
 use crate::view::Summary;
 use crate::warden::Warden;
 
+/// Rows a page reads per scan (see [`Warden::each_summary_page`]).
+pub const PAGE_CHUNK: usize = 500;
+
 /// One page of a listing (`GET /v1/credentials?limit=&after=&state=&provider=`,
 /// `tokenwarden list --limit … --after …`): in id order, after a cursor,
 /// filtered by effective state and provider.
@@ -136,44 +139,55 @@ impl Warden {
     /// the filters, at most `q.limit` of them. Returns the cursor of the
     /// next page — the last id handed — when another matching credential
     /// follows, else `None`. Reads the rows after the cursor only as far as
-    /// the page needs (each with its newest quota snapshot, by id), so a
-    /// page costs what it holds, not the table.
+    /// the page needs, so a page costs what it holds, not the table.
+    ///
+    /// The rows are read in chunks of [`PAGE_CHUNK`], and each chunk's
+    /// quota snapshots are looked up after its scan has given its
+    /// connection back: a scan that waited for a second connection while
+    /// holding one would, with every connection of the pool held by such a
+    /// scan, wait out the pool's timeout (`scale::concurrent_pages_…`).
     pub fn each_summary_page(
         &self,
         q: &PageQuery,
         mut f: impl FnMut(Summary<'_>),
     ) -> Result<Option<String>> {
         let (now, policy) = (clock::now(), self.config().policy);
-        let scan = Scan {
-            after: q.after.as_deref(),
-            provider: q.provider,
-        };
-        let (mut handed, mut last, mut more) = (0usize, None::<String>, false);
-        let mut failed = Ok(());
-        self.store().scan(scan, &mut |c| {
-            if q.state
-                .is_some_and(|s| c.status.effective(now, &policy) != s)
-            {
-                return ControlFlow::Continue(());
-            }
-            if handed == q.limit {
-                more = true;
-                return ControlFlow::Break(());
-            }
-            let quota = match self.store().latest_quota(&c.id) {
-                Ok(quota) => quota,
-                Err(e) => {
-                    failed = Err(e);
-                    return ControlFlow::Break(());
-                }
+        let mut after = q.after.clone();
+        let (mut handed, mut last) = (0usize, None::<String>);
+        loop {
+            let (mut rows, mut scanned, mut scanned_last) = (Vec::new(), 0usize, None);
+            let scan = Scan {
+                after: after.as_deref(),
+                provider: q.provider,
             };
-            f(Summary::new(&c, now, &policy).with_quota(quota.as_ref()));
-            handed += 1;
-            last = Some(c.id);
-            ControlFlow::Continue(())
-        })?;
-        failed?;
-        Ok(if more { last } else { None })
+            self.store().scan(scan, &mut |c| {
+                scanned += 1;
+                scanned_last = Some(c.id.clone());
+                if q.state
+                    .is_none_or(|s| c.status.effective(now, &policy) == s)
+                {
+                    rows.push(c);
+                }
+                match scanned < PAGE_CHUNK {
+                    true => ControlFlow::Continue(()),
+                    false => ControlFlow::Break(()),
+                }
+            })?;
+            for c in rows {
+                if handed == q.limit {
+                    // Another match follows the page.
+                    return Ok(last);
+                }
+                let quota = self.store().latest_quota(&c.id)?;
+                f(Summary::new(&c, now, &policy).with_quota(quota.as_ref()));
+                handed += 1;
+                last = Some(c.id);
+            }
+            if scanned < PAGE_CHUNK {
+                return Ok(None);
+            }
+            after = scanned_last;
+        }
     }
 
     /// Imports a batch of credentials in one transaction (one fsync, for
@@ -202,7 +216,7 @@ impl Warden {
         let actor = clock::actor(&self.config().actor);
         let mut inserted = self
             .store()
-            .insert_many(&to_insert, &actor, clock::now_ms())?
+            .insert_many(&to_insert, false, &actor, clock::now_ms())?
             .into_iter();
         let mut out = Vec::with_capacity(creds.len());
         for (c, v) in creds.iter().zip(valid) {
@@ -222,6 +236,64 @@ impl Warden {
             });
         }
         Ok(out)
+    }
+
+    /// Imports the records of an HTTP array: without `replace`, every one
+    /// or none — new ones in one transaction that the first refusal rolls
+    /// back whole. With `replace`, one at a time through
+    /// [`Warden::import_within`] (a replace waits out, or with `wait` zero
+    /// refuses, a live lease), stopping at the first refusal. Either way a
+    /// refusal of an array's record is [`Error::InRecord`]: its position,
+    /// how many records before it were imported, and why.
+    pub fn import_all(
+        &self,
+        creds: &[NewCredential],
+        replace: bool,
+        wait: Duration,
+    ) -> Result<Vec<Credential>> {
+        let many = creds.len() > 1;
+        let at = |index: usize, imported: usize, e: Error| match many {
+            true => Error::InRecord {
+                index,
+                imported,
+                source: Box::new(e),
+            },
+            false => e,
+        };
+        if !replace {
+            for (i, c) in creds.iter().enumerate() {
+                validate_id(&c.id).map_err(|e| at(i, 0, Error::BadInput(e)))?;
+            }
+            let actor = clock::actor(&self.config().actor);
+            return match self
+                .store()
+                .insert_many(creds, true, &actor, clock::now_ms())
+            {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    let id = match &e {
+                        Error::Exists(id)
+                        | Error::SpentToken { id, .. }
+                        | Error::TokenHeldElsewhere { id, .. } => Some(id),
+                        _ => None,
+                    };
+                    // Ids are unique within an array (parse_import refuses
+                    // a repeat), so the id names the record.
+                    match id.and_then(|id| creds.iter().position(|c| &c.id == id)) {
+                        Some(index) => Err(at(index, 0, e)),
+                        None => Err(e),
+                    }
+                }
+            };
+        }
+        let mut rows = Vec::with_capacity(creds.len());
+        for (i, c) in creds.iter().enumerate() {
+            let row = self
+                .import_within(std::slice::from_ref(c), true, wait)
+                .map_err(|e| at(i, rows.len(), e))?;
+            rows.extend(row);
+        }
+        Ok(rows)
     }
 
     /// How many credentials are in each effective state now, for every
@@ -422,6 +494,62 @@ mod tests {
         );
         assert_eq!(valid_after.0, ["c03", "c04", "c06"]);
         assert_eq!(valid_after.1.as_deref(), Some("c06"));
+    }
+
+    /// Pages that span several scan chunks (and a filter that skips a
+    /// whole chunk) still cover every match once, in order.
+    #[test]
+    fn pages_cross_scan_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Warden::open(dir.path().join("t.db"), crate::Config::default()).unwrap();
+        let n = PAGE_CHUNK * 2 + 50;
+        let creds: Vec<_> = (0..n)
+            .map(|i| {
+                // Claude only in the last 50: a provider filter skips whole chunks.
+                let kind = if i < PAGE_CHUNK * 2 {
+                    ProviderKind::Codex
+                } else {
+                    ProviderKind::Claude
+                };
+                new(format!("x{i:05}"), kind, &format!("rt-{i}"))
+            })
+            .collect();
+        assert!(w
+            .import_batch(&creds, false, Duration::ZERO)
+            .unwrap()
+            .iter()
+            .all(Result::is_ok));
+        let q = PageQuery {
+            limit: PAGE_CHUNK + 7,
+            ..PageQuery::default()
+        };
+        let (first, next) = page(&w, &q);
+        assert_eq!(first.len(), PAGE_CHUNK + 7);
+        let (second, next2) = page(
+            &w,
+            &PageQuery {
+                after: next,
+                ..q.clone()
+            },
+        );
+        let (third, next3) = page(
+            &w,
+            &PageQuery {
+                after: next2,
+                ..q.clone()
+            },
+        );
+        assert_eq!(next3, None);
+        let all: Vec<String> = [first, second, third].concat();
+        assert_eq!(all, (0..n).map(|i| format!("x{i:05}")).collect::<Vec<_>>());
+        let claude = PageQuery {
+            limit: 10,
+            provider: Some(ProviderKind::Claude),
+            ..PageQuery::default()
+        };
+        let (ids, next) = page(&w, &claude);
+        assert_eq!(ids.first().map(String::as_str), Some("x01000"));
+        assert_eq!(next.as_deref(), Some("x01009"));
     }
 
     /// Events page forward from a sequence number; without one, the tail.

@@ -3,8 +3,8 @@
 //!
 //! This file is the only place that reads the wall clock and the lease
 //! clock. The refresh protocol reads no clock at all, not even `Instant`:
-//! it takes a [`Clock`] as a parameter, whose real implementation
-//! ([`SystemClock`]) calls the functions below, `Instant::now` and real
+//! it takes a `Clock` as a parameter, whose real implementation
+//! (`SystemClock`) calls the functions below, `Instant::now` and real
 //! sleeps, so that its tests can run it on simulated time (`SimClock`,
 //! tests only) where a sleep moves the clock instead of the thread. (Other
 //! shells — shutdown graces, the HTTP server, the sweep — still read

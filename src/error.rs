@@ -131,15 +131,30 @@ pub enum Error {
         /// How it was spent.
         how: Spent,
     },
-    /// An import of several records of which some were refused (each said
-    /// on stderr with its file and position); the others were imported.
+    /// One record of an array imported over HTTP was refused: its position
+    /// (zero-based, shown one-based), how many records before it were
+    /// imported, and why. Its exit and API codes are its cause's.
     #[error(
-        "{refused} of {total} records were refused (each is named above); the others were \
-         imported. Fix or remove the refused ones and import them again"
+        "record {} of the array: {source}; {}",
+        .index + 1,
+        imported_before(*imported)
     )]
+    InRecord {
+        /// The refused record's position in the array.
+        index: usize,
+        /// Records imported before it.
+        imported: usize,
+        /// Why it was refused.
+        source: Box<Error>,
+    },
+    /// An import of several records of which some were refused (each said
+    /// on stderr with its file and position).
+    #[error("{}", partly_imported(*refused, *imported, *total))]
     PartlyImported {
         /// Records refused.
         refused: usize,
+        /// Records imported.
+        imported: usize,
         /// Records read.
         total: usize,
     },
@@ -156,6 +171,28 @@ pub enum Error {
         /// The credential holding the token.
         holder: String,
     },
+}
+
+/// The end of [`Error::InRecord`]'s message.
+fn imported_before(imported: usize) -> String {
+    match imported {
+        0 => "nothing was imported".to_owned(),
+        1 => "the record before it was imported".to_owned(),
+        n => format!("the {n} records before it were imported"),
+    }
+}
+
+/// [`Error::PartlyImported`]'s message.
+fn partly_imported(refused: usize, imported: usize, total: usize) -> String {
+    let kept = match imported {
+        0 => "none was imported".to_owned(),
+        1 => "the other one was imported".to_owned(),
+        n => format!("the other {n} were imported"),
+    };
+    format!(
+        "{refused} of {total} records were refused (each is named above); {kept}. Fix or \
+         remove the refused ones and import them again"
+    )
 }
 
 /// How a refresh token came to be spent.
@@ -211,6 +248,7 @@ impl Error {
             Error::NotFound(_) => 3,
             Error::Dead { .. } => 4,
             Error::Unavailable { .. } => 5,
+            Error::InRecord { source, .. } => source.exit_code(),
             Error::Exists(_)
             | Error::Db(_)
             | Error::DiskFull(_)
@@ -243,6 +281,7 @@ impl Error {
             Error::SpentToken { .. } => "refresh_token_spent",
             Error::TokenHeldElsewhere { .. } => "refresh_token_in_use",
             Error::PartlyImported { .. } => "partly_imported",
+            Error::InRecord { source, .. } => source.code(),
         }
     }
 }

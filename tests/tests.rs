@@ -14,6 +14,11 @@ mod architecture;
 mod attack;
 // Second hostile review: ways the fixes of the first one broke.
 mod attack2;
+// Third hostile review: the Backend store, typed errors, the clock seam,
+// pagination and streaming import (issue 13).
+mod attack3;
+// Attacks on the token cold-start change (a33b4c4): shortcut parser, deferred start-up.
+mod attack4;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.
@@ -38,6 +43,8 @@ mod import_replace;
 mod invariants;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
+// Issue 13 at test scale: pages, a large streaming import, a short sweep.
+mod scale;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.
 mod security;
 // SQLite's process-wide POSIX locks are never dropped by tokenwarden.

@@ -182,7 +182,7 @@ pub enum Command {
     List {
         /// At most this many (a page); the next page's `--after` is printed
         /// when more follow (on stderr, or as `next` with --json).
-        #[arg(long)]
+        #[arg(long, value_parser = page_limit)]
         limit: Option<usize>,
         /// Only ids after this one (a page's cursor).
         #[arg(long)]
@@ -392,6 +392,17 @@ pub enum ExportFormat {
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
     ProviderKind::parse(raw)
         .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+/// A page size: a whole number, at least 1 (a page of none would read as
+/// "nothing more").
+fn page_limit(raw: &str) -> std::result::Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{raw:?} is not a page size; use a whole number from 1"
+        )),
+    }
 }
 
 fn state(raw: &str) -> std::result::Result<State, String> {

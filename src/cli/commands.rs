@@ -2,6 +2,7 @@
 //! database, call the library, print. `serve` is in `serve`, and the key
 //! commands (`keygen`, `encrypt`, `rekey`) are in `keys`.
 
+use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,9 +38,19 @@ const IMPORT_BATCH: usize = 1_000;
 /// `import FILE...`: each file read as a stream (a JSON array, JSON Lines,
 /// or one object, of any size) and committed in batches. Each record is
 /// checked and refused on its own, named by its file and position; the
-/// others are imported. One refusal in all is returned as it is (so a
-/// single file's exit code and message are the record's own); several end
-/// in [`Error::PartlyImported`].
+/// others are imported.
+///
+/// Files are read twice: first to the end without writing, so that a
+/// truncated or malformed file (or one holding a record over the bound)
+/// imports nothing from any file, as a file read whole would; then to
+/// import. Standard input can be read once only: records before a syntax
+/// error in it stay imported, and the error says how many.
+///
+/// The command's error: none when nothing was refused; when nothing was
+/// imported, a single refusal's own error (so a one-record file keeps its
+/// exit code and message), or "none could be imported" (exit 2) when every
+/// refusal was about the input; otherwise [`Error::PartlyImported`]
+/// (exit 1).
 pub(super) fn import(
     cli: &Cli,
     files: &[PathBuf],
@@ -57,28 +68,38 @@ pub(super) fn import(
             "--id names one credential; import one file at a time with it".into(),
         ));
     }
-    let mut run = ImportRun {
-        warden: &warden,
-        replace,
-        out: std::io::BufWriter::new(std::io::stdout().lock()),
-        batch: Vec::with_capacity(IMPORT_BATCH),
-        total: 0,
-        first_refusal: None,
-        refused: 0,
-        all_bad_input: true,
-        failed: None,
-    };
-    for file in files {
-        let shown = file.display();
-        let reader: Box<dyn Read> = if file.as_os_str() == "-" {
+    let read = |file: &Path| -> Result<Box<dyn Read>> {
+        Ok(if file.as_os_str() == "-" {
             Box::new(std::io::stdin().lock())
         } else {
             Box::new(
                 std::fs::File::open(file)
                     .map_err(|e| IoError::with_path("cannot read", file, e))?,
             )
-        };
-        let streamed = import::stream_import(reader, &opts, |_, record| {
+        })
+    };
+    for file in files.iter().filter(|f| f.as_os_str() != "-") {
+        import::stream_import(read(file)?, &opts, &mut HashSet::new(), |_, _| {})
+            .map_err(|e| Error::BadInput(format!("{}: {e}", file.display())))?;
+    }
+    let mut run = ImportRun {
+        warden: &warden,
+        replace,
+        out: std::io::BufWriter::new(std::io::stdout().lock()),
+        batch: Vec::with_capacity(IMPORT_BATCH),
+        total: 0,
+        imported: 0,
+        first_refusal: None,
+        refused: 0,
+        all_bad_input: true,
+        failed: None,
+    };
+    // One set of ids for every file: an id twice in one command is refused
+    // the second time, whichever files hold it.
+    let mut seen = HashSet::new();
+    for file in files {
+        let shown = file.display();
+        let streamed = import::stream_import(read(file)?, &opts, &mut seen, |_, record| {
             run.total += 1;
             match record {
                 Ok(c) => run.push(c),
@@ -89,20 +110,26 @@ pub(super) fn import(
         if let Some(e) = run.failed.take() {
             return Err(e);
         }
-        streamed.map_err(|e| Error::BadInput(format!("{shown}: {e}")))?;
+        streamed.map_err(|e| match run.imported {
+            0 => Error::BadInput(format!("{shown}: {e}")),
+            n => Error::BadInput(format!(
+                "{shown}: {e}; the {n} records before it were imported"
+            )),
+        })?;
     }
     run.out
         .flush()
         .map_err(|e| IoError::new("cannot write to stdout", e))?;
-    match (run.refused, run.first_refusal) {
-        (0, _) => Ok(()),
-        (1, Some(e)) => Err(e),
+    match (run.refused, run.imported, run.first_refusal) {
+        (0, _, _) => Ok(()),
+        (1, 0, Some(e)) => Err(e),
         // Nothing imported, and only for what the input says: bad input.
-        (refused, _) if refused == run.total && run.all_bad_input => Err(Error::BadInput(format!(
+        (refused, 0, _) if run.all_bad_input => Err(Error::BadInput(format!(
             "none of the {refused} records could be imported (each is named above)"
         ))),
-        (refused, _) => Err(Error::PartlyImported {
+        (refused, imported, _) => Err(Error::PartlyImported {
             refused,
+            imported,
             total: run.total,
         }),
     }
@@ -116,6 +143,7 @@ struct ImportRun<'w, W: std::io::Write> {
     out: W,
     batch: Vec<NewCredential>,
     total: usize,
+    imported: usize,
     first_refusal: Option<Error>,
     refused: usize,
     /// Whether every refusal so far was for the input itself (exit 2).
@@ -169,6 +197,7 @@ impl<W: std::io::Write> ImportRun<'_, W> {
         for result in results {
             match result {
                 Ok(row) => {
+                    self.imported += 1;
                     let _ = writeln!(self.out, "imported {} ({})", row.id, row.provider.kind);
                     if row.status.state == State::Dead {
                         // A replace with the refresh token that was refused.

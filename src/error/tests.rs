@@ -112,6 +112,55 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "refresh_token_in_use",
         ),
         (
+            Error::InRecord {
+                index: 1,
+                imported: 0,
+                source: Box::new(Error::TokenHeldElsewhere {
+                    id: "h2".into(),
+                    holder: "a".into(),
+                }),
+            },
+            "record 2 of the array: refusing to import 'h2': credential 'a' already holds this \
+             refresh token. Under two ids it would be refreshed twice, and the second refresh is \
+             reuse: the provider revokes the login. 'h2' was not imported; use 'a' (`tokenwarden \
+             token a`), or move it: `tokenwarden delete a`, then import again; nothing was \
+             imported",
+            1,
+            "refresh_token_in_use",
+        ),
+        (
+            Error::InRecord {
+                index: 2,
+                imported: 2,
+                source: Box::new(Error::BadInput("bad credential id".into())),
+            },
+            "record 3 of the array: bad credential id; the 2 records before it were imported",
+            2,
+            "bad_request",
+        ),
+        (
+            Error::PartlyImported {
+                refused: 3,
+                imported: 9_998,
+                total: 10_001,
+            },
+            "3 of 10001 records were refused (each is named above); the other 9998 were \
+             imported. Fix or remove the refused ones and import them again",
+            1,
+            "partly_imported",
+        ),
+        (
+            Error::PartlyImported {
+                refused: 2,
+                imported: 0,
+                total: 2,
+            },
+            "2 of 2 records were refused (each is named above); none was imported. Fix or \
+             remove the refused ones and import them again",
+            1,
+            "partly_imported",
+        ),
+        (
             Error::DiskFull(DbError::caused_by(
                 DbKind::DiskFull,
                 "database or disk is full",

@@ -232,6 +232,11 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let message = e.to_string();
         match e {
+            // The cause's status and code, with the record's position.
+            Error::InRecord { source, .. } => ApiError {
+                message,
+                ..ApiError::from(*source)
+            },
             Error::BadInput(_) => ApiError::bad_request(message),
             Error::NotFound(_) | Error::NoQuota(_) | Error::QuotaUnsupported { .. } => {
                 ApiError::new(404, e.code(), message)

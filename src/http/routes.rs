@@ -14,7 +14,7 @@ use crate::config::parse_secs;
 use crate::credential::validate_id;
 use crate::facade;
 use crate::import::{self, ImportOptions};
-use crate::provider::{form_unescape, ProviderKind};
+use crate::provider::{percent_unescape, ProviderKind};
 use crate::state::State;
 use crate::view::{EventList, EventView, Summary, SummaryList, SummaryWriter, TokenResponse};
 use crate::warden::{Grant, Warden};
@@ -339,7 +339,7 @@ fn dispatch(
         Action::Refresh => token_reply(&w.refresh_within(id, q.flag("force")?, wait()?)?),
         Action::Events => {
             let limit = u32::try_from(q.limit(LIST_LIMIT)?).unwrap_or(u32::MAX);
-            let after = q.count("after")?.map(i64::from);
+            let after = q.seq("after")?;
             let (rows, next) = w.events_page(id, after, Some(limit))?;
             let events = rows.iter().map(EventView::from).collect();
             Ok(Reply::json(200, &EventList { events, next }))
@@ -445,9 +445,11 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     };
     let creds = import::parse_import(body, &opts, clock::now_ms())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    // A replace during a refresh in flight is refused at once (409
-    // `refresh_in_progress`, with Retry-After), not waited out.
-    let rows = w.import_within(&creds, q.flag("replace")?, Duration::ZERO)?;
+    // An array lands whole or not at all (with `replace`: up to the first
+    // refusal, which says what landed). A replace during a refresh in
+    // flight is refused at once (409 `refresh_in_progress`, with
+    // Retry-After), not waited out.
+    let rows = w.import_all(&creds, q.flag("replace")?, Duration::ZERO)?;
     let (now, policy) = (clock::now(), w.config().policy);
     if is_array(body) {
         let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
@@ -547,9 +549,10 @@ impl<'a> Query<'a> {
         }
     }
 
-    /// A text value, percent-decoded (an id with `@` arrives as `%40`).
+    /// A text value, percent-decoded (an id with `@` may arrive as `%40`);
+    /// `+` stays a plus sign, as ids may hold one.
     fn text(&self, name: &str) -> Option<String> {
-        self.get(name).map(form_unescape)
+        self.get(name).map(percent_unescape)
     }
 
     /// `limit`: a whole number from 1 to `max`; `default` when absent.
@@ -561,6 +564,20 @@ impl<'a> Query<'a> {
                 "limit is a whole number from 1 to {max}"
             ))),
         }
+    }
+
+    /// An event sequence number: a whole number from 0.
+    fn seq(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .map(|raw| {
+                raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{name}={:?} is not a sequence number (a whole number from 0)",
+                        shorten(raw)
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// A whole number.

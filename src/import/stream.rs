@@ -7,6 +7,7 @@
 //! [`super::parse_import`] reads it (a Codex `auth.json`, say); a record
 //! larger than [`MAX_RECORD`] is refused without being parsed.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
@@ -25,17 +26,36 @@ pub const MAX_RECORD: usize = 1024 * 1024;
 /// outcome with its zero-based position: the credential, or why that
 /// record is refused (its error wrapped in [`ImportError::InRecord`] unless
 /// the input is a single object). A repeated id is refused at its second
-/// appearance. `Err` only when the input as a whole is unreadable: not
-/// JSON, no records, or a top-level value that is no object or array.
+/// appearance — also across the inputs of one command, which pass the same
+/// `seen` set. `Err` only when the input as a whole is unreadable: not
+/// JSON, no records, a record over the bound, or a top-level value that is
+/// no object or array.
 pub fn stream_import(
     reader: impl Read,
     opts: &ImportOptions,
+    seen: &mut HashSet<String>,
     mut each: impl FnMut(usize, Result<NewCredential>),
 ) -> Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     skip_bom_and_space(&mut reader)?;
     let first = reader.fill_buf().map_err(not_json)?.first().copied();
-    let mut ids = HashSet::new();
+    // Bytes read since the last record ended, and records seen: the guard
+    // refuses a record that grows past the bound while it is being read,
+    // so memory never holds more than one record of at most MAX_RECORD.
+    let since = Cell::new(0usize);
+    let handed = Cell::new(0usize);
+    let reader = Guard {
+        inner: reader,
+        since: &since,
+    };
+    let too_large = |e: serde_json::Error| match e.io_error_kind() {
+        Some(std::io::ErrorKind::FileTooLarge) => ImportError::InRecord {
+            index: handed.get(),
+            source: Box::new(ImportError::TooLarge(MAX_RECORD)),
+        },
+        _ => not_json(e),
+    };
+    let ids = seen;
     let mut record = |index: usize, raw: &RawValue, many: bool| {
         let parsed = parse_raw(raw, opts).and_then(|c| match ids.insert(c.id.clone()) {
             true => Ok(c),
@@ -55,17 +75,21 @@ pub fn stream_import(
     // With `--id` the input must hold one record: the first is kept aside
     // and the rest only counted, so that more than one is refused whole.
     let mut kept: Option<Box<RawValue>> = None;
-    let mut handle = |index: usize, raw: Box<RawValue>, many: bool| match &opts.id {
-        None => record(index, &raw, many),
-        Some(_) if index == 0 => kept = Some(raw),
-        Some(_) => {}
+    let mut handle = |index: usize, raw: Box<RawValue>, many: bool| {
+        since.set(0);
+        handed.set(index + 1);
+        match &opts.id {
+            None => record(index, &raw, many),
+            Some(_) if index == 0 => kept = Some(raw),
+            Some(_) => {}
+        }
     };
     let (count, many) = match first {
         Some(b'[') => {
             let mut de = serde_json::Deserializer::from_reader(reader);
             let n = de
                 .deserialize_seq(Elements(&mut |i, raw| handle(i, raw, true)))
-                .map_err(not_json)?;
+                .map_err(too_large)?;
             de.end().map_err(not_json)?;
             (n, true)
         }
@@ -76,7 +100,7 @@ pub fn stream_import(
             let mut pending: Option<Box<RawValue>> = None;
             let mut n = 0;
             for raw in values {
-                let raw = raw.map_err(not_json)?;
+                let raw = raw.map_err(too_large)?;
                 if let Some(prev) = pending.take() {
                     handle(n - 1, prev, true);
                 }
@@ -124,6 +148,33 @@ fn not_json(e: impl std::fmt::Display) -> ImportError {
     ImportError::NotJson(e.to_string())
 }
 
+/// Counts the bytes read since the last record ended (`since`, reset as
+/// each record is handed over) and fails the read, with
+/// `ErrorKind::FileTooLarge`, once they pass the bound: serde buffers a
+/// record whole, so its size must be checked while it is read.
+struct Guard<'a, R> {
+    inner: R,
+    since: &'a Cell<usize>,
+}
+
+/// Room beside a record for the separators around it.
+const SEPARATOR_SLACK: usize = 64 * 1024;
+
+impl<R: Read> Read for Guard<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let since = self.since.get() + n;
+        self.since.set(since);
+        if since > MAX_RECORD + SEPARATOR_SLACK {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "a record larger than the bound",
+            ));
+        }
+        Ok(n)
+    }
+}
+
 /// Skips a UTF-8 byte-order mark and leading whitespace.
 fn skip_bom_and_space(r: &mut impl BufRead) -> Result<()> {
     let buf = r.fill_buf().map_err(not_json)?;
@@ -169,7 +220,9 @@ mod tests {
     /// Every outcome of streaming `text`, or the whole input's error.
     fn stream(text: &str, opts: &ImportOptions) -> Result<Vec<(usize, Result<NewCredential>)>> {
         let mut out = Vec::new();
-        stream_import(text.as_bytes(), opts, |i, r| out.push((i, r)))?;
+        stream_import(text.as_bytes(), opts, &mut HashSet::new(), |i, r| {
+            out.push((i, r))
+        })?;
         Ok(out)
     }
 
@@ -299,6 +352,48 @@ mod tests {
         ));
     }
 
+    /// A record far over the bound is refused while it is read: the input
+    /// is not read (nor held) much past the bound.
+    #[test]
+    fn a_huge_record_is_refused_while_it_is_read() {
+        struct Endless<'a>(&'a std::cell::Cell<usize>);
+        impl Read for Endless<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let head = br#"[{"id":"a","provider":"codex","refresh_token":"rt-a"}, {"id":"big","refresh_token":""#;
+                let at = self.0.get();
+                let n = if at < head.len() {
+                    let n = buf.len().min(head.len() - at);
+                    buf[..n].copy_from_slice(&head[at..at + n]);
+                    n
+                } else {
+                    buf.fill(b'x');
+                    buf.len()
+                };
+                self.0.set(at + n);
+                Ok(n)
+            }
+        }
+        let read = std::cell::Cell::new(0);
+        let mut handed = Vec::new();
+        let err = stream_import(
+            Endless(&read),
+            &ImportOptions::default(),
+            &mut HashSet::new(),
+            |i, r| handed.push((i, r.map(|c| c.id))),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ImportError::InRecord { index: 1, source } if matches!(**source, ImportError::TooLarge(_))),
+            "{err}"
+        );
+        assert_eq!(handed.len(), 1);
+        assert!(
+            read.get() < MAX_RECORD + 2 * SEPARATOR_SLACK + 64 * 1024,
+            "{}",
+            read.get()
+        );
+    }
+
     /// A stream of 20,000 records is read one at a time: each outcome is
     /// handed over before the next record is parsed.
     #[test]
@@ -326,6 +421,7 @@ mod tests {
         stream_import(
             Trickle(text.as_bytes(), read.clone()),
             &ImportOptions::default(),
+            &mut HashSet::new(),
             |_, r| {
                 r.unwrap();
                 first_seen_after.get_or_insert(read.get());

@@ -40,10 +40,21 @@ pub fn form_decode(body: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Decodes one form or query component: `+` is a space, `%XX` a byte; a
-/// malformed `%` escape is kept as it is, and bytes that are not UTF-8
-/// become U+FFFD.
+/// Decodes one form component: `+` is a space, `%XX` a byte; a malformed
+/// `%` escape is kept as it is, and bytes that are not UTF-8 become U+FFFD.
 pub fn form_unescape(s: &str) -> String {
+    unescape(s, true)
+}
+
+/// Decodes one URL query value (RFC 3986): `%XX` is a byte and `+` stays a
+/// plus sign — credential ids may hold one, and a client that sends a
+/// cursor back as it got it must get the same page boundary. Malformed
+/// escapes and bytes that are not UTF-8 as in [`form_unescape`].
+pub fn percent_unescape(s: &str) -> String {
+    unescape(s, false)
+}
+
+fn unescape(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -54,7 +65,7 @@ pub fn form_unescape(s: &str) -> String {
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b[i], hex) {
-            (b'+', _) => out.push(b' '),
+            (b'+', _) if plus_is_space => out.push(b' '),
             (b'%', Some(v)) => {
                 out.push(v);
                 i += 2;
@@ -69,6 +80,14 @@ pub fn form_unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query value keeps `+`; a form value reads it as a space.
+    #[test]
+    fn plus_is_a_space_only_in_forms() {
+        assert_eq!(form_unescape("a+b%2B%40"), "a b+@");
+        assert_eq!(percent_unescape("a+b%2B%40"), "a+b+@");
+        assert_eq!(percent_unescape("%zz%4"), "%zz%4");
+    }
 
     #[test]
     fn form_encoding() {

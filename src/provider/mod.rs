@@ -24,7 +24,7 @@ pub(crate) mod testkit;
 pub use classify::{
     is_permanent_code, is_transient_code, parse_refresh, PERMANENT_CODES, TRANSIENT_CODES,
 };
-pub use form::{form_component, form_decode, form_encode, form_unescape};
+pub use form::{form_component, form_decode, form_encode, form_unescape, percent_unescape};
 // The provider settings' enums are credential data: they live in
 // `credential`, which names nothing of `provider` (ARCHITECTURE.md).
 pub use crate::credential::{ClientAuth, Encoding, ProviderKind};

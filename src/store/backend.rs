@@ -104,11 +104,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Stores many new credentials in one transaction, each refused on its
     /// own as [`Backend::insert`] refuses it (its refusal in its place, the
-    /// others kept). The database's own trouble fails the whole batch,
-    /// which then wrote nothing.
+    /// others kept) — or, `all_or_nothing`, the first refusal is the
+    /// error and nothing is written. The database's own trouble fails the
+    /// whole batch, which then wrote nothing.
     fn insert_many(
         &self,
         creds: &[NewCredential],
+        all_or_nothing: bool,
         actor: &str,
         now_ms: i64,
     ) -> Result<Vec<Result<Credential>>>;

@@ -174,11 +174,13 @@ pub(super) fn insert(
 
 /// Stores many new credentials in one transaction (one fsync), each under
 /// its own savepoint: a refused one ([`insert`]'s refusals) is rolled back
-/// alone and its refusal returned in its place. The database's own
-/// trouble fails the whole batch, which then wrote nothing.
+/// alone and its refusal returned in its place — or, `all_or_nothing`, the
+/// first refusal fails the whole batch. The database's own trouble fails
+/// the whole batch, which then wrote nothing.
 pub(super) fn insert_many(
     db: &Sqlite,
     creds: &[NewCredential],
+    all_or_nothing: bool,
     actor: &str,
     now_ms: i64,
 ) -> Result<Vec<Result<Credential>>> {
@@ -195,7 +197,7 @@ pub(super) fn insert_many(
                     e @ (Error::Exists(_)
                     | Error::SpentToken { .. }
                     | Error::TokenHeldElsewhere { .. }),
-                ) => {
+                ) if !all_or_nothing => {
                     tx.execute_batch("ROLLBACK TO import; RELEASE import")
                         .map_err(db_err)?;
                     out.push(Err(e));

@@ -176,10 +176,11 @@ impl Backend for Sqlite {
     fn insert_many(
         &self,
         creds: &[NewCredential],
+        all_or_nothing: bool,
         actor: &str,
         now_ms: i64,
     ) -> Result<Vec<Result<Credential>>> {
-        imports::insert_many(self, creds, actor, now_ms)
+        imports::insert_many(self, creds, all_or_nothing, actor, now_ms)
     }
 
     fn replace(
