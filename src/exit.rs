@@ -7,6 +7,7 @@
 //! once. A second signal exits at once, with status 1. `serve` has its own
 //! shutdown (`http::run_serve`), which also drains HTTP requests.
 
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -18,6 +19,21 @@ use crate::warden::Warden;
 
 /// Added to the lease TTL when waiting for leases on the way out.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
+
+/// The stop signal a one-shot command received (0: none).
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// Exits with 128 + the stop signal if one arrived while this one-shot
+/// command ran (see [`finish_refreshes_on_signal`]). Called when the
+/// command returns: its refreshes are done by then, and the signal's exit
+/// status is owed — else the command's own `exit(0)` could beat the exit
+/// thread, which wakes only once the last lease is released.
+pub fn exit_if_stopped() {
+    let signal = STOPPED_BY.load(Ordering::SeqCst);
+    if signal != 0 {
+        std::process::exit(128 + signal);
+    }
+}
 
 /// Takes over SIGTERM, SIGINT and SIGHUP (a closed terminal or a dropped
 /// ssh session): the first one is handed to the receiver
@@ -57,6 +73,7 @@ pub fn finish_refreshes_on_signal(warden: &Warden) -> Result<()> {
             let Ok(signal) = stop.recv() else {
                 return;
             };
+            STOPPED_BY.store(signal, Ordering::SeqCst);
             leases.refuse();
             if leases.held() > 0 {
                 log::warn!(

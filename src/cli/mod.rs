@@ -30,7 +30,11 @@ pub use serve::run_serve;
 
 /// Runs the CLI; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    match execute(cli) {
+    let result = execute(cli);
+    // A one-shot command that got SIGTERM/SIGINT/SIGHUP exits 128 + the
+    // signal once it is done, whatever it returned.
+    crate::exit::exit_if_stopped();
+    match result {
         Ok(code) => code,
         Err(e) => {
             // Logs may precede it; the error is always the last line.
