@@ -1047,47 +1047,61 @@ fn http_latencies(addr: SocketAddr, path: &str, n: usize) -> (Vec<f64>, usize) {
     for _ in 0..n {
         let t = Instant::now();
         writer.write_all(request.as_bytes()).expect("send");
-        line.clear();
-        reader.read_line(&mut line).expect("status line");
-        assert!(line.starts_with("HTTP/1.1 200"), "{path}: {line}");
-        let mut len = 0usize;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("header");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
-                    chunked = true;
-                }
-            }
-        }
-        body.clear();
-        if chunked {
-            loop {
-                line.clear();
-                reader.read_line(&mut line).expect("chunk size");
-                let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
-                let mut chunk = vec![0; size + 2];
-                reader.read_exact(&mut chunk).expect("chunk");
-                if size == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..size]);
-            }
-        } else {
-            body.resize(len, 0);
-            reader.read_exact(&mut body).expect("body");
-        }
+        let status = read_http_answer(&mut reader, &mut line, &mut body).expect("answer");
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
     (out, body.len())
+}
+
+/// Reads one HTTP/1.1 answer: returns its status line, with its body in
+/// `body` (by Content-Length, or chunked).
+fn read_http_answer(
+    reader: &mut impl BufRead,
+    line: &mut String,
+    body: &mut Vec<u8>,
+) -> std::io::Result<String> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    line.clear();
+    reader.read_line(line)?;
+    let status = line.trim_end().to_owned();
+    let mut len = 0usize;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        if reader.read_line(line)? == 0 {
+            return Err(bad("the connection closed in the headers"));
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().map_err(|_| bad("Content-Length"))?;
+            }
+            if k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    body.clear();
+    if !chunked {
+        body.resize(len, 0);
+        reader.read_exact(body)?;
+        return Ok(status);
+    }
+    loop {
+        line.clear();
+        reader.read_line(line)?;
+        let size = usize::from_str_radix(line.trim(), 16).map_err(|_| bad("chunk size"))?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        if size == 0 {
+            return Ok(status);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// One size's measurements.
@@ -1119,10 +1133,13 @@ struct Grown {
     sweep_due_calls: u64,
 }
 
-/// The `--growth` pass: for each count, a database of that many valid
+/// The `--growth` pass. For each count, a database of that many valid
 /// credentials (each its own login at the fake), imported by the CLI from
-/// one JSON array, then every figure on it; the sweep of everything due
-/// last, since it rewrites every row.
+/// one JSON array. Then the per-call figures, taken side by side: every
+/// round measures every size in turn (a `Warden` each, a `serve` each),
+/// so that load on the machine hits all sizes alike and the ratios to the
+/// smallest size mean something. Then, size by size, the whole-table
+/// figures; the sweep of everything due last, since it rewrites every row.
 fn growth(
     fake: &FakeOAuth,
     dir: &Path,
@@ -1131,24 +1148,175 @@ fn growth(
     machine: &str,
     started: Instant,
 ) -> String {
-    let mut rows = Vec::new();
-    for &n in counts {
+    let smoke = sizes.smoke;
+    let mut rows: Vec<Grown> = counts
+        .iter()
+        .map(|&n| {
+            let t = Instant::now();
+            let g = grow_import(fake, dir, n);
+            eprintln!(
+                "growth: {n} credentials imported in {:.1} s",
+                t.elapsed().as_secs_f64()
+            );
+            g
+        })
+        .collect();
+    let db = |g: &Grown| dir.join(format!("growth-{}.db", g.n));
+    let probe = |g: &Grown| format!("g{}-{}", g.n, g.n / 2);
+
+    // In-process token: a warden on each database, batches in turn.
+    {
+        let wardens: Vec<Warden> = rows
+            .iter()
+            .map(|g| Warden::open(db(g), Config::default()).expect("open warden"))
+            .collect();
+        let iters: u32 = if smoke { 2_000 } else { 100_000 };
+        let mut ns: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        for _ in 0..if smoke { 2 } else { 7 } {
+            for ((w, g), out) in wardens.iter().zip(&rows).zip(&mut ns) {
+                let id = probe(g);
+                let t = Instant::now();
+                for _ in 0..iters {
+                    std::hint::black_box(w.token(&id, Duration::ZERO).expect("token"));
+                }
+                out.push(t.elapsed().as_secs_f64() * 1e9 / f64::from(iters));
+            }
+        }
+        for (g, mut v) in rows.iter_mut().zip(ns) {
+            g.token_inproc_ns = median(&mut v);
+        }
+    }
+
+    // The CLI's token (against `true`) and list page, in turn.
+    {
+        let truth = true_path();
+        let runs = if smoke { 5 } else { 200 };
+        let mut truth_ms = Vec::new();
+        let mut token_ms: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        let mut list_ms: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        let time = |cmd: &mut Command| {
+            let t = Instant::now();
+            let out = cmd.output().expect("run");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        for i in 0..runs + 5 {
+            let b = time(Command::new(&truth).env_clear().stdin(Stdio::null()));
+            let mut per: Vec<f64> = Vec::new();
+            for g in rows.iter() {
+                per.push(time(tw(&db(g)).args(["token", &probe(g)])));
+            }
+            if i >= 5 {
+                truth_ms.push(b);
+                for (v, ms) in token_ms.iter_mut().zip(per) {
+                    v.push(ms);
+                }
+            }
+            if i % 10 == 0 {
+                for (g, v) in rows.iter().zip(&mut list_ms) {
+                    v.push(time(tw(&db(g)).args(["list", "--limit", "100"])));
+                }
+            }
+        }
+        let truth_median = median(&mut truth_ms);
+        for ((g, mut t), mut l) in rows.iter_mut().zip(token_ms).zip(list_ms) {
+            g.token_cli_ms = median(&mut t);
+            g.true_ms = truth_median;
+            g.list_cli_ms = median(&mut l);
+            g.token_cli_hwm = run_measured(tw(&db(g)).args(["token", &probe(g)]), dir).hwm_kib;
+            g.list_cli_hwm = run_measured(tw(&db(g)).args(["list", "--limit", "100"]), dir).hwm_kib;
+        }
+    }
+
+    // A `serve` on each database: idle memory and CPU over one window for
+    // all, then the token and list routes in turn.
+    {
+        let served: Vec<(Served, SocketAddr)> = rows
+            .iter()
+            .map(|g| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+                let mut cmd = tw(&db(g));
+                cmd.env("TOKENWARDEN_API_KEY", KEY).args([
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--threads",
+                    "8",
+                ]);
+                (Served::spawn(cmd, addr), addr)
+            })
+            .collect();
+        let pids: Vec<u32> = served.iter().map(|(s, _)| s.child.id()).collect();
+        // Start-up and the background refresher's first round are over when
+        // half a second passes without 10 ms of CPU in any of them.
+        let settle = Instant::now();
+        loop {
+            let before: Vec<f64> = pids.iter().map(|&p| cpu_ms(p)).collect();
+            thread::sleep(Duration::from_millis(500));
+            let busy = pids
+                .iter()
+                .zip(&before)
+                .any(|(&p, b)| cpu_ms(p) - b >= 10.0);
+            if !busy || settle.elapsed() > Duration::from_secs(90) {
+                break;
+            }
+        }
+        // Idle: over a whole period of the scheduler (30 s) in a full run.
+        let window = if smoke { 1.0 } else { 31.0 };
+        let before: Vec<f64> = pids.iter().map(|&p| cpu_ms(p)).collect();
+        thread::sleep(Duration::from_secs_f64(window));
+        for ((g, &pid), b) in rows.iter_mut().zip(&pids).zip(before) {
+            g.serve_idle_cpu_ms = cpu_ms(pid) - b;
+            g.idle_window_s = window;
+            g.serve_idle_kib = memory_kib(pid).0;
+        }
+        let mut lat: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        let mut list: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+        for _ in 0..if smoke { 1 } else { 6 } {
+            for ((g, (_, addr)), out) in rows.iter().zip(&served).zip(&mut lat) {
+                let path = format!("/v1/credentials/{}/token", probe(g));
+                out.extend(http_latencies(*addr, &path, if smoke { 50 } else { 500 }).0);
+            }
+            for ((g, (_, addr)), out) in rows.iter_mut().zip(&served).zip(&mut list) {
+                let (ms, bytes) = http_latencies(
+                    *addr,
+                    "/v1/credentials?limit=100",
+                    if smoke { 3 } else { 10 },
+                );
+                out.extend(ms);
+                g.list_http_bytes = bytes;
+            }
+        }
+        for (((g, mut l), mut p), &pid) in rows.iter_mut().zip(lat).zip(list).zip(&pids) {
+            l.sort_by(f64::total_cmp);
+            g.token_http_us = percentile(&l, 50.0);
+            g.token_http_p99_us = percentile(&l, 99.0);
+            g.list_http_ms = median(&mut p) / 1e3;
+            g.serve_hwm = memory_kib(pid).1;
+        }
+    }
+
+    // Size by size: the sweep with nothing due, then with everything due.
+    for g in &mut rows {
         let t = Instant::now();
-        rows.push(grow(fake, dir, n, sizes));
+        grow_sweeps(fake, dir, g, &db(g));
         eprintln!(
-            "growth: {n} credentials measured in {:.0} s",
+            "growth: {} credentials swept in {:.0} s",
+            g.n,
             t.elapsed().as_secs_f64()
         );
+        let _ = std::fs::remove_file(db(g));
     }
     render_growth(&rows, sizes, machine, started.elapsed())
 }
 
-fn grow(fake: &FakeOAuth, dir: &Path, n: usize, sizes: &Sizes) -> Grown {
-    let smoke = sizes.smoke;
-    let mut g = Grown {
-        n,
-        ..Grown::default()
-    };
+/// A database of `n` valid credentials, imported by the CLI from one JSON
+/// array: the import's figures and the file's size.
+fn grow_import(fake: &FakeOAuth, dir: &Path, n: usize) -> Grown {
     let db = dir.join(format!("growth-{n}.db"));
     let file = dir.join(format!("growth-{n}.json"));
     // The import file: one JSON array, written as it is made.
@@ -1176,95 +1344,21 @@ fn grow(fake: &FakeOAuth, dir: &Path, n: usize, sizes: &Sizes) -> Grown {
         String::from_utf8_lossy(&ran.out.stderr)
     );
     let _ = std::fs::remove_file(&file);
-    g.import_secs = ran.secs;
-    g.import_hwm = ran.hwm_kib;
-    g.db_bytes = std::fs::metadata(&db).map_or(0, |m| m.len());
-    let probe = format!("g{n}-{}", n / 2);
-
-    // In-process token.
-    {
-        let warden = Warden::open(&db, Config::default()).expect("open warden");
-        let iters: u32 = if smoke { 2_000 } else { 100_000 };
-        let mut batches: Vec<f64> = (0..if smoke { 2 } else { 5 })
-            .map(|_| {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    std::hint::black_box(warden.token(&probe, Duration::ZERO).expect("token"));
-                }
-                t.elapsed().as_secs_f64() * 1e9 / f64::from(iters)
-            })
-            .collect();
-        g.token_inproc_ns = median(&mut batches);
+    Grown {
+        n,
+        import_secs: ran.secs,
+        import_hwm: ran.hwm_kib,
+        db_bytes: std::fs::metadata(&db).map_or(0, |m| m.len()),
+        ..Grown::default()
     }
+}
 
-    // The CLI's token, against `true`.
-    let runs = if smoke { 5 } else { 200 };
-    let (s, b, _) = token_vs_true(&db, &probe, runs);
-    g.token_cli_ms = s;
-    g.true_ms = b;
-    g.token_cli_hwm = run_measured(tw(&db).args(["token", &probe]), dir).hwm_kib;
-
-    // The CLI's list page.
-    let mut list_ms: Vec<f64> = (0..if smoke { 2 } else { 20 })
-        .map(|_| {
-            let r = run_measured(tw(&db).args(["list", "--limit", "100"]), dir);
-            assert!(r.out.status.success(), "list");
-            g.list_cli_hwm = g.list_cli_hwm.max(r.hwm_kib);
-            r.secs * 1e3
-        })
-        .collect();
-    g.list_cli_ms = median(&mut list_ms);
-
-    // serve: idle memory and CPU, then the token and list routes.
-    {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let mut cmd = tw(&db);
-        cmd.env("TOKENWARDEN_API_KEY", KEY).args([
-            "serve",
-            "--listen",
-            &addr.to_string(),
-            "--threads",
-            "8",
-        ]);
-        let served = Served::spawn(cmd, addr);
-        let pid = served.child.id();
-        // Start-up and the background refresher's first round are over when
-        // half a second passes without 10 ms of CPU.
-        let settle = Instant::now();
-        loop {
-            let before = cpu_ms(pid);
-            thread::sleep(Duration::from_millis(500));
-            if cpu_ms(pid) - before < 10.0 || settle.elapsed() > Duration::from_secs(60) {
-                break;
-            }
-        }
-        // Idle: over a whole period of the scheduler (30 s) in a full run.
-        let window = if smoke { 1.0 } else { 31.0 };
-        let before = cpu_ms(pid);
-        thread::sleep(Duration::from_secs_f64(window));
-        g.serve_idle_cpu_ms = cpu_ms(pid) - before;
-        g.idle_window_s = window;
-        g.serve_idle_kib = memory_kib(pid).0;
-        let path = format!("/v1/credentials/{probe}/token");
-        let (mut lat, _) = http_latencies(addr, &path, if smoke { 50 } else { 3000 });
-        lat.sort_by(f64::total_cmp);
-        g.token_http_us = percentile(&lat, 50.0);
-        g.token_http_p99_us = percentile(&lat, 99.0);
-        let (mut list, bytes) = http_latencies(
-            addr,
-            "/v1/credentials?limit=100",
-            if smoke { 5 } else { 50 },
-        );
-        g.list_http_ms = median(&mut list) / 1e3;
-        g.list_http_bytes = bytes;
-        g.serve_hwm = memory_kib(pid).1;
-        drop(served);
-    }
-
-    // sweep with nothing due: the whole process, its report included.
+/// The sweeps of one size: nothing due (the whole process with its
+/// report, median of three), then everything due.
+fn grow_sweeps(fake: &FakeOAuth, dir: &Path, g: &mut Grown, db: &Path) {
     let mut idle: Vec<f64> = (0..3)
         .map(|_| {
-            let r = run_measured(tw(&db).arg("sweep"), dir);
+            let r = run_measured(tw(db).arg("sweep"), dir);
             assert!(
                 r.out.status.success(),
                 "sweep: {}",
@@ -1277,13 +1371,13 @@ fn grow(fake: &FakeOAuth, dir: &Path, n: usize, sizes: &Sizes) -> Grown {
         .collect();
     g.sweep_idle_s = median(&mut idle);
 
-    // sweep with everything due: a refresh window longer than the tokens'
-    // six hours makes every credential due (the same claim, call and
-    // commit as an expiring token), upstream answering after 20 ms.
+    // Everything due: a refresh window longer than the tokens' six hours
+    // makes every credential due (the same claim, call and commit as an
+    // expiring token), upstream answering after 20 ms.
     fake.set_latency(Duration::from_millis(20));
     fake.reset_stats();
     let r = run_measured(
-        tw(&db)
+        tw(db)
             .env("TOKENWARDEN_REFRESH_AHEAD", "86400")
             .args(["sweep", "--concurrency", "32"]),
         dir,
@@ -1298,15 +1392,13 @@ fn grow(fake: &FakeOAuth, dir: &Path, n: usize, sizes: &Sizes) -> Grown {
     g.sweep_due_hwm = r.hwm_kib;
     g.sweep_due_calls = fake.stats().token_requests;
     assert_eq!(
-        g.sweep_due_calls as usize, n,
+        g.sweep_due_calls as usize, g.n,
         "one upstream call per credential"
     );
     assert!(
         fake.stats().max_in_flight <= 32,
         "at most --concurrency requests in flight"
     );
-    let _ = std::fs::remove_file(&db);
-    g
 }
 
 /// How a cost grows from the smallest size to the largest: the exponent
@@ -1350,9 +1442,13 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
         target: &'static str,
         met: Option<Met>,
     }
-    let rss_target = "≤ 64 MiB";
-    let rss_met = |f: fn(&Grown) -> Option<u64>| -> Option<Met> {
-        Some(Box::new(move |_, l| f(l).is_some_and(|k| mib(k) <= 64.0)))
+    // A command's peak RSS, against the 64 MiB every command must stay under.
+    let rss = |name: &'static str, f: fn(&Grown) -> Option<u64>| Line {
+        name,
+        cell: Box::new(move |g| hwm(f(g))),
+        cost: Box::new(move |g| f(g).unwrap_or(0) as f64),
+        target: "≤ 64 MiB",
+        met: Some(Box::new(move |_, l| f(l).is_some_and(|k| mib(k) <= 64.0))),
     };
     let lines: Vec<Line> = vec![
         Line {
@@ -1380,13 +1476,7 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
                 l.token_cli_ms - l.true_ms <= 1.1 * (f.token_cli_ms - f.true_ms)
             })),
         },
-        Line {
-            name: "RSS of `tokenwarden token ID`",
-            cell: Box::new(move |g| hwm(g.token_cli_hwm)),
-            cost: Box::new(|g| g.token_cli_hwm.unwrap_or(0) as f64),
-            target: rss_target,
-            met: rss_met(|g| g.token_cli_hwm),
-        },
+        rss("RSS of `tokenwarden token ID`", |g| g.token_cli_hwm),
         Line {
             name: "`tokenwarden sweep`, nothing due: whole process with its report",
             cell: Box::new(|g| format!("{:.3} s ({} bytes out)", g.sweep_idle_s, g.sweep_idle_out)),
@@ -1394,13 +1484,9 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
             target: "≤ 0.5 s",
             met: Some(Box::new(|_, l| l.sweep_idle_s <= 0.5)),
         },
-        Line {
-            name: "RSS of `tokenwarden sweep`, nothing due",
-            cell: Box::new(move |g| hwm(g.sweep_idle_hwm)),
-            cost: Box::new(|g| g.sweep_idle_hwm.unwrap_or(0) as f64),
-            target: rss_target,
-            met: rss_met(|g| g.sweep_idle_hwm),
-        },
+        rss("RSS of `tokenwarden sweep`, nothing due", |g| {
+            g.sweep_idle_hwm
+        }),
         Line {
             name: "`tokenwarden sweep --concurrency 32`, everything due, upstream 20 ms",
             cell: Box::new(move |g| {
@@ -1415,13 +1501,9 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
             target: "—",
             met: None,
         },
-        Line {
-            name: "RSS of `tokenwarden sweep`, everything due",
-            cell: Box::new(move |g| hwm(g.sweep_due_hwm)),
-            cost: Box::new(|g| g.sweep_due_hwm.unwrap_or(0) as f64),
-            target: rss_target,
-            met: rss_met(|g| g.sweep_due_hwm),
-        },
+        rss("RSS of `tokenwarden sweep`, everything due", |g| {
+            g.sweep_due_hwm
+        }),
         Line {
             name: "HTTP `GET /v1/credentials?limit=100` (median)",
             cell: Box::new(|g| format!("{:.2} ms ({} bytes)", g.list_http_ms, g.list_http_bytes)),
@@ -1436,13 +1518,7 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
             target: "—",
             met: None,
         },
-        Line {
-            name: "RSS of `tokenwarden list --limit 100`",
-            cell: Box::new(move |g| hwm(g.list_cli_hwm)),
-            cost: Box::new(|g| g.list_cli_hwm.unwrap_or(0) as f64),
-            target: rss_target,
-            met: rss_met(|g| g.list_cli_hwm),
-        },
+        rss("RSS of `tokenwarden list --limit 100`", |g| g.list_cli_hwm),
         Line {
             name: "`tokenwarden import` of one JSON array (streamed)",
             cell: Box::new(|g| {
@@ -1456,13 +1532,7 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
             target: "—",
             met: None,
         },
-        Line {
-            name: "RSS of `tokenwarden import`",
-            cell: Box::new(move |g| hwm(g.import_hwm)),
-            cost: Box::new(|g| g.import_hwm.unwrap_or(0) as f64),
-            target: rss_target,
-            met: rss_met(|g| g.import_hwm),
-        },
+        rss("RSS of `tokenwarden import`", |g| g.import_hwm),
         Line {
             name: "`serve` idle: RSS; CPU over the idle window",
             cell: Box::new(move |g| {
@@ -1474,14 +1544,14 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
                 )
             }),
             cost: Box::new(|g| g.serve_idle_kib as f64),
-            target: rss_target,
+            target: "≤ 64 MiB",
             met: Some(Box::new(move |_, l| mib(l.serve_idle_kib) <= 64.0)),
         },
         Line {
             name: "RSS peak of `serve` (after the routes above)",
             cell: Box::new(move |g| format!("{:.1} MiB", mib(g.serve_hwm))),
             cost: Box::new(|g| g.serve_hwm as f64),
-            target: rss_target,
+            target: "≤ 64 MiB",
             met: Some(Box::new(move |_, l| mib(l.serve_hwm) <= 64.0)),
         },
         Line {
@@ -1530,18 +1600,21 @@ fn render_growth(rows: &[Grown], sizes: &Sizes, machine: &str, took: Duration) -
         s,
         "\nEach size is a database of that many valid credentials (each its own login at the \
          fake OAuth server, access tokens valid 6 h), made by `tokenwarden import` of one JSON \
-         array (the import figure); then, on it: `Warden::token` in this process (median of \
-         batches); `tokenwarden token ID` against `true`, alternating (median); `tokenwarden \
-         list --limit 100` (median of runs); `serve --threads 8` (idle once half a second \
-         passes without 10 ms of CPU, then RSS and CPU over the idle window; then one \
-         keep-alive client's sequential `GET …/token`, then `GET /v1/credentials?limit=100`); \
-         `tokenwarden sweep` with nothing due (median of 3, stdout a pipe); and last \
-         `tokenwarden sweep --concurrency 32` with everything due (`TOKENWARDEN_REFRESH_AHEAD` \
-         longer than the tokens' life), the fake answering each refresh after 20 ms; one \
-         upstream call per credential, checked. RSS is the peak (VmHWM; GNU time's maximum \
-         resident set for a finished command). \"grows\" is the exponent k of cost ∝ n^k \
-         from the smallest size to the largest (flat < 0.1 ≤ sub-linear < 0.85 ≤ linear < \
-         1.15 ≤ worse)."
+         array (the import figure). The per-call figures are taken side by side, each round \
+         measuring every size in turn, so that load on the machine hits all sizes alike: \
+         `Warden::token` in this process (a warden on each database; median of batches); \
+         `tokenwarden token ID`, alternating with `true` (median), and `tokenwarden list \
+         --limit 100` (median of runs); a `serve --threads 8` on each database, idle once half \
+         a second passes without 10 ms of CPU in any (then RSS and CPU over one idle window \
+         for all), then one keep-alive client's sequential `GET …/token` and `GET \
+         /v1/credentials?limit=100`, in rounds. Then, size by size, `tokenwarden sweep` with \
+         nothing due (median of 3, stdout a pipe) and `tokenwarden sweep --concurrency 32` \
+         with everything due (`TOKENWARDEN_REFRESH_AHEAD` longer than the tokens' life), the \
+         fake answering each refresh after 20 ms; one upstream call per credential, and never \
+         more than 32 in flight, checked. RSS is the peak (VmHWM; GNU time's maximum resident \
+         set for a finished command). \"grows\" is the exponent k of cost ∝ n^k from the \
+         smallest size to the largest (flat < 0.1 ≤ sub-linear < 0.85 ≤ linear < 1.15 ≤ \
+         worse)."
     );
     let _ = writeln!(s, "\n### Machine\n\n{machine}");
     let _ = writeln!(s, "- growth pass wall time: {:.0} s", took.as_secs_f64());
@@ -1756,35 +1829,12 @@ fn loadgen(args: &[String]) {
                 let mut writer = stream.try_clone().expect("clone");
                 let mut reader = BufReader::new(stream);
                 let mut line = String::new();
+                let mut body = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if writer.write_all(request.as_bytes()).is_err() {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    line.clear();
-                    if reader.read_line(&mut line).is_err() || !line.starts_with("HTTP/1.1 200") {
-                        bad.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).is_err() {
-                            bad.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        }
-                        let l = line.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
+                    let answered = writer.write_all(request.as_bytes()).is_ok()
+                        && read_http_answer(&mut reader, &mut line, &mut body)
+                            .is_ok_and(|status| status.starts_with("HTTP/1.1 200"));
+                    if !answered {
                         bad.fetch_add(1, Ordering::Relaxed);
                         return;
                     }

@@ -95,6 +95,9 @@ pub mod warden;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use secret::Secret;
+/// The database's commit mark, for the background scheduler (see
+/// [`Warden::stamp`](warden::Warden)).
+pub(crate) use store::Stamp;
 pub use store::{EventRow, HandleRow, QuotaRow};
 pub use warden::{Grant, Warden};
 

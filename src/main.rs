@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
 fn log_level() -> Result<LevelFilter, String> {
@@ -27,7 +26,7 @@ fn color_choice(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) ->
 }
 
 fn main() {
-    let cli = tokenwarden::cli::Cli::parse();
+    let cli = tokenwarden::cli::Cli::parse_args();
     let level = match log_level() {
         Ok(l) => l,
         Err(e) => {

@@ -51,20 +51,70 @@ struct Signal {
     polled: Mutex<Option<(Instant, Option<i64>)>>,
 }
 
+/// A thread's hold on the [`Signal`] of one credential. The map keeps a
+/// credential's signal only while some thread holds it: the last holder
+/// removes it on the way out, so a process that has refreshed every one of
+/// 100,000 credentials does not keep 100,000 signals. (Nobody can take a
+/// hold meanwhile: holds are taken and counted under the map's lock.)
+struct SignalRef<'a> {
+    signals: &'a Signals,
+    id: &'a str,
+    signal: Arc<Signal>,
+}
+
+impl std::ops::Deref for SignalRef<'_> {
+    type Target = Signal;
+
+    fn deref(&self) -> &Signal {
+        &self.signal
+    }
+}
+
+impl Drop for SignalRef<'_> {
+    fn drop(&mut self) {
+        let mut map = self.signals.map.lock();
+        // The map's reference and this one: no other thread holds it.
+        if Arc::strong_count(&self.signal) == 2 {
+            map.remove(self.id);
+        }
+    }
+}
+
 impl Signals {
-    fn get(&self, id: &str) -> Arc<Signal> {
+    fn get<'a>(&'a self, id: &'a str) -> SignalRef<'a> {
         let mut map = self.map.lock();
-        match map.get(id) {
+        let signal = match map.get(id) {
             Some(s) => s.clone(),
             None => map.entry(id.to_owned()).or_default().clone(),
+        };
+        SignalRef {
+            signals: self,
+            id,
+            signal,
         }
     }
 
-    /// Wakes every thread waiting on `id`.
+    /// Wakes every thread waiting on `id`. With no signal kept for `id`,
+    /// no thread holds one, so none is waiting.
     pub(crate) fn notify(&self, id: &str) {
-        let s = self.get(id);
-        *s.generation.lock() += 1;
-        s.cond.notify_all();
+        let held = {
+            let map = self.map.lock();
+            map.get(id).cloned().map(|signal| SignalRef {
+                signals: self,
+                id,
+                signal,
+            })
+        };
+        if let Some(s) = held {
+            *s.generation.lock() += 1;
+            s.cond.notify_all();
+        }
+    }
+
+    /// How many credentials have a signal kept (for tests).
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.map.lock().len()
     }
 }
 
@@ -144,6 +194,15 @@ impl Rows {
             state.rows.clear();
         }
         state.rows.insert(row.id.clone(), row.clone());
+    }
+}
+
+/// Arms [`Rows`] when dropped: at the end of a call, whatever its outcome.
+struct ArmOnDrop<'a>(&'a Rows);
+
+impl Drop for ArmOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.arm();
     }
 }
 
@@ -233,18 +292,8 @@ impl Refresher {
         wait: Duration,
         slots: Option<&RequestSlots>,
     ) -> Result<(Credential, Via)> {
-        let result = self.obtain_now(id, need, wait, slots);
-        self.rows.arm();
-        result
-    }
-
-    fn obtain_now(
-        &self,
-        id: &str,
-        need: Need,
-        wait: Duration,
-        slots: Option<&RequestSlots>,
-    ) -> Result<(Credential, Via)> {
+        // Rows are kept from the end of a warden's first call on.
+        let _arm = ArmOnDrop(&self.rows);
         let deadline = self.clock.instant() + wait;
         let mut poll = POLL_MIN;
         let mut waited = false;

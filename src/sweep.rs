@@ -21,6 +21,7 @@ use crate::quota;
 use crate::state::{Need, Now, Policy, State};
 use crate::upstream::RequestSlots;
 use crate::warden::{Via, Warden};
+use crate::Stamp;
 
 /// Why (and how) a credential is due, or why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,8 +409,9 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
     let scheduler = thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
+            let mut quiet = None;
             loop {
-                let pause = match schedule(&w, &job_tx, &queued) {
+                let pause = match schedule(&w, &job_tx, &queued, &mut quiet) {
                     Ok(p) => p,
                     Err(e) => {
                         log::warn!("background refresher: {e}");
@@ -435,31 +437,60 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
 }
 
 /// One scheduler round: queue what is due; return how long to sleep.
+/// What a scheduler round whose scan found nothing due learned: the
+/// database's stamp from before the scan, and when the first credential
+/// falls due (unix ms). While the stamp is unchanged — nothing committed
+/// since, by any process, so every row is as scanned — and that time has
+/// not come, the table need not be read again: an idle server at 100k
+/// credentials read them all every 30 s.
+struct Quiet {
+    stamp: Stamp,
+    next_due_ms: i64,
+}
+
 fn schedule(
     warden: &Warden,
     jobs: &Sender<(String, Need)>,
     queued: &Mutex<HashSet<String>>,
+    quiet: &mut Option<Quiet>,
 ) -> Result<Duration> {
     let now = clock::now();
+    let pause = |next: i64| {
+        Duration::from_millis((next - now.wall_ms).max(0) as u64).clamp(TICK_MIN, TICK_MAX)
+    };
+    let stamp = warden.stamp();
+    if let (Some(q), Some(s)) = (quiet.as_ref(), stamp) {
+        if q.stamp == s && now.wall_ms < q.next_due_ms {
+            return Ok(pause(q.next_due_ms));
+        }
+    }
+    *quiet = None;
     let policy = warden.config().policy;
-    let mut next = now.wall_ms + clock::millis(TICK_MAX);
+    let mut next: Option<i64> = None;
+    let mut any_due = false;
     // Row by row as they are read: a round's memory does not grow with the
     // table.
     warden.each_without_secrets(|row| {
         if let Due::Yes(need) = due(&row, now, &policy, None) {
+            any_due = true;
             if queued.lock().insert(row.id.clone())
                 && jobs.try_send((row.id.clone(), need)).is_err()
             {
                 // Workers are busy: try again next round.
                 queued.lock().remove(&row.id);
-                next = now.wall_ms;
+                next = Some(now.wall_ms);
             }
         } else if let Some(at) = next_due_ms(&row, now, &policy) {
-            next = next.min(at);
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
     })?;
-    let pause = Duration::from_millis((next - now.wall_ms).max(0) as u64);
-    Ok(pause.clamp(TICK_MIN, TICK_MAX))
+    if let (false, Some(stamp)) = (any_due, stamp) {
+        *quiet = Some(Quiet {
+            stamp,
+            next_due_ms: next.unwrap_or(i64::MAX),
+        });
+    }
+    Ok(pause(next.unwrap_or(now.wall_ms + clock::millis(TICK_MAX))))
 }
 
 impl Background {
@@ -706,5 +737,57 @@ mod tests {
         assert_eq!(r.exit_code(), 5);
         r.dead.push("b".into());
         assert_eq!(r.exit_code(), 4);
+    }
+
+    /// The scheduler reads the table again only when something was
+    /// committed since its last scan, or a credential falls due: a round
+    /// that finds nothing due leaves a quiet mark, the next round keeps it
+    /// without a scan, and an import (a commit) ends it.
+    #[test]
+    fn the_scheduler_skips_the_scan_while_nothing_changed_and_nothing_falls_due() {
+        use crate::credential::NewCredential;
+        use crate::secret::Secret;
+        use crate::Config;
+
+        let dir = tempfile::tempdir().unwrap();
+        let warden = Warden::open(dir.path().join("s.db"), Config::default()).unwrap();
+        let cred = |id: &str, expires_in_ms: i64| NewCredential {
+            id: id.into(),
+            provider: ProviderConfig::new(ProviderKind::Codex),
+            refresh_token: Secret::new(format!("rt-{id}")),
+            access_token: Some(Secret::new(format!("at-{id}"))),
+            id_token: None,
+            expires_at_ms: Some(clock::now_ms() + expires_in_ms),
+            claims: Claims::default(),
+            last_refresh_ms: None,
+            api_key: None,
+        };
+        warden
+            .import(&[cred("fresh", 6 * 3_600_000)], false)
+            .unwrap();
+        let (jobs, queue) = bounded(8);
+        let queued = Mutex::new(HashSet::new());
+        let mut quiet = None;
+
+        let pause = schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
+        assert_eq!(pause, TICK_MAX);
+        let mark = quiet
+            .as_ref()
+            .expect("nothing due: a quiet mark")
+            .next_due_ms;
+        assert!(
+            mark > clock::now_ms() + 3_600_000,
+            "falls due hours from now"
+        );
+        let stamp = quiet.as_ref().map(|q| q.stamp);
+        schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
+        assert_eq!(quiet.as_ref().map(|q| q.stamp), stamp, "kept, no scan");
+        assert!(queue.is_empty());
+
+        // A commit by anyone: the next round scans and finds it due.
+        warden.import(&[cred("due", 60_000)], false).unwrap();
+        schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
+        assert!(quiet.is_none(), "something was due");
+        assert_eq!(queue.try_recv().unwrap().0, "due");
     }
 }

@@ -418,6 +418,14 @@ impl Warden {
         self.core.store.list_without_secrets()
     }
 
+    /// The database's mark of its commit history: equal stamps taken at two
+    /// instants prove that nothing was committed in between, by any
+    /// process (`None` when it cannot be had). For the background
+    /// scheduler, which need not read the table again while nothing changed.
+    pub(crate) fn stamp(&self) -> Option<crate::Stamp> {
+        self.core.store.stamp()
+    }
+
     /// Every credential without its secrets, by id, handed to `f` one at a
     /// time as it is read (the sweep's and the background scheduler's
     /// scan): the memory it takes does not grow with the table.

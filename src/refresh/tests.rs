@@ -783,3 +783,18 @@ fn the_refresher_reads_time_only_through_its_clock() {
         }
     }
 }
+
+/// No per-credential signal is kept once no thread holds it — after a
+/// refresh, or after waiting on another process's — so a process that has
+/// refreshed every credential of a large table does not keep one each.
+#[test]
+fn no_signal_is_kept_for_a_credential_nobody_waits_on() {
+    let rig = Rig::due(Config::default(), [Tokens { expires_in: 3600 }]);
+    assert_eq!(rig.token(secs(75)).unwrap().1, Via::Refreshed);
+    assert_eq!(rig.refresher.signals.kept(), 0);
+
+    let rig = Rig::due(Config::default(), []);
+    rig.claim_elsewhere(secs(60));
+    assert!(rig.token(secs(1)).is_err(), "waited on the other lease");
+    assert_eq!(rig.refresher.signals.kept(), 0);
+}
