@@ -387,6 +387,10 @@ pub enum ExportFormat {
     Codex,
     /// CLIProxyAPI auth file.
     Cliproxy,
+    /// Claude Code `~/.claude/.credentials.json`.
+    ClaudeCode,
+    /// Gemini CLI `~/.gemini/oauth_creds.json`.
+    Gemini,
 }
 
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
