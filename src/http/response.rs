@@ -242,6 +242,9 @@ impl From<Error> for ApiError {
                 ApiError::new(404, e.code(), message)
             }
             Error::Exists(_) => ApiError::new(409, "exists", message),
+            // A sign-in the upstream refused (only `tokenwarden login`
+            // makes these today; an API route would answer them so).
+            Error::Login { .. } => ApiError::new(502, e.code(), message),
             Error::RefreshInProgress { retry_after_s, .. } => ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(409, e.code(), message)
@@ -341,6 +344,7 @@ mod tests {
     fn dead_and_unavailable_carry_their_extras() {
         let dead = ApiError::from(Error::Dead {
             id: "a".into(),
+            provider: crate::credential::ProviderKind::Codex,
             reason: "refresh_token_reused".into(),
         })
         .into_reply();
