@@ -551,7 +551,11 @@ impl Warden {
     /// The id is `id` if given (refused when it holds another account, or
     /// when the account is already stored under another id), else the
     /// account's stored id, else [`crate::login::default_id`].
-    pub fn store_login(&self, mut cred: NewCredential, id: Option<&str>) -> Result<(Credential, Stored)> {
+    pub fn store_login(
+        &self,
+        mut cred: NewCredential,
+        id: Option<&str>,
+    ) -> Result<(Credential, Stored)> {
         use crate::login::{default_id, matching, same_account};
         let mut rows = Vec::new();
         self.store().each_without_secrets(&mut |c| {
@@ -601,7 +605,10 @@ impl Warden {
                     return Err(Error::BadInput(format!(
                         "{} is stored under several ids ({}); name the one to update with --id",
                         account(),
-                        many.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+                        many.iter()
+                            .map(|c| c.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )))
                 }
             },

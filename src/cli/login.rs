@@ -42,7 +42,11 @@ pub(super) fn login(cli: &Cli, a: &LoginArgs) -> Result<()> {
                 token_url: a.token_url.clone(),
                 device_url: a.device_url.clone(),
                 client_id: a.client_id.clone(),
-                client_secret: a.client_secret_file.as_deref().map(read_secret).transpose()?,
+                client_secret: a
+                    .client_secret_file
+                    .as_deref()
+                    .map(read_secret)
+                    .transpose()?,
                 scope: a.scope.clone(),
             };
             run::oauth2_client(&warden, &flags, stored.as_ref())?

@@ -75,8 +75,14 @@ mod tests {
 
         // (file, error)
         let table = [
-            (r#"{"claudeAiOauth":{}}"#, "missing field \"claudeAiOauth.refreshToken\""),
-            (r#"{"claudeAiOauth":"x"}"#, "field \"claudeAiOauth\": expected an object, found a string"),
+            (
+                r#"{"claudeAiOauth":{}}"#,
+                "missing field \"claudeAiOauth.refreshToken\"",
+            ),
+            (
+                r#"{"claudeAiOauth":"x"}"#,
+                "field \"claudeAiOauth\": expected an object, found a string",
+            ),
             (
                 r#"{"claudeAiOauth":{"refreshToken":"r","expiresAt":"soon"}}"#,
                 "field \"claudeAiOauth.expiresAt\": expected unix milliseconds, found a string",

@@ -192,13 +192,18 @@ pub fn export_gemini(c: &Credential) -> Result<String, ExportError> {
         return Err(ExportError::Unsupported {
             format: "gemini",
             provider: c.provider.kind,
-            supported: "google credentials of Gemini CLI's client (imported from its oauth_creds.json)",
+            supported:
+                "google credentials of Gemini CLI's client (imported from its oauth_creds.json)",
         });
     }
     pretty(&GeminiOut {
         access_token: c.access_token.as_ref().map(Secret::expose),
         refresh_token: c.refresh_token.expose(),
-        scope: c.provider.scope.as_deref().unwrap_or(google::GEMINI_CLI_SCOPES),
+        scope: c
+            .provider
+            .scope
+            .as_deref()
+            .unwrap_or(google::GEMINI_CLI_SCOPES),
         token_type: "Bearer",
         id_token: c.id_token.as_ref().map(Secret::expose),
         expiry_date: access_expiry(c),
@@ -336,12 +341,17 @@ mod tests {
             serde_json::json!(["org:create_api_key", "user:profile", "user:inference"])
         );
         assert_eq!(v["claudeAiOauth"]["expiresAt"], 1_700_028_800_000_i64);
-        let gemini = one(include_str!("../../fixtures/import/gemini_oauth_creds.json"));
+        let gemini = one(include_str!(
+            "../../fixtures/import/gemini_oauth_creds.json"
+        ));
         let v: Value = serde_json::from_str(
             &export_gemini(&stored(ProviderKind::Google, &gemini, NOW)).unwrap(),
         )
         .unwrap();
-        assert_eq!((v["token_type"].as_str(), v["expiry_date"].as_i64()), (Some("Bearer"), Some(1_700_003_599_000)));
+        assert_eq!(
+            (v["token_type"].as_str(), v["expiry_date"].as_i64()),
+            (Some("Bearer"), Some(1_700_003_599_000))
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ mod tests {
 
     #[test]
     fn gemini_oauth_creds() {
-        let c = one(include_str!("../../fixtures/import/gemini_oauth_creds.json"));
+        let c = one(include_str!(
+            "../../fixtures/import/gemini_oauth_creds.json"
+        ));
         assert_eq!(c.id, "dev@gmail.com", "named by the id token's e-mail");
         assert_eq!(c.provider, gemini_provider());
         assert_eq!(c.refresh_token.expose(), "1//0g-gemini-refresh");

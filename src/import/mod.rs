@@ -59,8 +59,8 @@ use crate::provider::ProviderKind;
 use claude_code::claude_code;
 use cliproxy::cliproxy;
 use codex::codex_auth;
-use gemini::gemini;
 use error::Result;
+use gemini::gemini;
 use own::{tokenwarden, TOKENWARDEN_FIELDS};
 
 /// What the command line (`--id`, `--provider`) or the query string adds to

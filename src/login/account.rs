@@ -36,7 +36,9 @@ pub fn matching<'a>(
 ) -> Vec<&'a Credential> {
     stored
         .iter()
-        .filter(|c| same_server(&c.provider, provider) && same_account(&c.claims, claims) == Some(true))
+        .filter(|c| {
+            same_server(&c.provider, provider) && same_account(&c.claims, claims) == Some(true)
+        })
         .collect()
 }
 
@@ -69,12 +71,36 @@ mod tests {
     fn accounts() {
         // (a, b, same)
         let table = [
-            (c(Some("acc-1"), None, None), c(Some("acc-1"), None, None), Some(true)),
-            (c(Some("acc-1"), None, Some("x@e")), c(Some("acc-2"), None, Some("x@e")), Some(false)),
-            (c(None, Some("sub-1"), None), c(None, Some("sub-1"), Some("y@e")), Some(true)),
-            (c(None, None, Some("X@E")), c(None, None, Some("x@e")), Some(true)),
-            (c(None, None, Some("x@e")), c(None, None, Some("z@e")), Some(false)),
-            (c(Some("acc-1"), None, None), c(None, None, Some("x@e")), None),
+            (
+                c(Some("acc-1"), None, None),
+                c(Some("acc-1"), None, None),
+                Some(true),
+            ),
+            (
+                c(Some("acc-1"), None, Some("x@e")),
+                c(Some("acc-2"), None, Some("x@e")),
+                Some(false),
+            ),
+            (
+                c(None, Some("sub-1"), None),
+                c(None, Some("sub-1"), Some("y@e")),
+                Some(true),
+            ),
+            (
+                c(None, None, Some("X@E")),
+                c(None, None, Some("x@e")),
+                Some(true),
+            ),
+            (
+                c(None, None, Some("x@e")),
+                c(None, None, Some("z@e")),
+                Some(false),
+            ),
+            (
+                c(Some("acc-1"), None, None),
+                c(None, None, Some("x@e")),
+                None,
+            ),
             (Claims::default(), Claims::default(), None),
         ];
         for (a, b, want) in table {
@@ -82,7 +108,10 @@ mod tests {
         }
         // (claims, id)
         let table = [
-            (c(Some("acc"), Some("sub"), Some("x@example.com")), "x@example.com"),
+            (
+                c(Some("acc"), Some("sub"), Some("x@example.com")),
+                "x@example.com",
+            ),
             (c(Some("acc"), Some("sub"), None), "acc"),
             (c(None, Some("sub"), None), "sub"),
             (c(None, Some("a/b"), None), "oauth2"),

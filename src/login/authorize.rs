@@ -9,7 +9,12 @@ use crate::provider::{form_decode, form_encode};
 /// `leading…, response_type=code, client_id, redirect_uri, scope,
 /// code_challenge, code_challenge_method=S256, extra…, state, trailing…`,
 /// percent-encoded (a space as `%20`).
-pub fn authorize_url(client: &LoginClient, redirect_uri: &str, state: &str, challenge: &str) -> String {
+pub fn authorize_url(
+    client: &LoginClient,
+    redirect_uri: &str,
+    state: &str,
+    challenge: &str,
+) -> String {
     let mut q: Vec<(&str, &str)> = client
         .leading
         .iter()
@@ -25,10 +30,19 @@ pub fn authorize_url(client: &LoginClient, redirect_uri: &str, state: &str, chal
     ]);
     q.extend(client.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     q.push(("state", state));
-    q.extend(client.trailing.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    q.extend(
+        client
+            .trailing
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     // In form encoding `+` is only ever a space (a literal one is `%2B`).
     let query = form_encode(&q).replace('+', "%20");
-    let sep = if client.authorize_url.contains('?') { '&' } else { '?' };
+    let sep = if client.authorize_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     format!("{}{sep}{query}", client.authorize_url)
 }
 
@@ -67,9 +81,7 @@ impl std::fmt::Display for CallbackError {
                     None => Ok(()),
                 }
             }
-            CallbackError::MissingCode => {
-                f.write_str("the redirect carries no authorization code")
-            }
+            CallbackError::MissingCode => f.write_str("the redirect carries no authorization code"),
         }
     }
 }
@@ -110,10 +122,7 @@ fn from_query(query: &str, state: &str) -> Result<String, CallbackError> {
 
 /// A server's words, shown to the user: printable, and short.
 fn clip(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 /// Reads what the user pasted in the manual variant: Claude's `code#state`,
@@ -186,7 +195,10 @@ mod tests {
             ("/callback?code=c-1&state=T", Err(StateMismatch)),
             ("/callback?code=c-1", Err(StateMismatch)),
             ("/callback?error=access_denied&state=T", Err(StateMismatch)),
-            ("/callback?error=access_denied&state=S", Err(refused("access_denied", None))),
+            (
+                "/callback?error=access_denied&state=S",
+                Err(refused("access_denied", None)),
+            ),
             (
                 "/callback?error=access_denied&error_description=End-User%20aborted&state=S",
                 Err(refused("access_denied", Some("End-User aborted"))),
@@ -205,9 +217,15 @@ mod tests {
             ("  c-1#S\n", Ok("c-1".to_owned())),
             ("c-1#T", Err(StateMismatch)),
             ("c-1", Err(StateMismatch)),
-            ("http://localhost:1/callback?code=c-2&state=S", Ok("c-2".to_owned())),
+            (
+                "http://localhost:1/callback?code=c-2&state=S",
+                Ok("c-2".to_owned()),
+            ),
             ("code=c-3&state=S", Ok("c-3".to_owned())),
-            ("https://x/cb?error=access_denied&state=S", Err(refused("access_denied", None))),
+            (
+                "https://x/cb?error=access_denied&state=S",
+                Err(refused("access_denied", None)),
+            ),
         ];
         for (text, want) in table {
             assert_eq!(parse_pasted(text, "S"), want, "{text}");

@@ -179,10 +179,7 @@ impl LoginClient {
 
     /// The loopback redirect URI on `port`.
     pub fn redirect_uri(&self, port: u16) -> String {
-        format!(
-            "http://{}:{port}{}",
-            self.redirect_host, self.redirect_path
-        )
+        format!("http://{}:{port}{}", self.redirect_host, self.redirect_path)
     }
 }
 
@@ -212,8 +209,16 @@ mod tests {
         let e = Endpoints::default();
         // (client, port, redirect uri)
         let table = [
-            (LoginClient::codex(&e), 1455, "http://localhost:1455/auth/callback"),
-            (LoginClient::claude(), 54545, "http://localhost:54545/callback"),
+            (
+                LoginClient::codex(&e),
+                1455,
+                "http://localhost:1455/auth/callback",
+            ),
+            (
+                LoginClient::claude(),
+                54545,
+                "http://localhost:54545/callback",
+            ),
         ];
         for (c, port, want) in table {
             assert_eq!(c.redirect_uri(port), want);
@@ -236,7 +241,11 @@ mod tests {
                 supported(&["openid", "offline_access"]),
                 "openid offline_access",
             ),
-            (Some("openid api"), supported(&["offline_access"]), "openid api offline_access"),
+            (
+                Some("openid api"),
+                supported(&["offline_access"]),
+                "openid api offline_access",
+            ),
         ];
         for (scope, supported, want) in table {
             assert_eq!(openid_scope(scope, &supported), want, "{scope:?}");

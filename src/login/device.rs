@@ -82,7 +82,10 @@ fn no_device(client: &LoginClient) -> LoginError {
 
 /// The request that starts the flow: RFC 8628 §3.1 (`client_id`, `scope`,
 /// the client's authentication, as a form), or Codex's JSON `client_id`.
-pub fn start_request(client: &LoginClient, endpoints: &Endpoints) -> Result<HttpRequest, LoginError> {
+pub fn start_request(
+    client: &LoginClient,
+    endpoints: &Endpoints,
+) -> Result<HttpRequest, LoginError> {
     match &client.device {
         None => Err(no_device(client)),
         Some(DeviceDialect::Rfc8628 { url }) => {
@@ -218,7 +221,11 @@ pub fn poll_request(
 /// [`LoginError::Expired`], `access_denied` → [`LoginError::Denied`],
 /// tokens → [`Poll::Tokens`]. Codex: 403 and 404 are pending, a 2xx is
 /// [`Poll::Code`].
-pub fn parse_poll(client: &LoginClient, resp: &HttpResponse, now_ms: i64) -> Result<Poll, LoginError> {
+pub fn parse_poll(
+    client: &LoginClient,
+    resp: &HttpResponse,
+    now_ms: i64,
+) -> Result<Poll, LoginError> {
     match &client.device {
         None => Err(no_device(client)),
         Some(DeviceDialect::Codex { .. }) => match resp.status {
@@ -306,7 +313,10 @@ mod tests {
         f.sort();
         assert_eq!(
             f,
-            [("client_id".into(), "cli".into()), ("scope".into(), "openid offline_access".into())]
+            [
+                ("client_id".into(), "cli".into()),
+                ("scope".into(), "openid offline_access".into())
+            ]
         );
         let s = parse_start(
             &c,
@@ -323,24 +333,45 @@ mod tests {
         let poll = poll_request(&c, &s, &e).unwrap();
         assert_eq!(poll.url, "https://idp.example/token");
         let body = String::from_utf8(poll.body).unwrap();
-        assert!(body.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=dc"), "{body}");
+        assert!(
+            body.contains(
+                "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code&device_code=dc"
+            ),
+            "{body}"
+        );
         // (status, body, poll)
         let table = [
-            (400, r#"{"error":"authorization_pending"}"#, Ok(Poll::Pending)),
+            (
+                400,
+                r#"{"error":"authorization_pending"}"#,
+                Ok(Poll::Pending),
+            ),
             (400, r#"{"error":"slow_down"}"#, Ok(Poll::SlowDown)),
-            (400, r#"{"error":"expired_token"}"#, Err(LoginError::Expired)),
+            (
+                400,
+                r#"{"error":"expired_token"}"#,
+                Err(LoginError::Expired),
+            ),
             (
                 400,
                 r#"{"error":"access_denied","error_description":"End-User aborted interaction"}"#,
                 Err(LoginError::Denied("End-User aborted interaction".into())),
             ),
-            (200, r#"{"access_token":"a","expires_in":60}"#, Err(LoginError::NoRefreshToken)),
+            (
+                200,
+                r#"{"access_token":"a","expires_in":60}"#,
+                Err(LoginError::NoRefreshToken),
+            ),
         ];
         for (status, body, want) in table {
             assert_eq!(parse_poll(&c, &resp(status, body), 0), want, "{body}");
         }
         assert!(matches!(
-            parse_poll(&c, &resp(200, r#"{"access_token":"a","refresh_token":"r"}"#), 0),
+            parse_poll(
+                &c,
+                &resp(200, r#"{"access_token":"a","refresh_token":"r"}"#),
+                0
+            ),
             Ok(Poll::Tokens(_))
         ));
         assert_eq!(next_interval(5_000, &Poll::SlowDown), 10_000);
@@ -355,22 +386,41 @@ mod tests {
         let e = Endpoints::default();
         let c = LoginClient::codex(&e);
         let req = start_request(&c, &e).unwrap();
-        assert_eq!(req.url, "https://auth.openai.com/api/accounts/deviceauth/usercode");
+        assert_eq!(
+            req.url,
+            "https://auth.openai.com/api/accounts/deviceauth/usercode"
+        );
         assert_eq!(
             serde_json::from_slice::<Value>(&req.body).unwrap(),
             serde_json::json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann"})
         );
         let s = parse_start(
             &c,
-            &resp(200, include_str!("../../fixtures/login/codex_device_usercode.json")),
+            &resp(
+                200,
+                include_str!("../../fixtures/login/codex_device_usercode.json"),
+            ),
         )
         .unwrap();
         assert_eq!(
-            (s.user_code.as_str(), s.verification_uri.as_str(), s.interval_ms, s.expires_in_ms),
-            ("ABCD-1234", "https://auth.openai.com/codex/device", 5_000, CODEX_DEVICE_WAIT_MS)
+            (
+                s.user_code.as_str(),
+                s.verification_uri.as_str(),
+                s.interval_ms,
+                s.expires_in_ms
+            ),
+            (
+                "ABCD-1234",
+                "https://auth.openai.com/codex/device",
+                5_000,
+                CODEX_DEVICE_WAIT_MS
+            )
         );
         let poll = poll_request(&c, &s, &e).unwrap();
-        assert_eq!(poll.url, "https://auth.openai.com/api/accounts/deviceauth/token");
+        assert_eq!(
+            poll.url,
+            "https://auth.openai.com/api/accounts/deviceauth/token"
+        );
         assert_eq!(
             serde_json::from_slice::<Value>(&poll.body).unwrap(),
             serde_json::json!({"device_auth_id": "dev-auth-1", "user_code": "ABCD-1234"})
@@ -393,6 +443,9 @@ mod tests {
         }
         assert!(parse_poll(&c, &resp(500, "oops"), 0).is_err());
         let no = LoginClient::claude();
-        assert!(start_request(&no, &e).unwrap_err().to_string().contains("no device flow"));
+        assert!(start_request(&no, &e)
+            .unwrap_err()
+            .to_string()
+            .contains("no device flow"));
     }
 }

@@ -43,8 +43,8 @@ pub fn parse_discovery(issuer: &str, resp: &HttpResponse) -> Result<Discovery, L
     if resp.status != 200 {
         return Err(bad(format!("HTTP {}", resp.status)));
     }
-    let v: Value = serde_json::from_slice(&resp.body)
-        .map_err(|_| bad("the document is not JSON".into()))?;
+    let v: Value =
+        serde_json::from_slice(&resp.body).map_err(|_| bad("the document is not JSON".into()))?;
     let want = issuer.trim_end_matches('/');
     match str_at(&v, &["issuer"]) {
         Some(got) if got.trim_end_matches('/') == want => {}
@@ -52,7 +52,11 @@ pub fn parse_discovery(issuer: &str, resp: &HttpResponse) -> Result<Discovery, L
     }
     let endpoint = |key: &str| -> Result<Option<String>, LoginError> {
         str_at(&v, &[key])
-            .map(|url| check_url(&url).map(|()| url).map_err(|why| bad(format!("{key}: {why}"))))
+            .map(|url| {
+                check_url(&url)
+                    .map(|()| url)
+                    .map_err(|why| bad(format!("{key}: {why}")))
+            })
             .transpose()
     };
     let need = |key: &str| endpoint(key)?.ok_or_else(|| bad(format!("no {key}")));
@@ -63,7 +67,12 @@ pub fn parse_discovery(issuer: &str, resp: &HttpResponse) -> Result<Discovery, L
         scopes_supported: v
             .get("scopes_supported")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default(),
     })
 }
@@ -86,24 +95,42 @@ mod tests {
             discovery_request("http://127.0.0.1:4000/").unwrap().url,
             "http://127.0.0.1:4000/.well-known/openid-configuration"
         );
-        assert!(discovery_request("http://idp.example").is_err(), "plain http off loopback");
+        assert!(
+            discovery_request("http://idp.example").is_err(),
+            "plain http off loopback"
+        );
         let doc = r#"{"issuer":"https://idp.example","authorization_endpoint":"https://idp.example/auth",
             "token_endpoint":"https://idp.example/token","device_authorization_endpoint":"https://idp.example/device/auth",
             "scopes_supported":["openid","offline_access"]}"#;
         let d = parse_discovery("https://idp.example/", &resp(200, doc)).unwrap();
         assert_eq!(d.token_endpoint, "https://idp.example/token");
-        assert_eq!(d.device_authorization_endpoint.as_deref(), Some("https://idp.example/device/auth"));
+        assert_eq!(
+            d.device_authorization_endpoint.as_deref(),
+            Some("https://idp.example/device/auth")
+        );
         assert_eq!(d.scopes_supported, ["openid", "offline_access"]);
         // (issuer asked, status, body, error contains)
         let table = [
             ("https://other.example", 200, doc, "another issuer"),
             ("https://idp.example", 404, "", "HTTP 404"),
             ("https://idp.example", 200, "<html>", "not JSON"),
-            ("https://idp.example", 200, r#"{"issuer":"https://idp.example","token_endpoint":"https://idp.example/t"}"#, "no authorization_endpoint"),
-            ("https://idp.example", 200, r#"{"issuer":"https://idp.example","authorization_endpoint":"http://evil.example/a","token_endpoint":"https://idp.example/t"}"#, "authorization_endpoint"),
+            (
+                "https://idp.example",
+                200,
+                r#"{"issuer":"https://idp.example","token_endpoint":"https://idp.example/t"}"#,
+                "no authorization_endpoint",
+            ),
+            (
+                "https://idp.example",
+                200,
+                r#"{"issuer":"https://idp.example","authorization_endpoint":"http://evil.example/a","token_endpoint":"https://idp.example/t"}"#,
+                "authorization_endpoint",
+            ),
         ];
         for (issuer, status, body, want) in table {
-            let err = parse_discovery(issuer, &resp(status, body)).unwrap_err().to_string();
+            let err = parse_discovery(issuer, &resp(status, body))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{err}");
         }
     }

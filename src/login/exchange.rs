@@ -3,7 +3,9 @@
 
 use super::client::LoginClient;
 use super::LoginError;
-use crate::provider::{grant_request, parse_refresh, Endpoints, HttpRequest, HttpResponse, Outcome, Tokens};
+use crate::provider::{
+    grant_request, parse_refresh, Endpoints, HttpRequest, HttpResponse, Outcome, Tokens,
+};
 use crate::secret::Secret;
 
 /// The code exchange: `grant_type=authorization_code`, `code`,
@@ -118,7 +120,8 @@ mod tests {
         assert_eq!(claude.url, "https://console.anthropic.com/v1/oauth/token");
         let body: Value = serde_json::from_slice(&claude.body).unwrap();
         let want: Value =
-            serde_json::from_str(include_str!("../../fixtures/login/claude_exchange.json")).unwrap();
+            serde_json::from_str(include_str!("../../fixtures/login/claude_exchange.json"))
+                .unwrap();
         assert_eq!(body, want);
         // (client, content type, has Authorization, fields)
         let grant = [
@@ -145,12 +148,23 @@ mod tests {
         };
         let table = [
             (oauth2(None), false, with(&[("client_id", "cli")])),
-            (oauth2(Some("s3")), false, with(&[("client_id", "cli"), ("client_secret", "s3")])),
+            (
+                oauth2(Some("s3")),
+                false,
+                with(&[("client_id", "cli"), ("client_secret", "s3")]),
+            ),
             (basic, true, with(&[])),
         ];
         for (client, auth, want) in table {
-            let req =
-                code_request(&client, "CODE-1", &v, "http://127.0.0.1:1/callback", "S", &e).unwrap();
+            let req = code_request(
+                &client,
+                "CODE-1",
+                &v,
+                "http://127.0.0.1:1/callback",
+                "S",
+                &e,
+            )
+            .unwrap();
             assert_eq!(req.url, "https://idp.example/token");
             assert_eq!(sorted_form(&req.body), want);
             assert_eq!(req.headers.iter().any(|(k, _)| k == "Authorization"), auth);
@@ -162,17 +176,28 @@ mod tests {
         let c = oauth2(None);
         let ok = parse_tokens(
             &c,
-            &resp(200, r#"{"access_token":"a","refresh_token":"r","expires_in":60}"#),
+            &resp(
+                200,
+                r#"{"access_token":"a","refresh_token":"r","expires_in":60}"#,
+            ),
             1_000,
         )
         .unwrap();
         assert_eq!(
-            (ok.access_token.expose(), ok.refresh_token.expose(), ok.expires_at_ms),
+            (
+                ok.access_token.expose(),
+                ok.refresh_token.expose(),
+                ok.expires_at_ms
+            ),
             ("a", "r", 61_000)
         );
         // (status, body, error)
         let table = [
-            (200, r#"{"access_token":"a","expires_in":60}"#, LoginError::NoRefreshToken),
+            (
+                200,
+                r#"{"access_token":"a","expires_in":60}"#,
+                LoginError::NoRefreshToken,
+            ),
             (
                 400,
                 r#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,

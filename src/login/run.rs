@@ -90,10 +90,13 @@ fn login_err(e: LoginError) -> Error {
 
 fn send(warden: &Warden, req: &HttpRequest) -> Result<HttpResponse> {
     let timeout = warden.config().request_timeout;
-    warden.upstream().send(req, timeout).map_err(|f| Error::Login {
-        code: "upstream_unreachable",
-        message: format!("{} did not answer: {}", req.url, f.message),
-    })
+    warden
+        .upstream()
+        .send(req, timeout)
+        .map_err(|f| Error::Login {
+            code: "upstream_unreachable",
+            message: format!("{} did not answer: {}", req.url, f.message),
+        })
 }
 
 /// The `oauth2` client from the flags: OpenID discovery from `--issuer`
@@ -117,21 +120,33 @@ pub fn oauth2_client(
         .client_secret
         .clone()
         .or_else(|| sp.and_then(|p| p.client_secret.clone()));
-    let scope = flags.scope.clone().or_else(|| sp.and_then(|p| p.scope.clone()));
-    let issuer = flags.issuer.clone().or_else(|| match (&flags.authorize_url, sp) {
-        (None, Some(p)) => p.token_url.as_deref().and_then(origin),
-        _ => None,
-    });
+    let scope = flags
+        .scope
+        .clone()
+        .or_else(|| sp.and_then(|p| p.scope.clone()));
+    let issuer = flags
+        .issuer
+        .clone()
+        .or_else(|| match (&flags.authorize_url, sp) {
+            (None, Some(p)) => p.token_url.as_deref().and_then(origin),
+            _ => None,
+        });
     let settings = match (&issuer, &flags.authorize_url) {
         (Some(issuer), None) => {
-            let doc = parse_discovery(issuer, &send(warden, &discovery_request(issuer).map_err(login_err)?)?)
-                .map_err(login_err)?;
+            let doc = parse_discovery(
+                issuer,
+                &send(warden, &discovery_request(issuer).map_err(login_err)?)?,
+            )
+            .map_err(login_err)?;
             let scope = openid_scope(scope.as_deref(), &doc.scopes_supported);
             OAuth2Settings {
                 consent: scope.split_whitespace().any(|s| s == "offline_access"),
                 authorize_url: doc.authorization_endpoint,
                 token_url: flags.token_url.clone().unwrap_or(doc.token_endpoint),
-                device_url: flags.device_url.clone().or(doc.device_authorization_endpoint),
+                device_url: flags
+                    .device_url
+                    .clone()
+                    .or(doc.device_authorization_endpoint),
                 client_id,
                 client_secret,
                 scope,
@@ -142,7 +157,9 @@ pub fn oauth2_client(
                 .token_url
                 .clone()
                 .or_else(|| sp.and_then(|p| p.token_url.clone()))
-                .ok_or_else(|| Error::BadInput("oauth2 sign-in needs --token-url (or --issuer)".into()))?;
+                .ok_or_else(|| {
+                    Error::BadInput("oauth2 sign-in needs --token-url (or --issuer)".into())
+                })?;
             let scope = scope.unwrap_or_default();
             OAuth2Settings {
                 consent: scope.split_whitespace().any(|s| s == "offline_access"),
@@ -154,11 +171,10 @@ pub fn oauth2_client(
                 scope,
             }
         }
-        (None, None) => {
-            return Err(Error::BadInput(
-                "oauth2 sign-in needs --issuer (OpenID discovery) or --authorize-url and --token-url".into(),
-            ))
-        }
+        (None, None) => return Err(Error::BadInput(
+            "oauth2 sign-in needs --issuer (OpenID discovery) or --authorize-url and --token-url"
+                .into(),
+        )),
     };
     for url in [&settings.authorize_url, &settings.token_url] {
         crate::provider::check_url(url).map_err(Error::BadInput)?;
@@ -221,7 +237,8 @@ fn exchange(
     state: &str,
 ) -> Result<Tokens> {
     let endpoints = &warden.config().endpoints;
-    let http = code_request(client, code, verifier, redirect_uri, state, endpoints).map_err(login_err)?;
+    let http =
+        code_request(client, code, verifier, redirect_uri, state, endpoints).map_err(login_err)?;
     parse_tokens(client, &send(warden, &http)?, clock::now_ms()).map_err(login_err)
 }
 
@@ -247,7 +264,14 @@ fn manual_flow(
         .read_line(&mut line)
         .map_err(|e| Error::from(IoError::new("cannot read the pasted code", e.to_string())))?;
     let code = parse_pasted(&line, &state).map_err(|e| login_err(LoginError::Callback(e)))?;
-    exchange(warden, &req.client, &code, &pkce.verifier, &redirect, &state)
+    exchange(
+        warden,
+        &req.client,
+        &code,
+        &pkce.verifier,
+        &redirect,
+        &state,
+    )
 }
 
 /// Binds the listener: the requested port, else the client's registered
@@ -276,7 +300,11 @@ fn bind(client: &LoginClient, port: Option<u16>) -> Result<(Server, u16)> {
 
 /// The page the browser is left on.
 fn page(title: &str, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     let html = format!(
         "<!doctype html><meta charset=utf-8><title>tokenwarden</title>\
          <body style=\"font:16px system-ui;margin:4em auto;max-width:36em\">\
@@ -299,7 +327,11 @@ fn page(title: &str, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
 }
 
 fn open_browser(url: &str) {
-    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
     // Best effort: the URL is printed anyway.
     let _ = std::process::Command::new(opener)
         .arg(url)
@@ -345,17 +377,24 @@ fn browser_flow(
         let target = request.url().to_owned();
         match parse_callback(&target, &client.redirect_path, &state) {
             Err(CallbackError::NotCallback) => {
-                let _ = request.respond(page("Not found", "This is tokenwarden's sign-in callback.").with_status_code(404));
+                let _ = request.respond(
+                    page("Not found", "This is tokenwarden's sign-in callback.")
+                        .with_status_code(404),
+                );
             }
             Err(CallbackError::StateMismatch) => {
                 log::warn!("sign-in callback with a wrong state ignored");
                 let _ = request.respond(
-                    page("This sign-in is not the one running", &CallbackError::StateMismatch.to_string())
-                        .with_status_code(400),
+                    page(
+                        "This sign-in is not the one running",
+                        &CallbackError::StateMismatch.to_string(),
+                    )
+                    .with_status_code(400),
                 );
             }
             Err(e) => {
-                let _ = request.respond(page("Sign-in failed", &e.to_string()).with_status_code(400));
+                let _ =
+                    request.respond(page("Sign-in failed", &e.to_string()).with_status_code(400));
                 return Err(login_err(match e {
                     CallbackError::Refused { error, description } if error == "access_denied" => {
                         LoginError::Denied(description.unwrap_or(error))
@@ -370,7 +409,8 @@ fn browser_flow(
                         "Signed in",
                         "tokenwarden has the login. You can close this tab.",
                     )),
-                    Err(e) => request.respond(page("Sign-in failed", &e.to_string()).with_status_code(502)),
+                    Err(e) => request
+                        .respond(page("Sign-in failed", &e.to_string()).with_status_code(502)),
                 };
                 return got;
             }
@@ -392,8 +432,8 @@ fn device_flow(warden: &Warden, req: &LoginRequest, say: &mut dyn FnMut(&str)) -
         started.user_code,
         started.expires_in_ms / 60_000
     ));
-    let deadline = Instant::now()
-        + Duration::from_millis(started.expires_in_ms as u64).min(req.timeout);
+    let deadline =
+        Instant::now() + Duration::from_millis(started.expires_in_ms as u64).min(req.timeout);
     let mut interval = started.interval_ms;
     loop {
         std::thread::sleep(Duration::from_millis(interval as u64));
@@ -408,7 +448,9 @@ fn device_flow(warden: &Warden, req: &LoginRequest, say: &mut dyn FnMut(&str)) -
             Poll::Tokens(t) => return Ok(t),
             Poll::Code { code, verifier } => {
                 let Some(DeviceDialect::Codex { issuer }) = &client.device else {
-                    return Err(Error::Internal("a device code answer from a non-Codex flow"));
+                    return Err(Error::Internal(
+                        "a device code answer from a non-Codex flow",
+                    ));
                 };
                 let redirect = format!("{}/deviceauth/callback", issuer.trim_end_matches('/'));
                 return exchange(warden, client, &code, &verifier, &redirect, "");
