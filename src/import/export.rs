@@ -313,7 +313,8 @@ mod tests {
     #[test]
     fn claude_code_and_gemini_exports_round_trip() {
         // (fixture, writer)
-        let table: [(&str, fn(&Credential) -> Result<String, ExportError>); 2] = [
+        type Writer = fn(&Credential) -> Result<String, ExportError>;
+        let table: [(&str, Writer); 2] = [
             (
                 include_str!("../../fixtures/import/claude_code_credentials.json"),
                 export_claude_code,

@@ -82,7 +82,7 @@ pub(super) fn opt_ms(map: &Map<String, Value>, key: &str, path: &str) -> Result<
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(ms) if ms == 0.0 => Ok(None),
+            Some(0.0) => Ok(None),
             Some(ms) if ms.is_finite() && ms > 0.0 && ms < 1e15 => Ok(Some(ms as i64)),
             _ => Err(bad(path, "must be positive unix milliseconds")),
         },
