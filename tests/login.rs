@@ -283,23 +283,30 @@ fn db() -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
+/// `tokenwarden login oauth2 --issuer … --client-id CLIENT EXTRA…` running.
+fn login_oauth2(idp: &Idp, db: &Path, client: &str, extra: &[&str]) -> Running {
+    let mut args = vec!["oauth2", "--issuer", &idp.issuer, "--client-id", client];
+    args.extend_from_slice(extra);
+    Running::start(db, &args)
+}
+
+/// A browser that went through the provider's forms for the running
+/// login's authorize URL, and the redirect it was sent to.
+fn through_the_forms(idp: &Idp, run: &Running, user: &str, deny: bool) -> (Browser, String) {
+    let url = run.printed(&format!("{}/auth?", idp.issuer));
+    let mut b = Browser::default();
+    let callback = b.sign_in(&idp.issuer, &url, user, deny);
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    (b, callback)
+}
+
 /// A browser sign-in: `login oauth2 --issuer`, the provider's forms, the
 /// redirect to the loopback listener. Returns the login's result.
 fn browser_login(idp: &Idp, db: &Path, user: &str, extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec![
-        "oauth2",
-        "--issuer",
-        &idp.issuer,
-        "--client-id",
-        "tw-cli",
-        "--no-browser",
-    ];
+    let mut args = vec!["--no-browser"];
     args.extend_from_slice(extra);
-    let run = Running::start(db, &args);
-    let url = run.printed(&format!("{}/auth?", idp.issuer));
-    let mut b = Browser::default();
-    let callback = b.sign_in(&idp.issuer, &url, user, false);
-    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    let run = login_oauth2(idp, db, "tw-cli", &args);
+    let (mut b, callback) = through_the_forms(idp, &run, user, false);
     let page = b.get(&callback);
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(
@@ -344,20 +351,8 @@ fn code_and_pkce_through_the_login_form_store_a_working_credential() {
 fn a_wrong_state_is_refused_and_the_real_redirect_still_signs_in() {
     let idp = Idp::start();
     let (_d, db) = db();
-    let run = Running::start(
-        &db,
-        &[
-            "oauth2",
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            "tw-cli",
-            "--no-browser",
-        ],
-    );
-    let url = run.printed(&format!("{}/auth?", idp.issuer));
-    let mut b = Browser::default();
-    let callback = b.sign_in(&idp.issuer, &url, "bob", false);
+    let run = login_oauth2(&idp, &db, "tw-cli", &["--no-browser"]);
+    let (mut b, callback) = through_the_forms(&idp, &run, "bob", false);
     let (base, _) = callback.split_once('?').unwrap();
     let forged = b.get(&format!("{base}?code=stolen&state=not-this-one"));
     assert_eq!(forged.status, 400, "{}", forged.body);
@@ -374,20 +369,8 @@ fn a_wrong_state_is_refused_and_the_real_redirect_still_signs_in() {
 fn a_denied_consent_stores_nothing() {
     let idp = Idp::start();
     let (_d, db) = db();
-    let run = Running::start(
-        &db,
-        &[
-            "oauth2",
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            "tw-cli",
-            "--no-browser",
-        ],
-    );
-    let url = run.printed(&format!("{}/auth?", idp.issuer));
-    let mut b = Browser::default();
-    let callback = b.sign_in(&idp.issuer, &url, "carol", true);
+    let run = login_oauth2(&idp, &db, "tw-cli", &["--no-browser"]);
+    let (mut b, callback) = through_the_forms(&idp, &run, "carol", true);
     assert!(callback.contains("error=access_denied"), "{callback}");
     let page = b.get(&callback);
     assert_eq!(page.status, 400);
@@ -405,17 +388,7 @@ fn a_denied_consent_stores_nothing() {
 fn the_device_flow_signs_in_from_another_device() {
     let idp = Idp::start();
     let (_d, db) = db();
-    let run = Running::start(
-        &db,
-        &[
-            "oauth2",
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            "tw-cli",
-            "--device",
-        ],
-    );
+    let run = login_oauth2(&idp, &db, "tw-cli", &["--device"]);
     let page = run.printed("Open ");
     run.printed("(it expires");
     let user_code = {
@@ -464,17 +437,7 @@ fn field(html: &str, name: &str) -> String {
 fn an_expired_device_code_ends_the_login_cleanly() {
     let idp = Idp::start();
     let (_d, db) = db();
-    let run = Running::start(
-        &db,
-        &[
-            "oauth2",
-            "--issuer",
-            &idp.issuer,
-            "--client-id",
-            "tw-short",
-            "--device",
-        ],
-    );
+    let run = login_oauth2(&idp, &db, "tw-short", &["--device"]);
     let (code, _, err) = run.finish();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("expired"), "{err}");
@@ -484,9 +447,11 @@ fn an_expired_device_code_ends_the_login_cleanly() {
 }
 
 /// A credential whose refresh token was revoked goes dead, and its error
-/// names the login that fixes it; that login (for the same account, no
-/// --id) updates the same credential in place: alive again, same id, its
-/// handle and events kept, no second credential.
+/// and summary name the login that fixes it; that command, run as it is
+/// (`login oauth2 --id erin`: issuer and client from the stored
+/// credential), updates the same credential in place: alive again, same
+/// id, its handle and events kept, no second credential; a later login
+/// without --id finds it by its account.
 #[test]
 fn a_login_for_a_dead_credentials_account_revives_it_with_handles_kept() {
     let idp = Idp::start();
@@ -511,7 +476,14 @@ fn a_login_for_a_dead_credentials_account_revives_it_with_handles_kept() {
     let show: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(show["state"], "dead", "{show}");
 
-    let (code, out, err) = browser_login(&idp, &db, "erin", &[]);
+    assert_eq!(show["relogin"], "tokenwarden login oauth2 --id erin");
+
+    // The command the error names, as it is (the issuer found from the
+    // stored token URL, the client id from the credential).
+    let run = Running::start(&db, &["oauth2", "--id", "erin", "--no-browser"]);
+    let (mut b, callback) = through_the_forms(&idp, &run, "erin", false);
+    assert_eq!(b.get(&callback).status, 200);
+    let (code, out, err) = run.finish();
     assert_eq!((code, out.trim()), (0, "erin revived"), "{err}");
     let (code, _, err) = tw(&db, &["token", "erin"]);
     assert_eq!(code, 0, "{err}");
@@ -519,10 +491,187 @@ fn a_login_for_a_dead_credentials_account_revives_it_with_handles_kept() {
     assert_eq!(list.matches(r#""id":"#).count(), 1, "{list}");
     let (_, handles, _) = tw(&db, &["handle", "list", "erin", "--json"]);
     assert!(handles.contains("laptop"), "{handles}");
+    // Signed in again without --id: the account's credential is found
+    // (same server, same subject) and updated, not stored a second time.
+    let (code, out, err) = browser_login(&idp, &db, "erin", &[]);
+    assert_eq!((code, out.trim()), (0, "erin updated"), "{err}");
     let events = w.events("erin", None).unwrap();
     assert_eq!(
         events.first().map(|e| e.reason.as_str()),
         Some("imported"),
         "{events:?}"
     );
+}
+
+/// A token endpoint in front of the provider's that holds each request
+/// for `delay` before passing it on, and remembers every refresh token it
+/// was sent.
+struct SlowProxy {
+    url: String,
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl SlowProxy {
+    fn start(token_url: String, delay: Duration) -> SlowProxy {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let seen = sent.clone();
+        thread::spawn(move || {
+            for mut req in server.incoming_requests() {
+                let mut body = String::new();
+                let _ = req.as_reader().read_to_string(&mut body);
+                for (k, v) in tokenwarden::provider::form_decode(&body) {
+                    if k == "refresh_token" {
+                        seen.lock().unwrap().push(v);
+                    }
+                }
+                thread::sleep(delay);
+                let mut b = Browser::default();
+                let a = b.post(&token_url, &body);
+                let reply = tiny_http::Response::from_string(a.body)
+                    .with_status_code(a.status)
+                    .with_header(
+                        tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap(),
+                    );
+                let _ = req.respond(reply);
+            }
+        });
+        SlowProxy {
+            url: format!("http://127.0.0.1:{port}/token"),
+            sent,
+        }
+    }
+}
+
+/// A login for an account whose refresh is in flight (held 2 s by a slow
+/// token endpoint) waits for that refresh to commit before it replaces
+/// the row: the refresh token in flight is sent once, the rotated one it
+/// brings back is recorded as spent by the login's replace and never sent,
+/// and the login's own token refreshes at the provider afterwards.
+#[test]
+fn a_login_during_a_refresh_in_flight_waits_for_it_and_reuses_nothing() {
+    let idp = Idp::start();
+    let (_d, db) = db();
+    let (code, _, err) = browser_login(&idp, &db, "frank", &["--id", "frank"]);
+    assert_eq!(code, 0, "{err}");
+    // Route the credential's refreshes through the slow proxy: a replace
+    // with the refresh token it holds changes its settings only.
+    let proxy = SlowProxy::start(format!("{}/token", idp.issuer), Duration::from_secs(2));
+    let w = Arc::new(Warden::open(&db, Config::default()).unwrap());
+    let held = w.get("frank").unwrap().refresh_token.expose().to_owned();
+    let record = serde_json::json!({
+        "id": "frank", "provider": "oauth2", "refresh_token": held,
+        "token_url": proxy.url, "client_id": "tw-cli",
+    });
+    let file = db.with_file_name("frank.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let (code, _, err) = tw(&db, &["import", file.to_str().unwrap(), "--replace"]);
+    assert_eq!(code, 0, "{err}");
+
+    let refresher = w.clone();
+    let owner = thread::spawn(move || refresher.refresh("frank", false));
+    let until = Instant::now() + Duration::from_secs(5);
+    while w.get("frank").unwrap().status.state != tokenwarden::state::State::Refreshing {
+        assert!(Instant::now() < until, "the refresh never started");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    let (code, out, err) = browser_login(&idp, &db, "frank", &["--id", "frank"]);
+    let waited = started.elapsed();
+    assert_eq!((code, out.trim()), (0, "frank updated"), "{err}");
+    let granted = owner
+        .join()
+        .unwrap()
+        .expect("the refresh in flight commits");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "the login waited: {waited:?}"
+    );
+
+    let c = w.get("frank").unwrap();
+    assert_ne!(
+        c.access_token.as_ref().unwrap(),
+        &granted.access_token,
+        "the login's tokens won"
+    );
+    assert_eq!(c.provider.token_url, Some(format!("{}/token", idp.issuer)));
+    let sent = proxy.sent.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        std::slice::from_ref(&held),
+        "the refresh token in flight was sent once"
+    );
+    // The login's refresh token works at the provider; the old ones stay spent.
+    let (code, _, err) = tw(&db, &["refresh", "frank"]);
+    assert_eq!(code, 0, "{err}");
+    let record = serde_json::json!({
+        "id": "frank2", "provider": "oauth2", "refresh_token": held,
+        "token_url": format!("{}/token", idp.issuer), "client_id": "tw-cli",
+    });
+    std::fs::write(&file, record.to_string()).unwrap();
+    let (code, _, err) = tw(&db, &["import", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "a spent token is refused: {err}");
+    assert!(err.contains("spent"), "{err}");
+    let (_, list, _) = tw(&db, &["list", "--json"]);
+    assert_eq!(list.matches(r#""id":"#).count(), 1, "{list}");
+}
+
+/// The same-account rules of `Warden::store_login`, on a database alone:
+/// an --id that holds another account is refused, an account already
+/// stored is never stored under a second id, and a new account without
+/// --id takes its e-mail as its id.
+#[test]
+fn store_login_never_keeps_one_account_under_two_ids() {
+    use tokenwarden::credential::{Claims, NewCredential, ProviderConfig, ProviderKind};
+    use tokenwarden::Secret;
+    let (_d, db) = db();
+    let w = Warden::open(&db, Config::default()).unwrap();
+    let cred = |rt: &str, sub: &str| NewCredential {
+        id: String::new(),
+        provider: ProviderConfig {
+            token_url: Some("https://idp.example/token".into()),
+            client_id: Some("c".into()),
+            ..ProviderConfig::new(ProviderKind::OAuth2)
+        },
+        refresh_token: Secret::new(rt),
+        access_token: Some(Secret::new(format!("at-{rt}"))),
+        id_token: None,
+        expires_at_ms: Some(tokenwarden::clock::now_ms() + 3_600_000),
+        claims: Claims {
+            user_id: Some(sub.into()),
+            email: Some(format!("{sub}@example.com")),
+            ..Claims::default()
+        },
+        last_refresh_ms: None,
+        api_key: None,
+    };
+    let (row, _) = w.store_login(cred("rt-1", "gina"), None).unwrap();
+    assert_eq!(row.id, "gina@example.com");
+    // (login, --id, error contains)
+    let table = [
+        (
+            cred("rt-2", "gina"),
+            Some("other"),
+            "already stored as credential 'gina@example.com'",
+        ),
+        (
+            cred("rt-3", "hank"),
+            Some("gina@example.com"),
+            "holds another oauth2 account",
+        ),
+    ];
+    for (login, id, want) in table {
+        let err = w.store_login(login, id).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let (row, stored) = w.store_login(cred("rt-4", "gina"), None).unwrap();
+    assert_eq!(
+        (row.id.as_str(), stored),
+        (
+            "gina@example.com",
+            tokenwarden::admin::Stored::Updated { revived: false }
+        )
+    );
+    assert_eq!(w.list().unwrap().len(), 1);
 }

@@ -284,11 +284,7 @@ mod tests {
     use crate::provider::form_decode;
 
     fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            retry_after: None,
-            body: body.as_bytes().to_vec(),
-        }
+        crate::provider::testkit::resp(status, body, None)
     }
 
     fn rfc() -> LoginClient {

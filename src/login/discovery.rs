@@ -82,11 +82,7 @@ mod tests {
     use super::*;
 
     fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            retry_after: None,
-            body: body.as_bytes().to_vec(),
-        }
+        crate::provider::testkit::resp(status, body, None)
     }
 
     #[test]

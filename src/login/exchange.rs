@@ -65,11 +65,7 @@ mod tests {
     use serde_json::Value;
 
     fn resp(status: u16, body: &str) -> HttpResponse {
-        HttpResponse {
-            status,
-            retry_after: None,
-            body: body.as_bytes().to_vec(),
-        }
+        crate::provider::testkit::resp(status, body, None)
     }
 
     fn sorted_form(body: &[u8]) -> Vec<(String, String)> {
