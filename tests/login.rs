@@ -19,14 +19,14 @@ use tokenwarden::{Config, Warden};
 use crate::common::tw::BIN;
 
 /// The provider, running; killed on drop.
-struct Idp {
+pub(crate) struct Idp {
     child: Child,
     _stdin: ChildStdin,
-    issuer: String,
+    pub(crate) issuer: String,
 }
 
 impl Idp {
-    fn start() -> Idp {
+    pub(crate) fn start() -> Idp {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -67,16 +67,16 @@ impl Drop for Idp {
 }
 
 /// One HTTP answer.
-struct Answer {
-    status: u16,
-    location: Option<String>,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) location: Option<String>,
+    pub(crate) body: String,
 }
 
 /// A browser: plain HTTP/1.1 over loopback, one connection per request,
 /// a cookie jar, no redirects followed by itself.
 #[derive(Default)]
-struct Browser {
+pub(crate) struct Browser {
     cookies: BTreeMap<String, String>,
 }
 
@@ -142,11 +142,11 @@ impl Browser {
         }
     }
 
-    fn get(&mut self, url: &str) -> Answer {
+    pub(crate) fn get(&mut self, url: &str) -> Answer {
         self.send("GET", url, None)
     }
 
-    fn post(&mut self, url: &str, form: &str) -> Answer {
+    pub(crate) fn post(&mut self, url: &str, form: &str) -> Answer {
         self.send("POST", url, Some(form))
     }
 
@@ -154,7 +154,7 @@ impl Browser {
     /// on the development forms (or aborting at consent when `deny`),
     /// until the provider redirects outside itself (the loopback callback)
     /// or answers a page; returns that redirect, or the last page's URL.
-    fn sign_in(&mut self, issuer: &str, url: &str, user: &str, deny: bool) -> String {
+    pub(crate) fn sign_in(&mut self, issuer: &str, url: &str, user: &str, deny: bool) -> String {
         let mut next = url.to_owned();
         for _ in 0..20 {
             if !next.starts_with(issuer) {

@@ -88,6 +88,16 @@ fn login_err(e: LoginError) -> Error {
     }
 }
 
+/// A redirect that ends a sign-in: a refused consent is `access_denied`.
+fn callback_err(e: CallbackError) -> Error {
+    login_err(match e {
+        CallbackError::Refused { error, description } if error == "access_denied" => {
+            LoginError::Denied(description.unwrap_or(error))
+        }
+        other => LoginError::Callback(other),
+    })
+}
+
 fn send(warden: &Warden, req: &HttpRequest) -> Result<HttpResponse> {
     let timeout = warden.config().request_timeout;
     warden
@@ -263,7 +273,7 @@ fn manual_flow(
     input
         .read_line(&mut line)
         .map_err(|e| Error::from(IoError::new("cannot read the pasted code", e.to_string())))?;
-    let code = parse_pasted(&line, &state).map_err(|e| login_err(LoginError::Callback(e)))?;
+    let code = parse_pasted(&line, &state).map_err(callback_err)?;
     exchange(
         warden,
         &req.client,
@@ -298,21 +308,32 @@ fn bind(client: &LoginClient, port: Option<u16>) -> Result<(Server, u16)> {
     )))
 }
 
-/// The page the browser is left on.
-fn page(title: &str, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+/// The page a browser is left on after a sign-in: a title and a line,
+/// HTML-escaped.
+pub fn page_html(title: &str, text: &str) -> String {
     let esc = |s: &str| {
         s.replace('&', "&amp;")
             .replace('<', "&lt;")
             .replace('>', "&gt;")
     };
-    let html = format!(
+    format!(
         "<!doctype html><meta charset=utf-8><title>tokenwarden</title>\
          <body style=\"font:16px system-ui;margin:4em auto;max-width:36em\">\
          <h2>{}</h2><p>{}</p></body>",
         esc(title),
         esc(text)
-    );
-    let mut r = Response::from_string(html);
+    )
+}
+
+/// What the browser is told when the sign-in worked.
+pub const SIGNED_IN: (&str, &str) = (
+    "Signed in",
+    "tokenwarden has the login. You can close this tab.",
+);
+
+/// The page the browser is left on, as tiny_http's response.
+fn page(title: &str, text: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let mut r = Response::from_string(page_html(title, text));
     for (k, v) in [
         ("Content-Type", "text/html; charset=utf-8"),
         ("Cache-Control", "no-store"),
@@ -395,20 +416,12 @@ fn browser_flow(
             Err(e) => {
                 let _ =
                     request.respond(page("Sign-in failed", &e.to_string()).with_status_code(400));
-                return Err(login_err(match e {
-                    CallbackError::Refused { error, description } if error == "access_denied" => {
-                        LoginError::Denied(description.unwrap_or(error))
-                    }
-                    other => LoginError::Callback(other),
-                }));
+                return Err(callback_err(e));
             }
             Ok(code) => {
                 let got = exchange(warden, client, &code, &pkce.verifier, &redirect, &state);
                 let _ = match &got {
-                    Ok(_) => request.respond(page(
-                        "Signed in",
-                        "tokenwarden has the login. You can close this tab.",
-                    )),
+                    Ok(_) => request.respond(page(SIGNED_IN.0, SIGNED_IN.1)),
                     Err(e) => request
                         .respond(page("Sign-in failed", &e.to_string()).with_status_code(502)),
                 };
@@ -457,4 +470,85 @@ fn device_flow(warden: &Warden, req: &LoginRequest, say: &mut dyn FnMut(&str)) -
             }
         }
     }
+}
+
+/// A sign-in started over the API (`POST /v1/credentials/{id}/login`),
+/// waiting for the browser to come back to the server's `/oauth/callback`.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// The credential it signs in again.
+    pub id: String,
+    /// Its client.
+    pub client: LoginClient,
+    /// The PKCE verifier (never leaves the server).
+    pub verifier: Secret,
+    /// The redirect URI sent in the authorize URL.
+    pub redirect_uri: String,
+    /// The state sent in the authorize URL: the callback's only credential.
+    pub state: String,
+    /// When it was started (it lives [`PENDING_TTL`]).
+    pub started: Instant,
+}
+
+/// How long an API sign-in waits for its redirect.
+pub const PENDING_TTL: Duration = Duration::from_secs(600);
+
+/// Starts an API sign-in for the `oauth2` credential `id`, whose settings
+/// (client id, secret, scope, token URL) it reuses; `flags` may name the
+/// issuer or authorize URL (else discovery at the token URL's origin).
+/// Returns the authorize URL for the operator's browser.
+pub fn begin(
+    warden: &Warden,
+    id: &str,
+    redirect_uri: &str,
+    flags: &OAuth2Flags,
+) -> Result<(String, PendingLogin)> {
+    let stored = warden.get(id)?;
+    if stored.provider.kind != crate::credential::ProviderKind::OAuth2 {
+        return Err(Error::BadInput(format!(
+            "credential '{id}' is a {} credential: only oauth2 credentials sign in over the API \
+             (their client registers this server's /oauth/callback); run `{}` instead",
+            stored.provider.kind,
+            super::login_command(stored.provider.kind, id)
+        )));
+    }
+    crate::provider::check_url(redirect_uri)
+        .map_err(|why| Error::BadInput(format!("redirect_uri: {why}")))?;
+    let client = oauth2_client(warden, flags, Some(&stored))?;
+    let (pkce, state) = (Pkce::from_bytes(&random32()?), state_from(&random32()?));
+    let url = authorize_url(&client, redirect_uri, &state, &pkce.challenge);
+    Ok((
+        url,
+        PendingLogin {
+            id: id.to_owned(),
+            client,
+            verifier: pkce.verifier,
+            redirect_uri: redirect_uri.to_owned(),
+            state,
+            started: Instant::now(),
+        },
+    ))
+}
+
+/// Finishes an API sign-in with the callback's request target: the code
+/// checked against the pending state, exchanged, and the credential
+/// updated through [`Warden::store_login`] (its id kept).
+pub fn finish(warden: &Warden, p: &PendingLogin, target: &str) -> Result<(Credential, Stored)> {
+    let path = target.split('?').next().unwrap_or(target);
+    let code = parse_callback(target, path, &p.state).map_err(callback_err)?;
+    let tokens = exchange(
+        warden,
+        &p.client,
+        &code,
+        &p.verifier,
+        &p.redirect_uri,
+        &p.state,
+    )?;
+    let req = LoginRequest {
+        client: p.client.clone(),
+        id: Some(p.id.clone()),
+        method: Method::Manual,
+        timeout: PENDING_TTL,
+    };
+    store(warden, &req, tokens)
 }

@@ -3,7 +3,8 @@
 // Development interactions (a login form that takes any name, a consent
 // form) are on, so a test can sign in over plain HTTP; the device flow
 // (RFC 8628) and refresh-token rotation are on. Clients:
-// - tw-cli: a public native client (RFC 8252: any loopback port), PKCE.
+// - tw-cli: a public native client (RFC 8252: any loopback port), PKCE;
+//   redirects /callback (tokenwarden login) and /oauth/callback (serve).
 // - tw-short: the same, whose device codes live 2 seconds.
 // Stops on SIGTERM or when its stdin closes (the test process died).
 import http from 'node:http';
@@ -13,7 +14,7 @@ const native = (clientId) => ({
   client_id: clientId,
   application_type: 'native',
   token_endpoint_auth_method: 'none',
-  redirect_uris: ['http://127.0.0.1/callback'],
+  redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/oauth/callback'],
   grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
   response_types: ['code'],
 });
