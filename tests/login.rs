@@ -675,3 +675,40 @@ fn store_login_never_keeps_one_account_under_two_ids() {
     );
     assert_eq!(w.list().unwrap().len(), 1);
 }
+
+/// What cannot make a sign-in is refused at once with exit 2 and the flag
+/// to fix, before anything listens or is sent: a provider without the
+/// asked-for variant, an `oauth2` sign-in without its client or
+/// endpoints, plain http to a non-loopback host.
+#[test]
+fn impossible_sign_ins_are_usage_errors() {
+    let (_d, db) = db();
+    // (args, stderr contains)
+    let table: [(&[&str], &str); 6] = [
+        (&["claude", "--device"], "no device flow"),
+        (&["codex", "--manual"], "no manual variant"),
+        (&["google"], "Gemini CLI"),
+        (&["oauth2", "--issuer", "http://127.0.0.1:1"], "--client-id"),
+        (&["oauth2", "--client-id", "c"], "--issuer"),
+        (
+            &[
+                "oauth2",
+                "--client-id",
+                "c",
+                "--authorize-url",
+                "http://idp.example/auth",
+                "--token-url",
+                "https://idp.example/token",
+            ],
+            "http",
+        ),
+    ];
+    for (args, want) in table {
+        let mut all = vec!["login"];
+        all.extend_from_slice(args);
+        all.push("--no-browser");
+        let (code, _, err) = tw(&db, &all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
