@@ -24,8 +24,9 @@ pub fn code_request(
         ("code", code),
         ("redirect_uri", redirect_uri),
     ];
-    // Codex CLI's order: client_id before code_verifier; the others put
-    // client authentication last. The order means nothing to a server.
+    // `grant_request` puts the client's authentication after these (the
+    // Codex CLI sends its client_id before code_verifier: the order means
+    // nothing to a server, and the fixture test compares the fields).
     grant.push(("code_verifier", verifier.expose()));
     if client.exchange_state {
         grant.push(("state", state));
