@@ -712,3 +712,133 @@ fn impossible_sign_ins_are_usage_errors() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// An unsigned JWT with `payload` (readers here never check signatures).
+fn unsigned_jwt(payload: &serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode(payload.to_string())
+    )
+}
+
+/// The Codex CLI's device flow, end to end against a stand-in for
+/// auth.openai.com on loopback (`TOKENWARDEN_CODEX_TOKEN_URL` moves the
+/// issuer): the user code is requested with the Codex client id, polls
+/// answered 403 are pending, the authorization code and verifier that
+/// come back are exchanged as a form at `/oauth/token` with the redirect
+/// URI `{issuer}/deviceauth/callback`, and the credential is stored under
+/// the id token's e-mail with its ChatGPT account.
+#[test]
+fn the_codex_device_flow_as_the_codex_cli_runs_it() {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let issuer = format!(
+        "http://127.0.0.1:{}",
+        server.server_addr().to_ip().unwrap().port()
+    );
+    let seen = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let log = seen.clone();
+    let id_token = unsigned_jwt(&serde_json::json!({
+        "email": "dev@example.com",
+        "https://api.openai.com/auth": {"chatgpt_account_id": "acc-9", "chatgpt_plan_type": "pro"},
+    }));
+    thread::spawn(move || {
+        let mut polls = 0;
+        for mut req in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = req.as_reader().read_to_string(&mut body);
+            let path = req.url().to_owned();
+            log.lock().unwrap().push((path.clone(), body));
+            let (status, answer) = match path.as_str() {
+                "/api/accounts/deviceauth/usercode" => (
+                    200,
+                    r#"{"device_auth_id":"dev-auth-1","user_code":"WXYZ-1234","interval":"1"}"#
+                        .to_owned(),
+                ),
+                "/api/accounts/deviceauth/token" if polls == 0 => {
+                    polls += 1;
+                    (403, String::new())
+                }
+                "/api/accounts/deviceauth/token" => (
+                    200,
+                    r#"{"authorization_code":"ac-1","code_challenge":"ch-1","code_verifier":"ver-1"}"#
+                        .to_owned(),
+                ),
+                "/oauth/token" => (
+                    200,
+                    serde_json::json!({
+                        "access_token": "at-codex", "refresh_token": "rt-codex",
+                        "id_token": id_token, "expires_in": 3600,
+                    })
+                    .to_string(),
+                ),
+                _ => (404, String::new()),
+            };
+            let _ = req.respond(tiny_http::Response::from_string(answer).with_status_code(status));
+        }
+    });
+    let (_d, db) = db();
+    let o = Command::new(BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["login", "codex", "--device"])
+        .env(
+            "TOKENWARDEN_CODEX_TOKEN_URL",
+            format!("{issuer}/oauth/token"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!("{issuer}/codex/device")) && err.contains("WXYZ-1234"),
+        "{err}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "dev@example.com new"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let paths: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/accounts/deviceauth/usercode",
+            "/api/accounts/deviceauth/token",
+            "/api/accounts/deviceauth/token",
+            "/oauth/token"
+        ]
+    );
+    let start: serde_json::Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(
+        start,
+        serde_json::json!({"client_id": "app_EMoamEEZ73f0CkXaXp7hrann"})
+    );
+    let mut exchange = tokenwarden::provider::form_decode(&seen[3].1);
+    exchange.sort();
+    let redirect = format!("{issuer}/deviceauth/callback");
+    let mut want: Vec<(String, String)> = [
+        ("client_id", "app_EMoamEEZ73f0CkXaXp7hrann"),
+        ("code", "ac-1"),
+        ("code_verifier", "ver-1"),
+        ("grant_type", "authorization_code"),
+        ("redirect_uri", redirect.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(exchange, want);
+    let w = Warden::open(&db, Config::default()).unwrap();
+    let c = w.get("dev@example.com").unwrap();
+    assert_eq!(
+        (
+            c.claims.account_id.as_deref(),
+            c.claims.plan_type.as_deref(),
+            c.refresh_token.expose()
+        ),
+        (Some("acc-9"), Some("pro"), "rt-codex")
+    );
+}
