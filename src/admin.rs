@@ -522,3 +522,126 @@ mod tests {
         ));
     }
 }
+
+/// What [`Warden::store_login`] did with a sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A new credential.
+    New,
+    /// The account's credential, updated in place (handles, events and
+    /// quota history kept); `revived` when it was dead.
+    Updated {
+        /// It was dead and is alive again.
+        revived: bool,
+    },
+}
+
+impl Warden {
+    /// Stores the credential of a `tokenwarden login`: the account's
+    /// existing credential updated in place — the same account (account id,
+    /// subject or e-mail, see [`crate::login::same_account`]) of the same
+    /// server is never stored under a second id — or a new one.
+    ///
+    /// The update is `import --replace`'s compare-and-swap
+    /// ([`Warden::import_within`]): it waits (up to the configured `wait`)
+    /// for a refresh in flight to commit, so the refresh token that refresh
+    /// sends is spent before the new one replaces it; a dead credential
+    /// comes back to life; handles, events and quota history survive.
+    ///
+    /// The id is `id` if given (refused when it holds another account, or
+    /// when the account is already stored under another id), else the
+    /// account's stored id, else [`crate::login::default_id`].
+    pub fn store_login(
+        &self,
+        mut cred: NewCredential,
+        id: Option<&str>,
+    ) -> Result<(Credential, Stored)> {
+        use crate::login::{default_id, matching, same_account};
+        let mut rows = Vec::new();
+        self.store().each_without_secrets(&mut |c| {
+            if c.provider.kind == cred.provider.kind {
+                rows.push(c)
+            }
+        })?;
+        let same = matching(&rows, &cred.provider, &cred.claims);
+        let account = || {
+            cred.claims
+                .email
+                .clone()
+                .or_else(|| cred.claims.account_id.clone())
+                .or_else(|| cred.claims.user_id.clone())
+                .unwrap_or_else(|| "this account".into())
+        };
+        let target = match id {
+            Some(id) => {
+                validate_id(id).map_err(Error::BadInput)?;
+                if let Some(other) = same.iter().find(|c| c.id != id) {
+                    return Err(Error::BadInput(format!(
+                        "{} is already stored as credential '{}'; one account is never kept \
+                         under two ids (two ids would refresh one login twice). Sign in again \
+                         with `--id {}`, or delete '{}' first",
+                        account(),
+                        other.id,
+                        other.id,
+                        other.id
+                    )));
+                }
+                if let Some(existing) = rows.iter().find(|c| c.id == id) {
+                    if same_account(&existing.claims, &cred.claims) == Some(false) {
+                        return Err(Error::BadInput(format!(
+                            "credential '{id}' holds another {} account; this sign-in is {}. \
+                             Pick another --id",
+                            cred.provider.kind,
+                            account()
+                        )));
+                    }
+                }
+                id.to_owned()
+            }
+            None => match same.as_slice() {
+                [one] => one.id.clone(),
+                [] => default_id(cred.provider.kind, &cred.claims),
+                many => {
+                    return Err(Error::BadInput(format!(
+                        "{} is stored under several ids ({}); name the one to update with --id",
+                        account(),
+                        many.iter()
+                            .map(|c| c.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+        };
+        let before = self.store().get_without_secrets(&target)?;
+        if let Some(existing) = &before {
+            if existing.provider.kind != cred.provider.kind {
+                return Err(Error::BadInput(format!(
+                    "credential '{target}' is a {} credential, not {}; pick another --id",
+                    existing.provider.kind, cred.provider.kind
+                )));
+            }
+            if id.is_none() && same_account(&existing.claims, &cred.claims) != Some(true) {
+                return Err(Error::BadInput(format!(
+                    "credential '{target}' exists and is not known to be {}; name the credential \
+                     to update, or a new id, with --id",
+                    account()
+                )));
+            }
+            // Keep the settings a sign-in does not carry (an imported
+            // credential's own token URL, for instance) when it has none.
+            let (new, old) = (&mut cred.provider, &existing.provider);
+            new.token_url = new.token_url.take().or_else(|| old.token_url.clone());
+            cred.claims = std::mem::take(&mut cred.claims).or(&existing.claims);
+        }
+        cred.id = target;
+        let row = self.import_one(&cred, before.is_some(), self.config().wait)?;
+        let stored = match before {
+            None => Stored::New,
+            Some(b) => Stored::Updated {
+                revived: b.status.state == crate::state::State::Dead,
+            },
+        };
+        Ok((row, stored))
+    }
+}

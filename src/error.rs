@@ -37,12 +37,15 @@ pub enum Error {
     NotFound(String),
     /// The refresh token was refused for good.
     #[error(
-        "credential '{id}' is dead ({reason}): log in again and re-import it \
-         (`tokenwarden import FILE --replace`), or retry with `tokenwarden refresh {id} --force`"
+        "credential '{id}' is dead ({reason}): sign in again with `tokenwarden login {provider} \
+         --id {id}` (or import a newer login file with --replace), or retry with \
+         `tokenwarden refresh {id} --force`"
     )]
     Dead {
         /// Credential id.
         id: String,
+        /// Its provider, for the `tokenwarden login` command that fixes it.
+        provider: crate::credential::ProviderKind,
         /// The upstream code that killed it.
         reason: String,
     },
@@ -158,6 +161,18 @@ pub enum Error {
         /// Records read.
         total: usize,
     },
+    /// A `tokenwarden login` that did not sign in: refused consent, an
+    /// expired device code, a refused code exchange, a timeout. `code` is
+    /// the API code (`access_denied`, `expired_token`, …).
+    #[error("sign-in failed: {message}")]
+    Login {
+        /// Machine-readable: `access_denied`, `expired_token`,
+        /// `no_refresh_token`, `bad_callback`, `exchange_failed`,
+        /// `upstream_unreachable`, `timed_out`.
+        code: &'static str,
+        /// What happened and what to do (never a secret).
+        message: String,
+    },
     /// An import carrying the refresh token another credential holds.
     #[error(
         "refusing to import '{id}': credential '{holder}' already holds this refresh token. \
@@ -259,7 +274,8 @@ impl Error {
             | Error::RefreshInProgress { .. }
             | Error::SpentToken { .. }
             | Error::PartlyImported { .. }
-            | Error::TokenHeldElsewhere { .. } => 1,
+            | Error::TokenHeldElsewhere { .. }
+            | Error::Login { .. } => 1,
         }
     }
 
@@ -282,6 +298,7 @@ impl Error {
             Error::TokenHeldElsewhere { .. } => "refresh_token_in_use",
             Error::PartlyImported { .. } => "partly_imported",
             Error::InRecord { source, .. } => source.code(),
+            Error::Login { code, .. } => code,
         }
     }
 }

@@ -78,6 +78,7 @@ pub mod facade;
 pub mod http;
 pub mod import;
 pub mod jwt;
+pub mod login;
 pub mod metrics;
 pub mod provider;
 pub mod quota;

@@ -312,6 +312,7 @@ impl Refresher {
                 Decision::Dead { reason } => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
+                        provider: row.provider.kind,
                         reason,
                     })
                 }
@@ -396,6 +397,7 @@ impl Refresher {
             // Also after a forced refresh, which decide() would let claim again.
             return Err(Error::Dead {
                 id: row.id.clone(),
+                provider: row.provider.kind,
                 reason: row
                     .status
                     .dead_reason
@@ -418,6 +420,7 @@ impl Refresher {
             Decision::Serve => Ok(row),
             Decision::Dead { reason } => Err(Error::Dead {
                 id: row.id.clone(),
+                provider: row.provider.kind,
                 reason,
             }),
             _ => {

@@ -97,6 +97,10 @@ pub struct Summary<'a> {
     /// Why it is dead (the upstream code), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_reason: Option<&'a str>,
+    /// The command that signs a dead credential in again
+    /// (`tokenwarden login PROVIDER --id ID`), if it is dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relogin: Option<String>,
     /// The newest quota snapshot, briefly, if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaBrief<'a>>,
@@ -235,6 +239,8 @@ impl<'a> Summary<'a> {
             dead_reason: (state == crate::state::State::Dead)
                 .then_some(s.dead_reason.as_deref())
                 .flatten(),
+            relogin: (state == crate::state::State::Dead)
+                .then(|| crate::login::login_command(c.provider.kind, &c.id)),
             quota: None,
         }
     }

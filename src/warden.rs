@@ -250,6 +250,7 @@ impl Warden {
                 Err(Refusal::Dead) => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
+                        provider: row.provider.kind,
                         reason: row.status.dead_reason.unwrap_or_else(|| "dead".into()),
                     })
                 }

@@ -37,6 +37,8 @@ mod fuzz_http;
 mod hardening;
 // The HTTP API end to end, in-process and as `tokenwarden serve`.
 mod http;
+// `tokenwarden login` against a real OpenID provider (oidc-provider on Node.js).
+mod login;
 // Imports that could burn a login: replace, stale, duplicate.
 mod import_replace;
 // One test or more per invariant of DESIGN.md §3.

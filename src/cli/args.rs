@@ -272,6 +272,9 @@ pub enum Command {
     },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
+    /// Sign in (or back in) to a provider and keep the login: codex,
+    /// claude, or any oauth2 server.
+    Login(LoginArgs),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
     Export {
         /// Credential id.
@@ -287,6 +290,58 @@ pub enum Command {
         #[arg(long)]
         handle: Option<String>,
     },
+}
+
+/// `tokenwarden login PROVIDER …`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// codex, claude or oauth2.
+    #[arg(value_parser = provider)]
+    pub provider: ProviderKind,
+    /// The credential to store it as (default: the account's existing
+    /// credential, else its e-mail or account id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print the URL only; do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Listen for the redirect on this loopback port (default: the
+    /// provider's registered one, else any free one).
+    #[arg(long)]
+    pub redirect_port: Option<u16>,
+    /// Sign in with the device flow: a code to type in on any device.
+    #[arg(long, conflicts_with_all = ["manual", "redirect_port"])]
+    pub device: bool,
+    /// claude: open the URL anywhere and paste back the `code#state` the
+    /// page shows.
+    #[arg(long, conflicts_with = "redirect_port")]
+    pub manual: bool,
+    /// How long to wait for the sign-in, in seconds.
+    #[arg(long, value_parser = secs, default_value = "600")]
+    pub timeout: Duration,
+    /// oauth2: the OpenID issuer (endpoints by discovery; asks for
+    /// offline_access with consent).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// oauth2: the authorization endpoint.
+    #[arg(long)]
+    pub authorize_url: Option<String>,
+    /// oauth2: the token endpoint.
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// oauth2: the device authorization endpoint (RFC 8628).
+    #[arg(long)]
+    pub device_url: Option<String>,
+    /// oauth2: the client id (registered with the redirect
+    /// http://127.0.0.1/callback, any port).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// oauth2: a file holding the client secret (confidential clients).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// oauth2: the scopes, space-separated.
+    #[arg(long)]
+    pub scope: Option<String>,
 }
 
 /// `tokenwarden handle …`.
@@ -387,6 +442,10 @@ pub enum ExportFormat {
     Codex,
     /// CLIProxyAPI auth file.
     Cliproxy,
+    /// Claude Code `~/.claude/.credentials.json`.
+    ClaudeCode,
+    /// Gemini CLI `~/.gemini/oauth_creds.json`.
+    Gemini,
 }
 
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {

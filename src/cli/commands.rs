@@ -412,6 +412,8 @@ pub(super) fn export(
     let text = match format {
         ExportFormat::Codex => import::export_codex(&row),
         ExportFormat::Cliproxy => import::export_cliproxy(&row),
+        ExportFormat::ClaudeCode => import::export_claude_code(&row),
+        ExportFormat::Gemini => import::export_gemini(&row),
     }
     .map_err(|e| Error::BadInput(e.to_string()))?;
     match out {

@@ -21,6 +21,7 @@ use crate::warden::Warden;
 mod args;
 mod commands;
 mod keys;
+mod login;
 mod print;
 mod serve;
 
@@ -123,6 +124,7 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::Encrypt => keys::encrypt(&cli)?,
         Command::Rekey { new_key_file } => keys::rekey(&cli, new_key_file.as_deref())?,
         Command::Serve(args) => serve::serve(&cli, args)?,
+        Command::Login(args) => login::login(&cli, args)?,
         Command::Export {
             id,
             format,

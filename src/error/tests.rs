@@ -21,10 +21,12 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
         (
             Error::Dead {
                 id: "a".into(),
+                provider: crate::credential::ProviderKind::Claude,
                 reason: "invalid_grant".into(),
             },
-            "credential 'a' is dead (invalid_grant): log in again and re-import it \
-             (`tokenwarden import FILE --replace`), or retry with `tokenwarden refresh a --force`",
+            "credential 'a' is dead (invalid_grant): sign in again with `tokenwarden login claude \
+             --id a` (or import a newer login file with --replace), or retry with \
+             `tokenwarden refresh a --force`",
             4,
             "credential_dead",
         ),

@@ -34,6 +34,10 @@ pub(crate) struct App {
     pub wait: Duration,
     /// Which `Host` and `Origin` headers are answered.
     pub hosts: HostPolicy,
+    /// Whether the server speaks HTTPS (for the sign-in redirect URI).
+    pub tls: bool,
+    /// Sign-ins started over the API, waiting for their browsers.
+    pub logins: super::login::PendingLogins,
 }
 
 /// The outcome of one request, ready to count, log and send.
@@ -73,12 +77,17 @@ enum Action {
     QuotaPost,
     /// The Codex token-endpoint facade (authenticated by its handle).
     Facade,
+    /// Start signing a credential in again.
+    Login,
+    /// Where the browser comes back (authenticated by the state).
+    Callback,
 }
 
 impl Action {
     /// Whether a read-only key may do this (`force` is a forced refresh).
     fn allowed_for_read(self, force: bool) -> bool {
-        !(matches!(self, Action::Import | Action::Delete) || (self == Action::Refresh && force))
+        !(matches!(self, Action::Import | Action::Delete | Action::Login)
+            || (self == Action::Refresh && force))
     }
 }
 
@@ -150,6 +159,27 @@ const ROUTES: &[Route] = &[
     Route {
         pattern: "/oauth/token",
         endpoints: &[ep("POST", Action::Facade, &[])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/login",
+        endpoints: &[ep("POST", Action::Login, &[])],
+    },
+    Route {
+        pattern: "/oauth/callback",
+        endpoints: &[ep(
+            "GET",
+            Action::Callback,
+            &[
+                "code",
+                "state",
+                "error",
+                "error_description",
+                "error_uri",
+                "iss",
+                "session_state",
+                "scope",
+            ],
+        )],
     },
     Route {
         pattern: "/v1/credentials/{id}/quota",
@@ -247,8 +277,9 @@ fn answer(
     // Auth comes next, on every path: a caller without a key learns
     // nothing, not even which paths exist. The facade authenticates by the
     // handle in its body instead.
-    let public =
-        (method == "GET" && path == "/healthz") || (method == "POST" && path == "/oauth/token");
+    let public = (method == "GET" && path == "/healthz")
+        || (method == "POST" && path == "/oauth/token")
+        || (method == "GET" && path == "/oauth/callback");
     let scope = if public || app.keys.is_empty() {
         Scope::Admin
     } else {
@@ -281,8 +312,17 @@ fn answer(
         ));
     }
     let body = read_body(rq, body_state)?;
-    if endpoint.action == Action::Facade {
-        return Ok(facade_reply(app, header(rq, "Content-Type"), &body));
+    match endpoint.action {
+        Action::Facade => return Ok(facade_reply(app, header(rq, "Content-Type"), &body)),
+        Action::Login => {
+            let host = header(rq, "Host");
+            return super::login::start(&app.warden, &app.logins, id, host, app.tls, &body);
+        }
+        Action::Callback => {
+            let target = rq.url().to_owned();
+            return Ok(super::login::callback(&app.warden, &app.logins, &target));
+        }
+        _ => {}
     }
     dispatch(app, endpoint.action, id, &query, &body)
 }
@@ -346,8 +386,8 @@ fn dispatch(
         }
         Action::QuotaGet => quota_get(w, id),
         Action::QuotaPost => quota_post(w, id),
-        // Answered before dispatch (it needs the request's content type).
-        Action::Facade => Err(ApiError::no_route()),
+        // Answered before dispatch (they need the request's headers).
+        Action::Facade | Action::Login | Action::Callback => Err(ApiError::no_route()),
     }
 }
 
