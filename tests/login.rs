@@ -1,6 +1,7 @@
 //! `tokenwarden login` against a real OpenID provider: panva's
-//! `oidc-provider` on Node.js (tests/oidc, installed by `.ci/run` with
-//! `npm ci`), started on a free loopback port per test and stopped after.
+//! `oidc-provider` on Node.js (tests/oidc, installed from its lockfile by
+//! `npm ci` — by `.ci/run`, or by the first test that needs it), started on
+//! a free loopback port per test and stopped after.
 //! A small HTTP client with a cookie jar plays the browser through the
 //! provider's development login and consent forms, so the whole code +
 //! PKCE flow, the device flow and their failures run with no browser.
@@ -10,13 +11,41 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokenwarden::{Config, Warden};
 
 use crate::common::tw::BIN;
+
+/// Installs oidc-provider from tests/oidc's lockfile once per test run
+/// when it is not there yet (a new user's plain `cargo test`; `.ci/run`
+/// installs it before): `npm ci`, which the npm registry serves.
+fn installed(dir: &Path) -> Result<(), String> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            if dir.join("node_modules/oidc-provider").is_dir() {
+                return Ok(());
+            }
+            let out = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("tests/login.rs needs Node.js 20+ and npm: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`npm ci` in tests/oidc failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+}
 
 /// The provider, running; killed on drop.
 pub(crate) struct Idp {
@@ -28,10 +57,9 @@ pub(crate) struct Idp {
 impl Idp {
     pub(crate) fn start() -> Idp {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "oidc-provider is not installed: run `npm ci` in tests/oidc (.ci/run does)"
-        );
+        if let Err(e) = installed(&dir) {
+            panic!("{e}");
+        }
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .current_dir(&dir)
