@@ -306,8 +306,9 @@ fn hole_serve_takes_over_a_killed_lease_after_its_wall_clock_steps_back() {
 /// HELD: while `serve` is quiet, other processes commit — an import of a
 /// credential with no access token (due at once), a `reject` of another
 /// one whose refresh gets a 500 and no backoff (`TOKENWARDEN_BACKOFF_MIN=0`),
-/// and a WAL checkpoint (TRUNCATE) after them: each commit moves the
-/// stamp, and the next round refreshes both.
+/// an `import --replace` of a third with a new login whose token has
+/// expired, and a WAL checkpoint (TRUNCATE) after them: each commit moves
+/// the stamp, and the next round refreshes all three.
 #[test]
 fn held_serve_sees_commits_and_a_wal_truncate_by_other_processes_while_quiet() {
     let env = Env::with(Tuning {
@@ -315,6 +316,7 @@ fn held_serve_sees_commits_and_a_wal_truncate_by_other_processes_while_quiet() {
         ..Tuning::default()
     });
     let quiet = env.login("quiet", 2 * 3600);
+    env.login("repl", 2 * 3600);
     let serve = Serve::start(&env, &[]);
     thread::sleep(Duration::from_secs(1));
 
@@ -330,24 +332,78 @@ fn held_serve_sees_commits_and_a_wal_truncate_by_other_processes_while_quiet() {
     let out = env.run(&["reject", "quiet", "--token", quiet.access_token.as_str()]);
     assert_ne!(code(&out), 0, "the refresh got a 500");
     assert_eq!(show(&env, "quiet")["state"], "rejected");
+    let relogin = env.fake.new_family("repl-relogin");
+    let mut record = relogin.import_json("repl", "codex", &env.fake.token_url());
+    record["expires_at"] = Value::from(now() - 60);
+    let file = crate::common::scripted::write(&env, "repl.json", &record);
+    let out = env.run(&["import", "--replace", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     {
         let conn = rusqlite::Connection::open(&env.db).unwrap();
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
             .unwrap();
     }
-    let both = eventually(ROUND, || {
-        show(&env, "noat")["state"] == "valid" && show(&env, "quiet")["state"] == "valid"
+    let all = eventually(ROUND, || {
+        env.fake.family_state("repl-relogin").refreshes == 1
+            && ["noat", "quiet"]
+                .iter()
+                .all(|id| show(&env, id)["state"] == "valid")
     });
     assert!(
-        both,
-        "{} / {}\n{}",
+        all,
+        "{} / {} / {}\n{}",
         show(&env, "noat"),
         show(&env, "quiet"),
+        show(&env, "repl"),
         serve.log()
     );
-    assert_eq!(env.fake.stats().successful_refreshes, 2);
+    assert_eq!(env.fake.stats().successful_refreshes, 3);
     assert_not_served(&env, "quiet", &quiet.access_token);
     env.fake.assert_no_reuse_after_success();
+}
+
+/// HELD: rows of an old backup restored into the live database (one
+/// transaction through SQLite, as a restore must be made under a running
+/// server) while `serve` is quiet: the backup's row has no access token,
+/// so it is due at once, and the next round refreshes it. (Upstream does
+/// not rotate here, so the backup's refresh token is still good.)
+#[test]
+fn held_serve_refreshes_what_a_restored_backup_makes_due() {
+    let env = Env::new();
+    env.fake.set_rotation(false);
+    let g = env.fake.new_family("bk");
+    let mut record = g.import_json("bk", "codex", &env.fake.token_url());
+    record.as_object_mut().unwrap().remove("access_token");
+    record.as_object_mut().unwrap().remove("expires_at");
+    let file = crate::common::scripted::write(&env, "bk.json", &record);
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let backup = env.dir.path().join("backup.db");
+    rusqlite::Connection::open(&env.db)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    let out = env.run(&["token", "bk"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(env.fake.family_state("bk").refreshes, 1);
+
+    let serve = Serve::start(&env, &[]);
+    thread::sleep(Duration::from_secs(1));
+    {
+        let conn = rusqlite::Connection::open(&env.db).unwrap();
+        conn.execute("ATTACH DATABASE ?1 AS old", [backup.to_str().unwrap()])
+            .unwrap();
+        conn.execute_batch(
+            "BEGIN IMMEDIATE; \
+             INSERT OR REPLACE INTO credentials SELECT * FROM old.credentials; \
+             COMMIT; DETACH DATABASE old;",
+        )
+        .unwrap();
+    }
+    let again = eventually(ROUND, || {
+        env.fake.family_state("bk").refreshes == 2 && show(&env, "bk")["state"] == "valid"
+    });
+    assert!(again, "{}\n{}", show(&env, "bk"), serve.log());
 }
 
 // ---------------------------------------------------------------------------
