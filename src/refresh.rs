@@ -59,23 +59,30 @@ struct Signal {
 struct SignalRef<'a> {
     signals: &'a Signals,
     id: &'a str,
-    signal: Arc<Signal>,
+    /// `Some` until the hold is dropped (taken there, under the map's lock).
+    signal: Option<Arc<Signal>>,
 }
 
 impl std::ops::Deref for SignalRef<'_> {
     type Target = Signal;
 
     fn deref(&self) -> &Signal {
-        &self.signal
+        // Cannot fail: `signal` is taken only by `drop`.
+        self.signal.as_ref().expect("a live hold has its signal")
     }
 }
 
 impl Drop for SignalRef<'_> {
     fn drop(&mut self) {
         let mut map = self.signals.map.lock();
-        // The map's reference and this one: no other thread holds it.
-        if Arc::strong_count(&self.signal) == 2 {
-            map.remove(self.id);
+        if let Some(signal) = self.signal.take() {
+            // The map's reference and this one: no other thread holds it.
+            if Arc::strong_count(&signal) == 2 {
+                map.remove(self.id);
+            }
+            // Let go under the lock, so that a holder leaving next counts
+            // this hold gone.
+            drop(signal);
         }
     }
 }
@@ -90,7 +97,7 @@ impl Signals {
         SignalRef {
             signals: self,
             id,
-            signal,
+            signal: Some(signal),
         }
     }
 
@@ -102,7 +109,7 @@ impl Signals {
             map.get(id).cloned().map(|signal| SignalRef {
                 signals: self,
                 id,
-                signal,
+                signal: Some(signal),
             })
         };
         if let Some(s) = held {

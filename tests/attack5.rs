@@ -164,8 +164,7 @@ const ROUND: Duration = Duration::from_secs(45);
 /// the backoff marks the table quiet until the token's window (hours away),
 /// and no round reads it again — the retry `due()` asks for never happens.
 #[test]
-#[ignore = "HOLE: serve's quiet mark sleeps past the end of a failed refresh's backoff until the refresh window"]
-fn hole_serve_retries_a_failed_operator_refresh_once_its_backoff_ends() {
+fn mended_serve_retries_a_failed_operator_refresh_once_its_backoff_ends() {
     let env = Env::with(Tuning {
         backoff_min: 20.0,
         ..Tuning::default()
@@ -202,8 +201,7 @@ fn hole_serve_retries_a_failed_operator_refresh_once_its_backoff_ends() {
 /// hours after the backoff: `serve` leaves the credential rejected, and
 /// the next caller pays the refresh.
 #[test]
-#[ignore = "HOLE: serve's quiet mark leaves a rejected credential un-refreshed after its backoff"]
-fn hole_serve_refreshes_a_rejected_credential_once_its_backoff_ends() {
+fn mended_serve_refreshes_a_rejected_credential_once_its_backoff_ends() {
     let env = Env::with(Tuning {
         backoff_min: 20.0,
         ..Tuning::default()
@@ -302,8 +300,7 @@ fn held_serve_takes_over_a_killed_processs_lease_when_it_ends() {
 /// and is kept while `now.wall_ms` is below it: after the step the table
 /// is not read for an hour, and the credential stays `refreshing`.
 #[test]
-#[ignore = "HOLE: serve's quiet mark follows the wall clock: a step back delays a lease takeover by the step"]
-fn hole_serve_takes_over_a_killed_lease_after_its_wall_clock_steps_back() {
+fn mended_serve_takes_over_a_killed_lease_after_its_wall_clock_steps_back() {
     if faketime_missing() {
         return;
     }
