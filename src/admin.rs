@@ -36,6 +36,8 @@ pub struct PageQuery {
     pub state: Option<State>,
     /// Only this provider's credentials.
     pub provider: Option<ProviderKind>,
+    /// Only the members of this pool.
+    pub pool: Option<String>,
 }
 
 impl Default for PageQuery {
@@ -46,6 +48,7 @@ impl Default for PageQuery {
             limit: usize::MAX,
             state: None,
             provider: None,
+            pool: None,
         }
     }
 }
@@ -104,6 +107,7 @@ impl Warden {
             let scan = Scan {
                 after: after.as_deref(),
                 provider: q.provider,
+                pool: q.pool.as_deref(),
             };
             self.store().scan(scan, &mut |c| {
                 scanned += 1;

@@ -107,6 +107,8 @@ pub use warden::{Grant, Warden};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::store::{
-        Backend, Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Stamp, Store, Write,
+        Backend, Cooldown, CooldownSource, CooldownWrite, Deleted, Delivery, ErrorUpdate, EventRow,
+        HandleRow, Notice, NotificationCounts, NotificationRow, PoolMember, PoolRead, QuotaRow,
+        Stamp, Store, Write,
     };
 }

@@ -636,6 +636,7 @@ impl Refresher {
                         Write {
                             tokens: Some(&tokens),
                             error: ErrorUpdate::Clear,
+                            notify: None,
                         },
                     );
                 }
@@ -727,6 +728,7 @@ impl Refresher {
             Write {
                 tokens: None,
                 error: ErrorUpdate::Set(&error),
+                notify: None,
             },
         )
     }

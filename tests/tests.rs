@@ -43,6 +43,9 @@ mod import_replace;
 mod invariants;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
+// Pools and cooldowns (issue 15): the pick, the pool route, many
+// threads and processes asking one pool.
+mod pools;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.

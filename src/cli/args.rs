@@ -194,6 +194,9 @@ pub enum Command {
         /// Only this provider's credentials.
         #[arg(long, value_parser = provider)]
         provider: Option<ProviderKind>,
+        /// Only the members of this pool.
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -392,6 +395,11 @@ pub enum ExportFormat {
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
     ProviderKind::parse(raw)
         .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+/// A pool name (the rules of a credential id).
+fn pool_name(raw: &str) -> std::result::Result<String, String> {
+    crate::credential::validate_pool_name(raw).map(|()| raw.to_owned())
 }
 
 /// A page size: a whole number, at least 1 (a page of none would read as

@@ -91,6 +91,7 @@ fn execute(cli: Cli) -> Result<i32> {
             after,
             state,
             provider,
+            pool,
             out,
         } => {
             let page = PageQuery {
@@ -98,6 +99,7 @@ fn execute(cli: Cli) -> Result<i32> {
                 limit: limit.unwrap_or(usize::MAX),
                 state: *state,
                 provider: *provider,
+                pool: pool.clone(),
             };
             commands::list(&cli, &page, out.json)?
         }

@@ -394,6 +394,13 @@ fn parse_provider(p: &str) -> Result<ProviderKind, ApiError> {
     })
 }
 
+/// A pool named in the path or the query string (the rules of an id).
+fn parse_pool(p: &str) -> Result<String, ApiError> {
+    crate::credential::validate_pool_name(p)
+        .map(|()| p.to_owned())
+        .map_err(ApiError::bad_request)
+}
+
 /// Items a page of `GET /v1/credentials` (or of a credential's events)
 /// holds when `limit` is not given, and the most it may ask for.
 pub const LIST_LIMIT: (usize, usize) = (1_000, 10_000);
@@ -418,6 +425,7 @@ fn list(w: &Warden, q: &Query) -> Result<Reply, ApiError> {
             })
             .transpose()?,
         provider: q.get("provider").map(parse_provider).transpose()?,
+        pool: q.get("pool").map(parse_pool).transpose()?,
     };
     let mut list = SummaryWriter::new(Vec::new())
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
