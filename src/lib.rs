@@ -79,6 +79,7 @@ pub mod http;
 pub mod import;
 pub mod jwt;
 pub mod metrics;
+pub mod pool;
 pub mod provider;
 pub mod quota;
 mod refresh;
