@@ -79,6 +79,7 @@ pub mod http;
 pub mod import;
 pub mod jwt;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod provider;
 pub mod quota;
@@ -99,7 +100,10 @@ pub use secret::Secret;
 /// The database's commit mark, for the background scheduler (see
 /// [`Warden::stamp`](warden::Warden)).
 pub(crate) use store::Stamp;
-pub use store::{EventRow, HandleRow, QuotaRow};
+pub use store::{
+    Cooldown, CooldownSource, Delivery, EventRow, HandleRow, Notice, NotificationCounts,
+    NotificationRow, QuotaRow,
+};
 pub use warden::{Grant, Warden};
 
 /// Not an API: the store below [`Warden`], for the integration tests that

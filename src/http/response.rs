@@ -238,9 +238,14 @@ impl From<Error> for ApiError {
                 ..ApiError::from(*source)
             },
             Error::BadInput(_) => ApiError::bad_request(message),
-            Error::NotFound(_) | Error::NoQuota(_) | Error::QuotaUnsupported { .. } => {
-                ApiError::new(404, e.code(), message)
-            }
+            Error::PoolUnavailable { retry_after_s, .. } => ApiError {
+                retry_after_s,
+                ..ApiError::new(503, "pool_unavailable", message)
+            },
+            Error::NotFound(_)
+            | Error::NoQuota(_)
+            | Error::QuotaUnsupported { .. }
+            | Error::EmptyPool(_) => ApiError::new(404, e.code(), message),
             Error::Exists(_) => ApiError::new(409, "exists", message),
             Error::RefreshInProgress { retry_after_s, .. } => ApiError {
                 retry_after_s: Some(retry_after_s),

@@ -374,7 +374,15 @@ fn sticky_table() {
         ..member("b", &good)
     };
     // (a's status, a's cooldown, excluded, sticky, the pick, kept)
-    let table: [(&Status, Option<i64>, &[&str], Option<&str>, &str, bool); 6] = [
+    type Row<'a> = (
+        &'a Status,
+        Option<i64>,
+        &'a [&'a str],
+        Option<&'a str>,
+        &'a str,
+        bool,
+    );
+    let table: [Row<'_>; 6] = [
         (&good, None, &[], Some("a"), "a", true),
         (&good, None, &[], None, "b", false),
         (&good, None, &[], Some("gone"), "b", false),
