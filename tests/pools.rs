@@ -195,8 +195,12 @@ fn the_pool_spreads_sticks_and_refuses_clearly() {
         assert_eq!(again.account_id, first.account_id);
     }
     // Its member cools down: the key moves, and stays on the new one.
-    w.set_cooldown(&first.credential_id, wall_ms() + 60_000, "429 usage_limit_reached")
-        .unwrap();
+    w.set_cooldown(
+        &first.credential_id,
+        wall_ms() + 60_000,
+        "429 usage_limit_reached",
+    )
+    .unwrap();
     let moved = w.pool_token("team", zero, Some("session-1")).unwrap();
     assert_ne!(moved.credential_id, first.credential_id);
     for _ in 0..3 {
@@ -208,7 +212,11 @@ fn the_pool_spreads_sticks_and_refuses_clearly() {
         w.set_cooldown(id, wall_ms() + 60_000, "test").unwrap();
     }
     match w.pool_token("team", zero, None) {
-        Err(Error::PoolUnavailable { retry_after_s: Some(s), members, .. }) => {
+        Err(Error::PoolUnavailable {
+            retry_after_s: Some(s),
+            members,
+            ..
+        }) => {
             assert!((55..=61).contains(&s), "{s}");
             assert!(members.contains("cooling down"), "{members}");
         }
@@ -241,14 +249,21 @@ fn the_pool_spreads_sticks_and_refuses_clearly() {
     // Unknown pool: exit 3.
     let out = env.run(&["token", "--pool", "nobody"]);
     assert_eq!(code(&out), 3, "{}", text(&out.stderr));
-    assert!(matches!(w.pool_token("nobody", zero, None), Err(Error::EmptyPool(_))));
+    assert!(matches!(
+        w.pool_token("nobody", zero, None),
+        Err(Error::EmptyPool(_))
+    ));
     // Dead members are passed over; only dead left → no retry time.
     env.fake.revoke_family(&ids[1]);
     env.fake.revoke_family(&ids[2]);
     let _ = w.refresh(&ids[1], false);
     let _ = w.refresh(&ids[2], false);
     match w.pool_token("team", zero, None) {
-        Err(Error::PoolUnavailable { retry_after_s: None, members, .. }) => {
+        Err(Error::PoolUnavailable {
+            retry_after_s: None,
+            members,
+            ..
+        }) => {
             assert!(members.contains("dead"), "{members}");
         }
         other => panic!("{other:?}"),
@@ -270,7 +285,12 @@ fn a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set() {
     tokenwarden::quota::fetch(&w, &ids[0]).unwrap();
     // q1 has 70 % left, q0 10 %: q1, every time (quota before recency).
     for _ in 0..3 {
-        assert_eq!(w.pool_token("team", Duration::ZERO, None).unwrap().credential_id, ids[1]);
+        assert_eq!(
+            w.pool_token("team", Duration::ZERO, None)
+                .unwrap()
+                .credential_id,
+            ids[1]
+        );
     }
     // q1 exhausted: cooling until the window's reset.
     env.fake.set_codex_usage(200, usage(100, 3600, true));
@@ -279,10 +299,18 @@ fn a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set() {
     let cooldowns = w.cooldowns().unwrap();
     assert_eq!(cooldowns.len(), 1);
     let until = cooldowns[0].until_ms;
-    assert!(until >= before + 3_590_000 && until <= wall_ms() + 3_601_000, "{until}");
+    assert!(
+        until >= before + 3_590_000 && until <= wall_ms() + 3_601_000,
+        "{until}"
+    );
     assert_eq!(cooldowns[0].source, tokenwarden::CooldownSource::Quota);
     for _ in 0..3 {
-        assert_eq!(w.pool_token("team", Duration::ZERO, None).unwrap().credential_id, ids[0]);
+        assert_eq!(
+            w.pool_token("team", Duration::ZERO, None)
+                .unwrap()
+                .credential_id,
+            ids[0]
+        );
     }
     // The same snapshot again writes nothing new.
     let events = w.events(&ids[1], None).unwrap().len();
@@ -292,7 +320,12 @@ fn a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set() {
     env.fake.set_codex_usage(200, usage(0, 18000, false));
     tokenwarden::quota::fetch(&w, &ids[1]).unwrap();
     assert!(w.cooldowns().unwrap().is_empty());
-    assert_eq!(w.pool_token("team", Duration::ZERO, None).unwrap().credential_id, ids[1]);
+    assert_eq!(
+        w.pool_token("team", Duration::ZERO, None)
+            .unwrap()
+            .credential_id,
+        ids[1]
+    );
     let kinds: Vec<String> = w
         .notifications(false, 10)
         .unwrap()
@@ -300,10 +333,22 @@ fn a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set() {
         .map(|n| n.notice.kind.clone())
         .collect();
     assert_eq!(kinds, ["quota_exhausted", "quota_reset"]);
-    let reasons: Vec<String> =
-        w.events(&ids[1], None).unwrap().iter().map(|e| e.reason.clone()).collect();
-    assert!(reasons.iter().any(|r| r.starts_with("cooldown (quota) until")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.starts_with("cooldown cleared")), "{reasons:?}");
+    let reasons: Vec<String> = w
+        .events(&ids[1], None)
+        .unwrap()
+        .iter()
+        .map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("cooldown (quota) until")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("cooldown cleared")),
+        "{reasons:?}"
+    );
 }
 
 /// Over HTTP: the pool's token names its member; a reject through the pool
@@ -327,7 +372,12 @@ fn the_pool_routes_end_to_end() {
     let second = b["credential_id"].as_str().unwrap().to_owned();
     assert_ne!(second, first, "the rejected member is not the answer");
     assert_ne!(b["access_token"], token);
-    assert_eq!(c.get(&format!("/v1/credentials/{first}")).expect(200).json()["state"], "rejected");
+    assert_eq!(
+        c.get(&format!("/v1/credentials/{first}"))
+            .expect(200)
+            .json()["state"],
+        "rejected"
+    );
     // The rejected member is refreshed (a new token) when asked for by
     // id; then cool the other down: only the first is served.
     c.get(&format!("/v1/credentials/{first}/token")).expect(200);
@@ -344,21 +394,45 @@ fn the_pool_routes_end_to_end() {
         let t = c.get("/v1/pools/team/token").expect(200).json();
         assert_eq!(t["credential_id"], first.as_str());
     }
-    let shown = c.get(&format!("/v1/credentials/{second}")).expect(200).json();
+    let shown = c
+        .get(&format!("/v1/credentials/{second}"))
+        .expect(200)
+        .json();
     assert_eq!(shown["cooldown"]["reason"], "usage_limit_reached");
     assert_eq!(shown["pools"], json!(["team"]));
     // Bad cooldown bodies: 400, nothing set.
-    for bad in [r#"{"seconds": -1}"#, r#"{}"#, r#"{"until": "yesterday"}"#, r#"{"seconds": 5, "x": 1}"#] {
-        c.post(&format!("/v1/credentials/{first}/cooldown"), bad).expect(400);
+    for bad in [
+        r#"{"seconds": -1}"#,
+        r#"{}"#,
+        r#"{"until": "yesterday"}"#,
+        r#"{"seconds": 5, "x": 1}"#,
+    ] {
+        c.post(&format!("/v1/credentials/{first}/cooldown"), bad)
+            .expect(400);
     }
-    c.send("DELETE", &format!("/v1/credentials/{second}/cooldown"), None).expect(204);
+    c.send(
+        "DELETE",
+        &format!("/v1/credentials/{second}/cooldown"),
+        None,
+    )
+    .expect(204);
     let listed = c.get("/v1/credentials?pool=team").expect(200).json();
     assert_eq!(listed["credentials"].as_array().unwrap().len(), 2);
-    assert_eq!(c.get("/v1/credentials?pool=other").expect(200).json()["credentials"], json!([]));
-    assert_eq!(c.get("/v1/pools/nobody/token").expect(404).code(), "pool_empty");
+    assert_eq!(
+        c.get("/v1/credentials?pool=other").expect(200).json()["credentials"],
+        json!([])
+    );
+    assert_eq!(
+        c.get("/v1/pools/nobody/token").expect(404).code(),
+        "pool_empty"
+    );
     c.get("/v1/pools/bad%2fname/token").expect(400);
     for id in &ids {
-        c.post(&format!("/v1/credentials/{id}/cooldown"), r#"{"seconds": 30}"#).expect(200);
+        c.post(
+            &format!("/v1/credentials/{id}/cooldown"),
+            r#"{"seconds": 30}"#,
+        )
+        .expect(200);
     }
     let busy = c.get("/v1/pools/team/token").expect(503);
     assert_eq!(busy.code(), "pool_unavailable");
@@ -366,8 +440,13 @@ fn the_pool_routes_end_to_end() {
     assert!((25..=31).contains(&retry), "{retry}");
     // Metrics: picks by pool and outcome, cooldowns active.
     let metrics = c.get("/metrics").expect(200).body;
-    assert!(metrics.contains("tokenwarden_pool_picks_total{pool=\"team\",outcome=\"served\"}"), "{metrics}");
-    assert!(metrics.contains("tokenwarden_pool_picks_total{pool=\"team\",outcome=\"unavailable\"} 1"));
+    assert!(
+        metrics.contains("tokenwarden_pool_picks_total{pool=\"team\",outcome=\"served\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tokenwarden_pool_picks_total{pool=\"team\",outcome=\"unavailable\"} 1")
+    );
     assert!(metrics.contains("tokenwarden_cooldowns_active 2"));
     assert!(metrics.contains("tokenwarden_notifications{status=\"pending\"}"));
 }
@@ -468,10 +547,15 @@ fn many_threads_and_processes_ask_one_pool_while_members_change() {
                 .pool_reject_within("team", &ids[0], &t, None, Duration::from_secs(10))
                 .unwrap();
             rejected.lock().unwrap().insert(t.clone(), wall_ms());
-            assert_ne!(answer.access_token.expose(), t, "the answer to a reject is another token");
+            assert_ne!(
+                answer.access_token.expose(),
+                t,
+                "the answer to a reject is another token"
+            );
         }
         if cooling_from == i64::MAX && started.elapsed() > Duration::from_secs(1) {
-            w.set_cooldown(&ids[1], wall_ms() + 3_600_000, "usage_limit_reached").unwrap();
+            w.set_cooldown(&ids[1], wall_ms() + 3_600_000, "usage_limit_reached")
+                .unwrap();
             cooling_from = wall_ms();
         }
         if started.elapsed() > Duration::from_secs(2) {
@@ -500,10 +584,16 @@ fn many_threads_and_processes_ask_one_pool_while_members_change() {
             assert!(s.started_ms <= at, "{s:?} got a token rejected at {at}");
         }
         if s.credential_id == ids[1] {
-            assert!(s.started_ms <= cooling_from, "{s:?} got a member cooling since {cooling_from}");
+            assert!(
+                s.started_ms <= cooling_from,
+                "{s:?} got a member cooling since {cooling_from}"
+            );
         }
         if s.credential_id == ids[2] {
-            assert!(s.started_ms <= dead_from, "{s:?} got a member dead since {dead_from}");
+            assert!(
+                s.started_ms <= dead_from,
+                "{s:?} got a member dead since {dead_from}"
+            );
         }
     }
     assert!(dead_from < i64::MAX, "m2 died during the run");

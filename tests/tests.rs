@@ -41,6 +41,9 @@ mod http;
 mod import_replace;
 // One test or more per invariant of DESIGN.md §3.
 mod invariants;
+// The notifications outbox (issue 15): real receivers on loopback, a
+// SIGKILL between the change and its delivery.
+mod notify;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
 // Pools and cooldowns (issue 15): the pick, the pool route, many

@@ -30,12 +30,19 @@ pub struct Targets {
     pub exec: Option<String>,
     /// Signs each POST's body (`TOKENWARDEN_NOTIFY_SECRET`).
     pub secret: Option<Secret>,
-    /// How long one attempt at one target may take.
+    /// How long one attempt at one target may take
+    /// (`TOKENWARDEN_NOTIFY_TIMEOUT`, default 10 s).
     pub timeout: Duration,
+    /// The first pause after a failed attempt, doubling up to an hour
+    /// (`TOKENWARDEN_NOTIFY_RETRY_MIN`, default 5 s).
+    pub retry_min: Duration,
 }
 
 /// How long one attempt may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The first pause after a failed attempt by default.
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_secs(5);
 
 impl Targets {
     /// The targets given by flags, else by `TOKENWARDEN_NOTIFY_URL` /
@@ -48,11 +55,22 @@ impl Targets {
         if let Some(u) = &url {
             check_url(u).map_err(|e| Error::Config(format!("--notify-url: {e}")))?;
         }
+        let secs = |name: &str, default: Duration| -> Result<Duration> {
+            match env(name) {
+                None => Ok(default),
+                Some(raw) => crate::config::parse_secs(&raw)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        Error::Config(format!("{name}={raw:?} is not a number of seconds above 0"))
+                    }),
+            }
+        };
         Ok(Targets {
             url,
             exec: exec.or_else(|| env("TOKENWARDEN_NOTIFY_EXEC")),
             secret: env("TOKENWARDEN_NOTIFY_SECRET").map(Secret::new),
-            timeout: DEFAULT_TIMEOUT,
+            timeout: secs("TOKENWARDEN_NOTIFY_TIMEOUT", DEFAULT_TIMEOUT)?,
+            retry_min: secs("TOKENWARDEN_NOTIFY_RETRY_MIN", DEFAULT_RETRY_MIN)?,
         })
     }
 
@@ -158,7 +176,7 @@ pub struct Report {
 }
 
 /// Notifications taken per round.
-const BATCH: u32 = 16;
+const BATCH: u32 = 4;
 
 /// Delivers the notifications due now, in rounds, until none is due or
 /// `budget` is spent (a round already started finishes). Nothing is taken
@@ -170,7 +188,7 @@ pub fn deliver_due(warden: &Warden, targets: &Targets, budget: Duration) -> Resu
     }
     let started = Instant::now();
     // Long enough for every target of every row of a round to time out.
-    let hold_ms = clock::millis(targets.timeout * 2 * BATCH) + 5_000;
+    let hold_ms = clock::millis(targets.timeout * 2 * BATCH) + 2_000;
     while started.elapsed() < budget {
         let now = clock::now_ms();
         let due = warden.take_notifications(now, now + hold_ms, BATCH)?;
@@ -182,13 +200,15 @@ pub fn deliver_due(warden: &Warden, targets: &Targets, budget: Duration) -> Resu
             let now = clock::now_ms();
             let delivery = match &outcome {
                 Ok(()) => Delivery::Delivered,
-                Err(e) => match super::retry_delay_ms(row.attempts) {
-                    Some(ms) => Delivery::Retry {
-                        at_ms: now + ms,
-                        error: e,
-                    },
-                    None => Delivery::GiveUp { error: e },
-                },
+                Err(e) => {
+                    match super::retry_delay_ms(row.attempts, clock::millis(targets.retry_min)) {
+                        Some(ms) => Delivery::Retry {
+                            at_ms: now + ms,
+                            error: e,
+                        },
+                        None => Delivery::GiveUp { error: e },
+                    }
+                }
             };
             match delivery {
                 Delivery::Delivered => report.delivered += 1,

@@ -258,13 +258,14 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// Attempts before a notification is given up on (about a day of tries).
 pub const MAX_ATTEMPTS: u32 = 30;
 
-/// The pause after failed attempt number `attempts` (1-based): 5 s
-/// doubling up to an hour; `None` once [`MAX_ATTEMPTS`] are spent.
-pub fn retry_delay_ms(attempts: u32) -> Option<i64> {
+/// The pause after failed attempt number `attempts` (1-based): `min_ms`
+/// (5 s by default) doubling up to an hour; `None` once [`MAX_ATTEMPTS`]
+/// are spent.
+pub fn retry_delay_ms(attempts: u32, min_ms: i64) -> Option<i64> {
     if attempts >= MAX_ATTEMPTS {
         return None;
     }
-    let doubled = 5_000_i64.saturating_mul(1_i64 << attempts.saturating_sub(1).min(20));
+    let doubled = min_ms.saturating_mul(1_i64 << attempts.saturating_sub(1).min(20));
     Some(doubled.min(3_600_000))
 }
 

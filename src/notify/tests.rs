@@ -141,7 +141,7 @@ fn retries_back_off_then_give_up() {
         (30, None),
     ];
     for (attempts, want) in table {
-        assert_eq!(retry_delay_ms(attempts), want, "{attempts}");
+        assert_eq!(retry_delay_ms(attempts, 5_000), want, "{attempts}");
     }
 }
 
