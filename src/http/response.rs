@@ -238,8 +238,9 @@ impl From<Error> for ApiError {
                 ..ApiError::from(*source)
             },
             Error::BadInput(_) => ApiError::bad_request(message),
+            // No member will come back by itself: look again in a minute.
             Error::PoolUnavailable { retry_after_s, .. } => ApiError {
-                retry_after_s,
+                retry_after_s: Some(retry_after_s.unwrap_or(60)),
                 ..ApiError::new(503, "pool_unavailable", message)
             },
             Error::NotFound(_)

@@ -394,6 +394,8 @@ fn dispatch(
             )?)
         }
         Action::CooldownSet => {
+            // An unknown credential is 404 whatever the body.
+            w.get(id)?;
             let (until_ms, reason) = cooldown_body(body, clock::now_ms())?;
             w.set_cooldown(id, until_ms, &reason)?;
             let all = w.cooldowns()?;
