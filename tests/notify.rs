@@ -95,6 +95,21 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// Waits until a hanging receiver holds a deliverer's connection (a
+    /// delivery is under way), up to 20 s.
+    fn wait_for_hold(&self) {
+        let start = Instant::now();
+        while self.holding.load(Ordering::SeqCst) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no delivery attempt"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -290,14 +305,7 @@ fn a_receiver_that_hangs_never_blocks_token_serving() {
     .env("TOKENWARDEN_NOTIFY_TIMEOUT", "3")
     .env("TOKENWARDEN_NOTIFY_RETRY_MIN", "60");
     let served = Served::spawn(cmd, addr);
-    let start = Instant::now();
-    while rx.holding.load(Ordering::SeqCst) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no delivery attempt"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    rx.wait_for_hold();
     // The receiver holds the notifier's connection: tokens are served.
     let client = Client::new(addr, None);
     for _ in 0..5 {
@@ -349,14 +357,7 @@ fn sigkill_between_the_change_and_delivery_then_delivered_after_restart() {
             .code(),
         "credential_dead"
     );
-    let start = Instant::now();
-    while hang.holding.load(Ordering::SeqCst) == 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no delivery attempt"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    hang.wait_for_hold();
     first.child.kill().unwrap();
     first.child.wait().unwrap();
     let pending = outbox(&env, true);
@@ -391,22 +392,20 @@ fn sigkill_between_the_change_and_delivery_then_delivered_after_restart() {
 fn failing_and_recovered_reach_a_command() {
     let env = Env::new();
     env.login("f1", 3600);
-    for _ in 0..2 {
-        env.fake.push_fault(Fault::status(503, "{}"));
-        let out = env
-            .cmd()
+    // Any failure at all is "failing long" with the threshold at 0.
+    let refresh = || {
+        env.cmd()
             .args(["refresh", "f1", "--force"])
             .env("TOKENWARDEN_NOTIFY_FAILING_AFTER", "0")
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for _ in 0..2 {
+        env.fake.push_fault(Fault::status(503, "{}"));
+        let out = refresh();
         assert_eq!(code(&out), 5, "{}", text(&out.stderr));
     }
-    let out = env
-        .cmd()
-        .args(["refresh", "f1", "--force"])
-        .env("TOKENWARDEN_NOTIFY_FAILING_AFTER", "0")
-        .output()
-        .unwrap();
+    let out = refresh();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let kinds: Vec<String> = outbox(&env, false)
         .iter()
