@@ -619,3 +619,57 @@ fn many_threads_and_processes_ask_one_pool_while_members_change() {
         assert!(n <= bound, "{id}: {n} token requests (bound {bound})");
     }
 }
+
+/// `import --pool` joins the pool; a cooldown whose time is over is
+/// cleared by the next `sweep` (an event says so), so none outlives its
+/// end by more than one sweep; bad cooldown flags are exit 2.
+#[test]
+fn import_pool_and_a_cooldown_ended_by_the_next_sweep() {
+    let env = Env::new();
+    let g = env.fake.new_family("i1");
+    let mut record = g.import_json("i1", "codex", &env.fake.token_url());
+    record["expires_at"] = json!(wall_ms() / 1000 + 3600);
+    let file = env.dir.path().join("i1.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let out = env.run(&["import", file.to_str().unwrap(), "--pool", "team"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = env.run(&["list", "--pool", "team", "--json"]);
+    assert_eq!(json(&out)["credentials"][0]["id"], "i1");
+    let out = env.run(&["cooldown", "i1", "--seconds", "0.3", "--reason", "429"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = json(&env.run(&["show", "i1", "--json"]));
+    assert_eq!(shown["cooldown"]["reason"], "429");
+    assert_eq!(shown["cooldown"]["source"], "manual");
+    std::thread::sleep(Duration::from_millis(400));
+    // Over, though still a row: the pool serves it already.
+    let t = env
+        .warden()
+        .pool_token("team", Duration::ZERO, None)
+        .unwrap();
+    assert_eq!(t.credential_id, "i1");
+    assert_eq!(env.warden().cooldowns().unwrap().len(), 1);
+    let out = env.run(&["sweep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(env.warden().cooldowns().unwrap().is_empty());
+    let events = json(&env.run(&["events", "i1", "--json"]));
+    let reasons: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"joined pool team"), "{reasons:?}");
+    assert!(
+        reasons.contains(&"cooldown cleared: its time is over"),
+        "{reasons:?}"
+    );
+    for bad in [
+        &["cooldown", "i1"][..],
+        &["cooldown", "i1", "--until", "1"],
+        &["cooldown", "i1", "--until", "tomorrow"],
+        &["cooldown", "i1", "--seconds", "5", "--clear"],
+    ] {
+        assert_eq!(code(&env.run(bad)), 2, "{bad:?}");
+    }
+    assert_eq!(code(&env.run(&["cooldown", "nobody", "--seconds", "5"])), 3);
+}

@@ -358,7 +358,8 @@ pub(super) fn sweep(
     // outbox is delivered before the pass ends (a bounded time: a receiver
     // that hangs costs at most that).
     warden.clear_ended_cooldowns()?;
-    match crate::notify::deliver::deliver_due(&warden, &targets, Duration::from_secs(30)) {
+    let never = std::sync::atomic::AtomicBool::new(false);
+    match crate::notify::deliver::deliver_due(&warden, &targets, Duration::from_secs(30), &never) {
         Ok(r) if r.delivered + r.retried + r.given_up > 0 => log::info!(
             "notifications: {} delivered, {} to retry, {} given up",
             r.delivered,

@@ -179,9 +179,16 @@ pub struct Report {
 const BATCH: u32 = 4;
 
 /// Delivers the notifications due now, in rounds, until none is due or
-/// `budget` is spent (a round already started finishes). Nothing is taken
-/// without a target.
-pub fn deliver_due(warden: &Warden, targets: &Targets, budget: Duration) -> Result<Report> {
+/// `budget` is spent (a round already started finishes) or `stop` is set
+/// (the attempt under way finishes; the rows of the round not yet tried
+/// are handed back, due at once, for the next deliverer). Nothing is
+/// taken without a target.
+pub fn deliver_due(
+    warden: &Warden,
+    targets: &Targets,
+    budget: Duration,
+    stop: &AtomicBool,
+) -> Result<Report> {
     let mut report = Report::default();
     if !targets.any() {
         return Ok(report);
@@ -189,13 +196,22 @@ pub fn deliver_due(warden: &Warden, targets: &Targets, budget: Duration) -> Resu
     let started = Instant::now();
     // Long enough for every target of every row of a round to time out.
     let hold_ms = clock::millis(targets.timeout * 2 * BATCH) + 2_000;
-    while started.elapsed() < budget {
+    while started.elapsed() < budget && !stop.load(Ordering::Relaxed) {
         let now = clock::now_ms();
         let due = warden.take_notifications(now, now + hold_ms, BATCH)?;
         if due.is_empty() {
             break;
         }
         for row in due {
+            if stop.load(Ordering::Relaxed) {
+                let now = clock::now_ms();
+                let back = Delivery::Retry {
+                    at_ms: now,
+                    error: "not tried: the deliverer stopped",
+                };
+                warden.notification_delivered(&row.notice.event_id, back, now)?;
+                continue;
+            }
             let outcome = send(warden, targets, &row.notice);
             let now = clock::now_ms();
             let delivery = match &outcome {
@@ -251,7 +267,7 @@ pub fn start_worker(
                 if let Err(e) = warden.clear_ended_cooldowns() {
                     log::warn!("ending cooldowns: {e}");
                 }
-                if let Err(e) = deliver_due(&warden, &targets, Duration::from_secs(30)) {
+                if let Err(e) = deliver_due(&warden, &targets, Duration::from_secs(30), &stop) {
                     log::warn!("notification delivery: {e}");
                 }
                 let mut slept = Duration::ZERO;
