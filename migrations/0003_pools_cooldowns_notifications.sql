@@ -4,7 +4,9 @@
 
 -- When the current run of failed refreshes began (unix ms): NULL while the
 -- last refresh did not fail. Kept by every transition's UPDATE (set at the
--- first failure, cleared when `failures` goes back to 0), so "failing for
+-- first failure, i.e. when `failures` leaves 0, cleared when it goes back
+-- to 0; an import that resets `failures` leaves a stale value that the
+-- next failure overwrites), so "failing for
 -- longer than TOKENWARDEN_NOTIFY_FAILING_AFTER" is a fact of the row.
 ALTER TABLE credentials ADD COLUMN failing_since_ms INTEGER;
 

@@ -434,3 +434,27 @@ fn failing_and_recovered_reach_a_command() {
     let out = env.run(&["notify", "test"]);
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));
 }
+
+/// The run of failures a `failing` notification measures starts at the
+/// first failure after a success, is kept while failures go on, and ends
+/// with the next success.
+#[test]
+fn the_failing_run_starts_at_its_first_failure() {
+    let env = Env::new();
+    env.login("r1", 3600);
+    let w = env.warden();
+    let since = || w.get("r1").unwrap().failing_since_ms;
+    assert_eq!(since(), None);
+    env.fake.push_fault(Fault::status(503, "{}"));
+    assert!(w.refresh("r1", true).is_err());
+    let first = since().expect("set at the first failure");
+    std::thread::sleep(Duration::from_millis(20));
+    env.fake.push_fault(Fault::status(503, "{}"));
+    assert!(w.refresh("r1", true).is_err());
+    assert_eq!(since(), Some(first), "kept while failures go on");
+    w.refresh("r1", true).unwrap();
+    assert_eq!(since(), None, "ended by a success");
+    env.fake.push_fault(Fault::status(503, "{}"));
+    assert!(w.refresh("r1", true).is_err());
+    assert!(since().unwrap() > first, "a new run");
+}

@@ -92,7 +92,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Writes `t` if its guard still holds: `Ok(Some(row))` with the new
     /// row, or `Ok(None)` when another writer got there first (a lost CAS).
     /// A new refresh token in `write` spends the old one's fingerprint in
-    /// the same transaction.
+    /// the same transaction. The same UPDATE keeps `failing_since_ms`
+    /// (issue 15): `now_ms` when `failures` leaves 0, unchanged while it
+    /// stays above 0, `NULL` when the transition's `failures` is 0; and
+    /// `write.notify`, if any, is written to the outbox in the same
+    /// transaction (`INSERT` ignored when its event id is already there),
+    /// only if the guard held.
     fn apply(
         &self,
         id: &str,

@@ -121,7 +121,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
              last_error_message = CASE WHEN ?20 THEN ?22 ELSE last_error_message END, \
              last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END, \
              lease_clock = ?27, \
-             failing_since_ms = CASE WHEN ?6 = 0 THEN NULL \
+             failing_since_ms = CASE WHEN ?6 = 0 THEN NULL WHEN failures = 0 THEN ?9 \
                  ELSE COALESCE(failing_since_ms, ?9) END \
              WHERE id = ?24 AND (?25 IS NULL OR version = ?25) AND (?26 IS NULL OR lease_id = ?26)",
         )
