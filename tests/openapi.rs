@@ -1089,7 +1089,7 @@ fn host_refusals_match_the_document() {
 /// every documented status but 500.
 #[test]
 fn pool_routes_match_the_document() {
-    use Who::Read;
+    use Who::{Admin, Read};
     route_group(Group::Pools, |h| {
         h.import("alice");
         h.import("bob");
@@ -1145,8 +1145,10 @@ fn pool_routes_match_the_document() {
         )
         .expect(404);
         h.send(Read, "DELETE", "/v1/credentials/alice/cooldown", None)
+            .expect(403);
+        h.send(Admin, "DELETE", "/v1/credentials/alice/cooldown", None)
             .expect(204);
-        h.send(Read, "DELETE", "/v1/credentials/nobody/cooldown", None)
+        h.send(Admin, "DELETE", "/v1/credentials/nobody/cooldown", None)
             .expect(404);
         h.send(Read, "GET", "/v1/notifications?pending=1", None)
             .expect(200);

@@ -88,7 +88,12 @@ enum Action {
 impl Action {
     /// Whether a read-only key may do this (`force` is a forced refresh).
     fn allowed_for_read(self, force: bool) -> bool {
-        !(matches!(self, Action::Import | Action::Delete) || (self == Action::Refresh && force))
+        // A read-only key may set a cooldown (a caller that got a 429) but
+        // not lift one.
+        !(matches!(
+            self,
+            Action::Import | Action::Delete | Action::CooldownClear
+        ) || (self == Action::Refresh && force))
     }
 }
 
@@ -306,7 +311,8 @@ fn answer(
         return Err(ApiError::new(
             403,
             "forbidden",
-            "this API key is read-only; importing, deleting and forced refreshes need an admin key",
+            "this API key is read-only; importing, deleting, forced refreshes and clearing a \
+             cooldown need an admin key",
         ));
     }
     let body = read_body(rq, body_state)?;
