@@ -498,8 +498,17 @@ impl Warden {
                     other => return other,
                 }
             };
-            if let Some(row) = store.replace(c, row.status.version, &actor, now)? {
-                return Ok(row);
+            if let Some(new) = store.replace(c, row.status.version, &actor, now)? {
+                if row.status.state == state::State::Dead && new.status.state != state::State::Dead
+                {
+                    // Its own transaction (the replace takes none): a crash
+                    // right here loses this one notice, never the import.
+                    let note = crate::notify::on_revived(&row, new.status.version, now);
+                    if let Err(e) = store.insert_notice(&note) {
+                        log::warn!("{id}: could not write the recovered notification: {e}");
+                    }
+                }
+                return Ok(new);
             }
             // Lost a race with another writer: look again.
         }

@@ -458,3 +458,27 @@ fn the_failing_run_starts_at_its_first_failure() {
     assert!(w.refresh("r1", true).is_err());
     assert!(since().unwrap() > first, "a new run");
 }
+
+/// A dead credential revived by `import --replace` (the fix its `dead`
+/// notification names) writes `recovered`.
+#[test]
+fn a_reimport_that_revives_a_dead_credential_is_recovered() {
+    let env = Env::new();
+    env.login("v1", 3600);
+    kill(&env, "v1");
+    let g = env.fake.new_family("v1-relogin");
+    let record = g.import_json("v1", "codex", &env.fake.token_url());
+    let file = env.dir.path().join("relogin.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let out = env.run(&["import", file.to_str().unwrap(), "--replace"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kinds: Vec<String> = outbox(&env, false)
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["dead", "recovered"]);
+    // The same file again changes nothing and says nothing.
+    let out = env.run(&["import", file.to_str().unwrap(), "--replace"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(outbox(&env, false).len(), 2);
+}

@@ -193,6 +193,24 @@ pub fn on_transition(
     }
 }
 
+/// The `recovered` notice of a dead credential that an import brought
+/// back (`before` is the row before the import, `version` the new row's).
+pub fn on_revived(before: &Credential, version: i64, now_ms: i64) -> Notice {
+    let id = before.id.as_str();
+    notice(
+        format!("recovered:{id}:v{version}"),
+        "recovered",
+        About {
+            credential: Some(before),
+            state: Some("valid"),
+            reason: Some("reimported"),
+            message: format!("credential '{id}' was re-imported and is usable again"),
+            fix: None,
+        },
+        now_ms,
+    )
+}
+
 /// The notice of a cooldown a quota snapshot set (`exhausted`) or cleared.
 pub fn on_quota_cooldown(
     c: &Credential,

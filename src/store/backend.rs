@@ -289,6 +289,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<NotificationRow>>;
 
+    /// Writes `n` to the outbox in a transaction of its own (ignored when
+    /// its event id is already there): for a notice about a change made
+    /// by an operation that takes none (a re-import that revives a dead
+    /// credential: `recovered`).
+    fn insert_notice(&self, n: &Notice) -> Result<()>;
+
     /// Records what an attempt to deliver notification `event_id` came to.
     fn notification_delivery(
         &self,

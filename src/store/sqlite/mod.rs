@@ -311,6 +311,10 @@ impl Backend for Sqlite {
         notifications::take_notifications(self, now_ms, hold_until_ms, limit)
     }
 
+    fn insert_notice(&self, n: &Notice) -> Result<()> {
+        self.write_tx(conn::Sync::Full, |tx| notifications::insert_notice(tx, n))
+    }
+
     fn notification_delivery(
         &self,
         event_id: &str,
