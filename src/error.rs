@@ -173,6 +173,25 @@ pub enum Error {
         /// What happened and what to do (never a secret).
         message: String,
     },
+    /// A pool with no members (or no pool of that name: a pool exists
+    /// while it has members).
+    #[error(
+        "pool '{0}' has no members; add one with `tokenwarden pool add ID {0}` \
+         (or `tokenwarden import FILE --pool {0}`)"
+    )]
+    EmptyPool(String),
+    /// No member of a pool can be served now (each is dead, rejected,
+    /// cooling down, backing off or refreshing without a usable token).
+    #[error("pool '{pool}' has no usable member right now: {members}{}", retry_hint(*retry_after_s))]
+    PoolUnavailable {
+        /// The pool.
+        pool: String,
+        /// Each member and why it was passed over (`a: dead, b: cooling down`).
+        members: String,
+        /// Whole seconds until a member's cooldown or backoff ends, if one
+        /// may end by itself.
+        retry_after_s: Option<u64>,
+    },
     /// An import carrying the refresh token another credential holds.
     #[error(
         "refusing to import '{id}': credential '{holder}' already holds this refresh token. \
@@ -186,6 +205,16 @@ pub enum Error {
         /// The credential holding the token.
         holder: String,
     },
+}
+
+/// The end of [`Error::PoolUnavailable`]'s message.
+fn retry_hint(retry_after_s: Option<u64>) -> String {
+    match retry_after_s {
+        Some(s) => format!("; retry in {s} s"),
+        None => {
+            "; every member needs a human (`tokenwarden list --pool NAME` shows why)".to_owned()
+        }
+    }
 }
 
 /// The end of [`Error::InRecord`]'s message.
@@ -260,7 +289,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput(_) | Error::Config(_) => 2,
-            Error::NotFound(_) => 3,
+            Error::NotFound(_) | Error::EmptyPool(_) => 3,
+            Error::PoolUnavailable { .. } => 5,
             Error::Dead { .. } => 4,
             Error::Unavailable { .. } => 5,
             Error::InRecord { source, .. } => source.exit_code(),
@@ -292,6 +322,8 @@ impl Error {
             Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",
             Error::NoQuota(_) => "no_quota",
+            Error::EmptyPool(_) => "pool_empty",
+            Error::PoolUnavailable { .. } => "pool_unavailable",
             Error::QuotaUnsupported { .. } => "quota_unsupported",
             Error::RefreshInProgress { .. } => "refresh_in_progress",
             Error::SpentToken { .. } => "refresh_token_spent",

@@ -646,6 +646,7 @@ impl Refresher {
                         Write {
                             tokens: Some(&tokens),
                             error: ErrorUpdate::Clear,
+                            notify: None,
                         },
                     );
                 }
@@ -737,6 +738,7 @@ impl Refresher {
             Write {
                 tokens: None,
                 error: ErrorUpdate::Set(&error),
+                notify: None,
             },
         )
     }
@@ -843,6 +845,24 @@ impl Refresher {
                 Err(other) => {
                     unreachable!("owner events are refused only as LeaseLost, not {other:?}")
                 }
+            };
+            // The notification this change calls for (a death, a long run
+            // of failures, a recovery), in the same transaction.
+            let error = match write.error {
+                ErrorUpdate::Set(e) => Some(e),
+                _ => None,
+            };
+            let note = crate::notify::on_transition(
+                &current,
+                event,
+                &t,
+                error,
+                now.wall_ms,
+                crate::clock::millis(self.config.notify_failing_after),
+            );
+            let write = Write {
+                notify: note.as_ref(),
+                ..write
             };
             if let Some(done) = self.store.apply(&row.id, &t, write, actor, now.wall_ms)? {
                 let outcome = match t.to {

@@ -580,6 +580,7 @@ mod tests {
 
     fn cred(status: Status) -> Credential {
         Credential {
+            failing_since_ms: None,
             id: "c".into(),
             provider: ProviderConfig::new(ProviderKind::Codex),
             status,

@@ -412,6 +412,7 @@ fn owner_writes_are_fenced_by_the_lease() {
                     Write {
                         tokens: Some(tok),
                         error: ErrorUpdate::Clear,
+                        notify: None,
                     },
                     owner,
                     now_ms(),
@@ -448,6 +449,7 @@ fn owner_writes_are_fenced_by_the_lease() {
             Write {
                 tokens: Some(&a),
                 error: ErrorUpdate::Clear,
+                notify: None,
             },
             "A",
             now_ms(),

@@ -31,6 +31,10 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/credentials/{id}/refresh", &["POST"]),
     ("/v1/credentials/{id}/events", &["GET"]),
     ("/v1/credentials/{id}/quota", &["GET", "POST"]),
+    ("/v1/credentials/{id}/cooldown", &["POST", "DELETE"]),
+    ("/v1/pools/{name}/token", &["GET"]),
+    ("/v1/pools/{name}/reject", &["POST"]),
+    ("/v1/notifications", &["GET"]),
     ("/oauth/token", &["POST"]),
     ("/v1/credentials/{id}/login", &["POST"]),
     ("/oauth/callback", &["GET"]),
@@ -358,6 +362,7 @@ enum Group {
     Quota,
     Facade,
     Login,
+    Pools,
 }
 
 /// The group of each of the server's routes ([`ROUTES`]).
@@ -372,6 +377,10 @@ fn group_of(pattern: &str) -> Group {
         "/v1/credentials/{id}/quota" => Group::Quota,
         "/oauth/token" => Group::Facade,
         "/v1/credentials/{id}/login" | "/oauth/callback" => Group::Login,
+        "/v1/credentials/{id}/cooldown"
+        | "/v1/pools/{name}/token"
+        | "/v1/pools/{name}/reject"
+        | "/v1/notifications" => Group::Pools,
         other => panic!("{other} is in no route group"),
     }
 }
@@ -1161,4 +1170,76 @@ fn host_refusals_match_the_document() {
             }
         }
     }
+}
+
+/// Pools, cooldowns and the outbox (issue 15) match the document through
+/// every documented status but 500.
+#[test]
+fn pool_routes_match_the_document() {
+    use Who::{Admin, Read};
+    route_group(Group::Pools, |h| {
+        h.import("alice");
+        h.import("bob");
+        for id in ["alice", "bob"] {
+            h.env.warden().set_pool_member(id, "team", true).unwrap();
+        }
+        let t = h
+            .send(Read, "GET", "/v1/pools/team/token?sticky=s1", None)
+            .expect(200)
+            .json();
+        let member = t["credential_id"].as_str().unwrap().to_owned();
+        h.send(Read, "GET", "/v1/pools/team/token?min_ttl=x", None)
+            .expect(400);
+        h.send(Read, "GET", "/v1/pools/nobody/token", None)
+            .expect(404);
+        let body = json!({"credential_id": member, "access_token": t["access_token"]}).to_string();
+        h.send(Read, "POST", "/v1/pools/team/reject", Some(&body))
+            .expect(200);
+        h.send(Read, "POST", "/v1/pools/team/reject", Some("{}"))
+            .expect(400);
+        h.send(
+            Read,
+            "POST",
+            "/v1/pools/nobody/reject",
+            Some(&json!({"credential_id": "alice", "access_token": "x"}).to_string()),
+        )
+        .expect(404);
+        for id in ["alice", "bob"] {
+            h.send(
+                Read,
+                "POST",
+                &format!("/v1/credentials/{id}/cooldown"),
+                Some(r#"{"seconds": 60, "reason": "429"}"#),
+            )
+            .expect(200);
+        }
+        h.send(Read, "GET", "/v1/pools/team/token", None)
+            .expect(503);
+        h.send(
+            Read,
+            "POST",
+            "/v1/pools/team/reject",
+            Some(&json!({"credential_id": "alice", "access_token": "x"}).to_string()),
+        )
+        .expect(503);
+        h.send(Read, "POST", "/v1/credentials/alice/cooldown", Some("{}"))
+            .expect(400);
+        h.send(
+            Read,
+            "POST",
+            "/v1/credentials/nobody/cooldown",
+            Some(r#"{"seconds": 1}"#),
+        )
+        .expect(404);
+        h.send(Read, "DELETE", "/v1/credentials/alice/cooldown", None)
+            .expect(403);
+        h.send(Admin, "DELETE", "/v1/credentials/alice/cooldown", None)
+            .expect(204);
+        h.send(Admin, "DELETE", "/v1/credentials/nobody/cooldown", None)
+            .expect(404);
+        h.send(Read, "GET", "/v1/notifications?pending=1", None)
+            .expect(200);
+        h.send(Read, "GET", "/v1/notifications?limit=0", None)
+            .expect(400);
+    });
 }

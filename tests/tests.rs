@@ -46,8 +46,14 @@ mod login;
 mod import_replace;
 // One test or more per invariant of DESIGN.md §3.
 mod invariants;
+// The notifications outbox (issue 15): real receivers on loopback, a
+// SIGKILL between the change and its delivery.
+mod notify;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
+// Pools and cooldowns (issue 15): the pick, the pool route, many
+// threads and processes asking one pool.
+mod pools;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.

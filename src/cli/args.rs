@@ -85,7 +85,9 @@ impl Cli {
             },
             encryption_key_file: None,
             command: Command::Token {
-                id: id.to_owned(),
+                id: Some(id.to_owned()),
+                pool: None,
+                sticky: None,
                 min_ttl: Duration::ZERO,
                 out: JsonFlag { json },
             },
@@ -143,11 +145,23 @@ pub enum Command {
         /// Overwrite an existing credential with the same id.
         #[arg(long)]
         replace: bool,
+        /// Also add each imported credential to this pool.
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
     },
-    /// Print a usable access token, refreshing first if needed.
+    /// Print a usable access token, refreshing first if needed: of
+    /// credential ID, or of the best member of a pool (--pool).
     Token {
-        /// Credential id.
-        id: String,
+        /// Credential id (or --pool).
+        #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+        id: Option<String>,
+        /// The best member of this pool right now (most quota left, least
+        /// recently handed out; never dead, rejected or cooling down).
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
+        /// With --pool: the same member for the same key while it stays usable.
+        #[arg(long, requires = "pool")]
+        sticky: Option<String>,
         /// The token must stay valid this many more seconds.
         #[arg(long, value_parser = secs, default_value = "0")]
         min_ttl: Duration,
@@ -194,6 +208,9 @@ pub enum Command {
         /// Only this provider's credentials.
         #[arg(long, value_parser = provider)]
         provider: Option<ProviderKind>,
+        /// Only the members of this pool.
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -240,6 +257,10 @@ pub enum Command {
         /// those refreshed, failed or dead get a line).
         #[arg(long, short)]
         verbose: bool,
+        /// Where notifications go; the pending ones are delivered at the
+        /// end of the pass.
+        #[command(flatten)]
+        notify: NotifyArgs,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -275,6 +296,43 @@ pub enum Command {
     /// Sign in (or back in) to a provider and keep the login: codex,
     /// claude, or any oauth2 server.
     Login(LoginArgs),
+    /// Pool membership: `pool add ID NAME`, `pool rm ID NAME`.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Cool a credential down (no pool hands it out until then), e.g. after
+    /// upstream answered 429 usage_limit_reached; --clear ends it.
+    Cooldown {
+        /// Credential id.
+        id: String,
+        /// For this many seconds.
+        #[arg(long, value_parser = secs, conflicts_with_all = ["until", "clear"],
+              required_unless_present_any = ["until", "clear"])]
+        seconds: Option<Duration>,
+        /// Until this time (unix seconds or RFC 3339).
+        #[arg(long, conflicts_with = "clear")]
+        until: Option<String>,
+        /// Why (shown in events and summaries).
+        #[arg(long, default_value = "cooldown")]
+        reason: String,
+        /// End the cooldown now.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// List the notifications outbox (newest last).
+    Notifications {
+        /// Only those not delivered yet.
+        #[arg(long)]
+        pending: bool,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Notification targets: `notify test` sends a sample to each.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
     Export {
         /// Credential id.
@@ -344,6 +402,51 @@ pub struct LoginArgs {
     pub scope: Option<String>,
 }
 
+/// `tokenwarden pool …`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Add credential ID to pool NAME.
+    Add {
+        /// Credential id.
+        id: String,
+        /// Pool name.
+        #[arg(value_parser = pool_name)]
+        name: String,
+    },
+    /// Take credential ID out of pool NAME.
+    Rm {
+        /// Credential id.
+        id: String,
+        /// Pool name.
+        #[arg(value_parser = pool_name)]
+        name: String,
+    },
+}
+
+/// Where notifications go (`serve`, `sweep`, `notify test`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NotifyArgs {
+    /// POST each notification's JSON here, signed with
+    /// TOKENWARDEN_NOTIFY_SECRET [env: TOKENWARDEN_NOTIFY_URL].
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
+    /// Run this command (with sh -c) with each notification's JSON on
+    /// stdin [env: TOKENWARDEN_NOTIFY_EXEC].
+    #[arg(long, value_name = "CMD")]
+    pub notify_exec: Option<String>,
+}
+
+/// `tokenwarden notify …`.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a sample notification to every configured target, now.
+    Test {
+        /// The targets.
+        #[command(flatten)]
+        targets: NotifyArgs,
+    },
+}
+
 /// `tokenwarden handle …`.
 #[derive(Debug, Subcommand)]
 pub enum HandleCommand {
@@ -389,6 +492,9 @@ pub struct ServeArgs {
     /// Worker threads of the background refresher.
     #[arg(long, default_value_t = 4)]
     pub refresher_threads: usize,
+    /// Where notifications go (delivered by a background thread).
+    #[command(flatten)]
+    pub notify: NotifyArgs,
     /// Also answer requests sent to this Host name when no API key is set
     /// (repeatable; loopback names are always answered) [env:
     /// TOKENWARDEN_ALLOW_HOST, comma-separated, adds to these].
@@ -451,6 +557,11 @@ pub enum ExportFormat {
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
     ProviderKind::parse(raw)
         .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+/// A pool name (the rules of a credential id).
+fn pool_name(raw: &str) -> std::result::Result<String, String> {
+    crate::credential::validate_pool_name(raw).map(|()| raw.to_owned())
 }
 
 /// A page size: a whole number, at least 1 (a page of none would read as

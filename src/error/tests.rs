@@ -59,6 +59,34 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "config_error",
         ),
         (
+            Error::EmptyPool("p".into()),
+            "pool 'p' has no members; add one with `tokenwarden pool add ID p` \
+             (or `tokenwarden import FILE --pool p`)",
+            3,
+            "pool_empty",
+        ),
+        (
+            Error::PoolUnavailable {
+                pool: "p".into(),
+                members: "a: dead, b: cooling down".into(),
+                retry_after_s: Some(9),
+            },
+            "pool 'p' has no usable member right now: a: dead, b: cooling down; retry in 9 s",
+            5,
+            "pool_unavailable",
+        ),
+        (
+            Error::PoolUnavailable {
+                pool: "p".into(),
+                members: "a: dead".into(),
+                retry_after_s: None,
+            },
+            "pool 'p' has no usable member right now: a: dead; every member needs a human \
+             (`tokenwarden list --pool NAME` shows why)",
+            5,
+            "pool_unavailable",
+        ),
+        (
             Error::NoQuota("a".into()),
             "no quota snapshot for 'a' yet; fetch one with `tokenwarden quota a --refresh`",
             1,

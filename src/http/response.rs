@@ -250,9 +250,15 @@ impl From<Error> for ApiError {
                 ..ApiError::from(*source)
             },
             Error::BadInput(_) => ApiError::bad_request(message),
-            Error::NotFound(_) | Error::NoQuota(_) | Error::QuotaUnsupported { .. } => {
-                ApiError::new(404, e.code(), message)
-            }
+            // No member will come back by itself: look again in a minute.
+            Error::PoolUnavailable { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s.unwrap_or(60)),
+                ..ApiError::new(503, "pool_unavailable", message)
+            },
+            Error::NotFound(_)
+            | Error::NoQuota(_)
+            | Error::QuotaUnsupported { .. }
+            | Error::EmptyPool(_) => ApiError::new(404, e.code(), message),
             Error::Exists(_) => ApiError::new(409, "exists", message),
             // A sign-in's upstream did not answer (over the API: the
             // issuer's discovery): worth retrying, like a refresh's.

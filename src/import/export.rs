@@ -221,6 +221,7 @@ mod tests {
 
     fn stored(kind: ProviderKind, new: &NewCredential, last_refresh_ms: i64) -> Credential {
         Credential {
+            failing_since_ms: None,
             id: new.id.clone(),
             provider: ProviderConfig {
                 kind,

@@ -22,7 +22,11 @@ use crate::error::Result;
 use crate::seal::Sealer;
 
 pub use backend::Backend;
-pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
+pub use records::{
+    Cooldown, CooldownSource, CooldownWrite, Deleted, Delivery, ErrorUpdate, EventRow, HandleRow,
+    Notice, NotificationCounts, NotificationRow, PoolMember, PoolRead, QuotaRow, Scan, Stamp,
+    Write,
+};
 pub use sqlite::{encrypt_in_place, rekey};
 
 /// When a store does the start-up work that only writes need.

@@ -14,12 +14,11 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::errors::{db_err, sealed};
 use crate::error::{DbError, DbKind, Error, IoError, Result, Spent};
-use crate::seal::{is_sealed, Sealer};
+use crate::seal::{hmac_sha256, is_sealed, Sealer};
 
 /// The `meta` key of the fingerprint key.
 pub(super) const META_KEY: &str = "fingerprint_key";
@@ -27,10 +26,6 @@ pub(super) const META_KEY: &str = "fingerprint_key";
 /// The sealing context of the fingerprint key (no credential id).
 pub(super) const SEAL_COLUMN: &str = "fingerprint_key";
 
-const BLOCK: usize = 64;
-
-/// HMAC-SHA-256 (RFC 2104) over the `sha2` crate already used here: two
-/// hashes and a key pad, not worth another dependency.
 /// Records the fingerprint `fp` as spent by credential `id`, for `reason`
 /// (a `spent_tokens.reason` value; the table's CHECK lists them). A
 /// fingerprint already recorded keeps its first record. `ON CONFLICT`, not
@@ -50,31 +45,6 @@ pub(super) fn record_spent(
     .and_then(|mut s| s.execute(params![fp, id, now_ms, reason]))
     .map(drop)
     .map_err(db_err)
-}
-
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = Zeroizing::new([0u8; BLOCK]);
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut pad = Zeroizing::new([0u8; BLOCK]);
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x36;
-    }
-    let inner = Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(message)
-        .finalize();
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x5c;
-    }
-    Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(inner)
-        .finalize()
-        .into()
 }
 
 /// A database's fingerprint key.

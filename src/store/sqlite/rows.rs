@@ -21,7 +21,8 @@ pub(super) const COLUMNS: &str =
     expires_at_ms, token_url, client_id, client_secret, scope, encoding, client_auth, api_key, \
     account_id, email, plan_type, user_id, organization_id, lease_owner, lease_id, \
     lease_until_ms, resume_state, failures, next_attempt_at_ms, dead_reason, last_error_code, \
-    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms, lease_clock";
+    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms, lease_clock, \
+    failing_since_ms";
 
 /// Converts a TEXT column through `parse`, failing on values this build
 /// does not know (a corrupt row, never silently a default).
@@ -135,6 +136,7 @@ pub(super) fn read_row(r: &Row, codec: &Codec, secrets: Secrets) -> rusqlite::Re
         api_key: secret_kept(14)?,
         created_ms: r.get(31)?,
         updated_ms: r.get(32)?,
+        failing_since_ms: r.get(34)?,
     })
 }
 
@@ -198,11 +200,14 @@ pub(super) fn scan(
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM credentials WHERE (?1 IS NULL OR id > ?1) \
-             AND (?2 IS NULL OR provider = ?2) ORDER BY id"
+             AND (?2 IS NULL OR provider = ?2) AND (?3 IS NULL OR id IN \
+             (SELECT credential_id FROM pool_members WHERE pool = ?3)) ORDER BY id"
         ))
         .map_err(db_err)?;
     let provider = scan.provider.map(ProviderKind::as_str);
-    let mut rows = stmt.query(params![scan.after, provider]).map_err(db_err)?;
+    let mut rows = stmt
+        .query(params![scan.after, provider, scan.pool])
+        .map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         if f(read_row(r, &db.codec, Secrets::Drop).map_err(db_err)?).is_break() {
             break;
