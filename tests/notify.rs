@@ -262,10 +262,8 @@ fn a_death_is_delivered_signed_after_failed_attempts() {
             .starts_with("refresh_token"),
         "{body}"
     );
-    assert!(body["fix"]
-        .as_str()
-        .unwrap()
-        .contains("tokenwarden import LOGIN_FILE --id d1 --replace"));
+    // The same command the credential's error and summary name.
+    assert_eq!(body["fix"], "tokenwarden login codex --id d1", "{body}");
     for secret in env
         .fake
         .issued_refresh_tokens("d1")

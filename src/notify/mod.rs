@@ -80,9 +80,10 @@ fn notice(event_id: String, kind: &str, about: About<'_>, at_ms: i64) -> Notice 
     }
 }
 
-/// The command that brings a dead credential back.
-pub fn fix_for_dead(id: &str) -> String {
-    format!("log in again, then `tokenwarden import LOGIN_FILE --id {id} --replace`")
+/// The command that brings a dead credential back: the same `tokenwarden
+/// login` its error and summary name.
+pub fn fix_for_dead(c: &Credential) -> String {
+    crate::login::login_command(c.provider.kind, &c.id)
 }
 
 /// Whether a death's code means the refresh token was used twice.
@@ -130,7 +131,7 @@ pub fn on_transition(
                     state: Some("dead"),
                     reason: Some(code),
                     message,
-                    fix: Some(fix_for_dead(id)),
+                    fix: Some(fix_for_dead(before)),
                 },
                 now_ms,
             ))

@@ -112,7 +112,7 @@ fn transitions_that_need_a_human() {
             assert_eq!(body["account_id"], "acct-1");
             assert!(!n.payload.contains("SECRET"), "{name}: {}", n.payload);
             if n.kind == "dead" || n.kind == "reuse_detected" {
-                assert_eq!(body["fix"], fix_for_dead("c1"));
+                assert_eq!(body["fix"], "tokenwarden login codex --id c1", "{name}");
                 assert!(body["reason"].as_str().is_some());
             }
         }
