@@ -975,3 +975,78 @@ fn an_old_gemini_backup_never_brings_back_a_rejected_access_token() {
         "a rejected token served again"
     );
 }
+
+/// An `oauth2` credential of an OpenID provider whose issuer has a path
+/// (Keycloak's `…/realms/NAME`, Entra's `…/TENANT/v2.0`): when it dies,
+/// the command its error names (`tokenwarden login oauth2 --id ID`) must
+/// start the sign-in as printed; it looks for discovery at the token
+/// URL's origin only, where there is none.
+#[test]
+#[ignore = "HOLE: the printed `tokenwarden login oauth2 --id ID` fails when the issuer has a path (discovery tried at the token URL's origin only)"]
+fn a_dead_oauth2_credentials_relogin_command_works_for_an_issuer_with_a_path() {
+    let (_d, db) = temp_db();
+    let base = Arc::new(std::sync::OnceLock::<String>::new());
+    let at = base.clone();
+    let server = Scripted::start(move |path, _| {
+        let issuer = format!("{}/realms/team", at.get().unwrap());
+        match path {
+            "/realms/team/.well-known/openid-configuration" => (
+                200,
+                json!({
+                    "issuer": issuer,
+                    "authorization_endpoint": format!("{issuer}/protocol/openid-connect/auth"),
+                    "token_endpoint": format!("{issuer}/protocol/openid-connect/token"),
+                    "scopes_supported": ["openid", "offline_access", "email"],
+                })
+                .to_string(),
+            ),
+            "/realms/team/protocol/openid-connect/token" => {
+                (400, r#"{"error":"invalid_grant"}"#.into())
+            }
+            _ => (404, r#"{"error":"not_found"}"#.into()),
+        }
+    });
+    base.set(server.url("")).unwrap();
+    let record = json!({
+        "provider": "oauth2", "client_id": "cli", "refresh_token": "rt-kc",
+        "token_url": server.url("/realms/team/protocol/openid-connect/token"),
+    });
+    let (c, _, err) = import(&db, &record, &["--id", "kc"]);
+    assert_eq!(c, 0, "{err}");
+    let (c, _, err) = run(tw_cmd(&db).args(["refresh", "kc"]));
+    assert_eq!(c, 4, "dead: {err}");
+    let command = named_login_command(&err);
+    let running = as_printed(&db, &command, "--no-browser --timeout 3");
+    let got = running
+        .finish_within(Duration::from_secs(30))
+        .expect("ends");
+    assert!(
+        got.2.contains("Sign in at this URL"),
+        "`{command}` as printed never started a sign-in: exit {} {}",
+        got.0,
+        got.2
+    );
+}
+
+/// One account of one OpenID server, stored as `kim` with its refreshes
+/// sent through a local proxy (a per-credential `token_url`, which
+/// DESIGN.md offers for proxies and mirrors), signs in again without
+/// --id: the same subject at the same client must update `kim`, not be
+/// stored a second time under its e-mail.
+#[test]
+#[ignore = "HOLE: same_server compares oauth2 token URLs verbatim: an account whose credential goes through a proxy token URL is stored again under a second id by a login"]
+fn a_login_for_an_account_stored_behind_a_proxy_token_url_is_not_stored_twice() {
+    let (_d, db) = temp_db();
+    let w = Warden::open(&db, Config::default()).unwrap();
+    let mut stored = login_cred("rt-kim-1", "kim");
+    stored.id = "kim".into();
+    stored.provider.token_url = Some("http://127.0.0.1:8080/idp-proxy/token".into());
+    w.import(&[stored], false).unwrap();
+    let (row, how) = w.store_login(login_cred("rt-kim-2", "kim"), None).unwrap();
+    let ids: Vec<String> = w.list().unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(
+        (row.id.as_str(), ids.len()),
+        ("kim", 1),
+        "stored {how:?}; ids now {ids:?}"
+    );
+}
