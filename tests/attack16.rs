@@ -1184,3 +1184,52 @@ fn a_device_servers_control_characters_never_reach_the_terminal() {
         "{err:?}"
     );
 }
+
+/// A token endpoint (or a gateway in front of it) that echoes what it was
+/// sent in its error: the login's error on stderr and the page the browser
+/// is left on must quote neither the client secret nor the PKCE verifier.
+#[test]
+#[ignore = "HOLE: a code-exchange error that echoes the client secret prints it on stderr and on the browser's page (the exchange scrubs no known secret)"]
+fn an_echoing_token_endpoint_never_gets_the_client_secret_or_verifier_printed() {
+    let (dir, db) = temp_db();
+    let server = Scripted::start(|_, f| {
+        let echo = format!(
+            "client {} with client_secret {} and code_verifier {} refused",
+            field(f, "client_id").unwrap_or("-"),
+            field(f, "client_secret").unwrap_or("-"),
+            field(f, "code_verifier").unwrap_or("-"),
+        );
+        (
+            401,
+            json!({"error": "invalid_client", "error_description": echo}).to_string(),
+        )
+    });
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2-secret").unwrap();
+    let running = login_oauth2(
+        &db,
+        &server,
+        &["--client-secret-file", secret.to_str().unwrap()],
+    );
+    let (_, page) = redirect_back(&running, &server, "code-e");
+    let (c, out, err) = running
+        .finish_within(Duration::from_secs(60))
+        .expect("ends");
+    assert_eq!(c, 1, "{err}");
+    let sent = server.seen();
+    let verifier = sent
+        .iter()
+        .find_map(|s| {
+            form_decode(&s.body)
+                .into_iter()
+                .find(|(k, _)| k == "code_verifier")
+                .map(|(_, v)| v)
+        })
+        .expect("an exchange was sent");
+    for shown in [&err, &out, &page] {
+        assert!(
+            !shown.contains("hunter2-secret") && !shown.contains(&verifier),
+            "a secret shown: {shown}"
+        );
+    }
+}
