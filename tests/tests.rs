@@ -22,6 +22,9 @@ mod attack4;
 // Attacks on 251fb5a: the token shortcut wired in main, signals kept only
 // while held, the serve scheduler's quiet mark.
 mod attack5;
+// Attacks on issue 16, `tokenwarden login`: store_login, the flows, the
+// API sign-in, the Claude Code and Gemini importers, the relogin command.
+mod attack16;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.
