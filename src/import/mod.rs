@@ -39,7 +39,7 @@ mod tests;
 
 pub use error::ImportError;
 pub use export::{export_cliproxy, export_codex, ExportError};
-pub use stream::{stream_import, MAX_RECORD};
+pub use stream::{check_stream, stream_import, MAX_RECORD};
 
 use serde_json::{Map, Value};
 

@@ -36,28 +36,8 @@ pub fn stream_import(
     seen: &mut HashSet<String>,
     mut each: impl FnMut(usize, Result<NewCredential>),
 ) -> Result<()> {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    skip_bom_and_space(&mut reader)?;
-    let first = reader.fill_buf().map_err(not_json)?.first().copied();
-    // Bytes read since the last record ended, and records seen: the guard
-    // refuses a record that grows past the bound while it is being read,
-    // so memory never holds more than one record of at most MAX_RECORD.
-    let since = Cell::new(0usize);
-    let handed = Cell::new(0usize);
-    let reader = Guard {
-        inner: reader,
-        since: &since,
-    };
-    let too_large = |e: serde_json::Error| match e.io_error_kind() {
-        Some(std::io::ErrorKind::FileTooLarge) => ImportError::InRecord {
-            index: handed.get(),
-            source: Box::new(ImportError::TooLarge(MAX_RECORD)),
-        },
-        _ => not_json(e),
-    };
-    let ids = seen;
-    let mut record = |index: usize, raw: &RawValue, many: bool| {
-        let parsed = parse_raw(raw, opts).and_then(|c| match ids.insert(c.id.clone()) {
+    walk(reader, opts, &mut |index, raw, many| {
+        let parsed = parse_raw(raw, opts).and_then(|c| match seen.insert(c.id.clone()) {
             true => Ok(c),
             false => Err(ImportError::DuplicateId(c.id)),
         });
@@ -71,6 +51,55 @@ pub fn stream_import(
                 false => e,
             }),
         );
+    })
+}
+
+/// Reads `reader` to its end as [`stream_import`] would, without reading
+/// any record's fields: `Err` exactly when `stream_import` would fail the
+/// input as a whole (each record's own refusals are left to it); `Ok` with
+/// how many records the input holds. The cheap first look of a command
+/// that must not import from a truncated or malformed file.
+pub fn check_stream(reader: impl Read, opts: &ImportOptions) -> Result<usize> {
+    let mut count = 0;
+    walk(reader, opts, &mut |_, _, _| count += 1)?;
+    Ok(count)
+}
+
+/// Bytes of the input read ahead of the parser: small beside the bound,
+/// which allows for them (see [`Guard`]).
+const READ_AHEAD: usize = 16 * 1024;
+
+/// Frames `reader` into records and hands each to `record` with its
+/// position and whether the input holds several; the input-wide rules of
+/// [`stream_import`] (the bound, `--id` with one record only) are kept
+/// here.
+fn walk(
+    reader: impl Read,
+    opts: &ImportOptions,
+    record: &mut dyn FnMut(usize, &RawValue, bool),
+) -> Result<()> {
+    // Bytes read since the last record ended, and records seen: the guard
+    // refuses a record that grows past the bound while it is being read,
+    // so memory never holds more than one record of at most MAX_RECORD.
+    let since = Cell::new(0usize);
+    let handed = Cell::new(0usize);
+    // The buffer outside the guard: serde_json reads a byte at a time, and
+    // a `BufReader` hands those out of its buffer without a call per byte.
+    let mut reader = BufReader::with_capacity(
+        READ_AHEAD,
+        Guard {
+            inner: reader,
+            since: &since,
+        },
+    );
+    skip_bom_and_space(&mut reader)?;
+    let first = reader.fill_buf().map_err(not_json)?.first().copied();
+    let too_large = |e: serde_json::Error| match e.io_error_kind() {
+        Some(std::io::ErrorKind::FileTooLarge) => ImportError::InRecord {
+            index: handed.get(),
+            source: Box::new(ImportError::TooLarge(MAX_RECORD)),
+        },
+        _ => not_json(e),
     };
     // With `--id` the input must hold one record: the first is kept aside
     // and the rest only counted, so that more than one is refused whole.
@@ -151,7 +180,10 @@ fn not_json(e: impl std::fmt::Display) -> ImportError {
 /// Counts the bytes read since the last record ended (`since`, reset as
 /// each record is handed over) and fails the read, with
 /// `ErrorKind::FileTooLarge`, once they pass the bound: serde buffers a
-/// record whole, so its size must be checked while it is read.
+/// record whole, so its size must be checked while it is read. The bound
+/// allows for the separators around a record and for the [`READ_AHEAD`]
+/// bytes of the next one already read when the count is reset, so that no
+/// record within [`MAX_RECORD`] is ever refused here.
 struct Guard<'a, R> {
     inner: R,
     since: &'a Cell<usize>,
@@ -165,7 +197,7 @@ impl<R: Read> Read for Guard<'_, R> {
         let n = self.inner.read(buf)?;
         let since = self.since.get() + n;
         self.since.set(since);
-        if since > MAX_RECORD + SEPARATOR_SLACK {
+        if since > MAX_RECORD + SEPARATOR_SLACK + READ_AHEAD {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::FileTooLarge,
                 "a record larger than the bound",
@@ -260,7 +292,15 @@ mod tests {
         ] {
             for text in &inputs {
                 let whole = parse_import(text.as_bytes(), &opts, 0);
-                let streamed = stream(text, &opts)
+                // The first look fails the input exactly where the stream
+                // does, with the same error, and counts its records.
+                let outcomes = stream(text, &opts);
+                match (check_stream(text.as_bytes(), &opts), &outcomes) {
+                    (Ok(n), Ok(rs)) => assert_eq!(n, rs.len(), "{text}"),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                    (a, b) => panic!("{text}: {a:?} / {b:?}"),
+                }
+                let streamed = outcomes
                     .and_then(|rs| rs.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>>>());
                 match (&whole, &streamed) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),

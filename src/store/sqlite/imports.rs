@@ -175,9 +175,8 @@ pub(super) fn insert(
 /// back, and an error after its first write is the database's own, which
 /// rolls the whole transaction back. (A savepoint made SQLite copy every
 /// page a record touched to a statement journal first: a tenth of an
-/// import's time.) The page cache is widened for the batch
-/// ([`WIDE_CACHE_KIB`]) so that its pages are written to the WAL once, at
-/// commit, rather than spilled as the cache fills.
+/// import's time.) The transaction is a [`Sqlite::batch_tx`]: a wider
+/// page cache and fewer checkpoints while it writes.
 pub(super) fn insert_many(
     db: &Sqlite,
     creds: &[&NewCredential],
@@ -185,8 +184,7 @@ pub(super) fn insert_many(
     actor: &str,
     now_ms: i64,
 ) -> Result<Vec<Result<Credential>>> {
-    db.write_tx(Sync::Full, |tx| {
-        let _wide = WideCache::new(tx)?;
+    db.batch_tx(|tx| {
         let mut out = Vec::with_capacity(creds.len());
         for c in creds {
             match insert_in(tx, &db.codec, c, actor, now_ms) {
@@ -201,36 +199,6 @@ pub(super) fn insert_many(
         }
         Ok(out)
     })
-}
-
-/// The page cache of a connection while it writes a batch of imports, in
-/// KiB: a batch of 1,000 rows dirties about 3 MiB of pages. Bounded, and
-/// set back to the connection's usual size when the batch ends.
-const WIDE_CACHE_KIB: i64 = 16 * 1024;
-
-/// A connection's page cache widened to [`WIDE_CACHE_KIB`]; its usual size
-/// (`schema::configure`'s) is restored when this drops.
-struct WideCache<'c>(&'c Connection, i64);
-
-impl<'c> WideCache<'c> {
-    fn new(conn: &'c Connection) -> Result<WideCache<'c>> {
-        let usual: i64 = conn
-            .query_row("PRAGMA cache_size", [], |r| r.get(0))
-            .map_err(db_err)?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{WIDE_CACHE_KIB}"))
-            .map_err(db_err)?;
-        Ok(WideCache(conn, usual))
-    }
-}
-
-impl Drop for WideCache<'_> {
-    fn drop(&mut self) {
-        // A failure leaves a larger cache on this connection: more memory
-        // held, nothing wrong.
-        let _ = self
-            .0
-            .execute_batch(&format!("PRAGMA cache_size = {}", self.1));
-    }
 }
 
 /// [`insert`] inside the caller's transaction. Every refusal is decided
