@@ -424,9 +424,10 @@ mod tests {
         let (a, b) = (rec("a"), rec("b"));
         let huge_number =
             r#"{"id":"n","provider":"codex","refresh_token":"rt-n","expires_at":1e400}"#;
-        // (input, records read, of which refused on their own) or None:
+        // Records read, of which refused on their own; `None`: the input
         // refused whole.
-        let table: Vec<(Vec<u8>, Option<(usize, usize)>)> = vec![
+        type Want = Option<(usize, usize)>;
+        let table: Vec<(Vec<u8>, Want)> = vec![
             (format!("[{odd}]").into(), Some((1, 0))),
             (format!("{odd}\n{a}").into(), Some((2, 0))),
             (format!("{a}{b}").into(), Some((2, 0))),
