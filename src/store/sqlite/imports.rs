@@ -570,6 +570,9 @@ mod tests {
             let refs: Vec<&NewCredential> = creds.iter().collect();
             let rows = store.insert_many(&refs, false, "t", NOW).unwrap();
             assert!(matches!(rows[4], Err(Error::TokenHeldElsewhere { .. })));
+            // The refused record wrote nothing, with no savepoint to undo it.
+            assert_eq!(store.get("e").unwrap(), None);
+            assert!(store.events("e", None, None).unwrap().is_empty());
             for row in rows.into_iter().take(4) {
                 let row = row.unwrap();
                 assert_eq!(
