@@ -241,7 +241,10 @@ impl<R: Read> Framer<R> {
                 };
             }
             let mut end = None;
-            for (i, &b) in chunk.iter().enumerate() {
+            let mut i = 0;
+            while i < chunk.len() {
+                let b = chunk[i];
+                i += 1;
                 if !started {
                     started = true;
                     match b {
@@ -252,7 +255,7 @@ impl<R: Read> Framer<R> {
                     if scalar && is_separator(b) {
                         // No value here at all (`[,`, `]`…): let serde_json
                         // say what it expected.
-                        end = Some(i + 1);
+                        end = Some(i);
                         break;
                     }
                     continue;
@@ -265,13 +268,19 @@ impl<R: Read> Framer<R> {
                     } else if b == b'"' {
                         in_string = false;
                         if depth == 0 {
-                            end = Some(i + 1);
+                            end = Some(i);
                             break;
+                        }
+                    } else {
+                        // Most of a record is string: skip to the next
+                        // quote or backslash in one tight loop.
+                        while i < chunk.len() && !matches!(chunk[i], b'"' | b'\\') {
+                            i += 1;
                         }
                     }
                 } else if scalar {
                     if is_separator(b) {
-                        end = Some(i);
+                        end = Some(i - 1);
                         break;
                     }
                 } else {
@@ -281,7 +290,7 @@ impl<R: Read> Framer<R> {
                         b'}' | b']' => {
                             depth -= 1;
                             if depth == 0 {
-                                end = Some(i + 1);
+                                end = Some(i);
                                 break;
                             }
                         }
