@@ -101,6 +101,11 @@ fn walk(
         Some(_) if index == 0 => kept = Some(raw.to_owned()),
         Some(_) => {}
     };
+    // serde_json's line and column count within the record: say which.
+    let at = |n: usize, e: ImportError| match e {
+        ImportError::NotJson(m) => ImportError::NotJson(format!("record {}: {m}", n + 1)),
+        other => other,
+    };
     let (count, many) = match first {
         Some(b'[') => {
             f.r.consume(1);
@@ -110,8 +115,8 @@ fn walk(
                 f.r.consume(1);
             } else {
                 loop {
-                    f.frame(n)?;
-                    handle(n, f.checked()?, true);
+                    f.frame(n).map_err(|e| at(n, e))?;
+                    handle(n, f.checked().map_err(|e| at(n, e))?, true);
                     n += 1;
                     f.skip_space()?;
                     match f.peek()? {
@@ -140,8 +145,8 @@ fn walk(
             let mut pending: Option<String> = None;
             let mut n = 0;
             while f.peek()?.is_some() {
-                f.frame(n)?;
-                let raw = f.checked()?;
+                f.frame(n).map_err(|e| at(n, e))?;
+                let raw = f.checked().map_err(|e| at(n, e))?;
                 if let Some(prev) = pending.take() {
                     handle(n - 1, &prev, true);
                 }
@@ -483,6 +488,9 @@ mod tests {
                 None => {
                     let e = streamed.expect_err(&shown);
                     assert!(matches!(e, ImportError::NotJson(_)), "{shown}: {e}");
+                    if shown.contains("tru}") {
+                        assert!(e.to_string().contains("(record 2: "), "{e}");
+                    }
                     assert_eq!(checked.unwrap_err().to_string(), e.to_string(), "{shown}");
                 }
             }
