@@ -273,6 +273,41 @@ fn a_sweep_with_a_fast_clock_leaves_live_cooldowns_alone() {
     );
 }
 
+/// The issue asks for *account-level* cooldowns ("cooldowns kept per
+/// model while the whole account is exhausted" is the complaint). Two
+/// logins of one ChatGPT account (two machines, two token families, one
+/// `chatgpt_account_id`, one quota) in one pool: the caller that got 429
+/// `usage_limit_reached` cools its member down, and the pool answers with
+/// the other login of the same, exhausted account.
+#[test]
+#[ignore = "HOLE: a cooldown is per credential: the pool serves another login of the account that is cooling down"]
+fn a_cooldown_covers_every_login_of_the_account() {
+    let env = Env::new();
+    for id in ["seat-laptop", "seat-desktop"] {
+        // Both families belong to upstream account "acct-1".
+        let g = env.fake.new_family("acct-1");
+        let record = g.import_json(id, "codex", &env.fake.token_url());
+        let file = env.dir.path().join(format!("{id}.json"));
+        std::fs::write(&file, record.to_string()).unwrap();
+        let out = env.run(&["import", file.to_str().unwrap(), "--pool", "team"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = env.run(&["token", "--pool", "team", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = json(&out);
+    assert_eq!(first["account_id"], "acct-1");
+    let id = first["credential_id"].as_str().unwrap().to_owned();
+    let out = env.run(&["cooldown", &id, "--seconds", "3600", "--reason", "usage_limit_reached"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = env.run(&["token", "--pool", "team", "--json"]);
+    assert_eq!(
+        code(&out),
+        5,
+        "the account acct-1 is cooling down, yet the pool answered {}",
+        text(&out.stdout)
+    );
+}
+
 /// Bad cooldown bodies and flags: 400 / exit 2 with nothing set, never a
 /// panic — NaN, 1e309, negative, an `until` in the past or beyond a
 /// year, a float `until`, a huge reason, a body over 1 MiB.
@@ -1066,4 +1101,30 @@ fn a_large_v2_database_upgrades_once_under_racing_processes_and_a_kill() {
     let out = env.run(&["token", "--pool", "team"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "at-old-a");
+}
+
+/// `?min_ttl=` at the edges of the pool route: larger than any token
+/// lives (a week, u64::MAX seconds; capped at half a token's lifetime,
+/// as on the credential route) or not a number. Never a 500, and no
+/// refresh storm: asking ten times for a lifetime no token has costs at
+/// most one refresh.
+#[test]
+fn a_pool_min_ttl_no_token_can_meet_is_refused_cleanly() {
+    let env = Env::new();
+    member(&env, "mt1", 3600, "team");
+    let srv = InProcess::start(&env, &["k"], 2);
+    let c = &srv.client;
+    for q in ["min_ttl=-1", "min_ttl=abc", "min_ttl=1e400", "wait=-1"] {
+        let a = c.get(&format!("/v1/pools/team/token?{q}"));
+        assert_eq!(a.status, 400, "{q}: {}", a.body);
+    }
+    for q in ["min_ttl=604800", "min_ttl=18446744073709551615"] {
+        for _ in 0..5 {
+            let a = c.get(&format!("/v1/pools/team/token?{q}&wait=5"));
+            assert!(a.status != 500, "{q}: {} {}", a.status, a.body);
+        }
+    }
+    let n = env.fake.token_requests().len();
+    assert!(n <= 2, "{n} refreshes for min_ttl no token can meet");
+    c.get("/v1/pools/team/token").expect(200);
 }
