@@ -370,7 +370,6 @@ fn a_relogin_command_for_an_id_starting_with_a_dash_runs_as_printed() {
 /// Google's token endpoint with Gemini's client — a secret sent to a
 /// server it was never issued by.
 #[test]
-#[ignore = "HOLE: a record with provider oauth2 + token_url + token_type is imported as google and its refresh token is sent to Google's token endpoint"]
 fn a_record_with_token_type_is_not_taken_for_a_gemini_file() {
     let (_d, db) = temp_db();
     let own =
@@ -455,7 +454,6 @@ fn redirect_back(run: &Running, server: &Scripted, code: &str) -> (u16, String) 
 /// gives back the stored refresh token. The login says `revived`: the
 /// credential must then serve the login's fresh access token.
 #[test]
-#[ignore = "HOLE: a login answered with the stored refresh token says 'revived' but leaves the credential dead and drops the login's access token"]
 fn a_login_that_brings_back_the_same_refresh_token_really_revives() {
     let (dir, db) = temp_db();
     let server = oauth_server(
@@ -527,7 +525,6 @@ fn login_cred(rt: &str, sub: &str) -> NewCredential {
 /// must never end up under two ids (two processes on one database here,
 /// each a library warden as the login command's store).
 #[test]
-#[ignore = "HOLE: store_login checks 'already stored under another id' before its insert, outside the transaction: concurrent logins store one account under several ids"]
 fn concurrent_logins_never_store_one_account_under_two_ids() {
     let (_d, db) = temp_db();
     Warden::open(&db, Config::default()).unwrap();
@@ -568,7 +565,6 @@ fn concurrent_logins_never_store_one_account_under_two_ids() {
 /// not a lost sign-in with an error that names `--replace`, a flag
 /// `login` does not have.
 #[test]
-#[ignore = "HOLE: concurrent logins without --id for one new account: the loser's sign-in is discarded with 'exists … --replace' (a flag login lacks)"]
 fn concurrent_logins_for_one_new_account_both_land() {
     let (_d, db) = temp_db();
     Warden::open(&db, Config::default()).unwrap();
@@ -1051,7 +1047,6 @@ fn a_dead_oauth2_credentials_relogin_command_works_for_an_issuer_with_a_path() {
 /// --id: the same subject at the same client must update `kim`, not be
 /// stored a second time under its e-mail.
 #[test]
-#[ignore = "HOLE: same_server compares oauth2 token URLs verbatim: an account whose credential goes through a proxy token URL is stored again under a second id by a login"]
 fn a_login_for_an_account_stored_behind_a_proxy_token_url_is_not_stored_twice() {
     let (_d, db) = temp_db();
     let w = Warden::open(&db, Config::default()).unwrap();
@@ -1085,7 +1080,6 @@ fn unsigned_jwt(payload: &Value) -> String {
 /// token endpoint answers at the same moment. At most one id may end up
 /// holding the account.
 #[test]
-#[ignore = "HOLE: four concurrent `tokenwarden login --id ivy-N` processes for one account all store it, under four ids"]
 fn concurrent_login_processes_never_store_one_account_under_two_ids() {
     let (_d, db) = temp_db();
     let n = 4;
@@ -1241,7 +1235,6 @@ fn an_echoing_token_endpoint_never_gets_the_client_secret_or_verifier_printed() 
 /// not thrown away, after the user finished signing in, because the
 /// default id is taken.
 #[test]
-#[ignore = "HOLE: a login without --id whose e-mail is already the id of another provider's credential is refused after the sign-in (the fresh login discarded)"]
 fn a_second_providers_login_for_the_same_email_is_kept() {
     let (_d, db) = temp_db();
     let w = Warden::open(&db, Config::default()).unwrap();
