@@ -25,7 +25,7 @@ mod exchange;
 mod pkce;
 pub mod run;
 
-pub use account::{default_id, matching, same_account, same_server};
+pub use account::{default_id, is_account, matching, same_account, same_server};
 pub use authorize::{authorize_url, parse_callback, parse_pasted, CallbackError};
 pub use client::{openid_scope, DeviceDialect, LoginClient, OAuth2Settings};
 pub use device::{
