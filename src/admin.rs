@@ -717,6 +717,45 @@ mod tests {
         assert_eq!(next.as_deref(), Some("x01009"));
     }
 
+    /// A sign-in without --id for the account of a credential refreshed
+    /// through a proxy (its own token URL) updates that credential and
+    /// keeps its token URL.
+    #[test]
+    fn a_login_keeps_a_proxied_credentials_token_url() {
+        let (_dir, w) = warden(0);
+        let login = |rt: &str, token_url: &str| NewCredential {
+            provider: ProviderConfig {
+                token_url: Some(token_url.into()),
+                client_id: Some("cli".into()),
+                ..ProviderConfig::new(ProviderKind::OAuth2)
+            },
+            claims: crate::credential::Claims {
+                user_id: Some("sub-1".into()),
+                ..Default::default()
+            },
+            ..new(String::new(), ProviderKind::OAuth2, rt)
+        };
+        let mut proxied = login("rt-1", "http://127.0.0.1:9/proxy/token");
+        proxied.id = "p".into();
+        w.import(&[proxied], false).unwrap();
+        let (row, how) = w
+            .store_login(login("rt-2", "https://idp.example/token"), None)
+            .unwrap();
+        assert_eq!(
+            (row.id.as_str(), how),
+            ("p", Stored::Updated { revived: false })
+        );
+        assert_eq!(
+            row.provider.token_url.as_deref(),
+            Some("http://127.0.0.1:9/proxy/token")
+        );
+        // Another client's subject of the same name is another account.
+        let mut other = login("rt-3", "https://idp.example/token");
+        other.provider.client_id = Some("other".into());
+        let (row, how) = w.store_login(other, Some("q")).unwrap();
+        assert_eq!((row.id.as_str(), how), ("q", Stored::New));
+    }
+
     /// Events page forward from a sequence number; without one, the tail.
     #[test]
     fn event_pages_follow_the_sequence_and_the_tail_has_no_cursor() {
@@ -900,9 +939,18 @@ impl Warden {
             )));
         }
         // Keep the settings a sign-in does not carry (an imported
-        // credential's own token URL, for instance) when it has none.
+        // credential's own token URL, for instance) when it has none — and
+        // the credential's own token URL when the sign-in found it by its
+        // subject through another one (a proxy's, see
+        // `crate::login::is_account`): the user set it; `--id` names a
+        // credential whose token URL the sign-in's may replace.
         let (new, old) = (&mut cred.provider, &existing.provider);
-        new.token_url = new.token_url.take().or_else(|| old.token_url.clone());
+        let found_elsewhere =
+            id.is_none() && old.token_url.is_some() && new.token_url != old.token_url;
+        new.token_url = match found_elsewhere {
+            true => old.token_url.clone(),
+            false => new.token_url.take().or_else(|| old.token_url.clone()),
+        };
         cred.claims = std::mem::take(&mut cred.claims).or(&existing.claims);
         cred.id = target;
         let mut row = self.import_one(&cred, true, self.config().wait)?;

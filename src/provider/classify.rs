@@ -872,4 +872,28 @@ mod tests {
         assert_eq!(t.claims.user_id.as_deref(), Some("u-1"));
         assert_eq!(oidc_claims("not-a-jwt"), Claims::default());
     }
+
+    /// A refusal that echoes the request (a gateway's, or a server's
+    /// debug text) quotes none of the secrets it carried: the refresh
+    /// token and every one given in `sent` (the client secret).
+    #[test]
+    fn an_echoed_refresh_request_is_scrubbed() {
+        let resp = HttpResponse {
+            status: 401,
+            body: br#"{"error":"invalid_client","error_description":"client_secret hunter2 with rt-echo"}"#
+                .to_vec(),
+            retry_after: None,
+        };
+        match parse_answer(K, &resp, &Secret::new("rt-echo"), &["hunter2"], 1_000) {
+            Outcome::Failure(f) => {
+                assert_eq!(f.code, "invalid_client");
+                assert!(
+                    !f.message.contains("hunter2") && !f.message.contains("rt-echo"),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
