@@ -205,6 +205,15 @@ impl LoginClient {
         }
     }
 
+    /// The client secrets a request of this client may carry (the stored
+    /// settings' and the exchange's): never quoted back in an error.
+    pub fn secrets(&self) -> Vec<&str> {
+        [&self.provider, &self.exchange]
+            .iter()
+            .filter_map(|p| p.client_secret.as_ref().map(Secret::expose))
+            .collect()
+    }
+
     /// The loopback redirect URI on `port`.
     pub fn redirect_uri(&self, port: u16) -> String {
         format!("http://{}:{port}{}", self.redirect_host, self.redirect_path)

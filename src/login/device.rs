@@ -126,10 +126,6 @@ fn secs(v: Option<&Value>) -> Option<i64> {
 /// of `client`'s secret and anything that looks like a token, control
 /// characters dropped.
 fn oauth_error(client: &LoginClient, resp: &HttpResponse) -> LoginError {
-    let secrets: Vec<&str> = [&client.provider, &client.exchange]
-        .iter()
-        .filter_map(|p| p.client_secret.as_ref().map(crate::secret::Secret::expose))
-        .collect();
     let map = object(resp).unwrap_or_default();
     let v = Value::Object(map);
     let code = str_at(&v, &["error"])
@@ -139,7 +135,7 @@ fn oauth_error(client: &LoginClient, resp: &HttpResponse) -> LoginError {
     let message = str_at(&v, &["error_description"])
         .or_else(|| str_at(&v, &["error", "message"]))
         .map(|m| {
-            crate::provider::scrub(&m, &secrets)
+            crate::provider::scrub(&m, &client.secrets())
                 .chars()
                 .filter(|c| !c.is_control())
                 .take(200)

@@ -45,11 +45,8 @@ pub fn parse_tokens(
     sent: &[&str],
     now_ms: i64,
 ) -> Result<Tokens, LoginError> {
-    let secrets: Vec<&str> = [&client.provider, &client.exchange]
-        .iter()
-        .filter_map(|p| p.client_secret.as_ref().map(Secret::expose))
-        .chain(sent.iter().copied())
-        .collect();
+    let mut secrets = client.secrets();
+    secrets.extend_from_slice(sent);
     match parse_answer(
         client.provider.kind,
         resp,
