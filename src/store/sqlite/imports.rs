@@ -13,7 +13,7 @@ use super::conn::Sync;
 use super::errors::db_err;
 use super::events::{append_event, Change};
 use super::fingerprint::record_spent;
-use super::rows::select_one;
+use super::rows::{read_row, select_one, Secrets, COLUMNS};
 use super::sealing::Codec;
 use super::Sqlite;
 use crate::credential::{Credential, NewCredential};
@@ -163,6 +163,35 @@ pub(super) fn insert(
     now_ms: i64,
 ) -> Result<Credential> {
     db.write_tx(Sync::Full, |tx| insert_in(tx, &db.codec, c, actor, now_ms))
+}
+
+/// [`insert`], unless a row of `c`'s provider that `taken` accepts is
+/// already stored: that row (without secrets) and nothing written. The
+/// scan runs inside the `IMMEDIATE` write transaction of the insert, under
+/// SQLite's write lock: no other connection of any process commits between
+/// the look and the insert.
+pub(super) fn insert_unless(
+    db: &Sqlite,
+    c: &NewCredential,
+    taken: &dyn Fn(&Credential) -> bool,
+    actor: &str,
+    now_ms: i64,
+) -> Result<std::result::Result<Credential, Credential>> {
+    db.write_tx(Sync::Full, |tx| {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM credentials WHERE provider = ?1 ORDER BY id"
+            ))
+            .map_err(db_err)?;
+        let mut rows = stmt.query([c.provider.kind.as_str()]).map_err(db_err)?;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            let row = read_row(r, &db.codec, Secrets::Drop).map_err(db_err)?;
+            if taken(&row) {
+                return Ok(Err(row));
+            }
+        }
+        insert_in(tx, &db.codec, c, actor, now_ms).map(Ok)
+    })
 }
 
 /// Stores many new credentials in one transaction (one fsync): a refused
