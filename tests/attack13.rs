@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tokenwarden::import::{check_stream, stream_import, ImportOptions};
+use tokenwarden::import::{check_stream, parse_import, stream_import, ImportOptions};
 
 use crate::common::tw::{code, text, Env};
 
@@ -227,6 +227,163 @@ fn hostile_inputs_are_read_as_serde_json_reads_them() {
     }
 }
 
+/// A writer that holds the database past the busy timeout between two
+/// batches: the import stops with a clear error naming what it imported,
+/// the batches before stay whole, none after is begun, and a second run
+/// completes the file.
+#[test]
+fn a_database_locked_mid_import_stops_between_whole_batches() {
+    let env = Env::new();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    let records: Vec<String> = (0..9_000)
+        .map(|i| rec(&format!("l{i:05}"), &format!("rt-l{i}")))
+        .collect();
+    let path = env.dir.path().join("big.json");
+    std::fs::write(&path, format!("[{}]", records.join(","))).unwrap();
+    let child = env
+        .cmd()
+        .env("TOKENWARDEN_BUSY_TIMEOUT", "1")
+        .args(["import", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = env.warden();
+    while w.list_without_secrets().unwrap().is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let lock = rusqlite::Connection::open(&env.db).unwrap();
+    lock.busy_timeout(Duration::from_secs(30)).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let out = child.wait_with_output().unwrap();
+    lock.execute_batch("ROLLBACK").unwrap();
+    let err = text(&out.stderr);
+    let stored = stored_ids(&env).len();
+    assert!(stored < 9_000, "the lock came too late: {err}");
+    assert_eq!(stored % 2_000, 0, "{stored}: {err}");
+    assert_ne!(code(&out), 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let again = env.run(&["import", path.to_str().unwrap()]);
+    assert_eq!(code(&again), 1, "{}", text(&again.stderr));
+    assert_eq!(stored_ids(&env).len(), 9_000);
+}
+
+/// A record far over the 1 MiB bound in the second file refuses the
+/// command before anything is written: the first file's records are not
+/// imported either (the first pass reads every file to its end).
+#[test]
+fn a_huge_record_in_a_later_file_imports_nothing() {
+    let env = Env::new();
+    let first = env.dir.path().join("first.json");
+    std::fs::write(&first, format!("[{}]", rec("a", "rt-a"))).unwrap();
+    let second = env.dir.path().join("second.json");
+    let huge = format!(
+        r#"[{}, {{"id":"big","provider":"codex","refresh_token":"{}"}}]"#,
+        rec("b", "rt-b"),
+        "x".repeat(3 * 1024 * 1024)
+    );
+    std::fs::write(&second, huge).unwrap();
+    let out = env.run(&["import", first.to_str().unwrap(), second.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("second.json"));
+    assert_eq!(stored_ids(&env), Vec::<String>::new());
+}
+
+/// `--replace` in a batch: a record replacing stored `a` with a new
+/// refresh token, then a new record `b` carrying that same token. Read in
+/// file order, `a` takes the token and `b` (second) is refused; the batch
+/// inserts new records before it replaces, so `b` takes it and `a`'s
+/// replace (first in the file) is refused instead. Either way one token,
+/// one holder — asserted here; the order is reported, not asserted.
+#[test]
+fn replace_and_new_record_with_one_token_in_one_batch_keep_one_holder() {
+    let env = Env::new();
+    let out = import_bytes(&env, rec("a", "rt-1").as_bytes());
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let input = format!("[{}, {}]", rec("a", "rt-2"), rec("b", "rt-2"));
+    let path = env.dir.path().join("mixed.json");
+    std::fs::write(&path, input).unwrap();
+    let out = env.run(&["import", path.to_str().unwrap(), "--replace"]);
+    let err = text(&out.stderr);
+    eprintln!("replace+new, one token: exit {}: {err}", code(&out));
+    assert_eq!(code(&out), 1, "{err}");
+    let creds = env.warden().list().unwrap();
+    let holders: Vec<&str> = creds
+        .iter()
+        .filter(|c| c.refresh_token.expose() == "rt-2")
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    eprintln!("rt-2 held by {holders:?}");
+}
+
+/// The same batch read in file order: `a`'s replace (record 1) takes
+/// `rt-2` and `b` (record 2) is refused. Today `b` takes it and `a`'s
+/// replace is refused — and, the only refusal, named nowhere — so `a`
+/// keeps `rt-1`, which the file says was rotated away: its next refresh is
+/// a reuse, which a provider with reuse detection answers by revoking the
+/// family, `b`'s `rt-2` with it. (`Warden::import_batch` inserts the new
+/// records first and replaces after; older than f56b299.)
+#[test]
+#[ignore = "HOLE: --replace batch applied out of file order: the new record b takes the token, the earlier replace of a is refused and a keeps its rotated-away token"]
+fn replace_and_new_record_in_one_batch_follow_file_order() {
+    let env = Env::new();
+    let out = import_bytes(&env, rec("a", "rt-1").as_bytes());
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let input = format!("[{}, {}]", rec("a", "rt-2"), rec("b", "rt-2"));
+    let path = env.dir.path().join("mixed.json");
+    std::fs::write(&path, input).unwrap();
+    let out = env.run(&["import", path.to_str().unwrap(), "--replace"]);
+    let err = text(&out.stderr);
+    assert_eq!(code(&out), 1, "{err}");
+    let w = env.warden();
+    assert_eq!(w.get("a").unwrap().refresh_token.expose(), "rt-2", "{err}");
+    assert!(w.get("b").is_err(), "{err}");
+}
+
+/// One hostile byte inserted anywhere in a valid array or JSON Lines
+/// input: the stream refuses it whole exactly when serde_json does, and
+/// otherwise reads the same records with the same tokens.
+fn one_byte_more(input: &str, at: usize, byte: u8) -> Vec<u8> {
+    let mut bytes = input.as_bytes().to_vec();
+    bytes.insert(at.min(bytes.len()), byte);
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// See [`one_byte_more`].
+    #[test]
+    fn one_hostile_byte_anywhere_is_read_as_serde_json_reads_it(
+        lines in any::<bool>(),
+        at in 0usize..400,
+        byte in prop::sample::select(b"\"\\[]{},: \t\r\n\x001e-.tnu\x7f".to_vec()),
+        second in (0usize..400, prop::sample::select(b"\"\\[]{},:0".to_vec())),
+    ) {
+        let records = [
+            rec("a", r#"x"\]}"#),
+            rec("b", r"\\"),
+            rec("c", "[{,}]"),
+        ];
+        let input = if lines { records.join("\n") } else { format!("[{}]", records.join(", ")) };
+        let once = one_byte_more(&input, at % (input.len() + 1), byte);
+        let twice = {
+            let mut t = once.clone();
+            t.insert(second.0 % (t.len() + 1), second.1);
+            t
+        };
+        for bytes in [once, twice] {
+            prop_assert_eq!(
+                streamed(&bytes).ok(),
+                oracle(&bytes),
+                "{:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+    }
+}
+
 /// A record nested 200,000 brackets deep (under the 1 MiB bound) neither
 /// overflows a stack nor costs its neighbours: it is refused on its own
 /// and the records around it are imported.
@@ -369,9 +526,10 @@ fn oracle(input: &[u8]) -> Option<Vec<Option<String>>> {
     Some(
         raws.iter()
             .map(|r| {
-                serde_json::from_str::<Value>(r.get())
+                // The record as the whole-file parser reads it.
+                parse_import(r.get().as_bytes(), &ImportOptions::default(), 0)
                     .ok()
-                    .and_then(|v| trimmed(v.get("refresh_token")?.as_str()?))
+                    .map(|mut cs| cs.remove(0).refresh_token.expose().to_owned())
             })
             .collect(),
     )
