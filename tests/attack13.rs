@@ -41,6 +41,8 @@ fn import_bytes(env: &Env, bytes: &[u8]) -> std::process::Output {
 /// JSON's whitespace is space, tab, CR and LF only (RFC 8259 §2): a form
 /// feed between records makes the file malformed, as serde_json (the old
 /// parser) says, and the import must refuse it whole, importing nothing.
+/// (Checked on the binary of f56b299^1: it refuses `{a}\f{b}` with exit
+/// 2, "expected value at line 1 column 53"; f56b299 imports both.)
 #[test]
 #[ignore = "HOLE: the framer skips a form feed (is_ascii_whitespace) between records and after the array; serde_json and the old parser refuse the input, the new one imports every record"]
 fn a_form_feed_between_records_is_not_json() {
@@ -50,6 +52,7 @@ fn a_form_feed_between_records_is_not_json() {
         format!("[{a},\x0c{b}]"),
         format!("[{a}\x0c,{b}]"),
         format!("[{a}, {b}]\x0c"),
+        format!("{a}\x0c"),
     ] {
         // The oracle: serde_json reads neither the array nor the lines.
         let whole_array = serde_json::from_str::<Value>(&input).is_ok();
@@ -95,6 +98,7 @@ fn one_refresh_token_twice_in_one_batch_refuses_only_the_second() {
 /// named nowhere: `ImportRun::refuse` keeps the first refusal aside to be
 /// the command's error, and the partly-imported summary ("each is named
 /// above") replaces it, so the user never learns which record to fix.
+/// (Older than f56b299: the binary of f56b299^1 prints the same.)
 #[test]
 #[ignore = "HOLE: a lone refusal among imported records is never printed; stderr holds only the summary"]
 fn a_lone_refusal_among_imported_records_is_named() {
@@ -502,6 +506,11 @@ fn sigkill_mid_import_leaves_whole_batches() {
             "after {delay_ms} ms: {} records",
             ids.len()
         );
+        let check: String = rusqlite::Connection::open(&env.db)
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "after {delay_ms} ms");
         let w = env.warden();
         for id in ids.iter().step_by(97) {
             assert_eq!(w.events(id, None).unwrap().len(), 1, "{id}");
