@@ -19,6 +19,9 @@ mod attack2;
 mod attack3;
 // Attacks on the token cold-start change (a33b4c4): shortcut parser, deferred start-up.
 mod attack4;
+// Hostile review of issue 13's fast streaming import (f56b299): splitter,
+// batches, SIGKILL; holes are `#[ignore = "HOLE: …"]`.
+mod attack13;
 // Hostile review of issue 15 (e14fc48): pools, cooldowns, the notifications
 // outbox; holes are `#[ignore = "HOLE: …"]`.
 mod attack15;
