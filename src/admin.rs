@@ -177,14 +177,56 @@ impl Warden {
     /// [`Warden::import`] refuses it, its refusal returned in its place.
     /// With `replace`, the ones whose id exists are replaced one at a time
     /// through [`Warden::import_within`] (waiting out a live refresh lease
-    /// up to `wait`). `Err` only for the database's own trouble, which
-    /// fails the batch's inserts as a whole.
+    /// up to `wait`), in file order: the new records between two replaces
+    /// are inserted together, after the replace before them and before the
+    /// one after them — so a refresh token handed from one record to a
+    /// later one lands where the file says last. `Err` only for the
+    /// database's own trouble, which fails an insert run as a whole.
     pub fn import_batch(
         &self,
         creds: &[NewCredential],
         replace: bool,
         wait: Duration,
     ) -> Result<Vec<Result<Credential>>> {
+        let mut out = Vec::with_capacity(creds.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut start = 0;
+        while start < creds.len() {
+            // A run of records that insert: without `replace`, the rest;
+            // with it, up to a record whose id is stored (or came earlier in
+            // this batch), which is replaced in its place.
+            let mut end = start;
+            while end < creds.len() {
+                let id = &creds[end].id;
+                let stored = replace
+                    && (seen.contains(id.as_str())
+                        || (validate_id(id).is_ok() && self.store().version(id)?.is_some()));
+                if stored {
+                    break;
+                }
+                seen.insert(id.as_str());
+                end += 1;
+            }
+            self.insert_run(&creds[start..end], replace, wait, &mut out)?;
+            if let Some(c) = creds.get(end) {
+                out.push(self.import_one(c, true, wait));
+            }
+            start = end + 1;
+        }
+        Ok(out)
+    }
+
+    /// [`Warden::import_batch`]'s run of records to insert in one
+    /// transaction, their results pushed to `out` in order; one that exists
+    /// by now (another process's import since the look) is replaced after
+    /// the run, with `replace`.
+    fn insert_run(
+        &self,
+        creds: &[NewCredential],
+        replace: bool,
+        wait: Duration,
+        out: &mut Vec<Result<Credential>>,
+    ) -> Result<()> {
         let valid: Vec<Result<()>> = creds
             .iter()
             .map(|c| validate_id(&c.id).map_err(Error::BadInput))
@@ -195,12 +237,16 @@ impl Warden {
             .filter(|(_, v)| v.is_ok())
             .map(|(c, _)| c)
             .collect();
+        if to_insert.is_empty() {
+            // Every record refused by its id (or none): no transaction.
+            out.extend(valid.into_iter().filter_map(Result::err).map(Err));
+            return Ok(());
+        }
         let actor = clock::actor(&self.config().actor);
         let mut inserted = self
             .store()
             .insert_many(&to_insert, false, &actor, clock::now_ms())?
             .into_iter();
-        let mut out = Vec::with_capacity(creds.len());
         for (c, v) in creds.iter().zip(valid) {
             let result = match v {
                 Err(e) => Err(e),
@@ -214,7 +260,7 @@ impl Warden {
                 other => other,
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Imports the records of an HTTP array: without `replace`, every one

@@ -92,6 +92,7 @@ pub(super) fn import(
         pool,
         out: std::io::BufWriter::new(std::io::stdout().lock()),
         batch: Vec::with_capacity(IMPORT_BATCH),
+        batch_at: Vec::with_capacity(IMPORT_BATCH),
         total: 0,
         imported: 0,
         first_refusal: None,
@@ -104,11 +105,12 @@ pub(super) fn import(
     let mut seen = HashSet::new();
     for file in files {
         let shown = file.display();
-        let streamed = import::stream_import(read(file)?, &opts, &mut seen, |_, record| {
+        let streamed = import::stream_import(read(file)?, &opts, &mut seen, |index, record| {
             run.total += 1;
             match record {
-                Ok(c) => run.push(c),
-                Err(e) => run.refuse(Error::BadInput(format!("{shown}: {e}"))),
+                Ok(c) => run.push(c, format!("{shown}: record {}", index + 1)),
+                // The parser's refusal names its record itself.
+                Err(e) => run.refuse(Error::BadInput(format!("{shown}: {e}")), None),
             }
         });
         run.flush();
@@ -125,9 +127,15 @@ pub(super) fn import(
     run.out
         .flush()
         .map_err(|e| IoError::new("cannot write to stdout", e))?;
+    if let (1, 1.., Some((at, e))) = (run.refused, run.imported, &run.first_refusal) {
+        // The only refusal, beside imported records: named here, as the
+        // summary below says.
+        say_refusal(at.as_deref(), e);
+    }
     match (run.refused, run.imported, run.first_refusal) {
         (0, _, _) => Ok(()),
-        (1, 0, Some(e)) => Err(e),
+        // The input's only record: the command's error.
+        (1, 0, Some((_, e))) => Err(e),
         // Nothing imported, and only for what the input says: bad input.
         (refused, 0, _) if run.all_bad_input => Err(Error::BadInput(format!(
             "none of the {refused} records could be imported (each is named above)"
@@ -149,9 +157,11 @@ struct ImportRun<'w, W: std::io::Write> {
     pool: Option<&'w str>,
     out: W,
     batch: Vec<NewCredential>,
+    /// Where each record of `batch` stands in the input (`FILE: record N`).
+    batch_at: Vec<String>,
     total: usize,
     imported: usize,
-    first_refusal: Option<Error>,
+    first_refusal: Option<(Option<String>, Error)>,
     refused: usize,
     /// Whether every refusal so far was for the input itself (exit 2).
     all_bad_input: bool,
@@ -160,8 +170,9 @@ struct ImportRun<'w, W: std::io::Write> {
 }
 
 impl<W: std::io::Write> ImportRun<'_, W> {
-    fn push(&mut self, c: NewCredential) {
+    fn push(&mut self, c: NewCredential, at: String) {
         self.batch.push(c);
+        self.batch_at.push(at);
         if self.batch.len() == IMPORT_BATCH {
             self.flush();
         }
@@ -170,16 +181,17 @@ impl<W: std::io::Write> ImportRun<'_, W> {
     /// A record refused, counted. The first is kept to be the command's
     /// error if it stays the only one; from the second on, each is said on
     /// stderr (one line each, the first one too).
-    fn refuse(&mut self, e: Error) {
+    /// `at` is where the record stands, for a refusal that does not say.
+    fn refuse(&mut self, e: Error, at: Option<String>) {
         self.refused += 1;
         self.all_bad_input &= matches!(e, Error::BadInput(_));
         match (&self.first_refusal, self.refused) {
-            (None, _) => self.first_refusal = Some(e),
-            (Some(first), 2) => {
-                eprintln!("{first}");
-                eprintln!("{e}");
+            (None, _) => self.first_refusal = Some((at, e)),
+            (Some((first_at, first)), 2) => {
+                say_refusal(first_at.as_deref(), first);
+                say_refusal(at.as_deref(), &e);
             }
-            (Some(_), _) => eprintln!("{e}"),
+            (Some(_), _) => say_refusal(at.as_deref(), &e),
         }
     }
 
@@ -187,9 +199,11 @@ impl<W: std::io::Write> ImportRun<'_, W> {
     fn flush(&mut self) {
         if self.batch.is_empty() || self.failed.is_some() {
             self.batch.clear();
+            self.batch_at.clear();
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let batch_at = std::mem::take(&mut self.batch_at);
         let results =
             match self
                 .warden
@@ -201,7 +215,7 @@ impl<W: std::io::Write> ImportRun<'_, W> {
                     return;
                 }
             };
-        for result in results {
+        for (result, at) in results.into_iter().zip(batch_at) {
             match result {
                 Ok(row) => {
                     if let Some(pool) = self.pool {
@@ -222,9 +236,18 @@ impl<W: std::io::Write> ImportRun<'_, W> {
                         );
                     }
                 }
-                Err(e) => self.refuse(e),
+                Err(e) => self.refuse(e, Some(at)),
             }
         }
+    }
+}
+
+/// One refused record on stderr, with where it stands when the refusal
+/// does not say.
+fn say_refusal(at: Option<&str>, e: &Error) {
+    match at {
+        Some(at) => eprintln!("{at}: {e}"),
+        None => eprintln!("{e}"),
     }
 }
 

@@ -215,7 +215,7 @@ impl<R: Read> Framer<R> {
     fn skip_space(&mut self) -> Result<()> {
         loop {
             let chunk = self.r.fill_buf().map_err(not_json)?;
-            let n = chunk.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let n = chunk.iter().take_while(|b| is_json_space(**b)).count();
             let more = n == chunk.len() && n > 0;
             self.r.consume(n);
             if !more {
@@ -329,9 +329,15 @@ impl<R: Read> Framer<R> {
     }
 }
 
+/// JSON's whitespace (RFC 8259 §2): space, tab, LF, CR — not the form
+/// feed `is_ascii_whitespace` also takes, which serde_json refuses.
+fn is_json_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// Where a bare value (a number, `true`, …) ends.
 fn is_separator(b: u8) -> bool {
-    b.is_ascii_whitespace() || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
+    is_json_space(b) || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
 }
 
 /// Skips a UTF-8 byte-order mark and leading whitespace.
@@ -342,7 +348,7 @@ fn skip_bom_and_space(r: &mut impl BufRead) -> Result<()> {
     }
     loop {
         let buf = r.fill_buf().map_err(not_json)?;
-        let n = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let n = buf.iter().take_while(|b| is_json_space(**b)).count();
         if n == 0 {
             return Ok(());
         }
