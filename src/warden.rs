@@ -81,6 +81,32 @@ fn checked(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// Each pool member's cooldown end as the pick honours it: a cooldown is
+/// the account's (issue 15), so every login of one provider account (same
+/// provider, same account id) gets the latest end set on any of them; a
+/// member without an account id has only its own.
+fn account_cooldowns(members: &[crate::store::PoolMember]) -> Vec<Option<i64>> {
+    fn account(m: &crate::store::PoolMember) -> Option<(crate::credential::ProviderKind, &str)> {
+        m.credential
+            .claims
+            .account_id
+            .as_deref()
+            .map(|a| (m.credential.provider.kind, a))
+    }
+    members
+        .iter()
+        .map(|m| {
+            let own = m.cooldown.as_ref().map(|c| c.until_ms);
+            let Some(key) = account(m) else { return own };
+            members
+                .iter()
+                .filter(|o| account(o) == Some(key))
+                .filter_map(|o| o.cooldown.as_ref().map(|c| c.until_ms))
+                .max()
+        })
+        .collect()
+}
+
 impl Warden {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
@@ -299,14 +325,16 @@ impl Warden {
         loop {
             let read = store.pool(pool, sticky)?;
             let now = clock::now();
+            let cooldowns = account_cooldowns(&read.members);
             let members: Vec<crate::pool::Member<'_>> = read
                 .members
                 .iter()
-                .map(|m| crate::pool::Member {
+                .zip(&cooldowns)
+                .map(|(m, &cooldown_until_ms)| crate::pool::Member {
                     credential_id: &m.credential.id,
                     account_id: m.credential.claims.account_id.as_deref(),
                     status: &m.credential.status,
-                    cooldown_until_ms: m.cooldown.as_ref().map(|c| c.until_ms),
+                    cooldown_until_ms,
                     standing: crate::pool::standing(
                         m.quota.as_ref().and_then(|q| q.quota.as_ref()),
                         now.wall_ms,
@@ -359,7 +387,20 @@ impl Warden {
                 }
             };
             let id = choice.credential_id;
+            // Served as read, or only after a refresh (ours or another's)?
+            // Only the latter leaves time for a cooldown to be committed
+            // between the pick and the hand-out.
+            let as_read = members.iter().any(|m| {
+                m.credential_id == id
+                    && state::decide(m.status, Need::Token { min_ttl_ms }, now, policy)
+                        == Decision::Serve
+            });
             match self.token_within(&id, min_ttl, wait) {
+                Ok(_) if !as_read && self.cooling_now(pool, &id)? => {
+                    // Cooled down while it refreshed: the next best.
+                    metrics.pool_pick(pool, "skipped");
+                    tried.push(id);
+                }
                 Ok(grant) => {
                     // Only spreads load: losing it is not worth an error.
                     if let Err(e) = store.pool_served(pool, &id, sticky, clock::now_ms()) {
@@ -379,6 +420,34 @@ impl Warden {
         }
     }
 
+    /// The member of `pool` whose current access token is `token`, if any.
+    fn pool_holder(&self, pool: &str, token: &str) -> Result<Option<String>> {
+        let store = &self.core.store;
+        for m in store.pool(pool, None)?.members {
+            let holds = store.get(&m.credential.id)?.is_some_and(|row| {
+                row.access_token
+                    .as_ref()
+                    .is_some_and(|t| t.expose() == token)
+            });
+            if holds {
+                return Ok(Some(m.credential.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether member `id` of `pool` is cooling down now, by the cooldowns
+    /// as committed (its own or another login's of its account).
+    fn cooling_now(&self, pool: &str, id: &str) -> Result<bool> {
+        let read = self.core.store.pool(pool, None)?;
+        let now_ms = clock::now_ms();
+        Ok(read
+            .members
+            .iter()
+            .zip(account_cooldowns(&read.members))
+            .any(|(m, until)| m.credential.id == id && until.is_some_and(|u| u > now_ms)))
+    }
+
     /// A reject through a pool: records that upstream refused `token` of
     /// member `id` (as [`Warden::reject`]), then answers with the pool's
     /// best member now — the rejected one only if its token had already
@@ -393,7 +462,13 @@ impl Warden {
     ) -> Result<Grant> {
         let id = checked(id)?;
         crate::credential::validate_pool_name(pool).map_err(Error::BadInput)?;
-        match self.record_reject(id, token) {
+        // The caller may name the wrong member: the one whose current
+        // token was refused is the one rejected, so that token is never
+        // the answer.
+        let id = self
+            .pool_holder(pool, token)?
+            .unwrap_or_else(|| id.to_owned());
+        match self.record_reject(&id, token) {
             // A dead member is passed over by the pick anyway.
             Ok(()) | Err(Error::Dead { .. }) => {}
             Err(e) => return Err(e),

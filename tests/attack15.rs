@@ -193,7 +193,6 @@ fn a_read_only_key_cannot_lift_a_cooldown_by_shortening_it() {
 /// The caller receives, a second and more after the cooldown was
 /// committed, the token of a member cooling down for an hour.
 #[test]
-#[ignore = "HOLE: a cooldown committed during the picked member's refresh is not honoured: its token is handed out"]
 fn a_cooldown_set_while_the_picked_member_refreshes_is_honoured() {
     let env = Env::with(Tuning {
         request_timeout: 6.0,
@@ -281,7 +280,6 @@ fn a_sweep_with_a_fast_clock_leaves_live_cooldowns_alone() {
 /// `usage_limit_reached` cools its member down, and the pool answers with
 /// the other login of the same, exhausted account.
 #[test]
-#[ignore = "HOLE: a cooldown is per credential: the pool serves another login of the account that is cooling down"]
 fn a_cooldown_covers_every_login_of_the_account() {
     let env = Env::new();
     for id in ["seat-laptop", "seat-desktop"] {
@@ -419,7 +417,6 @@ fn a_quota_snapshot_with_a_huge_reset_never_panics_nor_frees_the_member() {
 /// The pool records nothing and answers with that very token — the one
 /// the caller just said upstream refused.
 #[test]
-#[ignore = "HOLE: a pool reject naming another member re-serves the token reported refused"]
 fn a_pool_reject_never_answers_with_the_token_reported_refused() {
     let env = Env::new();
     member(&env, "wa", 3600, "team");
@@ -450,7 +447,6 @@ fn a_pool_reject_never_answers_with_the_token_reported_refused() {
 /// keeps saying it to `token --pool` until a sweep happens to refresh
 /// the member, although nothing needs a human: one refresh fixes it.
 #[test]
-#[ignore = "HOLE: a rejected member is never refreshed by the pool; an all-rejected pool is 503 'needs a human' until a sweep"]
 fn a_pool_whose_member_was_rejected_answers_with_its_fresh_token() {
     let env = Env::new();
     member(&env, "rj1", 3600, "solo");
@@ -614,7 +610,6 @@ fn an_expired_member_is_refreshed_once_for_64_threads_and_4_processes() {
 /// human" and no retry time (HTTP: `Retry-After: 60`), for a refresh that
 /// ends 800 ms later and needs nobody.
 #[test]
-#[ignore = "HOLE: callers of a pool whose members are all refreshing are turned away ('needs a human', Retry-After 60) instead of waiting"]
 fn callers_of_a_pool_whose_member_is_refreshing_wait_for_it() {
     let env = Env::with(Tuning {
         request_timeout: 6.0,
