@@ -393,6 +393,25 @@ impl Warden {
             .cooldown(id, set, None, &actor, clock::now_ms())
     }
 
+    /// [`Warden::set_cooldown`], but only ever lengthening: a cooldown that
+    /// already ends at or after `until_ms` is kept as it is (`false`). What
+    /// a read-only API key may do: cool an account down or longer, never
+    /// lift nor shorten a cooldown (that needs an admin key). The current
+    /// end is read, then the new one written: two sets racing in that gap
+    /// end with the last one written, as two admin sets do.
+    pub fn extend_cooldown(&self, id: &str, until_ms: i64, reason: &str) -> Result<bool> {
+        validate_id(id).map_err(Error::BadInput)?;
+        let current = self
+            .store()
+            .cooldowns()?
+            .into_iter()
+            .find(|c| c.credential_id == id);
+        if current.is_some_and(|c| c.until_ms >= until_ms) {
+            return Ok(false);
+        }
+        self.set_cooldown(id, until_ms, reason)
+    }
+
     /// Clears credential `id`'s cooldown; `false` if it had none.
     pub fn clear_cooldown(&self, id: &str, reason: &str) -> Result<bool> {
         validate_id(id).map_err(Error::BadInput)?;
