@@ -490,14 +490,30 @@ impl Warden {
         }
     }
 
-    /// Clears the cooldowns that are over (each with its event row), so
-    /// none outlives its end by more than one sweep. Returns how many.
+    /// Garbage-collects the cooldowns that ended more than
+    /// [`crate::pool::ENDED_COOLDOWN_KEPT_MS`] ago (each with its event row). Returns
+    /// how many.
+    ///
+    /// Never the cooldowns that merely ended by this process's clock: every
+    /// reader already ignores an ended cooldown by its own clock, and a
+    /// process whose clock is fast (a cron `sweep` on a box a day ahead)
+    /// must not delete, for every correctly clocked process, a cooldown
+    /// that still runs.
     pub fn clear_ended_cooldowns(&self) -> Result<usize> {
-        let now = clock::now_ms();
+        self.clear_ended_cooldowns_at(clock::now_ms())
+    }
+
+    /// [`Warden::clear_ended_cooldowns`] as if the clock read `now_ms`.
+    #[doc(hidden)]
+    pub fn clear_ended_cooldowns_at(&self, now_ms: i64) -> Result<usize> {
+        let now = now_ms;
         let actor = clock::actor(&self.config().actor);
         let mut cleared = 0;
         for c in self.store().cooldowns()? {
-            if c.until_ms > now {
+            if c.until_ms
+                .saturating_add(crate::pool::ENDED_COOLDOWN_KEPT_MS)
+                > now
+            {
                 continue;
             }
             let clear = store::CooldownWrite::Clear {

@@ -304,6 +304,13 @@ pub enum CooldownChange {
     },
 }
 
+/// How long an ended cooldown's row is kept before `sweep` / `serve`
+/// delete it: readers ignore it from its end on (each by its own clock),
+/// so deleting it is only garbage collection, and done this late it is
+/// never one process's fast clock ending a cooldown that still runs for
+/// the others.
+pub const ENDED_COOLDOWN_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// How long a cooldown lasts when a snapshot shows a window exhausted but
 /// no reset time: long enough not to hammer the account, short enough
 /// that the next sweep's snapshot decides again.

@@ -253,7 +253,7 @@ pub fn deliver_due(
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// `serve`'s background notifier: a thread that, every [`POLL`] until
-/// `stop` is set, ends the cooldowns that are over and delivers what is
+/// `stop` is set, garbage-collects cooldowns ended a day ago and delivers what is
 /// due. A receiver that is down or hangs holds up only this thread.
 pub fn start_worker(
     warden: Arc<Warden>,
