@@ -686,7 +686,6 @@ fn a_second_death_under_a_reused_id_is_notified() {
 /// the admin and read API keys, the signing secret and the encryption key
 /// of the database reach a mail or Slack CLI that only needed the JSON.
 #[test]
-#[ignore = "HOLE: --notify-exec hands the command TOKENWARDEN_API_KEY, _READ_API_KEY, _NOTIFY_SECRET and _ENCRYPTION_KEY"]
 fn the_notify_command_gets_no_secret_in_its_environment() {
     let env = Env::new();
     let key = env.run(&["keygen"]);
@@ -729,7 +728,6 @@ fn the_notify_command_gets_no_secret_in_its_environment() {
 /// out unsigned, exit 0, not a word said. A receiver that verifies
 /// signatures drops them all; one that does not is open to forgeries.
 #[test]
-#[ignore = "HOLE: a blank TOKENWARDEN_NOTIFY_SECRET silently sends unsigned notifications"]
 fn a_blank_signing_secret_is_refused_not_silently_unsigned() {
     let env = Env::new();
     let out = env.run(&["init"]);
@@ -833,7 +831,6 @@ fn a_notification_is_verifiable_and_carries_no_secret() {
 /// with everything it started: a `sh -c` whose child outlives the kill
 /// keeps running after the attempt "timed out", one more per retry.
 #[test]
-#[ignore = "HOLE: a --notify-exec that times out is killed without its children: they outlive the timeout, one more per retry"]
 fn a_notify_command_that_never_exits_is_killed_with_its_children() {
     let env = Env::new();
     env.login("ok", 3600);
