@@ -459,19 +459,28 @@ impl Warden {
         match change {
             crate::pool::CooldownChange::Keep => Ok(false),
             crate::pool::CooldownChange::Set { until_ms, reason } => {
-                let note = crate::notify::on_quota_cooldown(
-                    &credential,
-                    true,
-                    Some(until_ms),
-                    &reason,
-                    now,
-                );
+                // One exhaustion is one notice: moving the end of a quota
+                // cooldown still running when the snapshot was fetched
+                // (a window without a reset time is re-estimated on every
+                // snapshot) is the same exhaustion, not news.
+                let ongoing = current.as_ref().is_some_and(|c| {
+                    c.source == store::CooldownSource::Quota && c.until_ms > row.fetched_at_ms
+                });
+                let note = (!ongoing).then(|| {
+                    crate::notify::on_quota_cooldown(
+                        &credential,
+                        true,
+                        Some(until_ms),
+                        &reason,
+                        now,
+                    )
+                });
                 let set = store::CooldownWrite::Set {
                     until_ms,
                     reason: &reason,
                     source: store::CooldownSource::Quota,
                 };
-                self.store().cooldown(id, set, Some(&note), &actor, now)
+                self.store().cooldown(id, set, note.as_ref(), &actor, now)
             }
             crate::pool::CooldownChange::Clear { reason } => {
                 // A reset is news only after an exhausted window.

@@ -656,7 +656,6 @@ fn a_pick_serves_while_the_database_is_write_locked() {
 /// death under the same id has the first one's event id, `INSERT OR
 /// IGNORE` drops it, and nobody is told that the new login died.
 #[test]
-#[ignore = "HOLE: a death after delete + re-import under the same id reuses the first death's event id and is dropped"]
 fn a_second_death_under_a_reused_id_is_notified() {
     let env = Env::new();
     env.login("dd", 3600);
@@ -1178,7 +1177,6 @@ fn a_pool_min_ttl_no_token_can_meet_is_refused_cleanly() {
 /// few minutes) writes another `quota_exhausted` for the same, unchanged
 /// exhaustion, and the receiver cannot deduplicate them.
 #[test]
-#[ignore = "HOLE: an exhausted window without a reset time writes a new quota_exhausted notification on every snapshot"]
 fn one_exhaustion_is_one_notification() {
     let env = Env::new();
     member(&env, "qx1", 3600, "team");
