@@ -354,7 +354,9 @@ impl Warden {
             ) {
                 crate::pool::Pick::Chosen(c) => c,
                 crate::pool::Pick::Empty if tried.is_empty() => {
-                    metrics.pool_pick(pool, "empty");
+                    // No series: any caller may name any pool, and a
+                    // series per made-up name would grow without bound.
+                    // Only pools with members are counted.
                     return Err(Error::EmptyPool(pool.to_owned()));
                 }
                 crate::pool::Pick::Empty => {
