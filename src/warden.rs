@@ -296,15 +296,19 @@ impl Warden {
     }
 
     /// The token of the best member of `pool` right now (see
-    /// [`crate::pool`]): never a dead, rejected or cooling-down member,
-    /// nor one refreshing or backing off without a usable token; most
+    /// [`crate::pool`]): never a dead or cooling-down member (a cooldown
+    /// covers every login of the account), nor a rejected token, nor one
+    /// backing off without a usable token; a rejected member or one
+    /// refreshing without a usable token only when nothing else is
+    /// servable, refreshed or waited for first; most
     /// quota left, then least recently handed out. With `sticky`, the
     /// member this key got last time while it stays usable. The grant
     /// names the member (`credential_id`, `account_id`). The member's token
     /// comes through [`Warden::token_within`], so a member that needs a
     /// refresh is refreshed once, whoever asks; a member that turns out
-    /// dead or unavailable meanwhile is passed over for the next best,
-    /// within the call.
+    /// dead or unavailable meanwhile — or, served only after a refresh,
+    /// cooling down by the cooldowns as committed then — is passed over
+    /// for the next best, within the call.
     pub fn pool_token(&self, pool: &str, min_ttl: Duration, sticky: Option<&str>) -> Result<Grant> {
         self.pool_token_within(pool, min_ttl, sticky, self.core.config.wait)
     }
@@ -422,16 +426,21 @@ impl Warden {
         }
     }
 
-    /// The member of `pool` whose current access token is `token`, if any.
+    /// Whether credential `id`'s current access token is `token`.
+    fn holds(&self, id: &str, token: &str) -> Result<bool> {
+        Ok(self.core.store.get(id)?.is_some_and(|row| {
+            row.access_token
+                .as_ref()
+                .is_some_and(|t| t.expose() == token)
+        }))
+    }
+
+    /// The member of `pool` whose current access token is `token`, if any
+    /// (one row read per member: only for a reject that named the wrong
+    /// member or a token already replaced).
     fn pool_holder(&self, pool: &str, token: &str) -> Result<Option<String>> {
-        let store = &self.core.store;
-        for m in store.pool(pool, None)?.members {
-            let holds = store.get(&m.credential.id)?.is_some_and(|row| {
-                row.access_token
-                    .as_ref()
-                    .is_some_and(|t| t.expose() == token)
-            });
-            if holds {
+        for m in self.core.store.pool(pool, None)?.members {
+            if self.holds(&m.credential.id, token)? {
                 return Ok(Some(m.credential.id));
             }
         }
@@ -467,9 +476,12 @@ impl Warden {
         // The caller may name the wrong member: the one whose current
         // token was refused is the one rejected, so that token is never
         // the answer.
-        let id = self
-            .pool_holder(pool, token)?
-            .unwrap_or_else(|| id.to_owned());
+        let id = match self.holds(id, token)? {
+            true => id.to_owned(),
+            false => self
+                .pool_holder(pool, token)?
+                .unwrap_or_else(|| id.to_owned()),
+        };
         match self.record_reject(&id, token) {
             // A dead member is passed over by the pick anyway.
             Ok(()) | Err(Error::Dead { .. }) => {}
