@@ -440,6 +440,25 @@ impl Warden {
             .cooldown(id, set, None, &actor, clock::now_ms())
     }
 
+    /// [`Warden::set_cooldown`], but only ever lengthening: a cooldown that
+    /// already ends at or after `until_ms` is kept as it is (`false`). What
+    /// a read-only API key may do: cool an account down or longer, never
+    /// lift nor shorten a cooldown (that needs an admin key). The current
+    /// end is read, then the new one written: two sets racing in that gap
+    /// end with the last one written, as two admin sets do.
+    pub fn extend_cooldown(&self, id: &str, until_ms: i64, reason: &str) -> Result<bool> {
+        validate_id(id).map_err(Error::BadInput)?;
+        let current = self
+            .store()
+            .cooldowns()?
+            .into_iter()
+            .find(|c| c.credential_id == id);
+        if current.is_some_and(|c| c.until_ms >= until_ms) {
+            return Ok(false);
+        }
+        self.set_cooldown(id, until_ms, reason)
+    }
+
     /// Clears credential `id`'s cooldown; `false` if it had none.
     pub fn clear_cooldown(&self, id: &str, reason: &str) -> Result<bool> {
         validate_id(id).map_err(Error::BadInput)?;
@@ -487,19 +506,28 @@ impl Warden {
         match change {
             crate::pool::CooldownChange::Keep => Ok(false),
             crate::pool::CooldownChange::Set { until_ms, reason } => {
-                let note = crate::notify::on_quota_cooldown(
-                    &credential,
-                    true,
-                    Some(until_ms),
-                    &reason,
-                    now,
-                );
+                // One exhaustion is one notice: moving the end of a quota
+                // cooldown still running when the snapshot was fetched
+                // (a window without a reset time is re-estimated on every
+                // snapshot) is the same exhaustion, not news.
+                let ongoing = current.as_ref().is_some_and(|c| {
+                    c.source == store::CooldownSource::Quota && c.until_ms > row.fetched_at_ms
+                });
+                let note = (!ongoing).then(|| {
+                    crate::notify::on_quota_cooldown(
+                        &credential,
+                        true,
+                        Some(until_ms),
+                        &reason,
+                        now,
+                    )
+                });
                 let set = store::CooldownWrite::Set {
                     until_ms,
                     reason: &reason,
                     source: store::CooldownSource::Quota,
                 };
-                self.store().cooldown(id, set, Some(&note), &actor, now)
+                self.store().cooldown(id, set, note.as_ref(), &actor, now)
             }
             crate::pool::CooldownChange::Clear { reason } => {
                 // A reset is news only after an exhausted window.
@@ -518,14 +546,30 @@ impl Warden {
         }
     }
 
-    /// Clears the cooldowns that are over (each with its event row), so
-    /// none outlives its end by more than one sweep. Returns how many.
+    /// Garbage-collects the cooldowns that ended more than
+    /// [`crate::pool::ENDED_COOLDOWN_KEPT_MS`] ago (each with its event row). Returns
+    /// how many.
+    ///
+    /// Never the cooldowns that merely ended by this process's clock: every
+    /// reader already ignores an ended cooldown by its own clock, and a
+    /// process whose clock is fast (a cron `sweep` on a box a day ahead)
+    /// must not delete, for every correctly clocked process, a cooldown
+    /// that still runs.
     pub fn clear_ended_cooldowns(&self) -> Result<usize> {
-        let now = clock::now_ms();
+        self.clear_ended_cooldowns_at(clock::now_ms())
+    }
+
+    /// [`Warden::clear_ended_cooldowns`] as if the clock read `now_ms`.
+    #[doc(hidden)]
+    pub fn clear_ended_cooldowns_at(&self, now_ms: i64) -> Result<usize> {
+        let now = now_ms;
         let actor = clock::actor(&self.config().actor);
         let mut cleared = 0;
         for c in self.store().cooldowns()? {
-            if c.until_ms > now {
+            if c.until_ms
+                .saturating_add(crate::pool::ENDED_COOLDOWN_KEPT_MS)
+                > now
+            {
                 continue;
             }
             let clear = store::CooldownWrite::Clear {

@@ -59,8 +59,9 @@ pub struct Metrics {
     waiters: AtomicI64,
     upstream_requests: AtomicU64,
     leases: Arc<Leases>,
-    /// Pool picks by pool and outcome (`served`, `skipped`, `empty`,
-    /// `unavailable`).
+    /// Pool picks by pool and outcome (`served`, `skipped`,
+    /// `unavailable`); only pools with members, so that made-up names
+    /// never add series.
     pool_picks: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Notification delivery attempts by outcome (`delivered`, `failed`).
     notify_attempts: Mutex<BTreeMap<&'static str, u64>>,

@@ -5,10 +5,11 @@
 //!
 //! The pick (issue 15):
 //!
-//! 1. Never a member that is **dead**, **rejected** (or refreshing back to
-//!    rejected), **refreshing without a usable token**, **in backoff
-//!    without a usable token**, or **cooling down** (an account-level
-//!    cooldown not yet over). A member whose token has merely expired is
+//! 1. Never a member that is **dead**, **in backoff without a usable
+//!    token**, or **cooling down** (an account-level cooldown not yet
+//!    over: the shell gives every login of one provider account the
+//!    account's latest cooldown); a **rejected** member or one
+//!    **refreshing without a usable token** only as in 5. A member whose token has merely expired is
 //!    fine: serving it refreshes it first, once, through the refresher.
 //! 2. Among the rest: most quota left in the tightest window of the
 //!    latest snapshot (a window whose reset time has passed counts as
@@ -18,6 +19,12 @@
 //!    which spreads the load; then the id, so the answer is one.
 //! 4. A sticky key's member is kept while it stays eligible, whatever the
 //!    ranking; otherwise the key moves to the new pick.
+//! 5. When no member is servable as it is, a member that one refresh
+//!    makes servable — **rejected** (not dead, not cooling down) or
+//!    **refreshing without a usable token** — is chosen (ranked as
+//!    above): the shell serves it through the refresher, which refreshes
+//!    it once or waits for the refresh in flight, never handing out the
+//!    rejected token. Only then is the pool unavailable.
 
 use std::cmp::Ordering;
 
@@ -222,6 +229,9 @@ pub fn pick(
 ) -> Pick {
     let mut unfit = Vec::new();
     let mut best: Option<&Member<'_>> = None;
+    // The best member that a refresh (one, through the refresher) would
+    // make servable: served only when no member is servable as it is.
+    let mut after_refresh: Option<&Member<'_>> = None;
     let mut considered = 0usize;
     for m in members
         .iter()
@@ -229,7 +239,14 @@ pub fn pick(
     {
         considered += 1;
         match eligible(m, min_ttl_ms, now, policy) {
-            Err(why) => unfit.push((m.credential_id.to_owned(), why)),
+            Err(why) => {
+                if refreshable(m, why, now)
+                    && after_refresh.is_none_or(|b| better(m, b) == Ordering::Less)
+                {
+                    after_refresh = Some(m);
+                }
+                unfit.push((m.credential_id.to_owned(), why))
+            }
             Ok(()) if sticky == Some(m.credential_id) => {
                 return Pick::Chosen(choice(m, true));
             }
@@ -240,7 +257,7 @@ pub fn pick(
             }
         }
     }
-    match best {
+    match best.or(after_refresh) {
         Some(m) => Pick::Chosen(choice(m, false)),
         None if considered == 0 => Pick::Empty,
         None => {
@@ -248,6 +265,16 @@ pub fn pick(
             Pick::NoneUsable { unfit, retry_at_ms }
         }
     }
+}
+
+/// Whether a member unfit for `why` becomes servable by a refresh (or by
+/// waiting for the one in flight): rejected (its token is never served:
+/// the refresher replaces it first) or refreshing without a usable token,
+/// and not cooling down. Serving one goes through [`crate::Warden::token`]'s
+/// path, single flight, like any expired member.
+fn refreshable(m: &Member<'_>, why: Unfit, now: Now) -> bool {
+    matches!(why, Unfit::Rejected | Unfit::RefreshingWithoutToken)
+        && m.cooldown_until_ms.is_none_or(|u| u <= now.wall_ms)
 }
 
 fn choice(m: &Member<'_>, kept_sticky: bool) -> Choice {
@@ -276,6 +303,13 @@ pub enum CooldownChange {
         reason: String,
     },
 }
+
+/// How long an ended cooldown's row is kept before `sweep` / `serve`
+/// delete it: readers ignore it from its end on (each by its own clock),
+/// so deleting it is only garbage collection, and done this late it is
+/// never one process's fast clock ending a cooldown that still runs for
+/// the others.
+pub const ENDED_COOLDOWN_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// How long a cooldown lasts when a snapshot shows a window exhausted but
 /// no reset time: long enough not to hammer the account, short enough

@@ -81,6 +81,32 @@ fn checked(id: &str) -> Result<&str> {
     Ok(id)
 }
 
+/// Each pool member's cooldown end as the pick honours it: a cooldown is
+/// the account's (issue 15), so every login of one provider account (same
+/// provider, same account id) gets the latest end set on any of them; a
+/// member without an account id has only its own.
+fn account_cooldowns(members: &[crate::store::PoolMember]) -> Vec<Option<i64>> {
+    fn account(m: &crate::store::PoolMember) -> Option<(crate::credential::ProviderKind, &str)> {
+        m.credential
+            .claims
+            .account_id
+            .as_deref()
+            .map(|a| (m.credential.provider.kind, a))
+    }
+    members
+        .iter()
+        .map(|m| {
+            let own = m.cooldown.as_ref().map(|c| c.until_ms);
+            let Some(key) = account(m) else { return own };
+            members
+                .iter()
+                .filter(|o| account(o) == Some(key))
+                .filter_map(|o| o.cooldown.as_ref().map(|c| c.until_ms))
+                .max()
+        })
+        .collect()
+}
+
 impl Warden {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
@@ -270,15 +296,19 @@ impl Warden {
     }
 
     /// The token of the best member of `pool` right now (see
-    /// [`crate::pool`]): never a dead, rejected or cooling-down member,
-    /// nor one refreshing or backing off without a usable token; most
+    /// [`crate::pool`]): never a dead or cooling-down member (a cooldown
+    /// covers every login of the account), nor a rejected token, nor one
+    /// backing off without a usable token; a rejected member or one
+    /// refreshing without a usable token only when nothing else is
+    /// servable, refreshed or waited for first; most
     /// quota left, then least recently handed out. With `sticky`, the
     /// member this key got last time while it stays usable. The grant
     /// names the member (`credential_id`, `account_id`). The member's token
     /// comes through [`Warden::token_within`], so a member that needs a
     /// refresh is refreshed once, whoever asks; a member that turns out
-    /// dead or unavailable meanwhile is passed over for the next best,
-    /// within the call.
+    /// dead or unavailable meanwhile — or, served only after a refresh,
+    /// cooling down by the cooldowns as committed then — is passed over
+    /// for the next best, within the call.
     pub fn pool_token(&self, pool: &str, min_ttl: Duration, sticky: Option<&str>) -> Result<Grant> {
         self.pool_token_within(pool, min_ttl, sticky, self.core.config.wait)
     }
@@ -299,14 +329,16 @@ impl Warden {
         loop {
             let read = store.pool(pool, sticky)?;
             let now = clock::now();
+            let cooldowns = account_cooldowns(&read.members);
             let members: Vec<crate::pool::Member<'_>> = read
                 .members
                 .iter()
-                .map(|m| crate::pool::Member {
+                .zip(&cooldowns)
+                .map(|(m, &cooldown_until_ms)| crate::pool::Member {
                     credential_id: &m.credential.id,
                     account_id: m.credential.claims.account_id.as_deref(),
                     status: &m.credential.status,
-                    cooldown_until_ms: m.cooldown.as_ref().map(|c| c.until_ms),
+                    cooldown_until_ms,
                     standing: crate::pool::standing(
                         m.quota.as_ref().and_then(|q| q.quota.as_ref()),
                         now.wall_ms,
@@ -326,7 +358,9 @@ impl Warden {
             ) {
                 crate::pool::Pick::Chosen(c) => c,
                 crate::pool::Pick::Empty if tried.is_empty() => {
-                    metrics.pool_pick(pool, "empty");
+                    // No series: any caller may name any pool, and a
+                    // series per made-up name would grow without bound.
+                    // Only pools with members are counted.
                     return Err(Error::EmptyPool(pool.to_owned()));
                 }
                 crate::pool::Pick::Empty => {
@@ -359,7 +393,20 @@ impl Warden {
                 }
             };
             let id = choice.credential_id;
+            // Served as read, or only after a refresh (ours or another's)?
+            // Only the latter leaves time for a cooldown to be committed
+            // between the pick and the hand-out.
+            let as_read = members.iter().any(|m| {
+                m.credential_id == id
+                    && state::decide(m.status, Need::Token { min_ttl_ms }, now, policy)
+                        == Decision::Serve
+            });
             match self.token_within(&id, min_ttl, wait) {
+                Ok(_) if !as_read && self.cooling_now(pool, &id)? => {
+                    // Cooled down while it refreshed: the next best.
+                    metrics.pool_pick(pool, "skipped");
+                    tried.push(id);
+                }
                 Ok(grant) => {
                     // Only spreads load: losing it is not worth an error.
                     if let Err(e) = store.pool_served(pool, &id, sticky, clock::now_ms()) {
@@ -379,6 +426,39 @@ impl Warden {
         }
     }
 
+    /// Whether credential `id`'s current access token is `token`.
+    fn holds(&self, id: &str, token: &str) -> Result<bool> {
+        Ok(self.core.store.get(id)?.is_some_and(|row| {
+            row.access_token
+                .as_ref()
+                .is_some_and(|t| t.expose() == token)
+        }))
+    }
+
+    /// The member of `pool` whose current access token is `token`, if any
+    /// (one row read per member: only for a reject that named the wrong
+    /// member or a token already replaced).
+    fn pool_holder(&self, pool: &str, token: &str) -> Result<Option<String>> {
+        for m in self.core.store.pool(pool, None)?.members {
+            if self.holds(&m.credential.id, token)? {
+                return Ok(Some(m.credential.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether member `id` of `pool` is cooling down now, by the cooldowns
+    /// as committed (its own or another login's of its account).
+    fn cooling_now(&self, pool: &str, id: &str) -> Result<bool> {
+        let read = self.core.store.pool(pool, None)?;
+        let now_ms = clock::now_ms();
+        Ok(read
+            .members
+            .iter()
+            .zip(account_cooldowns(&read.members))
+            .any(|(m, until)| m.credential.id == id && until.is_some_and(|u| u > now_ms)))
+    }
+
     /// A reject through a pool: records that upstream refused `token` of
     /// member `id` (as [`Warden::reject`]), then answers with the pool's
     /// best member now — the rejected one only if its token had already
@@ -393,7 +473,16 @@ impl Warden {
     ) -> Result<Grant> {
         let id = checked(id)?;
         crate::credential::validate_pool_name(pool).map_err(Error::BadInput)?;
-        match self.record_reject(id, token) {
+        // The caller may name the wrong member: the one whose current
+        // token was refused is the one rejected, so that token is never
+        // the answer.
+        let id = match self.holds(id, token)? {
+            true => id.to_owned(),
+            false => self
+                .pool_holder(pool, token)?
+                .unwrap_or_else(|| id.to_owned()),
+        };
+        match self.record_reject(&id, token) {
             // A dead member is passed over by the pick anyway.
             Ok(()) | Err(Error::Dead { .. }) => {}
             Err(e) => return Err(e),

@@ -620,11 +620,12 @@ fn many_threads_and_processes_ask_one_pool_while_members_change() {
     }
 }
 
-/// `import --pool` joins the pool; a cooldown whose time is over is
-/// cleared by the next `sweep` (an event says so), so none outlives its
-/// end by more than one sweep; bad cooldown flags are exit 2.
+/// `import --pool` joins the pool; a cooldown whose time is over is no
+/// longer honoured (nor shown), its row kept by `sweep` until a day past
+/// its end (a fast clock elsewhere must not end a live one), then
+/// garbage-collected (an event says so); bad cooldown flags are exit 2.
 #[test]
-fn import_pool_and_a_cooldown_ended_by_the_next_sweep() {
+fn import_pool_and_a_cooldown_ended_then_collected() {
     let env = Env::new();
     let g = env.fake.new_family("i1");
     let mut record = g.import_json("i1", "codex", &env.fake.token_url());
@@ -650,6 +651,18 @@ fn import_pool_and_a_cooldown_ended_by_the_next_sweep() {
     assert_eq!(env.warden().cooldowns().unwrap().len(), 1);
     let out = env.run(&["sweep"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Ended, not shown, but kept a day past its end.
+    assert_eq!(env.warden().cooldowns().unwrap().len(), 1);
+    let shown = json(&env.run(&["show", "i1", "--json"]));
+    assert_eq!(shown["cooldown"], Value::Null);
+    let w = env.warden();
+    let day = tokenwarden::pool::ENDED_COOLDOWN_KEPT_MS;
+    assert_eq!(
+        w.clear_ended_cooldowns_at(wall_ms() + day - 60_000)
+            .unwrap(),
+        0
+    );
+    assert_eq!(w.clear_ended_cooldowns_at(wall_ms() + day).unwrap(), 1);
     assert!(env.warden().cooldowns().unwrap().is_empty());
     let events = json(&env.run(&["events", "i1", "--json"]));
     let reasons: Vec<&str> = events["events"]

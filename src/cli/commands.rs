@@ -380,7 +380,7 @@ pub(super) fn sweep(
         }
     };
     let report = sweep::sweep(&warden, &opts, &progress)?;
-    // Cron-only deployments: cooldowns that are over end here, and the
+    // Cron-only deployments: cooldowns ended a day ago are collected here, and the
     // outbox is delivered before the pass ends (a bounded time: a receiver
     // that hangs costs at most that).
     warden.clear_ended_cooldowns()?;

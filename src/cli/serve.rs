@@ -62,7 +62,7 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
             args.refresher_threads,
         )),
     };
-    // Ends cooldowns that are over and delivers the outbox, on a thread of
+    // Collects cooldowns ended a day ago and delivers the outbox, on a thread of
     // its own: a receiver that is down or hangs never holds up a token.
     let notify_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let notifier =

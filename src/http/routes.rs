@@ -364,7 +364,7 @@ fn answer(
         }
         _ => {}
     }
-    dispatch(app, endpoint.action, id, &query, &body)
+    dispatch(app, endpoint.action, id, &query, &body, scope)
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes of it (a chunked body has no
@@ -390,6 +390,7 @@ fn dispatch(
     id: &str,
     q: &Query,
     body: &[u8],
+    scope: Scope,
 ) -> Result<Reply, ApiError> {
     let w = &*app.warden;
     let wait =
@@ -448,7 +449,12 @@ fn dispatch(
             // An unknown credential is 404 whatever the body.
             w.get(id)?;
             let (until_ms, reason) = cooldown_body(body, clock::now_ms())?;
-            w.set_cooldown(id, until_ms, &reason)?;
+            // A read-only key only lengthens: shortening a cooldown lifts
+            // it sooner, which needs an admin key like the clear route.
+            match scope {
+                Scope::Read => w.extend_cooldown(id, until_ms, &reason)?,
+                _ => w.set_cooldown(id, until_ms, &reason)?,
+            };
             let all = w.cooldowns()?;
             match all.iter().find(|c| c.credential_id == id) {
                 Some(c) => Ok(Reply::json(200, &crate::view::CooldownView::new(c))),

@@ -38,6 +38,9 @@ pub struct Targets {
     pub retry_min: Duration,
 }
 
+/// The variable holding the webhook signing secret.
+const SECRET_ENV: &str = "TOKENWARDEN_NOTIFY_SECRET";
+
 /// How long one attempt may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,10 +68,27 @@ impl Targets {
                     }),
             }
         };
+        // Set but blank (a template left unfilled) is a mistake, not "no
+        // signing": refused, rather than POSTs going out unsigned.
+        let secret = match std::env::var_os(SECRET_ENV) {
+            None => None,
+            Some(v) => match v.to_str() {
+                Some(s) if !s.trim().is_empty() => Some(Secret::new(s.to_owned())),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{SECRET_ENV} is set but blank (or not UTF-8); set the signing secret \
+                         or unset the variable"
+                    )))
+                }
+            },
+        };
+        if url.is_some() && secret.is_none() {
+            log::warn!("{SECRET_ENV} is not set: webhook notifications go out unsigned");
+        }
         Ok(Targets {
             url,
             exec: exec.or_else(|| env("TOKENWARDEN_NOTIFY_EXEC")),
-            secret: env("TOKENWARDEN_NOTIFY_SECRET").map(Secret::new),
+            secret,
             timeout: secs("TOKENWARDEN_NOTIFY_TIMEOUT", DEFAULT_TIMEOUT)?,
             retry_min: secs("TOKENWARDEN_NOTIFY_RETRY_MIN", DEFAULT_RETRY_MIN)?,
         })
@@ -130,12 +150,28 @@ fn post(
     }
 }
 
+/// The variables of our environment a `--notify-exec` command gets, and
+/// no other: it needs the JSON on its stdin and a sane shell, never the
+/// API keys, the signing secret or the database's encryption key.
+const EXEC_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "LC_ALL"];
+
+/// Runs `cmd` with `sh -c` in a clean environment ([`EXEC_ENV`] plus
+/// `TOKENWARDEN_EVENT_ID` / `_KIND`), in its own process group, the
+/// notification on its stdin; past `timeout` the whole group is killed,
+/// so nothing it started outlives the attempt.
 fn exec(cmd: &str, timeout: Duration, n: &Notice) -> std::result::Result<(), String> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(cmd).env_clear();
+    for name in EXEC_ENV {
+        if let Some(v) = std::env::var_os(name) {
+            command.env(name, v);
+        }
+    }
+    let mut child = command
         .env("TOKENWARDEN_EVENT_ID", &n.event_id)
         .env("TOKENWARDEN_EVENT_KIND", &n.kind)
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -151,6 +187,15 @@ fn exec(cmd: &str, timeout: Duration, n: &Notice) -> std::result::Result<(), Str
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => return Err(format!("--notify-exec exited with {status}")),
             Ok(None) if Instant::now() >= deadline => {
+                // The group's id is the child's pid (`process_group(0)`);
+                // the child is not reaped yet, so the id is still its own.
+                if let Some(pgid) = i32::try_from(child.id())
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                {
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
@@ -253,7 +298,7 @@ pub fn deliver_due(
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// `serve`'s background notifier: a thread that, every [`POLL`] until
-/// `stop` is set, ends the cooldowns that are over and delivers what is
+/// `stop` is set, garbage-collects cooldowns ended a day ago and delivers what is
 /// due. A receiver that is down or hangs holds up only this thread.
 pub fn start_worker(
     warden: Arc<Warden>,

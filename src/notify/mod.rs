@@ -80,6 +80,14 @@ fn notice(event_id: String, kind: &str, about: About<'_>, at_ms: i64) -> Notice 
     }
 }
 
+/// A credential's name in event ids: its id and when it was created, so
+/// that a delete and a re-import under the same id (versions start at 1
+/// again) never reuse an event id of the first login — the outbox keeps
+/// one row per event id and would drop the second login's notice.
+fn incarnation(c: &Credential) -> String {
+    format!("{}@{}", c.id, c.created_ms)
+}
+
 /// The command that brings a dead credential back: the same `tokenwarden
 /// login` its error and summary name.
 pub fn fix_for_dead(c: &Credential) -> String {
@@ -124,7 +132,7 @@ pub fn on_transition(
                 _ => format!("credential '{id}' is dead: the refresh token was refused ({code})"),
             };
             Some(notice(
-                format!("{kind}:{id}:v{version}"),
+                format!("{kind}:{}:v{version}", incarnation(before)),
                 kind,
                 About {
                     credential: Some(before),
@@ -142,7 +150,7 @@ pub fn on_transition(
                 let reason = error.map(|e| e.code.as_str());
                 let minutes = (now_ms - since) / 60_000;
                 notice(
-                    format!("failing:{id}:{since}"),
+                    format!("failing:{}:{since}", incarnation(before)),
                     "failing",
                     About {
                         credential: Some(before),
@@ -177,7 +185,7 @@ pub fn on_transition(
                     _ => format!("v{version}"),
                 };
                 notice(
-                    format!("recovered:{id}:{key}"),
+                    format!("recovered:{}:{key}", incarnation(before)),
                     "recovered",
                     About {
                         credential: Some(before),
@@ -199,7 +207,7 @@ pub fn on_transition(
 pub fn on_revived(before: &Credential, version: i64, now_ms: i64) -> Notice {
     let id = before.id.as_str();
     notice(
-        format!("recovered:{id}:v{version}"),
+        format!("recovered:{}:v{version}", incarnation(before)),
         "recovered",
         About {
             credential: Some(before),
@@ -237,7 +245,7 @@ pub fn on_quota_cooldown(
         ),
     };
     notice(
-        format!("{kind}:{id}:{key}"),
+        format!("{kind}:{}:{key}", incarnation(c)),
         kind,
         About {
             credential: Some(c),

@@ -81,16 +81,16 @@ fn transitions_that_need_a_human() {
     };
     #[rustfmt::skip]
     let table: Vec<(&str, Credential, Event, Option<&str>)> = vec![
-        ("dies", cred(refreshing(State::Valid, 0), None, None), permanent("invalid_grant"), Some("dead:c1:v5")),
-        ("reuse", cred(refreshing(State::Valid, 2), Some(NOW - 5), None), permanent("refresh_token_reused"), Some("reuse_detected:c1:v5")),
+        ("dies", cred(refreshing(State::Valid, 0), None, None), permanent("invalid_grant"), Some("dead:c1@0:v5")),
+        ("reuse", cred(refreshing(State::Valid, 2), Some(NOW - 5), None), permanent("refresh_token_reused"), Some("reuse_detected:c1@0:v5")),
         // A first failure: not yet failing long.
         ("first failure", cred(refreshing(State::Valid, 0), None, None), transient.clone(), None),
         ("failing 29 min", cred(refreshing(State::Valid, 3), Some(NOW - MIN30 + 60_000), Some(NOW - 1)), transient.clone(), None),
         // Past the threshold: one notice per run (its id is the run's start).
-        ("failing 30 min", cred(refreshing(State::Valid, 4), Some(NOW - MIN30), Some(NOW - 1)), transient.clone(), Some(&*Box::leak(format!("failing:c1:{}", NOW - MIN30).into_boxed_str()))),
+        ("failing 30 min", cred(refreshing(State::Valid, 4), Some(NOW - MIN30), Some(NOW - 1)), transient.clone(), Some(&*Box::leak(format!("failing:c1@0:{}", NOW - MIN30).into_boxed_str()))),
         // A success after a notified run, and after a death.
-        ("recovers", cred(refreshing(State::Valid, 5), Some(NOW - 2 * MIN30), Some(NOW - MIN30)), succeed.clone(), Some(&*Box::leak(format!("recovered:c1:{}", NOW - 2 * MIN30).into_boxed_str()))),
-        ("revived", cred(refreshing(State::Dead, 0), None, None), succeed.clone(), Some("recovered:c1:v5")),
+        ("recovers", cred(refreshing(State::Valid, 5), Some(NOW - 2 * MIN30), Some(NOW - MIN30)), succeed.clone(), Some(&*Box::leak(format!("recovered:c1@0:{}", NOW - 2 * MIN30).into_boxed_str()))),
+        ("revived", cred(refreshing(State::Dead, 0), None, None), succeed.clone(), Some("recovered:c1@0:v5")),
         // A success after failures nobody was told of: nothing to say.
         ("quiet recovery", cred(refreshing(State::Valid, 2), Some(NOW - 60_000), Some(NOW - 1)), succeed.clone(), None),
         ("plain refresh", cred(refreshing(State::Valid, 0), None, None), succeed, None),
@@ -156,7 +156,7 @@ fn quota_notices() {
         "quota window primary exhausted",
         NOW,
     );
-    assert_eq!(n.event_id, format!("quota_exhausted:c1:{}", NOW + 5_000));
+    assert_eq!(n.event_id, format!("quota_exhausted:c1@0:{}", NOW + 5_000));
     let n = on_quota_cooldown(
         &c,
         false,
@@ -166,7 +166,7 @@ fn quota_notices() {
     );
     assert_eq!(
         (n.kind.as_str(), n.event_id),
-        ("quota_reset", format!("quota_reset:c1:{NOW}"))
+        ("quota_reset", format!("quota_reset:c1@0:{NOW}"))
     );
     assert!(!n.payload.contains("SECRET"));
 }

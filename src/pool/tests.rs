@@ -525,3 +525,57 @@ fn cooldown_from_snapshot_table() {
         );
     }
 }
+
+/// No member servable as it is: a rejected member or one refreshing
+/// without a usable token is chosen (to be refreshed or waited for),
+/// the better ranked first; never a dead, backing-off or cooling one;
+/// a servable member always beats them.
+#[test]
+fn refreshable_members_only_when_none_is_servable() {
+    let dead = status("dead");
+    let backoff = status("expired-backoff");
+    let good = status("valid");
+    for (refreshable, want) in [
+        ("rejected", Some("r")),
+        ("refreshing-expired", Some("r")),
+        ("refreshing-rejected", Some("r")),
+        ("rejected-lease-over", Some("r")),
+        ("refreshing-dead", None),
+        ("dead", None),
+    ] {
+        let s = status(refreshable);
+        let members = [member("d", &dead), member("b", &backoff), member("r", &s)];
+        match (pick(&members, &[], None, 0, AT, &P), want) {
+            (Pick::Chosen(c), Some(w)) => assert_eq!(c.credential_id, w, "{refreshable}"),
+            (Pick::NoneUsable { .. }, None) => {}
+            (other, _) => panic!("{refreshable}: {other:?}"),
+        }
+        // Cooling down: not even then.
+        let cooling = [Member {
+            cooldown_until_ms: Some(NOW + 50_000),
+            ..member("r", &s)
+        }];
+        assert!(
+            matches!(
+                pick(&cooling, &[], None, 0, AT, &P),
+                Pick::NoneUsable { .. }
+            ),
+            "{refreshable}"
+        );
+        // A servable member first, even ranked lower and not sticky.
+        let both = [
+            Member {
+                standing: Standing::Left(100.0),
+                ..member("r", &s)
+            },
+            Member {
+                standing: Standing::Exhausted,
+                ..member("g", &good)
+            },
+        ];
+        match pick(&both, &[], Some("r"), 0, AT, &P) {
+            Pick::Chosen(c) => assert_eq!(c.credential_id, "g", "{refreshable}"),
+            other => panic!("{refreshable}: {other:?}"),
+        }
+    }
+}

@@ -110,13 +110,23 @@ fn int(v: Option<&Value>) -> Option<i64> {
     num(v).filter(|f| f.is_finite()).map(|f| f as i64)
 }
 
-/// A reset time: unix seconds, an RFC 3339 string, or now + seconds.
+/// The latest reset a snapshot may name: ten years from now. Upstream's
+/// windows are hours or a week; anything much later is a lie, clamped
+/// (never wrapped into the past, which would free an exhausted member;
+/// the next snapshot decides again).
+pub const MAX_RESET_S: i64 = 3653 * 24 * 60 * 60;
+
+/// A reset time (unix seconds): unix seconds, an RFC 3339 string, or now +
+/// seconds (a negative delay counts as now); clamped to at most
+/// [`MAX_RESET_S`] from now, with saturating arithmetic throughout.
 fn reset(at: Option<&Value>, after: Option<&Value>, now_ms: i64) -> Option<i64> {
+    let now_s = now_ms.div_euclid(1000);
     match at {
         Some(Value::String(s)) => rfc3339::parse(s).map(|ms| ms.div_euclid(1000)),
         other => int(other),
     }
-    .or_else(|| int(after).map(|secs| now_ms / 1000 + secs))
+    .or_else(|| int(after).map(|secs| now_s.saturating_add(secs.max(0))))
+    .map(|at| at.min(now_s.saturating_add(MAX_RESET_S)))
 }
 
 fn codex(body: &Value, now_ms: i64) -> Quota {
@@ -276,6 +286,30 @@ mod tests {
         };
         assert_eq!(q.windows[0].resets_at, Some(NOW / 1000 + 60));
         assert_eq!(q.windows[0].used_percent, 5.0);
+    }
+
+    /// Absurd resets (delays past i64, huge absolute times, negative
+    /// delays): clamped to ten years from now or to now, never wrapped.
+    #[test]
+    fn absurd_resets_are_clamped() {
+        let year = NOW / 1000 + MAX_RESET_S;
+        for (window, want) in [
+            (r#""reset_after_seconds":1e19"#, year),
+            (r#""reset_after_seconds":9223372036854775807"#, year),
+            (r#""reset_after_seconds":"1e300""#, year),
+            (r#""reset_at":1e30"#, year),
+            (r#""reset_at":9223372036854775807"#, year),
+            (r#""reset_after_seconds":-1e19"#, NOW / 1000),
+            (r#""reset_after_seconds":-5"#, NOW / 1000),
+        ] {
+            let body =
+                format!(r#"{{"rate_limit":{{"primary_window":{{"used_percent":100,{window}}}}}}}"#);
+            let UsageOutcome::Ok(q) = parse_usage(ProviderKind::Codex, &resp(200, &body), NOW)
+            else {
+                panic!("{window}: not ok");
+            };
+            assert_eq!(q.windows[0].resets_at, Some(want), "{window}");
+        }
     }
 
     #[test]
