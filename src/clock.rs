@@ -59,6 +59,42 @@ impl Clock for SystemClock {
     }
 }
 
+/// The real clock of a store that keeps the lease clock itself
+/// ([`crate::store::Backend::lease_now`]: PostgreSQL's server clock): the
+/// box's wall clock for expiries and events, the store's for leases.
+/// Everything else as [`SystemClock`].
+pub(crate) struct StoreClock(pub(crate) crate::store::Store);
+
+impl Clock for StoreClock {
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            lease: self.0.lease_now().unwrap_or_else(lease_now),
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn wait_for(&self, cond: &Condvar, guard: &mut MutexGuard<'_, u64>, timeout: Duration) {
+        cond.wait_for(guard, timeout);
+    }
+}
+
+/// The clock a store's refresher runs on: [`SystemClock`], or
+/// [`StoreClock`] when the store keeps the lease clock.
+pub(crate) fn for_store(store: &crate::store::Store) -> std::sync::Arc<dyn Clock> {
+    match store.lease_now() {
+        Some(_) => std::sync::Arc::new(StoreClock(store.clone())),
+        None => std::sync::Arc::new(SystemClock),
+    }
+}
+
 /// Both clocks at one instant: what the pure core is handed.
 pub fn now() -> Now {
     Now {

@@ -1,10 +1,9 @@
 //! The library API: a blocking, `Send + Sync` handle on one database.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock::{self, SystemClock};
+use crate::clock;
 use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
@@ -107,13 +106,10 @@ impl Warden {
             .transpose()
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = Store::open_with(path, config.busy_timeout, config.pool_size, sealer, startup)?;
+        // Leases on the store's clock where it keeps one (PostgreSQL).
+        let clock = clock::for_store(&store);
         Ok(Warden {
-            core: Refresher::new(
-                store,
-                config,
-                Box::new(Upstream::new()),
-                Arc::new(SystemClock),
-            ),
+            core: Refresher::new(store, config, Box::new(Upstream::new()), clock),
         })
     }
 

@@ -45,6 +45,8 @@ mod invariants;
 mod openapi;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
+// The PostgreSQL backend: several boxes on one database, its faults, its clock.
+mod postgres;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.
 mod security;
 // SQLite's process-wide POSIX locks are never dropped by tokenwarden.

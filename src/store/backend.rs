@@ -24,11 +24,16 @@
 //!   never a decision about a credential.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
-use crate::state::Transition;
+use crate::state::{LeaseTime, Transition};
+
+/// A subscriber to [`Backend::on_commit`]: called with the id of each
+/// credential another process committed a change to.
+pub type Wake = dyn Fn(&str) + Send + Sync;
 
 /// A database holding credentials, changed only by compare-and-swap.
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -83,6 +88,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// may be assumed unchanged. Cheap (no lock, no query): this is how
     /// [`crate::Warden::token`] knows its cached row is still the row.
     fn stamp(&self) -> Option<Stamp>;
+
+    /// The lease clock now, when the database keeps it (PostgreSQL: the
+    /// server's clock, so that boxes whose clocks disagree agree on leases);
+    /// `None`: the box's own (`CLOCK_BOOTTIME`, see [`crate::clock`]),
+    /// which every process of one box shares. No round trip: a backend
+    /// that keeps the clock estimates it from its reads.
+    fn lease_now(&self) -> Option<LeaseTime> {
+        None
+    }
+
+    /// Calls `wake` (while someone else holds it) with the id of each
+    /// credential whose row a commit changed, in any process of any box —
+    /// a hint that saves a waiter its polls; the row stays the truth. A
+    /// backend without such news (SQLite: waiters poll the file) ignores
+    /// it.
+    fn on_commit(&self, wake: &Arc<Wake>) {
+        let _ = wake;
+    }
 
     // ---- the compare-and-swap writes ----
 

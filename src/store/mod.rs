@@ -10,7 +10,12 @@
 //! (warden.rs, admin.rs) hold a `Store` (architecture invariant A3).
 
 mod backend;
+mod codec;
+mod fpkey;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod records;
+mod rowdata;
 mod sqlite;
 
 use std::ops::Deref;
@@ -21,9 +26,15 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::seal::Sealer;
 
-pub use backend::Backend;
+pub use backend::{Backend, Wake};
 pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 pub use sqlite::{encrypt_in_place, rekey};
+
+/// Whether `db` (a `--db` value) names a PostgreSQL database
+/// (`postgres://…` or `postgresql://…`) rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
 
 /// When a store does the start-up work that only writes need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +99,27 @@ impl Store {
         sealer: Option<Sealer>,
         startup: Startup,
     ) -> Result<Store> {
+        // `postgres://…` / `postgresql://…`: a PostgreSQL database (its
+        // start-up work is done at open either way).
+        if let Some(url) = path.to_str().filter(|p| is_postgres_url(p)) {
+            #[cfg(feature = "postgres")]
+            {
+                let _ = startup;
+                let db = postgres::Postgres::open(url, busy_timeout, pool_size, sealer)?;
+                return Ok(Store {
+                    backend: Arc::new(db),
+                });
+            }
+            #[cfg(not(feature = "postgres"))]
+            {
+                let _ = url;
+                return Err(crate::error::Error::Config(
+                    "this build of tokenwarden has no PostgreSQL support (built without the \
+                     `postgres` feature); pass a SQLite file as --db"
+                        .into(),
+                ));
+            }
+        }
         let db = sqlite::Sqlite::open(path, busy_timeout, pool_size, sealer, startup)?;
         Ok(Store {
             backend: Arc::new(db),

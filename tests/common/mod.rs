@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
+pub mod pg;
 pub mod scripted;
 pub mod spec;
 pub mod tw;

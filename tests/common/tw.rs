@@ -18,12 +18,25 @@ pub fn now() -> i64 {
     super::fake_oauth::now_unix()
 }
 
-/// A database in a temporary directory, wired to a fake OAuth server.
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the env's temporary directory.
+    Sqlite,
+    /// A database of its own on the tests' PostgreSQL (common/pg.rs).
+    Postgres,
+}
+
+/// A database (a SQLite file in a temporary directory, or a PostgreSQL
+/// database), wired to a fake OAuth server.
 pub struct Env {
-    /// Holds the directory alive.
+    /// Holds the directory alive (import files, logs; the SQLite file).
     pub dir: tempfile::TempDir,
-    /// The database file.
+    /// The database: a SQLite file, or a `postgres://` URL (what `--db`
+    /// and `TOKENWARDEN_DB` take either way).
     pub db: PathBuf,
+    /// Which kind `db` is.
+    pub backend: Backend,
     /// The upstream.
     pub fake: FakeOAuth,
     /// Tuning for every warden and CLI process of this env.
@@ -65,14 +78,36 @@ impl Env {
 
     /// A fresh env with `tuning`.
     pub fn with(tuning: Tuning) -> Env {
+        Env::with_on(tuning, Backend::Sqlite).expect("SQLite is always there")
+    }
+
+    /// A fresh env on `backend` with default test tuning; `None` when it is
+    /// PostgreSQL and there is none here (see common/pg.rs: skipped loudly,
+    /// or a failure where PostgreSQL is required).
+    pub fn on(backend: Backend) -> Option<Env> {
+        Env::with_on(Tuning::default(), backend)
+    }
+
+    /// A fresh env on `backend` with `tuning` (see [`Env::on`]).
+    pub fn with_on(tuning: Tuning, backend: Backend) -> Option<Env> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("tw.db");
-        Env {
+        let db = match backend {
+            Backend::Sqlite => dir.path().join("tw.db"),
+            Backend::Postgres => PathBuf::from(super::pg::database()?),
+        };
+        Some(Env {
             dir,
             db,
+            backend,
             fake: FakeOAuth::start(),
             tuning,
-        }
+        })
+    }
+
+    /// The PostgreSQL URL of a PostgreSQL env.
+    pub fn pg_url(&self) -> &str {
+        assert_eq!(self.backend, Backend::Postgres);
+        self.db.to_str().expect("a URL")
     }
 
     /// The library configuration matching the CLI processes' environment.

@@ -11,26 +11,16 @@
 //! the key costs nothing and keeps fingerprints from matching across
 //! databases.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::errors::{db_err, sealed};
-use crate::error::{DbError, DbKind, Error, IoError, Result, Spent};
+pub(crate) use crate::store::fpkey::{FpKey, META_KEY, SEAL_COLUMN};
+#[cfg(test)]
+use crate::store::fpkey::hmac_sha256;
+use crate::error::{Error, Result, Spent};
 use crate::seal::{is_sealed, Sealer};
 
-/// The `meta` key of the fingerprint key.
-pub(super) const META_KEY: &str = "fingerprint_key";
-
-/// The sealing context of the fingerprint key (no credential id).
-pub(super) const SEAL_COLUMN: &str = "fingerprint_key";
-
-const BLOCK: usize = 64;
-
-/// HMAC-SHA-256 (RFC 2104) over the `sha2` crate already used here: two
-/// hashes and a key pad, not worth another dependency.
 /// Records the fingerprint `fp` as spent by credential `id`, for `reason`
 /// (a `spent_tokens.reason` value; the table's CHECK lists them). A
 /// fingerprint already recorded keeps its first record. `ON CONFLICT`, not
@@ -50,95 +40,6 @@ pub(super) fn record_spent(
     .and_then(|mut s| s.execute(params![fp, id, now_ms, reason]))
     .map(drop)
     .map_err(db_err)
-}
-
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = Zeroizing::new([0u8; BLOCK]);
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut pad = Zeroizing::new([0u8; BLOCK]);
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x36;
-    }
-    let inner = Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(message)
-        .finalize();
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x5c;
-    }
-    Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-/// A database's fingerprint key.
-pub(crate) struct FpKey(Zeroizing<[u8; 32]>);
-
-impl std::fmt::Debug for FpKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FpKey(***)")
-    }
-}
-
-impl FpKey {
-    fn random() -> Result<FpKey> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(&mut key[..])
-            .map_err(|e| IoError::new("no randomness from the OS", e.to_string()))?;
-        Ok(FpKey(key))
-    }
-
-    /// The key as stored in `meta`: base64, sealed if `sealer` is given.
-    fn stored(&self, sealer: Option<&Sealer>) -> String {
-        let plain = Zeroizing::new(STANDARD.encode(&self.0[..]));
-        match sealer {
-            Some(s) => s.seal("", SEAL_COLUMN, &plain),
-            None => plain.to_string(),
-        }
-    }
-
-    /// Reads the key as stored in `meta`.
-    fn from_stored(stored: &str, sealer: Option<&Sealer>) -> Result<FpKey> {
-        let bad = |kind, why: &str| {
-            Error::Db(DbError::new(
-                kind,
-                format!("the refresh-token fingerprint key in the database's meta table {why}"),
-            ))
-        };
-        let plain = match (sealer, is_sealed(stored)) {
-            (Some(s), true) => Zeroizing::new(
-                s.open("", SEAL_COLUMN, stored)
-                    .map_err(|_| bad(DbKind::Sealed, "does not open with the encryption key"))?,
-            ),
-            (None, true) => {
-                return Err(bad(DbKind::Sealed, "is encrypted and no key is configured"))
-            }
-            (_, false) => Zeroizing::new(stored.to_owned()),
-        };
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(plain.trim())
-                .map_err(|_| bad(DbKind::Corrupt, "is not base64"))?,
-        );
-        let key: [u8; 32] = bytes[..]
-            .try_into()
-            .map_err(|_| bad(DbKind::Corrupt, "is not 32 bytes long"))?;
-        Ok(FpKey(Zeroizing::new(key)))
-    }
-
-    /// The fingerprint of `token`: HMAC-SHA-256, 64 hex digits.
-    pub(crate) fn fingerprint(&self, token: &str) -> String {
-        hmac_sha256(&self.0[..], token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
 }
 
 /// Re-seals the fingerprint key for `encrypt` / `rekey` (inside their
@@ -331,6 +232,8 @@ pub(super) fn rotated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
