@@ -60,37 +60,39 @@ impl Clock for SystemClock {
 }
 
 /// The real clock of a store that keeps the lease clock itself
-/// ([`crate::store::Backend::lease_now`]: PostgreSQL's server clock): the
-/// box's wall clock for expiries and events, the store's for leases.
+/// (`Backend::lease_now`: PostgreSQL's server clock, read through `lease`):
+/// the box's wall clock for expiries and events, the store's for leases.
 /// Everything else as [`SystemClock`].
-pub(crate) struct StoreClock(pub(crate) crate::store::Store);
+pub(crate) struct KeptLeaseClock<F>(F);
 
-impl Clock for StoreClock {
+impl<F: Fn() -> Option<LeaseTime> + Send + Sync> Clock for KeptLeaseClock<F> {
     fn now(&self) -> Now {
         Now {
             wall_ms: now_ms(),
-            lease: self.0.lease_now().unwrap_or_else(lease_now),
+            lease: (self.0)().unwrap_or_else(lease_now),
         }
     }
 
     fn instant(&self) -> Instant {
-        Instant::now()
+        SystemClock.instant()
     }
 
     fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
+        SystemClock.sleep(d);
     }
 
     fn wait_for(&self, cond: &Condvar, guard: &mut MutexGuard<'_, u64>, timeout: Duration) {
-        cond.wait_for(guard, timeout);
+        SystemClock.wait_for(cond, guard, timeout);
     }
 }
 
-/// The clock a store's refresher runs on: [`SystemClock`], or
-/// [`StoreClock`] when the store keeps the lease clock.
-pub(crate) fn for_store(store: &crate::store::Store) -> std::sync::Arc<dyn Clock> {
-    match store.lease_now() {
-        Some(_) => std::sync::Arc::new(StoreClock(store.clone())),
+/// The real clock over a lease clock source: [`SystemClock`] when `lease`
+/// has none (the box's own lease clock), else [`KeptLeaseClock`].
+pub(crate) fn with_lease_source(
+    lease: impl Fn() -> Option<LeaseTime> + Send + Sync + 'static,
+) -> std::sync::Arc<dyn Clock> {
+    match lease() {
+        Some(_) => std::sync::Arc::new(KeptLeaseClock(lease)),
         None => std::sync::Arc::new(SystemClock),
     }
 }

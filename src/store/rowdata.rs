@@ -173,11 +173,6 @@ pub(crate) struct Update<'a> {
     pub guard_version: Option<i64>,
     /// Only if the row still holds this lease.
     pub guard_lease: Option<&'a str>,
-    /// A takeover: the row is `refreshing` under a lease this write may
-    /// replace only once it has ended (a backend that keeps the lease
-    /// clock itself checks that in the statement too).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub takeover: bool,
 }
 
 impl<'a> Update<'a> {
@@ -230,7 +225,6 @@ impl<'a> Update<'a> {
             error_at_ms: error.map(|e| e.at_ms),
             guard_version,
             guard_lease,
-            takeover: t.from == State::Refreshing && t.to == State::Refreshing && guard_lease.is_none(),
         }
     }
 }

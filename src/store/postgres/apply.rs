@@ -8,9 +8,10 @@
 //! (`lease_id = $l`), as on SQLite; under READ COMMITTED a second writer
 //! of the same row waits for the first to commit and then re-checks the
 //! guard against the row as committed, so exactly one of two racing
-//! compare-and-swaps matches. A takeover of an expired lease is also
-//! checked against the server's own clock (`clock_timestamp()`): no box's
-//! clock, skewed or estimated, can end another's lease early.
+//! compare-and-swaps matches. A write that puts a new lease on a row
+//! refreshing under another (a takeover) also needs that lease to be over
+//! on the server's own clock (`clock_timestamp()`): no box's clock, skewed
+//! or estimated, can end another's lease early.
 
 use super::clock::SERVER_NOW_MS;
 use super::errors::pg_err;
@@ -53,7 +54,9 @@ fn sql(channel: &str) -> String {
            FROM o WHERE c.id = o.id \
              AND ($25::int8 IS NULL OR c.version = $25) \
              AND ($26::text IS NULL OR c.lease_id = $26) \
-             AND (NOT $29 OR c.lease_clock IS DISTINCT FROM $27 OR c.lease_until_ms IS NULL \
+             AND (c.state <> 'refreshing' OR $4::text IS NULL \
+                  OR c.lease_id IS NOT DISTINCT FROM $4 \
+                  OR c.lease_clock IS DISTINCT FROM $27 OR c.lease_until_ms IS NULL \
                   OR c.lease_until_ms <= {SERVER_NOW_MS}) \
            RETURNING {returning}, o.old_fp), \
          s AS (INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
@@ -61,7 +64,7 @@ fn sql(channel: &str) -> String {
            WHERE $28::text IS NOT NULL AND old_fp IS NOT NULL AND old_fp <> $28 \
            ON CONFLICT (fp) DO NOTHING), \
          e AS (INSERT INTO events (credential_id, at_ms, from_state, to_state, version, actor, reason) \
-           SELECT id, $9, $30, $1, version, $31, $32 FROM u), \
+           SELECT id, $9, $29, $1, version, $30, $31 FROM u), \
          n AS (SELECT pg_notify('{channel}', id || ' ' || version) FROM u) \
          SELECT u.*, (SELECT count(*) FROM n) FROM u"
     )
@@ -119,7 +122,6 @@ pub(super) fn apply(
                 &u.guard_lease,
                 &u.lease_clock,
                 &new_fp,
-                &u.takeover,
                 &from,
                 &actor,
                 &t.reason,
