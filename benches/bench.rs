@@ -27,6 +27,8 @@
 mod common {
     pub mod fake_oauth;
     pub mod http;
+    #[cfg(feature = "postgres")]
+    pub mod pg;
     pub mod tw;
 }
 

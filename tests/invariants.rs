@@ -11,7 +11,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::fake_oauth::{Fault, OPENAI_REUSE_BODY};
-use crate::common::pg;
 use crate::common::tw::{code, json, now, text, Backend, Env, Tuning};
 use tokenwarden::state::State;
 use tokenwarden::Error;
@@ -160,10 +159,13 @@ fn no_refresh_token_is_sent_twice(b: Backend) {
 /// fenced by the lease id) until it lands, and the new token is never
 /// served from memory meanwhile.
 fn commit_before_use_and_a_failed_commit_is_retried_never_served(b: Backend) {
-    let Some(env) = Env::with_on(Tuning {
-        lease_ttl: 2.5,
-        ..Tuning::default()
-    }, b) else {
+    let Some(env) = Env::with_on(
+        Tuning {
+            lease_ttl: 2.5,
+            ..Tuning::default()
+        },
+        b,
+    ) else {
         return;
     };
     env.login("c", 60);
@@ -180,7 +182,12 @@ fn commit_before_use_and_a_failed_commit_is_retried_never_served(b: Backend) {
             .unwrap()
             .execute_batch(sqlite)
             .unwrap(),
-        Backend::Postgres => pg::client(env.pg_url()).batch_execute(pg).unwrap(),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => crate::common::pg::client(env.pg_url())
+            .batch_execute(pg)
+            .unwrap(),
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => unreachable!("no PostgreSQL env without the feature: {pg}"),
     };
     sql(
         "CREATE TRIGGER no_commit BEFORE UPDATE OF access_token ON credentials \
@@ -212,7 +219,10 @@ fn commit_before_use_and_a_failed_commit_is_retried_never_served(b: Backend) {
     );
     // The write failure clears: the commit lands, and only then is the new
     // token served.
-    sql("DROP TRIGGER no_commit", "DROP TRIGGER no_commit ON credentials");
+    sql(
+        "DROP TRIGGER no_commit",
+        "DROP TRIGGER no_commit ON credentials",
+    );
     let new = owner.join().unwrap().expect("the commit landed");
     let family = env.fake.family_state("c");
     assert_eq!(new.access_token.expose(), family.current_access_token);
@@ -622,11 +632,14 @@ fn permanent_errors_kill_the_credential_with_the_reason(b: Backend) {
 /// nothing from the failed answer, and the old token keeps being served
 /// while usable (stale-while-revalidate).
 fn transient_errors_back_off_and_commit_nothing(b: Backend) {
-    let Some(env) = Env::with_on(Tuning {
-        request_timeout: 0.5,
-        lease_ttl: 2.0,
-        ..Tuning::default()
-    }, b) else {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 0.5,
+            lease_ttl: 2.0,
+            ..Tuning::default()
+        },
+        b,
+    ) else {
         return;
     };
     let warden = env.warden();

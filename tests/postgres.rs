@@ -33,7 +33,10 @@ fn serve_box(env: &Env, extra: &[&str]) -> (Served, Client) {
 
 fn token_of(c: &Client, id: &str) -> (u16, String) {
     let a = c.get(&format!("/v1/credentials/{id}/token"));
-    let t = a.json()["access_token"].as_str().unwrap_or_default().to_owned();
+    let t = a.json()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (a.status, t)
 }
 
@@ -66,7 +69,9 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 /// reject, list, events, delete — through the library and the binary.
 #[test]
 fn the_library_and_the_binary_work_on_postgres() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     let old = env.login("a", 3600);
     let w = env.warden();
     let g = w.token("a", Duration::ZERO).unwrap();
@@ -98,7 +103,9 @@ fn the_library_and_the_binary_work_on_postgres() {
 /// upstream request, and every caller gets the same new token.
 #[test]
 fn three_boxes_and_the_cli_refresh_an_expiring_credential_once() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     let old = env.login("solo", 60);
     env.fake.set_latency(Duration::from_millis(800));
     let boxes: Vec<_> = (0..3).map(|_| serve_box(&env, &[])).collect();
@@ -120,7 +127,11 @@ fn three_boxes_and_the_cli_refresh_an_expiring_credential_once() {
         let (w, b) = (warden.clone(), barrier.clone());
         threads.push(thread::spawn(move || {
             b.wait();
-            w.token("solo", Duration::ZERO).unwrap().access_token.expose().to_owned()
+            w.token("solo", Duration::ZERO)
+                .unwrap()
+                .access_token
+                .expose()
+                .to_owned()
         }));
     }
     let procs: Vec<_> = (0..4)
@@ -142,7 +153,11 @@ fn three_boxes_and_the_cli_refresh_an_expiring_credential_once() {
         assert_eq!(code(&out), 0, "{}", text(&out.stderr));
         tokens.insert(text(&out.stdout).trim().to_owned());
     }
-    assert_eq!(env.fake.stats().token_requests, 1, "exactly one upstream request");
+    assert_eq!(
+        env.fake.stats().token_requests,
+        1,
+        "exactly one upstream request"
+    );
     let family = env.fake.family_state("solo");
     assert_eq!(tokens, HashSet::from([family.current_access_token.clone()]));
     assert!(!tokens.contains(&old.access_token));
@@ -153,7 +168,9 @@ fn three_boxes_and_the_cli_refresh_an_expiring_credential_once() {
 /// by the CLI, afterwards; each reject causes one refresh.
 #[test]
 fn a_reject_on_one_box_is_never_served_by_another() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     env.login("r", 3600);
     let (_a, box_a) = serve_box(&env, &["--no-refresher"]);
     let (_b, box_b) = serve_box(&env, &["--no-refresher"]);
@@ -161,7 +178,10 @@ fn a_reject_on_one_box_is_never_served_by_another() {
     for round in 0..5 {
         let (s, t) = token_of(&box_a, "r");
         assert_eq!(s, 200);
-        assert!(!rejected.contains(&t), "round {round}: box A served a rejected token");
+        assert!(
+            !rejected.contains(&t),
+            "round {round}: box A served a rejected token"
+        );
         let body = serde_json::json!({ "access_token": t }).to_string();
         let a = box_b.post("/v1/credentials/r/reject", &body).expect(200);
         let fresh = a.json()["access_token"].as_str().unwrap().to_owned();
@@ -181,9 +201,12 @@ fn a_reject_on_one_box_is_never_served_by_another() {
 /// processed is ever presented again.
 #[test]
 fn a_killed_owning_box_is_taken_over_after_its_lease() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     env.login("k", 60);
-    env.fake.push_fault(Fault::HangBefore(Duration::from_secs(10)));
+    env.fake
+        .push_fault(Fault::HangBefore(Duration::from_secs(10)));
     let (mut owner, owner_client) = serve_box(&env, &["--no-refresher"]);
     let (_other, other_client) = serve_box(&env, &["--no-refresher"]);
     let c = owner_client.clone();
@@ -221,7 +244,10 @@ fn a_killed_owning_box_is_taken_over_after_its_lease() {
     let (status, t) = token_of(&other_client, "k");
     assert_eq!(status, 200);
     let now = w.store().lease_now().expect("the server's clock");
-    assert!(lease.left_ms(now).is_none(), "taken over only after the lease");
+    assert!(
+        lease.left_ms(now).is_none(),
+        "taken over only after the lease"
+    );
     let family = env.fake.family_state("k");
     assert_eq!(t, family.current_access_token);
     assert!(!family.revoked, "no refresh token reused");
@@ -237,7 +263,9 @@ fn a_killed_owning_box_is_taken_over_after_its_lease() {
 /// the rotated token is the one served.
 #[test]
 fn terminated_connections_mid_refresh_lose_nothing() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     env.login("t", 60);
     env.fake.set_latency(Duration::from_millis(1500));
     let warden = Arc::new(env.warden());
@@ -295,7 +323,11 @@ fn a_box_whose_wall_clock_is_stepped_changes_nothing() {
         let out = cmd.args(["token", "c"]).output().unwrap();
         let g = owner.join().unwrap().expect("the owner's refresh");
         assert_eq!(code(&out), 0, "{offset}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout).trim(), g.access_token.expose(), "{offset}");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            g.access_token.expose(),
+            "{offset}"
+        );
         assert_eq!(env.fake.stats().token_requests, 1, "{offset}: no takeover");
     }
 }
@@ -321,7 +353,9 @@ impl Relay {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(target) else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
                 let mut o = o.lock().unwrap();
                 o.push(client.try_clone().unwrap());
                 o.push(server.try_clone().unwrap());
@@ -362,10 +396,20 @@ impl Relay {
 /// `dead` — and `serve` recovers by itself when the database is back.
 #[test]
 fn an_unreachable_database_is_503_and_exit_5_never_dead() {
-    let Some(env) = Env::on(Backend::Postgres) else { return };
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
     env.login("u", 3600);
     let url = env.pg_url().to_owned();
-    let port: u16 = url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let relay = Relay::to(SocketAddr::from(([127, 0, 0, 1], port)));
     let relayed = url.replace(&format!(":{port}/"), &format!(":{}/", relay.addr.port()));
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -382,7 +426,12 @@ fn an_unreachable_database_is_503_and_exit_5_never_dead() {
     let a = client.get("/v1/credentials/u/token");
     assert_eq!(a.status, 503, "{}", a.body);
     assert_eq!(a.json()["error"]["code"], "store_unavailable", "{}", a.body);
-    let out = env.cmd().env("TOKENWARDEN_DB", &relayed).args(["token", "u"]).output().unwrap();
+    let out = env
+        .cmd()
+        .env("TOKENWARDEN_DB", &relayed)
+        .args(["token", "u"])
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 5, "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("dead"), "{}", text(&out.stderr));
 

@@ -46,6 +46,7 @@ mod openapi;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
 // The PostgreSQL backend: several boxes on one database, its faults, its clock.
+#[cfg(feature = "postgres")]
 mod postgres;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.
 mod security;

@@ -89,9 +89,17 @@ impl Codec {
     /// Opens a stored value. A plain value in an encrypted database (written
     /// by a process without the key) is accepted as it is. The error says
     /// why a value does not open (never the value).
-    pub(crate) fn open(&self, id: &str, column: &str, stored: String) -> std::result::Result<Secret, String> {
+    pub(crate) fn open(
+        &self,
+        id: &str,
+        column: &str,
+        stored: String,
+    ) -> std::result::Result<Secret, String> {
         match (&self.0, is_sealed(&stored)) {
-            (Some(s), true) => s.open(id, column, &stored).map(Secret::new).map_err(|e| e.to_string()),
+            (Some(s), true) => s
+                .open(id, column, &stored)
+                .map(Secret::new)
+                .map_err(|e| e.to_string()),
             (None, true) => Err("the value is encrypted and no key is configured".into()),
             (_, false) => Ok(Secret::new(stored)),
         }

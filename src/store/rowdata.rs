@@ -60,7 +60,11 @@ pub(crate) fn decode<R: Cells>(
     let keep = secrets == Secrets::Keep;
     let secret = |i: usize| -> Result<Option<Secret>, R::Error> {
         r.text(i)?
-            .map(|v| codec.open(&id, codec::column(i), v).map_err(|e| r.bad(i, e)))
+            .map(|v| {
+                codec
+                    .open(&id, codec::column(i), v)
+                    .map_err(|e| r.bad(i, e))
+            })
             .transpose()
     };
     let secret_kept = |i: usize| if keep { secret(i) } else { Ok(None) };
@@ -88,12 +92,14 @@ pub(crate) fn decode<R: Cells>(
         None => None,
     };
     let kind = required_text(1)?;
-    let kind = ProviderKind::parse(&kind).ok_or_else(|| r.bad(1, format!("unknown value {kind:?}")))?;
+    let kind =
+        ProviderKind::parse(&kind).ok_or_else(|| r.bad(1, format!("unknown value {kind:?}")))?;
     let encoding = parsed(12, &|s| Encoding::parse(s).is_some())?.and_then(|s| Encoding::parse(&s));
     let client_auth =
         parsed(13, &|s| ClientAuth::parse(s).is_some())?.and_then(|s| ClientAuth::parse(&s));
     let failures = r.int(24)?.unwrap_or(0);
-    let failures = u32::try_from(failures).map_err(|_| r.bad(24, format!("out of range: {failures}")))?;
+    let failures =
+        u32::try_from(failures).map_err(|_| r.bad(24, format!("out of range: {failures}")))?;
     Ok(Credential {
         id: id.clone(),
         provider: ProviderConfig {

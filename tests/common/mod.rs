@@ -4,6 +4,7 @@
 pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
+#[cfg(feature = "postgres")]
 pub mod pg;
 pub mod scripted;
 pub mod spec;

@@ -23,18 +23,6 @@ use std::time::{Duration, Instant};
 pub struct Cluster {
     /// `postgres://user@host:port` (no database).
     pub base: String,
-    /// The cluster started here (`None`: `TOKENWARDEN_TEST_PG_URL`).
-    pub local: Option<Local>,
-}
-
-/// A cluster this test binary started.
-pub struct Local {
-    /// Its data directory.
-    pub data: PathBuf,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    /// The unix socket directory.
-    pub socket_dir: PathBuf,
 }
 
 static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -61,7 +49,9 @@ fn server_bin(name: &str) -> Option<PathBuf> {
 fn is_root() -> bool {
     // The owner of /proc/self is this process's effective user.
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// `cmd` run as `nobody` when this process is root (the server refuses to
@@ -84,7 +74,9 @@ fn free_port() -> u16 {
 
 /// Removes data directories of earlier runs whose server is gone.
 fn sweep_old(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix("tw-pg-test-") {
@@ -114,11 +106,22 @@ fn start_local() -> Result<Cluster, String> {
     let out = as_server_user(&initdb)
         .arg("-D")
         .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .output()
         .map_err(|e| format!("initdb: {e}"))?;
     if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let port = free_port();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -165,14 +168,7 @@ fn start_local() -> Result<Cluster, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    Ok(Cluster {
-        base,
-        local: Some(Local {
-            data,
-            port,
-            socket_dir,
-        }),
-    })
+    Ok(Cluster { base })
 }
 
 fn loud(line: &str) {
@@ -189,7 +185,6 @@ pub fn cluster() -> Option<&'static Cluster> {
             let got = match std::env::var("TOKENWARDEN_TEST_PG_URL") {
                 Ok(url) if !url.is_empty() => Ok(Cluster {
                     base: url.trim_end_matches('/').to_owned(),
-                    local: None,
                 }),
                 _ => start_local(),
             };
@@ -214,7 +209,11 @@ pub fn cluster() -> Option<&'static Cluster> {
 pub fn database() -> Option<String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let c = cluster()?;
-    let name = format!("tw_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "tw_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
     let mut admin = postgres::Client::connect(&format!("{}/postgres", c.base), postgres::NoTls)
         .expect("connect to the test server");
     admin

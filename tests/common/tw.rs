@@ -36,6 +36,7 @@ pub struct Env {
     /// and `TOKENWARDEN_DB` take either way).
     pub db: PathBuf,
     /// Which kind `db` is.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub backend: Backend,
     /// The upstream.
     pub fake: FakeOAuth,
@@ -93,7 +94,11 @@ impl Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = match backend {
             Backend::Sqlite => dir.path().join("tw.db"),
+            #[cfg(feature = "postgres")]
             Backend::Postgres => PathBuf::from(super::pg::database()?),
+            // A SQLite-only build (`--no-default-features`).
+            #[cfg(not(feature = "postgres"))]
+            Backend::Postgres => return None,
         };
         Some(Env {
             dir,
@@ -105,6 +110,7 @@ impl Env {
     }
 
     /// The PostgreSQL URL of a PostgreSQL env.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn pg_url(&self) -> &str {
         assert_eq!(self.backend, Backend::Postgres);
         self.db.to_str().expect("a URL")

@@ -19,9 +19,9 @@ use super::rows::decode;
 use super::Postgres;
 use crate::credential::Credential;
 use crate::error::{Error, Result, Spent};
+use crate::state::Transition;
 use crate::store::rowdata::{Secrets, Update, COLUMNS};
 use crate::store::Write;
-use crate::state::Transition;
 
 /// The statement (its parameters are listed in [`apply`]).
 fn sql(channel: &str) -> String {
@@ -131,7 +131,9 @@ pub(super) fn apply(
     match rows.as_slice() {
         [] => Ok(None),
         [row] => decode(db, row, Secrets::Keep).map(Some),
-        _ => Err(Error::Internal("a guarded update matched more than one row")),
+        _ => Err(Error::Internal(
+            "a guarded update matched more than one row",
+        )),
     }
 }
 

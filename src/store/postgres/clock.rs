@@ -20,8 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use crate::state::LeaseTime;
 
 /// The SQL of the server's lease clock reading, in ms.
-pub(super) const SERVER_NOW_MS: &str =
-    "(extract(epoch from clock_timestamp()) * 1000)::int8";
+pub(super) const SERVER_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::int8";
 
 /// Offsets closer than this to the last one keep the larger (the tighter
 /// lower bound); a larger change is a step of the server's clock, taken
@@ -58,8 +57,10 @@ impl ServerClock {
         let offset = server_ms - local_ms();
         let old = self.offset.load(Ordering::Relaxed);
         let keep = self.known.load(Ordering::Relaxed) && (offset - old).abs() < SAME_MS;
-        self.offset
-            .store(if keep { old.max(offset) } else { offset }, Ordering::Relaxed);
+        self.offset.store(
+            if keep { old.max(offset) } else { offset },
+            Ordering::Relaxed,
+        );
         self.known.store(true, Ordering::Relaxed);
     }
 

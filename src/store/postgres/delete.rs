@@ -8,7 +8,13 @@ use crate::error::{Result, Spent};
 use crate::state::State;
 use crate::store::Deleted;
 
-pub(super) fn delete(db: &Postgres, id: &str, version: i64, actor: &str, now_ms: i64) -> Result<Deleted> {
+pub(super) fn delete(
+    db: &Postgres,
+    id: &str,
+    version: i64,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Deleted> {
     db.write_tx(|tx| {
         let old = tx
             .query_opt(
@@ -16,8 +22,11 @@ pub(super) fn delete(db: &Postgres, id: &str, version: i64, actor: &str, now_ms:
                 &[&id],
             )
             .map_err(pg_err)?;
-        let Some(old) = old else { return Ok(Deleted::NotFound) };
-        let (state, current, fp): (String, i64, Option<String>) = (old.get(0), old.get(1), old.get(2));
+        let Some(old) = old else {
+            return Ok(Deleted::NotFound);
+        };
+        let (state, current, fp): (String, i64, Option<String>) =
+            (old.get(0), old.get(1), old.get(2));
         if current != version {
             return Ok(Deleted::Changed);
         }
@@ -28,7 +37,13 @@ pub(super) fn delete(db: &Postgres, id: &str, version: i64, actor: &str, now_ms:
         }
         tx.execute("DELETE FROM credentials WHERE id = $1", &[&id])
             .map_err(pg_err)?;
-        event_in(tx, id, (Some(&state), "deleted", version + 1, "deleted"), actor, now_ms)?;
+        event_in(
+            tx,
+            id,
+            (Some(&state), "deleted", version + 1, "deleted"),
+            actor,
+            now_ms,
+        )?;
         db.notify_in(tx, id, version + 1)?;
         Ok(Deleted::Done)
     })

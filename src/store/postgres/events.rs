@@ -5,7 +5,12 @@ use super::Postgres;
 use crate::error::Result;
 use crate::store::EventRow;
 
-pub(super) fn events(db: &Postgres, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>> {
+pub(super) fn events(
+    db: &Postgres,
+    id: &str,
+    after: Option<i64>,
+    limit: Option<u32>,
+) -> Result<Vec<EventRow>> {
     let limit = limit.map(i64::from);
     let rows = db.read(|c| match after {
         Some(after) => c.client.query(

@@ -22,7 +22,13 @@ fn read_handle(r: &Row) -> Result<HandleRow> {
     })
 }
 
-pub(super) fn insert_handle(db: &Postgres, hash: &str, credential_id: &str, label: &str, now_ms: i64) -> Result<()> {
+pub(super) fn insert_handle(
+    db: &Postgres,
+    hash: &str,
+    credential_id: &str,
+    label: &str,
+    now_ms: i64,
+) -> Result<()> {
     let mut conn = db.conn()?;
     conn.client
         .execute(
@@ -67,7 +73,12 @@ pub(super) fn revoke_handles(db: &Postgres, hash_prefix: &str, now_ms: i64) -> R
         .map_err(pg_err)
 }
 
-pub(super) fn touch_handle(db: &Postgres, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {
+pub(super) fn touch_handle(
+    db: &Postgres,
+    hash: &str,
+    now_ms: i64,
+    served_token: &str,
+) -> Result<()> {
     let mut conn = db.conn()?;
     conn.client
         .execute(

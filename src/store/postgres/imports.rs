@@ -66,7 +66,13 @@ fn check_token(tx: &mut Transaction<'_>, id: &str, fp: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn record_spent(tx: &mut Transaction<'_>, fp: &str, id: &str, now_ms: i64, reason: &str) -> Result<()> {
+pub(super) fn record_spent(
+    tx: &mut Transaction<'_>,
+    fp: &str,
+    id: &str,
+    now_ms: i64,
+    reason: &str,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (fp) DO NOTHING",
@@ -184,7 +190,12 @@ pub(super) fn remember_rejected(db: &Postgres, id: &str, token: &str, now_ms: i6
     db.write_tx(|tx| record_spent(tx, &fp, id, now_ms, REJECTED_ACCESS))
 }
 
-pub(super) fn insert(db: &Postgres, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential> {
+pub(super) fn insert(
+    db: &Postgres,
+    c: &NewCredential,
+    actor: &str,
+    now_ms: i64,
+) -> Result<Credential> {
     db.write_tx(|tx| {
         turn(tx, db)?;
         insert_in(tx, db, c, actor, now_ms)
@@ -276,7 +287,9 @@ pub(super) fn replace(
                 &[&c.id],
             )
             .map_err(pg_err)?;
-        let Some(locked) = locked else { return Ok(None) };
+        let Some(locked) = locked else {
+            return Ok(None);
+        };
         if locked.get::<_, i64>(0) != version {
             return Ok(None);
         }
@@ -361,4 +374,3 @@ pub(super) fn replace(
         select_one(tx, db, &c.id)
     })
 }
-

@@ -69,7 +69,11 @@ pub(crate) struct Postgres {
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Postgres({}, schema {})", self.url.shown, self.url.schema)
+        write!(
+            f,
+            "Postgres({}, schema {})",
+            self.url.shown, self.url.schema
+        )
     }
 }
 
@@ -127,8 +131,11 @@ impl Postgres {
             config: config.clone(),
             tls: tls.clone(),
         };
-        let import_lock =
-            i64::from_be_bytes(crate::store::fpkey::hmac_sha256(b"imports", url.schema.as_bytes())[..8].try_into().expect("8 bytes"));
+        let import_lock = i64::from_be_bytes(
+            crate::store::fpkey::hmac_sha256(b"imports", url.schema.as_bytes())[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         Ok(Postgres {
             pool: conn::pool(manager, pool_size, timeout),
             codec: Codec::new(sealer.map(Arc::new), Some(key)),
@@ -143,9 +150,12 @@ impl Postgres {
 
     /// Wakes every box's waiters on `id` when `tx` commits.
     fn notify_in(&self, tx: &mut postgres::Transaction<'_>, id: &str, version: i64) -> Result<()> {
-        tx.execute("SELECT pg_notify($1, $2)", &[&self.channel, &format!("{id} {version}")])
-            .map(drop)
-            .map_err(pg_err)
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.channel, &format!("{id} {version}")],
+        )
+        .map(drop)
+        .map_err(pg_err)
     }
 }
 
@@ -251,7 +261,13 @@ impl Backend for Postgres {
         quota::quota_history_len(self, id)
     }
 
-    fn insert_handle(&self, hash: &str, credential_id: &str, label: &str, now_ms: i64) -> Result<()> {
+    fn insert_handle(
+        &self,
+        hash: &str,
+        credential_id: &str,
+        label: &str,
+        now_ms: i64,
+    ) -> Result<()> {
         handles::insert_handle(self, hash, credential_id, label, now_ms)
     }
 

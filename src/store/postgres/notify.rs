@@ -30,7 +30,11 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    pub(super) fn new(config: postgres::Config, tls: MakeRustlsConnect, channel: String) -> Listener {
+    pub(super) fn new(
+        config: postgres::Config,
+        tls: MakeRustlsConnect,
+        channel: String,
+    ) -> Listener {
         Listener {
             config,
             tls,

@@ -40,11 +40,15 @@ fn read_quota(r: &Row) -> Result<QuotaRow> {
     })
 }
 
-pub(super) fn insert_quota(db: &Postgres, q: &QuotaRow, body: Option<&[u8]>, keep_since_ms: i64) -> Result<()> {
+pub(super) fn insert_quota(
+    db: &Postgres,
+    q: &QuotaRow,
+    body: Option<&[u8]>,
+    keep_since_ms: i64,
+) -> Result<()> {
     let quota = q.quota.as_ref();
-    let body = body.map(|b| {
-        String::from_utf8_lossy(&b[..b.len().min(QUOTA_BODY_CAP)]).replace('\0', "")
-    });
+    let body =
+        body.map(|b| String::from_utf8_lossy(&b[..b.len().min(QUOTA_BODY_CAP)]).replace('\0', ""));
     let windows = quota.and_then(|q| serde_json::to_string(&q.windows).ok());
     let credits = quota
         .and_then(|q| q.credits.as_ref())
@@ -103,7 +107,10 @@ pub(super) fn latest_quotas(db: &Postgres) -> Result<HashMap<String, QuotaRow>> 
 pub(super) fn quota_history_len(db: &Postgres, id: &str) -> Result<i64> {
     db.read(|c| {
         c.client
-            .query_one("SELECT count(*) FROM quota_snapshots WHERE credential_id = $1", &[&id])
+            .query_one(
+                "SELECT count(*) FROM quota_snapshots WHERE credential_id = $1",
+                &[&id],
+            )
             .map(|r| r.get(0))
     })
 }

@@ -80,7 +80,8 @@ pub(super) fn get_without_secrets(db: &Postgres, id: &str) -> Result<Option<Cred
 
 /// Only the version (and the server's clock): the cheap poll of a waiter.
 pub(super) fn version(db: &Postgres, id: &str) -> Result<Option<i64>> {
-    const SQL: &str = "SELECT credentials.version, (extract(epoch from clock_timestamp()) * 1000)::int8 \
+    const SQL: &str =
+        "SELECT credentials.version, (extract(epoch from clock_timestamp()) * 1000)::int8 \
                        FROM (SELECT 1) t LEFT JOIN credentials ON credentials.id = $1";
     let row = db.read(|c| {
         let stmt = c.stmt(SQL)?;

@@ -10,8 +10,8 @@ use super::clock::SERVER_NOW_MS;
 use super::errors::pg_err;
 use crate::error::{DbError, DbKind, Error, Result};
 use crate::seal::Sealer;
-use crate::store::fpkey::{FpKey, META_KEY};
 use crate::store::codec::KEY_CHECK as CHECK;
+use crate::store::fpkey::{FpKey, META_KEY};
 
 /// Each entry takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_schema.sql")];
@@ -67,7 +67,9 @@ pub(super) fn migrate(client: &mut Client, schema: &str, shown: &str) -> Result<
             )
         })?;
         tx.execute(
-            &format!("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, {SERVER_NOW_MS})"),
+            &format!(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, {SERVER_NOW_MS})"
+            ),
             &[&step],
         )
         .map_err(ctx)?;

@@ -41,7 +41,11 @@ pub(crate) struct PgUrl {
 
 impl std::fmt::Debug for PgUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PgUrl({}, {:?}, schema {})", self.shown, self.ssl, self.schema)
+        write!(
+            f,
+            "PgUrl({}, {:?}, schema {})",
+            self.shown, self.ssl, self.schema
+        )
     }
 }
 
@@ -194,11 +198,19 @@ mod tests {
     /// schema — or the refusal's words.
     #[test]
     fn urls_split_into_ours_and_the_drivers() {
-        type Want = std::result::Result<(&'static str, SslMode, Option<&'static str>, &'static str), &'static str>;
+        type Want = std::result::Result<
+            (&'static str, SslMode, Option<&'static str>, &'static str),
+            &'static str,
+        >;
         let cases: &[(&str, Want)] = &[
             (
                 "postgres://tw@localhost/tw",
-                Ok(("postgres://tw@localhost/tw", SslMode::Disable, None, "tokenwarden")),
+                Ok((
+                    "postgres://tw@localhost/tw",
+                    SslMode::Disable,
+                    None,
+                    "tokenwarden",
+                )),
             ),
             (
                 "postgresql://tw:pw@db.internal:5433/tw?sslmode=require&application_name=x",
@@ -211,19 +223,43 @@ mod tests {
             ),
             (
                 "postgres://tw@db.internal/tw",
-                Ok(("postgres://tw@db.internal/tw", SslMode::Require, None, "tokenwarden")),
+                Ok((
+                    "postgres://tw@db.internal/tw",
+                    SslMode::Require,
+                    None,
+                    "tokenwarden",
+                )),
             ),
             (
                 "postgres://tw@db/tw?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&schema=tw_2",
-                Ok(("postgres://tw@db/tw", SslMode::VerifyFull, Some("/etc/ca.pem"), "tw_2")),
+                Ok((
+                    "postgres://tw@db/tw",
+                    SslMode::VerifyFull,
+                    Some("/etc/ca.pem"),
+                    "tw_2",
+                )),
             ),
             (
                 "postgres://tw@%2Ftmp%2Fpg/tw?sslmode=disable",
-                Ok(("postgres://tw@%2Ftmp%2Fpg/tw", SslMode::Disable, None, "tokenwarden")),
+                Ok((
+                    "postgres://tw@%2Ftmp%2Fpg/tw",
+                    SslMode::Disable,
+                    None,
+                    "tokenwarden",
+                )),
             ),
-            ("postgres://tw@db/tw?sslmode=prefer", Err("sslmode=prefer is not supported")),
-            ("postgres://tw@db/tw?sslmode=verify-full", Err("needs sslrootcert")),
-            ("postgres://tw@db/tw?schema=Bad-Name", Err("a schema name is")),
+            (
+                "postgres://tw@db/tw?sslmode=prefer",
+                Err("sslmode=prefer is not supported"),
+            ),
+            (
+                "postgres://tw@db/tw?sslmode=verify-full",
+                Err("needs sslrootcert"),
+            ),
+            (
+                "postgres://tw@db/tw?schema=Bad-Name",
+                Err("a schema name is"),
+            ),
             ("postgres://tw@db/tw?schema=a;drop", Err("a schema name is")),
             ("postgres://tw@db/tw?sslrootcert=%zz", Err("bad %-escape")),
             ("mysql://db/tw", Err("to start with postgres://")),

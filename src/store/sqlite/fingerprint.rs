@@ -15,11 +15,11 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use zeroize::Zeroizing;
 
 use super::errors::{db_err, sealed};
-pub(crate) use crate::store::fpkey::{FpKey, META_KEY, SEAL_COLUMN};
-#[cfg(test)]
-use crate::store::fpkey::hmac_sha256;
 use crate::error::{Error, Result, Spent};
 use crate::seal::{is_sealed, Sealer};
+#[cfg(test)]
+use crate::store::fpkey::hmac_sha256;
+pub(crate) use crate::store::fpkey::{FpKey, META_KEY, SEAL_COLUMN};
 
 /// Records the fingerprint `fp` as spent by credential `id`, for `reason`
 /// (a `spent_tokens.reason` value; the table's CHECK lists them). A

@@ -9,9 +9,9 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::errors::{db_err, sealed};
 use super::fingerprint;
 use super::schema;
-pub(crate) use crate::store::codec::{Codec, SECRET_COLUMNS};
 use crate::error::{Error, Result};
 use crate::seal::{is_sealed, Sealer};
+pub(crate) use crate::store::codec::{Codec, SECRET_COLUMNS};
 
 use crate::store::codec::KEY_CHECK as CHECK;
 
