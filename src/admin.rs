@@ -322,6 +322,12 @@ impl Warden {
     pub fn rekey(path: &Path, busy_timeout: Duration, old: &Sealer, new: &Sealer) -> Result<usize> {
         store::rekey(path, millis_u64(busy_timeout), old, new)
     }
+
+    /// The database `db` (a `--db` value) as it may be printed: a
+    /// PostgreSQL URL without its password.
+    pub fn shown_database(db: &Path) -> String {
+        store::shown(db)
+    }
 }
 
 fn millis_u64(d: Duration) -> u64 {

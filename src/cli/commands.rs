@@ -28,7 +28,7 @@ use super::{open, Cli, ExportFormat};
 /// `init`.
 pub(super) fn init(cli: &Cli) -> Result<()> {
     open(cli, "cli")?;
-    println!("database ready: {}", cli.db.display());
+    println!("database ready: {}", crate::Warden::shown_database(&cli.db));
     Ok(())
 }
 

@@ -28,7 +28,52 @@ use crate::seal::Sealer;
 
 pub use backend::{Backend, Wake};
 pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
-pub use sqlite::{encrypt_in_place, rekey};
+
+/// Seals every secret of a plain database with `key` (SQLite; see
+/// `sqlite/sealing.rs`). A PostgreSQL database is refused: converting one
+/// in place is not supported yet.
+pub fn encrypt_in_place(path: &Path, busy_timeout_ms: u64, key: &Sealer) -> Result<usize> {
+    refuse_postgres(path, "encrypt")?;
+    sqlite::encrypt_in_place(path, busy_timeout_ms, key)
+}
+
+/// Re-seals every secret from `old` to `new` (SQLite; see
+/// `sqlite/sealing.rs`). A PostgreSQL database is refused, as
+/// [`encrypt_in_place`].
+pub fn rekey(path: &Path, busy_timeout_ms: u64, old: &Sealer, new: &Sealer) -> Result<usize> {
+    refuse_postgres(path, "rekey")?;
+    sqlite::rekey(path, busy_timeout_ms, old, new)
+}
+
+fn refuse_postgres(path: &Path, what: &str) -> Result<()> {
+    match path.to_str().filter(|p| is_postgres_url(p)) {
+        Some(_) => Err(crate::error::Error::Config(format!(
+            "`{what}` of a PostgreSQL database is not supported yet: set the key on a new, \
+             empty database instead"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `db` as it may be shown: a database URL's password replaced by `***`.
+pub fn shown(db: &Path) -> String {
+    let text = db.display().to_string();
+    if !is_postgres_url(&text) {
+        return text;
+    }
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => text.clone(),
+        },
+        None => text.clone(),
+    }
+}
 
 /// Whether `db` (a `--db` value) names a PostgreSQL database
 /// (`postgres://…` or `postgresql://…`) rather than a SQLite file.

@@ -89,22 +89,6 @@ fn plain_identifier(s: &str) -> bool {
         && s.len() <= 63
 }
 
-/// The URL with the password of its user-info part replaced.
-fn hide_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 impl PgUrl {
     /// Reads `url`; an unknown `sslmode` or a bad `schema` is refused here,
     /// at start-up, with what to write instead.
@@ -168,7 +152,7 @@ impl PgUrl {
             format!("{base}?{}", kept.join("&"))
         };
         Ok(PgUrl {
-            shown: hide_password(&driver_url),
+            shown: crate::store::shown(std::path::Path::new(&driver_url)),
             driver_url,
             ssl,
             root_cert,
