@@ -323,6 +323,21 @@ impl Warden {
         store::rekey(path, millis_u64(busy_timeout), old, new)
     }
 
+    /// Copies everything in this warden's database — credentials with
+    /// their sealed columns as they are, events, handles, quota history,
+    /// spent-token fingerprints and the keys' `meta` rows — to the
+    /// database `to` (a SQLite file or a `postgres://` URL, either
+    /// direction), which must be empty; then counts every table on both
+    /// sides. Refused while a refresh is in flight. Stop the other
+    /// processes on this database first: what they write meanwhile is not
+    /// copied. Returns the rows copied per table.
+    pub fn migrate_to(&self, to: &Path) -> Result<Vec<(&'static str, i64)>> {
+        let c = self.config();
+        let target =
+            store::Store::open_with(to, c.busy_timeout, c.pool_size, None, store::Startup::Eager)?;
+        store::copy::migrate(self.store(), &target)
+    }
+
     /// The database `db` (a `--db` value) as it may be printed: a
     /// PostgreSQL URL without its password.
     pub fn shown_database(db: &Path) -> String {

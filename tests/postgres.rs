@@ -449,3 +449,99 @@ fn an_unreachable_database_is_503_and_exit_5_never_dead() {
     assert!(ok, "serve recovered by itself");
     assert_eq!(env.warden().get("u").unwrap().status.state, State::Valid);
 }
+
+/// `migrate --to` copies a SQLite database into an empty PostgreSQL one
+/// and back: credentials with their tokens, events, handles, and the
+/// spent-token fingerprints with their key (an old, rotated-away refresh
+/// token is still refused on the target); a target that is not empty is
+/// refused, and what was copied is counted on both sides.
+#[test]
+fn migrate_copies_everything_both_ways_and_refuses_a_non_empty_target() {
+    let Some(env) = Env::on(Backend::Sqlite) else {
+        return;
+    };
+    let Some(url) = pg::database() else { return };
+    let old = env.login("a", 3600);
+    env.login("b", 3600);
+    let w = env.warden();
+    let fresh = w.reject("a", &old.access_token).unwrap();
+    let out = env.run(&["handle", "create", "a", "--label", "laptop"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let events = w.events("a", None).unwrap();
+
+    let out = env.run(&["migrate", "--to", &url]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // Spent: the rotated refresh token and the rejected access token.
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("credentials: 2") && said.contains("spent_tokens: 2"),
+        "{said}"
+    );
+
+    let on_pg = tokenwarden::Warden::open(&url, env.config()).unwrap();
+    let row = on_pg.get("a").unwrap();
+    assert_eq!(
+        row.refresh_token.expose(),
+        env.fake.family_state("a").current_refresh_token
+    );
+    assert_eq!(
+        on_pg
+            .token("a", Duration::ZERO)
+            .unwrap()
+            .access_token
+            .expose(),
+        fresh.access_token.expose()
+    );
+    assert_eq!(on_pg.events("a", None).unwrap(), events);
+    assert_eq!(on_pg.store().handles("a").unwrap().len(), 1);
+    // The spent fingerprint and its key came along: the rotated-away token
+    // is refused on PostgreSQL too.
+    let mut record = old.import_json("a2", "codex", &env.fake.token_url());
+    record["expires_at"] = serde_json::Value::from(crate::common::tw::now() + 3600);
+    let file = env.dir.path().join("old.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let out = env
+        .cmd()
+        .env("TOKENWARDEN_DB", &url)
+        .args(["import", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_ne!(
+        code(&out),
+        0,
+        "a spent token imported: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("spent") || text(&out.stderr).contains("rotated"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Not into a database that holds anything.
+    let out = env.run(&["migrate", "--to", &url]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // And back, into a new SQLite file.
+    let back = env.dir.path().join("back.db");
+    let out = env
+        .cmd()
+        .env("TOKENWARDEN_DB", &url)
+        .args(["migrate", "--to", back.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let on_sqlite = tokenwarden::Warden::open(&back, env.config()).unwrap();
+    assert_eq!(on_sqlite.get("a").unwrap().refresh_token, row.refresh_token);
+    assert_eq!(on_sqlite.events("a", None).unwrap(), events);
+    assert_eq!(
+        env.fake.stats().token_requests,
+        1,
+        "migrating refreshed nothing"
+    );
+}

@@ -270,6 +270,14 @@ pub enum Command {
         #[arg(long)]
         new_key_file: Option<PathBuf>,
     },
+    /// Copy everything to another database (a SQLite file or a
+    /// postgres:// URL), which must be empty; counts are checked after.
+    /// Stop the other tokenwarden processes on this database first.
+    Migrate {
+        /// The target database: a file path or postgres://… URL.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.

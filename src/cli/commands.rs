@@ -32,6 +32,21 @@ pub(super) fn init(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// `migrate --to DB`: copies the database, then says what it copied.
+pub(super) fn migrate(cli: &Cli, to: &std::path::Path) -> Result<()> {
+    let warden = open(cli, "cli")?;
+    let counts = warden.migrate_to(to)?;
+    for (table, n) in &counts {
+        println!("{table}: {n}");
+    }
+    println!(
+        "migrated {} to {}",
+        crate::Warden::shown_database(&cli.db),
+        crate::Warden::shown_database(to)
+    );
+    Ok(())
+}
+
 /// Records committed per transaction by `import` (one fsync each).
 const IMPORT_BATCH: usize = 1_000;
 

@@ -26,6 +26,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use super::copy::{Cell, Table};
 use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
@@ -179,6 +180,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Frees the space kept for committing rotated tokens on a full disk;
     /// `false` if there was none left (or the backend keeps none).
     fn release_reserve(&self) -> bool;
+
+    // ---- copying a whole database (`migrate`, store/copy.rs) ----
+
+    /// Every row of `table`, as stored (sealed columns sealed), in its
+    /// `order_by` order.
+    fn dump(&self, table: &Table) -> Result<Vec<Vec<Cell>>>;
+
+    /// Writes `tables` into this database in one transaction, refused
+    /// ([`crate::Error::Config`]) if it holds any credential, event, quota
+    /// snapshot, handle or spent token; `meta` rows replace this
+    /// database's own. Sequence numbers are kept.
+    fn load(&self, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<()>;
+
+    /// How many rows `table` holds.
+    fn count(&self, table: &Table) -> Result<i64>;
 
     // ---- history ----
 

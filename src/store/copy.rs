@@ -186,7 +186,10 @@ pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
             rows.retain(|r| !matches!(&r[0], Cell::Text(k) if LOCAL_META.contains(&k.as_str())));
         }
         if t.name == "credentials" {
-            if let Some(r) = rows.iter().find(|r| r[2] == Cell::Text("refreshing".into())) {
+            if let Some(r) = rows
+                .iter()
+                .find(|r| r[2] == Cell::Text("refreshing".into()))
+            {
                 let id = match &r[0] {
                     Cell::Text(id) => id.clone(),
                     _ => String::new(),

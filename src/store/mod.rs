@@ -11,6 +11,7 @@
 
 mod backend;
 mod codec;
+pub mod copy;
 mod fpkey;
 #[cfg(feature = "postgres")]
 mod postgres;
