@@ -259,6 +259,23 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The medians of `batches` runs of `base` and `subject`, taken in turn
+/// (after one warm-up run of each), so both see the same machine.
+fn side_by_side(
+    batches: usize,
+    mut base: impl FnMut() -> f64,
+    mut subject: impl FnMut() -> f64,
+) -> (f64, f64) {
+    base();
+    subject();
+    let (mut b, mut s) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        b.push(base());
+        s.push(subject());
+    }
+    (median(&mut b), median(&mut s))
+}
+
 /// `n` credentials `{prefix}{i}`, each a login of its own at `fake`, whose
 /// access tokens expire in `expires_in` seconds, imported into `db` by the
 /// real CLI (one process, one transaction per credential).
@@ -549,7 +566,7 @@ fn bench_pg(fake: &FakeOAuth, dir: &Path, sizes: &Sizes, machine: &str) -> Strin
         )
         .expect("prepare");
     let n = (sizes.inproc_iters / 20).max(100);
-    let mut select = || {
+    let select = || {
         let t = Instant::now();
         for _ in 0..n {
             let row = client.query_one(&stmt, &[&id]).expect("select");
@@ -565,15 +582,7 @@ fn bench_pg(fake: &FakeOAuth, dir: &Path, sizes: &Sizes, machine: &str) -> Strin
         }
         t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
     };
-    select();
-    token();
-    let mut base = Vec::new();
-    let mut subj = Vec::new();
-    for _ in 0..sizes.inproc_batches {
-        base.push(select());
-        subj.push(token());
-    }
-    let (b, s) = (median(&mut base), median(&mut subj));
+    let (b, s) = side_by_side(sizes.inproc_batches, select, token);
     let ratio = s / b;
     let mut out = String::new();
     let _ = writeln!(
@@ -612,7 +621,7 @@ fn bench_inproc(db: &Path, id: &str, sizes: &Sizes) -> Figure {
         )
         .expect("prepare");
     let n = sizes.inproc_iters;
-    let mut select = || {
+    let select = || {
         let t = Instant::now();
         for _ in 0..n {
             let row: (String, i64, String, i64) = stmt
@@ -629,15 +638,7 @@ fn bench_inproc(db: &Path, id: &str, sizes: &Sizes) -> Figure {
         }
         t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
     };
-    select();
-    token();
-    let mut base = Vec::new();
-    let mut subj = Vec::new();
-    for _ in 0..sizes.inproc_batches {
-        base.push(select());
-        subj.push(token());
-    }
-    let (b, s) = (median(&mut base), median(&mut subj));
+    let (b, s) = side_by_side(sizes.inproc_batches, select, token);
     let ratio = s / b;
     Figure {
         name: "in-process `Warden::token`, valid credential",

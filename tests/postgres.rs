@@ -6,8 +6,7 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -17,6 +16,7 @@ use crate::common::fake_oauth::Fault;
 use crate::common::http::{free_port, Client, Served};
 use crate::common::pg;
 use crate::common::tw::{code, text, Backend, Env, Tuning};
+use crate::hardening::with_wall_clock;
 use tokenwarden::state::State;
 
 const KEY: &str = "pg-test-key-0123456789";
@@ -38,23 +38,6 @@ fn token_of(c: &Client, id: &str) -> (u16, String) {
         .unwrap_or_default()
         .to_owned();
     (a.status, t)
-}
-
-/// Debian's libfaketime (package `faketime`, installed by `.ci/run`).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-/// `cmd` with its wall clock alone moved by `offset` (as tests/hardening.rs).
-fn with_wall_clock(mut cmd: Command, offset: &str) -> Option<Command> {
-    if !Path::new(LIBFAKETIME).exists() {
-        assert!(std::env::var_os("CI").is_none(), "CI must install faketime");
-        eprintln!("skipped: {LIBFAKETIME} not installed (apt-get install faketime)");
-        return None;
-    }
-    cmd.env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME", offset)
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("FAKETIME_DONT_RESET", "1");
-    Some(cmd)
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -544,4 +527,41 @@ fn migrate_copies_everything_both_ways_and_refuses_a_non_empty_target() {
         1,
         "migrating refreshed nothing"
     );
+}
+
+/// Cross-box wake-ups: a change committed through one store is announced
+/// (LISTEN/NOTIFY, payload id + version) to the subscribers of another
+/// store on the same database once that one waits on a row.
+#[test]
+fn a_commit_on_one_box_is_announced_to_the_others() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    env.login("n", 3600);
+    let listener = tokenwarden::testing::Store::open(&env.db, Duration::from_secs(5), 2).unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let wake: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |id: &str| {
+        s.lock().unwrap().push(id.to_owned());
+    });
+    listener.on_commit(&wake);
+    // A wait (a version poll) starts this store's listener.
+    assert_eq!(listener.version("n").unwrap(), Some(1));
+    let other = env.warden();
+    let end = Instant::now() + Duration::from_secs(20);
+    // The listener connects in the background: commit until it hears one.
+    while !seen.lock().unwrap().iter().any(|id| id == "n") {
+        assert!(
+            Instant::now() < end,
+            "no notification reached the other store"
+        );
+        other.refresh("n", true).unwrap();
+        for _ in 0..50 {
+            if !seen.lock().unwrap().is_empty() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert!(seen.lock().unwrap().iter().all(|id| id == "n"));
 }

@@ -171,6 +171,14 @@ pub const TABLES: &[Table] = &[
 /// copied (PostgreSQL's fallback lease clock id).
 pub const LOCAL_META: &[&str] = &["lease_clock"];
 
+/// The refusal of a target whose `table` holds `n` rows.
+pub fn not_empty(table: &str, n: i64) -> Error {
+    Error::Config(format!(
+        "the target database is not empty ({table} holds {n} rows); migrate only into a new \
+         database"
+    ))
+}
+
 /// Rows copied, per table, in [`TABLES`] order.
 pub type Counts = Vec<(&'static str, i64)>;
 

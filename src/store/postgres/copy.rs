@@ -5,8 +5,8 @@ use postgres::types::ToSql;
 
 use super::errors::pg_err;
 use super::Postgres;
-use crate::error::{Error, Result};
-use crate::store::copy::{Cell, Kind, Table};
+use crate::error::Result;
+use crate::store::copy::{not_empty, Cell, Kind, Table};
 
 pub(super) fn dump(db: &Postgres, t: &Table) -> Result<Vec<Vec<Cell>>> {
     let sql = format!(
@@ -66,11 +66,7 @@ pub(super) fn load(db: &Postgres, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result
                 .map_err(pg_err)?
                 .get(0);
             if n > 0 {
-                return Err(Error::Config(format!(
-                    "the target database is not empty ({} holds {n} rows); migrate only \
-                     into a new database",
-                    t.name
-                )));
+                return Err(not_empty(t.name, n));
             }
         }
         for (t, rows) in tables {

@@ -7,8 +7,8 @@ use rusqlite::types::Value;
 use super::conn::Sync;
 use super::errors::db_err;
 use super::Sqlite;
-use crate::error::{Error, Result};
-use crate::store::copy::{Cell, Kind, Table};
+use crate::error::Result;
+use crate::store::copy::{not_empty, Cell, Kind, Table};
 
 fn cell(v: Value, kind: Kind) -> Cell {
     match (v, kind) {
@@ -68,11 +68,7 @@ pub(super) fn load(db: &Sqlite, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<(
                 })
                 .map_err(db_err)?;
             if n > 0 {
-                return Err(Error::Config(format!(
-                    "the target database is not empty ({} holds {n} rows); migrate only \
-                     into a new database",
-                    t.name
-                )));
+                return Err(not_empty(t.name, n));
             }
         }
         for (t, rows) in tables {
