@@ -565,3 +565,71 @@ fn a_commit_on_one_box_is_announced_to_the_others() {
     }
     assert!(seen.lock().unwrap().iter().all(|id| id == "n"));
 }
+
+/// PostgreSQL stopped for 10 s while a refresh is in flight and other
+/// callers keep asking, then started again: the owner keeps its rotated
+/// tokens and commits them once the server is back (fenced by its lease);
+/// callers meanwhile get `store_unavailable` (exit 5 on the CLI), never
+/// `dead`; nothing is sent upstream twice; everyone recovers by itself.
+#[test]
+fn a_restarted_database_loses_nothing() {
+    let Some(server) = pg::private_server("restart") else {
+        return;
+    };
+    let env = Env::on_url(Tuning::default(), pg::database_on(&server));
+    env.login("x", 60);
+    env.login("y", 3600);
+    env.fake.set_latency(Duration::from_millis(1500));
+    let warden = Arc::new(env.warden());
+    let w = warden.clone();
+    let owner = thread::spawn(move || w.token("x", Duration::ZERO));
+    wait_until("the owner's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (w, stop) = (warden.clone(), stop.clone());
+            thread::spawn(move || {
+                let (mut ok, mut unavailable) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    match w.token("y", Duration::ZERO) {
+                        Ok(_) => ok += 1,
+                        Err(e) if e.exit_code() == 5 => unavailable += 1,
+                        Err(e) => panic!("a caller got {e:?}"),
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                (ok, unavailable)
+            })
+        })
+        .collect();
+    server.stop();
+    let out = env.run(&["token", "y"]);
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    thread::sleep(Duration::from_secs(10));
+    assert!(
+        !owner.is_finished(),
+        "the owner gave up on its rotated tokens"
+    );
+    server.start().unwrap();
+    let g = owner.join().unwrap().expect("the rotated token landed");
+    stop.store(true, Ordering::SeqCst);
+    let mut unavailable_seen = 0;
+    for t in load {
+        let (ok, unavailable) = t.join().unwrap();
+        assert!(ok > 0, "callers recovered");
+        unavailable_seen += unavailable;
+    }
+    assert!(unavailable_seen > 0, "the outage was seen as unavailable");
+    let family = env.fake.family_state("x");
+    assert_eq!(g.access_token.expose(), family.current_access_token);
+    let row = warden.get("x").unwrap();
+    assert_eq!(row.status.state, State::Valid);
+    assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
+    assert!(!family.revoked);
+    assert_eq!(env.fake.stats().token_requests, 1);
+    let out = env.run(&["token", "y"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    server.stop();
+}

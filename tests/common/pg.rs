@@ -8,6 +8,9 @@
 //! the binary exits, the server gets SIGINT (a fast shutdown) and its data
 //! directory is removed by the next run.
 //!
+//! A test that stops and starts its server gets a cluster of its own
+//! (`private_server`), never the shared one.
+//!
 //! Without a server, PostgreSQL tests print a loud SKIPPED line and pass;
 //! with `TOKENWARDEN_REQUIRE_PG=1` (`.ci/run` sets it) they fail instead.
 
@@ -80,6 +83,9 @@ fn sweep_old(root: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = name.strip_prefix("tw-pg-test-") {
+            if pid == std::process::id().to_string() {
+                continue;
+            }
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
@@ -87,18 +93,32 @@ fn sweep_old(root: &Path) {
     }
 }
 
-fn start_local() -> Result<Cluster, String> {
+/// A server started here: its binaries, data directory and port. It can
+/// be stopped and started again (a restart under load).
+pub struct Local {
+    postgres: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    pid: std::sync::Mutex<Option<u32>>,
+}
+
+/// A new cluster in a directory of its own (`name` tells it apart),
+/// started.
+fn init_local(name: &str) -> Result<Local, String> {
     let initdb = server_bin("initdb").ok_or("initdb not found")?;
     let postgres = server_bin("postgres").ok_or("postgres not found")?;
     let tmp = std::env::temp_dir();
     sweep_old(&tmp);
-    let root = tmp.join(format!("tw-pg-test-{}", std::process::id()));
+    let root = tmp
+        .join(format!("tw-pg-test-{}", std::process::id()))
+        .join(name);
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
     let socket_dir = root.join("sock");
     std::fs::create_dir_all(&socket_dir).map_err(|e| e.to_string())?;
     if is_root() {
-        for d in [&root, &socket_dir] {
+        for d in [root.parent().unwrap_or(&root), &root, &socket_dir] {
             std::os::unix::fs::chown(d, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
         }
     }
@@ -123,52 +143,126 @@ fn start_local() -> Result<Cluster, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let port = free_port();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (data2, sock2) = (data.clone(), socket_dir.clone());
-    // The spawning thread never ends: `--pdeathsig` fires when it does.
-    std::thread::Builder::new()
-        .name("pg-cluster".into())
-        .spawn(move || {
-            let log = std::fs::File::create(data2.parent().unwrap().join("server.log"));
-            let child = as_server_user(&postgres)
-                .arg("-D")
-                .arg(&data2)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(&sock2)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "max_connections=300",
-                    "-c",
-                    "shared_buffers=32MB",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
-                .spawn();
-            let _ = tx.send(child.map(|c| c.id()).map_err(|e| e.to_string()));
-            loop {
-                std::thread::park();
+    let local = Local {
+        postgres,
+        data,
+        socket_dir,
+        port: free_port(),
+        pid: std::sync::Mutex::new(None),
+    };
+    local.start()?;
+    Ok(local)
+}
+
+impl Local {
+    /// `postgres://postgres@127.0.0.1:PORT` (no database).
+    pub fn base(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server and waits until it takes connections.
+    pub fn start(&self) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (postgres, data, sock, port) = (
+            self.postgres.clone(),
+            self.data.clone(),
+            self.socket_dir.clone(),
+            self.port,
+        );
+        // The spawning thread waits for the server (reaping it) and then
+        // parks for ever: `--pdeathsig` fires when this thread ends, so the
+        // server dies with the test binary.
+        std::thread::Builder::new()
+            .name("pg-server".into())
+            .spawn(move || {
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data.parent().unwrap().join("server.log"));
+                let child = as_server_user(&postgres)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-p")
+                    .arg(port.to_string())
+                    .arg("-k")
+                    .arg(&sock)
+                    .args([
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        "max_connections=300",
+                        "-c",
+                        "shared_buffers=32MB",
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log.map(Stdio::from).unwrap_or(Stdio::null()))
+                    .spawn();
+                match child {
+                    Ok(mut c) => {
+                        let _ = tx.send(Ok(c.id()));
+                        let _ = c.wait();
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+                loop {
+                    std::thread::park();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let pid = rx.recv().map_err(|e| e.to_string())??;
+        *self.pid.lock().unwrap() = Some(pid);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&format!("{}/postgres", self.base()), postgres::NoTls) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > end => return Err(format!("server never came up: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-        })
-        .map_err(|e| e.to_string())?;
-    rx.recv().map_err(|e| e.to_string())??;
-    let base = format!("postgres://postgres@127.0.0.1:{port}");
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        match postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls) {
-            Ok(_) => break,
-            Err(e) if Instant::now() > end => return Err(format!("server never came up: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
-    Ok(Cluster { base })
+
+    /// Stops the server (a fast shutdown: every connection is closed) and
+    /// waits until it is gone.
+    pub fn stop(&self) {
+        let Some(pid) = self.pid.lock().unwrap().take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        let end = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < end, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A cluster of its own for one test that stops and starts its server
+/// (never the shared one: the other tests use it); `None` as [`cluster`].
+pub fn private_server(name: &str) -> Option<Local> {
+    cluster()?;
+    match std::env::var("TOKENWARDEN_TEST_PG_URL") {
+        // A server given from outside cannot be restarted by the tests.
+        Ok(url) if !url.is_empty() => None,
+        _ => Some(init_local(name).expect("a private PostgreSQL cluster")),
+    }
+}
+
+/// A new database on `server`: its URL.
+pub fn database_on(server: &Local) -> String {
+    let mut admin =
+        postgres::Client::connect(&format!("{}/postgres", server.base()), postgres::NoTls)
+            .expect("connect to the test server");
+    admin
+        .batch_execute("CREATE DATABASE tw")
+        .expect("create a test database");
+    format!("{}/tw", server.base())
 }
 
 fn loud(line: &str) {
@@ -186,7 +280,12 @@ pub fn cluster() -> Option<&'static Cluster> {
                 Ok(url) if !url.is_empty() => Ok(Cluster {
                     base: url.trim_end_matches('/').to_owned(),
                 }),
-                _ => start_local(),
+                // Kept for the whole test binary (a static).
+                _ => init_local("shared").map(|l| {
+                    let base = l.base();
+                    std::mem::forget(l);
+                    Cluster { base }
+                }),
             };
             match got {
                 Ok(c) => Some(c),

@@ -109,6 +109,18 @@ impl Env {
         })
     }
 
+    /// A fresh env with `tuning` on the PostgreSQL database at `url`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn on_url(tuning: Tuning, url: String) -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db: PathBuf::from(url),
+            backend: Backend::Postgres,
+            fake: FakeOAuth::start(),
+            tuning,
+        }
+    }
+
     /// The PostgreSQL URL of a PostgreSQL env.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub fn pg_url(&self) -> &str {
