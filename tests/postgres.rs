@@ -633,3 +633,46 @@ fn a_restarted_database_loses_nothing() {
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     server.stop();
 }
+
+/// A statement timeout mid-commit: another session holds the row locked
+/// past `lock_timeout` (the busy timeout, 1 s here) while the owner
+/// commits its rotated tokens. Each try fails as the database's passing
+/// trouble and is retried; once the lock is released the commit lands —
+/// no death, one upstream request.
+#[test]
+fn a_statement_timeout_mid_commit_is_retried_until_it_lands() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    env.login("st", 60);
+    env.fake.set_latency(Duration::from_millis(1000));
+    let mut config = env.config();
+    config.busy_timeout = Duration::from_secs(1);
+    let warden = Arc::new(tokenwarden::Warden::open(&env.db, config).unwrap());
+    let w = warden.clone();
+    let owner = thread::spawn(move || w.token("st", Duration::ZERO));
+    wait_until("the owner's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    let mut admin = pg::client(env.pg_url());
+    let mut hold = admin.transaction().unwrap();
+    hold.execute("SELECT 1 FROM credentials WHERE id = 'st' FOR UPDATE", &[])
+        .unwrap();
+    wait_until("upstream's answer", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 0
+    });
+    // Several lock timeouts long: the owner is still trying.
+    thread::sleep(Duration::from_secs(4));
+    assert!(
+        !owner.is_finished(),
+        "the owner gave up on its rotated tokens"
+    );
+    hold.commit().unwrap();
+    let g = owner.join().unwrap().expect("the rotated token landed");
+    let family = env.fake.family_state("st");
+    assert_eq!(g.access_token.expose(), family.current_access_token);
+    let row = warden.get("st").unwrap();
+    assert_eq!(row.status.state, State::Valid);
+    assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
+    assert_eq!(env.fake.stats().token_requests, 1);
+}
