@@ -73,7 +73,7 @@ impl Warden {
     /// at once: for answers written as they are read.
     pub fn each_summary(&self, mut f: impl FnMut(Summary<'_>)) -> Result<()> {
         let quotas = self.store().latest_quotas()?;
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         self.store().each_without_secrets(&mut |c| {
             f(Summary::new(&c, now, &policy).with_quota(quotas.get(&c.id)));
         })
@@ -96,7 +96,7 @@ impl Warden {
         q: &PageQuery,
         mut f: impl FnMut(Summary<'_>),
     ) -> Result<Option<String>> {
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         let mut after = q.after.clone();
         let (mut handed, mut last) = (0usize, None::<String>);
         loop {
@@ -242,7 +242,7 @@ impl Warden {
     /// How many credentials are in each effective state now, for every
     /// state (read one row at a time, without secrets).
     pub fn count_by_state(&self) -> Result<[(&'static str, u64); State::ALL.len()]> {
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
         self.store().each_without_secrets(&mut |c| {
             let state = c.status.effective(now, &policy).as_str();
@@ -260,7 +260,7 @@ impl Warden {
         Ok(Detail {
             credential,
             quota,
-            now: clock::now(),
+            now: self.now(),
             policy: self.config().policy,
         })
     }

@@ -280,7 +280,7 @@ pub fn sweep(
     // rows' size.
     let only: HashSet<&str> = opts.only.iter().map(String::as_str).collect();
     let mut found: HashSet<String> = HashSet::new();
-    let now = clock::now();
+    let now = warden.now();
     let policy = warden.config().policy;
     let max_age = max_age_ms(opts.max_age);
     let mut report = SweepReport::default();
@@ -454,7 +454,7 @@ fn schedule(
     queued: &Mutex<HashSet<String>>,
     quiet: &mut Option<Quiet>,
 ) -> Result<Duration> {
-    let now = clock::now();
+    let now = warden.now();
     let pause = |next: i64| {
         Duration::from_millis((next - now.wall_ms).max(0) as u64).clamp(TICK_MIN, TICK_MAX)
     };

@@ -114,6 +114,14 @@ impl Warden {
         })
     }
 
+    /// Both clocks now, as this warden's protocol reads them: the lease
+    /// clock is the store's where it keeps one (PostgreSQL's server clock),
+    /// so every decision about a lease — a reject, a listing's state, the
+    /// sweep's due list — judges it on the clock it was written on.
+    pub(crate) fn now(&self) -> state::Now {
+        self.core.clock.now()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.core.config
@@ -159,7 +167,7 @@ impl Warden {
         if let Some(stamp) = rows.stamp(&self.core.store) {
             let policy = &self.core.config.policy;
             let served = rows.with(stamp, id, |row| {
-                match state::decide(&row.status, need, clock::now(), policy) {
+                match state::decide(&row.status, need, self.now(), policy) {
                     Decision::Serve => Some(Grant::from_row(row)),
                     _ => None,
                 }
@@ -201,7 +209,7 @@ impl Warden {
         let policy = &self.core.config.policy;
         rows.stamp(&self.core.store).is_some_and(|stamp| {
             rows.with(stamp, id, |row| {
-                state::decide(&row.status, need, clock::now(), policy) == Decision::Serve
+                state::decide(&row.status, need, self.now(), policy) == Decision::Serve
             }) == Some(true)
         })
     }
@@ -224,7 +232,7 @@ impl Warden {
                 .access_token
                 .as_ref()
                 .is_some_and(|t| t.expose() == token);
-            let now = clock::now();
+            let now = self.now();
             let event = Event::Reject { is_current };
             match state::apply(&row.status, &event, now, &self.core.config.policy) {
                 Ok(t) => {

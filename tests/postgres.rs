@@ -676,3 +676,29 @@ fn a_statement_timeout_mid_commit_is_retried_until_it_lands() {
     assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
     assert_eq!(env.fake.stats().token_requests, 1);
 }
+
+/// Every view judges a lease on the clock it was written on: while one box
+/// refreshes, another box's `show` says `refreshing` (the lease is live on
+/// the server's clock), not the state it would fall back to.
+#[test]
+fn another_box_sees_a_live_lease_as_refreshing() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    env.login("v", 60);
+    env.fake.set_latency(Duration::from_millis(1500));
+    let warden = Arc::new(env.warden());
+    let w = warden.clone();
+    let owner = thread::spawn(move || w.token("v", Duration::ZERO));
+    wait_until("the owner's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    let out = env.run(&["show", "v", "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["state"], "refreshing", "{shown}");
+    owner.join().unwrap().unwrap();
+    let out = env.run(&["show", "v", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["state"], "valid", "{shown}");
+}
