@@ -11,17 +11,32 @@
 //! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos:: -- --nocapture
 //! ```
 //!
+//! `chaos::chaos` runs it on a SQLite file, `chaos::chaos_on_postgres` on
+//! a PostgreSQL database (tests/common/pg.rs).
+//!
 //! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
 //! `TOKENWARDEN_CHAOS_SEED` replays a seed's choices.)
 
 use std::time::Duration;
 
 use crate::common::chaos::{self, Plan};
-use crate::common::tw::Env;
+use crate::common::tw::{Backend, Env};
 
 /// Every invariant of DESIGN.md §3 holds through the chaos run (kills, SIGTERMs, faults, stale imports, clock steps), and the run did enough of each to mean something.
 #[test]
 fn chaos() {
+    chaos_on(Backend::Sqlite);
+}
+
+/// The same chaos run, every process on one PostgreSQL database (the
+/// processes stand for boxes: leases on the server's clock, wake-ups by
+/// NOTIFY).
+#[test]
+fn chaos_on_postgres() {
+    chaos_on(Backend::Postgres);
+}
+
+fn chaos_on(backend: Backend) {
     let seed = chaos::seed_from_env();
     let plan = if std::env::var_os("TOKENWARDEN_CHAOS_LONG").is_some_and(|v| v != "0") {
         let secs = std::env::var("TOKENWARDEN_CHAOS_SECS")
@@ -32,11 +47,13 @@ fn chaos() {
     } else {
         Plan::ci(seed)
     };
-    let report = chaos::run(&plan);
+    let Some(report) = chaos::run_on(&plan, backend) else {
+        return;
+    };
     eprintln!("{}", report.figures.render());
     assert!(
         report.violations.is_empty(),
-        "{} invariant violation(s) with seed {seed}:\n{}",
+        "{} invariant violation(s) with seed {seed} on {backend:?}:\n{}",
         report.violations.len(),
         report.violations.join("\n")
     );
