@@ -3,7 +3,7 @@
 //! operator runs `import --replace` (current, stale and foreign refresh
 //! tokens, new logins) and some processes' wall clocks are stepped ±60 s;
 //! then every invariant of DESIGN.md §3 is checked from the fake's and the
-//! database's records (see `common::chaos::run`).
+//! database's records (see `common::chaos::run_on`).
 //!
 //! The default run takes about half a minute. The long run:
 //!

@@ -1982,11 +1982,6 @@ fn lease_clock(admin: &Warden) -> tokenwarden::state::LeaseTime {
         .unwrap_or_else(tokenwarden::clock::lease_now)
 }
 
-/// [`run_on`] a SQLite file.
-pub fn run(plan: &Plan) -> Report {
-    run_on(plan, Backend::Sqlite).expect("SQLite is always there")
-}
-
 /// The chaos run on `backend`; `None` where there is no PostgreSQL (see
 /// common/pg.rs).
 pub fn run_on(plan: &Plan, backend: Backend) -> Option<Report> {
@@ -2313,7 +2308,7 @@ impl<'a, 'b> Checks<'a, 'b> {
     fn end_state(&mut self) {
         let now = tokenwarden::state::Now {
             wall_ms: tokenwarden::clock::now_ms(),
-            lease: lease_clock(&self.admin),
+            lease: lease_clock(self.admin),
         };
         let policy = self.admin.config().policy;
         for (cred, id) in self.sh.ids.iter().enumerate() {
