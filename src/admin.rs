@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::provider::ProviderKind;
 use crate::seal::Sealer;
 use crate::state::{Now, Policy, State};
-use crate::store::{self, HandleRow, QuotaRow, Scan};
+use crate::store::{self, HandleRow, NotificationRow, QuotaRow, Scan};
 use crate::view::Summary;
 use crate::warden::Warden;
 
@@ -36,6 +36,8 @@ pub struct PageQuery {
     pub state: Option<State>,
     /// Only this provider's credentials.
     pub provider: Option<ProviderKind>,
+    /// Only the members of this pool.
+    pub pool: Option<String>,
 }
 
 impl Default for PageQuery {
@@ -46,6 +48,7 @@ impl Default for PageQuery {
             limit: usize::MAX,
             state: None,
             provider: None,
+            pool: None,
         }
     }
 }
@@ -56,6 +59,8 @@ impl Default for PageQuery {
 pub struct Detail {
     credential: Credential,
     quota: Option<QuotaRow>,
+    pools: Option<Vec<String>>,
+    cooldown: Option<crate::Cooldown>,
     now: Now,
     policy: Policy,
 }
@@ -63,7 +68,10 @@ pub struct Detail {
 impl Detail {
     /// What `show` shows (never a secret).
     pub fn summary(&self) -> Summary<'_> {
-        Summary::new(&self.credential, self.now, &self.policy).with_quota(self.quota.as_ref())
+        Summary::new(&self.credential, self.now, &self.policy)
+            .with_quota(self.quota.as_ref())
+            .with_pools(self.pools.as_ref())
+            .with_cooldown(self.cooldown.as_ref(), self.now.wall_ms)
     }
 }
 
@@ -73,10 +81,33 @@ impl Warden {
     /// at once: for answers written as they are read.
     pub fn each_summary(&self, mut f: impl FnMut(Summary<'_>)) -> Result<()> {
         let quotas = self.store().latest_quotas()?;
+        let (pools, cooldowns) = self.pools_and_cooldowns()?;
         let (now, policy) = (self.now(), self.config().policy);
         self.store().each_without_secrets(&mut |c| {
-            f(Summary::new(&c, now, &policy).with_quota(quotas.get(&c.id)));
+            f(Summary::new(&c, now, &policy)
+                .with_quota(quotas.get(&c.id))
+                .with_pools(pools.get(&c.id))
+                .with_cooldown(cooldowns.get(&c.id), now.wall_ms));
         })
+    }
+
+    /// Every membership and every cooldown, by credential id: what the
+    /// summaries show beside a row.
+    #[allow(clippy::type_complexity)]
+    fn pools_and_cooldowns(
+        &self,
+    ) -> Result<(
+        std::collections::HashMap<String, Vec<String>>,
+        std::collections::HashMap<String, crate::Cooldown>,
+    )> {
+        let pools = self.store().memberships()?;
+        let cooldowns = self
+            .store()
+            .cooldowns()?
+            .into_iter()
+            .map(|c| (c.credential_id.clone(), c))
+            .collect();
+        Ok((pools, cooldowns))
     }
 
     /// Hands the summaries of one page to `f`, in id order: the
@@ -97,6 +128,7 @@ impl Warden {
         mut f: impl FnMut(Summary<'_>),
     ) -> Result<Option<String>> {
         let (now, policy) = (self.now(), self.config().policy);
+        let (pools, cooldowns) = self.pools_and_cooldowns()?;
         let mut after = q.after.clone();
         let (mut handed, mut last) = (0usize, None::<String>);
         loop {
@@ -104,6 +136,7 @@ impl Warden {
             let scan = Scan {
                 after: after.as_deref(),
                 provider: q.provider,
+                pool: q.pool.as_deref(),
             };
             self.store().scan(scan, &mut |c| {
                 scanned += 1;
@@ -124,7 +157,10 @@ impl Warden {
                     return Ok(last);
                 }
                 let quota = self.store().latest_quota(&c.id)?;
-                f(Summary::new(&c, now, &policy).with_quota(quota.as_ref()));
+                f(Summary::new(&c, now, &policy)
+                    .with_quota(quota.as_ref())
+                    .with_pools(pools.get(&c.id))
+                    .with_cooldown(cooldowns.get(&c.id), now.wall_ms));
                 handed += 1;
                 last = Some(c.id);
             }
@@ -257,9 +293,12 @@ impl Warden {
     pub fn detail(&self, id: &str) -> Result<Detail> {
         let credential = self.get(id)?;
         let quota = self.store().latest_quota(id)?;
+        let (mut pools, mut cooldowns) = self.pools_and_cooldowns()?;
         Ok(Detail {
             credential,
             quota,
+            pools: pools.remove(id),
+            cooldown: cooldowns.remove(id),
             now: self.now(),
             policy: self.config().policy,
         })
@@ -342,6 +381,189 @@ impl Warden {
     /// PostgreSQL URL without its password.
     pub fn shown_database(db: &Path) -> String {
         store::shown(db)
+    }
+
+    // ---- pools, cooldowns, notifications (issue 15) ----
+
+    /// Adds credential `id` to `pool` (`member`) or takes it out; `false`
+    /// when it already was (or was not) a member. An event row records it.
+    pub fn set_pool_member(&self, id: &str, pool: &str, member: bool) -> Result<bool> {
+        validate_id(id).map_err(Error::BadInput)?;
+        crate::credential::validate_pool_name(pool).map_err(Error::BadInput)?;
+        let actor = clock::actor(&self.config().actor);
+        self.store()
+            .set_pool_member(id, pool, member, &actor, clock::now_ms())
+    }
+
+    /// Every credential's pools, by credential id.
+    pub fn memberships(&self) -> Result<std::collections::HashMap<String, Vec<String>>> {
+        self.store().memberships()
+    }
+
+    /// Sets credential `id`'s account-level cooldown until `until_ms`
+    /// (e.g. after upstream answered 429 `usage_limit_reached`): no pool
+    /// hands it out before then. `false` if that very cooldown was set.
+    pub fn set_cooldown(&self, id: &str, until_ms: i64, reason: &str) -> Result<bool> {
+        validate_id(id).map_err(Error::BadInput)?;
+        let set = store::CooldownWrite::Set {
+            until_ms,
+            reason,
+            source: store::CooldownSource::Manual,
+        };
+        let actor = clock::actor(&self.config().actor);
+        self.store()
+            .cooldown(id, set, None, &actor, clock::now_ms())
+    }
+
+    /// Clears credential `id`'s cooldown; `false` if it had none.
+    pub fn clear_cooldown(&self, id: &str, reason: &str) -> Result<bool> {
+        validate_id(id).map_err(Error::BadInput)?;
+        let clear = store::CooldownWrite::Clear {
+            set_before_ms: i64::MAX,
+            reason,
+        };
+        let actor = clock::actor(&self.config().actor);
+        self.store()
+            .cooldown(id, clear, None, &actor, clock::now_ms())
+    }
+
+    /// Every cooldown set (run out or not).
+    pub fn cooldowns(&self) -> Result<Vec<crate::Cooldown>> {
+        self.store().cooldowns()
+    }
+
+    /// Applies what the quota snapshot `row` says to its credential's
+    /// cooldown (see [`crate::pool::cooldown_from_snapshot`]): an exhausted
+    /// window sets one until its reset, a snapshot with nothing exhausted
+    /// clears one set before it was fetched; each with its event row and
+    /// its `quota_exhausted` / `quota_reset` notification in one
+    /// transaction. A failed fetch changes nothing. Returns whether
+    /// anything changed.
+    pub(crate) fn cooldown_from_quota(&self, row: &QuotaRow) -> Result<bool> {
+        let Some(quota) = row.quota.as_ref() else {
+            return Ok(false);
+        };
+        let id = row.credential_id.as_str();
+        let current = self
+            .store()
+            .cooldowns()?
+            .into_iter()
+            .find(|c| c.credential_id == id);
+        let change = crate::pool::cooldown_from_snapshot(
+            quota,
+            row.fetched_at_ms,
+            current.as_ref().map(|c| c.until_ms),
+        );
+        let Some(credential) = self.store().get_without_secrets(id)? else {
+            return Ok(false);
+        };
+        let now = clock::now_ms();
+        let actor = clock::actor(&self.config().actor);
+        match change {
+            crate::pool::CooldownChange::Keep => Ok(false),
+            crate::pool::CooldownChange::Set { until_ms, reason } => {
+                let note = crate::notify::on_quota_cooldown(
+                    &credential,
+                    true,
+                    Some(until_ms),
+                    &reason,
+                    now,
+                );
+                let set = store::CooldownWrite::Set {
+                    until_ms,
+                    reason: &reason,
+                    source: store::CooldownSource::Quota,
+                };
+                self.store().cooldown(id, set, Some(&note), &actor, now)
+            }
+            crate::pool::CooldownChange::Clear { reason } => {
+                // A reset is news only after an exhausted window.
+                let was_quota = current
+                    .as_ref()
+                    .is_some_and(|c| c.source == store::CooldownSource::Quota);
+                let note = was_quota.then(|| {
+                    crate::notify::on_quota_cooldown(&credential, false, None, &reason, now)
+                });
+                let clear = store::CooldownWrite::Clear {
+                    set_before_ms: row.fetched_at_ms,
+                    reason: &reason,
+                };
+                self.store().cooldown(id, clear, note.as_ref(), &actor, now)
+            }
+        }
+    }
+
+    /// Clears the cooldowns that are over (each with its event row), so
+    /// none outlives its end by more than one sweep. Returns how many.
+    pub fn clear_ended_cooldowns(&self) -> Result<usize> {
+        let now = clock::now_ms();
+        let actor = clock::actor(&self.config().actor);
+        let mut cleared = 0;
+        for c in self.store().cooldowns()? {
+            if c.until_ms > now {
+                continue;
+            }
+            let clear = store::CooldownWrite::Clear {
+                set_before_ms: c.set_ms,
+                reason: "its time is over",
+            };
+            match self
+                .store()
+                .cooldown(&c.credential_id, clear, None, &actor, now)
+            {
+                Ok(true) => cleared += 1,
+                Ok(false) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// The newest `limit` notifications, oldest first (only the pending
+    /// ones with `pending_only`).
+    pub fn notifications(&self, pending_only: bool, limit: u32) -> Result<Vec<NotificationRow>> {
+        self.store().notifications(pending_only, limit)
+    }
+
+    /// Takes the notifications due now for delivery (see
+    /// `Backend::take_notifications`).
+    pub(crate) fn take_notifications(
+        &self,
+        now_ms: i64,
+        hold_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRow>> {
+        self.store()
+            .take_notifications(now_ms, hold_until_ms, limit)
+    }
+
+    /// Records what a delivery attempt came to.
+    pub(crate) fn notification_delivered(
+        &self,
+        event_id: &str,
+        delivery: crate::Delivery<'_>,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.store()
+            .notification_delivery(event_id, delivery, now_ms)
+    }
+
+    /// The gauges `/metrics` shows for pools and notifications.
+    pub fn pool_gauges(&self) -> Result<crate::metrics::PoolGauges> {
+        let now = clock::now_ms();
+        let counts = self.store().notification_counts()?;
+        let active = self
+            .store()
+            .cooldowns()?
+            .iter()
+            .filter(|c| c.until_ms > now)
+            .count();
+        Ok(crate::metrics::PoolGauges {
+            cooldowns_active: active as u64,
+            notifications_pending: counts.pending,
+            notifications_delivered: counts.delivered,
+            notifications_failed: counts.failed,
+        })
     }
 }
 
@@ -541,5 +763,128 @@ mod tests {
             w.events_page("nobody", Some(0), Some(2)),
             Err(crate::Error::NotFound(_))
         ));
+    }
+}
+
+/// What [`Warden::store_login`] did with a sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A new credential.
+    New,
+    /// The account's credential, updated in place (handles, events and
+    /// quota history kept); `revived` when it was dead.
+    Updated {
+        /// It was dead and is alive again.
+        revived: bool,
+    },
+}
+
+impl Warden {
+    /// Stores the credential of a `tokenwarden login`: the account's
+    /// existing credential updated in place — the same account (account id,
+    /// subject or e-mail, see [`crate::login::same_account`]) of the same
+    /// server is never stored under a second id — or a new one.
+    ///
+    /// The update is `import --replace`'s compare-and-swap
+    /// ([`Warden::import_within`]): it waits (up to the configured `wait`)
+    /// for a refresh in flight to commit, so the refresh token that refresh
+    /// sends is spent before the new one replaces it; a dead credential
+    /// comes back to life; handles, events and quota history survive.
+    ///
+    /// The id is `id` if given (refused when it holds another account, or
+    /// when the account is already stored under another id), else the
+    /// account's stored id, else [`crate::login::default_id`].
+    pub fn store_login(
+        &self,
+        mut cred: NewCredential,
+        id: Option<&str>,
+    ) -> Result<(Credential, Stored)> {
+        use crate::login::{default_id, matching, same_account};
+        let mut rows = Vec::new();
+        self.store().each_without_secrets(&mut |c| {
+            if c.provider.kind == cred.provider.kind {
+                rows.push(c)
+            }
+        })?;
+        let same = matching(&rows, &cred.provider, &cred.claims);
+        let account = || {
+            cred.claims
+                .email
+                .clone()
+                .or_else(|| cred.claims.account_id.clone())
+                .or_else(|| cred.claims.user_id.clone())
+                .unwrap_or_else(|| "this account".into())
+        };
+        let target = match id {
+            Some(id) => {
+                validate_id(id).map_err(Error::BadInput)?;
+                if let Some(other) = same.iter().find(|c| c.id != id) {
+                    return Err(Error::BadInput(format!(
+                        "{} is already stored as credential '{}'; one account is never kept \
+                         under two ids (two ids would refresh one login twice). Sign in again \
+                         with `--id {}`, or delete '{}' first",
+                        account(),
+                        other.id,
+                        other.id,
+                        other.id
+                    )));
+                }
+                if let Some(existing) = rows.iter().find(|c| c.id == id) {
+                    if same_account(&existing.claims, &cred.claims) == Some(false) {
+                        return Err(Error::BadInput(format!(
+                            "credential '{id}' holds another {} account; this sign-in is {}. \
+                             Pick another --id",
+                            cred.provider.kind,
+                            account()
+                        )));
+                    }
+                }
+                id.to_owned()
+            }
+            None => match same.as_slice() {
+                [one] => one.id.clone(),
+                [] => default_id(cred.provider.kind, &cred.claims),
+                many => {
+                    return Err(Error::BadInput(format!(
+                        "{} is stored under several ids ({}); name the one to update with --id",
+                        account(),
+                        many.iter()
+                            .map(|c| c.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            },
+        };
+        let before = self.store().get_without_secrets(&target)?;
+        if let Some(existing) = &before {
+            if existing.provider.kind != cred.provider.kind {
+                return Err(Error::BadInput(format!(
+                    "credential '{target}' is a {} credential, not {}; pick another --id",
+                    existing.provider.kind, cred.provider.kind
+                )));
+            }
+            if id.is_none() && same_account(&existing.claims, &cred.claims) != Some(true) {
+                return Err(Error::BadInput(format!(
+                    "credential '{target}' exists and is not known to be {}; name the credential \
+                     to update, or a new id, with --id",
+                    account()
+                )));
+            }
+            // Keep the settings a sign-in does not carry (an imported
+            // credential's own token URL, for instance) when it has none.
+            let (new, old) = (&mut cred.provider, &existing.provider);
+            new.token_url = new.token_url.take().or_else(|| old.token_url.clone());
+            cred.claims = std::mem::take(&mut cred.claims).or(&existing.claims);
+        }
+        cred.id = target;
+        let row = self.import_one(&cred, before.is_some(), self.config().wait)?;
+        let stored = match before {
+            None => Stored::New,
+            Some(b) => Stored::Updated {
+                revived: b.status.state == crate::state::State::Dead,
+            },
+        };
+        Ok((row, stored))
     }
 }

@@ -39,6 +39,9 @@ pub struct Config {
     /// Codex facade: answered tokens live at least this long (more than the
     /// Codex CLI's 5-minute proactive refresh window).
     pub facade_min_ttl: Duration,
+    /// A credential whose refreshes have failed for this long gets a
+    /// `failing` notification (`TOKENWARDEN_NOTIFY_FAILING_AFTER`).
+    pub notify_failing_after: Duration,
     /// Base64 key sealing every secret column (`TOKENWARDEN_ENCRYPTION_KEY`).
     pub encryption_key: Option<crate::secret::Secret>,
     /// Who this process is in event rows (`cli`, `http`, `sweep`, …); the
@@ -65,6 +68,7 @@ impl Default for Config {
             encryption_key: None,
             facade_interval: Duration::from_secs(30),
             facade_min_ttl: Duration::from_secs(6 * 60),
+            notify_failing_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -125,6 +129,9 @@ impl Config {
         }
         if let Some(d) = env_secs("TOKENWARDEN_FACADE_MIN_TTL")? {
             c.facade_min_ttl = d;
+        }
+        if let Some(d) = env_secs("TOKENWARDEN_NOTIFY_FAILING_AFTER")? {
+            c.notify_failing_after = d;
         }
         c.encryption_key = std::env::var("TOKENWARDEN_ENCRYPTION_KEY")
             .ok()

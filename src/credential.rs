@@ -14,6 +14,12 @@ use crate::state::Status;
 /// Longest credential id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Checks a pool name: the rules of a credential id (it appears in URLs
+/// too), the messages naming a pool.
+pub fn validate_pool_name(name: &str) -> Result<(), String> {
+    validate_id(name).map_err(|e| e.replacen("credential id", "pool name", 1))
+}
+
 /// Checks a credential id: 1–128 characters of `A-Z a-z 0-9 . _ @ + -`.
 ///
 /// Ids appear in URLs and file names, so anything that could be normalised
@@ -267,6 +273,9 @@ pub struct Credential {
     pub created_ms: i64,
     /// Last change (unix ms).
     pub updated_ms: i64,
+    /// When the current run of failed refreshes began (unix ms); `None`
+    /// while the last refresh did not fail.
+    pub failing_since_ms: Option<i64>,
 }
 
 #[cfg(test)]

@@ -37,12 +37,15 @@ pub enum Error {
     NotFound(String),
     /// The refresh token was refused for good.
     #[error(
-        "credential '{id}' is dead ({reason}): log in again and re-import it \
-         (`tokenwarden import FILE --replace`), or retry with `tokenwarden refresh {id} --force`"
+        "credential '{id}' is dead ({reason}): sign in again with `tokenwarden login {provider} \
+         --id {id}` (or import a newer login file with --replace), or retry with \
+         `tokenwarden refresh {id} --force`"
     )]
     Dead {
         /// Credential id.
         id: String,
+        /// Its provider, for the `tokenwarden login` command that fixes it.
+        provider: crate::credential::ProviderKind,
         /// The upstream code that killed it.
         reason: String,
     },
@@ -158,6 +161,37 @@ pub enum Error {
         /// Records read.
         total: usize,
     },
+    /// A `tokenwarden login` that did not sign in: refused consent, an
+    /// expired device code, a refused code exchange, a timeout. `code` is
+    /// the API code (`access_denied`, `expired_token`, …).
+    #[error("sign-in failed: {message}")]
+    Login {
+        /// Machine-readable: `access_denied`, `expired_token`,
+        /// `no_refresh_token`, `bad_callback`, `exchange_failed`,
+        /// `upstream_unreachable`, `timed_out`.
+        code: &'static str,
+        /// What happened and what to do (never a secret).
+        message: String,
+    },
+    /// A pool with no members (or no pool of that name: a pool exists
+    /// while it has members).
+    #[error(
+        "pool '{0}' has no members; add one with `tokenwarden pool add ID {0}` \
+         (or `tokenwarden import FILE --pool {0}`)"
+    )]
+    EmptyPool(String),
+    /// No member of a pool can be served now (each is dead, rejected,
+    /// cooling down, backing off or refreshing without a usable token).
+    #[error("pool '{pool}' has no usable member right now: {members}{}", retry_hint(*retry_after_s))]
+    PoolUnavailable {
+        /// The pool.
+        pool: String,
+        /// Each member and why it was passed over (`a: dead, b: cooling down`).
+        members: String,
+        /// Whole seconds until a member's cooldown or backoff ends, if one
+        /// may end by itself.
+        retry_after_s: Option<u64>,
+    },
     /// An import carrying the refresh token another credential holds.
     #[error(
         "refusing to import '{id}': credential '{holder}' already holds this refresh token. \
@@ -171,6 +205,16 @@ pub enum Error {
         /// The credential holding the token.
         holder: String,
     },
+}
+
+/// The end of [`Error::PoolUnavailable`]'s message.
+fn retry_hint(retry_after_s: Option<u64>) -> String {
+    match retry_after_s {
+        Some(s) => format!("; retry in {s} s"),
+        None => {
+            "; every member needs a human (`tokenwarden list --pool NAME` shows why)".to_owned()
+        }
+    }
 }
 
 /// The end of [`Error::InRecord`]'s message.
@@ -245,7 +289,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput(_) | Error::Config(_) => 2,
-            Error::NotFound(_) => 3,
+            Error::NotFound(_) | Error::EmptyPool(_) => 3,
+            Error::PoolUnavailable { .. } => 5,
             Error::Dead { .. } => 4,
             Error::Unavailable { .. } => 5,
             Error::Db(d) if d.kind() == DbKind::NoConnection => 5,
@@ -260,7 +305,8 @@ impl Error {
             | Error::RefreshInProgress { .. }
             | Error::SpentToken { .. }
             | Error::PartlyImported { .. }
-            | Error::TokenHeldElsewhere { .. } => 1,
+            | Error::TokenHeldElsewhere { .. }
+            | Error::Login { .. } => 1,
         }
     }
 
@@ -278,12 +324,15 @@ impl Error {
             Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",
             Error::NoQuota(_) => "no_quota",
+            Error::EmptyPool(_) => "pool_empty",
+            Error::PoolUnavailable { .. } => "pool_unavailable",
             Error::QuotaUnsupported { .. } => "quota_unsupported",
             Error::RefreshInProgress { .. } => "refresh_in_progress",
             Error::SpentToken { .. } => "refresh_token_spent",
             Error::TokenHeldElsewhere { .. } => "refresh_token_in_use",
             Error::PartlyImported { .. } => "partly_imported",
             Error::InRecord { source, .. } => source.code(),
+            Error::Login { code, .. } => code,
         }
     }
 }

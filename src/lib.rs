@@ -78,7 +78,10 @@ pub mod facade;
 pub mod http;
 pub mod import;
 pub mod jwt;
+pub mod login;
 pub mod metrics;
+pub mod notify;
+pub mod pool;
 pub mod provider;
 pub mod quota;
 mod refresh;
@@ -98,7 +101,10 @@ pub use secret::Secret;
 /// The database's commit mark, for the background scheduler (see
 /// [`Warden::stamp`](warden::Warden)).
 pub(crate) use store::Stamp;
-pub use store::{EventRow, HandleRow, QuotaRow};
+pub use store::{
+    Cooldown, CooldownSource, Delivery, EventRow, HandleRow, Notice, NotificationCounts,
+    NotificationRow, QuotaRow,
+};
 pub use warden::{Grant, Warden};
 
 /// Not an API: the store below [`Warden`], for the integration tests that
@@ -107,6 +113,8 @@ pub use warden::{Grant, Warden};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::store::{
-        Backend, Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Stamp, Store, Write,
+        Backend, Cooldown, CooldownSource, CooldownWrite, Deleted, Delivery, ErrorUpdate, EventRow,
+        HandleRow, Notice, NotificationCounts, NotificationRow, PoolMember, PoolRead, QuotaRow,
+        Stamp, Store, Write,
     };
 }

@@ -96,5 +96,8 @@ pub fn fetch(warden: &Warden, id: &str) -> Result<QuotaRow> {
         resp.as_ref().map(|r| r.body.as_slice()),
         row.fetched_at_ms.saturating_sub(keep),
     )?;
+    // An exhausted window cools the account down until its reset; a
+    // snapshot with nothing exhausted ends a cooldown at once.
+    warden.cooldown_from_quota(&row)?;
     Ok(row)
 }

@@ -59,23 +59,30 @@ struct Signal {
 struct SignalRef<'a> {
     signals: &'a Signals,
     id: &'a str,
-    signal: Arc<Signal>,
+    /// `Some` until the hold is dropped (taken there, under the map's lock).
+    signal: Option<Arc<Signal>>,
 }
 
 impl std::ops::Deref for SignalRef<'_> {
     type Target = Signal;
 
     fn deref(&self) -> &Signal {
-        &self.signal
+        // Cannot fail: `signal` is taken only by `drop`.
+        self.signal.as_ref().expect("a live hold has its signal")
     }
 }
 
 impl Drop for SignalRef<'_> {
     fn drop(&mut self) {
         let mut map = self.signals.map.lock();
-        // The map's reference and this one: no other thread holds it.
-        if Arc::strong_count(&self.signal) == 2 {
-            map.remove(self.id);
+        if let Some(signal) = self.signal.take() {
+            // The map's reference and this one: no other thread holds it.
+            if Arc::strong_count(&signal) == 2 {
+                map.remove(self.id);
+            }
+            // Let go under the lock, so that a holder leaving next counts
+            // this hold gone.
+            drop(signal);
         }
     }
 }
@@ -90,7 +97,7 @@ impl Signals {
         SignalRef {
             signals: self,
             id,
-            signal,
+            signal: Some(signal),
         }
     }
 
@@ -102,7 +109,7 @@ impl Signals {
             map.get(id).cloned().map(|signal| SignalRef {
                 signals: self,
                 id,
-                signal,
+                signal: Some(signal),
             })
         };
         if let Some(s) = held {
@@ -325,6 +332,7 @@ impl Refresher {
                 Decision::Dead { reason } => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
+                        provider: row.provider.kind,
                         reason,
                     })
                 }
@@ -409,6 +417,7 @@ impl Refresher {
             // Also after a forced refresh, which decide() would let claim again.
             return Err(Error::Dead {
                 id: row.id.clone(),
+                provider: row.provider.kind,
                 reason: row
                     .status
                     .dead_reason
@@ -431,6 +440,7 @@ impl Refresher {
             Decision::Serve => Ok(row),
             Decision::Dead { reason } => Err(Error::Dead {
                 id: row.id.clone(),
+                provider: row.provider.kind,
                 reason,
             }),
             _ => {
@@ -649,6 +659,7 @@ impl Refresher {
                         Write {
                             tokens: Some(&tokens),
                             error: ErrorUpdate::Clear,
+                            notify: None,
                         },
                     );
                 }
@@ -740,6 +751,7 @@ impl Refresher {
             Write {
                 tokens: None,
                 error: ErrorUpdate::Set(&error),
+                notify: None,
             },
         )
     }
@@ -846,6 +858,24 @@ impl Refresher {
                 Err(other) => {
                     unreachable!("owner events are refused only as LeaseLost, not {other:?}")
                 }
+            };
+            // The notification this change calls for (a death, a long run
+            // of failures, a recovery), in the same transaction.
+            let error = match write.error {
+                ErrorUpdate::Set(e) => Some(e),
+                _ => None,
+            };
+            let note = crate::notify::on_transition(
+                &current,
+                event,
+                &t,
+                error,
+                now.wall_ms,
+                crate::clock::millis(self.config.notify_failing_after),
+            );
+            let write = Write {
+                notify: note.as_ref(),
+                ..write
             };
             if let Some(done) = self.store.apply(&row.id, &t, write, actor, now.wall_ms)? {
                 let outcome = match t.to {

@@ -7,7 +7,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+/// SHA-256's block size, for HMAC.
+const HMAC_BLOCK: usize = 64;
 
 /// Marks a sealed value (format version 1): `tw1:` + base64(nonce ‖ ciphertext).
 const PREFIX: &str = "tw1:";
@@ -101,6 +105,36 @@ impl Sealer {
             .map_err(|_| SealError::Open)?;
         String::from_utf8(plain).map_err(|_| SealError::Open)
     }
+}
+
+/// HMAC-SHA-256 (RFC 2104) of `message` under `key`, written over `sha2`:
+/// the keyed fingerprints of refresh tokens (`store/sqlite/fingerprint.rs`,
+/// where RFC 4231's vectors test it) and the signature of a notification
+/// (`notify`). Two hashes and a key pad over the `sha2` crate already
+/// used: not worth another dependency.
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = Zeroizing::new([0u8; HMAC_BLOCK]);
+    if key.len() > HMAC_BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut pad = Zeroizing::new([0u8; HMAC_BLOCK]);
+    for (p, k) in pad.iter_mut().zip(block.iter()) {
+        *p = k ^ 0x36;
+    }
+    let inner = Sha256::new()
+        .chain_update(&pad[..])
+        .chain_update(message)
+        .finalize();
+    for (p, k) in pad.iter_mut().zip(block.iter()) {
+        *p = k ^ 0x5c;
+    }
+    Sha256::new()
+        .chain_update(&pad[..])
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 #[cfg(test)]

@@ -194,7 +194,7 @@ impl Status {
 
     /// The stored state, with an abandoned `refreshing` (lease run out) seen
     /// as the state it came from.
-    fn base(&self, now: LeaseTime) -> State {
+    pub(crate) fn base(&self, now: LeaseTime) -> State {
         match self.state {
             State::Refreshing if !self.lease_live(now) => self.resume.unwrap_or(State::Valid),
             s => s,

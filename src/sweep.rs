@@ -57,12 +57,10 @@ pub fn jitter_ms(id: &str, expires_at_ms: i64, window_ms: i64) -> i64 {
 pub fn due(c: &Credential, now: Now, policy: &Policy, max_age_ms: Option<i64>) -> Due {
     let s = &c.status;
     let now_ms = now.wall_ms;
-    let lease_live = s.lease_left_ms(now.lease).is_some();
-    let base = match s.state {
-        State::Refreshing if lease_live => return Due::No,
-        State::Refreshing => s.resume.unwrap_or(State::Valid),
-        other => other,
-    };
+    if s.lease_left_ms(now.lease).is_some() {
+        return Due::No;
+    }
+    let base = s.base(now.lease);
     if base == State::Dead {
         return Due::Dead;
     }
@@ -98,22 +96,36 @@ pub fn due(c: &Credential, now: Now, policy: &Policy, max_age_ms: Option<i64>) -
     }
 }
 
-/// When `c` will next be due (unix ms), for the background scheduler's sleep.
+/// When `c` will next be due (unix ms) if nothing is committed meanwhile,
+/// for the background scheduler's sleep; `None` when it never will be
+/// (dead). Never later than the first instant [`due`] says yes
+/// (`next_due_is_never_later_than_due` walks a grid of rows and times):
+/// the scheduler does not read the table again before it.
 fn next_due_ms(c: &Credential, now: Now, policy: &Policy) -> Option<i64> {
     let s = &c.status;
-    let mut next = s.next_attempt_at_ms;
-    if let (Some(e), true) = (s.expires_at_ms, s.has_access_token) {
-        let window = s.window_ms(policy);
-        let at = e - window - jitter_ms(&c.id, e, window);
-        next = Some(next.map_or(at, |n| n.max(at)));
+    if let Some(left) = s.lease_left_ms(now.lease) {
+        // A live lease: judged again once it ends, whatever it ends in.
+        return Some(now.wall_ms.saturating_add(left).saturating_add(1));
     }
-    if s.state == State::Refreshing {
-        // The lease's end, on the wall clock as this process reads it now
-        // (an ended or foreign lease: at once).
-        let end = now.wall_ms + s.lease_left_ms(now.lease).map_or(0, |left| left + 1);
-        next = Some(next.map_or(end, |n| n.min(end)));
+    if s.base(now.lease) == State::Dead {
+        return None;
     }
-    next
+    // The end of a backoff (or now, without one).
+    let retry = s
+        .next_attempt_at_ms
+        .map_or(now.wall_ms, |t| t.max(now.wall_ms));
+    match s.expires_at_ms {
+        // A healthy token: its refresh window opens ahead of its expiry,
+        // and not before a backoff ends.
+        Some(e)
+            if s.has_access_token && s.failures == 0 && s.base(now.lease) != State::Rejected =>
+        {
+            let window = s.window_ms(policy);
+            Some(retry.max(e - window - jitter_ms(&c.id, e, window)))
+        }
+        // Rejected, failing, or without a token: due once the backoff ends.
+        _ => Some(retry),
+    }
 }
 
 /// Options of one sweep.
@@ -411,7 +423,7 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
         .spawn(move || {
             let mut quiet = None;
             loop {
-                let pause = match schedule(&w, &job_tx, &queued, &mut quiet) {
+                let pause = match schedule(&w, &job_tx, &queued, &mut quiet, w.now()) {
                     Ok(p) => p,
                     Err(e) => {
                         log::warn!("background refresher: {e}");
@@ -436,33 +448,62 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
     }
 }
 
-/// One scheduler round: queue what is due; return how long to sleep.
 /// What a scheduler round whose scan found nothing due learned: the
-/// database's stamp from before the scan, and when the first credential
-/// falls due (unix ms). While the stamp is unchanged — nothing committed
-/// since, by any process, so every row is as scanned — and that time has
-/// not come, the table need not be read again: an idle server at 100k
-/// credentials read them all every 30 s.
+/// database's stamp from before the scan, when the scan was made, and how
+/// long after it the first credential falls due. While the stamp is
+/// unchanged — nothing committed since, by any process, so every row is as
+/// scanned — and that time has not passed, the table need not be read
+/// again: an idle server at 100k credentials read them all every 30 s.
+///
+/// Time since the scan is measured on the lease clock, which no one steps;
+/// a wall clock that moved more than [`WALL_STEP_MS`] away from it since
+/// the scan ends the mark, because every due time is a wall-clock time
+/// (expiries, backoffs) and must be judged again on the stepped clock.
+#[derive(Debug)]
 struct Quiet {
     stamp: Stamp,
-    next_due_ms: i64,
+    at: Now,
+    due_in_ms: i64,
 }
 
+/// How far the wall clock may drift from the lease clock between two
+/// scheduler rounds before the scheduler takes it for a step.
+const WALL_STEP_MS: i64 = 1_000;
+
+impl Quiet {
+    /// Milliseconds until the mark's first due time at `now`, if the mark
+    /// still holds with the database at `stamp`; `None` when the table must
+    /// be read again.
+    fn left_ms(&self, stamp: Option<Stamp>, now: Now) -> Option<i64> {
+        if stamp? != self.stamp || now.lease.clock != self.at.lease.clock {
+            return None;
+        }
+        let elapsed = now.lease.ms.checked_sub(self.at.lease.ms)?;
+        let wall_elapsed = now.wall_ms.checked_sub(self.at.wall_ms)?;
+        let stepped = elapsed < 0 || (wall_elapsed - elapsed).abs() > WALL_STEP_MS;
+        let left = self.due_in_ms.saturating_sub(elapsed);
+        (!stepped && left > 0).then_some(left)
+    }
+}
+
+/// The scheduler's sleep before its next round, `left_ms` before the first
+/// credential falls due.
+fn pause(left_ms: i64) -> Duration {
+    Duration::from_millis(left_ms.max(0) as u64).clamp(TICK_MIN, TICK_MAX)
+}
+
+/// One scheduler round at `now`: queue what is due; return how long to
+/// sleep. `quiet` carries what the last round learned (see [`Quiet`]).
 fn schedule(
     warden: &Warden,
     jobs: &Sender<(String, Need)>,
     queued: &Mutex<HashSet<String>>,
     quiet: &mut Option<Quiet>,
+    now: Now,
 ) -> Result<Duration> {
-    let now = warden.now();
-    let pause = |next: i64| {
-        Duration::from_millis((next - now.wall_ms).max(0) as u64).clamp(TICK_MIN, TICK_MAX)
-    };
     let stamp = warden.stamp();
-    if let (Some(q), Some(s)) = (quiet.as_ref(), stamp) {
-        if q.stamp == s && now.wall_ms < q.next_due_ms {
-            return Ok(pause(q.next_due_ms));
-        }
+    if let Some(left) = quiet.as_ref().and_then(|q| q.left_ms(stamp, now)) {
+        return Ok(pause(left));
     }
     *quiet = None;
     let policy = warden.config().policy;
@@ -484,13 +525,15 @@ fn schedule(
             next = Some(next.map_or(at, |n| n.min(at)));
         }
     })?;
+    let due_in_ms = next.map_or(i64::MAX, |n| n.saturating_sub(now.wall_ms));
     if let (false, Some(stamp)) = (any_due, stamp) {
         *quiet = Some(Quiet {
             stamp,
-            next_due_ms: next.unwrap_or(i64::MAX),
+            at: now,
+            due_in_ms,
         });
     }
-    Ok(pause(next.unwrap_or(now.wall_ms + clock::millis(TICK_MAX))))
+    Ok(pause(due_in_ms))
 }
 
 impl Background {
@@ -537,6 +580,7 @@ mod tests {
 
     fn cred(status: Status) -> Credential {
         Credential {
+            failing_since_ms: None,
             id: "c".into(),
             provider: ProviderConfig::new(ProviderKind::Codex),
             status,
@@ -712,6 +756,147 @@ mod tests {
         }
     }
 
+    /// The scheduler sleeps until `next_due_ms`, so it must never be later
+    /// than the first instant `due` says yes: every state, with and
+    /// without a token, failures, a backoff (ending before or after the
+    /// refresh window), a live or ended lease, at times from now to days
+    /// ahead. (It once said "the refresh window" for a failed or rejected
+    /// credential whose backoff ended hours before it: tests/attack5.rs.)
+    #[test]
+    fn next_due_is_never_later_than_due() {
+        let hour = 3_600_000;
+        let lease = |left: i64| {
+            Some(Lease {
+                owner: "o".into(),
+                id: "l".into(),
+                until: LeaseTime {
+                    clock: 7,
+                    ms: NOW + left,
+                },
+            })
+        };
+        let mut rows = Vec::new();
+        for state in [
+            State::Valid,
+            State::Expiring,
+            State::Refreshing,
+            State::Rejected,
+            State::Dead,
+        ] {
+            for has_access_token in [true, false] {
+                for (failures, backoff) in [(0, None), (1, Some(20_000)), (2, Some(2 * hour))] {
+                    for expires_in in [None, Some(-1_000), Some(60_000), Some(hour), Some(9 * hour)]
+                    {
+                        for lease_left in [None, Some(-1), Some(30_000)] {
+                            for resume in [None, Some(State::Rejected), Some(State::Valid)] {
+                                if (state == State::Refreshing) != lease_left.is_some() {
+                                    continue;
+                                }
+                                rows.push(Status {
+                                    state,
+                                    version: 1,
+                                    expires_at_ms: expires_in.map(|e: i64| NOW + e),
+                                    has_access_token,
+                                    lease: lease_left.and_then(lease),
+                                    resume,
+                                    failures,
+                                    next_attempt_at_ms: backoff.map(|b: i64| NOW + b),
+                                    last_refresh_ms: Some(NOW - hour),
+                                    dead_reason: None,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let offsets: Vec<i64> = (0..=200).map(|i| i * i * 3_000).collect();
+        for status in rows {
+            let c = cred(status);
+            if due(&c, AT, &P, None) != Due::No {
+                continue; // Queued at once; no sleep is computed for it.
+            }
+            let next = next_due_ms(&c, AT, &P);
+            for &off in &offsets {
+                let at = AT.plus(off);
+                if next.is_some_and(|n| at.wall_ms >= n) {
+                    break;
+                }
+                assert!(
+                    matches!(due(&c, at, &P, None), Due::No | Due::Dead),
+                    "{:?}: due at +{off} ms, but next_due_ms said {:?}",
+                    c.status,
+                    next.map(|n| n - NOW)
+                );
+            }
+        }
+    }
+
+    /// The quiet mark holds while the database's stamp is the scan's, the
+    /// first due time has not come on the lease clock, and the wall clock
+    /// kept pace with the lease clock; any of them failing reads the table
+    /// again.
+    #[test]
+    fn the_quiet_mark_holds_only_while_nothing_changed() {
+        let stamp = Stamp::new([1; Stamp::LEN]);
+        let other = Stamp::new([2; Stamp::LEN]);
+        let q = Quiet {
+            stamp,
+            at: AT,
+            due_in_ms: 60_000,
+        };
+        let step = |wall: i64, lease: i64| Now {
+            wall_ms: NOW + wall,
+            lease: LeaseTime {
+                clock: 7,
+                ms: NOW + lease,
+            },
+        };
+        let table: Vec<(&str, Option<Stamp>, Now, Option<i64>)> = vec![
+            ("just scanned", Some(stamp), AT, Some(60_000)),
+            ("10 s on", Some(stamp), AT.plus(10_000), Some(50_000)),
+            ("due time come", Some(stamp), AT.plus(60_000), None),
+            ("a commit since", Some(other), AT.plus(10_000), None),
+            ("no stamp", None, AT.plus(10_000), None),
+            (
+                "wall stepped back 1 h",
+                Some(stamp),
+                step(-3_600_000, 10_000),
+                None,
+            ),
+            (
+                "wall stepped ahead 1 h",
+                Some(stamp),
+                step(3_610_000, 10_000),
+                None,
+            ),
+            (
+                "wall drifted 0.5 s",
+                Some(stamp),
+                step(10_500, 10_000),
+                Some(50_000),
+            ),
+            (
+                "lease clock behind the scan",
+                Some(stamp),
+                step(0, -1),
+                None,
+            ),
+            (
+                "another lease clock",
+                Some(stamp),
+                Now {
+                    lease: LeaseTime { clock: 8, ms: NOW },
+                    ..AT
+                },
+                None,
+            ),
+        ];
+        for (name, s, now, want) in table {
+            assert_eq!(q.left_ms(s, now), want, "{name}");
+        }
+    }
+
     #[test]
     fn jitter_spreads_within_half_the_window() {
         let values: HashSet<i64> = (0..1000)
@@ -769,24 +954,28 @@ mod tests {
         let queued = Mutex::new(HashSet::new());
         let mut quiet = None;
 
-        let pause = schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
+        let first = clock::now();
+        let pause = schedule(&warden, &jobs, &queued, &mut quiet, first).unwrap();
         assert_eq!(pause, TICK_MAX);
-        let mark = quiet
-            .as_ref()
-            .expect("nothing due: a quiet mark")
-            .next_due_ms;
-        assert!(
-            mark > clock::now_ms() + 3_600_000,
-            "falls due hours from now"
-        );
-        let stamp = quiet.as_ref().map(|q| q.stamp);
-        schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
-        assert_eq!(quiet.as_ref().map(|q| q.stamp), stamp, "kept, no scan");
+        let mark = quiet.as_ref().expect("nothing due: a quiet mark").due_in_ms;
+        assert!(mark > 3_600_000, "falls due hours from now");
+        let scanned_at = |q: &Option<Quiet>| q.as_ref().map(|q| q.at.lease.ms);
+        schedule(&warden, &jobs, &queued, &mut quiet, first.plus(1_000)).unwrap();
+        assert_eq!(scanned_at(&quiet), Some(first.lease.ms), "kept, no scan");
         assert!(queue.is_empty());
+
+        // The wall clock stepped back an hour: every due time is judged
+        // again, so the table is read again (a new mark).
+        let stepped = Now {
+            wall_ms: first.wall_ms - 3_600_000,
+            ..first.plus(2_000)
+        };
+        schedule(&warden, &jobs, &queued, &mut quiet, stepped).unwrap();
+        assert_eq!(scanned_at(&quiet), Some(stepped.lease.ms), "scanned again");
 
         // A commit by anyone: the next round scans and finds it due.
         warden.import(&[cred("due", 60_000)], false).unwrap();
-        schedule(&warden, &jobs, &queued, &mut quiet).unwrap();
+        schedule(&warden, &jobs, &queued, &mut quiet, clock::now()).unwrap();
         assert!(quiet.is_none(), "something was due");
         assert_eq!(queue.try_recv().unwrap().0, "due");
     }

@@ -9,7 +9,7 @@ use crate::provider::usage::{Credits, Window};
 use crate::state::{Now, Policy};
 use crate::warden::Grant;
 use crate::EventRow;
-use crate::{HandleRow, QuotaRow};
+use crate::{Cooldown, HandleRow, NotificationRow, QuotaRow};
 
 /// Unix seconds, rounded down (an expiry is never overstated).
 pub fn secs_floor(ms: i64) -> i64 {
@@ -97,9 +97,103 @@ pub struct Summary<'a> {
     /// Why it is dead (the upstream code), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_reason: Option<&'a str>,
+    /// The command that signs a dead credential in again
+    /// (`tokenwarden login PROVIDER --id ID`), if it is dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relogin: Option<String>,
     /// The newest quota snapshot, briefly, if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaBrief<'a>>,
+    /// The pools it belongs to (absent when none).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub pools: &'a [String],
+    /// Its cooldown, while one runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<CooldownView<'a>>,
+}
+
+/// A running cooldown: `{"until","reason","source","set_at"}`.
+#[derive(Debug, Serialize)]
+pub struct CooldownView<'a> {
+    /// The credential.
+    pub credential_id: &'a str,
+    /// Its end, unix seconds (rounded up).
+    pub until: i64,
+    /// Why.
+    pub reason: &'a str,
+    /// `manual` or `quota`.
+    pub source: &'static str,
+    /// When it was set, unix seconds.
+    pub set_at: i64,
+}
+
+impl<'a> CooldownView<'a> {
+    /// The view of `c`.
+    pub fn new(c: &'a Cooldown) -> Self {
+        CooldownView {
+            credential_id: &c.credential_id,
+            until: secs_ceil(c.until_ms),
+            reason: &c.reason,
+            source: c.source.as_str(),
+            set_at: secs_floor(c.set_ms),
+        }
+    }
+}
+
+/// One row of the outbox, as listed (`notifications`, `GET
+/// /v1/notifications`): the delivered JSON is `payload`.
+#[derive(Debug, Serialize)]
+pub struct NotificationView<'a> {
+    /// The stable event id.
+    pub id: &'a str,
+    /// Its kind.
+    pub kind: &'a str,
+    /// The credential, if it is about one.
+    pub credential_id: Option<&'a str>,
+    /// When it was written, unix seconds.
+    pub created_at: i64,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub status: &'static str,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When it was delivered, unix seconds.
+    pub delivered_at: Option<i64>,
+    /// The last attempt's error.
+    pub last_error: Option<&'a str>,
+    /// The body delivered (never a secret).
+    pub payload: serde_json::Value,
+}
+
+/// `{"notifications":[…]}`.
+#[derive(Debug, Serialize)]
+pub struct NotificationList<'a> {
+    /// Oldest first.
+    pub notifications: Vec<NotificationView<'a>>,
+}
+
+impl<'a> NotificationList<'a> {
+    /// The list of `rows`.
+    pub fn new(rows: &'a [NotificationRow]) -> Self {
+        let notifications = rows
+            .iter()
+            .map(|r| NotificationView {
+                id: &r.notice.event_id,
+                kind: &r.notice.kind,
+                credential_id: r.notice.credential_id.as_deref(),
+                created_at: secs_floor(r.notice.at_ms),
+                status: match (r.delivered_ms, r.failed_ms) {
+                    (Some(_), _) => "delivered",
+                    (None, Some(_)) => "failed",
+                    (None, None) => "pending",
+                },
+                attempts: r.attempts,
+                delivered_at: r.delivered_ms.map(secs_floor),
+                last_error: r.last_error.as_deref(),
+                payload: serde_json::from_str(&r.notice.payload).unwrap_or_default(),
+            })
+            .collect();
+        NotificationList { notifications }
+    }
 }
 
 /// One window of a quota snapshot, briefly.
@@ -235,8 +329,24 @@ impl<'a> Summary<'a> {
             dead_reason: (state == crate::state::State::Dead)
                 .then_some(s.dead_reason.as_deref())
                 .flatten(),
+            relogin: (state == crate::state::State::Dead)
+                .then(|| crate::login::login_command(c.provider.kind, &c.id)),
             quota: None,
+            pools: &[],
+            cooldown: None,
         }
+    }
+
+    /// Adds the pools it belongs to.
+    pub fn with_pools(mut self, pools: Option<&'a Vec<String>>) -> Self {
+        self.pools = pools.map_or(&[], Vec::as_slice);
+        self
+    }
+
+    /// Adds its cooldown, if one runs at `now_ms`.
+    pub fn with_cooldown(mut self, c: Option<&'a Cooldown>, now_ms: i64) -> Self {
+        self.cooldown = c.filter(|c| c.until_ms > now_ms).map(CooldownView::new);
+        self
     }
 
     /// Adds the quota line from the newest snapshot, if any.

@@ -223,6 +223,14 @@ impl Warden {
     /// [`Warden::reject`], waiting at most `wait` on the refresh.
     pub fn reject_within(&self, id: &str, token: &str, wait: Duration) -> Result<Grant> {
         let id = checked(id)?;
+        self.record_reject(id, token)?;
+        self.token_within(id, Duration::ZERO, wait)
+    }
+
+    /// Records that upstream refused `token` of credential `id` (a no-op
+    /// if it is no longer the current token); [`Error::Dead`] if the
+    /// credential is dead.
+    fn record_reject(&self, id: &str, token: &str) -> Result<()> {
         let store = &self.core.store;
         loop {
             let row = store
@@ -255,6 +263,7 @@ impl Warden {
                 Err(Refusal::Dead) => {
                     return Err(Error::Dead {
                         id: id.to_owned(),
+                        provider: row.provider.kind,
                         reason: row.status.dead_reason.unwrap_or_else(|| "dead".into()),
                     })
                 }
@@ -262,7 +271,139 @@ impl Warden {
                 Err(_) => break,
             }
         }
-        self.token_within(id, Duration::ZERO, wait)
+        Ok(())
+    }
+
+    /// The token of the best member of `pool` right now (see
+    /// [`crate::pool`]): never a dead, rejected or cooling-down member,
+    /// nor one refreshing or backing off without a usable token; most
+    /// quota left, then least recently handed out. With `sticky`, the
+    /// member this key got last time while it stays usable. The grant
+    /// names the member (`credential_id`, `account_id`). The member's token
+    /// comes through [`Warden::token_within`], so a member that needs a
+    /// refresh is refreshed once, whoever asks; a member that turns out
+    /// dead or unavailable meanwhile is passed over for the next best,
+    /// within the call.
+    pub fn pool_token(&self, pool: &str, min_ttl: Duration, sticky: Option<&str>) -> Result<Grant> {
+        self.pool_token_within(pool, min_ttl, sticky, self.core.config.wait)
+    }
+
+    /// [`Warden::pool_token`], waiting at most `wait` on a member's refresh.
+    pub fn pool_token_within(
+        &self,
+        pool: &str,
+        min_ttl: Duration,
+        sticky: Option<&str>,
+        wait: Duration,
+    ) -> Result<Grant> {
+        crate::credential::validate_pool_name(pool).map_err(Error::BadInput)?;
+        let store = &self.core.store;
+        let metrics = &self.core.metrics;
+        let min_ttl_ms = clock::millis(min_ttl);
+        let mut tried: Vec<String> = Vec::new();
+        loop {
+            let read = store.pool(pool, sticky)?;
+            let now = self.now();
+            let members: Vec<crate::pool::Member<'_>> = read
+                .members
+                .iter()
+                .map(|m| crate::pool::Member {
+                    credential_id: &m.credential.id,
+                    account_id: m.credential.claims.account_id.as_deref(),
+                    status: &m.credential.status,
+                    cooldown_until_ms: m.cooldown.as_ref().map(|c| c.until_ms),
+                    standing: crate::pool::standing(
+                        m.quota.as_ref().and_then(|q| q.quota.as_ref()),
+                        now.wall_ms,
+                    ),
+                    last_served_ms: m.last_served_ms,
+                })
+                .collect();
+            let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+            let policy = &self.core.config.policy;
+            let choice = match crate::pool::pick(
+                &members,
+                &exclude,
+                read.sticky.as_deref(),
+                min_ttl_ms,
+                now,
+                policy,
+            ) {
+                crate::pool::Pick::Chosen(c) => c,
+                crate::pool::Pick::Empty if tried.is_empty() => {
+                    metrics.pool_pick(pool, "empty");
+                    return Err(Error::EmptyPool(pool.to_owned()));
+                }
+                crate::pool::Pick::Empty => {
+                    metrics.pool_pick(pool, "unavailable");
+                    return Err(Error::PoolUnavailable {
+                        pool: pool.to_owned(),
+                        members: format!("{}: unavailable when tried", tried.join(", ")),
+                        retry_after_s: Some(1),
+                    });
+                }
+                crate::pool::Pick::NoneUsable { unfit, retry_at_ms } => {
+                    metrics.pool_pick(pool, "unavailable");
+                    let members = unfit
+                        .iter()
+                        .map(|(id, why)| format!("{id}: {}", why.as_str()))
+                        .chain(
+                            tried
+                                .iter()
+                                .map(|id| format!("{id}: unavailable when tried")),
+                        )
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let retry_after_s = retry_at_ms
+                        .map(|at| ((at - now.wall_ms).max(1) as u64).div_ceil(1000).max(1));
+                    return Err(Error::PoolUnavailable {
+                        pool: pool.to_owned(),
+                        members,
+                        retry_after_s,
+                    });
+                }
+            };
+            let id = choice.credential_id;
+            match self.token_within(&id, min_ttl, wait) {
+                Ok(grant) => {
+                    // Only spreads load: losing it is not worth an error.
+                    if let Err(e) = store.pool_served(pool, &id, sticky, clock::now_ms()) {
+                        log::warn!("pool {pool}: could not record serving {id}: {e}");
+                    }
+                    metrics.pool_pick(pool, "served");
+                    return Ok(grant);
+                }
+                // Changed since the pick (died, backing off, deleted): the
+                // next best, within this call.
+                Err(Error::Dead { .. } | Error::Unavailable { .. } | Error::NotFound(_)) => {
+                    metrics.pool_pick(pool, "skipped");
+                    tried.push(id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A reject through a pool: records that upstream refused `token` of
+    /// member `id` (as [`Warden::reject`]), then answers with the pool's
+    /// best member now — the rejected one only if its token had already
+    /// been replaced. One call, so the caller can retry its request at once.
+    pub fn pool_reject_within(
+        &self,
+        pool: &str,
+        id: &str,
+        token: &str,
+        sticky: Option<&str>,
+        wait: Duration,
+    ) -> Result<Grant> {
+        let id = checked(id)?;
+        crate::credential::validate_pool_name(pool).map_err(Error::BadInput)?;
+        match self.record_reject(id, token) {
+            // A dead member is passed over by the pick anyway.
+            Ok(()) | Err(Error::Dead { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.pool_token_within(pool, Duration::ZERO, sticky, wait)
     }
 
     /// Refreshes now even if the token is valid (a refresh that someone
@@ -363,8 +504,17 @@ impl Warden {
                     other => return other,
                 }
             };
-            if let Some(row) = store.replace(c, row.status.version, &actor, now)? {
-                return Ok(row);
+            if let Some(new) = store.replace(c, row.status.version, &actor, now)? {
+                if row.status.state == state::State::Dead && new.status.state != state::State::Dead
+                {
+                    // Its own transaction (the replace takes none): a crash
+                    // right here loses this one notice, never the import.
+                    let note = crate::notify::on_revived(&row, new.status.version, now);
+                    if let Err(e) = store.insert_notice(&note) {
+                        log::warn!("{id}: could not write the recovered notification: {e}");
+                    }
+                }
+                return Ok(new);
             }
             // Lost a race with another writer: look again.
         }

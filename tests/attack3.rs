@@ -746,7 +746,12 @@ fn held_hostile_pagination_parameters_are_400_or_a_page() {
         (format!("?state={long}"), &[400, 413, 414, 431]),
         ("?provider=codex%20".into(), &[400]),
         ("?provider=".into(), &[400]),
-        ("?pool=x".into(), &[400]),
+        // Issue 15 made `pool` a filter (DESIGN §7): a pool name is
+        // checked like an id, never decoded.
+        ("?pool=x".into(), &[200]),
+        ("?pool=".into(), &[400]),
+        ("?pool=a%2fb".into(), &[400]),
+        ("?pool=..".into(), &[400]),
         (
             "?limit=2&after=c00001&state=valid&provider=codex".into(),
             &[200],

@@ -483,6 +483,7 @@ fn owner_writes_are_fenced_by_the_lease(b: Backend) {
                     Write {
                         tokens: Some(tok),
                         error: ErrorUpdate::Clear,
+                        notify: None,
                     },
                     owner,
                     now_ms(),
@@ -519,6 +520,7 @@ fn owner_writes_are_fenced_by_the_lease(b: Backend) {
             Write {
                 tokens: Some(&a),
                 error: ErrorUpdate::Clear,
+                notify: None,
             },
             "A",
             now_ms(),

@@ -31,7 +31,13 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/credentials/{id}/refresh", &["POST"]),
     ("/v1/credentials/{id}/events", &["GET"]),
     ("/v1/credentials/{id}/quota", &["GET", "POST"]),
+    ("/v1/credentials/{id}/cooldown", &["POST", "DELETE"]),
+    ("/v1/pools/{name}/token", &["GET"]),
+    ("/v1/pools/{name}/reject", &["POST"]),
+    ("/v1/notifications", &["GET"]),
     ("/oauth/token", &["POST"]),
+    ("/v1/credentials/{id}/login", &["POST"]),
+    ("/oauth/callback", &["GET"]),
 ];
 
 /// Methods tried on every path.
@@ -214,8 +220,10 @@ fn the_document_is_consistent() {
         let public = spec.is_public(&pattern, &method);
         assert_eq!(
             public,
-            (pattern == "/healthz" && method == "GET") || pattern == "/oauth/token",
-            "{what}: only GET /healthz and the facade need no key"
+            (pattern == "/healthz" && method == "GET")
+                || pattern == "/oauth/token"
+                || pattern == "/oauth/callback",
+            "{what}: only GET /healthz, the facade and the sign-in callback need no key"
         );
         // Every request is size-checked and may carry a bad query or body.
         for s in [400, 413] {
@@ -353,6 +361,8 @@ enum Group {
     Events,
     Quota,
     Facade,
+    Login,
+    Pools,
 }
 
 /// The group of each of the server's routes ([`ROUTES`]).
@@ -366,6 +376,11 @@ fn group_of(pattern: &str) -> Group {
         "/v1/credentials/{id}/events" => Group::Events,
         "/v1/credentials/{id}/quota" => Group::Quota,
         "/oauth/token" => Group::Facade,
+        "/v1/credentials/{id}/login" | "/oauth/callback" => Group::Login,
+        "/v1/credentials/{id}/cooldown"
+        | "/v1/pools/{name}/token"
+        | "/v1/pools/{name}/reject"
+        | "/v1/notifications" => Group::Pools,
         other => panic!("{other} is in no route group"),
     }
 }
@@ -984,6 +999,87 @@ fn facade_route_matches_the_document() {
     });
 }
 
+/// Signing in again over the API, against a real OpenID provider
+/// (tests/login.rs's): the authorize URL for an `oauth2` credential, the
+/// refusals (read-only key, another provider's credential, a bad body, an
+/// issuer that does not answer, too many sign-ins waiting), and the
+/// browser's return to `/oauth/callback` (signed in; an unknown state).
+#[test]
+fn login_routes_match_the_document() {
+    use Who::{Admin, Anon, Read};
+    route_group(Group::Login, |h| {
+        let idp = crate::login::Idp::start();
+        h.import("alice");
+        let record = json!({
+            "provider": "oauth2", "refresh_token": "rt-ops-old",
+            "token_url": format!("{}/token", idp.issuer), "client_id": "tw-cli",
+        });
+        h.send(
+            Admin,
+            "POST",
+            "/v1/credentials?id=ops",
+            Some(&record.to_string()),
+        )
+        .expect(201);
+        let start = json!({"issuer": idp.issuer}).to_string();
+        let a = h
+            .send(Admin, "POST", "/v1/credentials/ops/login", Some(&start))
+            .expect(200);
+        let url = a.json()["authorize_url"].as_str().unwrap().to_owned();
+        assert!(a.json()["redirect_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/oauth/callback"));
+        // The browser: the provider's forms, then back to the server.
+        let mut b = crate::login::Browser::default();
+        let back = b.sign_in(&idp.issuer, &url, "olga", false);
+        let target = &back[back.find("/oauth/callback").expect("to the server")..];
+        let page = h.send(Anon, "GET", target, None).expect(200);
+        assert!(
+            page.body.contains("You can close this tab"),
+            "{}",
+            page.body
+        );
+        let ops = h.env.warden().get("ops").unwrap();
+        assert_eq!(ops.claims.user_id.as_deref(), Some("olga"));
+        assert_ne!(ops.refresh_token.expose(), "rt-ops-old");
+        // The state was good once.
+        let again = h.send(Anon, "GET", target, None).expect(400);
+        assert!(again.body.contains("Unknown sign-in"), "{}", again.body);
+
+        h.send(Read, "POST", "/v1/credentials/ops/login", Some(&start))
+            .expect(403);
+        let a = h
+            .send(Admin, "POST", "/v1/credentials/alice/login", None)
+            .expect(400);
+        assert!(a.body.contains("only oauth2"), "{}", a.body);
+        for body in ["[1]", r#"{"issuer": 7}"#, r#"{"bogus": "x"}"#] {
+            h.send(Admin, "POST", "/v1/credentials/ops/login", Some(body))
+                .expect(400);
+        }
+        let closed = json!({"issuer": "http://127.0.0.1:1"}).to_string();
+        let a = h
+            .send(Admin, "POST", "/v1/credentials/ops/login", Some(&closed))
+            .expect(503);
+        assert_eq!(a.code(), "unavailable");
+        assert!(a.body.contains("did not answer"), "{}", a.body);
+        let direct = json!({"authorize_url": format!("{}/auth", idp.issuer)}).to_string();
+        let mut refused = None;
+        for _ in 0..70 {
+            let a = h.send(Admin, "POST", "/v1/credentials/ops/login", Some(&direct));
+            if a.status == 503 {
+                refused = Some(a);
+                break;
+            }
+            a.expect(200);
+        }
+        assert_eq!(
+            refused.expect("a cap on waiting sign-ins").code(),
+            "unavailable"
+        );
+    });
+}
+
 /// Requests no route takes (a wrong method, an unknown or malformed path)
 /// get the answers the document's `x-unrouted` lists, every one of them.
 #[test]
@@ -1074,4 +1170,76 @@ fn host_refusals_match_the_document() {
             }
         }
     }
+}
+
+/// Pools, cooldowns and the outbox (issue 15) match the document through
+/// every documented status but 500.
+#[test]
+fn pool_routes_match_the_document() {
+    use Who::{Admin, Read};
+    route_group(Group::Pools, |h| {
+        h.import("alice");
+        h.import("bob");
+        for id in ["alice", "bob"] {
+            h.env.warden().set_pool_member(id, "team", true).unwrap();
+        }
+        let t = h
+            .send(Read, "GET", "/v1/pools/team/token?sticky=s1", None)
+            .expect(200)
+            .json();
+        let member = t["credential_id"].as_str().unwrap().to_owned();
+        h.send(Read, "GET", "/v1/pools/team/token?min_ttl=x", None)
+            .expect(400);
+        h.send(Read, "GET", "/v1/pools/nobody/token", None)
+            .expect(404);
+        let body = json!({"credential_id": member, "access_token": t["access_token"]}).to_string();
+        h.send(Read, "POST", "/v1/pools/team/reject", Some(&body))
+            .expect(200);
+        h.send(Read, "POST", "/v1/pools/team/reject", Some("{}"))
+            .expect(400);
+        h.send(
+            Read,
+            "POST",
+            "/v1/pools/nobody/reject",
+            Some(&json!({"credential_id": "alice", "access_token": "x"}).to_string()),
+        )
+        .expect(404);
+        for id in ["alice", "bob"] {
+            h.send(
+                Read,
+                "POST",
+                &format!("/v1/credentials/{id}/cooldown"),
+                Some(r#"{"seconds": 60, "reason": "429"}"#),
+            )
+            .expect(200);
+        }
+        h.send(Read, "GET", "/v1/pools/team/token", None)
+            .expect(503);
+        h.send(
+            Read,
+            "POST",
+            "/v1/pools/team/reject",
+            Some(&json!({"credential_id": "alice", "access_token": "x"}).to_string()),
+        )
+        .expect(503);
+        h.send(Read, "POST", "/v1/credentials/alice/cooldown", Some("{}"))
+            .expect(400);
+        h.send(
+            Read,
+            "POST",
+            "/v1/credentials/nobody/cooldown",
+            Some(r#"{"seconds": 1}"#),
+        )
+        .expect(404);
+        h.send(Read, "DELETE", "/v1/credentials/alice/cooldown", None)
+            .expect(403);
+        h.send(Admin, "DELETE", "/v1/credentials/alice/cooldown", None)
+            .expect(204);
+        h.send(Admin, "DELETE", "/v1/credentials/nobody/cooldown", None)
+            .expect(404);
+        h.send(Read, "GET", "/v1/notifications?pending=1", None)
+            .expect(200);
+        h.send(Read, "GET", "/v1/notifications?limit=0", None)
+            .expect(400);
+    });
 }

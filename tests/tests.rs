@@ -19,6 +19,12 @@ mod attack2;
 mod attack3;
 // Attacks on the token cold-start change (a33b4c4): shortcut parser, deferred start-up.
 mod attack4;
+// Attacks on 251fb5a: the token shortcut wired in main, signals kept only
+// while held, the serve scheduler's quiet mark.
+mod attack5;
+// Attacks on issue 16, `tokenwarden login`: store_login, the flows, the
+// API sign-in, the Claude Code and Gemini importers, the relogin command.
+mod attack16;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.
@@ -37,12 +43,20 @@ mod fuzz_http;
 mod hardening;
 // The HTTP API end to end, in-process and as `tokenwarden serve`.
 mod http;
+// `tokenwarden login` against a real OpenID provider (oidc-provider on Node.js).
+mod login;
 // Imports that could burn a login: replace, stale, duplicate.
 mod import_replace;
 // One test or more per invariant of DESIGN.md §3.
 mod invariants;
+// The notifications outbox (issue 15): real receivers on loopback, a
+// SIGKILL between the change and its delivery.
+mod notify;
 // docs/openapi.yaml against the running server, one test per route group.
 mod openapi;
+// Pools and cooldowns (issue 15): the pick, the pool route, many
+// threads and processes asking one pool.
+mod pools;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
 // The PostgreSQL backend: several boxes on one database, its faults, its clock.

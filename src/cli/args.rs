@@ -85,7 +85,9 @@ impl Cli {
             },
             encryption_key_file: None,
             command: Command::Token {
-                id: id.to_owned(),
+                id: Some(id.to_owned()),
+                pool: None,
+                sticky: None,
                 min_ttl: Duration::ZERO,
                 out: JsonFlag { json },
             },
@@ -143,11 +145,23 @@ pub enum Command {
         /// Overwrite an existing credential with the same id.
         #[arg(long)]
         replace: bool,
+        /// Also add each imported credential to this pool.
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
     },
-    /// Print a usable access token, refreshing first if needed.
+    /// Print a usable access token, refreshing first if needed: of
+    /// credential ID, or of the best member of a pool (--pool).
     Token {
-        /// Credential id.
-        id: String,
+        /// Credential id (or --pool).
+        #[arg(required_unless_present = "pool", conflicts_with = "pool")]
+        id: Option<String>,
+        /// The best member of this pool right now (most quota left, least
+        /// recently handed out; never dead, rejected or cooling down).
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
+        /// With --pool: the same member for the same key while it stays usable.
+        #[arg(long, requires = "pool")]
+        sticky: Option<String>,
         /// The token must stay valid this many more seconds.
         #[arg(long, value_parser = secs, default_value = "0")]
         min_ttl: Duration,
@@ -194,6 +208,9 @@ pub enum Command {
         /// Only this provider's credentials.
         #[arg(long, value_parser = provider)]
         provider: Option<ProviderKind>,
+        /// Only the members of this pool.
+        #[arg(long, value_parser = pool_name)]
+        pool: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -240,6 +257,10 @@ pub enum Command {
         /// those refreshed, failed or dead get a line).
         #[arg(long, short)]
         verbose: bool,
+        /// Where notifications go; the pending ones are delivered at the
+        /// end of the pass.
+        #[command(flatten)]
+        notify: NotifyArgs,
         /// Output format.
         #[command(flatten)]
         out: JsonFlag,
@@ -280,6 +301,46 @@ pub enum Command {
     },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
+    /// Sign in (or back in) to a provider and keep the login: codex,
+    /// claude, or any oauth2 server.
+    Login(LoginArgs),
+    /// Pool membership: `pool add ID NAME`, `pool rm ID NAME`.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Cool a credential down (no pool hands it out until then), e.g. after
+    /// upstream answered 429 usage_limit_reached; --clear ends it.
+    Cooldown {
+        /// Credential id.
+        id: String,
+        /// For this many seconds.
+        #[arg(long, value_parser = secs, conflicts_with_all = ["until", "clear"],
+              required_unless_present_any = ["until", "clear"])]
+        seconds: Option<Duration>,
+        /// Until this time (unix seconds or RFC 3339).
+        #[arg(long, conflicts_with = "clear")]
+        until: Option<String>,
+        /// Why (shown in events and summaries).
+        #[arg(long, default_value = "cooldown")]
+        reason: String,
+        /// End the cooldown now.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// List the notifications outbox (newest last).
+    Notifications {
+        /// Only those not delivered yet.
+        #[arg(long)]
+        pending: bool,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Output format.
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Notification targets: `notify test` sends a sample to each.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Write a credential back as a Codex auth.json or CLIProxyAPI file.
     Export {
         /// Credential id.
@@ -294,6 +355,103 @@ pub enum Command {
         /// place of the refresh token (for another machine or container).
         #[arg(long)]
         handle: Option<String>,
+    },
+}
+
+/// `tokenwarden login PROVIDER …`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// codex, claude or oauth2.
+    #[arg(value_parser = provider)]
+    pub provider: ProviderKind,
+    /// The credential to store it as (default: the account's existing
+    /// credential, else its e-mail or account id).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Print the URL only; do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Listen for the redirect on this loopback port (default: the
+    /// provider's registered one, else any free one).
+    #[arg(long)]
+    pub redirect_port: Option<u16>,
+    /// Sign in with the device flow: a code to type in on any device.
+    #[arg(long, conflicts_with_all = ["manual", "redirect_port"])]
+    pub device: bool,
+    /// claude: open the URL anywhere and paste back the `code#state` the
+    /// page shows.
+    #[arg(long, conflicts_with = "redirect_port")]
+    pub manual: bool,
+    /// How long to wait for the sign-in, in seconds.
+    #[arg(long, value_parser = secs, default_value = "600")]
+    pub timeout: Duration,
+    /// oauth2: the OpenID issuer (endpoints by discovery; asks for
+    /// offline_access with consent).
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// oauth2: the authorization endpoint.
+    #[arg(long)]
+    pub authorize_url: Option<String>,
+    /// oauth2: the token endpoint.
+    #[arg(long)]
+    pub token_url: Option<String>,
+    /// oauth2: the device authorization endpoint (RFC 8628).
+    #[arg(long)]
+    pub device_url: Option<String>,
+    /// oauth2: the client id (registered with the redirect
+    /// http://127.0.0.1/callback, any port).
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// oauth2: a file holding the client secret (confidential clients).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// oauth2: the scopes, space-separated.
+    #[arg(long)]
+    pub scope: Option<String>,
+}
+
+/// `tokenwarden pool …`.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Add credential ID to pool NAME.
+    Add {
+        /// Credential id.
+        id: String,
+        /// Pool name.
+        #[arg(value_parser = pool_name)]
+        name: String,
+    },
+    /// Take credential ID out of pool NAME.
+    Rm {
+        /// Credential id.
+        id: String,
+        /// Pool name.
+        #[arg(value_parser = pool_name)]
+        name: String,
+    },
+}
+
+/// Where notifications go (`serve`, `sweep`, `notify test`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct NotifyArgs {
+    /// POST each notification's JSON here, signed with
+    /// TOKENWARDEN_NOTIFY_SECRET [env: TOKENWARDEN_NOTIFY_URL].
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
+    /// Run this command (with sh -c) with each notification's JSON on
+    /// stdin [env: TOKENWARDEN_NOTIFY_EXEC].
+    #[arg(long, value_name = "CMD")]
+    pub notify_exec: Option<String>,
+}
+
+/// `tokenwarden notify …`.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a sample notification to every configured target, now.
+    Test {
+        /// The targets.
+        #[command(flatten)]
+        targets: NotifyArgs,
     },
 }
 
@@ -342,6 +500,9 @@ pub struct ServeArgs {
     /// Worker threads of the background refresher.
     #[arg(long, default_value_t = 4)]
     pub refresher_threads: usize,
+    /// Where notifications go (delivered by a background thread).
+    #[command(flatten)]
+    pub notify: NotifyArgs,
     /// Also answer requests sent to this Host name when no API key is set
     /// (repeatable; loopback names are always answered) [env:
     /// TOKENWARDEN_ALLOW_HOST, comma-separated, adds to these].
@@ -395,11 +556,20 @@ pub enum ExportFormat {
     Codex,
     /// CLIProxyAPI auth file.
     Cliproxy,
+    /// Claude Code `~/.claude/.credentials.json`.
+    ClaudeCode,
+    /// Gemini CLI `~/.gemini/oauth_creds.json`.
+    Gemini,
 }
 
 fn provider(raw: &str) -> std::result::Result<ProviderKind, String> {
     ProviderKind::parse(raw)
         .ok_or_else(|| format!("unknown provider {raw:?}; use codex, claude, google or oauth2"))
+}
+
+/// A pool name (the rules of a credential id).
+fn pool_name(raw: &str) -> std::result::Result<String, String> {
+    crate::credential::validate_pool_name(raw).map(|()| raw.to_owned())
 }
 
 /// A page size: a whole number, at least 1 (a page of none would read as

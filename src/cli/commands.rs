@@ -72,6 +72,7 @@ pub(super) fn import(
     id: Option<&str>,
     provider: Option<ProviderKind>,
     replace: bool,
+    pool: Option<&str>,
 ) -> Result<()> {
     let warden = open(cli, "cli")?;
     let opts = ImportOptions {
@@ -100,6 +101,7 @@ pub(super) fn import(
     let mut run = ImportRun {
         warden: &warden,
         replace,
+        pool,
         out: std::io::BufWriter::new(std::io::stdout().lock()),
         batch: Vec::with_capacity(IMPORT_BATCH),
         total: 0,
@@ -155,6 +157,8 @@ pub(super) fn import(
 struct ImportRun<'w, W: std::io::Write> {
     warden: &'w crate::Warden,
     replace: bool,
+    /// `--pool`: each imported credential joins it.
+    pool: Option<&'w str>,
     out: W,
     batch: Vec<NewCredential>,
     total: usize,
@@ -212,6 +216,12 @@ impl<W: std::io::Write> ImportRun<'_, W> {
         for result in results {
             match result {
                 Ok(row) => {
+                    if let Some(pool) = self.pool {
+                        if let Err(e) = self.warden.set_pool_member(&row.id, pool, true) {
+                            self.failed = Some(e);
+                            return;
+                        }
+                    }
                     self.imported += 1;
                     let _ = writeln!(self.out, "imported {} ({})", row.id, row.provider.kind);
                     if row.status.state == State::Dead {
@@ -337,8 +347,10 @@ pub(super) fn sweep(
     concurrency: usize,
     only: &[String],
     verbose: bool,
+    notify: &super::args::NotifyArgs,
     json: bool,
 ) -> Result<i32> {
+    let targets = super::pools::targets(notify)?;
     let warden = open(cli, "sweep")?;
     let opts = SweepOptions {
         concurrency,
@@ -357,6 +369,21 @@ pub(super) fn sweep(
         }
     };
     let report = sweep::sweep(&warden, &opts, &progress)?;
+    // Cron-only deployments: cooldowns that are over end here, and the
+    // outbox is delivered before the pass ends (a bounded time: a receiver
+    // that hangs costs at most that).
+    warden.clear_ended_cooldowns()?;
+    let never = std::sync::atomic::AtomicBool::new(false);
+    match crate::notify::deliver::deliver_due(&warden, &targets, Duration::from_secs(30), &never) {
+        Ok(r) if r.delivered + r.retried + r.given_up > 0 => log::info!(
+            "notifications: {} delivered, {} to retry, {} given up",
+            r.delivered,
+            r.retried,
+            r.given_up
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("notification delivery: {e}"),
+    }
     if json {
         print_json(&report)?;
     } else {
@@ -427,6 +454,8 @@ pub(super) fn export(
     let text = match format {
         ExportFormat::Codex => import::export_codex(&row),
         ExportFormat::Cliproxy => import::export_cliproxy(&row),
+        ExportFormat::ClaudeCode => import::export_claude_code(&row),
+        ExportFormat::Gemini => import::export_gemini(&row),
     }
     .map_err(|e| Error::BadInput(e.to_string()))?;
     match out {

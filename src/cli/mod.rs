@@ -11,6 +11,8 @@
 //! - `commands`: the subcommands that work on credentials; `keys`:
 //!   `keygen`, `encrypt`, `rekey`; `serve`: [`run_serve`], the HTTP API
 //!   and its signal-driven shutdown.
+//! - `pools`: `token --pool`, `pool add|rm`, `cooldown`, `notifications`,
+//!   `notify test` (issue 15).
 //! - `print`: tables, summaries, `--json` and the sweep's report.
 
 use crate::admin::PageQuery;
@@ -21,10 +23,15 @@ use crate::warden::Warden;
 mod args;
 mod commands;
 mod keys;
+mod login;
+mod pools;
 mod print;
 mod serve;
 
-pub use args::{Cli, Command, ExportFormat, HandleCommand, JsonFlag, ServeArgs, Tuning};
+pub use args::{
+    Cli, Command, ExportFormat, HandleCommand, JsonFlag, NotifyArgs, NotifyCommand, PoolCommand,
+    ServeArgs, Tuning,
+};
 pub use commands::write_private;
 pub use serve::run_serve;
 
@@ -82,8 +89,43 @@ fn execute(cli: Cli) -> Result<i32> {
             id,
             provider,
             replace,
-        } => commands::import(&cli, files, id.as_deref(), *provider, *replace)?,
-        Command::Token { id, min_ttl, out } => commands::token(&cli, id, *min_ttl, out.json)?,
+            pool,
+        } => commands::import(
+            &cli,
+            files,
+            id.as_deref(),
+            *provider,
+            *replace,
+            pool.as_deref(),
+        )?,
+        Command::Token {
+            id: Some(id),
+            min_ttl,
+            out,
+            ..
+        } => commands::token(&cli, id, *min_ttl, out.json)?,
+        Command::Token {
+            id: None,
+            pool,
+            sticky,
+            min_ttl,
+            out,
+        } => pools::pool_token(&cli, pool.as_deref(), sticky.as_deref(), *min_ttl, out.json)?,
+        Command::Pool(PoolCommand::Add { id, name }) => pools::member(&cli, id, name, true)?,
+        Command::Pool(PoolCommand::Rm { id, name }) => pools::member(&cli, id, name, false)?,
+        Command::Cooldown {
+            id,
+            seconds,
+            until,
+            reason,
+            clear,
+        } => pools::cooldown(&cli, id, *seconds, until.as_deref(), reason, *clear)?,
+        Command::Notifications {
+            pending,
+            limit,
+            out,
+        } => pools::notifications(&cli, *pending, *limit, out.json)?,
+        Command::Notify(NotifyCommand::Test { targets }) => pools::notify_test(&cli, targets)?,
         Command::Reject { id, token, out } => commands::reject(&cli, id, token, out.json)?,
         Command::Refresh { id, force, out } => commands::refresh(&cli, id, *force, out.json)?,
         Command::List {
@@ -91,6 +133,7 @@ fn execute(cli: Cli) -> Result<i32> {
             after,
             state,
             provider,
+            pool,
             out,
         } => {
             let page = PageQuery {
@@ -98,6 +141,7 @@ fn execute(cli: Cli) -> Result<i32> {
                 limit: limit.unwrap_or(usize::MAX),
                 state: *state,
                 provider: *provider,
+                pool: pool.clone(),
             };
             commands::list(&cli, &page, out.json)?
         }
@@ -109,8 +153,9 @@ fn execute(cli: Cli) -> Result<i32> {
             concurrency,
             only,
             verbose,
+            notify,
             out,
-        } => return commands::sweep(&cli, *quota, *concurrency, only, *verbose, out.json),
+        } => return commands::sweep(&cli, *quota, *concurrency, only, *verbose, notify, out.json),
         Command::Quota { id, refresh, out } => commands::quota(&cli, id, *refresh, out.json)?,
         Command::Handle(HandleCommand::Create { id, label }) => {
             commands::handle_create(&cli, id, label)?
@@ -124,6 +169,7 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::Rekey { new_key_file } => keys::rekey(&cli, new_key_file.as_deref())?,
         Command::Migrate { to } => commands::migrate(&cli, to)?,
         Command::Serve(args) => serve::serve(&cli, args)?,
+        Command::Login(args) => login::login(&cli, args)?,
         Command::Export {
             id,
             format,

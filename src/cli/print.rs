@@ -105,6 +105,9 @@ pub(super) fn print_summary(s: &Summary) {
     if let Some(reason) = s.dead_reason {
         println!("dead reason:  {reason}");
     }
+    if let Some(command) = &s.relogin {
+        println!("sign in again: {command}");
+    }
     if let Some(e) = &s.last_error {
         println!(
             "last error:   {} at {}: {}",

@@ -29,6 +29,7 @@ pub(super) fn serve(cli: &Cli, args: &ServeArgs) -> Result<()> {
 /// returns (exit 0). A second signal exits at once, with status 1.
 pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
     let keys = ApiKeys::load(args.api_key_file.as_deref())?;
+    let targets = super::pools::targets(&args.notify)?;
     let grace = match std::env::var(SHUTDOWN_GRACE_ENV) {
         Ok(raw) => crate::config::parse_secs(&raw).ok_or_else(|| {
             Error::Config(format!(
@@ -61,6 +62,12 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
             args.refresher_threads,
         )),
     };
+    // Ends cooldowns that are over and delivers the outbox, on a thread of
+    // its own: a receiver that is down or hangs never holds up a token.
+    let notify_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notifier =
+        crate::notify::deliver::start_worker(warden.clone(), targets, notify_stop.clone())
+            .map_err(|e| crate::error::IoError::new("cannot start the notification thread", e))?;
     let name = match stop.recv() {
         Ok(SIGINT) => "SIGINT",
         Ok(SIGHUP) => "SIGHUP",
@@ -73,6 +80,10 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
     if let Some(background) = background {
         background.stop(grace);
     }
+    notify_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // At most one attempt's timeout per target: what is not delivered
+    // stays in the outbox for the next start.
+    let _ = notifier.join();
     let metrics = warden.metrics();
     if metrics.leases_held() > 0 {
         log::info!(

@@ -21,10 +21,12 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
         (
             Error::Dead {
                 id: "a".into(),
+                provider: crate::credential::ProviderKind::Claude,
                 reason: "invalid_grant".into(),
             },
-            "credential 'a' is dead (invalid_grant): log in again and re-import it \
-             (`tokenwarden import FILE --replace`), or retry with `tokenwarden refresh a --force`",
+            "credential 'a' is dead (invalid_grant): sign in again with `tokenwarden login claude \
+             --id a` (or import a newer login file with --replace), or retry with \
+             `tokenwarden refresh a --force`",
             4,
             "credential_dead",
         ),
@@ -55,6 +57,34 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "configuration: pool size must be at least 1",
             2,
             "config_error",
+        ),
+        (
+            Error::EmptyPool("p".into()),
+            "pool 'p' has no members; add one with `tokenwarden pool add ID p` \
+             (or `tokenwarden import FILE --pool p`)",
+            3,
+            "pool_empty",
+        ),
+        (
+            Error::PoolUnavailable {
+                pool: "p".into(),
+                members: "a: dead, b: cooling down".into(),
+                retry_after_s: Some(9),
+            },
+            "pool 'p' has no usable member right now: a: dead, b: cooling down; retry in 9 s",
+            5,
+            "pool_unavailable",
+        ),
+        (
+            Error::PoolUnavailable {
+                pool: "p".into(),
+                members: "a: dead".into(),
+                retry_after_s: None,
+            },
+            "pool 'p' has no usable member right now: a: dead; every member needs a human \
+             (`tokenwarden list --pool NAME` shows why)",
+            5,
+            "pool_unavailable",
         ),
         (
             Error::NoQuota("a".into()),

@@ -17,6 +17,7 @@
 //! never a header, query value or body.
 
 pub mod auth;
+mod login;
 mod origin;
 pub mod quota;
 pub mod response;

@@ -17,6 +17,8 @@ pub enum Body {
     Json(Vec<u8>),
     /// Prometheus text exposition format.
     Metrics(String),
+    /// A page for a browser (the sign-in callback's).
+    Html(String),
 }
 
 /// An answer, before it is sent.
@@ -71,6 +73,15 @@ impl Reply {
         }
     }
 
+    /// A page for a browser.
+    pub fn html(status: u16, page: String) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Body::Html(page),
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
@@ -83,6 +94,7 @@ impl Reply {
             Body::Empty => None,
             Body::Json(_) => Some("application/json"),
             Body::Metrics(_) => Some("text/plain; version=0.0.4; charset=utf-8"),
+            Body::Html(_) => Some("text/html; charset=utf-8"),
         }
     }
 
@@ -91,7 +103,7 @@ impl Reply {
         match self.body {
             Body::Empty => Vec::new(),
             Body::Json(b) => b,
-            Body::Metrics(s) => s.into_bytes(),
+            Body::Metrics(s) | Body::Html(s) => s.into_bytes(),
         }
     }
 }
@@ -238,10 +250,22 @@ impl From<Error> for ApiError {
                 ..ApiError::from(*source)
             },
             Error::BadInput(_) => ApiError::bad_request(message),
-            Error::NotFound(_) | Error::NoQuota(_) | Error::QuotaUnsupported { .. } => {
-                ApiError::new(404, e.code(), message)
-            }
+            // No member will come back by itself: look again in a minute.
+            Error::PoolUnavailable { retry_after_s, .. } => ApiError {
+                retry_after_s: Some(retry_after_s.unwrap_or(60)),
+                ..ApiError::new(503, "pool_unavailable", message)
+            },
+            Error::NotFound(_)
+            | Error::NoQuota(_)
+            | Error::QuotaUnsupported { .. }
+            | Error::EmptyPool(_) => ApiError::new(404, e.code(), message),
             Error::Exists(_) => ApiError::new(409, "exists", message),
+            // A sign-in's upstream did not answer (over the API: the
+            // issuer's discovery): worth retrying, like a refresh's.
+            Error::Login { .. } => ApiError {
+                retry_after_s: Some(5),
+                ..ApiError::new(503, "unavailable", message)
+            },
             Error::RefreshInProgress { retry_after_s, .. } => ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(409, e.code(), message)
@@ -288,6 +312,14 @@ mod tests {
     fn maps_every_error() {
         let cases = [
             (Error::BadInput("x".into()), 400, "bad_request"),
+            (
+                Error::Login {
+                    code: "upstream_unreachable",
+                    message: "x".into(),
+                },
+                503,
+                "unavailable",
+            ),
             (Error::NotFound("a".into()), 404, "not_found"),
             (Error::NoQuota("a".into()), 404, "no_quota"),
             (
@@ -347,6 +379,7 @@ mod tests {
     fn dead_and_unavailable_carry_their_extras() {
         let dead = ApiError::from(Error::Dead {
             id: "a".into(),
+            provider: crate::credential::ProviderKind::Codex,
             reason: "refresh_token_reused".into(),
         })
         .into_reply();

@@ -34,6 +34,10 @@ pub(crate) struct App {
     pub wait: Duration,
     /// Which `Host` and `Origin` headers are answered.
     pub hosts: HostPolicy,
+    /// Whether the server speaks HTTPS (for the sign-in redirect URI).
+    pub tls: bool,
+    /// Sign-ins started over the API, waiting for their browsers.
+    pub logins: super::login::PendingLogins,
 }
 
 /// The outcome of one request, ready to count, log and send.
@@ -71,14 +75,33 @@ enum Action {
     Events,
     QuotaGet,
     QuotaPost,
+    /// `GET /v1/pools/{name}/token`.
+    PoolToken,
+    /// `POST /v1/pools/{name}/reject`.
+    PoolReject,
+    /// `POST /v1/credentials/{id}/cooldown`.
+    CooldownSet,
+    /// `DELETE /v1/credentials/{id}/cooldown`.
+    CooldownClear,
+    /// `GET /v1/notifications`.
+    Notifications,
     /// The Codex token-endpoint facade (authenticated by its handle).
     Facade,
+    /// Start signing a credential in again.
+    Login,
+    /// Where the browser comes back (authenticated by the state).
+    Callback,
 }
 
 impl Action {
     /// Whether a read-only key may do this (`force` is a forced refresh).
     fn allowed_for_read(self, force: bool) -> bool {
-        !(matches!(self, Action::Import | Action::Delete) || (self == Action::Refresh && force))
+        // A read-only key may set a cooldown (a caller that got a 429) but
+        // not lift one.
+        !(matches!(
+            self,
+            Action::Import | Action::Delete | Action::Login | Action::CooldownClear
+        ) || (self == Action::Refresh && force))
     }
 }
 
@@ -119,7 +142,7 @@ const ROUTES: &[Route] = &[
             ep(
                 "GET",
                 Action::List,
-                &["limit", "after", "state", "provider"],
+                &["limit", "after", "state", "provider", "pool"],
             ),
             ep("POST", Action::Import, &["id", "provider", "replace"]),
         ],
@@ -148,8 +171,48 @@ const ROUTES: &[Route] = &[
         endpoints: &[ep("GET", Action::Events, &["limit", "after"])],
     },
     Route {
+        pattern: "/v1/credentials/{id}/cooldown",
+        endpoints: &[
+            ep("POST", Action::CooldownSet, &[]),
+            ep("DELETE", Action::CooldownClear, &[]),
+        ],
+    },
+    Route {
+        pattern: "/v1/pools/{id}/token",
+        endpoints: &[ep("GET", Action::PoolToken, &["min_ttl", "wait", "sticky"])],
+    },
+    Route {
+        pattern: "/v1/pools/{id}/reject",
+        endpoints: &[ep("POST", Action::PoolReject, &["wait", "sticky"])],
+    },
+    Route {
+        pattern: "/v1/notifications",
+        endpoints: &[ep("GET", Action::Notifications, &["pending", "limit"])],
+    },
+    Route {
         pattern: "/oauth/token",
         endpoints: &[ep("POST", Action::Facade, &[])],
+    },
+    Route {
+        pattern: "/v1/credentials/{id}/login",
+        endpoints: &[ep("POST", Action::Login, &[])],
+    },
+    Route {
+        pattern: "/oauth/callback",
+        endpoints: &[ep(
+            "GET",
+            Action::Callback,
+            &[
+                "code",
+                "state",
+                "error",
+                "error_description",
+                "error_uri",
+                "iss",
+                "session_state",
+                "scope",
+            ],
+        )],
     },
     Route {
         pattern: "/v1/credentials/{id}/quota",
@@ -247,8 +310,9 @@ fn answer(
     // Auth comes next, on every path: a caller without a key learns
     // nothing, not even which paths exist. The facade authenticates by the
     // handle in its body instead.
-    let public =
-        (method == "GET" && path == "/healthz") || (method == "POST" && path == "/oauth/token");
+    let public = (method == "GET" && path == "/healthz")
+        || (method == "POST" && path == "/oauth/token")
+        || (method == "GET" && path == "/oauth/callback");
     let scope = if public || app.keys.is_empty() {
         Scope::Admin
     } else {
@@ -277,12 +341,22 @@ fn answer(
         return Err(ApiError::new(
             403,
             "forbidden",
-            "this API key is read-only; importing, deleting and forced refreshes need an admin key",
+            "this API key is read-only; importing, deleting, forced refreshes and clearing a \
+             cooldown need an admin key",
         ));
     }
     let body = read_body(rq, body_state)?;
-    if endpoint.action == Action::Facade {
-        return Ok(facade_reply(app, header(rq, "Content-Type"), &body));
+    match endpoint.action {
+        Action::Facade => return Ok(facade_reply(app, header(rq, "Content-Type"), &body)),
+        Action::Login => {
+            let host = header(rq, "Host");
+            return super::login::start(&app.warden, &app.logins, id, host, app.tls, &body);
+        }
+        Action::Callback => {
+            let target = rq.url().to_owned();
+            return Ok(super::login::callback(&app.warden, &app.logins, &target));
+        }
+        _ => {}
     }
     dispatch(app, endpoint.action, id, &query, &body)
 }
@@ -346,8 +420,46 @@ fn dispatch(
         }
         Action::QuotaGet => quota_get(w, id),
         Action::QuotaPost => quota_post(w, id),
-        // Answered before dispatch (it needs the request's content type).
-        Action::Facade => Err(ApiError::no_route()),
+        Action::PoolToken => {
+            let pool = parse_pool(id)?;
+            let min_ttl = q.secs("min_ttl", u64::MAX)?.unwrap_or(Duration::ZERO);
+            let sticky = sticky_key(q)?;
+            token_reply(&w.pool_token_within(&pool, min_ttl, sticky.as_deref(), wait()?)?)
+        }
+        Action::PoolReject => {
+            let pool = parse_pool(id)?;
+            let (member, token) = pool_rejected(body)?;
+            let sticky = sticky_key(q)?;
+            token_reply(&w.pool_reject_within(
+                &pool,
+                &member,
+                &token,
+                sticky.as_deref(),
+                wait()?,
+            )?)
+        }
+        Action::CooldownSet => {
+            // An unknown credential is 404 whatever the body.
+            w.get(id)?;
+            let (until_ms, reason) = cooldown_body(body, clock::now_ms())?;
+            w.set_cooldown(id, until_ms, &reason)?;
+            let all = w.cooldowns()?;
+            match all.iter().find(|c| c.credential_id == id) {
+                Some(c) => Ok(Reply::json(200, &crate::view::CooldownView::new(c))),
+                None => Err(ApiError::internal("the cooldown just set is gone")),
+            }
+        }
+        Action::CooldownClear => {
+            w.clear_cooldown(id, "cleared over the API")?;
+            Ok(Reply::empty(204))
+        }
+        Action::Notifications => {
+            let limit = u32::try_from(q.limit(LIST_LIMIT)?).unwrap_or(u32::MAX);
+            let rows = w.notifications(q.flag("pending")?, limit)?;
+            Ok(Reply::json(200, &crate::view::NotificationList::new(&rows)))
+        }
+        // Answered before dispatch (they need the request's headers).
+        Action::Facade | Action::Login | Action::Callback => Err(ApiError::no_route()),
     }
 }
 
@@ -394,6 +506,13 @@ fn parse_provider(p: &str) -> Result<ProviderKind, ApiError> {
     })
 }
 
+/// A pool named in the path or the query string (the rules of an id).
+fn parse_pool(p: &str) -> Result<String, ApiError> {
+    crate::credential::validate_pool_name(p)
+        .map(|()| p.to_owned())
+        .map_err(ApiError::bad_request)
+}
+
 /// Items a page of `GET /v1/credentials` (or of a credential's events)
 /// holds when `limit` is not given, and the most it may ask for.
 pub const LIST_LIMIT: (usize, usize) = (1_000, 10_000);
@@ -418,6 +537,7 @@ fn list(w: &Warden, q: &Query) -> Result<Reply, ApiError> {
             })
             .transpose()?,
         provider: q.get("provider").map(parse_provider).transpose()?,
+        pool: q.get("pool").map(parse_pool).transpose()?,
     };
     let mut list = SummaryWriter::new(Vec::new())
         .map_err(|e| ApiError::internal(format!("cannot encode the answer: {e}")))?;
@@ -432,7 +552,9 @@ fn list(w: &Warden, q: &Query) -> Result<Reply, ApiError> {
 /// one row at a time, without secrets).
 fn metrics(w: &Warden) -> Result<Reply, ApiError> {
     let states = w.count_by_state()?;
-    Ok(Reply::metrics(w.metrics().render(&states)))
+    let mut text = w.metrics().render(&states);
+    text.push_str(&w.metrics().render_pools(&w.pool_gauges()?));
+    Ok(Reply::metrics(text))
 }
 
 /// `POST /v1/credentials`: any import format; 201 with the summary, or
@@ -472,6 +594,97 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
 fn is_array(body: &[u8]) -> bool {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// A `?sticky=` key, percent-decoded: 1 to 256 characters.
+fn sticky_key(q: &Query) -> Result<Option<String>, ApiError> {
+    match q.text("sticky") {
+        Some(k) if k.is_empty() || k.chars().count() > 256 => {
+            Err(ApiError::bad_request("sticky is 1 to 256 characters"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// A pool reject body, `{"credential_id":"…","access_token":"…"}`: the
+/// member the token belongs to (the `credential_id` of the token answer)
+/// and the token upstream refused. Errors never quote the token.
+fn pool_rejected(body: &[u8]) -> Result<(String, String), ApiError> {
+    const SHAPE: &str =
+        r#"send {"credential_id":"ID","access_token":"THE TOKEN UPSTREAM REFUSED"}"#;
+    let bad = |what: String| ApiError::bad_request(format!("{what}; {SHAPE}"));
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON ({e})")))?;
+    let Value::Object(mut map) = value else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    let member = match map.remove("credential_id") {
+        Some(Value::String(s)) => {
+            validate_id(&s).map_err(|e| bad(format!("field \"credential_id\": {e}")))?;
+            s
+        }
+        _ => {
+            return Err(bad(
+                r#"field "credential_id" must be a credential id"#.into()
+            ))
+        }
+    };
+    let token = rejected_token(&serde_json::to_vec(&map).unwrap_or_default()).map_err(|e| {
+        bad(e
+            .message
+            .split("; send")
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    })?;
+    Ok((member, token))
+}
+
+/// A cooldown body: `{"seconds": N}` or `{"until": unix seconds or RFC
+/// 3339}`, and an optional `"reason"` (default `cooldown`); the end in
+/// unix ms. The end must be in the future and within a year.
+fn cooldown_body(body: &[u8], now_ms: i64) -> Result<(i64, String), ApiError> {
+    const SHAPE: &str = r#"send {"seconds":N} or {"until":UNIX_SECONDS|"RFC 3339"}, and "reason""#;
+    let bad = |what: String| ApiError::bad_request(format!("{what}; {SHAPE}"));
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON ({e})")))?;
+    let Value::Object(map) = value else {
+        return Err(bad("the body must be a JSON object".into()));
+    };
+    if let Some(field) = map
+        .keys()
+        .find(|k| !["seconds", "until", "reason"].contains(&k.as_str()))
+    {
+        return Err(bad(format!("unknown field {:?}", shorten(field))));
+    }
+    let until_ms = match (map.get("seconds"), map.get("until")) {
+        (Some(s), None) => {
+            let secs = s
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| bad(r#"field "seconds" must be a number above 0"#.into()))?;
+            now_ms.saturating_add((secs * 1000.0) as i64)
+        }
+        (None, Some(Value::Number(n))) => n
+            .as_i64()
+            .map(|s| s.saturating_mul(1000))
+            .ok_or_else(|| bad(r#"field "until" must be whole unix seconds"#.into()))?,
+        (None, Some(Value::String(s))) => crate::rfc3339::parse(s)
+            .ok_or_else(|| bad(r#"field "until" is not an RFC 3339 time"#.into()))?,
+        (None, Some(_)) => return Err(bad(r#"field "until" must be a number or a string"#.into())),
+        _ => return Err(bad(r#"give exactly one of "seconds" and "until""#.into())),
+    };
+    if until_ms <= now_ms || until_ms > now_ms.saturating_add(366 * 86_400_000) {
+        return Err(bad(
+            "the cooldown must end in the future, within a year".into()
+        ));
+    }
+    let reason = match map.get("reason") {
+        None | Some(Value::Null) => "cooldown".to_owned(),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= 200 => s.clone(),
+        Some(_) => return Err(bad(r#"field "reason" must be 1 to 200 characters"#.into())),
+    };
+    Ok((until_ms, reason))
 }
 
 /// The token of a reject body, `{"access_token":"…"}`, strictly: errors

@@ -224,6 +224,8 @@ impl Server {
                 warden,
                 keys: options.keys,
                 wait: options.wait,
+                tls: front.is_some(),
+                logins: Default::default(),
             },
             handler,
             stopping: AtomicBool::new(false),

@@ -7,7 +7,8 @@ use crate::provider::ProviderKind;
 
 /// The formats [`parse_import`](super::parse_import) reads, for error messages.
 const ACCEPTED: &str = "a tokenwarden JSON record (or an array of them), \
-    a Codex CLI auth.json, or a CLIProxyAPI codex/claude auth file";
+    a Codex CLI auth.json, a CLIProxyAPI codex/claude auth file, \
+    a Claude Code .credentials.json or a Gemini CLI oauth_creds.json";
 
 /// Why bytes could not be imported. No message quotes a secret.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

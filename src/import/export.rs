@@ -1,11 +1,12 @@
-//! The two export formats: a Codex CLI `auth.json` and a CLIProxyAPI auth
-//! file, written from a stored credential.
+//! The export formats: a Codex CLI `auth.json`, a CLIProxyAPI auth file,
+//! Claude Code's `.credentials.json` and Gemini CLI's `oauth_creds.json`,
+//! written from a stored credential.
 
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::credential::Credential;
-use crate::provider::ProviderKind;
+use crate::provider::{claude, google, ProviderKind};
 use crate::rfc3339;
 use crate::secret::Secret;
 
@@ -15,7 +16,7 @@ pub enum ExportError {
     /// The format cannot hold this provider's credentials.
     #[error("a {provider} credential cannot be exported as {format}; that format holds only {supported} credentials")]
     Unsupported {
-        /// `codex` or `cliproxy`.
+        /// `codex`, `cliproxy`, `claude-code` or `gemini`.
         format: &'static str,
         /// The credential's provider.
         provider: ProviderKind,
@@ -54,6 +55,32 @@ struct CliProxyOut<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     expired: String,
+}
+
+#[derive(Serialize)]
+struct ClaudeCodeOut<'a> {
+    #[serde(rename = "claudeAiOauth")]
+    oauth: ClaudeCodeOauthOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaudeCodeOauthOut<'a> {
+    access_token: Option<&'a str>,
+    refresh_token: &'a str,
+    expires_at: Option<i64>,
+    scopes: Vec<&'a str>,
+    subscription_type: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct GeminiOut<'a> {
+    access_token: Option<&'a str>,
+    refresh_token: &'a str,
+    scope: &'a str,
+    token_type: &'static str,
+    id_token: Option<&'a str>,
+    expiry_date: Option<i64>,
 }
 
 /// When the credential last refreshed, else when it last changed.
@@ -121,6 +148,68 @@ pub fn export_cliproxy(c: &Credential) -> Result<String, ExportError> {
     })
 }
 
+/// The access token's expiry when there is an access token.
+fn access_expiry(c: &Credential) -> Option<i64> {
+    c.access_token.as_ref().and(c.status.expires_at_ms)
+}
+
+/// Writes a Claude credential as Claude Code's `~/.claude/.credentials.json`
+/// (pretty JSON): `claudeAiOauth` with `accessToken`, `refreshToken`,
+/// `expiresAt` (unix ms; `null` when unknown), `scopes` (the credential's
+/// scope, else Claude Code's own, which include `user:inference`: Claude
+/// Code takes a login without it for a console one) and `subscriptionType`
+/// (the plan). The caller writes it with mode 0600.
+pub fn export_claude_code(c: &Credential) -> Result<String, ExportError> {
+    if c.provider.kind != ProviderKind::Claude {
+        return Err(ExportError::Unsupported {
+            format: "claude-code",
+            provider: c.provider.kind,
+            supported: "claude",
+        });
+    }
+    let scopes = c.provider.scope.as_deref().unwrap_or(claude::SCOPES);
+    pretty(&ClaudeCodeOut {
+        oauth: ClaudeCodeOauthOut {
+            access_token: c.access_token.as_ref().map(Secret::expose),
+            refresh_token: c.refresh_token.expose(),
+            expires_at: access_expiry(c),
+            scopes: scopes.split_whitespace().collect(),
+            subscription_type: c.claims.plan_type.as_deref(),
+        },
+    })
+}
+
+/// Writes a Google credential of Gemini CLI's client as Gemini CLI's
+/// `~/.gemini/oauth_creds.json` (pretty JSON): `access_token`,
+/// `refresh_token`, `scope`, `token_type` (`Bearer`), `id_token`,
+/// `expiry_date` (unix ms). A Google credential of another client is
+/// refused: Gemini CLI refreshes with its own client id, which Google
+/// refuses for another client's refresh token.
+pub fn export_gemini(c: &Credential) -> Result<String, ExportError> {
+    if c.provider.kind != ProviderKind::Google
+        || c.provider.client_id.as_deref() != Some(google::GEMINI_CLI_CLIENT_ID)
+    {
+        return Err(ExportError::Unsupported {
+            format: "gemini",
+            provider: c.provider.kind,
+            supported:
+                "google credentials of Gemini CLI's client (imported from its oauth_creds.json)",
+        });
+    }
+    pretty(&GeminiOut {
+        access_token: c.access_token.as_ref().map(Secret::expose),
+        refresh_token: c.refresh_token.expose(),
+        scope: c
+            .provider
+            .scope
+            .as_deref()
+            .unwrap_or(google::GEMINI_CLI_SCOPES),
+        token_type: "Bearer",
+        id_token: c.id_token.as_ref().map(Secret::expose),
+        expiry_date: access_expiry(c),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
@@ -132,6 +221,7 @@ mod tests {
 
     fn stored(kind: ProviderKind, new: &NewCredential, last_refresh_ms: i64) -> Credential {
         Credential {
+            failing_since_ms: None,
             id: new.id.clone(),
             provider: ProviderConfig {
                 kind,
@@ -222,19 +312,67 @@ mod tests {
     }
 
     #[test]
+    fn claude_code_and_gemini_exports_round_trip() {
+        // (fixture, writer)
+        type Writer = fn(&Credential) -> Result<String, ExportError>;
+        let table: [(&str, Writer); 2] = [
+            (
+                include_str!("../../fixtures/import/claude_code_credentials.json"),
+                export_claude_code,
+            ),
+            (
+                include_str!("../../fixtures/import/gemini_oauth_creds.json"),
+                export_gemini,
+            ),
+        ];
+        for (fixture, write) in table {
+            let original = one(fixture);
+            let cred = stored(original.provider.kind, &original, NOW);
+            let text = write(&cred).unwrap();
+            assert_eq!(one(&text), original, "{text}");
+        }
+        let claude = one(include_str!(
+            "../../fixtures/import/claude_code_credentials.json"
+        ));
+        let v: Value = serde_json::from_str(
+            &export_claude_code(&stored(ProviderKind::Claude, &claude, NOW)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["claudeAiOauth"]["scopes"],
+            serde_json::json!(["org:create_api_key", "user:profile", "user:inference"])
+        );
+        assert_eq!(v["claudeAiOauth"]["expiresAt"], 1_700_028_800_000_i64);
+        let gemini = one(include_str!(
+            "../../fixtures/import/gemini_oauth_creds.json"
+        ));
+        let v: Value = serde_json::from_str(
+            &export_gemini(&stored(ProviderKind::Google, &gemini, NOW)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (v["token_type"].as_str(), v["expiry_date"].as_i64()),
+            (Some("Bearer"), Some(1_700_003_599_000))
+        );
+    }
+
+    #[test]
     fn export_refuses_other_providers() {
         let base = one(r#"{"id":"x","provider":"google","client_id":"c","refresh_token":"r"}"#);
-        // (provider, codex ok, cliproxy ok)
+        // (provider, codex ok, cliproxy ok, claude-code ok); gemini: only
+        // Gemini CLI's client (the round-trip test above)
         let table = [
-            (ProviderKind::Codex, true, true),
-            (ProviderKind::Claude, false, true),
-            (ProviderKind::Google, false, false),
-            (ProviderKind::OAuth2, false, false),
+            (ProviderKind::Codex, true, true, false),
+            (ProviderKind::Claude, false, true, true),
+            (ProviderKind::Google, false, false, false),
+            (ProviderKind::OAuth2, false, false, false),
         ];
-        for (kind, codex_ok, cliproxy_ok) in table {
+        for (kind, codex_ok, cliproxy_ok, claude_ok) in table {
             let c = stored(kind, &base, NOW);
             assert_eq!(export_codex(&c).is_ok(), codex_ok, "{kind}");
             assert_eq!(export_cliproxy(&c).is_ok(), cliproxy_ok, "{kind}");
+            assert_eq!(export_claude_code(&c).is_ok(), claude_ok, "{kind}");
+            assert!(export_gemini(&c).is_err(), "{kind}: client id c");
         }
         let err = export_cliproxy(&stored(ProviderKind::Google, &base, NOW)).unwrap_err();
         assert_eq!(

@@ -75,3 +75,20 @@ pub(super) fn opt_time(map: &Map<String, Value>, key: &str, path: &str) -> Resul
         })
         .transpose()
 }
+
+/// An optional time in unix milliseconds, as a JSON number (how Claude Code
+/// and Gemini CLI write expiries); `null`, absent and 0 are `None`.
+pub(super) fn opt_ms(map: &Map<String, Value>, key: &str, path: &str) -> Result<Option<i64>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(0.0) => Ok(None),
+            Some(ms) if ms.is_finite() && ms > 0.0 && ms < 1e15 => Ok(Some(ms as i64)),
+            _ => Err(bad(path, "must be positive unix milliseconds")),
+        },
+        Some(other) => Err(bad(
+            path,
+            format!("expected unix milliseconds, found {}", type_name(other)),
+        )),
+    }
+}

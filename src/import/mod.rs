@@ -1,6 +1,6 @@
 //! Import and export of credentials, as pure functions over bytes and data.
 //!
-//! Three formats are read, told apart by their fields (DESIGN.md §5):
+//! Five formats are read, told apart by their fields (DESIGN.md §5):
 //!
 //! - **tokenwarden JSON**: `{"id","provider","refresh_token","access_token",
 //!   "id_token","expires_at","token_url","client_id","client_secret",
@@ -13,6 +13,14 @@
 //!   "refresh_token","id_token","account_id","email","expired",
 //!   "last_refresh"}` (has `type` or `expired`). Other fields are ignored:
 //!   these files carry more.
+//! - **Claude Code `.credentials.json`**: `{"claudeAiOauth":{"accessToken",
+//!   "refreshToken","expiresAt" (unix ms),"scopes","subscriptionType"}}`
+//!   (has `claudeAiOauth`); a `claude` credential, id `claude` unless
+//!   `--id` says otherwise (the file names no account).
+//! - **Gemini CLI `oauth_creds.json`**: `{"access_token","refresh_token",
+//!   "scope","token_type","id_token","expiry_date" (unix ms)}` (has
+//!   `expiry_date` or `token_type`); a `google` credential refreshed with
+//!   Gemini CLI's own installed-app client.
 //!
 //! Only `refresh_token` (plus the provider's settings) is required. Empty
 //! strings and `null` count as absent. An expiry without an access token is
@@ -24,11 +32,13 @@
 //! Errors name the field and say what is expected; they never quote a token,
 //! secret or key.
 
+mod claude_code;
 mod cliproxy;
 mod codex;
 mod error;
 mod export;
 mod fields;
+mod gemini;
 mod own;
 mod stream;
 
@@ -38,7 +48,7 @@ mod testkit;
 mod tests;
 
 pub use error::ImportError;
-pub use export::{export_cliproxy, export_codex, ExportError};
+pub use export::{export_claude_code, export_cliproxy, export_codex, export_gemini, ExportError};
 pub use stream::{stream_import, MAX_RECORD};
 
 use serde_json::{Map, Value};
@@ -46,9 +56,11 @@ use serde_json::{Map, Value};
 use crate::credential::{validate_id, NewCredential};
 use crate::jwt;
 use crate::provider::ProviderKind;
+use claude_code::claude_code;
 use cliproxy::cliproxy;
 use codex::codex_auth;
 use error::Result;
+use gemini::gemini;
 use own::{tokenwarden, TOKENWARDEN_FIELDS};
 
 /// What the command line (`--id`, `--provider`) or the query string adds to
@@ -116,12 +128,18 @@ enum Format {
     Tokenwarden,
     CodexAuth,
     CliProxy,
+    ClaudeCode,
+    Gemini,
 }
 
 fn detect(map: &Map<String, Value>) -> Result<Format> {
     let has = |k: &str| map.contains_key(k);
     if has("tokens") || has("OPENAI_API_KEY") {
         Ok(Format::CodexAuth)
+    } else if has(claude_code::KEY) {
+        Ok(Format::ClaudeCode)
+    } else if gemini::detect(map) {
+        Ok(Format::Gemini)
     } else if has("type") || has("expired") {
         Ok(Format::CliProxy)
     } else if map.keys().any(|k| TOKENWARDEN_FIELDS.contains(&k.as_str())) {
@@ -145,6 +163,8 @@ fn parse_record(map: &Map<String, Value>, opts: &ImportOptions) -> Result<NewCre
         Format::Tokenwarden => tokenwarden(map, opts)?,
         Format::CodexAuth => codex_auth(map, opts)?,
         Format::CliProxy => cliproxy(map, opts)?,
+        Format::ClaudeCode => claude_code(map, opts)?,
+        Format::Gemini => gemini(map, opts)?,
     };
     let id = opts
         .id

@@ -8,7 +8,33 @@ use super::{str_at, Dialect, Encoding, Endpoints};
 use crate::credential::Claims;
 
 /// Claude Code's public OAuth client id.
+///
+/// This and the sign-in constants below are read from Claude Code's
+/// published package (npm `@anthropic-ai/claude-code` 1.0.100, `cli.js`:
+/// the production OAuth config object with `CLIENT_ID`,
+/// `CLAUDE_AI_AUTHORIZE_URL`, `TOKEN_URL`, `MANUAL_REDIRECT_URL`, `SCOPES`,
+/// and the functions that build the authorize URL and the code exchange).
 pub const CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+
+/// Where Claude Code sends a claude.ai subscriber to sign in.
+pub const AUTHORIZE_URL: &str = "https://claude.ai/oauth/authorize";
+
+/// The redirect of the manual variant: the page shows `code#state` for the
+/// user to paste back, for a machine whose browser cannot reach loopback.
+pub const MANUAL_REDIRECT_URL: &str = "https://console.anthropic.com/oauth/code/callback";
+
+/// The scopes Claude Code asks for (`SCOPES`), space-separated.
+pub const SCOPES: &str = "org:create_api_key user:profile user:inference";
+
+/// The loopback redirect's host and path: Claude Code redirects to
+/// `http://localhost:{port}/callback` on a port of its choosing.
+pub const REDIRECT_HOST: &str = "localhost";
+/// See [`REDIRECT_HOST`].
+pub const REDIRECT_PATH: &str = "/callback";
+
+/// The extra authorize parameter Claude Code sends (`code=true`: the
+/// consent page shows the code in the manual variant).
+pub const AUTHORIZE_EXTRA: [(&str, &str); 1] = [("code", "true")];
 
 fn token_url(endpoints: &Endpoints) -> Option<&str> {
     Some(&endpoints.claude_token)

@@ -14,6 +14,42 @@ pub const CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
 /// The scope sent with a form-encoded grant when the credential sets none.
 pub const FORM_SCOPE: &str = "openid profile email";
 
+// Sign-in as the Codex CLI does it (`tokenwarden login codex`). Source:
+// openai/codex, `codex-rs/login/src/server.rs` (`DEFAULT_ISSUER`,
+// `DEFAULT_PORT`, `FALLBACK_PORT`, the redirect URI and
+// `build_authorize_url`'s query, `exchange_code_for_tokens`' form body) and
+// `codex-rs/login/src/device_code_auth.rs` (the device flow); the
+// originator is `DEFAULT_ORIGINATOR` of its default client. The fixture
+// `fixtures/login/codex_authorize.txt` is the authorize URL they build.
+
+/// The Codex CLI's issuer: `/oauth/authorize`, `/oauth/token` and the
+/// device endpoints hang off it.
+pub const ISSUER: &str = "https://auth.openai.com";
+
+/// The loopback port registered for the Codex client id (`DEFAULT_PORT`);
+/// the redirect URI must name exactly it (or [`FALLBACK_PORT`]).
+pub const REDIRECT_PORT: u16 = 1455;
+/// The second registered port (`FALLBACK_PORT`), tried when 1455 is busy.
+pub const FALLBACK_PORT: u16 = 1457;
+/// The redirect URI's host: `localhost`, as registered.
+pub const REDIRECT_HOST: &str = "localhost";
+/// The redirect URI's path.
+pub const REDIRECT_PATH: &str = "/auth/callback";
+
+/// The scopes the Codex CLI asks for.
+pub const SCOPES: &str =
+    "openid profile email offline_access api.connectors.read api.connectors.invoke";
+
+/// The extra authorize parameters, in the Codex CLI's order (after
+/// `code_challenge_method`; `state` goes between them and `originator`).
+pub const AUTHORIZE_EXTRA: [(&str, &str); 2] = [
+    ("id_token_add_organizations", "true"),
+    ("codex_cli_simplified_flow", "true"),
+];
+
+/// The `originator` the Codex CLI names itself by.
+pub const ORIGINATOR: &str = "codex_cli_rs";
+
 /// The id token claim that holds the ChatGPT account details.
 const AUTH_CLAIM: &str = "https://api.openai.com/auth";
 /// The id token claim that holds the profile (e-mail) on some tokens.

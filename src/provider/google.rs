@@ -4,6 +4,23 @@
 
 use super::{oidc_answer_claims, Dialect, Encoding, Endpoints};
 
+/// Gemini CLI's installed-application OAuth client id. Public by design
+/// (an installed app's "secret" is not one: Google's docs on installed
+/// apps say so). Source: google-gemini/gemini-cli,
+/// `packages/core/src/code_assist/oauth2.ts` (`OAUTH_CLIENT_ID`).
+pub const GEMINI_CLI_CLIENT_ID: &str =
+    "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com";
+
+/// Gemini CLI's installed-application client secret, from the same file
+/// (`OAUTH_CLIENT_SECRET`): Google refuses a refresh grant for this
+/// client without it.
+pub const GEMINI_CLI_CLIENT_SECRET: &str = "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";
+
+/// The scopes Gemini CLI asks for (`OAUTH_SCOPE` in the same file), written
+/// back by `export --format gemini` when the stored credential has none.
+pub const GEMINI_CLI_SCOPES: &str = "https://www.googleapis.com/auth/cloud-platform \
+    https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile";
+
 fn token_url(endpoints: &Endpoints) -> Option<&str> {
     Some(&endpoints.google_token)
 }

@@ -30,7 +30,7 @@ pub use form::{form_component, form_decode, form_encode, form_unescape, percent_
 pub use crate::credential::{ClientAuth, Encoding, ProviderKind};
 pub use kind::{default_lifetime_secs, oidc_claims, Endpoints};
 pub(crate) use kind::{oidc_answer_claims, str_at, Dialect};
-pub use request::{check_config, effective_client_auth, refresh_request};
+pub use request::{check_config, effective_client_auth, grant_request, refresh_request};
 pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER_MS};
 pub use scrub::scrub;
 pub use url::check_url;

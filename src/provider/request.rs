@@ -75,10 +75,30 @@ pub fn refresh_request(
     refresh_token: &Secret,
     endpoints: &Endpoints,
 ) -> Result<HttpRequest, String> {
-    check_config(cfg)?;
     if refresh_token.expose().trim().is_empty() {
+        check_config(cfg)?;
         return Err("the credential has no refresh token".into());
     }
+    let grant = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose()),
+    ];
+    grant_request(cfg, &grant, endpoints, true)
+}
+
+/// Builds any grant to a credential's token endpoint: `grant` (the
+/// grant's own fields, in order), then the client authentication of
+/// [`effective_client_auth`], then — `with_scope` — the scope, all in the
+/// credential's encoding, as [`refresh_request`] describes. The
+/// authorization-code exchange of `tokenwarden login` is built here too, so
+/// client authentication and encoding are decided in one place.
+pub fn grant_request(
+    cfg: &ProviderConfig,
+    grant: &[(&str, &str)],
+    endpoints: &Endpoints,
+    with_scope: bool,
+) -> Result<HttpRequest, String> {
+    check_config(cfg)?;
     let (kind, d) = (cfg.kind, dialect(cfg.kind));
     let url = match &cfg.token_url {
         Some(url) => url.as_str(),
@@ -90,10 +110,7 @@ pub fn refresh_request(
     let secret = non_empty(cfg.client_secret.as_ref().map(Secret::expose));
     let encoding = cfg.encoding.unwrap_or(d.encoding);
 
-    let mut fields = vec![
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh_token.expose()),
-    ];
+    let mut fields = grant.to_vec();
     let mut headers = vec![];
     match (effective_client_auth(cfg), client_id, secret) {
         (ClientAuth::Basic, Some(id), Some(secret)) => {
@@ -115,11 +132,13 @@ pub fn refresh_request(
     } else {
         None
     };
-    fields.extend(
-        non_empty(cfg.scope.as_deref())
-            .or(default_scope)
-            .map(|s| ("scope", s)),
-    );
+    if with_scope {
+        fields.extend(
+            non_empty(cfg.scope.as_deref())
+                .or(default_scope)
+                .map(|s| ("scope", s)),
+        );
+    }
 
     let (content_type, body) = match encoding {
         Encoding::Form => (

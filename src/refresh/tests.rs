@@ -798,3 +798,23 @@ fn no_signal_is_kept_for_a_credential_nobody_waits_on() {
     assert!(rig.token(secs(1)).is_err(), "waited on the other lease");
     assert_eq!(rig.refresher.signals.kept(), 0);
 }
+
+/// Holders that leave one credential's signal at the same moment still
+/// leave the map empty: each judges "am I the last?" and lets go of its
+/// reference under one lock, so two leaving together cannot both count the
+/// other and keep the signal (the attack on 251fb5a noted that they could).
+#[test]
+fn holders_leaving_together_keep_no_signal() {
+    let signals = Signals::default();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..20_000 {
+                    let held = signals.get("c");
+                    drop(held);
+                }
+            });
+        }
+    });
+    assert_eq!(signals.kept(), 0);
+}

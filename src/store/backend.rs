@@ -27,7 +27,10 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::copy::{Cell, Table};
-use super::records::{Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
+use super::records::{
+    Cooldown, CooldownWrite, Deleted, Delivery, EventRow, HandleRow, Notice, NotificationCounts,
+    NotificationRow, PoolRead, QuotaRow, Scan, Stamp, Write,
+};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
 use crate::state::{LeaseTime, Transition};
@@ -113,7 +116,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Writes `t` if its guard still holds: `Ok(Some(row))` with the new
     /// row, or `Ok(None)` when another writer got there first (a lost CAS).
     /// A new refresh token in `write` spends the old one's fingerprint in
-    /// the same transaction.
+    /// the same transaction. The same UPDATE keeps `failing_since_ms`
+    /// (issue 15): `now_ms` when `failures` leaves 0, unchanged while it
+    /// stays above 0, `NULL` when the transition's `failures` is 0; and
+    /// `write.notify`, if any, is written to the outbox in the same
+    /// transaction (`INSERT` ignored when its event id is already there),
+    /// only if the guard held.
     fn apply(
         &self,
         id: &str,
@@ -244,4 +252,100 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Notes that a client was answered with the token whose fingerprint
     /// is `served_token`.
     fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()>;
+
+    // ---- pools (issue 15) ----
+
+    /// Adds credential `id` to `pool` (`member`) or removes it, appending
+    /// an event row (`joined pool P` / `left pool P`, the state unchanged,
+    /// the version not bumped) in the same transaction. `Ok(false)`,
+    /// writing nothing, when it already was (or was not) a member;
+    /// [`crate::Error::NotFound`] if there is no such credential. Deleting a
+    /// credential removes its memberships.
+    fn set_pool_member(
+        &self,
+        id: &str,
+        pool: &str,
+        member: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Every pool membership: credential id → its pools, sorted.
+    fn memberships(&self) -> Result<std::collections::HashMap<String, Vec<String>>>;
+
+    /// Everything a pick in `pool` needs, read together: each member
+    /// without its secrets (as [`Backend::scan`]), with its cooldown, its
+    /// newest quota snapshot and when this pool last handed it out; and,
+    /// given a sticky key, the member last handed out for it. No members:
+    /// an empty [`PoolRead`], not an error.
+    fn pool(&self, pool: &str, sticky_key: Option<&str>) -> Result<PoolRead>;
+
+    /// Records that `pool` handed out member `id` at `now_ms` (and, with a
+    /// sticky key, that the key now means this member). Not durable across
+    /// a power cut (it only spreads load); never bumps the version.
+    fn pool_served(
+        &self,
+        pool: &str,
+        id: &str,
+        sticky_key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()>;
+
+    // ---- cooldowns (issue 15) ----
+
+    /// Sets or clears credential `id`'s account-level cooldown, with an
+    /// event row (`cooldown until T: reason` / `cooldown cleared: reason`,
+    /// the state unchanged, the version not bumped) and `notify`'s outbox
+    /// row in the same transaction. `Ok(false)`, writing nothing (and no
+    /// notification), when it changes nothing: setting the very cooldown
+    /// already set (same end, reason and source), or clearing one that is
+    /// not there or was set after `set_before_ms`.
+    /// [`crate::Error::NotFound`] if there is no such credential.
+    fn cooldown(
+        &self,
+        id: &str,
+        change: CooldownWrite<'_>,
+        notify: Option<&Notice>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Every cooldown set, run out or not, by credential id.
+    fn cooldowns(&self) -> Result<Vec<Cooldown>>;
+
+    // ---- the notifications outbox (issue 15) ----
+
+    /// Takes up to `limit` notifications due at `now_ms` (not delivered,
+    /// not given up, `next_attempt_ms <= now_ms`), oldest first, and holds
+    /// them until `hold_until_ms` (their `next_attempt_ms`) in one
+    /// transaction, so two deliverers do not take the same one at once; a
+    /// deliverer that dies leaves a hold that runs out. Each taken row's
+    /// `attempts` is counted up.
+    fn take_notifications(
+        &self,
+        now_ms: i64,
+        hold_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRow>>;
+
+    /// Writes `n` to the outbox in a transaction of its own (ignored when
+    /// its event id is already there): for a notice about a change made
+    /// by an operation that takes none (a re-import that revives a dead
+    /// credential: `recovered`).
+    fn insert_notice(&self, n: &Notice) -> Result<()>;
+
+    /// Records what an attempt to deliver notification `event_id` came to.
+    fn notification_delivery(
+        &self,
+        event_id: &str,
+        delivery: Delivery<'_>,
+        now_ms: i64,
+    ) -> Result<()>;
+
+    /// The newest `limit` notifications, oldest first; only those neither
+    /// delivered nor given up with `pending_only`.
+    fn notifications(&self, pending_only: bool, limit: u32) -> Result<Vec<NotificationRow>>;
+
+    /// How many notifications are pending, delivered and given up.
+    fn notification_counts(&self) -> Result<NotificationCounts>;
 }

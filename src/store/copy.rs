@@ -108,6 +108,7 @@ pub const TABLES: &[Table] = &[
             ("created_ms", Int),
             ("updated_ms", Int),
             ("refresh_fp", Text),
+            ("failing_since_ms", Int),
         ],
         order_by: "id",
     },
@@ -164,6 +165,55 @@ pub const TABLES: &[Table] = &[
             ("reason", Text),
         ],
         order_by: "fp",
+    },
+    Table {
+        name: "pool_members",
+        columns: &[
+            ("pool", Text),
+            ("credential_id", Text),
+            ("added_ms", Int),
+            ("last_served_ms", Int),
+        ],
+        order_by: "pool, credential_id",
+    },
+    Table {
+        name: "pool_sticky",
+        columns: &[
+            ("pool", Text),
+            ("sticky_key", Text),
+            ("credential_id", Text),
+            ("used_ms", Int),
+        ],
+        order_by: "pool, sticky_key",
+    },
+    Table {
+        name: "cooldowns",
+        columns: &[
+            ("credential_id", Text),
+            ("until_ms", Int),
+            ("reason", Text),
+            ("source", Text),
+            ("set_ms", Int),
+            ("actor", Text),
+        ],
+        order_by: "credential_id",
+    },
+    Table {
+        name: "notifications",
+        columns: &[
+            ("seq", Int),
+            ("event_id", Text),
+            ("kind", Text),
+            ("credential_id", Text),
+            ("created_ms", Int),
+            ("payload", Text),
+            ("attempts", Int),
+            ("next_attempt_ms", Int),
+            ("delivered_ms", Int),
+            ("failed_ms", Int),
+            ("last_error", Text),
+        ],
+        order_by: "seq",
     },
 ];
 

@@ -6,47 +6,16 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{DbError, DbKind, Error, IoError, Result};
-use crate::seal::{is_sealed, Sealer};
+use crate::seal::{hmac_sha256, is_sealed, Sealer};
 
 /// The `meta` key of the fingerprint key.
 pub(crate) const META_KEY: &str = "fingerprint_key";
 
 /// The sealing context of the fingerprint key (no credential id).
 pub(crate) const SEAL_COLUMN: &str = "fingerprint_key";
-
-/// HMAC-SHA-256's block size (bytes).
-const BLOCK: usize = 64;
-
-/// HMAC-SHA-256 (RFC 2104) over the `sha2` crate already used here: two
-/// hashes and a key pad, not worth another dependency.
-pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = Zeroizing::new([0u8; BLOCK]);
-    if key.len() > BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut pad = Zeroizing::new([0u8; BLOCK]);
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x36;
-    }
-    let inner = Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(message)
-        .finalize();
-    for (p, k) in pad.iter_mut().zip(block.iter()) {
-        *p = k ^ 0x5c;
-    }
-    Sha256::new()
-        .chain_update(&pad[..])
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
 
 /// A database's fingerprint key.
 pub(crate) struct FpKey(Zeroizing<[u8; 32]>);

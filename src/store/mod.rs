@@ -17,6 +17,7 @@ mod fpkey;
 mod postgres;
 mod records;
 mod rowdata;
+mod sidedata;
 mod sqlite;
 
 use std::ops::Deref;
@@ -28,7 +29,11 @@ use crate::error::Result;
 use crate::seal::Sealer;
 
 pub use backend::{Backend, Wake};
-pub use records::{Deleted, ErrorUpdate, EventRow, HandleRow, QuotaRow, Scan, Stamp, Write};
+pub use records::{
+    Cooldown, CooldownSource, CooldownWrite, Deleted, Delivery, ErrorUpdate, EventRow, HandleRow,
+    Notice, NotificationCounts, NotificationRow, PoolMember, PoolRead, QuotaRow, Scan, Stamp,
+    Write,
+};
 
 /// Seals every secret of a plain database with `key` (SQLite; see
 /// `sqlite/sealing.rs`). A PostgreSQL database is refused: converting one

@@ -24,6 +24,11 @@ pub struct Write<'a> {
     pub tokens: Option<&'a Tokens>,
     /// What happens to `last_error`.
     pub error: ErrorUpdate<'a>,
+    /// A notification the change calls for (a death, a run of failures
+    /// past the threshold, a recovery), written to the outbox in the same
+    /// transaction, so a crash cannot lose it; ignored if its event id is
+    /// already there.
+    pub notify: Option<&'a Notice>,
 }
 
 impl Write<'_> {
@@ -31,6 +36,7 @@ impl Write<'_> {
     pub const STATE_ONLY: Write<'static> = Write {
         tokens: None,
         error: ErrorUpdate::Keep,
+        notify: None,
     };
 }
 
@@ -128,4 +134,165 @@ pub struct Scan<'a> {
     pub after: Option<&'a str>,
     /// Only this provider's credentials.
     pub provider: Option<ProviderKind>,
+    /// Only the members of this pool.
+    pub pool: Option<&'a str>,
+}
+
+// ---- pools, cooldowns, notifications (issue 15) ----
+
+/// An account-level cooldown: no pool hands the credential out before
+/// `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cooldown {
+    /// The credential.
+    pub credential_id: String,
+    /// Until when (unix ms).
+    pub until_ms: i64,
+    /// Why (never a secret): the caller's words, or the exhausted window.
+    pub reason: String,
+    /// Who set it: [`CooldownSource`].
+    pub source: CooldownSource,
+    /// When it was set (unix ms).
+    pub set_ms: i64,
+    /// Who set it (as in event rows).
+    pub actor: String,
+}
+
+/// Where a cooldown came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CooldownSource {
+    /// An operator or a caller (`POST …/cooldown`, `tokenwarden cooldown`).
+    Manual,
+    /// A quota snapshot that showed an exhausted window.
+    Quota,
+}
+
+impl CooldownSource {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CooldownSource::Manual => "manual",
+            CooldownSource::Quota => "quota",
+        }
+    }
+
+    /// The source named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<CooldownSource> {
+        match s {
+            "manual" => Some(CooldownSource::Manual),
+            "quota" => Some(CooldownSource::Quota),
+            _ => None,
+        }
+    }
+}
+
+/// A change to a credential's cooldown, for [`Backend::cooldown`](super::Backend::cooldown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CooldownWrite<'a> {
+    /// Set (or replace) the cooldown.
+    Set {
+        /// Until when (unix ms).
+        until_ms: i64,
+        /// Why.
+        reason: &'a str,
+        /// Who asked.
+        source: CooldownSource,
+    },
+    /// Clear the cooldown if it was set at or before `set_before_ms` (a
+    /// snapshot fetched at that time cannot speak for a later cooldown).
+    Clear {
+        /// Only a cooldown set no later than this (unix ms).
+        set_before_ms: i64,
+        /// Why (the event row's reason).
+        reason: &'a str,
+    },
+}
+
+/// A notification to write to the outbox. Built by `crate::notify`; the
+/// store only keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Stable id: receivers deduplicate on it; writing one whose id is
+    /// already in the outbox does nothing.
+    pub event_id: String,
+    /// `dead`, `reuse_detected`, `failing`, `quota_exhausted`,
+    /// `quota_reset`, `recovered`.
+    pub kind: String,
+    /// The credential it is about.
+    pub credential_id: Option<String>,
+    /// The JSON body delivered (never a secret).
+    pub payload: String,
+    /// When it was made (unix ms).
+    pub at_ms: i64,
+}
+
+/// One row of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRow {
+    /// Sequence number (outbox order).
+    pub seq: i64,
+    /// The notice as written.
+    pub notice: Notice,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// Not before this time (unix ms): backoff, or a deliverer's hold.
+    pub next_attempt_ms: i64,
+    /// When it was delivered (unix ms).
+    pub delivered_ms: Option<i64>,
+    /// When delivery was given up (unix ms).
+    pub failed_ms: Option<i64>,
+    /// The last attempt's error (never a secret).
+    pub last_error: Option<String>,
+}
+
+/// What one delivery attempt of a notification came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// Every target took it.
+    Delivered,
+    /// Failed; try again at `at_ms`.
+    Retry {
+        /// The next attempt (unix ms).
+        at_ms: i64,
+        /// What went wrong (never a secret).
+        error: &'a str,
+    },
+    /// Failed, and the retry budget is spent.
+    GiveUp {
+        /// What went wrong (never a secret).
+        error: &'a str,
+    },
+}
+
+/// How many notifications are in each condition (for `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotificationCounts {
+    /// Not delivered yet, still being tried.
+    pub pending: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Given up on.
+    pub failed: u64,
+}
+
+/// One member of a pool, as a pick needs it.
+#[derive(Debug, Clone)]
+pub struct PoolMember {
+    /// The credential, without its secrets.
+    pub credential: crate::credential::Credential,
+    /// Its cooldown, if one is set (it may have run out).
+    pub cooldown: Option<Cooldown>,
+    /// Its newest quota snapshot.
+    pub quota: Option<QuotaRow>,
+    /// When this pool last handed it out (unix ms).
+    pub last_served_ms: Option<i64>,
+}
+
+/// A pool as read for one pick.
+#[derive(Debug, Clone, Default)]
+pub struct PoolRead {
+    /// Its members, by id.
+    pub members: Vec<PoolMember>,
+    /// The member last handed out for the sticky key asked about.
+    pub sticky: Option<String>,
 }

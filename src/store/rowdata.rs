@@ -17,7 +17,8 @@ pub(crate) const COLUMNS: &str =
     expires_at_ms, token_url, client_id, client_secret, scope, encoding, client_auth, api_key, \
     account_id, email, plan_type, user_id, organization_id, lease_owner, lease_id, \
     lease_until_ms, resume_state, failures, next_attempt_at_ms, dead_reason, last_error_code, \
-    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms, lease_clock";
+    last_error_message, last_error_at_ms, last_refresh_ms, created_ms, updated_ms, lease_clock, \
+    failing_since_ms";
 
 /// Whether a row is read with its secret columns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +141,7 @@ pub(crate) fn decode<R: Cells>(
         api_key: secret_kept(14)?,
         created_ms: r.int(31)?.ok_or_else(|| r.bad(31, "NULL".into()))?,
         updated_ms: r.int(32)?.ok_or_else(|| r.bad(32, "NULL".into()))?,
+        failing_since_ms: r.int(34)?,
     })
 }
 

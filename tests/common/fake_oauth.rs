@@ -1508,6 +1508,12 @@ impl FakeOAuth {
         self.shared.state.lock().rotate = rotate;
     }
 
+    /// What the Codex usage endpoint answers from now on (`reset_after_seconds`
+    /// of each window is turned into `reset_at` at answer time).
+    pub fn set_codex_usage(&self, status: u16, body: Value) {
+        self.shared.state.lock().codex_usage = (status, body);
+    }
+
     /// Issue opaque base64url access tokens instead of JWTs (default false);
     /// every 5th opaque access token starts with `-`.
     pub fn set_opaque_access_tokens(&self, opaque: bool) {

@@ -2,7 +2,10 @@
 //! guarded UPDATE, the refresh-token fingerprint bookkeeping, the event row
 //! and the cross-box wake-up, as ONE statement (data-modifying CTEs run in
 //! one transaction: all of it commits or none) on a prepared statement —
-//! one round trip per change.
+//! one round trip per change. The notification the change calls for
+//! (`Write::notify`) is inserted by the same statement, only when the guard
+//! held; `failing_since_ms` is kept as on SQLite (set when `failures`
+//! leaves 0, kept while above, NULL when the transition's failures is 0).
 //!
 //! The guard is the version read (`version = $v`) or the lease held
 //! (`lease_id = $l`), as on SQLite; under READ COMMITTED a second writer
@@ -48,6 +51,8 @@ fn sql(channel: &str) -> String {
              last_error_message = CASE WHEN $20 THEN $22 ELSE c.last_error_message END, \
              last_error_at_ms = CASE WHEN $20 THEN $23 ELSE c.last_error_at_ms END, \
              lease_clock = $27, \
+             failing_since_ms = CASE WHEN $6 = 0 THEN NULL WHEN c.failures = 0 THEN $9 \
+                 ELSE COALESCE(c.failing_since_ms, $9) END, \
              refresh_fp = CASE WHEN $28::text IS NULL THEN c.refresh_fp \
                  WHEN EXISTS (SELECT 1 FROM credentials x WHERE x.refresh_fp = $28 AND x.id <> $24) \
                  THEN NULL ELSE $28 END \
@@ -65,6 +70,10 @@ fn sql(channel: &str) -> String {
            ON CONFLICT (fp) DO NOTHING), \
          e AS (INSERT INTO events (credential_id, at_ms, from_state, to_state, version, actor, reason) \
            SELECT id, $9, $29, $1, version, $30, $31 FROM u), \
+         nt AS (INSERT INTO notifications \
+           (event_id, kind, credential_id, created_ms, payload, next_attempt_ms) \
+           SELECT $32, $33, $34, $35, $36, $35 FROM u WHERE $32::text IS NOT NULL \
+           ON CONFLICT (event_id) DO NOTHING), \
          n AS (SELECT pg_notify('{channel}', id || ' ' || version) FROM u) \
          SELECT u.*, (SELECT count(*) FROM n) FROM u"
     )
@@ -87,6 +96,8 @@ pub(super) fn apply(
         None => None,
     };
     let from = t.from.as_str();
+    // Written only if the guard held (`FROM u`), in the same statement.
+    let notice = write.notify;
     let mut conn = db.conn()?;
     let stmt = conn.stmt(&db.apply_sql).map_err(pg_err)?;
     let rows = conn
@@ -125,6 +136,11 @@ pub(super) fn apply(
                 &from,
                 &actor,
                 &t.reason,
+                &notice.map(|n| n.event_id.as_str()),
+                &notice.map(|n| n.kind.as_str()),
+                &notice.and_then(|n| n.credential_id.as_deref()),
+                &notice.map(|n| n.at_ms),
+                &notice.map(|n| n.payload.as_str()),
             ],
         )
         .map_err(pg_err)?;

@@ -81,7 +81,7 @@ pub(super) fn load(db: &Postgres, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
                 ),
                 // Keep the sequence numbers.
-                "events" | "quota_snapshots" => format!(
+                "events" | "quota_snapshots" | "notifications" => format!(
                     "INSERT INTO {} ({columns}) OVERRIDING SYSTEM VALUE VALUES ({marks})",
                     t.name
                 ),
@@ -97,7 +97,7 @@ pub(super) fn load(db: &Postgres, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result
                 let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
                 tx.execute(&stmt, &refs).map_err(pg_err)?;
             }
-            if matches!(t.name, "events" | "quota_snapshots") {
+            if matches!(t.name, "events" | "quota_snapshots" | "notifications") {
                 tx.execute(
                     format!(
                         "SELECT setval(pg_get_serial_sequence('{0}', 'seq'), \

@@ -14,20 +14,25 @@
 //! One file per concern, as `sqlite/`: `url` (the database URL), `tls`,
 //! `conn` (the pool and prepared statements), `errors`, `schema`
 //! (migrations, key check, fingerprint key, clock id), `rows`, `apply`
-//! (the guarded write), `imports`, `delete`, `events`, `quota`, `handles`.
+//! (the guarded write), `imports`, `delete`, `events`, `quota`, `handles`,
+//! and issue 15's `pools`, `cooldowns` and `notifications` (the outbox).
 //! Everything that is not SQL is shared with SQLite: `rowdata` (decoding,
-//! the transition's columns), `codec` (sealing, fingerprints), `fpkey`.
+//! the transition's columns), `sidedata` (pools, cooldowns, the outbox),
+//! `codec` (sealing, fingerprints), `fpkey`.
 
 mod apply;
 mod clock;
 mod conn;
+mod cooldowns;
 mod copy;
 mod delete;
 mod errors;
 mod events;
 mod handles;
 mod imports;
+mod notifications;
 mod notify;
+mod pools;
 mod quota;
 mod rows;
 mod schema;
@@ -42,7 +47,10 @@ use std::time::Duration;
 
 use r2d2::Pool;
 
-use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Wake, Write};
+use super::{
+    Backend, Cooldown, CooldownWrite, Deleted, Delivery, EventRow, HandleRow, Notice,
+    NotificationCounts, NotificationRow, PoolRead, QuotaRow, Scan, Stamp, Wake, Write,
+};
 use crate::credential::{Credential, NewCredential};
 use crate::error::{Error, Result};
 use crate::seal::Sealer;
@@ -133,7 +141,7 @@ impl Postgres {
             tls: tls.clone(),
         };
         let import_lock = i64::from_be_bytes(
-            crate::store::fpkey::hmac_sha256(b"imports", url.schema.as_bytes())[..8]
+            crate::seal::hmac_sha256(b"imports", url.schema.as_bytes())[..8]
                 .try_into()
                 .expect("8 bytes"),
         );
@@ -307,5 +315,79 @@ impl Backend for Postgres {
 
     fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {
         handles::touch_handle(self, hash, now_ms, served_token)
+    }
+
+    fn set_pool_member(
+        &self,
+        id: &str,
+        pool: &str,
+        member: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        pools::set_pool_member(self, id, pool, member, actor, now_ms)
+    }
+
+    fn memberships(&self) -> Result<HashMap<String, Vec<String>>> {
+        pools::memberships(self)
+    }
+
+    fn pool(&self, pool: &str, sticky_key: Option<&str>) -> Result<PoolRead> {
+        pools::pool(self, pool, sticky_key)
+    }
+
+    fn pool_served(
+        &self,
+        pool: &str,
+        id: &str,
+        sticky_key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
+        pools::pool_served(self, pool, id, sticky_key, now_ms)
+    }
+
+    fn cooldown(
+        &self,
+        id: &str,
+        change: CooldownWrite<'_>,
+        notify: Option<&Notice>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        cooldowns::cooldown(self, id, change, notify, actor, now_ms)
+    }
+
+    fn cooldowns(&self) -> Result<Vec<Cooldown>> {
+        cooldowns::cooldowns(self)
+    }
+
+    fn take_notifications(
+        &self,
+        now_ms: i64,
+        hold_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRow>> {
+        notifications::take_notifications(self, now_ms, hold_until_ms, limit)
+    }
+
+    fn insert_notice(&self, n: &Notice) -> Result<()> {
+        self.write_tx(|tx| notifications::insert_notice(tx, n))
+    }
+
+    fn notification_delivery(
+        &self,
+        event_id: &str,
+        delivery: Delivery<'_>,
+        now_ms: i64,
+    ) -> Result<()> {
+        notifications::notification_delivery(self, event_id, delivery, now_ms)
+    }
+
+    fn notifications(&self, pending_only: bool, limit: u32) -> Result<Vec<NotificationRow>> {
+        notifications::notifications(self, pending_only, limit)
+    }
+
+    fn notification_counts(&self) -> Result<NotificationCounts> {
+        notifications::notification_counts(self)
     }
 }

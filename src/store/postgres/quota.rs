@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use postgres::Row;
+use postgres::{Row, Transaction};
 
 use super::errors::pg_err;
 use super::Postgres;
@@ -82,12 +82,26 @@ pub(super) fn insert_quota(
     })
 }
 
-pub(super) fn latest_quota(db: &Postgres, id: &str) -> Result<Option<QuotaRow>> {
-    let sql = format!(
+/// The newest snapshot of credential `id`.
+fn latest_sql() -> String {
+    format!(
         "SELECT {QUOTA_COLUMNS} FROM quota_snapshots WHERE credential_id = $1 \
          ORDER BY seq DESC LIMIT 1"
-    );
+    )
+}
+
+pub(super) fn latest_quota(db: &Postgres, id: &str) -> Result<Option<QuotaRow>> {
+    let sql = latest_sql();
     db.read(|c| c.client.query_opt(sql.as_str(), &[&id]))?
+        .as_ref()
+        .map(read_quota)
+        .transpose()
+}
+
+/// [`latest_quota`] inside the caller's transaction (the pool's read).
+pub(super) fn latest_in(tx: &mut Transaction<'_>, id: &str) -> Result<Option<QuotaRow>> {
+    tx.query_opt(latest_sql().as_str(), &[&id])
+        .map_err(pg_err)?
         .as_ref()
         .map(read_quota)
         .transpose()

@@ -55,15 +55,18 @@ fn point_sql() -> &'static str {
     })
 }
 
-/// Index of the server clock column in [`point_sql`].
-const NOW_COLUMN: usize = 34;
+/// Index of the server clock column in [`point_sql`]: just after
+/// [`COLUMNS`].
+fn now_column() -> usize {
+    COLUMNS.split(',').count()
+}
 
 fn point(db: &Postgres, id: &str, secrets: Secrets) -> Result<Option<Credential>> {
     let row = db.read(|c| {
         let stmt = c.stmt(point_sql())?;
         c.client.query_one(&stmt, &[&id])
     })?;
-    db.clock.observe(row.get(NOW_COLUMN));
+    db.clock.observe(row.get(now_column()));
     match row.get::<_, Option<String>>(0) {
         None => Ok(None),
         Some(_) => decode(db, &row, secrets).map(Some),
@@ -107,11 +110,12 @@ pub(super) fn scan(
 ) -> Result<()> {
     let sql = format!(
         "SELECT {COLUMNS} FROM credentials WHERE ($1::text IS NULL OR id > $1) \
-         AND ($2::text IS NULL OR provider = $2) ORDER BY id"
+         AND ($2::text IS NULL OR provider = $2) AND ($3::text IS NULL OR id IN \
+         (SELECT credential_id FROM pool_members WHERE pool = $3)) ORDER BY id"
     );
     let provider = scan.provider.map(ProviderKind::as_str);
     let mut conn = db.conn()?;
-    let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&scan.after, &provider];
+    let params: [&(dyn postgres::types::ToSql + Sync); 3] = [&scan.after, &provider, &scan.pool];
     let mut rows = conn
         .client
         .query_raw(sql.as_str(), params)

@@ -14,7 +14,10 @@ use crate::store::codec::KEY_CHECK as CHECK;
 use crate::store::fpkey::{FpKey, META_KEY};
 
 /// Each entry takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_schema.sql"),
+    include_str!("../../../migrations/postgres/0002_pools_cooldowns_notifications.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -22,7 +25,7 @@ pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
 /// The advisory lock key of schema work in `schema` (any number unique to
 /// it; two schemas of one database do not wait on each other).
 fn lock_key(schema: &str) -> i64 {
-    crate::store::fpkey::hmac_sha256(b"tokenwarden schema lock", schema.as_bytes())[..8]
+    crate::seal::hmac_sha256(b"tokenwarden schema lock", schema.as_bytes())[..8]
         .iter()
         .fold(0i64, |acc, b| (acc << 8) | i64::from(*b))
 }

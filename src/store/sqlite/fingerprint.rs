@@ -16,9 +16,9 @@ use zeroize::Zeroizing;
 
 use super::errors::{db_err, sealed};
 use crate::error::{Error, Result, Spent};
-use crate::seal::{is_sealed, Sealer};
 #[cfg(test)]
-use crate::store::fpkey::hmac_sha256;
+use crate::seal::hmac_sha256;
+use crate::seal::{is_sealed, Sealer};
 pub(crate) use crate::store::fpkey::{FpKey, META_KEY, SEAL_COLUMN};
 
 /// Records the fingerprint `fp` as spent by credential `id`, for `reason`

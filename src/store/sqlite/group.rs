@@ -11,6 +11,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use super::conn::Sync;
 use super::errors::db_err;
 use super::events::{append_event, Change};
+use super::notifications::insert_notice;
 use super::rows::select_one;
 use super::sealing::Codec;
 use super::{fingerprint, Sqlite};
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::provider::Tokens;
 use crate::state::{State, Transition};
 use crate::store::rowdata::Update;
-use crate::store::{ErrorUpdate, Write};
+use crate::store::{ErrorUpdate, Notice, Write};
 
 /// One [`Store::apply`] call, owned, waiting in the group-commit queue.
 struct Op {
@@ -27,6 +28,7 @@ struct Op {
     t: Transition,
     tokens: Option<Tokens>,
     error: OwnedError,
+    notify: Option<Notice>,
     actor: String,
     now_ms: i64,
     sync: Sync,
@@ -88,6 +90,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
             OwnedError::Clear => ErrorUpdate::Clear,
             OwnedError::Set(e) => ErrorUpdate::Set(e),
         },
+        notify: op.notify.as_ref(),
     };
     let u = Update::of(id, t, write, codec, now_ms);
     let changed = tx
@@ -106,7 +109,9 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
              last_error_code = CASE WHEN ?20 THEN ?21 ELSE last_error_code END, \
              last_error_message = CASE WHEN ?20 THEN ?22 ELSE last_error_message END, \
              last_error_at_ms = CASE WHEN ?20 THEN ?23 ELSE last_error_at_ms END, \
-             lease_clock = ?27 \
+             lease_clock = ?27, \
+             failing_since_ms = CASE WHEN ?6 = 0 THEN NULL WHEN failures = 0 THEN ?9 \
+                 ELSE COALESCE(failing_since_ms, ?9) END \
              WHERE id = ?24 AND (?25 IS NULL OR version = ?25) AND (?26 IS NULL OR lease_id = ?26)",
         )
         .and_then(|mut s| {
@@ -165,6 +170,9 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
         reason: &t.reason,
     };
     append_event(tx, id, &change, actor, now_ms).map_err(db_err)?;
+    if let Some(n) = write.notify {
+        insert_notice(tx, n)?;
+    }
     Ok(Some(row))
 }
 
@@ -197,6 +205,7 @@ pub(super) fn apply(
             ErrorUpdate::Clear => OwnedError::Clear,
             ErrorUpdate::Set(e) => OwnedError::Set(e.clone()),
         },
+        notify: write.notify.cloned(),
         actor: actor.to_owned(),
         now_ms,
         sync: if claim { Sync::Normal } else { Sync::Full },

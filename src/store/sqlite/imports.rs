@@ -483,6 +483,7 @@ mod tests {
         let write = Write {
             tokens: Some(&tokens),
             error: ErrorUpdate::Clear,
+            notify: None,
         };
         store.apply(id, &t, write, "o", at).unwrap().unwrap()
     }

@@ -8,10 +8,12 @@
 //! of `fingerprint`), `events`, `quota`, `handles`, `watch` (the lock-free
 //! freshness stamp), `reserve` (space for a commit on a full disk),
 //! `schema` (file mode, pragmas, migrations), `sealing` (encryption at
-//! rest) and `errors`. This file holds the state they share and the
+//! rest), `errors`, and issue 15's `pools` (memberships, the pick's read),
+//! `cooldowns` and `notifications` (the outbox). This file holds the state they share and the
 //! [`Backend`] implementation, which only dispatches to them.
 
 mod conn;
+mod cooldowns;
 mod copy;
 mod delete;
 mod errors;
@@ -20,6 +22,8 @@ mod fingerprint;
 mod group;
 mod handles;
 mod imports;
+mod notifications;
+mod pools;
 mod quota;
 mod reserve;
 mod rows;
@@ -38,7 +42,10 @@ use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use super::{Backend, Deleted, EventRow, HandleRow, QuotaRow, Scan, Stamp, Startup, Write};
+use super::{
+    Backend, Cooldown, CooldownWrite, Deleted, Delivery, EventRow, HandleRow, Notice,
+    NotificationCounts, NotificationRow, PoolRead, QuotaRow, Scan, Stamp, Startup, Write,
+};
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
 use crate::seal::Sealer;
@@ -271,5 +278,79 @@ impl Backend for Sqlite {
 
     fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {
         handles::touch_handle(self, hash, now_ms, served_token)
+    }
+
+    fn set_pool_member(
+        &self,
+        id: &str,
+        pool: &str,
+        member: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        pools::set_pool_member(self, id, pool, member, actor, now_ms)
+    }
+
+    fn memberships(&self) -> Result<HashMap<String, Vec<String>>> {
+        pools::memberships(self)
+    }
+
+    fn pool(&self, pool: &str, sticky_key: Option<&str>) -> Result<PoolRead> {
+        pools::pool(self, pool, sticky_key)
+    }
+
+    fn pool_served(
+        &self,
+        pool: &str,
+        id: &str,
+        sticky_key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
+        pools::pool_served(self, pool, id, sticky_key, now_ms)
+    }
+
+    fn cooldown(
+        &self,
+        id: &str,
+        change: CooldownWrite<'_>,
+        notify: Option<&Notice>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        cooldowns::cooldown(self, id, change, notify, actor, now_ms)
+    }
+
+    fn cooldowns(&self) -> Result<Vec<Cooldown>> {
+        cooldowns::cooldowns(self)
+    }
+
+    fn take_notifications(
+        &self,
+        now_ms: i64,
+        hold_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<NotificationRow>> {
+        notifications::take_notifications(self, now_ms, hold_until_ms, limit)
+    }
+
+    fn insert_notice(&self, n: &Notice) -> Result<()> {
+        self.write_tx(conn::Sync::Full, |tx| notifications::insert_notice(tx, n))
+    }
+
+    fn notification_delivery(
+        &self,
+        event_id: &str,
+        delivery: Delivery<'_>,
+        now_ms: i64,
+    ) -> Result<()> {
+        notifications::notification_delivery(self, event_id, delivery, now_ms)
+    }
+
+    fn notifications(&self, pending_only: bool, limit: u32) -> Result<Vec<NotificationRow>> {
+        notifications::notifications(self, pending_only, limit)
+    }
+
+    fn notification_counts(&self) -> Result<NotificationCounts> {
+        notifications::notification_counts(self)
     }
 }

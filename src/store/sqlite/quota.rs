@@ -89,13 +89,17 @@ pub(super) fn insert_quota(
 
 /// The newest quota snapshot of a credential.
 pub(super) fn latest_quota(db: &Sqlite, id: &str) -> Result<Option<QuotaRow>> {
-    db.conn()?
-        .prepare_cached(&format!(
-            "SELECT {QUOTA_COLUMNS} FROM quota_snapshots WHERE credential_id = ?1 \
+    latest_on(&*db.conn()?, id)
+}
+
+/// [`latest_quota`] on a connection the caller holds (inside its read).
+pub(super) fn latest_on(conn: &rusqlite::Connection, id: &str) -> Result<Option<QuotaRow>> {
+    conn.prepare_cached(&format!(
+        "SELECT {QUOTA_COLUMNS} FROM quota_snapshots WHERE credential_id = ?1 \
              ORDER BY seq DESC LIMIT 1"
-        ))
-        .and_then(|mut s| s.query_row([id], read_quota).optional())
-        .map_err(db_err)
+    ))
+    .and_then(|mut s| s.query_row([id], read_quota).optional())
+    .map_err(db_err)
 }
 
 /// The newest quota snapshot of every credential that has one.

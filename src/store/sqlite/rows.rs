@@ -103,11 +103,14 @@ pub(super) fn scan(
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM credentials WHERE (?1 IS NULL OR id > ?1) \
-             AND (?2 IS NULL OR provider = ?2) ORDER BY id"
+             AND (?2 IS NULL OR provider = ?2) AND (?3 IS NULL OR id IN \
+             (SELECT credential_id FROM pool_members WHERE pool = ?3)) ORDER BY id"
         ))
         .map_err(db_err)?;
     let provider = scan.provider.map(ProviderKind::as_str);
-    let mut rows = stmt.query(params![scan.after, provider]).map_err(db_err)?;
+    let mut rows = stmt
+        .query(params![scan.after, provider, scan.pool])
+        .map_err(db_err)?;
     while let Some(r) = rows.next().map_err(db_err)? {
         if f(read_row(r, &db.codec, Secrets::Drop).map_err(db_err)?).is_break() {
             break;

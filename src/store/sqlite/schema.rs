@@ -13,6 +13,7 @@ use crate::error::{DbError, DbKind, Error, IoError, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../schema.sql"),
     include_str!("../../../migrations/0002_lease_clock_and_fingerprints.sql"),
+    include_str!("../../../migrations/0003_pools_cooldowns_notifications.sql"),
 ];
 
 /// The schema version this build writes.
