@@ -2,7 +2,8 @@
 //! database — a SQLite file, and a PostgreSQL database (tests/common/pg.rs)
 //! — the real binary in several processes, and the fake OAuth server over
 //! loopback. One source for both backends: each test takes the backend,
-//! and `on_both_backends!` makes `sqlite::NAME` and `postgres::NAME` of it.
+//! and `on_both_backends!` (tests/common/mod.rs) makes `sqlite::NAME` and
+//! `postgres::NAME` of it.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -14,32 +15,6 @@ use crate::common::fake_oauth::{Fault, OPENAI_REUSE_BODY};
 use crate::common::tw::{code, json, now, text, Backend, Env, Tuning};
 use tokenwarden::state::State;
 use tokenwarden::Error;
-
-/// Makes each test of this file a test on each backend: `sqlite::NAME` and
-/// `postgres::NAME` call `NAME(backend)` (the PostgreSQL half is skipped,
-/// loudly, where no server can be had; see tests/common/pg.rs).
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[doc = concat!("`", stringify!($name), "` on a SQLite file.")]
-                #[test]
-                fn $name() {
-                    super::$name(crate::common::tw::Backend::Sqlite)
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[doc = concat!("`", stringify!($name), "` on a PostgreSQL database.")]
-                #[test]
-                fn $name() {
-                    super::$name(crate::common::tw::Backend::Postgres)
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     single_flight_across_threads_and_processes,

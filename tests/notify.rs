@@ -14,7 +14,16 @@ use sha2::{Digest, Sha256};
 
 use crate::common::fake_oauth::Fault;
 use crate::common::http::{free_port, Client, Served};
-use crate::common::tw::{code, json, text, Env};
+use crate::common::tw::{code, json, text, Backend, Env};
+
+// The tests below that take a backend run on SQLite and on PostgreSQL,
+// from this one source.
+on_both_backends!(
+    a_death_is_delivered_signed_after_failed_attempts,
+    the_failing_run_starts_at_its_first_failure,
+    a_reimport_that_revives_a_dead_credential_is_recovered,
+    failing_and_recovered_reach_a_command,
+);
 
 /// One request a receiver got.
 #[derive(Debug, Clone)]
@@ -215,9 +224,8 @@ fn outbox(env: &Env, pending: bool) -> Vec<Value> {
 /// `sweep` to a receiver that fails the first two attempts: retried with
 /// backoff, the same event id and body each time, signed with
 /// HMAC-SHA-256 over the body, no secret in it, and the fixing command.
-#[test]
-fn a_death_is_delivered_signed_after_failed_attempts() {
-    let env = Env::new();
+fn a_death_is_delivered_signed_after_failed_attempts(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let grant = env.login("d1", 3600);
     kill(&env, "d1");
     let pending = outbox(&env, true);
@@ -389,9 +397,8 @@ fn sigkill_between_the_change_and_delivery_then_delivered_after_restart() {
 /// `failing` notification per run of failures; the success after it
 /// writes `recovered`. Both are delivered to a command by `sweep
 /// --notify-exec`, and `notify test` sends a sample to it.
-#[test]
-fn failing_and_recovered_reach_a_command() {
-    let env = Env::new();
+fn failing_and_recovered_reach_a_command(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("f1", 3600);
     // Any failure at all is "failing long" with the threshold at 0.
     let refresh = || {
@@ -436,9 +443,8 @@ fn failing_and_recovered_reach_a_command() {
 /// The run of failures a `failing` notification measures starts at the
 /// first failure after a success, is kept while failures go on, and ends
 /// with the next success.
-#[test]
-fn the_failing_run_starts_at_its_first_failure() {
-    let env = Env::new();
+fn the_failing_run_starts_at_its_first_failure(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("r1", 3600);
     let w = env.warden();
     let since = || w.get("r1").unwrap().failing_since_ms;
@@ -459,9 +465,8 @@ fn the_failing_run_starts_at_its_first_failure() {
 
 /// A dead credential revived by `import --replace` (the fix its `dead`
 /// notification names) writes `recovered`.
-#[test]
-fn a_reimport_that_revives_a_dead_credential_is_recovered() {
-    let env = Env::new();
+fn a_reimport_that_revives_a_dead_credential_is_recovered(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("v1", 3600);
     kill(&env, "v1");
     let g = env.fake.new_family("v1-relogin");

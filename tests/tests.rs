@@ -5,7 +5,9 @@
 //! `--exact`.
 
 // Helpers: the fake OAuth server, a tokenwarden under test, HTTP clients,
-// the scripted token endpoint, docs/openapi.yaml's validator, the chaos run.
+// the scripted token endpoint, docs/openapi.yaml's validator, the chaos run;
+// `on_both_backends!`, which makes one test source a SQLite and a PostgreSQL test.
+#[macro_use]
 mod common;
 
 // The import-graph rules of ARCHITECTURE.md, read from the sources.

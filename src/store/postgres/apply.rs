@@ -51,7 +51,7 @@ fn sql(channel: &str) -> String {
              last_error_message = CASE WHEN $20 THEN $22 ELSE c.last_error_message END, \
              last_error_at_ms = CASE WHEN $20 THEN $23 ELSE c.last_error_at_ms END, \
              lease_clock = $27, \
-             failing_since_ms = CASE WHEN $6 = 0 THEN NULL WHEN c.failures = 0 THEN $9 \
+             failing_since_ms = CASE WHEN $6::int8 = 0 THEN NULL WHEN c.failures = 0 THEN $9 \
                  ELSE COALESCE(c.failing_since_ms, $9) END, \
              refresh_fp = CASE WHEN $28::text IS NULL THEN c.refresh_fp \
                  WHEN EXISTS (SELECT 1 FROM credentials x WHERE x.refresh_fp = $28 AND x.id <> $24) \
@@ -72,7 +72,8 @@ fn sql(channel: &str) -> String {
            SELECT id, $9, $29, $1, version, $30, $31 FROM u), \
          nt AS (INSERT INTO notifications \
            (event_id, kind, credential_id, created_ms, payload, next_attempt_ms) \
-           SELECT $32, $33, $34, $35, $36, $35 FROM u WHERE $32::text IS NOT NULL \
+           SELECT $32::text, $33::text, $34::text, $35::int8, $36::text, $35::int8 \
+           FROM u WHERE $32::text IS NOT NULL \
            ON CONFLICT (event_id) DO NOTHING), \
          n AS (SELECT pg_notify('{channel}', id || ' ' || version) FROM u) \
          SELECT u.*, (SELECT count(*) FROM n) FROM u"
