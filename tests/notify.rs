@@ -23,6 +23,7 @@ on_both_backends!(
     the_failing_run_starts_at_its_first_failure,
     a_reimport_that_revives_a_dead_credential_is_recovered,
     failing_and_recovered_reach_a_command,
+    deliverers_on_several_boxes_never_take_one_row_at_once,
 );
 
 /// One request a receiver got.
@@ -484,4 +485,63 @@ fn a_reimport_that_revives_a_dead_credential_is_recovered(b: Backend) {
     let out = env.run(&["import", file.to_str().unwrap(), "--replace"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(outbox(&env, false).len(), 2);
+}
+
+/// Eight deliverers, each with a warden (a connection pool) of its own as
+/// on eight boxes, take the outbox's 200 rows at once: every row is taken
+/// by exactly one of them (a taken row is held, not handed out again), and
+/// the counts say all are pending until marked delivered.
+fn deliverers_on_several_boxes_never_take_one_row_at_once(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
+    let w = env.warden();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 0..200 {
+        let n = tokenwarden::testing::Notice {
+            event_id: format!("ev-{i}"),
+            kind: "dead".into(),
+            credential_id: None,
+            payload: "{}".into(),
+            at_ms: now,
+        };
+        w.store().insert_notice(&n).unwrap();
+        // The same event twice: ignored.
+        w.store().insert_notice(&n).unwrap();
+    }
+    assert_eq!(w.store().notification_counts().unwrap().pending, 200);
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let (w, barrier) = (env.warden(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let rows = w.store().take_notifications(now, now + 600_000, 7).unwrap();
+                    if rows.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(rows.into_iter().map(|r| r.notice.event_id));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort();
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all.len(), 200, "a row taken twice, or one left");
+    assert_eq!(unique.len(), 200);
+    for id in &all {
+        w.store()
+            .notification_delivery(id, tokenwarden::Delivery::Delivered, now)
+            .unwrap();
+    }
+    let counts = w.store().notification_counts().unwrap();
+    assert_eq!(
+        (counts.pending, counts.delivered, counts.failed),
+        (0, 200, 0)
+    );
 }
