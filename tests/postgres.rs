@@ -434,8 +434,9 @@ fn an_unreachable_database_is_503_and_exit_5_never_dead() {
 }
 
 /// `migrate --to` copies a SQLite database into an empty PostgreSQL one
-/// and back: credentials with their tokens, events, handles, and the
-/// spent-token fingerprints with their key (an old, rotated-away refresh
+/// and back: credentials with their tokens, events, handles, pools,
+/// cooldowns, the notifications outbox, and the spent-token fingerprints
+/// with their key (an old, rotated-away refresh
 /// token is still refused on the target); a target that is not empty is
 /// refused, and what was copied is counted on both sides.
 #[test]
@@ -451,6 +452,27 @@ fn migrate_copies_everything_both_ways_and_refuses_a_non_empty_target() {
     let out = env.run(&["handle", "create", "a", "--label", "laptop"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let events = w.events("a", None).unwrap();
+    // Issue 15's tables come along too: a membership, a cooldown, a notice.
+    w.set_pool_member("b", "team", true).unwrap();
+    w.set_cooldown("b", 4_000_000_000_000, "usage_limit_reached")
+        .unwrap();
+    let notice = tokenwarden::testing::Notice {
+        event_id: "ev-migrate".into(),
+        kind: "dead".into(),
+        credential_id: Some("b".into()),
+        payload: "{}".into(),
+        at_ms: 1,
+    };
+    w.store().insert_notice(&notice).unwrap();
+    let side = |w: &tokenwarden::Warden| {
+        (
+            w.memberships().unwrap(),
+            w.cooldowns().unwrap(),
+            w.notifications(false, 10).unwrap(),
+            w.events("b", None).unwrap(),
+        )
+    };
+    let before = side(&w);
 
     let out = env.run(&["migrate", "--to", &url]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
@@ -477,6 +499,7 @@ fn migrate_copies_everything_both_ways_and_refuses_a_non_empty_target() {
     );
     assert_eq!(on_pg.events("a", None).unwrap(), events);
     assert_eq!(on_pg.store().handles("a").unwrap().len(), 1);
+    assert_eq!(side(&on_pg), before);
     // The spent fingerprint and its key came along: the rotated-away token
     // is refused on PostgreSQL too.
     let mut record = old.import_json("a2", "codex", &env.fake.token_url());
@@ -522,6 +545,7 @@ fn migrate_copies_everything_both_ways_and_refuses_a_non_empty_target() {
     let on_sqlite = tokenwarden::Warden::open(&back, env.config()).unwrap();
     assert_eq!(on_sqlite.get("a").unwrap().refresh_token, row.refresh_token);
     assert_eq!(on_sqlite.events("a", None).unwrap(), events);
+    assert_eq!(side(&on_sqlite), before);
     assert_eq!(
         env.fake.stats().token_requests,
         1,
