@@ -21,6 +21,7 @@ on_both_backends!(
     the_pool_spreads_sticks_and_refuses_clearly,
     a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set,
     import_pool_and_a_cooldown_ended_by_the_next_sweep,
+    the_pool_routes_end_to_end,
 );
 
 /// Wall-clock milliseconds (the clock event rows are written on).
@@ -369,9 +370,8 @@ fn a_reset_snapshot_clears_the_cooldown_an_exhausted_one_set(b: Backend) {
 /// cooldown set over the API takes a member out; `?pool=` filters the
 /// listing; an empty pool is 404 and a pool with nobody usable 503 with
 /// Retry-After.
-#[test]
-fn the_pool_routes_end_to_end() {
-    let env = Env::new();
+fn the_pool_routes_end_to_end(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let ids = members(&env, "h", 2, 3600, "team");
     let srv = InProcess::start(&env, &["k"], 4);
     let c = &srv.client;
@@ -480,6 +480,8 @@ struct Served {
 /// reuse, and refreshes stay within one per need.
 #[test]
 fn many_threads_and_processes_ask_one_pool_while_members_change() {
+    // SQLite only: its `rejections >= 10` in 5 s is a throughput bound,
+    // and on PostgreSQL beside the rest of the suite it reached 9.
     let env = Env::with(Tuning::default());
     env.fake.set_expires_in(4);
     let ids = members(&env, "m", 4, 2, "team");

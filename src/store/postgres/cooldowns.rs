@@ -13,20 +13,25 @@ use crate::store::sidedata::{cooldown_reason, COOLDOWN_COLUMNS};
 use crate::store::{Cooldown, CooldownSource, CooldownWrite, Notice};
 
 /// A row read with [`COOLDOWN_COLUMNS`].
-pub(super) fn read_cooldown(r: &Row) -> Result<Cooldown> {
-    let source: String = r.try_get(3).map_err(pg_err)?;
+fn read_cooldown(r: &Row) -> Result<Cooldown> {
+    read_cooldown_at(r, 0)
+}
+
+/// A cooldown read with [`COOLDOWN_COLUMNS`] starting at column `at`.
+pub(super) fn read_cooldown_at(r: &Row, at: usize) -> Result<Cooldown> {
+    let source: String = r.try_get(at + 3).map_err(pg_err)?;
     Ok(Cooldown {
-        credential_id: r.try_get(0).map_err(pg_err)?,
-        until_ms: r.try_get(1).map_err(pg_err)?,
-        reason: r.try_get(2).map_err(pg_err)?,
+        credential_id: r.try_get(at).map_err(pg_err)?,
+        until_ms: r.try_get(at + 1).map_err(pg_err)?,
+        reason: r.try_get(at + 2).map_err(pg_err)?,
         source: CooldownSource::parse(&source).ok_or_else(|| {
             Error::Db(DbError::new(
                 DbKind::Corrupt,
                 format!("unknown cooldown source {source:?}"),
             ))
         })?,
-        set_ms: r.try_get(4).map_err(pg_err)?,
-        actor: r.try_get(5).map_err(pg_err)?,
+        set_ms: r.try_get(at + 4).map_err(pg_err)?,
+        actor: r.try_get(at + 5).map_err(pg_err)?,
     })
 }
 

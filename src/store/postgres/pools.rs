@@ -1,15 +1,16 @@
 //! Pools on PostgreSQL: memberships (with their event rows), the one read
-//! a pick needs (one REPEATABLE READ snapshot) and the record of what a
+//! a pick needs (one statement: one snapshot, one round trip) and the record of what a
 //! pool handed out. The rules are SQLite's (`sqlite/pools.rs`); what is
 //! not SQL is shared in `store/sidedata.rs`.
 
 use std::collections::HashMap;
 
-use postgres::{IsolationLevel, Transaction};
+use postgres::Transaction;
 
-use super::cooldowns::read_cooldown;
+use super::cooldowns::read_cooldown_at;
 use super::errors::pg_err;
 use super::imports::append_event;
+use super::quota::{read_quota_at, QUOTA_COLUMNS};
 use super::rows::decode;
 use super::Postgres;
 use crate::error::{Error, Result};
@@ -93,69 +94,67 @@ pub(super) fn memberships(db: &Postgres) -> Result<HashMap<String, Vec<String>>>
     Ok(out)
 }
 
-pub(super) fn pool(db: &Postgres, pool: &str, sticky_key: Option<&str>) -> Result<PoolRead> {
-    let mut conn = db.conn()?;
-    // One snapshot: members, cooldowns, quotas and the sticky choice are of
-    // one instant.
-    let mut tx = conn
-        .client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .map_err(pg_err)?;
-    let width = COLUMNS.split(',').count();
-    let rows = tx
-        .query(
-            format!(
-                "SELECT {}, m.last_served_ms FROM pool_members m \
-                 JOIN credentials c ON c.id = m.credential_id WHERE m.pool = $1 ORDER BY c.id",
-                COLUMNS
-                    .split(',')
-                    .map(|c| format!("c.{}", c.trim()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-            .as_str(),
-            &[&pool],
+/// The pick's read as ONE statement (one snapshot, one round trip):
+/// each member's row, when its pool last handed it out, its cooldown, its
+/// newest quota snapshot, and the sticky key's member.
+fn pool_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let prefixed = |table: &str, columns: &str| {
+            columns
+                .split(',')
+                .map(|c| format!("{table}.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "SELECT {}, m.last_served_ms, {}, {}, \
+             (SELECT credential_id FROM pool_sticky WHERE pool = $1 AND sticky_key = $2) \
+             FROM pool_members m JOIN credentials c ON c.id = m.credential_id \
+             LEFT JOIN cooldowns cd ON cd.credential_id = c.id \
+             LEFT JOIN LATERAL (SELECT {QUOTA_COLUMNS} FROM quota_snapshots \
+                 WHERE credential_id = c.id ORDER BY seq DESC LIMIT 1) q ON true \
+             WHERE m.pool = $1 ORDER BY c.id",
+            prefixed("c", COLUMNS),
+            prefixed("cd", COOLDOWN_COLUMNS),
+            prefixed("q", QUOTA_COLUMNS),
         )
-        .map_err(pg_err)?;
-    let mut members = Vec::with_capacity(rows.len());
+    })
+}
+
+pub(super) fn pool(db: &Postgres, pool: &str, sticky_key: Option<&str>) -> Result<PoolRead> {
+    let rows = db.read(|c| {
+        let stmt = c.stmt(pool_sql())?;
+        c.client.query(&stmt, &[&pool, &sticky_key])
+    })?;
+    let width = |columns: &str| columns.split(',').count();
+    let served_at = width(COLUMNS);
+    let cooldown_at = served_at + 1;
+    let quota_at = cooldown_at + width(COOLDOWN_COLUMNS);
+    let sticky_at = quota_at + width(QUOTA_COLUMNS);
+    let mut read = PoolRead::default();
     for r in &rows {
-        members.push(PoolMember {
+        // A LEFT JOIN that found nothing: its key column is NULL.
+        let present = |at: usize| -> Result<bool> {
+            Ok(r.try_get::<_, Option<String>>(at)
+                .map_err(pg_err)?
+                .is_some())
+        };
+        read.members.push(PoolMember {
             credential: decode(db, r, Secrets::Drop)?,
-            cooldown: None,
-            quota: None,
-            last_served_ms: r.try_get(width).map_err(pg_err)?,
+            last_served_ms: r.try_get(served_at).map_err(pg_err)?,
+            cooldown: match present(cooldown_at)? {
+                true => Some(read_cooldown_at(r, cooldown_at)?),
+                false => None,
+            },
+            quota: match present(quota_at)? {
+                true => Some(read_quota_at(r, quota_at)?),
+                false => None,
+            },
         });
+        read.sticky = r.try_get(sticky_at).map_err(pg_err)?;
     }
-    for m in &mut members {
-        let id = m.credential.id.as_str();
-        m.cooldown = tx
-            .query_opt(
-                format!("SELECT {COOLDOWN_COLUMNS} FROM cooldowns WHERE credential_id = $1")
-                    .as_str(),
-                &[&id],
-            )
-            .map_err(pg_err)?
-            .as_ref()
-            .map(read_cooldown)
-            .transpose()?;
-        m.quota = super::quota::latest_in(&mut tx, id)?;
-    }
-    let sticky = match sticky_key {
-        Some(key) => tx
-            .query_opt(
-                "SELECT credential_id FROM pool_sticky WHERE pool = $1 AND sticky_key = $2",
-                &[&pool, &key],
-            )
-            .map_err(pg_err)?
-            .map(|r| r.get(0)),
-        None => None,
-    };
-    // A read-only transaction: ending it cannot lose anything.
-    tx.commit().map_err(pg_err)?;
-    Ok(PoolRead { members, sticky })
+    Ok(read)
 }
 
 pub(super) fn pool_served(

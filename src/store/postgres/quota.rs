@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use postgres::{Row, Transaction};
+use postgres::Row;
 
 use super::errors::pg_err;
 use super::Postgres;
@@ -14,29 +14,35 @@ use crate::store::QuotaRow;
 /// Largest quota answer body kept verbatim (as on SQLite).
 const QUOTA_BODY_CAP: usize = 64 * 1024;
 
-const QUOTA_COLUMNS: &str = "credential_id, fetched_at_ms, status, http_status, plan_type, \
+pub(super) const QUOTA_COLUMNS: &str =
+    "credential_id, fetched_at_ms, status, http_status, plan_type, \
     limit_reached, windows, credits, error_message";
 
 fn read_quota(r: &Row) -> Result<QuotaRow> {
-    let status: String = r.try_get(2).map_err(pg_err)?;
-    let windows: Option<String> = r.try_get(6).map_err(pg_err)?;
-    let credits: Option<String> = r.try_get(7).map_err(pg_err)?;
+    read_quota_at(r, 0)
+}
+
+/// A snapshot read with [`QUOTA_COLUMNS`] starting at column `at`.
+pub(super) fn read_quota_at(r: &Row, at: usize) -> Result<QuotaRow> {
+    let status: String = r.try_get(at + 2).map_err(pg_err)?;
+    let windows: Option<String> = r.try_get(at + 6).map_err(pg_err)?;
+    let credits: Option<String> = r.try_get(at + 7).map_err(pg_err)?;
     let quota = (status == "ok").then(|| Quota {
-        plan_type: r.try_get(4).ok().flatten(),
-        limit_reached: r.try_get::<_, Option<bool>>(5).ok().flatten(),
+        plan_type: r.try_get(at + 4).ok().flatten(),
+        limit_reached: r.try_get::<_, Option<bool>>(at + 5).ok().flatten(),
         windows: windows
             .and_then(|w| serde_json::from_str(&w).ok())
             .unwrap_or_default(),
         credits: credits.and_then(|c| serde_json::from_str(&c).ok()),
     });
-    let http: Option<i32> = r.try_get(3).map_err(pg_err)?;
+    let http: Option<i32> = r.try_get(at + 3).map_err(pg_err)?;
     Ok(QuotaRow {
-        credential_id: r.try_get(0).map_err(pg_err)?,
-        fetched_at_ms: r.try_get(1).map_err(pg_err)?,
+        credential_id: r.try_get(at).map_err(pg_err)?,
+        fetched_at_ms: r.try_get(at + 1).map_err(pg_err)?,
         status,
         http_status: http.and_then(|h| u16::try_from(h).ok()),
         quota,
-        error_message: r.try_get(8).map_err(pg_err)?,
+        error_message: r.try_get(at + 8).map_err(pg_err)?,
     })
 }
 
@@ -93,15 +99,6 @@ fn latest_sql() -> String {
 pub(super) fn latest_quota(db: &Postgres, id: &str) -> Result<Option<QuotaRow>> {
     let sql = latest_sql();
     db.read(|c| c.client.query_opt(sql.as_str(), &[&id]))?
-        .as_ref()
-        .map(read_quota)
-        .transpose()
-}
-
-/// [`latest_quota`] inside the caller's transaction (the pool's read).
-pub(super) fn latest_in(tx: &mut Transaction<'_>, id: &str) -> Result<Option<QuotaRow>> {
-    tx.query_opt(latest_sql().as_str(), &[&id])
-        .map_err(pg_err)?
         .as_ref()
         .map(read_quota)
         .transpose()
