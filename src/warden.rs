@@ -56,7 +56,8 @@ impl Grant {
     }
 }
 
-/// Keeps credentials in one SQLite file and hands out working tokens.
+/// Keeps credentials in one database — a SQLite file, or a PostgreSQL
+/// database shared by several boxes — and hands out working tokens.
 ///
 /// Every method blocks and is safe to call from any number of threads and
 /// processes at once: a refresh happens once per need, whoever asks.
@@ -81,7 +82,9 @@ fn checked(id: &str) -> Result<&str> {
 }
 
 impl Warden {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`: a SQLite file, or
+    /// a `postgres://` / `postgresql://` URL (its schema created or
+    /// migrated).
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
         Warden::open_with(path.as_ref(), config, Startup::Eager)
     }

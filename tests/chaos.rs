@@ -11,8 +11,12 @@
 //! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos:: -- --nocapture
 //! ```
 //!
-//! `chaos::chaos` runs it on a SQLite file, `chaos::chaos_on_postgres` on
-//! a PostgreSQL database (tests/common/pg.rs).
+//! `chaos::chaos` runs it on a SQLite file; `chaos::chaos_on_postgres`, on
+//! a PostgreSQL database (tests/common/pg.rs), is long mode only:
+//!
+//! ```sh
+//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos::chaos_on_postgres -- --include-ignored --nocapture
+//! ```
 //!
 //! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
 //! `TOKENWARDEN_CHAOS_SEED` replays a seed's choices.)
@@ -30,8 +34,14 @@ fn chaos() {
 
 /// The same chaos run, every process on one PostgreSQL database (the
 /// processes stand for boxes: leases on the server's clock, wake-ups by
-/// NOTIFY).
+/// NOTIFY). Long mode only: at CI size, on a loaded 2-core machine that
+/// also runs the server, the run's own "did enough of each" checks (a
+/// replace landed, …) are not reliably met in 16 s, and the extra load
+/// makes the suite's timing-sensitive tests flaky; CI runs the invariant
+/// suite and tests/postgres.rs on PostgreSQL instead.
 #[test]
+#[ignore = "long mode: TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests \
+            chaos::chaos_on_postgres -- --include-ignored --nocapture"]
 fn chaos_on_postgres() {
     chaos_on(Backend::Postgres);
 }

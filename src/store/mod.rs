@@ -6,7 +6,9 @@
 //! reject…) guarded by version or lease together with its event row,
 //! insert, replace and delete under the refresh-token fingerprint rules,
 //! list, events, handles, quota. [`Store`] is a shared handle on one
-//! backend; SQLite (`sqlite/`) is the first. Only `refresh` and `Warden`
+//! backend: SQLite (`sqlite/`), or PostgreSQL (`postgres/`, feature
+//! `postgres`) for a `postgres://` URL; what is not SQL they share
+//! (`rowdata`, `codec`, `fpkey`, `copy`). Only `refresh` and `Warden`
 //! (warden.rs, admin.rs) hold a `Store` (architecture invariant A3).
 
 mod backend;

@@ -96,9 +96,21 @@ impl Env {
             Backend::Sqlite => dir.path().join("tw.db"),
             #[cfg(feature = "postgres")]
             Backend::Postgres => PathBuf::from(super::pg::database()?),
-            // A SQLite-only build (`--no-default-features`).
+            // A SQLite-only build (`--no-default-features`): said loudly,
+            // and a failure where PostgreSQL is required.
             #[cfg(not(feature = "postgres"))]
-            Backend::Postgres => return None,
+            Backend::Postgres => {
+                assert!(
+                    std::env::var("TOKENWARDEN_REQUIRE_PG").as_deref() != Ok("1"),
+                    "TOKENWARDEN_REQUIRE_PG=1 in a build without the postgres feature"
+                );
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED a PostgreSQL test: built without the `postgres` feature ***\n"
+                );
+                return None;
+            }
         };
         Some(Env {
             dir,
