@@ -9,6 +9,7 @@
 //! cargo bench --bench bench -- --growth  # costs at 1k, 10k and 100k credentials
 //! cargo bench --bench bench -- --growth --sizes 1000,10000   # some sizes (not written)
 //! cargo bench --bench bench -- --pg      # Warden::token on PostgreSQL (tests/common/pg.rs's server)
+//! cargo bench --bench bench -- --import  # import at 1k, 10k, 100k, with and without a key
 //! ```
 //!
 //! Everything runs on loopback against the fake OAuth server of
@@ -32,6 +33,10 @@ mod common {
     pub mod pg;
     pub mod tw;
 }
+
+/// The `--import` pass (its own file: a pass with its own floor).
+#[path = "support/import.rs"]
+mod import;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -183,6 +188,27 @@ fn main() {
         }
         return;
     }
+    if args.iter().any(|a| a == "--import") {
+        let counts = chosen.clone().unwrap_or_else(|| match sizes.smoke {
+            true => vec![40],
+            false => GROWTH_SIZES.to_vec(),
+        });
+        let report =
+            import::import_pass(&fake, dir.path(), &counts, sizes.smoke, &machine, started);
+        println!("{report}");
+        if !sizes.smoke && chosen.is_none() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+            let text = merge_between(
+                std::fs::read_to_string(&path).ok(),
+                import::IMPORT_BEGIN,
+                import::IMPORT_END,
+                &report,
+            );
+            std::fs::write(&path, text).expect("write BENCHMARKS.md");
+            eprintln!("wrote {}", path.display());
+        }
+        return;
+    }
     if args.iter().any(|a| a == "--growth") {
         let counts = chosen.clone().unwrap_or_else(|| GROWTH_SIZES.to_vec());
         let report = growth(&fake, dir.path(), &counts, &sizes, &machine, started);
@@ -239,6 +265,10 @@ fn main() {
         println!(
             "{}",
             growth(&fake, dir.path(), &counts, &sizes, &machine, started)
+        );
+        println!(
+            "{}",
+            import::import_pass(&fake, dir.path(), &counts, true, &machine, started)
         );
     }
     if !sizes.smoke && only.is_none() {
@@ -1494,29 +1524,33 @@ fn growth(
     render_growth(&rows, sizes, machine, started.elapsed())
 }
 
+/// An import file of `n` credentials `{prefix}{i}`, each its own login at
+/// `fake` with an access token valid 6 h: one JSON array, written as it is
+/// made.
+fn write_import_file(fake: &FakeOAuth, file: &Path, prefix: &str, n: usize) {
+    let now = common::tw::now();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file).expect("create"));
+    w.write_all(b"[").expect("write");
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        let grant = fake.new_family(&id);
+        let mut r = grant.import_json(&id, "codex", &fake.token_url());
+        r["expires_at"] = Value::from(now + 6 * 3600);
+        if i > 0 {
+            w.write_all(b",").expect("write");
+        }
+        serde_json::to_writer(&mut w, &r).expect("write");
+    }
+    w.write_all(b"]").expect("write");
+    w.flush().expect("flush");
+}
+
 /// A database of `n` valid credentials, imported by the CLI from one JSON
 /// array: the import's figures and the file's size.
 fn grow_import(fake: &FakeOAuth, dir: &Path, n: usize) -> Grown {
     let db = dir.join(format!("growth-{n}.db"));
     let file = dir.join(format!("growth-{n}.json"));
-    // The import file: one JSON array, written as it is made.
-    {
-        let now = common::tw::now();
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file).expect("create"));
-        w.write_all(b"[").expect("write");
-        for i in 0..n {
-            let id = format!("g{n}-{i}");
-            let grant = fake.new_family(&id);
-            let mut r = grant.import_json(&id, "codex", &fake.token_url());
-            r["expires_at"] = Value::from(now + 6 * 3600);
-            if i > 0 {
-                w.write_all(b",").expect("write");
-            }
-            serde_json::to_writer(&mut w, &r).expect("write");
-        }
-        w.write_all(b"]").expect("write");
-        w.flush().expect("flush");
-    }
+    write_import_file(fake, &file, &format!("g{n}-"), n);
     let ran = run_measured(tw(&db).arg("import").arg(&file).stdout(Stdio::null()), dir);
     assert!(
         ran.out.status.success(),
@@ -1941,6 +1975,7 @@ fn child(args: &[String]) {
         Some("bare-server") => bare_server(&args[1..]),
         Some("loadgen") => loadgen(&args[1..]),
         Some("single-flight") => single_flight(&args[1..]),
+        Some("import-floor") => import::floor(&args[1..]),
         other => panic!("unknown child role {other:?}"),
     }
 }

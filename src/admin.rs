@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::provider::ProviderKind;
 use crate::seal::Sealer;
+use crate::secret::Secret;
 use crate::state::{Now, Policy, State};
 use crate::store::{self, HandleRow, NotificationRow, QuotaRow, Scan};
 use crate::view::Summary;
@@ -738,6 +739,45 @@ mod tests {
         assert_eq!(next.as_deref(), Some("x01009"));
     }
 
+    /// A sign-in without --id for the account of a credential refreshed
+    /// through a proxy (its own token URL) updates that credential and
+    /// keeps its token URL.
+    #[test]
+    fn a_login_keeps_a_proxied_credentials_token_url() {
+        let (_dir, w) = warden(0);
+        let login = |rt: &str, token_url: &str| NewCredential {
+            provider: ProviderConfig {
+                token_url: Some(token_url.into()),
+                client_id: Some("cli".into()),
+                ..ProviderConfig::new(ProviderKind::OAuth2)
+            },
+            claims: crate::credential::Claims {
+                user_id: Some("sub-1".into()),
+                ..Default::default()
+            },
+            ..new(String::new(), ProviderKind::OAuth2, rt)
+        };
+        let mut proxied = login("rt-1", "http://127.0.0.1:9/proxy/token");
+        proxied.id = "p".into();
+        w.import(&[proxied], false).unwrap();
+        let (row, how) = w
+            .store_login(login("rt-2", "https://idp.example/token"), None)
+            .unwrap();
+        assert_eq!(
+            (row.id.as_str(), how),
+            ("p", Stored::Updated { revived: false })
+        );
+        assert_eq!(
+            row.provider.token_url.as_deref(),
+            Some("http://127.0.0.1:9/proxy/token")
+        );
+        // Another client's subject of the same name is another account.
+        let mut other = login("rt-3", "https://idp.example/token");
+        other.provider.client_id = Some("other".into());
+        let (row, how) = w.store_login(other, Some("q")).unwrap();
+        assert_eq!((row.id.as_str(), how), ("q", Stored::New));
+    }
+
     /// Events page forward from a sequence number; without one, the tail.
     #[test]
     fn event_pages_follow_the_sequence_and_the_tail_has_no_cursor() {
@@ -785,23 +825,56 @@ impl Warden {
     /// subject or e-mail, see [`crate::login::same_account`]) of the same
     /// server is never stored under a second id — or a new one.
     ///
+    /// A new credential is inserted in the same write transaction that
+    /// looks for the account (`Backend::insert_unless`): two logins for
+    /// one account finishing at once — threads or processes — never both
+    /// insert it. The one that finds the account stored looks again and
+    /// updates it (without `--id`), or is refused (an `--id` that is not
+    /// the account's).
+    ///
     /// The update is `import --replace`'s compare-and-swap
     /// ([`Warden::import_within`]): it waits (up to the configured `wait`)
     /// for a refresh in flight to commit, so the refresh token that refresh
     /// sends is spent before the new one replaces it; a dead credential
-    /// comes back to life; handles, events and quota history survive.
+    /// comes back to life (also when the server answered with the refresh
+    /// token already stored: the sign-in's access token is then taken);
+    /// handles, events and quota history survive.
     ///
     /// The id is `id` if given (refused when it holds another account, or
     /// when the account is already stored under another id), else the
-    /// account's stored id, else [`crate::login::default_id`].
+    /// account's stored id, else [`crate::login::default_id`] — or, when a
+    /// credential of another provider holds that, the first free
+    /// `PROVIDER-DEFAULT[-N]`.
     pub fn store_login(
+        &self,
+        cred: NewCredential,
+        id: Option<&str>,
+    ) -> Result<(Credential, Stored)> {
+        // Each retry follows another writer's commit (the account or the
+        // id was stored meanwhile), so this ends; the bound is a guard.
+        for _ in 0..LOGIN_RETRIES {
+            if let Some(done) = self.store_login_once(cred.clone(), id)? {
+                return Ok(done);
+            }
+        }
+        Err(Error::Internal(
+            "a sign-in kept losing the race to store its account",
+        ))
+    }
+
+    /// One attempt of [`Warden::store_login`]: `None` when a concurrent
+    /// writer stored the account, or took the id, between the look and the
+    /// insert (nothing written: look again).
+    fn store_login_once(
         &self,
         mut cred: NewCredential,
         id: Option<&str>,
-    ) -> Result<(Credential, Stored)> {
-        use crate::login::{default_id, matching, same_account};
+    ) -> Result<Option<(Credential, Stored)>> {
+        use crate::login::{default_id, is_account, matching, same_account};
         let mut rows = Vec::new();
+        let mut ids = std::collections::HashSet::new();
         self.store().each_without_secrets(&mut |c| {
+            ids.insert(c.id.clone());
             if c.provider.kind == cred.provider.kind {
                 rows.push(c)
             }
@@ -843,7 +916,12 @@ impl Warden {
             }
             None => match same.as_slice() {
                 [one] => one.id.clone(),
-                [] => default_id(cred.provider.kind, &cred.claims),
+                [] => free_login_id(
+                    cred.provider.kind,
+                    &default_id(cred.provider.kind, &cred.claims),
+                    &rows,
+                    &ids,
+                ),
                 many => {
                     return Err(Error::BadInput(format!(
                         "{} is stored under several ids ({}); name the one to update with --id",
@@ -857,34 +935,92 @@ impl Warden {
             },
         };
         let before = self.store().get_without_secrets(&target)?;
-        if let Some(existing) = &before {
-            if existing.provider.kind != cred.provider.kind {
-                return Err(Error::BadInput(format!(
-                    "credential '{target}' is a {} credential, not {}; pick another --id",
-                    existing.provider.kind, cred.provider.kind
-                )));
-            }
-            if id.is_none() && same_account(&existing.claims, &cred.claims) != Some(true) {
-                return Err(Error::BadInput(format!(
-                    "credential '{target}' exists and is not known to be {}; name the credential \
-                     to update, or a new id, with --id",
-                    account()
-                )));
-            }
-            // Keep the settings a sign-in does not carry (an imported
-            // credential's own token URL, for instance) when it has none.
-            let (new, old) = (&mut cred.provider, &existing.provider);
-            new.token_url = new.token_url.take().or_else(|| old.token_url.clone());
-            cred.claims = std::mem::take(&mut cred.claims).or(&existing.claims);
-        }
-        cred.id = target;
-        let row = self.import_one(&cred, before.is_some(), self.config().wait)?;
-        let stored = match before {
-            None => Stored::New,
-            Some(b) => Stored::Updated {
-                revived: b.status.state == crate::state::State::Dead,
-            },
+        let Some(existing) = before else {
+            cred.id = target;
+            let provider = cred.provider.clone();
+            let claims = cred.claims.clone();
+            let taken = |c: &Credential| is_account(c, &provider, &claims);
+            return match self.insert_login(&cred, &taken) {
+                Ok(Ok(row)) => Ok(Some((row, Stored::New))),
+                // The account (or the id) was stored meanwhile: look again.
+                Ok(Err(_)) | Err(Error::Exists(_)) => Ok(None),
+                Err(e) => Err(e),
+            };
         };
-        Ok((row, stored))
+        if existing.provider.kind != cred.provider.kind {
+            return Err(Error::BadInput(format!(
+                "credential '{target}' is a {} credential, not {}; pick another --id",
+                existing.provider.kind, cred.provider.kind
+            )));
+        }
+        if id.is_none() && same_account(&existing.claims, &cred.claims) != Some(true) {
+            return Err(Error::BadInput(format!(
+                "credential '{target}' exists and is not known to be {}; name the credential \
+                 to update, or a new id, with --id",
+                account()
+            )));
+        }
+        // Keep the settings a sign-in does not carry (an imported
+        // credential's own token URL, for instance) when it has none — and
+        // the credential's own token URL when the sign-in found it by its
+        // subject through another one (a proxy's, see
+        // `crate::login::is_account`): the user set it; `--id` names a
+        // credential whose token URL the sign-in's may replace.
+        let (new, old) = (&mut cred.provider, &existing.provider);
+        let found_elsewhere =
+            id.is_none() && old.token_url.is_some() && new.token_url != old.token_url;
+        new.token_url = match found_elsewhere {
+            true => old.token_url.clone(),
+            false => new.token_url.take().or_else(|| old.token_url.clone()),
+        };
+        cred.claims = std::mem::take(&mut cred.claims).or(&existing.claims);
+        cred.id = target;
+        let mut row = self.import_one(&cred, true, self.config().wait)?;
+        let fresh = |r: &Credential| {
+            r.access_token.as_ref().map(Secret::expose)
+                == cred.access_token.as_ref().map(Secret::expose)
+                && r.status.state != State::Dead
+        };
+        if !fresh(&row) {
+            // The same refresh token came back: the replace changed only
+            // settings; the sign-in's tokens are taken here.
+            if let Some(stored) = self.store().get(&row.id)? {
+                if stored.refresh_token.expose() == cred.refresh_token.expose() && !fresh(&stored) {
+                    if let Some(new) = self.take_login_tokens(&stored, &cred)? {
+                        row = new;
+                    }
+                }
+            }
+        }
+        // Revived: dead before, alive after — read from the row as stored.
+        let revived = existing.status.state == State::Dead && row.status.state != State::Dead;
+        Ok(Some((row, Stored::Updated { revived })))
     }
+}
+
+/// How many times [`Warden::store_login`] looks again after losing a race.
+const LOGIN_RETRIES: usize = 16;
+
+/// The id of a new sign-in without `--id`: `default`, unless a credential
+/// of another provider holds it (one e-mail, two providers' accounts) —
+/// then `PROVIDER-DEFAULT`, or `PROVIDER-DEFAULT-2`, … the first free one.
+/// A `default` held by a credential of the same provider is left for the
+/// caller to refuse (it may be this very account, not known to be).
+fn free_login_id(
+    kind: ProviderKind,
+    default: &str,
+    same_kind: &[Credential],
+    ids: &std::collections::HashSet<String>,
+) -> String {
+    if !ids.contains(default) || same_kind.iter().any(|c| c.id == default) {
+        return default.to_owned();
+    }
+    let base = format!("{kind}-{default}");
+    std::iter::once(base.clone())
+        .chain((2..=ids.len() + 2).map(|n| format!("{base}-{n}")))
+        .find(|id| !ids.contains(id) && validate_id(id).is_ok())
+        // Too long for an id: `default`, which the caller then refuses as
+        // another provider's credential — before the update, nothing lost
+        // but this sign-in, with an error that says to pass --id.
+        .unwrap_or_else(|| default.to_owned())
 }

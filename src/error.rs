@@ -37,9 +37,10 @@ pub enum Error {
     NotFound(String),
     /// The refresh token was refused for good.
     #[error(
-        "credential '{id}' is dead ({reason}): sign in again with `tokenwarden login {provider} \
-         --id {id}` (or import a newer login file with --replace), or retry with \
-         `tokenwarden refresh {id} --force`"
+        "credential '{id}' is dead ({reason}): sign in again with `{}` (or import a newer \
+         login file with --replace), or retry with `{}`",
+        crate::login::login_command(*provider, id),
+        force_refresh_command(id)
     )]
     Dead {
         /// Credential id.
@@ -281,6 +282,16 @@ impl std::fmt::Display for Spent {
                 "sent upstream by a refresh whose credential was then deleted"
             }
         })
+    }
+}
+
+/// `tokenwarden refresh ID --force`, written to run as printed: an id that
+/// starts with `-` after `--`, one a shell treats specially quoted.
+fn force_refresh_command(id: &str) -> String {
+    let word = crate::login::shell_word(id);
+    match id.starts_with('-') {
+        true => format!("tokenwarden refresh --force -- {word}"),
+        false => format!("tokenwarden refresh {word} --force"),
     }
 }
 

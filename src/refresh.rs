@@ -634,10 +634,16 @@ impl Refresher {
             self.metrics
                 .upstream_latency(row.provider.kind.as_str(), took);
             let outcome = match sent {
-                Ok(resp) => provider::parse_refresh(
+                Ok(resp) => provider::parse_answer(
                     row.provider.kind,
                     &resp,
                     &row.refresh_token,
+                    // The client secret went too: never quoted back.
+                    &row.provider
+                        .client_secret
+                        .iter()
+                        .map(crate::secret::Secret::expose)
+                        .collect::<Vec<_>>(),
                     self.clock.now().wall_ms,
                 ),
                 Err(f) => Outcome::Failure(f),

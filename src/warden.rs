@@ -488,6 +488,86 @@ impl Warden {
         Ok(row)
     }
 
+    /// Inserts sign-in `c` unless a stored credential `taken` accepts (see
+    /// `Backend::insert_unless`): the look and the insert are one write
+    /// transaction. The waiters of this process are woken on an insert.
+    pub(crate) fn insert_login(
+        &self,
+        c: &NewCredential,
+        taken: &dyn Fn(&Credential) -> bool,
+    ) -> Result<std::result::Result<Credential, Credential>> {
+        let id = checked(&c.id)?;
+        let actor = clock::actor(&self.core.config.actor);
+        let out = self
+            .core
+            .store
+            .insert_unless(c, taken, &actor, clock::now_ms())?;
+        if out.is_ok() {
+            self.core.signals.notify(id);
+        }
+        Ok(out)
+    }
+
+    /// Makes `row` (just replaced by sign-in `c`, whose refresh token it
+    /// holds) serve the sign-in's tokens: a server that answers a login
+    /// with the refresh token it already issued leaves the replace with
+    /// nothing to change (the same refresh token keeps its state, see
+    /// `Backend::replace`), but the sign-in proved that token good and
+    /// brought a fresh access token. A compare-and-swap on `row`'s version:
+    /// `None` when another writer got there first (a refresh claimed the
+    /// live credential meanwhile: its own tokens will do).
+    pub(crate) fn take_login_tokens(
+        &self,
+        row: &Credential,
+        c: &NewCredential,
+    ) -> Result<Option<Credential>> {
+        let Some(access_token) = c.access_token.clone() else {
+            return Ok(None);
+        };
+        let now = clock::now_ms();
+        let tokens = crate::provider::Tokens {
+            access_token,
+            refresh_token: c.refresh_token.clone(),
+            id_token: c.id_token.clone(),
+            // No lifetime said: expiring now, so the next use refreshes.
+            expires_at_ms: c.expires_at_ms.unwrap_or(now),
+            claims: c.claims.clone(),
+        };
+        let t = state::Transition {
+            guard: state::Guard::Version(row.status.version),
+            from: row.status.state,
+            to: state::State::Valid,
+            resume: None,
+            lease: None,
+            failures: 0,
+            next_attempt_at_ms: None,
+            dead_reason: None,
+            reason: "signed in again".into(),
+        };
+        let write = Write {
+            tokens: Some(&tokens),
+            error: crate::store::ErrorUpdate::Clear,
+            notify: None,
+        };
+        let actor = clock::actor(&self.core.config.actor);
+        let Some(new) = self.core.store.apply(&row.id, &t, write, &actor, now)? else {
+            return Ok(None);
+        };
+        if row.status.state == state::State::Dead {
+            // As in an import's revival: its own transaction; a crash right
+            // here loses this one notice, never the sign-in.
+            let note = crate::notify::on_revived(row, new.status.version, now);
+            if let Err(e) = self.core.store.insert_notice(&note) {
+                log::warn!(
+                    "{}: could not write the recovered notification: {e}",
+                    row.id
+                );
+            }
+        }
+        self.core.signals.notify(&row.id);
+        Ok(Some(new))
+    }
+
     fn import_row(&self, c: &NewCredential, replace: bool, wait: Duration) -> Result<Credential> {
         let id = checked(&c.id)?;
         let store = &self.core.store;

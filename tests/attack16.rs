@@ -8,8 +8,9 @@
 //! login, a device flow that ends cleanly, a relogin command that works
 //! as printed).
 //!
-//! HELD tests pass and stay as guards; HOLE tests fail on the commit that
-//! added them and are kept `#[ignore]`d until the source is mended.
+//! HELD tests passed when written and stay as guards; the HOLE tests
+//! failed on the commit that added them and run since the source was
+//! mended (branch wt-fix16): every test here now guards a promise.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -304,7 +305,6 @@ fn temp_db() -> (tempfile::TempDir, std::path::PathBuf) {
 /// `tokenwarden login google --id ID` as the fix; run as printed it must
 /// at least start a sign-in, not be refused as a usage error.
 #[test]
-#[ignore = "HOLE: a dead google credential's error names `tokenwarden login google --id ID`, which exits 2 (google has no login)"]
 fn a_dead_google_credentials_relogin_command_runs_as_printed() {
     let (_d, db) = temp_db();
     let google = Scripted::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.into()));
@@ -334,7 +334,6 @@ fn a_dead_google_credentials_relogin_command_runs_as_printed() {
 /// printed (clap takes `-ID` for a flag unless the id is written
 /// `--id=-ID`).
 #[test]
-#[ignore = "HOLE: the printed `tokenwarden login codex --id -dash` is a clap usage error (exit 2) for an id starting with '-'"]
 fn a_relogin_command_for_an_id_starting_with_a_dash_runs_as_printed() {
     let (_d, db) = temp_db();
     let codex = Scripted::start(|_, _| (400, r#"{"error":"invalid_grant"}"#.into()));
@@ -370,7 +369,6 @@ fn a_relogin_command_for_an_id_starting_with_a_dash_runs_as_printed() {
 /// Google's token endpoint with Gemini's client — a secret sent to a
 /// server it was never issued by.
 #[test]
-#[ignore = "HOLE: a record with provider oauth2 + token_url + token_type is imported as google and its refresh token is sent to Google's token endpoint"]
 fn a_record_with_token_type_is_not_taken_for_a_gemini_file() {
     let (_d, db) = temp_db();
     let own =
@@ -455,7 +453,6 @@ fn redirect_back(run: &Running, server: &Scripted, code: &str) -> (u16, String) 
 /// gives back the stored refresh token. The login says `revived`: the
 /// credential must then serve the login's fresh access token.
 #[test]
-#[ignore = "HOLE: a login answered with the stored refresh token says 'revived' but leaves the credential dead and drops the login's access token"]
 fn a_login_that_brings_back_the_same_refresh_token_really_revives() {
     let (dir, db) = temp_db();
     let server = oauth_server(
@@ -527,7 +524,6 @@ fn login_cred(rt: &str, sub: &str) -> NewCredential {
 /// must never end up under two ids (two processes on one database here,
 /// each a library warden as the login command's store).
 #[test]
-#[ignore = "HOLE: store_login checks 'already stored under another id' before its insert, outside the transaction: concurrent logins store one account under several ids"]
 fn concurrent_logins_never_store_one_account_under_two_ids() {
     let (_d, db) = temp_db();
     Warden::open(&db, Config::default()).unwrap();
@@ -568,7 +564,6 @@ fn concurrent_logins_never_store_one_account_under_two_ids() {
 /// not a lost sign-in with an error that names `--replace`, a flag
 /// `login` does not have.
 #[test]
-#[ignore = "HOLE: concurrent logins without --id for one new account: the loser's sign-in is discarded with 'exists … --replace' (a flag login lacks)"]
 fn concurrent_logins_for_one_new_account_both_land() {
     let (_d, db) = temp_db();
     Warden::open(&db, Config::default()).unwrap();
@@ -601,7 +596,6 @@ fn concurrent_logins_for_one_new_account_both_land() {
 /// 8628 lets the server pick it): `--timeout 2` still ends the login in
 /// seconds, exit 1 with "expired", not after an hour's sleep.
 #[test]
-#[ignore = "HOLE: the device flow sleeps the server's interval (up to 86399 s) before checking --timeout / expires_in"]
 fn a_device_server_with_an_hour_interval_does_not_outlast_the_timeout() {
     let (_d, db) = temp_db();
     let server = Scripted::start(|path, _| match path {
@@ -692,7 +686,6 @@ fn a_device_answer_without_a_refresh_token_stores_nothing() {
 /// parameters". Google's redirect carries `authuser`, `prompt` (and `hd`);
 /// the server's `/oauth/callback` must still finish the sign-in.
 #[test]
-#[ignore = "HOLE: GET /oauth/callback answers 400 'unknown query parameter' to a redirect with extra parameters (Google's authuser/prompt); the sign-in never finishes"]
 fn the_api_callback_ignores_unrecognised_response_parameters() {
     let idp = crate::login::Idp::start();
     let env = Env::new();
@@ -999,7 +992,6 @@ fn an_old_gemini_backup_never_brings_back_a_rejected_access_token() {
 /// start the sign-in as printed; it looks for discovery at the token
 /// URL's origin only, where there is none.
 #[test]
-#[ignore = "HOLE: the printed `tokenwarden login oauth2 --id ID` fails when the issuer has a path (discovery tried at the token URL's origin only)"]
 fn a_dead_oauth2_credentials_relogin_command_works_for_an_issuer_with_a_path() {
     let (_d, db) = temp_db();
     let base = Arc::new(std::sync::OnceLock::<String>::new());
@@ -1051,7 +1043,6 @@ fn a_dead_oauth2_credentials_relogin_command_works_for_an_issuer_with_a_path() {
 /// --id: the same subject at the same client must update `kim`, not be
 /// stored a second time under its e-mail.
 #[test]
-#[ignore = "HOLE: same_server compares oauth2 token URLs verbatim: an account whose credential goes through a proxy token URL is stored again under a second id by a login"]
 fn a_login_for_an_account_stored_behind_a_proxy_token_url_is_not_stored_twice() {
     let (_d, db) = temp_db();
     let w = Warden::open(&db, Config::default()).unwrap();
@@ -1085,7 +1076,6 @@ fn unsigned_jwt(payload: &Value) -> String {
 /// token endpoint answers at the same moment. At most one id may end up
 /// holding the account.
 #[test]
-#[ignore = "HOLE: four concurrent `tokenwarden login --id ivy-N` processes for one account all store it, under four ids"]
 fn concurrent_login_processes_never_store_one_account_under_two_ids() {
     let (_d, db) = temp_db();
     let n = 4;
@@ -1147,7 +1137,6 @@ fn concurrent_login_processes_never_store_one_account_under_two_ids() {
 /// its user code and page (clear the screen, retitle the terminal): the
 /// login shows the user no control characters (or refuses the answer).
 #[test]
-#[ignore = "HOLE: the device flow prints the server's user_code / verification_uri raw: a lying server writes escape sequences to the user's terminal"]
 fn a_device_servers_control_characters_never_reach_the_terminal() {
     let (_d, db) = temp_db();
     let server = Scripted::start(|path, _| match path {
@@ -1189,7 +1178,6 @@ fn a_device_servers_control_characters_never_reach_the_terminal() {
 /// sent in its error: the login's error on stderr and the page the browser
 /// is left on must quote neither the client secret nor the PKCE verifier.
 #[test]
-#[ignore = "HOLE: a code-exchange error that echoes the client secret prints it on stderr and on the browser's page (the exchange scrubs no known secret)"]
 fn an_echoing_token_endpoint_never_gets_the_client_secret_or_verifier_printed() {
     let (dir, db) = temp_db();
     let server = Scripted::start(|_, f| {
@@ -1241,7 +1229,6 @@ fn an_echoing_token_endpoint_never_gets_the_client_secret_or_verifier_printed() 
 /// not thrown away, after the user finished signing in, because the
 /// default id is taken.
 #[test]
-#[ignore = "HOLE: a login without --id whose e-mail is already the id of another provider's credential is refused after the sign-in (the fresh login discarded)"]
 fn a_second_providers_login_for_the_same_email_is_kept() {
     let (_d, db) = temp_db();
     let w = Warden::open(&db, Config::default()).unwrap();

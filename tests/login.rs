@@ -715,7 +715,8 @@ fn impossible_sign_ins_are_usage_errors() {
     let table: [(&[&str], &str); 6] = [
         (&["claude", "--device"], "no device flow"),
         (&["codex", "--manual"], "no manual variant"),
-        (&["google"], "Gemini CLI"),
+        // `login google` signs in as Gemini CLI does: by browser only.
+        (&["google", "--device"], "no device flow"),
         (&["oauth2", "--issuer", "http://127.0.0.1:1"], "--client-id"),
         (&["oauth2", "--client-id", "c"], "--issuer"),
         (

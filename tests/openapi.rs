@@ -428,8 +428,15 @@ impl Harness {
                     );
                 }
             }
-            let a = self.send(Admin, &method, &format!("{target}?bogus=1"), None);
-            assert_eq!(a.status, 400, "{method} {target}?bogus=1: {}", a.body);
+            // An authorization response ignores the parameters it does not
+            // know (RFC 6749 §4.1.2, the document says so): its bad query is
+            // a known one given twice.
+            let bad = match pattern.as_str() {
+                "/oauth/callback" => "state=a&state=b",
+                _ => "bogus=1",
+            };
+            let a = self.send(Admin, &method, &format!("{target}?{bad}"), None);
+            assert_eq!(a.status, 400, "{method} {target}?{bad}: {}", a.body);
             assert_eq!(a.code(), "bad_request");
             let a = self.raw(Admin, &method, &target, &["Content-Length: 2000000"], b"");
             assert_eq!(

@@ -21,6 +21,9 @@ mod attack2;
 mod attack3;
 // Attacks on the token cold-start change (a33b4c4): shortcut parser, deferred start-up.
 mod attack4;
+// Hostile review of issue 15 (e14fc48): pools, cooldowns, the notifications
+// outbox; holes are `#[ignore = "HOLE: …"]`.
+mod attack15;
 // Attacks on 251fb5a: the token shortcut wired in main, signals kept only
 // while held, the serve scheduler's quiet mark.
 mod attack5;

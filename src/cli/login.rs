@@ -51,14 +51,7 @@ pub(super) fn login(cli: &Cli, a: &LoginArgs) -> Result<()> {
             };
             run::oauth2_client(&warden, &flags, stored.as_ref())?
         }
-        ProviderKind::Google => {
-            return Err(Error::BadInput(
-                "google: sign in with Gemini CLI (`gemini`), then `tokenwarden import \
-                 ~/.gemini/oauth_creds.json`; or sign in to your own Google client with \
-                 `tokenwarden login oauth2 --issuer https://accounts.google.com --client-id …`"
-                    .into(),
-            ))
-        }
+        ProviderKind::Google => LoginClient::google(),
     };
     let method = match (a.device, a.manual) {
         (true, _) => Method::Device,

@@ -31,6 +31,19 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "credential_dead",
         ),
         (
+            // An id that starts with '-': both commands run as printed.
+            Error::Dead {
+                id: "-d".into(),
+                provider: crate::credential::ProviderKind::Codex,
+                reason: "invalid_grant".into(),
+            },
+            "credential '-d' is dead (invalid_grant): sign in again with `tokenwarden login codex \
+             --id=-d` (or import a newer login file with --replace), or retry with \
+             `tokenwarden refresh --force -- -d`",
+            4,
+            "credential_dead",
+        ),
+        (
             Error::Unavailable {
                 id: "a".into(),
                 message: "upstream answered 503".into(),

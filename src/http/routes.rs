@@ -336,7 +336,13 @@ fn answer(
         return Err(ApiError::method_not_allowed(allow.join(", ")));
     };
     let id = captures(route.pattern, path).flatten().unwrap_or_default();
-    let query = Query::parse(query, endpoint.params)?;
+    let query = match endpoint.action {
+        // An authorization response: RFC 6749 §4.1.2, "the client MUST
+        // ignore unrecognized response parameters" (Google adds `authuser`,
+        // `prompt`, `hd`).
+        Action::Callback => Query::parse_known(query, endpoint.params)?,
+        _ => Query::parse(query, endpoint.params)?,
+    };
     if scope == Scope::Read && !endpoint.action.allowed_for_read(query.flag("force")?) {
         return Err(ApiError::new(
             403,
@@ -718,9 +724,26 @@ struct Query<'a> {
 
 impl<'a> Query<'a> {
     fn parse(raw: &'a str, allowed: &[&str]) -> Result<Query<'a>, ApiError> {
+        Query::parse_with(raw, allowed, false)
+    }
+
+    /// [`Query::parse`], skipping the parameters not in `allowed` rather
+    /// than refusing them (a twice-given known one is still refused).
+    fn parse_known(raw: &'a str, allowed: &[&str]) -> Result<Query<'a>, ApiError> {
+        Query::parse_with(raw, allowed, true)
+    }
+
+    fn parse_with(
+        raw: &'a str,
+        allowed: &[&str],
+        skip_unknown: bool,
+    ) -> Result<Query<'a>, ApiError> {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
         for piece in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            if !allowed.contains(&name) && skip_unknown {
+                continue;
+            }
             if !allowed.contains(&name) {
                 let takes = match allowed {
                     [] => "no query parameters".to_owned(),
@@ -868,6 +891,10 @@ mod tests {
         assert!(q.secs("wait", 1).is_err());
         assert!(Query::parse("mintttl=60", &["min_ttl"]).is_err());
         assert!(Query::parse("wait=1&wait=2", &["wait"]).is_err());
+        // An authorization response's unknown parameters are ignored.
+        let q = Query::parse_known("code=c&authuser=0&state=s", &["code", "state"]).expect("ok");
+        assert_eq!((q.get("code"), q.get("state")), (Some("c"), Some("s")));
+        assert!(Query::parse_known("code=a&code=b", &["code"]).is_err());
         let q = Query::parse(
             "min_ttl=abc&limit=-1&force=maybe",
             &["min_ttl", "limit", "force"],

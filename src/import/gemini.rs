@@ -12,10 +12,24 @@ use crate::credential::{NewCredential, ProviderConfig};
 use crate::provider::{self, google, ProviderKind};
 use crate::secret::Secret;
 
-/// Whether `map` looks like Gemini CLI's file: the fields google-auth-library
-/// writes that no other format has.
+/// Every field google-auth-library writes to `oauth_creds.json`.
+const GEMINI_FIELDS: &[&str] = &[
+    "access_token",
+    "refresh_token",
+    "scope",
+    "token_type",
+    "id_token",
+    "expiry_date",
+    "refresh_token_expires_in",
+];
+
+/// Whether `map` is Gemini CLI's file, by its exact shape: `expiry_date` or `token_type`, and no field google-auth-library does not
+/// write. A record that names anything else — a `provider`, a `token_url`,
+/// a client — is not one, whatever else it holds: taking it for Gemini's
+/// would send its refresh token to Google, a server that never issued it.
 pub(super) fn detect(map: &Map<String, Value>) -> bool {
-    map.contains_key("expiry_date") || map.contains_key("token_type")
+    (map.contains_key("expiry_date") || map.contains_key("token_type"))
+        && map.keys().all(|k| GEMINI_FIELDS.contains(&k.as_str()))
 }
 
 /// Gemini CLI's client, as the provider settings of a Google credential.
@@ -94,5 +108,13 @@ mod tests {
         // No id token: nothing to name it by.
         let err = import(r#"{"refresh_token":"r","token_type":"Bearer"}"#).unwrap_err();
         assert!(err.to_string().contains("pass --id"), "{err}");
+        // A record that names its own provider or token endpoint is never
+        // taken for Gemini's file, whatever token fields it also holds.
+        for record in [
+            r#"{"provider":"oauth2","token_url":"https://idp/t","client_id":"c","refresh_token":"r","token_type":"Bearer"}"#,
+            r#"{"id":"x","refresh_token":"r","expiry_date":1}"#,
+        ] {
+            assert!(!detect(&serde_json::from_str(record).unwrap()), "{record}");
+        }
     }
 }

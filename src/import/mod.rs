@@ -49,7 +49,7 @@ mod tests;
 
 pub use error::ImportError;
 pub use export::{export_claude_code, export_cliproxy, export_codex, export_gemini, ExportError};
-pub use stream::{stream_import, MAX_RECORD};
+pub use stream::{check_stream, stream_import, MAX_RECORD};
 
 use serde_json::{Map, Value};
 

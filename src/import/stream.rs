@@ -1,18 +1,22 @@
 //! Import files of any size, read as a stream: a JSON array, JSON Lines
 //! (or any whitespace-separated sequence of objects), or one object.
 //!
-//! Records are handed over one at a time as they are parsed, each checked
+//! Records are handed over one at a time as they are read, each checked
 //! on its own (its position named in its error), so memory holds one
 //! record, never the file. A single object is read exactly as
 //! [`super::parse_import`] reads it (a Codex `auth.json`, say); a record
 //! larger than [`MAX_RECORD`] is refused without being parsed.
+//!
+//! The stream is cut into records by [`Framer`], a scan of the bytes that
+//! follows only strings and brackets, and each record is then parsed, and
+//! so checked, by serde_json from its bytes: serde_json reading the stream
+//! itself, a byte at a time through `io::Read`, took a third of an
+//! import's time.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
-use serde::de::{Deserializer as _, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::error::{ImportError, Result};
@@ -36,28 +40,8 @@ pub fn stream_import(
     seen: &mut HashSet<String>,
     mut each: impl FnMut(usize, Result<NewCredential>),
 ) -> Result<()> {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    skip_bom_and_space(&mut reader)?;
-    let first = reader.fill_buf().map_err(not_json)?.first().copied();
-    // Bytes read since the last record ended, and records seen: the guard
-    // refuses a record that grows past the bound while it is being read,
-    // so memory never holds more than one record of at most MAX_RECORD.
-    let since = Cell::new(0usize);
-    let handed = Cell::new(0usize);
-    let reader = Guard {
-        inner: reader,
-        since: &since,
-    };
-    let too_large = |e: serde_json::Error| match e.io_error_kind() {
-        Some(std::io::ErrorKind::FileTooLarge) => ImportError::InRecord {
-            index: handed.get(),
-            source: Box::new(ImportError::TooLarge(MAX_RECORD)),
-        },
-        _ => not_json(e),
-    };
-    let ids = seen;
-    let mut record = |index: usize, raw: &RawValue, many: bool| {
-        let parsed = parse_raw(raw, opts).and_then(|c| match ids.insert(c.id.clone()) {
+    walk(reader, opts, &mut |index, raw, many| {
+        let parsed = parse_raw(raw, opts).and_then(|c| match seen.insert(c.id.clone()) {
             true => Ok(c),
             false => Err(ImportError::DuplicateId(c.id)),
         });
@@ -71,48 +55,111 @@ pub fn stream_import(
                 false => e,
             }),
         );
+    })
+}
+
+/// Reads `reader` to its end as [`stream_import`] would, without reading
+/// any record's fields: `Err` exactly when `stream_import` would fail the
+/// input as a whole (each record's own refusals are left to it); `Ok` with
+/// how many records the input holds. The cheap first look of a command
+/// that must not import from a truncated or malformed file.
+pub fn check_stream(reader: impl Read, opts: &ImportOptions) -> Result<usize> {
+    let mut count = 0;
+    walk(reader, opts, &mut |_, _, _| count += 1)?;
+    Ok(count)
+}
+
+/// Room beside a record for the separators around it: a record is read
+/// (and held) up to `MAX_RECORD + SEPARATOR_SLACK` bytes before the input
+/// is refused as a whole; up to that, one over [`MAX_RECORD`] is refused
+/// on its own.
+const SEPARATOR_SLACK: usize = 64 * 1024;
+
+/// Bytes of the input read ahead of the framer.
+const READ_AHEAD: usize = 16 * 1024;
+
+/// Cuts `reader` into records, checks that each is JSON and hands its text
+/// to `record` with its position and whether the input holds several; the
+/// input-wide rules of [`stream_import`] (JSON throughout, the bound,
+/// `--id` with one record only) are kept here.
+fn walk(
+    reader: impl Read,
+    opts: &ImportOptions,
+    record: &mut dyn FnMut(usize, &str, bool),
+) -> Result<()> {
+    let mut f = Framer {
+        r: BufReader::with_capacity(READ_AHEAD, reader),
+        buf: Vec::new(),
     };
+    skip_bom_and_space(&mut f.r)?;
+    let first = f.peek()?;
     // With `--id` the input must hold one record: the first is kept aside
     // and the rest only counted, so that more than one is refused whole.
-    let mut kept: Option<Box<RawValue>> = None;
-    let mut handle = |index: usize, raw: Box<RawValue>, many: bool| {
-        since.set(0);
-        handed.set(index + 1);
-        match &opts.id {
-            None => record(index, &raw, many),
-            Some(_) if index == 0 => kept = Some(raw),
-            Some(_) => {}
-        }
+    let mut kept: Option<String> = None;
+    let mut handle = |index: usize, raw: &str, many: bool| match &opts.id {
+        None => record(index, raw, many),
+        Some(_) if index == 0 => kept = Some(raw.to_owned()),
+        Some(_) => {}
+    };
+    // serde_json's line and column count within the record: say which.
+    let at = |n: usize, e: ImportError| match e {
+        ImportError::NotJson(m) => ImportError::NotJson(format!("record {}: {m}", n + 1)),
+        other => other,
     };
     let (count, many) = match first {
         Some(b'[') => {
-            let mut de = serde_json::Deserializer::from_reader(reader);
-            let n = de
-                .deserialize_seq(Elements(&mut |i, raw| handle(i, raw, true)))
-                .map_err(too_large)?;
-            de.end().map_err(not_json)?;
+            f.r.consume(1);
+            let mut n = 0;
+            f.skip_space()?;
+            if f.peek()? == Some(b']') {
+                f.r.consume(1);
+            } else {
+                loop {
+                    f.frame(n).map_err(|e| at(n, e))?;
+                    handle(n, f.checked().map_err(|e| at(n, e))?, true);
+                    n += 1;
+                    f.skip_space()?;
+                    match f.peek()? {
+                        Some(b',') => {
+                            f.r.consume(1);
+                            f.skip_space()?;
+                        }
+                        Some(b']') => {
+                            f.r.consume(1);
+                            break;
+                        }
+                        Some(_) => return Err(not_json("expected `,` or `]` after a record")),
+                        None => return Err(not_json("the input ends inside the array")),
+                    }
+                }
+            }
+            f.skip_space()?;
+            if f.peek()?.is_some() {
+                return Err(not_json("trailing characters after the array"));
+            }
             (n, true)
         }
         Some(b'{') => {
-            let values = serde_json::Deserializer::from_reader(reader).into_iter::<Box<RawValue>>();
             // One object is a file of one record (a Codex auth.json, say);
             // more are JSON Lines, each named by its position.
-            let mut pending: Option<Box<RawValue>> = None;
+            let mut pending: Option<String> = None;
             let mut n = 0;
-            for raw in values {
-                let raw = raw.map_err(too_large)?;
+            while f.peek()?.is_some() {
+                f.frame(n).map_err(|e| at(n, e))?;
+                let raw = f.checked().map_err(|e| at(n, e))?;
                 if let Some(prev) = pending.take() {
-                    handle(n - 1, prev, true);
+                    handle(n - 1, &prev, true);
                 }
                 if n == 0 {
-                    pending = Some(raw);
+                    pending = Some(raw.to_owned());
                 } else {
                     handle(n, raw, true);
                 }
                 n += 1;
+                f.skip_space()?;
             }
             if let Some(only) = pending {
-                handle(0, only, false);
+                handle(0, &only, false);
             }
             (n, n > 1)
         }
@@ -133,12 +180,12 @@ pub fn stream_import(
     Ok(())
 }
 
-/// One record, from its raw JSON: refused unread when too large.
-fn parse_raw(raw: &RawValue, opts: &ImportOptions) -> Result<NewCredential> {
-    if raw.get().len() > MAX_RECORD {
+/// One record, from its JSON text: refused unread when too large.
+fn parse_raw(raw: &str, opts: &ImportOptions) -> Result<NewCredential> {
+    if raw.len() > MAX_RECORD {
         return Err(ImportError::TooLarge(MAX_RECORD));
     }
-    match serde_json::from_str::<Value>(raw.get()).map_err(not_json)? {
+    match serde_json::from_str::<Value>(raw).map_err(not_json)? {
         Value::Object(map) => parse_record(&map, opts),
         _ => Err(ImportError::UnknownFormat),
     }
@@ -148,31 +195,143 @@ fn not_json(e: impl std::fmt::Display) -> ImportError {
     ImportError::NotJson(e.to_string())
 }
 
-/// Counts the bytes read since the last record ended (`since`, reset as
-/// each record is handed over) and fails the read, with
-/// `ErrorKind::FileTooLarge`, once they pass the bound: serde buffers a
-/// record whole, so its size must be checked while it is read.
-struct Guard<'a, R> {
-    inner: R,
-    since: &'a Cell<usize>,
+/// Cuts a stream of JSON values into one value's bytes at a time. It
+/// follows strings (and their escapes) and bracket depth only; whether the
+/// bytes are JSON is serde_json's to say, when [`Framer::parse`] reads
+/// them. A value's bytes are held whole, up to `MAX_RECORD +
+/// SEPARATOR_SLACK`: past that the input is refused while it is read.
+struct Framer<R> {
+    r: BufReader<R>,
+    /// The current value's bytes.
+    buf: Vec<u8>,
 }
 
-/// Room beside a record for the separators around it.
-const SEPARATOR_SLACK: usize = 64 * 1024;
-
-impl<R: Read> Read for Guard<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let since = self.since.get() + n;
-        self.since.set(since);
-        if since > MAX_RECORD + SEPARATOR_SLACK {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                "a record larger than the bound",
-            ));
-        }
-        Ok(n)
+impl<R: Read> Framer<R> {
+    /// The next byte, not consumed; `None` at the end of the input.
+    fn peek(&mut self) -> Result<Option<u8>> {
+        Ok(self.r.fill_buf().map_err(not_json)?.first().copied())
     }
+
+    fn skip_space(&mut self) -> Result<()> {
+        loop {
+            let chunk = self.r.fill_buf().map_err(not_json)?;
+            let n = chunk.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let more = n == chunk.len() && n > 0;
+            self.r.consume(n);
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the value that starts here (record `index`) into `buf`: an
+    /// object or array to its closing bracket, a string to its closing
+    /// quote, anything else up to the next separator.
+    fn frame(&mut self, index: usize) -> Result<()> {
+        self.buf.clear();
+        let mut depth = 0usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut scalar = false;
+        let mut started = false;
+        loop {
+            let chunk = self.r.fill_buf().map_err(not_json)?;
+            if chunk.is_empty() {
+                // The end of the input: a scalar ends here; anything else
+                // is cut short (serde_json says where).
+                return match (scalar, self.checked()) {
+                    (true, _) => Ok(()),
+                    (false, Err(e)) => Err(e),
+                    (false, Ok(_)) => Err(not_json("the input ends inside a record")),
+                };
+            }
+            let mut end = None;
+            let mut i = 0;
+            while i < chunk.len() {
+                let b = chunk[i];
+                i += 1;
+                if !started {
+                    started = true;
+                    match b {
+                        b'{' | b'[' => depth = 1,
+                        b'"' => in_string = true,
+                        _ => scalar = true,
+                    }
+                    if scalar && is_separator(b) {
+                        // No value here at all (`[,`, `]`…): let serde_json
+                        // say what it expected.
+                        end = Some(i);
+                        break;
+                    }
+                    continue;
+                }
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if b == b'\\' {
+                        escaped = true;
+                    } else if b == b'"' {
+                        in_string = false;
+                        if depth == 0 {
+                            end = Some(i);
+                            break;
+                        }
+                    } else {
+                        // Most of a record is string: skip to the next
+                        // quote or backslash in one tight loop.
+                        while i < chunk.len() && !matches!(chunk[i], b'"' | b'\\') {
+                            i += 1;
+                        }
+                    }
+                } else if scalar {
+                    if is_separator(b) {
+                        end = Some(i - 1);
+                        break;
+                    }
+                } else {
+                    match b {
+                        b'"' => in_string = true,
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                end = Some(i);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let take = end.unwrap_or(chunk.len());
+            self.buf.extend_from_slice(&chunk[..take]);
+            self.r.consume(take);
+            if self.buf.len() > MAX_RECORD + SEPARATOR_SLACK {
+                return Err(ImportError::InRecord {
+                    index,
+                    source: Box::new(ImportError::TooLarge(MAX_RECORD)),
+                });
+            }
+            if end.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The text of the value [`Framer::frame`] read, once serde_json
+    /// has read it as JSON: UTF-8, one value, well formed (what reading it
+    /// as a `RawValue` checks; whether it is a record is the reader's to
+    /// say).
+    fn checked(&self) -> Result<&str> {
+        let text = std::str::from_utf8(&self.buf).map_err(not_json)?;
+        serde_json::from_str::<IgnoredAny>(text).map_err(not_json)?;
+        Ok(text)
+    }
+}
+
+/// Where a bare value (a number, `true`, …) ends.
+fn is_separator(b: u8) -> bool {
+    b.is_ascii_whitespace() || matches!(b, b',' | b']' | b'}' | b'[' | b'{' | b'"' | b':')
 }
 
 /// Skips a UTF-8 byte-order mark and leading whitespace.
@@ -188,27 +347,6 @@ fn skip_bom_and_space(r: &mut impl BufRead) -> Result<()> {
             return Ok(());
         }
         r.consume(n);
-    }
-}
-
-/// Hands each element of a JSON array to a callback as it is parsed;
-/// counts them.
-struct Elements<'f>(&'f mut dyn FnMut(usize, Box<RawValue>));
-
-impl<'de> Visitor<'de> for Elements<'_> {
-    type Value = usize;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an array of records")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<usize, A::Error> {
-        let mut n = 0;
-        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
-            (self.0)(n, raw);
-            n += 1;
-        }
-        Ok(n)
     }
 }
 
@@ -260,7 +398,15 @@ mod tests {
         ] {
             for text in &inputs {
                 let whole = parse_import(text.as_bytes(), &opts, 0);
-                let streamed = stream(text, &opts)
+                // The first look fails the input exactly where the stream
+                // does, with the same error, and counts its records.
+                let outcomes = stream(text, &opts);
+                match (check_stream(text.as_bytes(), &opts), &outcomes) {
+                    (Ok(n), Ok(rs)) => assert_eq!(n, rs.len(), "{text}"),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+                    (a, b) => panic!("{text}: {a:?} / {b:?}"),
+                }
+                let streamed = outcomes
                     .and_then(|rs| rs.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>>>());
                 match (&whole, &streamed) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
@@ -280,6 +426,84 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The framer cuts records at the right byte whatever their strings
+    /// hold, and what it cannot cut, or serde_json cannot read as JSON, is
+    /// refused whole, by the first look and the stream alike; a record that
+    /// is JSON but no credential is refused on its own.
+    #[test]
+    fn records_are_cut_where_json_says_and_bad_json_is_refused_whole() {
+        let odd = r#"{"id":"odd","provider":"codex","refresh_token":"rt-}]\"{[,"}"#;
+        let (a, b) = (rec("a"), rec("b"));
+        let huge_number =
+            r#"{"id":"n","provider":"codex","refresh_token":"rt-n","expires_at":1e400}"#;
+        // Records read, of which refused on their own; `None`: the input
+        // refused whole.
+        type Want = Option<(usize, usize)>;
+        let table: Vec<(Vec<u8>, Want)> = vec![
+            (format!("[{odd}]").into(), Some((1, 0))),
+            (format!("{odd}\n{a}").into(), Some((2, 0))),
+            (format!("{a}{b}").into(), Some((2, 0))),
+            (format!(" [ {a} ,\n\t{b} ] \n").into(), Some((2, 0))),
+            (
+                format!("[{a}, \"just a string\", 7, null, []]").into(),
+                Some((5, 4)),
+            ),
+            (format!("[{huge_number}, {a}]").into(), Some((2, 1))),
+            (format!("{a}\n7").into(), Some((2, 1))),
+            (format!("[{a} {b}]").into(), None),
+            (format!("[{a},]").into(), None),
+            (format!("[,{a}]").into(), None),
+            (format!("[{a}").into(), None),
+            (format!("[{a}] x").into(), None),
+            (format!("[{a}]]").into(), None),
+            (format!("{a}}}").into(), None),
+            (format!("{a}\n{{\"id\":").into(), None),
+            (format!("[{a}, {{\"id\": tru}}]").into(), None),
+            (format!("[{a}, 12x]").into(), None),
+            (
+                [b"[{\"id\":\"\xff\"}, ".as_slice(), a.as_bytes(), b"]"].concat(),
+                None,
+            ),
+        ];
+        for (input, want) in table {
+            let shown = String::from_utf8_lossy(&input).into_owned();
+            let mut outcomes = Vec::new();
+            let streamed = stream_import(
+                input.as_slice(),
+                &ImportOptions::default(),
+                &mut HashSet::new(),
+                |_, r| outcomes.push(r),
+            );
+            let checked = check_stream(input.as_slice(), &ImportOptions::default());
+            match want {
+                Some((n, refused)) => {
+                    streamed.unwrap_or_else(|e| panic!("{shown}: {e}"));
+                    assert_eq!(checked.unwrap(), n, "{shown}");
+                    assert_eq!(outcomes.len(), n, "{shown}");
+                    let bad = outcomes.iter().filter(|r| r.is_err()).count();
+                    assert_eq!(bad, refused, "{shown}: {outcomes:?}");
+                }
+                None => {
+                    let e = streamed.expect_err(&shown);
+                    assert!(matches!(e, ImportError::NotJson(_)), "{shown}: {e}");
+                    if shown.contains("tru}") {
+                        assert!(e.to_string().contains("(record 2: "), "{e}");
+                    }
+                    assert_eq!(checked.unwrap_err().to_string(), e.to_string(), "{shown}");
+                }
+            }
+        }
+        let mut read = None;
+        stream_import(
+            format!("[{odd}]").as_bytes(),
+            &ImportOptions::default(),
+            &mut HashSet::new(),
+            |_, r| read = Some(r.unwrap()),
+        )
+        .unwrap();
+        assert_eq!(read.unwrap().refresh_token.expose(), "rt-}]\"{[,");
     }
 
     /// JSON Lines and arrays: each record refused on its own with its

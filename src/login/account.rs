@@ -28,7 +28,29 @@ pub fn same_server(stored: &ProviderConfig, login: &ProviderConfig) -> bool {
             || (stored.token_url == login.token_url && stored.client_id == login.client_id))
 }
 
-/// The stored credentials that are the signed-in account.
+/// Whether a stored credential is the signed-in account: the same account
+/// ([`same_account`]) of the same server ([`same_server`]) — or, for
+/// `oauth2`, the same subject of the same client when the token URLs
+/// differ: a credential refreshed through a proxy or mirror (its own
+/// `token_url`) is still that server's account. An e-mail alone never
+/// joins two token URLs (two servers' accounts may share one).
+pub fn is_account(stored: &Credential, provider: &ProviderConfig, claims: &Claims) -> bool {
+    let same_subject = || {
+        stored.provider.kind == ProviderKind::OAuth2
+            && provider.kind == ProviderKind::OAuth2
+            && stored.provider.client_id.is_some()
+            && stored.provider.client_id == provider.client_id
+            && matches!(
+                (stored.claims.user_id.as_deref(), claims.user_id.as_deref()),
+                (Some(a), Some(b)) if a == b
+            )
+            && same_account(&stored.claims, claims) == Some(true)
+    };
+    (same_server(&stored.provider, provider) && same_account(&stored.claims, claims) == Some(true))
+        || same_subject()
+}
+
+/// The stored credentials that are the signed-in account ([`is_account`]).
 pub fn matching<'a>(
     stored: &'a [Credential],
     provider: &ProviderConfig,
@@ -36,9 +58,7 @@ pub fn matching<'a>(
 ) -> Vec<&'a Credential> {
     stored
         .iter()
-        .filter(|c| {
-            same_server(&c.provider, provider) && same_account(&c.claims, claims) == Some(true)
-        })
+        .filter(|c| is_account(c, provider, claims))
         .collect()
 }
 

@@ -4,7 +4,7 @@
 //! flow functions (`authorize`, `exchange`, `device`) are the same for all.
 
 use crate::credential::{Encoding, ProviderConfig, ProviderKind};
-use crate::provider::{claude, codex, Endpoints};
+use crate::provider::{claude, codex, google, Endpoints};
 use crate::secret::Secret;
 
 /// Which device authorization dialect a provider speaks.
@@ -147,6 +147,34 @@ impl LoginClient {
         }
     }
 
+    /// Gemini CLI's client (a Google login, as `gemini` signs in): its
+    /// installed-app client id and secret, its scopes, a loopback redirect
+    /// on any port; the code exchange is a form with the secret, sent to
+    /// Google's token endpoint (`TOKENWARDEN_GOOGLE_TOKEN_URL`).
+    pub fn google() -> LoginClient {
+        let provider = ProviderConfig {
+            client_id: Some(google::GEMINI_CLI_CLIENT_ID.to_owned()),
+            client_secret: Some(Secret::new(google::GEMINI_CLI_CLIENT_SECRET)),
+            ..ProviderConfig::new(ProviderKind::Google)
+        };
+        LoginClient {
+            exchange: provider.clone(),
+            provider,
+            exchange_state: false,
+            authorize_url: google::AUTHORIZE_URL.to_owned(),
+            client_id: google::GEMINI_CLI_CLIENT_ID.to_owned(),
+            scope: google::GEMINI_CLI_SCOPES.to_owned(),
+            leading: vec![],
+            extra: pairs(&google::AUTHORIZE_EXTRA),
+            trailing: vec![],
+            redirect_host: "localhost".to_owned(),
+            redirect_path: google::REDIRECT_PATH.to_owned(),
+            redirect_ports: vec![],
+            manual_redirect: None,
+            device: None,
+        }
+    }
+
     /// Any RFC 6749 server: redirect `http://127.0.0.1:{port}/callback`.
     pub fn oauth2(s: OAuth2Settings) -> LoginClient {
         let provider = ProviderConfig {
@@ -175,6 +203,15 @@ impl LoginClient {
             manual_redirect: None,
             device: s.device_url.map(|url| DeviceDialect::Rfc8628 { url }),
         }
+    }
+
+    /// The client secrets a request of this client may carry (the stored
+    /// settings' and the exchange's): never quoted back in an error.
+    pub fn secrets(&self) -> Vec<&str> {
+        [&self.provider, &self.exchange]
+            .iter()
+            .filter_map(|p| p.client_secret.as_ref().map(Secret::expose))
+            .collect()
     }
 
     /// The loopback redirect URI on `port`.
@@ -218,6 +255,11 @@ mod tests {
                 LoginClient::claude(),
                 54545,
                 "http://localhost:54545/callback",
+            ),
+            (
+                LoginClient::google(),
+                40123,
+                "http://localhost:40123/oauth2callback",
             ),
         ];
         for (c, port, want) in table {

@@ -122,15 +122,25 @@ fn secs(v: Option<&Value>) -> Option<i64> {
     .filter(|s| *s > 0 && *s < 86_400)
 }
 
-fn oauth_error(resp: &HttpResponse) -> LoginError {
+/// An OAuth error answer of the device endpoints; its message scrubbed
+/// of `client`'s secret and anything that looks like a token, control
+/// characters dropped.
+fn oauth_error(client: &LoginClient, resp: &HttpResponse) -> LoginError {
     let map = object(resp).unwrap_or_default();
     let v = Value::Object(map);
     let code = str_at(&v, &["error"])
         .or_else(|| str_at(&v, &["error", "code"]))
+        .map(|c| c.chars().filter(|c| !c.is_control()).take(64).collect())
         .unwrap_or_else(|| format!("http_{}", resp.status));
     let message = str_at(&v, &["error_description"])
         .or_else(|| str_at(&v, &["error", "message"]))
-        .map(|m| m.chars().filter(|c| !c.is_control()).take(200).collect())
+        .map(|m| {
+            crate::provider::scrub(&m, &client.secrets())
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect()
+        })
         .unwrap_or_else(|| format!("HTTP {}", resp.status));
     LoginError::Exchange { code, message }
 }
@@ -146,7 +156,7 @@ pub fn parse_start(client: &LoginClient, resp: &HttpResponse) -> Result<Started,
                 ));
             }
         }
-        return Err(oauth_error(resp));
+        return Err(oauth_error(client, resp));
     }
     let map = object(resp).ok_or_else(|| LoginError::Exchange {
         code: "bad_json".into(),
@@ -246,13 +256,13 @@ pub fn parse_poll(
                     }),
                 }
             }
-            _ => Err(oauth_error(resp)),
+            _ => Err(oauth_error(client, resp)),
         },
         Some(DeviceDialect::Rfc8628 { .. }) => {
             if (200..300).contains(&resp.status) {
-                return parse_tokens(client, resp, now_ms).map(Poll::Tokens);
+                return parse_tokens(client, resp, &[], now_ms).map(Poll::Tokens);
             }
-            match oauth_error(resp) {
+            match oauth_error(client, resp) {
                 LoginError::Exchange { code, .. } if code == "authorization_pending" => {
                     Ok(Poll::Pending)
                 }

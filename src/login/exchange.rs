@@ -4,7 +4,7 @@
 use super::client::LoginClient;
 use super::LoginError;
 use crate::provider::{
-    grant_request, parse_refresh, Endpoints, HttpRequest, HttpResponse, Outcome, Tokens,
+    grant_request, parse_answer, Endpoints, HttpRequest, HttpResponse, Outcome, Tokens,
 };
 use crate::secret::Secret;
 
@@ -36,13 +36,24 @@ pub fn code_request(
 
 /// Reads a token endpoint's answer to a code exchange (or a device grant):
 /// the tokens, which must include a refresh token — a sign-in without one
-/// is of no use here (OpenID: ask for `offline_access`) — or why not.
+/// is of no use here (OpenID: ask for `offline_access`) — or why not. No
+/// error quotes the client's secret or any of `sent` (the code, the PKCE
+/// verifier, the device code: what the request carried).
 pub fn parse_tokens(
     client: &LoginClient,
     resp: &HttpResponse,
+    sent: &[&str],
     now_ms: i64,
 ) -> Result<Tokens, LoginError> {
-    match parse_refresh(client.provider.kind, resp, &Secret::new(""), now_ms) {
+    let mut secrets = client.secrets();
+    secrets.extend_from_slice(sent);
+    match parse_answer(
+        client.provider.kind,
+        resp,
+        &Secret::new(""),
+        &secrets,
+        now_ms,
+    ) {
         Outcome::Success(t) if t.access_token.expose().is_empty() => Err(LoginError::Exchange {
             code: "no_access_token".into(),
             message: "the token endpoint answered without an access token".into(),
@@ -168,6 +179,20 @@ mod tests {
         }
     }
 
+    /// An error that echoes the request quotes none of its secrets: the
+    /// client secret, the code, the verifier.
+    #[test]
+    fn an_echoed_request_is_scrubbed() {
+        let c = oauth2(Some("hunter2"));
+        let body = r#"{"error":"invalid_client","error_description":"secret hunter2 code c0de verifier v3rifier"}"#;
+        let err = parse_tokens(&c, &resp(401, body), &["c0de", "v3rifier"], 0).unwrap_err();
+        let shown = err.to_string();
+        for secret in ["hunter2", "c0de", "v3rifier"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("invalid_client"), "{shown}");
+    }
+
     #[test]
     fn answers() {
         let c = oauth2(None);
@@ -177,6 +202,7 @@ mod tests {
                 200,
                 r#"{"access_token":"a","refresh_token":"r","expires_in":60}"#,
             ),
+            &[],
             1_000,
         )
         .unwrap();
@@ -205,7 +231,7 @@ mod tests {
             ),
         ];
         for (status, body, want) in table {
-            let got = parse_tokens(&c, &resp(status, body), 0).unwrap_err();
+            let got = parse_tokens(&c, &resp(status, body), &[], 0).unwrap_err();
             match (&got, &want) {
                 (LoginError::Exchange { code: a, .. }, LoginError::Exchange { code: b, .. }) => {
                     assert_eq!(a, b, "{body}")

@@ -25,7 +25,7 @@ mod exchange;
 mod pkce;
 pub mod run;
 
-pub use account::{default_id, matching, same_account, same_server};
+pub use account::{default_id, is_account, matching, same_account, same_server};
 pub use authorize::{authorize_url, parse_callback, parse_pasted, CallbackError};
 pub use client::{openid_scope, DeviceDialect, LoginClient, OAuth2Settings};
 pub use device::{
@@ -71,7 +71,76 @@ pub enum LoginError {
 }
 
 /// The command that signs `id` (a `provider` credential) in again: what a
-/// dead credential's error and summary tell the user to run.
+/// dead credential's error and summary tell the user to run, written to
+/// run as printed in a POSIX shell — an id that starts with `-` as
+/// `--id=-ID` (else the argument parser takes it for a flag), and an id
+/// with any character a shell treats specially single-quoted.
 pub fn login_command(provider: ProviderKind, id: &str) -> String {
-    format!("tokenwarden login {provider} --id {id}")
+    let word = shell_word(id);
+    match id.starts_with('-') {
+        true => format!("tokenwarden login {provider} --id={word}"),
+        false => format!("tokenwarden login {provider} --id {word}"),
+    }
+}
+
+/// What a server said (a device flow's user code and page), fit for a
+/// terminal: each control character written as its Rust escape
+/// (`\u{1b}`), so a lying server cannot clear the screen, retitle the
+/// terminal or hide text.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}
+
+/// `s` as one POSIX shell word: as it is when every character is plain,
+/// else in single quotes (a `'` written `'\''`).
+pub fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._@+-=/:,%".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relogin command runs as printed: a dashed id as `--id=`, a
+    /// shell's special characters quoted.
+    #[test]
+    fn login_commands_run_as_printed() {
+        // (id, command)
+        let table = [
+            ("me", "tokenwarden login codex --id me"),
+            (
+                "dev@example.com",
+                "tokenwarden login codex --id dev@example.com",
+            ),
+            ("-dash", "tokenwarden login codex --id=-dash"),
+            ("a b$`x`", "tokenwarden login codex --id 'a b$`x`'"),
+            ("it's", r"tokenwarden login codex --id 'it'\''s'"),
+        ];
+        for (id, want) in table {
+            assert_eq!(login_command(ProviderKind::Codex, id), want, "{id}");
+        }
+    }
+
+    /// A server's control characters never reach the terminal.
+    #[test]
+    fn printable_escapes_control_characters() {
+        // (said, shown)
+        let table = [
+            ("ABCD-EFGH", "ABCD-EFGH"),
+            ("AB\u{1b}[2J\u{7}CD", r"AB\u{1b}[2J\u{7}CD"),
+            ("line\nbreak", r"line\u{a}break"),
+        ];
+        for (said, shown) in table {
+            assert_eq!(printable(said), shown, "{said:?}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use tiny_http::{Header, Response, Server};
 use super::{
     authorize_url, code_request, discovery_request, next_interval, openid_scope, parse_callback,
     parse_discovery, parse_pasted, parse_poll, parse_start, parse_tokens, poll_request,
-    start_request, state_from, CallbackError, DeviceDialect, LoginClient, LoginError,
+    start_request, state_from, CallbackError, DeviceDialect, Discovery, LoginClient, LoginError,
     OAuth2Settings, Pkce, Poll,
 };
 use crate::admin::Stored;
@@ -134,20 +134,24 @@ pub fn oauth2_client(
         .scope
         .clone()
         .or_else(|| sp.and_then(|p| p.scope.clone()));
+    let stored_token_url = match (&flags.issuer, &flags.authorize_url) {
+        (None, None) => sp.and_then(|p| p.token_url.as_deref()),
+        _ => None,
+    };
     let issuer = flags
         .issuer
         .clone()
-        .or_else(|| match (&flags.authorize_url, sp) {
-            (None, Some(p)) => p.token_url.as_deref().and_then(origin),
-            _ => None,
-        });
+        .or_else(|| stored_token_url.and_then(origin));
     let settings = match (&issuer, &flags.authorize_url) {
         (Some(issuer), None) => {
-            let doc = parse_discovery(
-                issuer,
-                &send(warden, &discovery_request(issuer).map_err(login_err)?)?,
-            )
-            .map_err(login_err)?;
+            let doc = match stored_token_url {
+                Some(token_url) => discover_for(warden, token_url)?,
+                None => parse_discovery(
+                    issuer,
+                    &send(warden, &discovery_request(issuer).map_err(login_err)?)?,
+                )
+                .map_err(login_err)?,
+            };
             let scope = openid_scope(scope.as_deref(), &doc.scopes_supported);
             OAuth2Settings {
                 consent: scope.split_whitespace().any(|s| s == "offline_access"),
@@ -190,6 +194,59 @@ pub fn oauth2_client(
         crate::provider::check_url(url).map_err(Error::BadInput)?;
     }
     Ok(LoginClient::oauth2(settings))
+}
+
+/// OpenID discovery for a stored credential's `token_url` when no issuer is
+/// named: an issuer may have a path (Keycloak's `…/realms/NAME`), so each
+/// path prefix of the token URL is tried, longest first, and the first
+/// document whose `token_endpoint` is that very token URL is the one; the
+/// origin last, whose document is taken as before (its token endpoint may
+/// differ: the stored one may be a proxy's). Unreachable: that error at
+/// once. None found: the origin's error, saying to pass `--issuer`.
+fn discover_for(warden: &Warden, token_url: &str) -> Result<Discovery> {
+    let candidates = issuer_candidates(token_url);
+    let Some((origin, paths)) = candidates.split_last() else {
+        return Err(Error::BadInput(format!(
+            "cannot find the issuer of token URL {token_url}; pass --issuer"
+        )));
+    };
+    for issuer in paths {
+        let Ok(req) = discovery_request(issuer) else {
+            continue;
+        };
+        if let Ok(doc) = parse_discovery(issuer, &send(warden, &req)?) {
+            if doc.token_endpoint == token_url {
+                return Ok(doc);
+            }
+        }
+    }
+    let resp = send(warden, &discovery_request(origin).map_err(login_err)?)?;
+    parse_discovery(origin, &resp).map_err(|e| {
+        Error::BadInput(format!(
+            "{}; no OpenID discovery found along token URL {token_url} — pass --issuer URL \
+             (or --authorize-url)",
+            login_err(e)
+        ))
+    })
+}
+
+/// The issuers a token URL may belong to: each path prefix of it, longest
+/// first (the token URL itself left out), then its origin.
+fn issuer_candidates(token_url: &str) -> Vec<String> {
+    let Some(origin) = origin(token_url) else {
+        return vec![];
+    };
+    let path = token_url[origin.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut out: Vec<String> = (1..segments.len())
+        .rev()
+        .map(|n| format!("{origin}/{}", segments[..n].join("/")))
+        .collect();
+    out.push(origin);
+    out
 }
 
 /// `scheme://host[:port]` of a URL.
@@ -249,7 +306,8 @@ fn exchange(
     let endpoints = &warden.config().endpoints;
     let http =
         code_request(client, code, verifier, redirect_uri, state, endpoints).map_err(login_err)?;
-    parse_tokens(client, &send(warden, &http)?, clock::now_ms()).map_err(login_err)
+    let sent = [code, verifier.expose()];
+    parse_tokens(client, &send(warden, &http)?, &sent, clock::now_ms()).map_err(login_err)
 }
 
 fn manual_flow(
@@ -440,16 +498,21 @@ fn device_flow(warden: &Warden, req: &LoginRequest, say: &mut dyn FnMut(&str)) -
         .verification_uri_complete
         .clone()
         .unwrap_or_else(|| started.verification_uri.clone());
+    // The server's words, its control characters escaped.
     say(&format!(
-        "Open {page} on any device and enter the code:\n\n  {}\n\n(it expires in {} minutes)",
-        started.user_code,
+        "Open {} on any device and enter the code:\n\n  {}\n\n(it expires in {} minutes)",
+        super::printable(&page),
+        super::printable(&started.user_code),
         started.expires_in_ms / 60_000
     ));
     let deadline =
         Instant::now() + Duration::from_millis(started.expires_in_ms as u64).min(req.timeout);
     let mut interval = started.interval_ms;
     loop {
-        std::thread::sleep(Duration::from_millis(interval as u64));
+        // Never asleep past the deadline, whatever interval the server
+        // names (RFC 8628 lets it pick one of hours).
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(Duration::from_millis(interval as u64).min(left));
         if Instant::now() >= deadline {
             return Err(login_err(LoginError::Expired));
         }
@@ -551,4 +614,33 @@ pub fn finish(warden: &Warden, p: &PendingLogin, target: &str) -> Result<(Creden
         timeout: PENDING_TTL,
     };
     store(warden, &req, tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Discovery for a stored token URL tries each path prefix, longest
+    /// first, then the origin.
+    #[test]
+    fn issuers_along_a_token_url() {
+        // (token url, candidates)
+        let table: [(&str, &[&str]); 3] = [
+            (
+                "https://kc.example/realms/team/protocol/openid-connect/token",
+                &[
+                    "https://kc.example/realms/team/protocol/openid-connect",
+                    "https://kc.example/realms/team/protocol",
+                    "https://kc.example/realms/team",
+                    "https://kc.example/realms",
+                    "https://kc.example",
+                ],
+            ),
+            ("https://idp.example/token?x=1", &["https://idp.example"]),
+            ("not a url", &[]),
+        ];
+        for (url, want) in table {
+            assert_eq!(issuer_candidates(url), want, "{url}");
+        }
+    }
 }

@@ -119,6 +119,21 @@ pub fn parse_refresh(
     old_refresh: &Secret,
     now_ms: i64,
 ) -> Outcome {
+    parse_answer(kind, resp, old_refresh, &[], now_ms)
+}
+
+/// [`parse_refresh`], given `sent`: every other secret the request carried
+/// (the client secret; a code exchange's code and PKCE verifier), which a
+/// token endpoint — or a gateway in front of it — may echo in its error:
+/// each is replaced with `***` like `old_refresh` before anything is
+/// quoted.
+pub fn parse_answer(
+    kind: ProviderKind,
+    resp: &HttpResponse,
+    old_refresh: &Secret,
+    sent: &[&str],
+    now_ms: i64,
+) -> Outcome {
     let body = match serde_json::from_slice::<Value>(&resp.body) {
         Ok(Value::Object(map)) => Body::Object(map),
         Ok(_) => Body::OtherJson,
@@ -145,7 +160,7 @@ pub fn parse_refresh(
             });
         }
     }
-    let mut failure = classify(resp.status, &body, &resp.body, old_refresh);
+    let mut failure = classify(resp.status, &body, &resp.body, old_refresh, sent);
     failure.retry_after_ms = resp
         .retry_after
         .as_deref()
@@ -259,9 +274,11 @@ fn upstream_error(map: &Map<String, Value>, secrets: &[&str]) -> (Option<String>
     (code, message)
 }
 
-fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret) -> Failure {
+fn classify(status: u16, body: &Body, raw: &[u8], old_refresh: &Secret, sent: &[&str]) -> Failure {
     use Permanence::{Permanent, Transient};
-    let secrets = [old_refresh.expose()];
+    let secrets: Vec<&str> = std::iter::once(old_refresh.expose())
+        .chain(sent.iter().copied())
+        .collect();
     let success = (200..300).contains(&status);
     let (code, message) = match body {
         Body::Object(map) => upstream_error(map, &secrets),
@@ -854,5 +871,29 @@ mod tests {
         assert_eq!(t.claims.email.as_deref(), Some("a@example.com"));
         assert_eq!(t.claims.user_id.as_deref(), Some("u-1"));
         assert_eq!(oidc_claims("not-a-jwt"), Claims::default());
+    }
+
+    /// A refusal that echoes the request (a gateway's, or a server's
+    /// debug text) quotes none of the secrets it carried: the refresh
+    /// token and every one given in `sent` (the client secret).
+    #[test]
+    fn an_echoed_refresh_request_is_scrubbed() {
+        let resp = HttpResponse {
+            status: 401,
+            body: br#"{"error":"invalid_client","error_description":"client_secret hunter2 with rt-echo"}"#
+                .to_vec(),
+            retry_after: None,
+        };
+        match parse_answer(K, &resp, &Secret::new("rt-echo"), &["hunter2"], 1_000) {
+            Outcome::Failure(f) => {
+                assert_eq!(f.code, "invalid_client");
+                assert!(
+                    !f.message.contains("hunter2") && !f.message.contains("rt-echo"),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

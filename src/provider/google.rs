@@ -21,6 +21,21 @@ pub const GEMINI_CLI_CLIENT_SECRET: &str = "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"
 pub const GEMINI_CLI_SCOPES: &str = "https://www.googleapis.com/auth/cloud-platform \
     https://www.googleapis.com/auth/userinfo.email https://www.googleapis.com/auth/userinfo.profile";
 
+/// Google's authorization endpoint, where Gemini CLI sends the browser
+/// (google-auth-library's `generateAuthUrl`).
+pub const AUTHORIZE_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
+
+/// The path of Gemini CLI's loopback redirect,
+/// `http://localhost:{port}/oauth2callback` on any free port (the same
+/// `oauth2.ts`): an installed-app client takes any loopback port.
+pub const REDIRECT_PATH: &str = "/oauth2callback";
+
+/// The authorize parameters Gemini CLI adds: `access_type=offline` (no
+/// refresh token without it); `prompt=consent` is ours, so that signing
+/// in again also brings one (Google sends a refresh token only with a
+/// consent).
+pub const AUTHORIZE_EXTRA: [(&str, &str); 2] = [("access_type", "offline"), ("prompt", "consent")];
+
 fn token_url(endpoints: &Endpoints) -> Option<&str> {
     Some(&endpoints.google_token)
 }

@@ -22,7 +22,8 @@ pub mod usage;
 pub(crate) mod testkit;
 
 pub use classify::{
-    is_permanent_code, is_transient_code, parse_refresh, PERMANENT_CODES, TRANSIENT_CODES,
+    is_permanent_code, is_transient_code, parse_answer, parse_refresh, PERMANENT_CODES,
+    TRANSIENT_CODES,
 };
 pub use form::{form_component, form_decode, form_encode, form_unescape, percent_unescape};
 // The provider settings' enums are credential data: they live in

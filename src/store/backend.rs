@@ -137,6 +137,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// ([`crate::Error::SpentToken`]).
     fn insert(&self, c: &NewCredential, actor: &str, now_ms: i64) -> Result<Credential>;
 
+    /// [`Backend::insert`], unless a stored credential of `c`'s provider
+    /// (read without secrets, as [`Backend::scan`]) is one `taken` accepts:
+    /// then `Ok(Err(that row))`, having written nothing. The look and the
+    /// insert are one write transaction, so no other writer — thread or
+    /// process — can store a row `taken` would accept in between: this is
+    /// how a sign-in never stores one account under two ids
+    /// ([`crate::Warden::store_login`]). `taken` must not call the store.
+    fn insert_unless(
+        &self,
+        c: &NewCredential,
+        taken: &dyn Fn(&Credential) -> bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<Credential, Credential>>;
+
     /// Stores many new credentials in one transaction, each refused on its
     /// own as [`Backend::insert`] refuses it (its refusal in its place, the
     /// others kept) — or, `all_or_nothing`, the first refusal is the

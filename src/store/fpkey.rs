@@ -74,10 +74,14 @@ impl FpKey {
 
     /// The fingerprint of `token`: HMAC-SHA-256, 64 hex digits.
     pub(crate) fn fingerprint(&self, token: &str) -> String {
-        hmac_sha256(&self.0[..], token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mac = hmac_sha256(&self.0[..], token.as_bytes());
+        let mut hex = String::with_capacity(2 * mac.len());
+        for b in mac {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        hex
     }
 }
 

@@ -202,6 +202,37 @@ pub(super) fn insert(
     })
 }
 
+/// [`insert`], unless a row of `c`'s provider that `taken` accepts is
+/// already stored: that row (without secrets) and nothing written. The
+/// scan runs inside the insert's transaction after its import turn (the
+/// advisory lock every insert and replace takes first), so no other
+/// insert or replace of any box commits between the look and the insert.
+pub(super) fn insert_unless(
+    db: &Postgres,
+    c: &NewCredential,
+    taken: &dyn Fn(&Credential) -> bool,
+    actor: &str,
+    now_ms: i64,
+) -> Result<std::result::Result<Credential, Credential>> {
+    db.write_tx(|tx| {
+        turn(tx, db)?;
+        let rows = tx
+            .query(
+                format!("SELECT {COLUMNS} FROM credentials WHERE provider = $1 ORDER BY id")
+                    .as_str(),
+                &[&c.provider.kind.as_str()],
+            )
+            .map_err(pg_err)?;
+        for r in &rows {
+            let row = decode(db, r, Secrets::Drop)?;
+            if taken(&row) {
+                return Ok(Err(row));
+            }
+        }
+        insert_in(tx, db, c, actor, now_ms).map(Ok)
+    })
+}
+
 pub(super) fn insert_many(
     db: &Postgres,
     creds: &[&NewCredential],

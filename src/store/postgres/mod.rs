@@ -218,6 +218,16 @@ impl Backend for Postgres {
         imports::insert(self, c, actor, now_ms)
     }
 
+    fn insert_unless(
+        &self,
+        c: &NewCredential,
+        taken: &dyn Fn(&Credential) -> bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<Credential, Credential>> {
+        imports::insert_unless(self, c, taken, actor, now_ms)
+    }
+
     fn insert_many(
         &self,
         creds: &[&NewCredential],

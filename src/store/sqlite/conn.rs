@@ -170,18 +170,66 @@ impl Sqlite {
 
     /// Runs `f` in one `IMMEDIATE` write transaction at `sync`, committed
     /// if `f` returns `Ok` and rolled back otherwise: every write of the
-    /// store but the group commit's goes through here.
+    /// store but the group commit's goes through here (or through
+    /// [`Sqlite::batch_tx`], the same for a large batch).
     pub(super) fn write_tx<T>(
         &self,
         sync: Sync,
         f: impl FnOnce(&Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut conn = self.writer(sync)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(db_err)?;
-        Ok(out)
+        in_tx(&mut conn, f)
     }
+
+    /// [`Sqlite::write_tx`] at `FULL` for a large batch of rows (an
+    /// import's): for the transaction and its commit the connection's page
+    /// cache is [`BATCH_CACHE_KIB`], so that the batch's pages go to the
+    /// WAL once, at commit, instead of being spilled as a small cache
+    /// fills; and the WAL is checkpointed into the database only past
+    /// [`BATCH_CHECKPOINT_PAGES`], not at every batch's commit (each
+    /// checkpoint costs two more fsyncs). Both are bounded, and set back to
+    /// the connection's own when the batch ends, committed or not.
+    pub(super) fn batch_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer(Sync::Full)?;
+        let usual: (i64, i64) = conn
+            .query_row("PRAGMA cache_size", [], |r| r.get(0))
+            .and_then(|cache| {
+                conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map(|pages| (cache, pages))
+            })
+            .map_err(db_err)?;
+        conn.execute_batch(&format!(
+            "PRAGMA cache_size = -{BATCH_CACHE_KIB}; \
+             PRAGMA wal_autocheckpoint = {BATCH_CHECKPOINT_PAGES};"
+        ))
+        .map_err(db_err)?;
+        let out = in_tx(&mut conn, f);
+        // A failure here leaves this connection a larger cache and rarer
+        // checkpoints: more memory and a longer WAL, nothing wrong.
+        let _ = conn.execute_batch(&format!(
+            "PRAGMA cache_size = {}; PRAGMA wal_autocheckpoint = {};",
+            usual.0, usual.1
+        ));
+        out
+    }
+}
+
+/// The page cache of a [`Sqlite::batch_tx`], in KiB: a batch of 1,000
+/// imported rows dirties about 3.5 MiB of pages.
+const BATCH_CACHE_KIB: i64 = 16 * 1024;
+
+/// The WAL's length, in pages, past which a [`Sqlite::batch_tx`]'s commit
+/// checkpoints it (SQLite's default is 1,000): about ten batches of
+/// imports, 32 MiB of WAL at 4 KiB pages.
+const BATCH_CHECKPOINT_PAGES: i64 = 8192;
+
+/// `f` in one `IMMEDIATE` transaction on `conn`, committed if it returns
+/// `Ok`, rolled back otherwise.
+fn in_tx<T>(conn: &mut Connection, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(out)
 }
