@@ -83,7 +83,7 @@ impl Warden {
     pub fn each_summary(&self, mut f: impl FnMut(Summary<'_>)) -> Result<()> {
         let quotas = self.store().latest_quotas()?;
         let (pools, cooldowns) = self.pools_and_cooldowns()?;
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         self.store().each_without_secrets(&mut |c| {
             f(Summary::new(&c, now, &policy)
                 .with_quota(quotas.get(&c.id))
@@ -128,7 +128,7 @@ impl Warden {
         q: &PageQuery,
         mut f: impl FnMut(Summary<'_>),
     ) -> Result<Option<String>> {
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         let (pools, cooldowns) = self.pools_and_cooldowns()?;
         let mut after = q.after.clone();
         let (mut handed, mut last) = (0usize, None::<String>);
@@ -325,7 +325,7 @@ impl Warden {
     /// How many credentials are in each effective state now, for every
     /// state (read one row at a time, without secrets).
     pub fn count_by_state(&self) -> Result<[(&'static str, u64); State::ALL.len()]> {
-        let (now, policy) = (clock::now(), self.config().policy);
+        let (now, policy) = (self.now(), self.config().policy);
         let mut states = State::ALL.map(|s| (s.as_str(), 0u64));
         self.store().each_without_secrets(&mut |c| {
             let state = c.status.effective(now, &policy).as_str();
@@ -346,7 +346,7 @@ impl Warden {
             quota,
             pools: pools.remove(id),
             cooldown: cooldowns.remove(id),
-            now: clock::now(),
+            now: self.now(),
             policy: self.config().policy,
         })
     }
@@ -408,6 +408,28 @@ impl Warden {
     pub fn rekey(path: &Path, busy_timeout: Duration, old: &Sealer, new: &Sealer) -> Result<usize> {
         store::rekey(path, millis_u64(busy_timeout), old, new)
     }
+
+    /// Copies everything in this warden's database — credentials with
+    /// their sealed columns as they are, events, handles, quota history,
+    /// spent-token fingerprints and the keys' `meta` rows — to the
+    /// database `to` (a SQLite file or a `postgres://` URL, either
+    /// direction), which must be empty; then counts every table on both
+    /// sides. Refused while a refresh is in flight. Stop the other
+    /// processes on this database first: what they write meanwhile is not
+    /// copied. Returns the rows copied per table.
+    pub fn migrate_to(&self, to: &Path) -> Result<Vec<(&'static str, i64)>> {
+        let c = self.config();
+        let target =
+            store::Store::open_with(to, c.busy_timeout, c.pool_size, None, store::Startup::Eager)?;
+        store::copy::migrate(self.store(), &target)
+    }
+
+    /// The database `db` (a `--db` value) as it may be printed: a
+    /// PostgreSQL URL without its password.
+    pub fn shown_database(db: &Path) -> String {
+        store::shown(db)
+    }
+
     // ---- pools, cooldowns, notifications (issue 15) ----
 
     /// Adds credential `id` to `pool` (`member`) or takes it out; `false`

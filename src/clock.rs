@@ -59,6 +59,44 @@ impl Clock for SystemClock {
     }
 }
 
+/// The real clock of a store that keeps the lease clock itself
+/// (`Backend::lease_now`: PostgreSQL's server clock, read through `lease`):
+/// the box's wall clock for expiries and events, the store's for leases.
+/// Everything else as [`SystemClock`].
+pub(crate) struct KeptLeaseClock<F>(F);
+
+impl<F: Fn() -> Option<LeaseTime> + Send + Sync> Clock for KeptLeaseClock<F> {
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            lease: (self.0)().unwrap_or_else(lease_now),
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        SystemClock.instant()
+    }
+
+    fn sleep(&self, d: Duration) {
+        SystemClock.sleep(d);
+    }
+
+    fn wait_for(&self, cond: &Condvar, guard: &mut MutexGuard<'_, u64>, timeout: Duration) {
+        SystemClock.wait_for(cond, guard, timeout);
+    }
+}
+
+/// The real clock over a lease clock source: [`SystemClock`] when `lease`
+/// has none (the box's own lease clock), else [`KeptLeaseClock`].
+pub(crate) fn with_lease_source(
+    lease: impl Fn() -> Option<LeaseTime> + Send + Sync + 'static,
+) -> std::sync::Arc<dyn Clock> {
+    match lease() {
+        Some(_) => std::sync::Arc::new(KeptLeaseClock(lease)),
+        None => std::sync::Arc::new(SystemClock),
+    }
+}
+
 /// Both clocks at one instant: what the pure core is handed.
 pub fn now() -> Now {
     Now {

@@ -304,6 +304,7 @@ impl Error {
             Error::PoolUnavailable { .. } => 5,
             Error::Dead { .. } => 4,
             Error::Unavailable { .. } => 5,
+            Error::Db(d) if d.kind() == DbKind::NoConnection => 5,
             Error::InRecord { source, .. } => source.exit_code(),
             Error::Exists(_)
             | Error::Db(_)
@@ -329,6 +330,7 @@ impl Error {
             Error::BadInput(_) => "bad_request",
             Error::Exists(_) => "exists",
             Error::Config(_) => "config_error",
+            Error::Db(d) if d.kind() == DbKind::NoConnection => "store_unavailable",
             Error::Db(_) | Error::Internal(_) => "database",
             Error::DiskFull(_) => "disk_full",
             Error::Io(_) => "io",

@@ -1,6 +1,8 @@
 //! tokenwarden keeps OAuth credentials and hands out access tokens that work,
 //! refreshing each rotating refresh token exactly once across every thread
-//! and process that shares one SQLite file.
+//! and process that shares one SQLite file — or, with the `postgres`
+//! feature (on by default), across every box that shares one PostgreSQL
+//! database (`postgres://…` wherever a database path goes).
 //!
 //! # Embedding it
 //!
@@ -59,7 +61,7 @@
 //! The pure core — [`state`] (the state machine) and [`provider`] (each
 //! token endpoint's wire format) — does no I/O and reads no clock. The
 //! shells feed it: the store (one `Backend` trait for the compare-and-swap
-//! protocol, SQLite behind it), [`upstream`] (HTTP client), the refresh
+//! protocol, SQLite or PostgreSQL behind it), [`upstream`] (HTTP client), the refresh
 //! protocol, and the [`Warden`] API on top; [`cli`] and [`http`] are thin
 //! shells over `Warden`. ARCHITECTURE.md draws the map and the invariants
 //! that keep it true.

@@ -259,9 +259,11 @@ pub(crate) struct Refresher {
     pub(crate) config: Config,
     pub(crate) upstream: Box<dyn Transport>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) signals: Signals,
+    pub(crate) signals: Arc<Signals>,
     pub(crate) metrics: Metrics,
     pub(crate) rows: Rows,
+    /// Kept while the refresher lives: the store holds it weakly.
+    _wake: Arc<crate::store::Wake>,
 }
 
 impl Refresher {
@@ -272,12 +274,23 @@ impl Refresher {
         upstream: Box<dyn Transport>,
         clock: Arc<dyn Clock>,
     ) -> Refresher {
+        // Commits of other processes (other boxes, on PostgreSQL) wake this
+        // process's waiters, where the store can tell of them.
+        let signals = Arc::new(Signals::default());
+        let weak = Arc::downgrade(&signals);
+        let wake: Arc<crate::store::Wake> = Arc::new(move |id: &str| {
+            if let Some(s) = weak.upgrade() {
+                s.notify(id);
+            }
+        });
+        store.on_commit(&wake);
         Refresher {
             store,
             config,
             upstream,
             clock,
-            signals: Signals::default(),
+            _wake: wake,
+            signals,
             metrics: Metrics::default(),
             rows: Rows::default(),
         }

@@ -292,7 +292,7 @@ pub fn sweep(
     // rows' size.
     let only: HashSet<&str> = opts.only.iter().map(String::as_str).collect();
     let mut found: HashSet<String> = HashSet::new();
-    let now = clock::now();
+    let now = warden.now();
     let policy = warden.config().policy;
     let max_age = max_age_ms(opts.max_age);
     let mut report = SweepReport::default();
@@ -423,7 +423,7 @@ pub fn start_background(warden: Arc<Warden>, threads: usize) -> Background {
         .spawn(move || {
             let mut quiet = None;
             loop {
-                let pause = match schedule(&w, &job_tx, &queued, &mut quiet, clock::now()) {
+                let pause = match schedule(&w, &job_tx, &queued, &mut quiet, w.now()) {
                     Ok(p) => p,
                     Err(e) => {
                         log::warn!("background refresher: {e}");

@@ -1,10 +1,9 @@
 //! The library API: a blocking, `Send + Sync` handle on one database.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock::{self, SystemClock};
+use crate::clock;
 use crate::config::Config;
 use crate::credential::{validate_id, Credential, NewCredential};
 use crate::error::{Error, Result};
@@ -57,7 +56,8 @@ impl Grant {
     }
 }
 
-/// Keeps credentials in one SQLite file and hands out working tokens.
+/// Keeps credentials in one database — a SQLite file, or a PostgreSQL
+/// database shared by several boxes — and hands out working tokens.
 ///
 /// Every method blocks and is safe to call from any number of threads and
 /// processes at once: a refresh happens once per need, whoever asks.
@@ -108,7 +108,9 @@ fn account_cooldowns(members: &[crate::store::PoolMember]) -> Vec<Option<i64>> {
 }
 
 impl Warden {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`: a SQLite file, or
+    /// a `postgres://` / `postgresql://` URL (its schema created or
+    /// migrated).
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Warden> {
         Warden::open_with(path.as_ref(), config, Startup::Eager)
     }
@@ -133,14 +135,20 @@ impl Warden {
             .transpose()
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = Store::open_with(path, config.busy_timeout, config.pool_size, sealer, startup)?;
+        // Leases on the store's clock where it keeps one (PostgreSQL).
+        let lease_source = store.clone();
+        let clock = clock::with_lease_source(move || lease_source.lease_now());
         Ok(Warden {
-            core: Refresher::new(
-                store,
-                config,
-                Box::new(Upstream::new()),
-                Arc::new(SystemClock),
-            ),
+            core: Refresher::new(store, config, Box::new(Upstream::new()), clock),
         })
+    }
+
+    /// Both clocks now, as this warden's protocol reads them: the lease
+    /// clock is the store's where it keeps one (PostgreSQL's server clock),
+    /// so every decision about a lease — a reject, a listing's state, the
+    /// sweep's due list — judges it on the clock it was written on.
+    pub(crate) fn now(&self) -> state::Now {
+        self.core.clock.now()
     }
 
     /// The configuration in force.
@@ -188,7 +196,7 @@ impl Warden {
         if let Some(stamp) = rows.stamp(&self.core.store) {
             let policy = &self.core.config.policy;
             let served = rows.with(stamp, id, |row| {
-                match state::decide(&row.status, need, clock::now(), policy) {
+                match state::decide(&row.status, need, self.now(), policy) {
                     Decision::Serve => Some(Grant::from_row(row)),
                     _ => None,
                 }
@@ -230,7 +238,7 @@ impl Warden {
         let policy = &self.core.config.policy;
         rows.stamp(&self.core.store).is_some_and(|stamp| {
             rows.with(stamp, id, |row| {
-                state::decide(&row.status, need, clock::now(), policy) == Decision::Serve
+                state::decide(&row.status, need, self.now(), policy) == Decision::Serve
             }) == Some(true)
         })
     }
@@ -261,7 +269,7 @@ impl Warden {
                 .access_token
                 .as_ref()
                 .is_some_and(|t| t.expose() == token);
-            let now = clock::now();
+            let now = self.now();
             let event = Event::Reject { is_current };
             match state::apply(&row.status, &event, now, &self.core.config.policy) {
                 Ok(t) => {
@@ -328,7 +336,7 @@ impl Warden {
         let mut tried: Vec<String> = Vec::new();
         loop {
             let read = store.pool(pool, sticky)?;
-            let now = clock::now();
+            let now = self.now();
             let cooldowns = account_cooldowns(&read.members);
             let members: Vec<crate::pool::Member<'_>> = read
                 .members

@@ -3,12 +3,19 @@
 //! operator runs `import --replace` (current, stale and foreign refresh
 //! tokens, new logins) and some processes' wall clocks are stepped ±60 s;
 //! then every invariant of DESIGN.md §3 is checked from the fake's and the
-//! database's records (see `common::chaos::run`).
+//! database's records (see `common::chaos::run_on`).
 //!
 //! The default run takes about half a minute. The long run:
 //!
 //! ```sh
 //! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos:: -- --nocapture
+//! ```
+//!
+//! `chaos::chaos` runs it on a SQLite file; `chaos::chaos_on_postgres`, on
+//! a PostgreSQL database (tests/common/pg.rs), is long mode only:
+//!
+//! ```sh
+//! TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests chaos::chaos_on_postgres -- --include-ignored --nocapture
 //! ```
 //!
 //! (`TOKENWARDEN_CHAOS_SECS` sets its length, default 480;
@@ -17,11 +24,29 @@
 use std::time::Duration;
 
 use crate::common::chaos::{self, Plan};
-use crate::common::tw::Env;
+use crate::common::tw::{Backend, Env};
 
 /// Every invariant of DESIGN.md §3 holds through the chaos run (kills, SIGTERMs, faults, stale imports, clock steps), and the run did enough of each to mean something.
 #[test]
 fn chaos() {
+    chaos_on(Backend::Sqlite);
+}
+
+/// The same chaos run, every process on one PostgreSQL database (the
+/// processes stand for boxes: leases on the server's clock, wake-ups by
+/// NOTIFY). Long mode only: at CI size, on a loaded 2-core machine that
+/// also runs the server, the run's own "did enough of each" checks (a
+/// replace landed, …) are not reliably met in 16 s, and the extra load
+/// makes the suite's timing-sensitive tests flaky; CI runs the invariant
+/// suite and tests/postgres.rs on PostgreSQL instead.
+#[test]
+#[ignore = "long mode: TOKENWARDEN_CHAOS_LONG=1 cargo test --release --test tests \
+            chaos::chaos_on_postgres -- --include-ignored --nocapture"]
+fn chaos_on_postgres() {
+    chaos_on(Backend::Postgres);
+}
+
+fn chaos_on(backend: Backend) {
     let seed = chaos::seed_from_env();
     let plan = if std::env::var_os("TOKENWARDEN_CHAOS_LONG").is_some_and(|v| v != "0") {
         let secs = std::env::var("TOKENWARDEN_CHAOS_SECS")
@@ -32,11 +57,13 @@ fn chaos() {
     } else {
         Plan::ci(seed)
     };
-    let report = chaos::run(&plan);
+    let Some(report) = chaos::run_on(&plan, backend) else {
+        return;
+    };
     eprintln!("{}", report.figures.render());
     assert!(
         report.violations.is_empty(),
-        "{} invariant violation(s) with seed {seed}:\n{}",
+        "{} invariant violation(s) with seed {seed} on {backend:?}:\n{}",
         report.violations.len(),
         report.violations.join("\n")
     );

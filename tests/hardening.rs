@@ -23,7 +23,7 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// monotonic and boot-time clocks are left alone, as an NTP step or a VM
 /// resume with a wrong clock would. `None` (with a note) if libfaketime is
 /// not installed here; in CI it must be.
-fn with_wall_clock(mut cmd: Command, offset: &str) -> Option<Command> {
+pub(crate) fn with_wall_clock(mut cmd: Command, offset: &str) -> Option<Command> {
     if !Path::new(LIBFAKETIME).exists() {
         assert!(
             std::env::var_os("CI").is_none(),

@@ -1,6 +1,9 @@
-//! One test (or more) per invariant of DESIGN.md §3, against a real SQLite
-//! file, the real binary in several processes, and the fake OAuth server
-//! over loopback.
+//! One test (or more) per invariant of DESIGN.md §3, against a real
+//! database — a SQLite file, and a PostgreSQL database (tests/common/pg.rs)
+//! — the real binary in several processes, and the fake OAuth server over
+//! loopback. One source for both backends: each test takes the backend,
+//! and `on_both_backends!` (tests/common/mod.rs) makes `sqlite::NAME` and
+//! `postgres::NAME` of it.
 
 use std::collections::HashSet;
 use std::process::Stdio;
@@ -9,15 +12,39 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::fake_oauth::{Fault, OPENAI_REUSE_BODY};
-use crate::common::tw::{code, json, now, text, Env, Tuning};
+use crate::common::tw::{code, json, now, text, Backend, Env, Tuning};
 use tokenwarden::state::State;
 use tokenwarden::Error;
 
+on_both_backends!(
+    single_flight_across_threads_and_processes,
+    no_refresh_token_is_sent_twice,
+    commit_before_use_and_a_failed_commit_is_retried_never_served,
+    rejected_tokens_are_never_served_again,
+    a_reject_during_a_failing_refresh_is_not_lost,
+    a_killed_refresher_is_recovered_after_its_lease,
+    a_cli_caller_blocked_behind_a_killed_owner_takes_over,
+    killed_after_upstream_rotated_goes_dead_with_the_reason,
+    owner_writes_are_fenced_by_the_lease,
+    permanent_errors_kill_the_credential_with_the_reason,
+    transient_errors_back_off_and_commit_nothing,
+    every_change_leaves_an_event_without_secrets,
+    no_secret_leaves_through_the_cli,
+);
+
+/// The lease clock `warden`'s store judges leases on: the box's boot-time
+/// clock, or PostgreSQL's server clock.
+fn lease_clock(warden: &tokenwarden::Warden) -> tokenwarden::state::LeaseTime {
+    warden
+        .store()
+        .lease_now()
+        .unwrap_or_else(tokenwarden::clock::lease_now)
+}
+
 /// Invariant 1: 64 threads and 4 processes on one expiring credential cause
 /// exactly one upstream request, and everyone gets the same new token.
-#[test]
-fn single_flight_across_threads_and_processes() {
-    let env = Env::new();
+fn single_flight_across_threads_and_processes(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let old = env.login("solo", 60);
     env.fake.set_latency(Duration::from_millis(800));
     let warden = Arc::new(env.warden());
@@ -68,9 +95,8 @@ fn single_flight_across_threads_and_processes() {
 
 /// Invariant 2: a refresh token that got a successful answer is never sent
 /// again, through many forced refreshes from threads and processes.
-#[test]
-fn no_refresh_token_is_sent_twice() {
-    let env = Env::new();
+fn no_refresh_token_is_sent_twice(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("rot", 3600);
     let warden = Arc::new(env.warden());
     let threads: Vec<_> = (0..4)
@@ -107,12 +133,16 @@ fn no_refresh_token_is_sent_twice() {
 /// a commit that fails is retried (past the lease's end: the write is
 /// fenced by the lease id) until it lands, and the new token is never
 /// served from memory meanwhile.
-#[test]
-fn commit_before_use_and_a_failed_commit_is_retried_never_served() {
-    let env = Env::with(Tuning {
-        lease_ttl: 2.5,
-        ..Tuning::default()
-    });
+fn commit_before_use_and_a_failed_commit_is_retried_never_served(b: Backend) {
+    let Some(env) = Env::with_on(
+        Tuning {
+            lease_ttl: 2.5,
+            ..Tuning::default()
+        },
+        b,
+    ) else {
+        return;
+    };
     env.login("c", 60);
     let warden = env.warden();
     let g = warden.token("c", Duration::ZERO).unwrap();
@@ -122,13 +152,28 @@ fn commit_before_use_and_a_failed_commit_is_retried_never_served() {
     assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
 
     // Make every commit of new tokens fail, as a full disk would.
-    let conn = rusqlite::Connection::open(&env.db).unwrap();
-    conn.execute_batch(
+    let sql = |sqlite: &str, pg: &str| match b {
+        Backend::Sqlite => rusqlite::Connection::open(&env.db)
+            .unwrap()
+            .execute_batch(sqlite)
+            .unwrap(),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => crate::common::pg::client(env.pg_url())
+            .batch_execute(pg)
+            .unwrap(),
+        #[cfg(not(feature = "postgres"))]
+        Backend::Postgres => unreachable!("no PostgreSQL env without the feature: {pg}"),
+    };
+    sql(
         "CREATE TRIGGER no_commit BEFORE UPDATE OF access_token ON credentials \
          WHEN NEW.access_token IS NOT OLD.access_token \
          BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
-    )
-    .unwrap();
+        "CREATE FUNCTION no_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF NEW.access_token IS DISTINCT FROM OLD.access_token THEN \
+         RAISE EXCEPTION 'simulated write failure'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER no_commit BEFORE UPDATE ON credentials \
+         FOR EACH ROW EXECUTE FUNCTION no_commit();",
+    );
     let warden = Arc::new(warden);
     let w = warden.clone();
     let owner = thread::spawn(move || w.refresh("c", false));
@@ -149,7 +194,10 @@ fn commit_before_use_and_a_failed_commit_is_retried_never_served() {
     );
     // The write failure clears: the commit lands, and only then is the new
     // token served.
-    conn.execute_batch("DROP TRIGGER no_commit").unwrap();
+    sql(
+        "DROP TRIGGER no_commit",
+        "DROP TRIGGER no_commit ON credentials",
+    );
     let new = owner.join().unwrap().expect("the commit landed");
     let family = env.fake.family_state("c");
     assert_eq!(new.access_token.expose(), family.current_access_token);
@@ -162,9 +210,8 @@ fn commit_before_use_and_a_failed_commit_is_retried_never_served() {
 /// Invariant 4: a token reported rejected is never handed out again;
 /// concurrent rejects of one token cause one refresh; a reject of a token
 /// already rotated away causes none.
-#[test]
-fn rejected_tokens_are_never_served_again() {
-    let env = Env::new();
+fn rejected_tokens_are_never_served_again(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let g = env.login("r", 3600);
     env.fake.set_latency(Duration::from_millis(300));
     let warden = Arc::new(env.warden());
@@ -208,9 +255,8 @@ fn rejected_tokens_are_never_served_again() {
 
 /// Invariant 4, during a refresh: a reject that lands while the refresh is
 /// in flight makes a failed refresh return to `rejected`, not `valid`.
-#[test]
-fn a_reject_during_a_failing_refresh_is_not_lost() {
-    let env = Env::new();
+fn a_reject_during_a_failing_refresh_is_not_lost(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let g = env.login("rr", 3600);
     env.fake
         .push_fault(Fault::HangBefore(Duration::from_millis(600)));
@@ -249,9 +295,8 @@ fn a_reject_during_a_failing_refresh_is_not_lost() {
 
 /// Invariant 5: a process killed with SIGKILL in the middle of a refresh
 /// leaves a lease that expires; the next caller takes over and succeeds.
-#[test]
-fn a_killed_refresher_is_recovered_after_its_lease() {
-    let env = Env::new();
+fn a_killed_refresher_is_recovered_after_its_lease(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("k", 60);
     // The first request hangs upstream without being processed.
     env.fake
@@ -278,7 +323,7 @@ fn a_killed_refresher_is_recovered_after_its_lease() {
     let started = Instant::now();
     let g = warden.token("k", Duration::ZERO).expect("recovered");
     assert!(
-        lease.left_ms(tokenwarden::clock::lease_now()).is_none(),
+        lease.left_ms(lease_clock(&warden)).is_none(),
         "takeover happened only after the lease ended"
     );
     assert!(
@@ -301,9 +346,8 @@ fn a_killed_refresher_is_recovered_after_its_lease() {
 
 /// Invariant 5, CLI: a second `tokenwarden token` blocked behind a killed
 /// owner waits long enough by default to take over.
-#[test]
-fn a_cli_caller_blocked_behind_a_killed_owner_takes_over() {
-    let env = Env::new();
+fn a_cli_caller_blocked_behind_a_killed_owner_takes_over(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("k2", 60);
     env.fake
         .push_fault(Fault::HangBefore(Duration::from_secs(10)));
@@ -334,9 +378,8 @@ fn a_cli_caller_blocked_behind_a_killed_owner_takes_over() {
 /// The documented loss window: killed after upstream rotated the token but
 /// before the commit. The next claimant's refresh is refused as reuse and
 /// the credential goes dead with that reason — never stuck, never looping.
-#[test]
-fn killed_after_upstream_rotated_goes_dead_with_the_reason() {
-    let env = Env::new();
+fn killed_after_upstream_rotated_goes_dead_with_the_reason(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("w", 60);
     env.fake
         .push_fault(Fault::ProcessThenHang(Duration::from_secs(10)));
@@ -362,15 +405,21 @@ fn killed_after_upstream_rotated_goes_dead_with_the_reason() {
 
 /// Invariant 6: the owner's commit is fenced by its lease — a takeover
 /// voids a late writer; a rejection recorded meanwhile does not.
-#[test]
-fn owner_writes_are_fenced_by_the_lease() {
+fn owner_writes_are_fenced_by_the_lease(b: Backend) {
     use tokenwarden::provider::Tokens;
     use tokenwarden::state::{apply, Event, Lease, Need, Policy};
     use tokenwarden::testing::{ErrorUpdate, Store, Write};
 
-    let env = Env::new();
+    let Some(env) = Env::on(b) else { return };
     env.login("f", 60);
     let store = Store::open(&env.db, Duration::from_secs(5), 2).unwrap();
+    // The store's lease clock (PostgreSQL's server clock), read after a row.
+    let now = || tokenwarden::state::Now {
+        wall_ms: now_ms(),
+        lease: store
+            .lease_now()
+            .unwrap_or_else(tokenwarden::clock::lease_now),
+    };
     let p = Policy::default();
     let need = Need::Token { min_ttl_ms: 0 };
     let claim = |owner: &str, for_ms: i64| {
@@ -378,7 +427,7 @@ fn owner_writes_are_fenced_by_the_lease() {
         let lease = Lease {
             owner: owner.into(),
             id: format!("lease-{owner}"),
-            until: tokenwarden::clock::now().plus(for_ms).lease,
+            until: now().plus(for_ms).lease,
         };
         let t = apply(&row.status, &Event::Claim { lease, need }, now(), &p).unwrap();
         store
@@ -388,9 +437,6 @@ fn owner_writes_are_fenced_by_the_lease() {
     };
     fn now_ms() -> i64 {
         tokenwarden::clock::now_ms()
-    }
-    fn now() -> tokenwarden::state::Now {
-        tokenwarden::clock::now()
     }
     let tokens = |n: &str| Tokens {
         access_token: format!("at-{n}").into(),
@@ -486,9 +532,8 @@ fn owner_writes_are_fenced_by_the_lease() {
 /// Invariant 7, permanent: every permanent code, in each error shape, with
 /// 400 and 401, makes the credential dead with that reason, and stops all
 /// automatic traffic.
-#[test]
-fn permanent_errors_kill_the_credential_with_the_reason() {
-    let env = Env::new();
+fn permanent_errors_kill_the_credential_with_the_reason(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let warden = env.warden();
     let codes = [
         "invalid_grant",
@@ -563,13 +608,17 @@ fn permanent_errors_kill_the_credential_with_the_reason() {
 /// Invariant 7, transient: each kind backs off with a clear error, commits
 /// nothing from the failed answer, and the old token keeps being served
 /// while usable (stale-while-revalidate).
-#[test]
-fn transient_errors_back_off_and_commit_nothing() {
-    let env = Env::with(Tuning {
-        request_timeout: 0.5,
-        lease_ttl: 2.0,
-        ..Tuning::default()
-    });
+fn transient_errors_back_off_and_commit_nothing(b: Backend) {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 0.5,
+            lease_ttl: 2.0,
+            ..Tuning::default()
+        },
+        b,
+    ) else {
+        return;
+    };
     let warden = env.warden();
     let faults = [
         ("http_503", Fault::status(503, "{}")),
@@ -632,9 +681,8 @@ fn transient_errors_back_off_and_commit_nothing() {
 }
 
 /// Invariant 8: every state change leaves an event row, with no secret.
-#[test]
-fn every_change_leaves_an_event_without_secrets() {
-    let env = Env::new();
+fn every_change_leaves_an_event_without_secrets(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let g = env.login("e", 60);
     let warden = env.warden();
     let fresh = warden.token("e", Duration::ZERO).unwrap();
@@ -679,13 +727,14 @@ fn every_change_leaves_an_event_without_secrets() {
 
 /// Invariant 9: no secret in any CLI output or error, at any log level;
 /// the database file is created 0600.
-#[test]
-fn no_secret_leaves_through_the_cli() {
+fn no_secret_leaves_through_the_cli(b: Backend) {
     use std::os::unix::fs::PermissionsExt;
-    let env = Env::new();
+    let Some(env) = Env::on(b) else { return };
     let g = env.login("s", 60);
-    let mode = std::fs::metadata(&env.db).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    if b == Backend::Sqlite {
+        let mode = std::fs::metadata(&env.db).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     let mut outputs = vec![];
     let mut run = |args: &[&str]| {

@@ -14,7 +14,17 @@ use sha2::{Digest, Sha256};
 
 use crate::common::fake_oauth::Fault;
 use crate::common::http::{free_port, Client, Served};
-use crate::common::tw::{code, json, text, Env};
+use crate::common::tw::{code, json, text, Backend, Env};
+
+// The tests below that take a backend run on SQLite and on PostgreSQL,
+// from this one source.
+on_both_backends!(
+    a_death_is_delivered_signed_after_failed_attempts,
+    the_failing_run_starts_at_its_first_failure,
+    a_reimport_that_revives_a_dead_credential_is_recovered,
+    failing_and_recovered_reach_a_command,
+    deliverers_on_several_boxes_never_take_one_row_at_once,
+);
 
 /// One request a receiver got.
 #[derive(Debug, Clone)]
@@ -215,9 +225,8 @@ fn outbox(env: &Env, pending: bool) -> Vec<Value> {
 /// `sweep` to a receiver that fails the first two attempts: retried with
 /// backoff, the same event id and body each time, signed with
 /// HMAC-SHA-256 over the body, no secret in it, and the fixing command.
-#[test]
-fn a_death_is_delivered_signed_after_failed_attempts() {
-    let env = Env::new();
+fn a_death_is_delivered_signed_after_failed_attempts(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     let grant = env.login("d1", 3600);
     kill(&env, "d1");
     let pending = outbox(&env, true);
@@ -389,9 +398,8 @@ fn sigkill_between_the_change_and_delivery_then_delivered_after_restart() {
 /// `failing` notification per run of failures; the success after it
 /// writes `recovered`. Both are delivered to a command by `sweep
 /// --notify-exec`, and `notify test` sends a sample to it.
-#[test]
-fn failing_and_recovered_reach_a_command() {
-    let env = Env::new();
+fn failing_and_recovered_reach_a_command(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("f1", 3600);
     // Any failure at all is "failing long" with the threshold at 0.
     let refresh = || {
@@ -436,9 +444,8 @@ fn failing_and_recovered_reach_a_command() {
 /// The run of failures a `failing` notification measures starts at the
 /// first failure after a success, is kept while failures go on, and ends
 /// with the next success.
-#[test]
-fn the_failing_run_starts_at_its_first_failure() {
-    let env = Env::new();
+fn the_failing_run_starts_at_its_first_failure(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("r1", 3600);
     let w = env.warden();
     let since = || w.get("r1").unwrap().failing_since_ms;
@@ -459,9 +466,8 @@ fn the_failing_run_starts_at_its_first_failure() {
 
 /// A dead credential revived by `import --replace` (the fix its `dead`
 /// notification names) writes `recovered`.
-#[test]
-fn a_reimport_that_revives_a_dead_credential_is_recovered() {
-    let env = Env::new();
+fn a_reimport_that_revives_a_dead_credential_is_recovered(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
     env.login("v1", 3600);
     kill(&env, "v1");
     let g = env.fake.new_family("v1-relogin");
@@ -479,4 +485,63 @@ fn a_reimport_that_revives_a_dead_credential_is_recovered() {
     let out = env.run(&["import", file.to_str().unwrap(), "--replace"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(outbox(&env, false).len(), 2);
+}
+
+/// Eight deliverers, each with a warden (a connection pool) of its own as
+/// on eight boxes, take the outbox's 200 rows at once: every row is taken
+/// by exactly one of them (a taken row is held, not handed out again), and
+/// the counts say all are pending until marked delivered.
+fn deliverers_on_several_boxes_never_take_one_row_at_once(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
+    let w = env.warden();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for i in 0..200 {
+        let n = tokenwarden::testing::Notice {
+            event_id: format!("ev-{i}"),
+            kind: "dead".into(),
+            credential_id: None,
+            payload: "{}".into(),
+            at_ms: now,
+        };
+        w.store().insert_notice(&n).unwrap();
+        // The same event twice: ignored.
+        w.store().insert_notice(&n).unwrap();
+    }
+    assert_eq!(w.store().notification_counts().unwrap().pending, 200);
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let (w, barrier) = (env.warden(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let rows = w.store().take_notifications(now, now + 600_000, 7).unwrap();
+                    if rows.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(rows.into_iter().map(|r| r.notice.event_id));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = takers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    all.sort();
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all.len(), 200, "a row taken twice, or one left");
+    assert_eq!(unique.len(), 200);
+    for id in &all {
+        w.store()
+            .notification_delivery(id, tokenwarden::Delivery::Delivered, now)
+            .unwrap();
+    }
+    let counts = w.store().notification_counts().unwrap();
+    assert_eq!(
+        (counts.pending, counts.delivered, counts.failed),
+        (0, 200, 0)
+    );
 }

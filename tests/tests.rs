@@ -5,7 +5,9 @@
 //! `--exact`.
 
 // Helpers: the fake OAuth server, a tokenwarden under test, HTTP clients,
-// the scripted token endpoint, docs/openapi.yaml's validator, the chaos run.
+// the scripted token endpoint, docs/openapi.yaml's validator, the chaos run;
+// `on_both_backends!`, which makes one test source a SQLite and a PostgreSQL test.
+#[macro_use]
 mod common;
 
 // The import-graph rules of ARCHITECTURE.md, read from the sources.
@@ -65,6 +67,9 @@ mod openapi;
 mod pools;
 // Issue 13 at test scale: pages, a large streaming import, a short sweep.
 mod scale;
+// The PostgreSQL backend: several boxes on one database, its faults, its clock.
+#[cfg(feature = "postgres")]
+mod postgres;
 // Secrets at rest and in output; encrypt and rekey under SIGKILL.
 mod security;
 // SQLite's process-wide POSIX locks are never dropped by tokenwarden.

@@ -291,6 +291,14 @@ pub enum Command {
         #[arg(long)]
         new_key_file: Option<PathBuf>,
     },
+    /// Copy everything to another database (a SQLite file or a
+    /// postgres:// URL), which must be empty; counts are checked after.
+    /// Stop the other tokenwarden processes on this database first.
+    Migrate {
+        /// The target database: a file path or postgres://… URL.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Serve the HTTP API (and refresh credentials in the background).
     Serve(ServeArgs),
     /// Sign in (or back in) to a provider and keep the login: codex,

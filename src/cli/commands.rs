@@ -28,7 +28,22 @@ use super::{open, Cli, ExportFormat};
 /// `init`.
 pub(super) fn init(cli: &Cli) -> Result<()> {
     open(cli, "cli")?;
-    println!("database ready: {}", cli.db.display());
+    println!("database ready: {}", crate::Warden::shown_database(&cli.db));
+    Ok(())
+}
+
+/// `migrate --to DB`: copies the database, then says what it copied.
+pub(super) fn migrate(cli: &Cli, to: &std::path::Path) -> Result<()> {
+    let warden = open(cli, "cli")?;
+    let counts = warden.migrate_to(to)?;
+    for (table, n) in &counts {
+        println!("{table}: {n}");
+    }
+    println!(
+        "migrated {} to {}",
+        crate::Warden::shown_database(&cli.db),
+        crate::Warden::shown_database(to)
+    );
     Ok(())
 }
 

@@ -23,7 +23,10 @@ pub(super) fn encrypt(cli: &Cli) -> Result<()> {
         "set TOKENWARDEN_ENCRYPTION_KEY or --encryption-key-file",
     )?;
     let n = Warden::encrypt(&cli.db, c.busy_timeout, &key)?;
-    println!("encrypted {n} credentials in {}", cli.db.display());
+    println!(
+        "encrypted {n} credentials in {}",
+        Warden::shown_database(&cli.db)
+    );
     Ok(())
 }
 
@@ -45,7 +48,10 @@ pub(super) fn rekey(cli: &Cli, new_key_file: Option<&Path>) -> Result<()> {
         "the new key (--new-key-file or TOKENWARDEN_NEW_ENCRYPTION_KEY)",
     )?;
     let n = Warden::rekey(&cli.db, c.busy_timeout, &old, &new)?;
-    println!("re-keyed {n} credentials in {}", cli.db.display());
+    println!(
+        "re-keyed {n} credentials in {}",
+        Warden::shown_database(&cli.db)
+    );
     Ok(())
 }
 

@@ -167,6 +167,7 @@ fn execute(cli: Cli) -> Result<i32> {
         Command::Keygen => keys::keygen(),
         Command::Encrypt => keys::encrypt(&cli)?,
         Command::Rekey { new_key_file } => keys::rekey(&cli, new_key_file.as_deref())?,
+        Command::Migrate { to } => commands::migrate(&cli, to)?,
         Command::Serve(args) => serve::serve(&cli, args)?,
         Command::Login(args) => login::login(&cli, args)?,
         Command::Export {

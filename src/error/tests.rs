@@ -338,7 +338,12 @@ fn table() -> Vec<(Error, &'static str, i32, &'static str)> {
             "expected value at line 1 column 1",
         ),
     ];
-    rows.extend(database.into_iter().map(|(e, m)| (e, m, 1, "database")));
+    // A database out of reach is the store's passing trouble, not the
+    // credential's: 503 `store_unavailable` / exit 5, like `unavailable`.
+    rows.extend(database.into_iter().map(|(e, m)| match &e {
+        Error::Db(d) if d.kind() == DbKind::NoConnection => (e, m, 5, "store_unavailable"),
+        _ => (e, m, 1, "database"),
+    }));
     rows.extend(io.into_iter().map(|(e, m)| (e, m, 1, "io")));
     rows
 }

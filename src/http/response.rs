@@ -281,6 +281,12 @@ impl From<Error> for ApiError {
                 retry_after_s: Some(retry_after_s),
                 ..ApiError::new(503, "unavailable", message)
             },
+            // The database cannot be reached (restarting, failing over): the
+            // credential is fine, ask again shortly.
+            Error::Db(ref d) if d.kind() == crate::error::DbKind::NoConnection => ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(503, "store_unavailable", message)
+            },
             Error::Db(_)
             | Error::DiskFull(_)
             | Error::Internal(_)

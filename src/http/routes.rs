@@ -584,7 +584,7 @@ fn import(w: &Warden, q: &Query, body: &[u8]) -> Result<Reply, ApiError> {
     // flight is refused at once (409 `refresh_in_progress`, with
     // Retry-After), not waited out.
     let rows = w.import_all(&creds, q.flag("replace")?, Duration::ZERO)?;
-    let (now, policy) = (clock::now(), w.config().policy);
+    let (now, policy) = (w.now(), w.config().policy);
     if is_array(body) {
         let credentials = rows.iter().map(|c| Summary::new(c, now, &policy)).collect();
         return Ok(Reply::json(

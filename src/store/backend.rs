@@ -24,14 +24,20 @@
 //!   never a decision about a credential.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
+use super::copy::{Cell, Table};
 use super::records::{
     Cooldown, CooldownWrite, Deleted, Delivery, EventRow, HandleRow, Notice, NotificationCounts,
     NotificationRow, PoolRead, QuotaRow, Scan, Stamp, Write,
 };
 use crate::credential::{Credential, NewCredential};
 use crate::error::Result;
-use crate::state::Transition;
+use crate::state::{LeaseTime, Transition};
+
+/// A subscriber to [`Backend::on_commit`]: called with the id of each
+/// credential another process committed a change to.
+pub type Wake = dyn Fn(&str) + Send + Sync;
 
 /// A database holding credentials, changed only by compare-and-swap.
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -86,6 +92,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// may be assumed unchanged. Cheap (no lock, no query): this is how
     /// [`crate::Warden::token`] knows its cached row is still the row.
     fn stamp(&self) -> Option<Stamp>;
+
+    /// The lease clock now, when the database keeps it (PostgreSQL: the
+    /// server's clock, so that boxes whose clocks disagree agree on leases);
+    /// `None`: the box's own (`CLOCK_BOOTTIME`, see [`crate::clock`]),
+    /// which every process of one box shares. No round trip: a backend
+    /// that keeps the clock estimates it from its reads.
+    fn lease_now(&self) -> Option<LeaseTime> {
+        None
+    }
+
+    /// Calls `wake` (while someone else holds it) with the id of each
+    /// credential whose row a commit changed, in any process of any box —
+    /// a hint that saves a waiter its polls; the row stays the truth. A
+    /// backend without such news (SQLite: waiters poll the file) ignores
+    /// it.
+    fn on_commit(&self, wake: &Arc<Wake>) {
+        let _ = wake;
+    }
 
     // ---- the compare-and-swap writes ----
 
@@ -179,6 +203,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Frees the space kept for committing rotated tokens on a full disk;
     /// `false` if there was none left (or the backend keeps none).
     fn release_reserve(&self) -> bool;
+
+    // ---- copying a whole database (`migrate`, store/copy.rs) ----
+
+    /// Every row of `table`, as stored (sealed columns sealed), in its
+    /// `order_by` order.
+    fn dump(&self, table: &Table) -> Result<Vec<Vec<Cell>>>;
+
+    /// Writes `tables` into this database in one transaction, refused
+    /// ([`crate::Error::Config`]) if it holds any credential, event, quota
+    /// snapshot, handle or spent token; `meta` rows replace this
+    /// database's own. Sequence numbers are kept.
+    fn load(&self, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<()>;
+
+    /// How many rows `table` holds.
+    fn count(&self, table: &Table) -> Result<i64>;
 
     // ---- history ----
 

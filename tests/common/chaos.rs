@@ -33,7 +33,7 @@ use tokenwarden::state::State;
 use tokenwarden::{Error, Warden};
 
 use super::fake_oauth::{Fault, Outcome, TokenRequest};
-use super::tw::{Env, Tuning};
+use super::tw::{Backend, Env, Tuning};
 
 // ---------------------------------------------------------------------------
 // Plan.
@@ -1621,7 +1621,7 @@ fn serve_stopped(sh: &Shared, admin: &Warden, end: &Ended) {
         ));
         return;
     }
-    let now = tokenwarden::clock::lease_now();
+    let now = lease_clock(admin);
     for id in &sh.ids {
         let Ok(row) = admin.get(id) else { continue };
         let Some(lease) = row
@@ -1668,7 +1668,7 @@ fn terminator(sh: &Shared, admin: &Warden) {
             if sh.records.lock().unwrap().draining(pid) {
                 continue;
             }
-            let now = tokenwarden::clock::lease_now();
+            let now = lease_clock(admin);
             let held: Vec<(usize, String)> = sh
                 .ids
                 .iter()
@@ -1973,9 +1973,20 @@ fn owner_of(actor: &str) -> Option<(u32, Option<String>)> {
 /// Some CLI workers run with their wall clock alone stepped ±60 s; their
 /// events' times are corrected by the step before leases are matched to
 /// upstream requests.
-pub fn run(plan: &Plan) -> Report {
+/// The lease clock `admin`'s store judges leases on: the box's boot-time
+/// clock, or PostgreSQL's server clock.
+fn lease_clock(admin: &Warden) -> tokenwarden::state::LeaseTime {
+    admin
+        .store()
+        .lease_now()
+        .unwrap_or_else(tokenwarden::clock::lease_now)
+}
+
+/// The chaos run on `backend`; `None` where there is no PostgreSQL (see
+/// common/pg.rs).
+pub fn run_on(plan: &Plan, backend: Backend) -> Option<Report> {
     let _ = log::set_logger(&CAPTURE).map(|()| log::set_max_level(log::LevelFilter::Warn));
-    let env = Env::with(tuning());
+    let env = Env::with_on(tuning(), backend)?;
     env.fake.set_expires_in(EXPIRES_IN);
     env.fake.set_latency(LATENCY);
     let ids: Vec<String> = (0..plan.credentials).map(|i| format!("c{i}")).collect();
@@ -2032,7 +2043,7 @@ pub fn run(plan: &Plan) -> Report {
         checks.rejections();
         (workload, checks.take())
     });
-    report(&sh, found, workload)
+    Some(report(&sh, found, workload))
 }
 
 /// The threads of the workload, until the plan's duration is over and every
@@ -2295,7 +2306,10 @@ impl<'a, 'b> Checks<'a, 'b> {
     /// `refreshing`; each credential ends usable (holding upstream's
     /// current refresh token) or dead.
     fn end_state(&mut self) {
-        let now = tokenwarden::clock::now();
+        let now = tokenwarden::state::Now {
+            wall_ms: tokenwarden::clock::now_ms(),
+            lease: lease_clock(self.admin),
+        };
         let policy = self.admin.config().policy;
         for (cred, id) in self.sh.ids.iter().enumerate() {
             let row = self.admin.get(id).expect("row");

@@ -18,12 +18,26 @@ pub fn now() -> i64 {
     super::fake_oauth::now_unix()
 }
 
-/// A database in a temporary directory, wired to a fake OAuth server.
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the env's temporary directory.
+    Sqlite,
+    /// A database of its own on the tests' PostgreSQL (common/pg.rs).
+    Postgres,
+}
+
+/// A database (a SQLite file in a temporary directory, or a PostgreSQL
+/// database), wired to a fake OAuth server.
 pub struct Env {
-    /// Holds the directory alive.
+    /// Holds the directory alive (import files, logs; the SQLite file).
     pub dir: tempfile::TempDir,
-    /// The database file.
+    /// The database: a SQLite file, or a `postgres://` URL (what `--db`
+    /// and `TOKENWARDEN_DB` take either way).
     pub db: PathBuf,
+    /// Which kind `db` is.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub backend: Backend,
     /// The upstream.
     pub fake: FakeOAuth,
     /// Tuning for every warden and CLI process of this env.
@@ -65,14 +79,65 @@ impl Env {
 
     /// A fresh env with `tuning`.
     pub fn with(tuning: Tuning) -> Env {
+        Env::with_on(tuning, Backend::Sqlite).expect("SQLite is always there")
+    }
+
+    /// A fresh env on `backend` with default test tuning; `None` when it is
+    /// PostgreSQL and there is none here (see common/pg.rs: skipped loudly,
+    /// or a failure where PostgreSQL is required).
+    pub fn on(backend: Backend) -> Option<Env> {
+        Env::with_on(Tuning::default(), backend)
+    }
+
+    /// A fresh env on `backend` with `tuning` (see [`Env::on`]).
+    pub fn with_on(tuning: Tuning, backend: Backend) -> Option<Env> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("tw.db");
-        Env {
+        let db = match backend {
+            Backend::Sqlite => dir.path().join("tw.db"),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => PathBuf::from(super::pg::database()?),
+            // A SQLite-only build (`--no-default-features`): said loudly,
+            // and a failure where PostgreSQL is required.
+            #[cfg(not(feature = "postgres"))]
+            Backend::Postgres => {
+                assert!(
+                    std::env::var("TOKENWARDEN_REQUIRE_PG").as_deref() != Ok("1"),
+                    "TOKENWARDEN_REQUIRE_PG=1 in a build without the postgres feature"
+                );
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED a PostgreSQL test: built without the `postgres` feature ***\n"
+                );
+                return None;
+            }
+        };
+        Some(Env {
             dir,
             db,
+            backend,
+            fake: FakeOAuth::start(),
+            tuning,
+        })
+    }
+
+    /// A fresh env with `tuning` on the PostgreSQL database at `url`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn on_url(tuning: Tuning, url: String) -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("temp dir"),
+            db: PathBuf::from(url),
+            backend: Backend::Postgres,
             fake: FakeOAuth::start(),
             tuning,
         }
+    }
+
+    /// The PostgreSQL URL of a PostgreSQL env.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn pg_url(&self) -> &str {
+        assert_eq!(self.backend, Backend::Postgres);
+        self.db.to_str().expect("a URL")
     }
 
     /// The library configuration matching the CLI processes' environment.

@@ -9,6 +9,7 @@ use super::notifications::insert_notice;
 use super::pools::{append_side_event, state_of};
 use super::Sqlite;
 use crate::error::Result;
+use crate::store::sidedata::{cooldown_reason, COOLDOWN_COLUMNS};
 use crate::store::{Cooldown, CooldownSource, CooldownWrite, Notice};
 
 pub(super) fn read_cooldown(r: &Row) -> rusqlite::Result<Cooldown> {
@@ -29,7 +30,9 @@ pub(super) fn read_cooldown(r: &Row) -> rusqlite::Result<Cooldown> {
     })
 }
 
-const SELECT: &str = "SELECT credential_id, until_ms, reason, source, set_ms, actor FROM cooldowns";
+fn select() -> String {
+    format!("SELECT {COOLDOWN_COLUMNS} FROM cooldowns")
+}
 
 pub(super) fn cooldown(
     db: &Sqlite,
@@ -42,47 +45,28 @@ pub(super) fn cooldown(
     db.write_tx(Sync::Full, |tx| {
         state_of(tx, id)?;
         let current = tx
-            .prepare_cached(&format!("{SELECT} WHERE credential_id = ?1"))
+            .prepare_cached(&format!("{} WHERE credential_id = ?1", select()))
             .and_then(|mut s| s.query_row([id], read_cooldown).optional())
             .map_err(db_err)?;
-        let reason = match change {
+        let Some(reason) = cooldown_reason(current.as_ref(), change) else {
+            return Ok(false);
+        };
+        match change {
             CooldownWrite::Set {
                 until_ms,
                 reason,
                 source,
-            } => {
-                let same = current.as_ref().is_some_and(|c| {
-                    c.until_ms == until_ms && c.reason == reason && c.source == source
-                });
-                if same {
-                    return Ok(false);
-                }
-                tx.execute(
-                    "INSERT INTO cooldowns (credential_id, until_ms, reason, source, set_ms, actor) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (credential_id) DO UPDATE SET \
-                     until_ms = ?2, reason = ?3, source = ?4, set_ms = ?5, actor = ?6",
-                    params![id, until_ms, reason, source.as_str(), now_ms, actor],
-                )
-                .map_err(db_err)?;
-                format!(
-                    "cooldown ({}) until {}: {reason}",
-                    source.as_str(),
-                    crate::rfc3339::format(until_ms)
-                )
-            }
-            CooldownWrite::Clear {
-                set_before_ms,
-                reason,
-            } => {
-                match &current {
-                    Some(c) if c.set_ms <= set_before_ms => {}
-                    _ => return Ok(false),
-                }
+            } => tx.execute(
+                "INSERT INTO cooldowns (credential_id, until_ms, reason, source, set_ms, actor) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (credential_id) DO UPDATE SET \
+                 until_ms = ?2, reason = ?3, source = ?4, set_ms = ?5, actor = ?6",
+                params![id, until_ms, reason, source.as_str(), now_ms, actor],
+            ),
+            CooldownWrite::Clear { .. } => {
                 tx.execute("DELETE FROM cooldowns WHERE credential_id = ?1", [id])
-                    .map_err(db_err)?;
-                format!("cooldown cleared: {reason}")
             }
-        };
+        }
+        .map_err(db_err)?;
         append_side_event(tx, id, &reason, actor, now_ms)?;
         if let Some(n) = notify {
             insert_notice(tx, n)?;
@@ -94,7 +78,7 @@ pub(super) fn cooldown(
 pub(super) fn cooldowns(db: &Sqlite) -> Result<Vec<Cooldown>> {
     let conn = db.conn()?;
     let mut stmt = conn
-        .prepare_cached(&format!("{SELECT} ORDER BY credential_id"))
+        .prepare_cached(&format!("{} ORDER BY credential_id", select()))
         .map_err(db_err)?;
     let rows = stmt.query_map([], read_cooldown).map_err(db_err)?;
     rows.collect::<rusqlite::Result<_>>().map_err(db_err)

@@ -11,20 +11,15 @@
 //! the key costs nothing and keeps fingerprints from matching across
 //! databases.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use zeroize::Zeroizing;
 
 use super::errors::{db_err, sealed};
-use crate::error::{DbError, DbKind, Error, IoError, Result, Spent};
-use crate::seal::{hmac_sha256, is_sealed, Sealer};
-
-/// The `meta` key of the fingerprint key.
-pub(super) const META_KEY: &str = "fingerprint_key";
-
-/// The sealing context of the fingerprint key (no credential id).
-pub(super) const SEAL_COLUMN: &str = "fingerprint_key";
+use crate::error::{Error, Result, Spent};
+#[cfg(test)]
+use crate::seal::hmac_sha256;
+use crate::seal::{is_sealed, Sealer};
+pub(crate) use crate::store::fpkey::{FpKey, META_KEY, SEAL_COLUMN};
 
 /// Records the fingerprint `fp` as spent by credential `id`, for `reason`
 /// (a `spent_tokens.reason` value; the table's CHECK lists them). A
@@ -45,74 +40,6 @@ pub(super) fn record_spent(
     .and_then(|mut s| s.execute(params![fp, id, now_ms, reason]))
     .map(drop)
     .map_err(db_err)
-}
-
-/// A database's fingerprint key.
-pub(crate) struct FpKey(Zeroizing<[u8; 32]>);
-
-impl std::fmt::Debug for FpKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FpKey(***)")
-    }
-}
-
-impl FpKey {
-    fn random() -> Result<FpKey> {
-        let mut key = Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(&mut key[..])
-            .map_err(|e| IoError::new("no randomness from the OS", e.to_string()))?;
-        Ok(FpKey(key))
-    }
-
-    /// The key as stored in `meta`: base64, sealed if `sealer` is given.
-    fn stored(&self, sealer: Option<&Sealer>) -> String {
-        let plain = Zeroizing::new(STANDARD.encode(&self.0[..]));
-        match sealer {
-            Some(s) => s.seal("", SEAL_COLUMN, &plain),
-            None => plain.to_string(),
-        }
-    }
-
-    /// Reads the key as stored in `meta`.
-    fn from_stored(stored: &str, sealer: Option<&Sealer>) -> Result<FpKey> {
-        let bad = |kind, why: &str| {
-            Error::Db(DbError::new(
-                kind,
-                format!("the refresh-token fingerprint key in the database's meta table {why}"),
-            ))
-        };
-        let plain = match (sealer, is_sealed(stored)) {
-            (Some(s), true) => Zeroizing::new(
-                s.open("", SEAL_COLUMN, stored)
-                    .map_err(|_| bad(DbKind::Sealed, "does not open with the encryption key"))?,
-            ),
-            (None, true) => {
-                return Err(bad(DbKind::Sealed, "is encrypted and no key is configured"))
-            }
-            (_, false) => Zeroizing::new(stored.to_owned()),
-        };
-        let bytes = Zeroizing::new(
-            STANDARD
-                .decode(plain.trim())
-                .map_err(|_| bad(DbKind::Corrupt, "is not base64"))?,
-        );
-        let key: [u8; 32] = bytes[..]
-            .try_into()
-            .map_err(|_| bad(DbKind::Corrupt, "is not 32 bytes long"))?;
-        Ok(FpKey(Zeroizing::new(key)))
-    }
-
-    /// The fingerprint of `token`: HMAC-SHA-256, 64 hex digits.
-    pub(crate) fn fingerprint(&self, token: &str) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mac = hmac_sha256(&self.0[..], token.as_bytes());
-        let mut hex = String::with_capacity(2 * mac.len());
-        for b in mac {
-            hex.push(char::from(HEX[usize::from(b >> 4)]));
-            hex.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-        hex
-    }
 }
 
 /// Re-seals the fingerprint key for `encrypt` / `rekey` (inside their
@@ -305,6 +232,8 @@ pub(super) fn rotated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -18,8 +18,8 @@ use super::{fingerprint, Sqlite};
 use crate::credential::{Credential, LastError};
 use crate::error::{Error, Result};
 use crate::provider::Tokens;
-use crate::secret::Secret;
-use crate::state::{Guard, State, Transition};
+use crate::state::{State, Transition};
+use crate::store::rowdata::Update;
 use crate::store::{ErrorUpdate, Notice, Write};
 
 /// One [`Store::apply`] call, owned, waiting in the group-commit queue.
@@ -92,18 +92,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
         },
         notify: op.notify.as_ref(),
     };
-    let (guard_version, guard_lease) = match &t.guard {
-        Guard::Version(v) => (Some(*v), None),
-        Guard::Lease { id, version } => (*version, Some(id.as_str())),
-    };
-    let tok = write.tokens;
-    let seal = |col: &str, s: &Secret| codec.seal(id, col, s.expose());
-    let claims = tok.map(|t| &t.claims);
-    let (set_error, error) = match write.error {
-        ErrorUpdate::Keep => (false, None),
-        ErrorUpdate::Clear => (true, None),
-        ErrorUpdate::Set(e) => (true, Some(e)),
-    };
+    let u = Update::of(id, t, write, codec, now_ms);
     let changed = tx
         .prepare_cached(
             "UPDATE credentials SET state = ?1, version = version + 1, resume_state = ?2, \
@@ -127,34 +116,33 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
         )
         .and_then(|mut s| {
             s.execute(params![
-                t.to.as_str(),
-                t.resume.map(State::as_str),
-                t.lease.as_ref().map(|l| &l.owner),
-                t.lease.as_ref().map(|l| &l.id),
-                t.lease.as_ref().map(|l| l.until.ms),
-                t.failures,
-                t.next_attempt_at_ms,
-                t.dead_reason,
+                u.state,
+                u.resume,
+                u.lease_owner,
+                u.lease_id,
+                u.lease_until_ms,
+                u.failures,
+                u.next_attempt_at_ms,
+                u.dead_reason,
                 now_ms,
-                tok.map(|t| seal("access_token", &t.access_token)),
-                tok.map(|t| seal("refresh_token", &t.refresh_token)),
-                tok.and_then(|t| t.id_token.as_ref())
-                    .map(|s| seal("id_token", s)),
-                tok.map(|t| t.expires_at_ms),
-                tok.map(|_| now_ms),
-                claims.and_then(|c| c.account_id.as_deref()),
-                claims.and_then(|c| c.email.as_deref()),
-                claims.and_then(|c| c.plan_type.as_deref()),
-                claims.and_then(|c| c.user_id.as_deref()),
-                claims.and_then(|c| c.organization_id.as_deref()),
-                set_error,
-                error.map(|e| &e.code),
-                error.map(|e| &e.message),
-                error.map(|e| e.at_ms),
+                u.access_token,
+                u.refresh_token,
+                u.id_token,
+                u.expires_at_ms,
+                u.last_refresh_ms,
+                u.account_id,
+                u.email,
+                u.plan_type,
+                u.user_id,
+                u.organization_id,
+                u.set_error,
+                u.error_code,
+                u.error_message,
+                u.error_at_ms,
                 id,
-                guard_version,
-                guard_lease,
-                t.lease.as_ref().map(|l| l.until.clock),
+                u.guard_version,
+                u.guard_lease,
+                u.lease_clock,
             ])
         })
         .map_err(db_err)?;
@@ -163,7 +151,7 @@ fn apply_op(tx: &Connection, codec: &Codec, op: &Op) -> Result<Option<Credential
     }
     // A new refresh token: the old one's fingerprint is spent, the new one's
     // current (same transaction).
-    if let Some(tok) = tok {
+    if let Some(tok) = write.tokens {
         fingerprint::rotated(
             tx,
             codec.fingerprints()?,

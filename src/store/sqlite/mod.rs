@@ -14,6 +14,7 @@
 
 mod conn;
 mod cooldowns;
+mod copy;
 mod delete;
 mod errors;
 mod events;
@@ -220,6 +221,27 @@ impl Backend for Sqlite {
 
     fn release_reserve(&self) -> bool {
         reserve::release_reserve(self)
+    }
+
+    fn dump(
+        &self,
+        table: &crate::store::copy::Table,
+    ) -> Result<Vec<Vec<crate::store::copy::Cell>>> {
+        copy::dump(self, table)
+    }
+
+    fn load(
+        &self,
+        tables: &[(
+            &crate::store::copy::Table,
+            Vec<Vec<crate::store::copy::Cell>>,
+        )],
+    ) -> Result<()> {
+        copy::load(self, tables)
+    }
+
+    fn count(&self, table: &crate::store::copy::Table) -> Result<i64> {
+        copy::count(self, table)
     }
 
     fn events(&self, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>> {

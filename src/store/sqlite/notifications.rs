@@ -8,6 +8,7 @@ use super::conn::Sync;
 use super::errors::db_err;
 use super::Sqlite;
 use crate::error::Result;
+use crate::store::sidedata::NOTIFICATION_COLUMNS;
 use crate::store::{Delivery, Notice, NotificationCounts, NotificationRow};
 
 /// Writes `n` to the outbox inside the caller's transaction; an event id
@@ -30,9 +31,6 @@ pub(super) fn insert_notice(conn: &Connection, n: &Notice) -> Result<()> {
     .map_err(db_err)?;
     Ok(())
 }
-
-const COLUMNS: &str = "seq, event_id, kind, credential_id, created_ms, payload, attempts, \
-    next_attempt_ms, delivered_ms, failed_ms, last_error";
 
 fn read(r: &Row) -> rusqlite::Result<NotificationRow> {
     Ok(NotificationRow {
@@ -62,7 +60,7 @@ pub(super) fn take_notifications(
         let rows: Vec<NotificationRow> = {
             let mut stmt = tx
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM notifications WHERE delivered_ms IS NULL \
+                    "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE delivered_ms IS NULL \
                      AND failed_ms IS NULL AND next_attempt_ms <= ?1 ORDER BY seq LIMIT ?2"
                 ))
                 .map_err(db_err)?;
@@ -129,7 +127,7 @@ pub(super) fn notifications(
     let conn = db.conn()?;
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT * FROM (SELECT {COLUMNS} FROM notifications WHERE NOT ?1 \
+            "SELECT * FROM (SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE NOT ?1 \
              OR (delivered_ms IS NULL AND failed_ms IS NULL) ORDER BY seq DESC LIMIT ?2) \
              ORDER BY seq"
         ))

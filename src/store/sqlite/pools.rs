@@ -12,10 +12,8 @@ use super::events::{append_event, Change};
 use super::rows::{read_row, Secrets, COLUMNS};
 use super::Sqlite;
 use crate::error::{Error, Result};
+use crate::store::sidedata::{membership_reason, COOLDOWN_COLUMNS, STICKY_KEEP_MS};
 use crate::store::{PoolMember, PoolRead};
-
-/// Sticky keys unused this long are forgotten.
-const STICKY_KEEP_MS: i64 = 86_400_000;
 
 /// The stored state and version of credential `id`, for an event row that
 /// changes neither; [`Error::NotFound`] if there is none.
@@ -75,11 +73,7 @@ pub(super) fn set_pool_member(
         if changed == 0 {
             return Ok(false);
         }
-        let reason = match member {
-            true => format!("joined pool {pool}"),
-            false => format!("left pool {pool}"),
-        };
-        append_side_event(tx, id, &reason, actor, now_ms)?;
+        append_side_event(tx, id, &membership_reason(pool, member), actor, now_ms)?;
         Ok(true)
     })
 }
@@ -128,10 +122,9 @@ pub(super) fn pool(db: &Sqlite, pool: &str, sticky_key: Option<&str>) -> Result<
         for m in &mut members {
             let id = m.credential.id.as_str();
             m.cooldown = conn
-                .prepare_cached(
-                    "SELECT credential_id, until_ms, reason, source, set_ms, actor \
-                     FROM cooldowns WHERE credential_id = ?1",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {COOLDOWN_COLUMNS} FROM cooldowns WHERE credential_id = ?1"
+                ))
                 .and_then(|mut s| s.query_row([id], read_cooldown).optional())
                 .map_err(db_err)?;
             m.quota = super::quota::latest_on(&conn, id)?;

@@ -3,118 +3,17 @@
 //! transaction — so a crash leaves it entirely before or entirely after.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::errors::{db_err, sealed};
-use super::fingerprint::{self, FpKey};
+use super::fingerprint;
 use super::schema;
 use crate::error::{Error, Result};
 use crate::seal::{is_sealed, Sealer};
-use crate::secret::Secret;
+pub(crate) use crate::store::codec::{Codec, SECRET_COLUMNS};
 
-/// The secret columns, by their index in the store's column list.
-const SECRET_COLUMNS: [(usize, &str); 5] = [
-    (4, "access_token"),
-    (5, "refresh_token"),
-    (6, "id_token"),
-    (10, "client_secret"),
-    (14, "api_key"),
-];
-
-/// The plain text sealed as the key check.
-const CHECK: &str = "tokenwarden";
-
-/// The column name of index `i` (for the associated data).
-pub(super) fn column(i: usize) -> &'static str {
-    SECRET_COLUMNS
-        .iter()
-        .find(|(idx, _)| *idx == i)
-        .map_or("?", |(_, name)| name)
-}
-
-/// Seals on write and opens on read, or passes values through when the
-/// database is not encrypted; and fingerprints refresh tokens with the
-/// database's key (see [`super::fingerprint`]). The key is loaded at open,
-/// or — for a store opened with its start-up writes deferred
-/// ([`super::Startup::Deferred`]) — before its first write: reads never
-/// need it.
-#[derive(Clone)]
-pub(super) struct Codec(Option<Arc<Sealer>>, Arc<OnceLock<FpKey>>);
-
-impl Codec {
-    pub(super) fn new(sealer: Option<Arc<Sealer>>, fingerprints: Option<FpKey>) -> Codec {
-        let key = OnceLock::new();
-        if let Some(k) = fingerprints {
-            let _ = key.set(k);
-        }
-        Codec(sealer, Arc::new(key))
-    }
-
-    /// The sealer, if the database is encrypted.
-    pub(super) fn sealer(&self) -> Option<&Sealer> {
-        self.0.as_deref()
-    }
-
-    /// Whether the fingerprint key is loaded.
-    pub(super) fn has_fingerprints(&self) -> bool {
-        self.1.get().is_some()
-    }
-
-    /// Sets the fingerprint key loaded before a first write (a key loaded
-    /// already stays: it is the database's one key either way).
-    pub(super) fn set_fingerprints(&self, key: FpKey) {
-        let _ = self.1.set(key);
-    }
-
-    pub(super) fn seal(&self, id: &str, column: &str, plain: &str) -> String {
-        match &self.0 {
-            Some(s) => s.seal(id, column, plain),
-            None => plain.to_owned(),
-        }
-    }
-
-    /// The keyed fingerprint of a refresh token.
-    pub(super) fn fingerprint(&self, refresh_token: &str) -> Result<String> {
-        Ok(self.fingerprints()?.fingerprint(refresh_token))
-    }
-
-    /// The fingerprint key, for the writes that keep fingerprints current.
-    /// Every write connection comes from `Sqlite::writer`, which loads it
-    /// first, so it is missing only if that rule was broken.
-    pub(super) fn fingerprints(&self) -> Result<&FpKey> {
-        self.1.get().ok_or(Error::Internal(
-            "the fingerprint key was not loaded before a write",
-        ))
-    }
-
-    /// Opens a stored value. A plain value in an encrypted database (written
-    /// by a process without the key) is accepted as it is.
-    pub(super) fn open(
-        &self,
-        id: &str,
-        column: &str,
-        stored: String,
-        idx: usize,
-    ) -> rusqlite::Result<Secret> {
-        match (&self.0, is_sealed(&stored)) {
-            (Some(s), true) => s.open(id, column, &stored).map(Secret::new).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    idx,
-                    rusqlite::types::Type::Text,
-                    e.into(),
-                )
-            }),
-            (None, true) => Err(rusqlite::Error::FromSqlConversionFailure(
-                idx,
-                rusqlite::types::Type::Text,
-                "the value is encrypted and no key is configured".into(),
-            )),
-            (_, false) => Ok(Secret::new(stored)),
-        }
-    }
-}
+use crate::store::codec::KEY_CHECK as CHECK;
 
 fn key_check(conn: &rusqlite::Connection) -> Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
