@@ -29,14 +29,15 @@ fn as_role(url: &str, role: &str) -> String {
 
 /// Two boxes on one database connected as two roles: one may call
 /// `pg_control_system()` (a superuser: an operator's `tokenwarden token`),
-/// the other may not (the service's own role). Their lease clock ids then
+/// the other may not (the service's own role, in a database hardened with
+/// `REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC`). Their lease clock ids then
 /// differ (system identifier vs the random fallback in `meta`), each judges
 /// the other's live lease "on another clock" = over, and the guarded
 /// UPDATE lets it through (`lease_clock IS DISTINCT FROM $27`): the second
 /// box takes over a live lease and sends the same refresh token upstream
 /// again.
 #[test]
-#[ignore = "HOLE: boxes whose roles differ in pg_control_system() rights get different lease clock ids and take over each other's live lease (refresh token sent twice)"]
+#[ignore = "UNVERIFIED (hung >60 s in its one run, cause not found; suspected HOLE): boxes whose roles differ in pg_control_system() rights get different lease clock ids and take over each other's live lease (refresh token sent twice)"]
 fn boxes_on_roles_with_different_rights_never_take_over_a_live_lease() {
     let Some(env) = Env::with_on(
         Tuning {
@@ -54,7 +55,8 @@ fn boxes_on_roles_with_different_rights_never_take_over_a_live_lease() {
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     admin
         .batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role}"
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role}; \
+             REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC"
         ))
         .unwrap();
     let app_url = as_role(&url, &role);
@@ -65,20 +67,19 @@ fn boxes_on_roles_with_different_rights_never_take_over_a_live_lease() {
         .query_one("SELECT system_identifier FROM pg_control_system()", &[])
         .is_ok()
     {
-        eprintln!("this server grants pg_control_system() to every role: nothing to test");
-        return;
+        panic!("the app role may still call pg_control_system(): the setup failed");
     }
     // The operator's CLI (superuser) imports.
     env.login("c", 60);
     env.fake.set_latency(Duration::from_millis(2500));
     let service = Arc::new(service);
     let s = service.clone();
-    let owner = thread::spawn(move || s.token("c", Duration::ZERO));
+    let owner = thread::spawn(move || s.token("c", Duration::from_secs(600)));
     wait_until("the owner's request", Duration::from_secs(10), || {
         env.fake.stats().in_flight == 1
     });
     // The operator asks while the service's refresh is in flight.
-    let out = env.run(&["token", "c"]);
+    let out = env.run(&["token", "c", "--min-ttl", "600"]);
     let g = owner.join().unwrap();
     let requests = env.fake.stats().token_requests;
     assert_eq!(
@@ -339,22 +340,22 @@ impl SlowRelay {
 }
 
 /// The owner's estimate of the server's clock comes from the last row it
-/// read, measured when the answer *arrived*: a box whose answers come back
-/// 3 s late (a slow path, no timeout anywhere near) believes the server's
-/// clock is 3 s behind what it is, writes its lease's end 3 s too early
-/// and, after its claim's own slow answer, thinks it has 3 s more lease
-/// than it has. With `request_timeout` 8 s, lease 12.4 s and an upstream
-/// that answers in 7.5 s, the owner starts its attempt (it believes
-/// 9.4 s ≥ 9.1 s are left) with really 6.4 s left; a waiting box with a
-/// good estimate takes the lease over at its end, while the owner's request
-/// is still in flight, and sends the same refresh token a second time.
+/// read, measured when the answer *arrived*: a box whose read of the row
+/// comes back 4 s late (a slow path, no timeout anywhere near) believes
+/// the server's clock is 4 s behind what it is, and the claim that follows
+/// writes its lease's end 4 s too early — on the server's clock, which
+/// decides takeovers. With `request_timeout` 8 s, lease 10 s and an
+/// upstream that answers in 7.5 s, the owner starts its attempt (it
+/// believes ~10 s ≥ 8.5 s are left) with really ~6 s left; a waiting box
+/// with a good estimate takes the lease over at its end, while the owner's
+/// request is still in flight, and sends the same refresh token again.
 #[test]
-#[ignore = "HOLE: a slow answer makes the owner's server-clock estimate lag; its lease ends (on the server) while its upstream request is in flight and another box refreshes the same token again"]
+#[ignore = "UNVERIFIED (first run: the owner refused for lack of lease time; re-tuned, not re-run; suspected HOLE): a slow answer makes the owner's server-clock estimate lag; its lease ends (on the server) while its upstream request is in flight and another box refreshes the same token again"]
 fn a_box_with_slow_answers_never_outlives_its_lease_on_the_server() {
     let Some(env) = Env::with_on(
         Tuning {
             request_timeout: 8.0,
-            lease_ttl: 12.4,
+            lease_ttl: 10.0,
             ..Tuning::default()
         },
         Backend::Postgres,
@@ -374,16 +375,29 @@ fn a_box_with_slow_answers_never_outlives_its_lease_on_the_server() {
     let fast = env.warden();
     assert!(fast.get("s").is_ok());
     env.fake.set_latency(Duration::from_millis(7500));
-    relay.set_delay(Duration::from_secs(3));
+    // The answer to the owner's read of the row comes 4 s late; the
+    // claim that follows (sent once that answer is in) is answered at once.
+    relay.set_delay(Duration::from_secs(4));
     let s = slow.clone();
-    let owner = thread::spawn(move || s.token("s", Duration::ZERO));
-    wait_until("the slow box's request", Duration::from_secs(30), || {
-        env.fake.stats().in_flight == 1
+    let owner = thread::spawn(move || s.token("s", Duration::from_secs(600)));
+    thread::sleep(Duration::from_millis(1500));
+    relay.set_delay(Duration::ZERO);
+    wait_until("the slow box's request", Duration::from_secs(60), || {
+        env.fake.stats().in_flight == 1 || owner.is_finished()
     });
+    assert!(
+        !owner.is_finished(),
+        "the owner sent nothing: {:?}",
+        owner
+            .join()
+            .unwrap()
+            .map(|_| "ok")
+            .map_err(|e| e.to_string())
+    );
     relay.set_delay(Duration::ZERO);
     // Another box asks while the owner's request is in flight: it must
     // wait for the owner, not take its lease over.
-    let other = fast.token("s", Duration::ZERO);
+    let other = fast.token("s", Duration::from_secs(600));
     let owned = owner.join().unwrap();
     let requests = env.fake.stats().token_requests;
     assert_eq!(
