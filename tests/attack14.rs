@@ -350,7 +350,7 @@ impl SlowRelay {
 /// with a good estimate takes the lease over at its end, while the owner's
 /// request is still in flight, and sends the same refresh token again.
 #[test]
-#[ignore = "UNVERIFIED (first run: the owner refused for lack of lease time; re-tuned, not re-run; suspected HOLE): a slow answer makes the owner's server-clock estimate lag; its lease ends (on the server) while its upstream request is in flight and another box refreshes the same token again"]
+#[ignore = "HOLE: a slow answer makes the owner's server-clock estimate lag; its lease ends (on the server) while its upstream request is in flight and another box refreshes the same token again"]
 fn a_box_with_slow_answers_never_outlives_its_lease_on_the_server() {
     let Some(env) = Env::with_on(
         Tuning {
