@@ -24,6 +24,11 @@ mod attack4;
 // Hostile review of issue 13's fast streaming import (f56b299): splitter,
 // batches, SIGKILL; holes are `#[ignore = "HOLE: …"]`.
 mod attack13;
+// Hostile review of issue 14 (the PostgreSQL backend): lease clocks across
+// roles, TLS refusal, secrets in messages, schemas; holes are
+// `#[ignore = "HOLE: …"]`.
+#[cfg(feature = "postgres")]
+mod attack14;
 // Hostile review of issue 15 (e14fc48): pools, cooldowns, the notifications
 // outbox; holes are `#[ignore = "HOLE: …"]`.
 mod attack15;
