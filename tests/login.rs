@@ -11,41 +11,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokenwarden::{Config, Warden};
 
 use crate::common::tw::BIN;
-
-/// Installs oidc-provider from tests/oidc's lockfile once per test run
-/// when it is not there yet (a new user's plain `cargo test`; `.ci/run`
-/// installs it before): `npm ci`, which the npm registry serves.
-fn installed(dir: &Path) -> Result<(), String> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    INSTALLED
-        .get_or_init(|| {
-            if dir.join("node_modules/oidc-provider").is_dir() {
-                return Ok(());
-            }
-            let out = Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(dir)
-                .output()
-                .map_err(|e| format!("tests/login.rs needs Node.js 20+ and npm: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`npm ci` in tests/oidc failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        })
-        .clone()
-}
 
 /// The provider, running; killed on drop.
 pub(crate) struct Idp {
@@ -57,7 +29,7 @@ pub(crate) struct Idp {
 impl Idp {
     pub(crate) fn start() -> Idp {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        if let Err(e) = installed(&dir) {
+        if let Err(e) = crate::common::node::installed(&dir, "oidc-provider") {
             panic!("{e}");
         }
         let mut child = Command::new("node")

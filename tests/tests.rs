@@ -38,6 +38,10 @@ mod attack5;
 // Attacks on issue 16, `tokenwarden login`: store_login, the flows, the
 // API sign-in, the Claude Code and Gemini importers, the relogin command.
 mod attack16;
+// The operator's console (issue 17) in headless Chromium, driven by
+// playwright-core on Node.js (tests/browser): live states, actions,
+// read-only keys, CSRF and foreign origins, no secret in any traffic.
+mod browser;
 // The in-memory row cache never serves a token committed over.
 mod cache;
 // Threads, processes, kills, faults and clock steps on one database.

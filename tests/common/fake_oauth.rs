@@ -379,6 +379,8 @@ struct State {
     by_account: HashMap<String, usize>,
     refresh_index: HashMap<String, usize>,
     access_index: HashMap<String, AccessInfo>,
+    /// Every id token issued, in order.
+    id_tokens: Vec<String>,
     token_faults: VecDeque<Fault>,
     usage_faults: VecDeque<Fault>,
     log: Vec<TokenRequest>,
@@ -410,6 +412,7 @@ impl State {
             by_account: HashMap::new(),
             refresh_index: HashMap::new(),
             access_index: HashMap::new(),
+            id_tokens: Vec::new(),
             token_faults: VecDeque::new(),
             usage_faults: VecDeque::new(),
             log: Vec::new(),
@@ -536,6 +539,7 @@ impl State {
             "https://api.openai.com/auth": State::auth_claims(f),
         });
         let id = self.jwt(&id_payload);
+        self.id_tokens.push(id.clone());
         self.access_index.insert(
             access.clone(),
             AccessInfo {
@@ -1598,6 +1602,19 @@ impl FakeOAuth {
     /// The log of every token request, in arrival order.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
         self.shared.state.lock().log.clone()
+    }
+
+    /// Every refresh, access and id token this fake ever issued (or was
+    /// given as a family's first refresh token), of every family: what no
+    /// page, log or answer of tokenwarden's but a token route may show.
+    pub fn every_token_issued(&self) -> Vec<String> {
+        let st = self.shared.state.lock();
+        let refresh = st.refresh_index.keys().cloned();
+        let access = st.access_index.keys().cloned();
+        refresh
+            .chain(access)
+            .chain(st.id_tokens.iter().cloned())
+            .collect()
     }
 
     /// The log of every quota request, in arrival order.

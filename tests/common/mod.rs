@@ -31,6 +31,7 @@ macro_rules! on_both_backends {
 pub mod chaos;
 pub mod fake_oauth;
 pub mod http;
+pub mod node;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod scripted;

@@ -1,0 +1,579 @@
+//! The operator's console (issue 17) in a real browser: Debian's headless
+//! Chromium, driven by playwright-core (tests/browser, installed from its
+//! lockfile by `.ci/run` or on first need), against `tokenwarden serve` on
+//! loopback with the fake OAuth upstream.
+//!
+//! Each test starts a `serve`, sets credentials up through the CLI and the
+//! API, and runs one Node script (one browser launch) that plays several
+//! scenarios in order and reports each. The script asks this side, over a
+//! line protocol on its stdin/stdout, for what only the test can do while
+//! the page is open (reject a token through the API, count the upstream's
+//! requests); afterwards the test checks the server side (the fake's
+//! request log, the events through the API) and everything the browser sent
+//! and received: no token, handle or API key in any of it, and the security
+//! headers on every console response.
+//!
+//! Without Chromium or Node.js the tests say loudly that they were skipped,
+//! or fail under `TOKENWARDEN_REQUIRE_BROWSER=1` (as `.ci/run` sets).
+//! `TOKENWARDEN_CHROMIUM` names another browser binary;
+//! `TOKENWARDEN_SCREENSHOTS=DIR` saves the README's screenshots there.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::fake_oauth::Grant;
+use crate::common::http::{free_port, Client, Served};
+use crate::common::tw::{code, text, Env};
+
+/// The admin key of every console under test (long and distinctive, so
+/// the secret scan cannot miss it).
+const ADMIN_KEY: &str = "tw-admin-key-5b2f8c1e9d7a4036";
+/// The read-only key.
+const READ_KEY: &str = "tw-read-key-c4e81a7f2b9d6053";
+/// The most one script may take, browser launch included (a loaded CI
+/// machine runs the rest of the suite beside it).
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(240);
+
+/// The browser binary, when this machine can run the browser tests;
+/// `None` after a loud SKIPPED line, or a panic under
+/// `TOKENWARDEN_REQUIRE_BROWSER=1`. Installs tests/browser on first need.
+fn browser() -> Option<PathBuf> {
+    let chromium = std::env::var_os("TOKENWARDEN_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    let why = if !chromium.is_file() {
+        Some(format!(
+            "no browser at {} (apt-get install chromium, or set TOKENWARDEN_CHROMIUM)",
+            chromium.display()
+        ))
+    } else if Command::new("node").arg("--version").output().is_err() {
+        Some("no `node` (Node.js 20+) on PATH".to_owned())
+    } else {
+        crate::common::node::installed(&scripts_dir(), "playwright-core").err()
+    };
+    let Some(why) = why else {
+        return Some(chromium);
+    };
+    if std::env::var("TOKENWARDEN_REQUIRE_BROWSER").as_deref() == Ok("1") {
+        panic!("TOKENWARDEN_REQUIRE_BROWSER=1 and no browser test can run: {why}");
+    }
+    // Straight to stderr, past the test harness's capture: this line
+    // must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED a browser test: {why} ***\n"
+    );
+    None
+}
+
+/// tests/browser, the Node package of the scripts.
+fn scripts_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// A `tokenwarden serve` on loopback with an admin and a read-only key,
+/// its log kept.
+struct Console {
+    env: Env,
+    _served: Served,
+    addr: SocketAddr,
+    /// The API with the admin key.
+    api: Client,
+    log: Arc<Mutex<String>>,
+}
+
+impl Console {
+    /// Serves `env` (no background refresher: the test decides when a
+    /// credential refreshes) with `extra` flags.
+    fn start(env: Env, extra: &[&str]) -> Console {
+        let keys = env.dir.path().join("api-keys");
+        std::fs::write(&keys, format!("admin:{ADMIN_KEY}\nread:{READ_KEY}\n")).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = env.cmd();
+        cmd.args(["serve", "--listen", &addr.to_string(), "--threads", "4"])
+            .arg("--api-key-file")
+            .arg(&keys)
+            .args(["--no-refresher"])
+            .args(extra);
+        let mut served = Served::spawn(cmd, addr);
+        // Drained, or a chatty log would fill the pipe and stall serve.
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = served.child.stderr.take() {
+            let log = log.clone();
+            thread::spawn(move || {
+                let mut buf = String::new();
+                let _ = err.read_to_string(&mut buf);
+                log.lock().unwrap().push_str(&buf);
+            });
+        }
+        Console {
+            api: Client::new(addr, Some(ADMIN_KEY)),
+            env,
+            _served: served,
+            addr,
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every secret the browser must never see: each token the fake ever
+    /// issued, both API keys, and `more` (handles).
+    fn secrets(&self, more: &[String]) -> Vec<String> {
+        let mut all = self.env.fake.every_token_issued();
+        all.extend([ADMIN_KEY.to_owned(), READ_KEY.to_owned()]);
+        all.extend(more.iter().cloned());
+        all
+    }
+
+    /// Runs tests/browser/`script` against this console with `expect`
+    /// (TW_EXPECT), answering its asks with `on_ask` (after the built-in
+    /// `mark`, which notes the fake's request counts under a name).
+    fn run(
+        &self,
+        chromium: &Path,
+        script: &str,
+        expect: Value,
+        mut on_ask: impl FnMut(&str, &Value) -> Result<Value, String>,
+    ) -> Outcome {
+        let traffic = self.env.dir.path().join(format!("{script}.traffic.jsonl"));
+        let mut cmd = Command::new("node");
+        cmd.arg(script)
+            .current_dir(scripts_dir())
+            .env("TW_URL", self.url())
+            .env("TW_ADMIN_KEY", ADMIN_KEY)
+            .env("TW_READ_KEY", READ_KEY)
+            .env("TW_EXPECT", expect.to_string())
+            .env("TW_TRAFFIC", &traffic)
+            .env("TOKENWARDEN_CHROMIUM", chromium)
+            .env_remove("TW_SHOTS");
+        if let Some(dir) = std::env::var_os("TOKENWARDEN_SCREENSHOTS") {
+            cmd.env("TW_SHOTS", dir);
+        }
+        let started = Instant::now();
+        let mut node = Node::spawn(cmd);
+        let mut out = Outcome {
+            scenarios: Vec::new(),
+            marks: BTreeMap::new(),
+            traffic: Vec::new(),
+            stderr: String::new(),
+            log: String::new(),
+            elapsed: Duration::ZERO,
+        };
+        loop {
+            let Some(left) = SCRIPT_DEADLINE.checked_sub(started.elapsed()) else {
+                panic!("{script} ran over {SCRIPT_DEADLINE:?}: {}", node.stderr());
+            };
+            let line = match node.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!(
+                    "{script} ended or hung without `done` after {:?} ({} scenarios): {}",
+                    started.elapsed(),
+                    out.scenarios.len(),
+                    node.stderr()
+                ),
+            };
+            let msg: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("{script} printed a non-JSON line ({e}): {line}"));
+            if let Some(what) = msg["ask"].as_str() {
+                let answer = match what {
+                    "mark" => {
+                        let name = msg["name"].as_str().unwrap_or_default().to_owned();
+                        let counts = (
+                            self.env.fake.token_requests().len(),
+                            self.env.fake.usage_requests().len(),
+                        );
+                        out.marks.insert(name, counts);
+                        Ok(json!({}))
+                    }
+                    _ => on_ask(what, &msg),
+                };
+                let reply = match answer {
+                    Ok(mut v) => {
+                        v["ok"] = json!(true);
+                        v
+                    }
+                    Err(e) => json!({"ok": false, "error": e}),
+                };
+                node.reply(&reply);
+            } else if msg.get("scenario").is_some() {
+                out.scenarios.push(msg);
+            } else if msg["done"] == json!(true) {
+                break;
+            } else {
+                panic!("{script} printed an unknown line: {line}");
+            }
+        }
+        out.elapsed = started.elapsed();
+        out.stderr = node.stderr();
+        out.log = self.log.lock().unwrap().clone();
+        out.traffic = std::fs::read_to_string(&traffic)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a traffic line is JSON"))
+            .collect();
+        let _ = writeln!(
+            std::io::stderr(),
+            "{script}: {} scenarios in {:?} ({} responses recorded)",
+            out.scenarios.len(),
+            out.elapsed,
+            out.traffic.len()
+        );
+        out
+    }
+}
+
+/// A running Node script: its stdout lines on a channel, its stderr kept;
+/// killed on drop.
+struct Node {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn spawn(mut cmd: Command) -> Node {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node (Node.js 20 or later) runs");
+        let stdin = child.stdin.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let keep = stderr.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = err.read(&mut buf) {
+                keep.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Node {
+            child,
+            stdin,
+            lines,
+            stderr,
+        }
+    }
+
+    fn reply(&mut self, v: &Value) {
+        writeln!(self.stdin, "{v}").expect("write to the script");
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a script did: its scenarios' reports, the fake's counts at each
+/// mark, every request and response the browser saw.
+struct Outcome {
+    scenarios: Vec<Value>,
+    marks: BTreeMap<String, (usize, usize)>,
+    traffic: Vec<Value>,
+    stderr: String,
+    log: String,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    /// Panics unless every scenario of `names` ran and passed, naming each
+    /// that did not with its error.
+    fn assert_passed(&self, names: &[&str]) {
+        let mut failed = Vec::new();
+        for name in names {
+            match self.scenarios.iter().find(|s| s["scenario"] == *name) {
+                None => failed.push(format!("{name}: did not run")),
+                Some(s) if s["ok"] != json!(true) => failed.push(format!(
+                    "{name}: {}",
+                    s["error"].as_str().unwrap_or_default()
+                )),
+                Some(_) => {}
+            }
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {} browser scenarios failed:\n\n{}\n\n--- browser script stderr ---\n{}\n--- serve log (tail) ---\n{}",
+            failed.len(),
+            names.len(),
+            failed.join("\n\n"),
+            self.stderr,
+            tail(&self.log, 4000)
+        );
+    }
+
+    /// What scenario `name` reported.
+    fn facts(&self, name: &str) -> &Value {
+        &self
+            .scenarios
+            .iter()
+            .find(|s| s["scenario"] == name)
+            .unwrap_or_else(|| panic!("no scenario {name}"))["facts"]
+    }
+
+    /// The fake's token requests between marks `from` and `to`.
+    fn token_requests_between(&self, from: &str, to: &str) -> usize {
+        let at = |m: &str| self.marks.get(m).unwrap_or_else(|| panic!("no mark {m}")).0;
+        at(to) - at(from)
+    }
+
+    /// Panics if any URL, header, request body, response body or DOM the
+    /// browser saw holds one of `secrets` (or a 16-character end of one).
+    /// The one exception is the key typed into the sign-in form, in the
+    /// body of the `POST /ui/login` that sends it.
+    fn assert_no_secret(&self, secrets: &[String]) {
+        let mut needles: Vec<(&str, &str)> = Vec::new();
+        for s in secrets {
+            needles.push((s, s));
+            // A token shown shortened still leaks its random part: a JWT's
+            // signature, an opaque token's ends.
+            let random = s.rsplit('.').next().unwrap_or(s);
+            if random.len() >= 32 {
+                needles.push((s, &random[..16]));
+                needles.push((s, &random[random.len() - 16..]));
+            }
+        }
+        let mut leaks = Vec::new();
+        for entry in &self.traffic {
+            let url = entry["url"].as_str().unwrap_or_default();
+            let sign_in = entry["method"] == "POST" && url.ends_with("/ui/login");
+            let mut places: Vec<(String, &str)> = vec![("url".into(), url)];
+            for field in ["body", "dom"] {
+                if let Some(v) = entry[field].as_str() {
+                    places.push((field.into(), v));
+                }
+            }
+            if !sign_in {
+                if let Some(v) = entry["postData"].as_str() {
+                    places.push(("request body".into(), v));
+                }
+            }
+            for field in ["requestHeaders", "responseHeaders"] {
+                if let Some(h) = entry[field].as_object() {
+                    for (name, v) in h {
+                        places.push((format!("{field}.{name}"), v.as_str().unwrap_or_default()));
+                    }
+                }
+            }
+            for (place, hay) in &places {
+                for (secret, needle) in &needles {
+                    if hay.contains(needle) {
+                        leaks.push(format!(
+                            "{} {url}: {place} holds {}",
+                            entry["label"],
+                            describe(secret)
+                        ));
+                    }
+                }
+            }
+            // The sign-in body holds the key typed, and only that: no
+            // token.
+            if sign_in {
+                let body = entry["postData"].as_str().unwrap_or_default();
+                for (secret, needle) in &needles {
+                    if *secret != ADMIN_KEY && *secret != READ_KEY && body.contains(needle) {
+                        leaks.push(format!("sign-in body holds {}", describe(secret)));
+                    }
+                }
+            }
+        }
+        leaks.dedup();
+        assert!(
+            leaks.is_empty(),
+            "secrets reached the browser ({} of {} recorded entries scanned):\n{}",
+            leaks.len(),
+            self.traffic.len(),
+            leaks.join("\n")
+        );
+        let bodies = self
+            .traffic
+            .iter()
+            .filter(|e| e["body"].is_string())
+            .count();
+        assert!(
+            bodies > 0,
+            "no response body was recorded: the scan saw nothing"
+        );
+    }
+
+    /// Panics unless every response of the console (`origin`, paths under
+    /// /ui) carried the contract's security headers.
+    fn assert_security_headers(&self, origin: &str) {
+        const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+        let want = [
+            ("content-security-policy", CSP),
+            ("x-frame-options", "DENY"),
+            ("x-content-type-options", "nosniff"),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+        ];
+        let mut wrong = Vec::new();
+        let mut seen = 0;
+        for entry in &self.traffic {
+            let url = entry["url"].as_str().unwrap_or_default();
+            let Some(path) = url.strip_prefix(origin) else {
+                continue;
+            };
+            if !(path == "/ui" || path.starts_with("/ui/") || path.starts_with("/ui?")) {
+                continue;
+            }
+            let Some(headers) = entry["responseHeaders"].as_object() else {
+                continue;
+            };
+            seen += 1;
+            for (name, value) in want {
+                let got = headers.get(name).and_then(Value::as_str);
+                if got != Some(value) {
+                    wrong.push(format!("{} {url}: {name}: {got:?}", entry["status"]));
+                }
+            }
+        }
+        wrong.dedup();
+        assert!(
+            wrong.is_empty(),
+            "console responses without the contract's headers:\n{}",
+            wrong.join("\n")
+        );
+        assert!(seen > 0, "no console response was recorded");
+    }
+}
+
+/// A secret named without showing it: its length and a hash-like tag.
+fn describe(secret: &str) -> String {
+    match secret {
+        ADMIN_KEY => "the admin API key".into(),
+        READ_KEY => "the read-only API key".into(),
+        s => format!(
+            "a {}-character secret ending …{}",
+            s.len(),
+            &s[s.len().saturating_sub(4)..]
+        ),
+    }
+}
+
+/// The last `n` bytes of `s` (at a character boundary).
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Makes `id` dead: its family revoked upstream, then a refresh refused.
+fn kill(env: &Env, id: &str) {
+    env.fake.revoke_family(id);
+    let out = env.run(&["refresh", id]);
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+}
+
+/// An admin signs in (after a wrong key is refused with 401), sees every
+/// credential with its badge (the dead one first, with its fix), watches a
+/// credential rejected through the API turn `rejected` and then `valid`
+/// again without a reload, cancels a forced refresh at the confirmation
+/// (nothing sent upstream) and then confirms one (exactly one refresh
+/// upstream, a new event on the page), and signs out (the old cookie opens
+/// nothing). Nothing secret in any of the traffic; the security headers on
+/// every console response.
+#[test]
+fn an_admin_watches_a_rejection_live_and_forces_a_refresh() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    let live: Grant = env.login("live", 3600);
+    env.login("other", 3600);
+    env.login("soon", 120);
+    env.login("gone", 3600);
+    kill(&env, "gone");
+    let console = Console::start(env, &[]);
+    let expect = json!({
+        "live": "live",
+        "states": {"live": "valid", "other": "valid", "soon": "expiring", "gone": "dead"},
+    });
+    let mut access = live.access_token.clone();
+    let out = console.run(&chromium, "admin.mjs", expect, |what, _| match what {
+        "reject" => {
+            let body = json!({ "access_token": access }).to_string();
+            let a = console.api.post("/v1/credentials/live/reject", &body);
+            match a.status {
+                200 => Ok(json!({})),
+                s => Err(format!("reject answered {s}: {}", a.body)),
+            }
+        }
+        "refresh" => {
+            let a = console.api.get("/v1/credentials/live/token");
+            match a.status {
+                200 => {
+                    access = a.json()["access_token"].as_str().unwrap_or_default().into();
+                    Ok(json!({}))
+                }
+                s => Err(format!("token answered {s}: {}", a.body)),
+            }
+        }
+        _ => Err(format!("unknown ask {what}")),
+    });
+    out.assert_passed(&[
+        "a_wrong_key_is_refused",
+        "signs_in_with_an_httponly_strict_session_cookie",
+        "the_overview_shows_each_credential_with_its_badge",
+        "a_rejected_token_shows_without_a_reload_then_valid_again",
+        "a_forced_refresh_cancelled_at_the_confirmation_does_nothing",
+        "a_forced_refresh_from_the_credential_page",
+        "signing_out_ends_the_session",
+    ]);
+    // Upstream: nothing for the cancelled refresh, exactly one for the
+    // confirmed one, and that one rotated the token.
+    assert_eq!(
+        out.token_requests_between("cancel_before", "cancel_after"),
+        0
+    );
+    assert_eq!(out.token_requests_between("force_before", "force_after"), 1);
+    let log = console.env.fake.token_requests();
+    let forced = &log[out.marks["force_before"].0];
+    assert!(forced.succeeded_cleanly(), "{forced:?}");
+    console.env.fake.assert_no_reuse_after_success();
+    // The newest event through the API is that refresh.
+    let events = console
+        .api
+        .get("/v1/credentials/live/events?limit=1")
+        .expect(200);
+    let newest = events.json()["events"][0].to_string();
+    assert!(newest.contains("refresh"), "{newest}");
+    let facts = out.facts("a_forced_refresh_from_the_credential_page");
+    assert!(
+        facts["flash"].as_str().is_some_and(|f| !f.is_empty()),
+        "{facts}"
+    );
+    out.assert_no_secret(&console.secrets(&[]));
+    out.assert_security_headers(&console.url());
+}
