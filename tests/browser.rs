@@ -577,3 +577,291 @@ fn an_admin_watches_a_rejection_live_and_forces_a_refresh() {
     out.assert_no_secret(&console.secrets(&[]));
     out.assert_security_headers(&console.url());
 }
+
+/// Runs the CLI on `console`'s database; panics unless it exits 0; its stdout.
+fn cli(console: &Console, args: &[&str]) -> String {
+    let out = console.env.run(args);
+    assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Each credential's effective state as the API reports it.
+fn states(console: &Console) -> BTreeMap<String, String> {
+    let list = console.api.get("/v1/credentials").expect(200).json();
+    list["credentials"]
+        .as_array()
+        .expect("credentials")
+        .iter()
+        .map(|c| {
+            let id = c["id"].as_str().unwrap().to_owned();
+            (id, c["state"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// What the API shows of `id` that a refused action would have changed:
+/// its summary (state, version, cooldown), its events and its handles.
+fn footprint(console: &Console, id: &str) -> Value {
+    let summary = console
+        .api
+        .get(&format!("/v1/credentials/{id}"))
+        .expect(200)
+        .json();
+    let events = console
+        .api
+        .get(&format!("/v1/credentials/{id}/events?limit=1000"))
+        .expect(200)
+        .json();
+    let handles: Value = serde_json::from_str(&cli(console, &["handle", "list", id, "--json"]))
+        .expect("handle list --json");
+    json!({"summary": summary, "events": events, "handles": handles})
+}
+
+/// A read-only key sees every credential and every page (events, handles)
+/// but no action form anywhere, and each action it forges from the page —
+/// refresh, reject, cooldown, clear-cooldown, revoke-handle, delete, with
+/// the page's own CSRF token — is refused 403 with nothing sent upstream
+/// and nothing changed.
+#[test]
+fn a_read_only_key_sees_everything_and_can_change_nothing() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    env.login("seat", 3600);
+    env.login("spare", 120);
+    env.login("lost", 3600);
+    kill(&env, "lost");
+    let console = Console::start(env, &[]);
+    let handle = cli(&console, &["handle", "create", "seat", "--label", "laptop"]);
+    let handle = handle.trim().to_owned();
+    let listed: Value =
+        serde_json::from_str(&cli(&console, &["handle", "list", "seat", "--json"])).unwrap();
+    let handle_id = listed["handles"][0]["id"].as_str().unwrap().to_owned();
+    let before = footprint(&console, "seat");
+    let expect = json!({"states": states(&console), "target": "seat", "handle": handle_id});
+    let out = console.run(&chromium, "readonly.mjs", expect, |what, _| {
+        Err(format!("unknown ask {what}"))
+    });
+    out.assert_passed(&[
+        "signs_in_with_the_read_only_key",
+        "sees_every_credential",
+        "no_action_form_on_any_page",
+        "every_forged_action_is_refused_403",
+    ]);
+    assert_eq!(
+        out.token_requests_between("forged_before", "forged_after"),
+        0
+    );
+    assert_eq!(
+        footprint(&console, "seat"),
+        before,
+        "a refused action changed something"
+    );
+    out.assert_no_secret(&console.secrets(&[handle]));
+    out.assert_security_headers(&console.url());
+}
+
+/// An admin's session cannot be ridden: a POST without a CSRF token, with
+/// a wrong one or another session's is 403; an auto-submitting form (and a
+/// no-cors fetch) on a page of another loopback origin — same site, so the
+/// session cookie goes along, with the right CSRF token even — is 403 by
+/// the Origin check; without a session a fetch is 401 and a form goes to
+/// the sign-in page. Nothing reached upstream, nothing changed.
+#[test]
+fn forged_and_foreign_origin_posts_are_refused() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    env.login("seat", 3600);
+    let console = Console::start(env, &[]);
+    let before = footprint(&console, "seat");
+    let out = console.run(
+        &chromium,
+        "forgery.mjs",
+        json!({"target": "seat"}),
+        |what, _| Err(format!("unknown ask {what}")),
+    );
+    out.assert_passed(&[
+        "signs_in",
+        "a_post_without_a_csrf_token_is_refused_403",
+        "a_post_with_a_wrong_csrf_token_is_refused_403",
+        "another_sessions_csrf_token_is_refused_403",
+        "a_post_from_a_foreign_origin_is_refused",
+        "nothing_was_changed",
+        "a_post_without_a_session_is_refused",
+    ]);
+    assert_eq!(
+        out.token_requests_between("forgery_before", "forgery_after"),
+        0
+    );
+    assert_eq!(
+        footprint(&console, "seat"),
+        before,
+        "a refused POST changed something"
+    );
+    out.assert_no_secret(&console.secrets(&[]));
+    out.assert_security_headers(&console.url());
+}
+
+/// Debian's libfaketime, to date a few quota snapshots hours back (a
+/// history worth drawing); without it they are all from now.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Fetches a quota snapshot of `id` with the fake's Codex usage at
+/// `used` % (5 h window) and `weekly` %, `ago` hours back when libfaketime
+/// is there.
+fn snapshot_quota(console: &Console, id: &str, used: u32, weekly: u32, ago: u32) {
+    let mut body: Value =
+        serde_json::from_str(crate::common::fake_oauth::CODEX_USAGE_BODY).unwrap();
+    body["rate_limit"]["primary_window"]["used_percent"] = json!(used);
+    body["rate_limit"]["secondary_window"]["used_percent"] = json!(weekly);
+    console.env.fake.set_codex_usage(200, body);
+    let mut cmd = console.env.cmd();
+    if ago > 0 && Path::new(LIBFAKETIME).exists() {
+        cmd.env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME", format!("-{ago}h"))
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_DONT_RESET", "1");
+    }
+    let out = cmd.args(["quota", id, "--refresh"]).output().unwrap();
+    assert_eq!(code(&out), 0, "quota {id}: {}", text(&out.stderr));
+}
+
+/// The overview with every kind of row — dead, failing, expiring, cooling
+/// down, pooled, two providers, quota snapshots — shows each badge, puts
+/// dead then failing first with the command that fixes each, fills every
+/// cell, draws a gauge per quota window, filters in place and by query
+/// parameter; a credential's page shows its events, handles (with revoke
+/// forms, never a handle), quota history and notifications; no page logs
+/// a script error or CSP violation. Saves the README's screenshots under
+/// `TOKENWARDEN_SCREENSHOTS=DIR`.
+#[test]
+fn every_state_fix_gauge_and_filter_is_shown() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    for id in ["team-a", "team-b", "anna"] {
+        env.login(id, 3600);
+    }
+    env.login("bob", 150);
+    env.login("flaky", 3600);
+    env.login("old-seat", 3600);
+    kill(&env, "old-seat");
+    // A Claude login.
+    let claude = env.fake.new_family("ops-claude");
+    let record = claude.import_json("ops-claude", "claude", &env.fake.claude_token_url());
+    let file = env.dir.path().join("ops-claude.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let out = env.run(&["import", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let console = Console::start(env, &[]);
+    let env = &console.env;
+    // flaky: a refresh refused for now (503): one failure, backing off.
+    env.fake
+        .push_fault(crate::common::fake_oauth::Fault::retry_after(
+            503,
+            r#"{"error":"temporarily_unavailable"}"#,
+            "600",
+        ));
+    let out = env.run(&["refresh", "flaky", "--force"]);
+    assert_ne!(code(&out), 0, "the refused refresh succeeded");
+    for id in ["team-a", "team-b"] {
+        cli(&console, &["pool", "add", id, "team"]);
+    }
+    cli(&console, &["pool", "add", "anna", "night"]);
+    cli(
+        &console,
+        &[
+            "cooldown",
+            "team-b",
+            "--seconds",
+            "5400",
+            "--reason",
+            "usage_limit_reached",
+        ],
+    );
+    // team-a: a quota history, events, handles (one revoked).
+    for (used, weekly, ago) in [
+        (12, 30, 9),
+        (35, 34, 7),
+        (61, 39, 5),
+        (18, 41, 3),
+        (44, 46, 1),
+        (57, 48, 0),
+    ] {
+        snapshot_quota(&console, "team-a", used, weekly, ago);
+    }
+    snapshot_quota(&console, "anna", 91, 72, 0);
+    cli(&console, &["quota", "ops-claude", "--refresh"]);
+    cli(&console, &["refresh", "team-a", "--force"]);
+    let token = console
+        .api
+        .get("/v1/credentials/team-a/token")
+        .expect(200)
+        .json();
+    let rejected = json!({"access_token": token["access_token"]}).to_string();
+    console
+        .api
+        .post("/v1/credentials/team-a/reject", &rejected)
+        .expect(200);
+    console.api.get("/v1/credentials/team-a/token").expect(200);
+    let mut handles = Vec::new();
+    for label in ["laptop-anna", "ci-runner", "old-desktop"] {
+        handles.push(
+            cli(&console, &["handle", "create", "team-a", "--label", label])
+                .trim()
+                .to_owned(),
+        );
+    }
+    let listed: Value =
+        serde_json::from_str(&cli(&console, &["handle", "list", "team-a", "--json"])).unwrap();
+    let old = listed["handles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["label"] == "old-desktop")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cli(&console, &["handle", "revoke", &old]);
+    let events = console
+        .api
+        .get("/v1/credentials/team-a/events?limit=1000")
+        .expect(200)
+        .json();
+    let states = states(&console);
+    assert_eq!(states["old-seat"], "dead");
+    assert_eq!(states["bob"], "expiring");
+    let expect = json!({
+        "states": states,
+        "dead": ["old-seat"],
+        "failing": ["flaky"],
+        "cooling": ["team-b"],
+        "pools": {"team": ["team-a", "team-b"], "night": ["anna"]},
+        "providers": {"claude": ["ops-claude"], "codex": ["team-a", "team-b", "anna", "bob", "flaky", "old-seat"]},
+        "quota": ["team-a", "anna", "ops-claude"],
+        "detail": "team-a",
+        "events": events["events"].as_array().unwrap().len(),
+        "handles": 3,
+    });
+    let out = console.run(&chromium, "states.mjs", expect, |what, _| {
+        Err(format!("unknown ask {what}"))
+    });
+    out.assert_passed(&[
+        "signs_in",
+        "every_state_has_its_badge",
+        "dead_then_failing_first_each_with_its_fix",
+        "the_cells_show_cooldowns_pools_countdowns_and_failures",
+        "quota_gauges_per_window",
+        "filters_swap_the_rows_in_place",
+        "a_credential_page_shows_events_handles_quota_history_and_notifications",
+        "the_static_files_and_every_page_load_clean",
+    ]);
+    out.assert_no_secret(&console.secrets(&handles));
+    out.assert_security_headers(&console.url());
+    if let Some(dir) = std::env::var_os("TOKENWARDEN_SCREENSHOTS") {
+        for name in ["ui-overview.png", "ui-credential.png"] {
+            let size = std::fs::metadata(Path::new(&dir).join(name)).map(|m| m.len());
+            let _ = writeln!(std::io::stderr(), "screenshot {name}: {size:?} bytes");
+            assert!(size.is_ok(), "{name} was not saved");
+        }
+    }
+}
