@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::fake_oauth::Grant;
+use crate::common::fake_oauth::{Fault, Grant};
 use crate::common::http::{free_port, Client, Served};
 use crate::common::tw::{code, text, Env};
 
@@ -448,6 +448,7 @@ impl Outcome {
             if !(path == "/ui" || path.starts_with("/ui/") || path.starts_with("/ui?")) {
                 continue;
             }
+            // (null: the context closed before the driver could read them.)
             let Some(headers) = entry["responseHeaders"].as_object() else {
                 continue;
             };
@@ -520,24 +521,28 @@ fn an_admin_watches_a_rejection_live_and_forces_a_refresh() {
         "live": "live",
         "states": {"live": "valid", "other": "valid", "soon": "expiring", "gone": "dead"},
     });
-    let mut access = live.access_token.clone();
     let out = console.run(&chromium, "admin.mjs", expect, |what, _| match what {
+        // The token is reported refused; the refresh that follows at once
+        // in the same call fails (503 upstream), so `live` stays rejected
+        // where the page can see it.
         "reject" => {
-            let body = json!({ "access_token": access }).to_string();
+            console
+                .env
+                .fake
+                .push_fault(Fault::status(503, r#"{"error":"temporarily_unavailable"}"#));
+            let body = json!({ "access_token": live.access_token }).to_string();
             let a = console.api.post("/v1/credentials/live/reject", &body);
-            match a.status {
-                200 => Ok(json!({})),
-                s => Err(format!("reject answered {s}: {}", a.body)),
+            let state = console.api.get("/v1/credentials/live").json()["state"].clone();
+            match (a.status, state.as_str()) {
+                (503, Some("rejected")) => Ok(json!({})),
+                (s, st) => Err(format!("reject answered {s}, state {st:?}: {}", a.body)),
             }
         }
         "refresh" => {
-            let a = console.api.get("/v1/credentials/live/token");
+            let a = console.api.post("/v1/credentials/live/refresh?force=1", "");
             match a.status {
-                200 => {
-                    access = a.json()["access_token"].as_str().unwrap_or_default().into();
-                    Ok(json!({}))
-                }
-                s => Err(format!("token answered {s}: {}", a.body)),
+                200 => Ok(json!({})),
+                s => Err(format!("refresh answered {s}: {}", a.body)),
             }
         }
         _ => Err(format!("unknown ask {what}")),

@@ -107,28 +107,28 @@ function watch(context, page) {
     else await dialog.dismiss();
   });
   page.on('pageerror', (e) => process.stderr.write(`page error: ${e}\n`));
-  page.mainNavigations = 0;
-  page.on('framenavigated', (frame) => {
-    if (frame === page.mainFrame()) page.mainNavigations += 1;
-  });
+}
+
+/**
+ * Marks the document now in `page`; the returned function tells whether
+ * the same document is still there (no load, no reload: a history
+ * change by the page's script is not one).
+ */
+export async function sameDocument(page) {
+  const mark = `m${Math.random()}`;
+  await page.evaluate((m) => {
+    window.twMarker = m;
+  }, mark);
+  return async () => (await page.evaluate(() => window.twMarker).catch(() => null)) === mark;
 }
 
 async function record(label, response) {
   const request = response.request();
-  let body = null;
-  try {
-    body = (await response.body()).toString('utf8');
-  } catch {
-    // Redirects and aborted loads have no body to read.
-  }
-  let requestHeaders = {};
-  let responseHeaders = {};
-  try {
-    requestHeaders = await request.allHeaders();
-    responseHeaders = await response.allHeaders();
-  } catch {
-    // The page closed under it.
-  }
+  // Read at once: a context closed meanwhile could no longer answer. What
+  // cannot be read (a redirect's body) is recorded as null.
+  const [body, requestHeaders, responseHeaders] = (
+    await Promise.allSettled([response.body(), request.allHeaders(), response.allHeaders()])
+  ).map((r) => (r.status === 'fulfilled' ? r.value : null));
   write({
     label,
     url: response.url(),
@@ -138,8 +138,13 @@ async function record(label, response) {
     postData: request.postData(),
     status: response.status(),
     responseHeaders,
-    body,
+    body: body === null ? null : body.toString('utf8'),
   });
+}
+
+/** Waits until every response seen so far is recorded (before a context closes). */
+export async function settle() {
+  await Promise.allSettled([...recording]);
 }
 
 function write(entry) {
