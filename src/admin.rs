@@ -356,6 +356,12 @@ impl Warden {
         self.store().latest_quota(id)
     }
 
+    /// The newest `limit` quota snapshots of `id`, oldest first (not
+    /// checked to exist): the console's history chart.
+    pub fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+        self.store().quota_history(id, limit)
+    }
+
     /// Records a quota snapshot (with the raw answer, if any) and drops the
     /// ones of its credential fetched before `drop_before_ms`.
     pub(crate) fn record_quota(

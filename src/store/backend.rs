@@ -242,6 +242,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// How many quota snapshots a credential has (history depth).
     fn quota_history_len(&self, id: &str) -> Result<i64>;
 
+    /// A credential's newest `limit` quota snapshots, oldest first (the
+    /// console's history chart).
+    fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>>;
+
     // ---- facade handles ----
 
     /// Records a new handle for `credential_id` ([`crate::Error::NotFound`]

@@ -301,6 +301,10 @@ impl Backend for Postgres {
         quota::quota_history_len(self, id)
     }
 
+    fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+        quota::quota_history(self, id, limit)
+    }
+
     fn insert_handle(
         &self,
         hash: &str,
