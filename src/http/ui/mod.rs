@@ -3,7 +3,7 @@
 //! in the binary. The DOM and URL contract the browser tests rely on is in
 //! the README's "Console" section.
 //!
-//! Requests reach [`handle`] after the API's `Host`/`Origin` checks
+//! Requests reach `handle` after the API's `Host`/`Origin` checks
 //! (`origin.rs`), and only then: a page of another origin cannot post a
 //! form here, and without an API key only loopback names are answered.
 //!
