@@ -393,7 +393,8 @@ impl Warden {
     /// Revokes the active handles whose hash starts with `hash_prefix`;
     /// says how many.
     pub(crate) fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-        self.store().revoke_handles(hash_prefix, now_ms)
+        let actor = clock::actor(&self.config().actor);
+        self.store().revoke_handles(hash_prefix, &actor, now_ms)
     }
 
     /// Records that the handle with this hash was just served the access

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::common::fake_oauth::Fault;
 use crate::common::http::{free_port, parse_raw, Answer, Served};
-use crate::common::tw::{json, text, Env};
+use crate::common::tw::{json, text, Backend, Env};
 
 const ADMIN: &str = "ui-admin-key-0123456789";
 const READ: &str = "ui-read-key-9876543210";
@@ -27,7 +27,15 @@ struct Console {
 
 impl Console {
     fn start() -> Console {
-        let env = Env::new();
+        Console::serve(Env::new())
+    }
+
+    /// A console on `backend`; `None` where there is no PostgreSQL.
+    fn on(backend: Backend) -> Option<Console> {
+        Env::on(backend).map(Console::serve)
+    }
+
+    fn serve(env: Env) -> Console {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = env.cmd();
         cmd.args([
@@ -447,6 +455,8 @@ fn every_action_works_and_is_recorded() {
         listed["handles"][0]["revoked_at"].as_i64().is_some(),
         "{listed}"
     );
+    let revoked = format!("valid handle {short} revoked");
+    assert!(reasons().contains(&revoked), "{:?}", reasons());
 
     // Delete: gone, back to the overview, the event stays.
     let a = post("delete", "").expect_status(303);
@@ -885,4 +895,86 @@ fn the_overview_is_paged() {
         .get("/ui/overview?after=c0399", Some(&s.cookie))
         .expect_status(200);
     assert_eq!(frag.body.matches(r#"<tr class="credential""#).count(), 50);
+}
+
+on_both_backends!(quota_history_and_handle_revocations);
+
+/// The console on each backend: quota gauges per window with their reset time in the overview, the history chart of every snapshot on the credential page, and a handle revoked from the page leaves its event row.
+fn quota_history_and_handle_revocations(backend: Backend) {
+    let Some(c) = Console::on(backend) else {
+        return;
+    };
+    c.env.login("acct", 3600);
+    c.env.login("none", 3600);
+    let (s, _) = c.sign_in(ADMIN);
+    // Two snapshots: 42 % then 100 % of the 5-hour window.
+    let out = c.env.run(&["quota", "acct", "--refresh"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut usage: Value =
+        serde_json::from_str(crate::common::fake_oauth::CODEX_USAGE_BODY).expect("fixture");
+    usage["rate_limit"]["primary_window"]["used_percent"] = Value::from(100);
+    c.env.fake.set_codex_usage(200, usage);
+    let out = c.env.run(&["quota", "acct", "--refresh"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let frag = c.get("/ui/overview", Some(&s.cookie)).expect_status(200);
+    assert!(
+        frag.body.contains(r#"<div class="quota" data-id="acct">"#),
+        "{}",
+        frag.body
+    );
+    assert!(!frag.body.contains(r#"<div class="quota" data-id="none">"#));
+    assert!(
+        frag.body
+            .contains(r#"<svg class="gauge level-full" data-window="5h" data-used="100""#),
+        "{}",
+        frag.body
+    );
+    assert!(frag
+        .body
+        .contains(r#"<svg class="gauge level-ok" data-window="weekly" data-used="17""#));
+    assert!(frag.body.contains("resets <time"));
+    let page = c
+        .get("/ui/credentials/acct", Some(&s.cookie))
+        .expect_status(200);
+    assert!(
+        page.body.contains(r#"<svg class="quota-history""#),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains(r#"data-window="5h" fill="none" points="0,70 480,0""#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("2 snapshot(s)"));
+
+    // A handle revoked from the page: an event row on its credential.
+    text(
+        &c.env
+            .run(&["handle", "create", "acct", "--label", "l"])
+            .stdout,
+    );
+    let listed = json(&c.env.run(&["handle", "list", "acct", "--json"]));
+    let short = listed["handles"][0]["id"].as_str().expect("id").to_owned();
+    c.post(
+        "/ui/credentials/acct/revoke-handle",
+        Some(&s.cookie),
+        &format!("csrf={}&handle={short}", s.csrf),
+    )
+    .expect_status(303);
+    let events = json(&c.env.run(&["events", "acct", "--json"]));
+    let last = events["events"]
+        .as_array()
+        .expect("events")
+        .last()
+        .expect("one")
+        .clone();
+    assert_eq!(
+        last["reason"],
+        format!("handle {short} revoked"),
+        "{events}"
+    );
+    assert_eq!(last["from"], last["to"]);
 }

@@ -266,7 +266,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Revokes the handles whose hash starts with `hash_prefix` (at least
     /// 12 hex digits, so one handle is meant); returns how many.
-    fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize>;
+    ///
+    /// Each revoked handle leaves an event row on its credential (state
+    /// and version as they are; reason `handle SHORT_ID revoked`), in the
+    /// same transaction; `actor` is who asked.
+    fn revoke_handles(&self, hash_prefix: &str, actor: &str, now_ms: i64) -> Result<usize>;
 
     /// Notes that a client was answered with the token whose fingerprint
     /// is `served_token`.
