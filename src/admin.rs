@@ -356,6 +356,12 @@ impl Warden {
         self.store().latest_quota(id)
     }
 
+    /// The newest `limit` quota snapshots of `id`, oldest first (not
+    /// checked to exist): the console's history chart.
+    pub fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+        self.store().quota_history(id, limit)
+    }
+
     /// Records a quota snapshot (with the raw answer, if any) and drops the
     /// ones of its credential fetched before `drop_before_ms`.
     pub(crate) fn record_quota(
@@ -387,7 +393,8 @@ impl Warden {
     /// Revokes the active handles whose hash starts with `hash_prefix`;
     /// says how many.
     pub(crate) fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-        self.store().revoke_handles(hash_prefix, now_ms)
+        let actor = clock::actor(&self.config().actor);
+        self.store().revoke_handles(hash_prefix, &actor, now_ms)
     }
 
     /// Records that the handle with this hash was just served the access

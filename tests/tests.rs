@@ -60,6 +60,9 @@ mod fuzz_http;
 mod hardening;
 // The HTTP API end to end, in-process and as `tokenwarden serve`.
 mod http;
+// The operator's console under /ui (issue 17): sessions, CSRF, actions,
+// headers and secrets, over loopback against the real `serve`.
+mod ui;
 // `tokenwarden login` against a real OpenID provider (oidc-provider on Node.js).
 mod login;
 // Imports that could burn a login: replace, stale, duplicate.

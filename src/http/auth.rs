@@ -69,7 +69,7 @@ impl ApiKeys {
 
     /// Keys written one per line, each optionally prefixed `read:` or
     /// `admin:` (the default).
-    fn parse_lines(text: &str) -> ApiKeys {
+    pub(crate) fn parse_lines(text: &str) -> ApiKeys {
         ApiKeys {
             keys: text
                 .lines()

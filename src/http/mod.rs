@@ -11,6 +11,7 @@
 //! - [`response`]: replies, and the one mapping from [`crate::Error`] to
 //!   statuses and `{"error":{"code","message"}}` bodies.
 //! - [`quota`]: the quota routes' seam.
+//! - [`ui`]: the operator's console under `/ui` (sessions, CSRF, pages).
 //!
 //! Every answer is counted in [`crate::metrics::Metrics::http`] by route
 //! pattern and logged at debug level as method, pattern, status and time —
@@ -24,6 +25,7 @@ pub mod response;
 mod routes;
 pub mod server;
 pub mod tls;
+pub mod ui;
 
 use std::time::Duration;
 

@@ -17,8 +17,11 @@ pub enum Body {
     Json(Vec<u8>),
     /// Prometheus text exposition format.
     Metrics(String),
-    /// A page for a browser (the sign-in callback's).
+    /// A page for a browser (the sign-in callback's, the console's).
     Html(String),
+    /// A file embedded in the binary (the console's script and
+    /// stylesheet), with its content type.
+    Asset(&'static str, &'static str),
 }
 
 /// An answer, before it is sent.
@@ -82,6 +85,15 @@ impl Reply {
         }
     }
 
+    /// An embedded file with its content type.
+    pub fn asset(content_type: &'static str, text: &'static str) -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Asset(content_type, text),
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
@@ -95,6 +107,7 @@ impl Reply {
             Body::Json(_) => Some("application/json"),
             Body::Metrics(_) => Some("text/plain; version=0.0.4; charset=utf-8"),
             Body::Html(_) => Some("text/html; charset=utf-8"),
+            Body::Asset(t, _) => Some(t),
         }
     }
 
@@ -104,6 +117,7 @@ impl Reply {
             Body::Empty => Vec::new(),
             Body::Json(b) => b,
             Body::Metrics(s) | Body::Html(s) => s.into_bytes(),
+            Body::Asset(_, text) => text.as_bytes().to_vec(),
         }
     }
 }

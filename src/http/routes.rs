@@ -38,6 +38,8 @@ pub(crate) struct App {
     pub tls: bool,
     /// Sign-ins started over the API, waiting for their browsers.
     pub logins: super::login::PendingLogins,
+    /// The console's sessions.
+    pub console: super::ui::Console,
 }
 
 /// The outcome of one request, ready to count, log and send.
@@ -268,8 +270,20 @@ fn header<'r>(rq: &'r Request, name: &'static str) -> Option<&'r str> {
 pub(crate) fn handle(app: &App, rq: &mut Request) -> Handled {
     let url = rq.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let route = route_of(path);
     let mut body = BodyState::Unread;
+    if super::ui::owns(path) {
+        // The console: after the same Host/Origin checks as the API, its
+        // own sign-in (sessions, not Authorization headers).
+        let (route, reply) = match check_origin(app, rq) {
+            Err(e) => ("/ui", super::ui::refusal(e)),
+            Ok(()) => {
+                let method = rq.method().clone();
+                super::ui::handle(app, rq, method.as_str(), path, query, &mut body)
+            }
+        };
+        return Handled { route, reply, body };
+    }
+    let route = route_of(path);
     let reply = answer(app, rq, path, query, route, &mut body).unwrap_or_else(ApiError::into_reply);
     Handled {
         route: route.map_or("unknown", |r| r.pattern),
@@ -292,20 +306,7 @@ fn answer(
     // A page of another site, or one that reached us by DNS rebinding, is
     // refused before anything else (origin.rs); health checks are exempt.
     if path != "/healthz" {
-        let all = |name: &'static str| -> Vec<&str> {
-            rq.headers()
-                .iter()
-                .filter(|h| h.field.equiv(name))
-                .map(|h| h.value.as_str())
-                .collect()
-        };
-        let (hosts, origins) = (all("Host"), all("Origin"));
-        let version = rq.http_version();
-        app.hosts.check(&origin::Seen {
-            http_1_0: (version.0, version.1) <= (1, 0),
-            hosts: &hosts,
-            origins: &origins,
-        })?;
+        check_origin(app, rq)?;
     }
     // Auth comes next, on every path: a caller without a key learns
     // nothing, not even which paths exist. The facade authenticates by the
@@ -365,6 +366,25 @@ fn answer(
         _ => {}
     }
     dispatch(app, endpoint.action, id, &query, &body, scope)
+}
+
+/// The `Host` and `Origin` checks of origin.rs, made before anything
+/// else on every path but `/healthz` (the console's included).
+fn check_origin(app: &App, rq: &Request) -> Result<(), ApiError> {
+    let all = |name: &'static str| -> Vec<&str> {
+        rq.headers()
+            .iter()
+            .filter(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+            .collect()
+    };
+    let (hosts, origins) = (all("Host"), all("Origin"));
+    let version = rq.http_version();
+    app.hosts.check(&origin::Seen {
+        http_1_0: (version.0, version.1) <= (1, 0),
+        hosts: &hosts,
+        origins: &origins,
+    })
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes of it (a chunked body has no

@@ -226,6 +226,7 @@ impl Server {
                 wait: options.wait,
                 tls: front.is_some(),
                 logins: Default::default(),
+                console: Default::default(),
             },
             handler,
             stopping: AtomicBool::new(false),

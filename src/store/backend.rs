@@ -242,6 +242,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// How many quota snapshots a credential has (history depth).
     fn quota_history_len(&self, id: &str) -> Result<i64>;
 
+    /// A credential's newest `limit` quota snapshots, oldest first (the
+    /// console's history chart).
+    fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>>;
+
     // ---- facade handles ----
 
     /// Records a new handle for `credential_id` ([`crate::Error::NotFound`]
@@ -262,7 +266,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Revokes the handles whose hash starts with `hash_prefix` (at least
     /// 12 hex digits, so one handle is meant); returns how many.
-    fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize>;
+    ///
+    /// Each revoked handle leaves an event row on its credential (state
+    /// and version as they are; reason `handle SHORT_ID revoked`), in the
+    /// same transaction; `actor` is who asked.
+    fn revoke_handles(&self, hash_prefix: &str, actor: &str, now_ms: i64) -> Result<usize>;
 
     /// Notes that a client was answered with the token whose fingerprint
     /// is `served_token`.

@@ -24,6 +24,13 @@ pub(crate) fn membership_reason(pool: &str, member: bool) -> String {
     }
 }
 
+/// The event row's reason for revoking the facade handle whose hash is
+/// `hash` (named by its short id, never the handle).
+pub(crate) fn handle_revoked_reason(hash: &str) -> String {
+    let short = &hash[..crate::facade::SHORT_ID_LEN.min(hash.len())];
+    format!("handle {short} revoked")
+}
+
 /// What `change` does to a credential whose cooldown is `current`: the
 /// event row's reason, or `None` when it changes nothing (that very
 /// cooldown is already set; nothing to clear, or one set after

@@ -3,8 +3,10 @@
 use postgres::Row;
 
 use super::errors::pg_err;
+use super::pools::append_side_event;
 use super::Postgres;
 use crate::error::{Error, Result};
+use crate::store::sidedata::handle_revoked_reason;
 use crate::store::HandleRow;
 
 const HANDLE_COLUMNS: &str =
@@ -61,16 +63,32 @@ pub(super) fn handles(db: &Postgres, credential_id: &str) -> Result<Vec<HandleRo
         .collect()
 }
 
-pub(super) fn revoke_handles(db: &Postgres, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-    let mut conn = db.conn()?;
-    conn.client
-        .execute(
-            "UPDATE handles SET revoked_ms = $2 WHERE substr(hash, 1, length($1)) = $1 \
-             AND revoked_ms IS NULL",
-            &[&hash_prefix, &now_ms],
-        )
-        .map(|n| n as usize)
-        .map_err(pg_err)
+pub(super) fn revoke_handles(
+    db: &Postgres,
+    hash_prefix: &str,
+    actor: &str,
+    now_ms: i64,
+) -> Result<usize> {
+    db.write_tx(|tx| {
+        let revoked: Vec<(String, String)> = tx
+            .query(
+                "UPDATE handles SET revoked_ms = $2 WHERE substr(hash, 1, length($1)) = $1 \
+                 AND revoked_ms IS NULL RETURNING hash, credential_id",
+                &[&hash_prefix, &now_ms],
+            )
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (hash, id) in &revoked {
+            match append_side_event(tx, id, &handle_revoked_reason(hash), actor, now_ms) {
+                // A handle may outlive its credential: nothing to note it on.
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(revoked.len())
+    })
 }
 
 pub(super) fn touch_handle(

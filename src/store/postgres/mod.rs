@@ -301,6 +301,10 @@ impl Backend for Postgres {
         quota::quota_history_len(self, id)
     }
 
+    fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+        quota::quota_history(self, id, limit)
+    }
+
     fn insert_handle(
         &self,
         hash: &str,
@@ -319,8 +323,8 @@ impl Backend for Postgres {
         handles::handles(self, credential_id)
     }
 
-    fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-        handles::revoke_handles(self, hash_prefix, now_ms)
+    fn revoke_handles(&self, hash_prefix: &str, actor: &str, now_ms: i64) -> Result<usize> {
+        handles::revoke_handles(self, hash_prefix, actor, now_ms)
     }
 
     fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {

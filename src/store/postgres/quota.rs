@@ -125,3 +125,16 @@ pub(super) fn quota_history_len(db: &Postgres, id: &str) -> Result<i64> {
             .map(|r| r.get(0))
     })
 }
+
+/// A credential's newest `limit` snapshots, oldest first.
+pub(super) fn quota_history(db: &Postgres, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+    let sql = format!(
+        "SELECT {QUOTA_COLUMNS} FROM (SELECT * FROM quota_snapshots WHERE credential_id = $1 \
+         ORDER BY seq DESC LIMIT $2) AS newest ORDER BY seq"
+    );
+    let limit = i64::from(limit);
+    db.read(|c| c.client.query(sql.as_str(), &[&id, &limit]))?
+        .iter()
+        .map(read_quota)
+        .collect()
+}

@@ -5,8 +5,10 @@ use rusqlite::{params, ErrorCode, OptionalExtension, Row};
 
 use super::conn::Sync;
 use super::errors::db_err;
+use super::pools::append_side_event;
 use super::Sqlite;
 use crate::error::{Error, Result};
+use crate::store::sidedata::handle_revoked_reason;
 use crate::store::HandleRow;
 
 fn read_handle(r: &Row) -> rusqlite::Result<HandleRow> {
@@ -70,14 +72,32 @@ pub(super) fn handles(db: &Sqlite, credential_id: &str) -> Result<Vec<HandleRow>
 
 /// Revokes the handles whose hash starts with `hash_prefix` (at least 12
 /// hex digits, so one handle is meant); returns how many.
-pub(super) fn revoke_handles(db: &Sqlite, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-    db.writer(Sync::Full)?
-        .execute(
-            "UPDATE handles SET revoked_ms = ?2 WHERE substr(hash, 1, length(?1)) = ?1 \
-             AND revoked_ms IS NULL",
-            params![hash_prefix, now_ms],
-        )
-        .map_err(db_err)
+pub(super) fn revoke_handles(
+    db: &Sqlite,
+    hash_prefix: &str,
+    actor: &str,
+    now_ms: i64,
+) -> Result<usize> {
+    db.write_tx(Sync::Full, |tx| {
+        let revoked: Vec<(String, String)> = tx
+            .prepare(
+                "UPDATE handles SET revoked_ms = ?2 WHERE substr(hash, 1, length(?1)) = ?1 \
+                 AND revoked_ms IS NULL RETURNING hash, credential_id",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![hash_prefix, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(db_err)?;
+        for (hash, id) in &revoked {
+            match append_side_event(tx, id, &handle_revoked_reason(hash), actor, now_ms) {
+                // A handle may outlive its credential: nothing to note it on.
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(revoked.len())
+    })
 }
 
 /// Notes that a client was answered with the token whose fingerprint is

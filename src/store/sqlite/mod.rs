@@ -264,6 +264,10 @@ impl Backend for Sqlite {
         quota::quota_history_len(self, id)
     }
 
+    fn quota_history(&self, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+        quota::quota_history(self, id, limit)
+    }
+
     fn insert_handle(
         &self,
         hash: &str,
@@ -282,8 +286,8 @@ impl Backend for Sqlite {
         handles::handles(self, credential_id)
     }
 
-    fn revoke_handles(&self, hash_prefix: &str, now_ms: i64) -> Result<usize> {
-        handles::revoke_handles(self, hash_prefix, now_ms)
+    fn revoke_handles(&self, hash_prefix: &str, actor: &str, now_ms: i64) -> Result<usize> {
+        handles::revoke_handles(self, hash_prefix, actor, now_ms)
     }
 
     fn touch_handle(&self, hash: &str, now_ms: i64, served_token: &str) -> Result<()> {

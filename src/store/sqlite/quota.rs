@@ -127,3 +127,18 @@ pub(super) fn quota_history_len(db: &Sqlite, id: &str) -> Result<i64> {
         )
         .map_err(db_err)
 }
+
+/// A credential's newest `limit` snapshots, oldest first.
+pub(super) fn quota_history(db: &Sqlite, id: &str, limit: u32) -> Result<Vec<QuotaRow>> {
+    let conn = db.conn()?;
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {QUOTA_COLUMNS} FROM (SELECT * FROM quota_snapshots WHERE credential_id = ?1 \
+             ORDER BY seq DESC LIMIT ?2) ORDER BY seq"
+        ))
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![id, limit], read_quota)
+        .map_err(db_err)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+}
