@@ -22,7 +22,8 @@ await run([
       check(first.status() === 200, `the sign-in page answered ${first.status()}`);
       await p.fill('#key', 'wrong-key-00000000');
       const [answer] = await Promise.all([p.waitForNavigation(), p.click('#signin-submit')]);
-      check(answer.status() === 401, `a wrong key answered ${answer.status()}`);
+      const said = await p.$eval('.error', (e) => e.textContent.trim()).catch(() => '');
+      check(answer.status() === 401, `a wrong key answered ${answer.status()}: ${said}`);
       check(await p.isVisible('#signin-error'), 'no #signin-error after a wrong key');
       const cookies = (await admin.cookies()).map((c) => c.name);
       check(!cookies.includes('tw_session'), `a wrong key got a session cookie: ${cookies}`);

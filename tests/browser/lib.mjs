@@ -162,8 +162,11 @@ export async function signIn(context, key) {
   await page.goto(env.url + '/ui');
   check(new URL(page.url()).pathname === '/ui/login', `GET /ui without a session landed on ${page.url()}`);
   await page.fill('#signin #key', key);
-  await Promise.all([page.waitForNavigation(), page.click('#signin-submit')]);
-  check(new URL(page.url()).pathname === '/ui', `signing in landed on ${page.url()}`);
+  const [answer] = await Promise.all([page.waitForNavigation(), page.click('#signin-submit')]);
+  if (new URL(page.url()).pathname !== '/ui') {
+    const said = await page.$eval('.error', (e) => e.textContent.trim()).catch(() => '');
+    throw new Error(`signing in landed on ${page.url()} (${answer?.status()}): ${said}`);
+  }
   return page;
 }
 
