@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 
 use crate::common::fake_oauth::{Fault, Grant};
 use crate::common::http::{free_port, Client, Served};
-use crate::common::tw::{code, text, Env};
+use crate::common::tw::{code, now, text, Env};
 
 /// The admin key of every console under test (long and distinctive, so
 /// the secret scan cannot miss it).
@@ -869,4 +869,109 @@ fn every_state_fix_gauge_and_filter_is_shown() {
             assert!(size.is_ok(), "{name} was not saved");
         }
     }
+}
+
+/// One exchange at the Codex facade with `handle` (as a Codex CLI would):
+/// its status.
+fn use_handle(console: &Console, handle: &str) -> u16 {
+    let body = json!({
+        "grant_type": "refresh_token",
+        "refresh_token": handle,
+        "client_id": crate::common::fake_oauth::CODEX_CLIENT_ID,
+    });
+    console
+        .api
+        .with_key(None)
+        .post("/oauth/token", &body.to_string())
+        .status
+}
+
+/// Every action of a credential's page, clicked and confirmed: a cooldown
+/// set (the API shows it, about as long as asked) and cleared; the current
+/// token rejected (one refresh upstream, a new token served); a forced
+/// refresh refused upstream (an error flash, the credential still there);
+/// a handle revoked (the facade refuses it from then on); a credential
+/// deleted (gone from the overview and the API; its page a 404).
+#[test]
+fn every_action_of_the_credential_page_takes_effect() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    let seat = env.login("seat", 3600);
+    env.login("doomed", 3600);
+    let console = Console::start(env, &[]);
+    let handle = cli(&console, &["handle", "create", "seat", "--label", "laptop"]);
+    let handle = handle.trim().to_owned();
+    let listed: Value =
+        serde_json::from_str(&cli(&console, &["handle", "list", "seat", "--json"])).unwrap();
+    let handle_id = listed["handles"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        use_handle(&console, &handle),
+        200,
+        "the handle works before"
+    );
+    let expect = json!({"target": "seat", "doomed": "doomed", "handle": handle_id});
+    let started = now();
+    let out = console.run(&chromium, "actions.mjs", expect, |what, msg| match what {
+        "cooldown" => {
+            let id = msg["id"].as_str().unwrap_or_default();
+            let s = console
+                .api
+                .get(&format!("/v1/credentials/{id}"))
+                .expect(200)
+                .json();
+            Ok(json!({"cooldown": s["cooldown"]}))
+        }
+        "fail_next_refresh" => {
+            console
+                .env
+                .fake
+                .push_fault(Fault::status(503, r#"{"error":"temporarily_unavailable"}"#));
+            Ok(json!({}))
+        }
+        "use_handle" => Ok(json!({"status": use_handle(&console, &handle)})),
+        _ => Err(format!("unknown ask {what}")),
+    });
+    out.assert_passed(&[
+        "signs_in",
+        "a_cooldown_set_then_cleared",
+        "the_current_token_rejected",
+        "a_refresh_refused_upstream_shows_its_error",
+        "a_handle_revoked",
+        "a_credential_deleted",
+        "an_unknown_credential_is_a_404_page",
+    ]);
+    let cool = &out.facts("a_cooldown_set_then_cleared");
+    let until = cool["during"]["until"]
+        .as_i64()
+        .expect("a cooldown while set");
+    assert!(
+        (started + 600..=now() + 601).contains(&until),
+        "cooldown until {until}, set for 600 s at {started}"
+    );
+    assert!(
+        cool["after"].is_null(),
+        "the cooldown was not cleared: {cool}"
+    );
+    // The reject: one refresh upstream, and a new token served since.
+    assert_eq!(
+        out.token_requests_between("reject_before", "reject_after"),
+        1
+    );
+    let now = console
+        .api
+        .get("/v1/credentials/seat/token")
+        .expect(200)
+        .json();
+    assert_ne!(now["access_token"], json!(seat.access_token));
+    // The failed refresh reached upstream once, and left the login alive.
+    assert_eq!(
+        out.token_requests_between("failed_before", "failed_after"),
+        1
+    );
+    assert_ne!(states(&console)["seat"], "dead");
+    assert_eq!(out.facts("a_handle_revoked")["facadeStatus"], json!(401));
+    console.api.get("/v1/credentials/doomed").expect(404);
+    console.env.fake.assert_no_reuse_after_success();
+    out.assert_no_secret(&console.secrets(&[handle]));
+    out.assert_security_headers(&console.url());
 }
