@@ -978,3 +978,85 @@ fn quota_history_and_handle_revocations(backend: Backend) {
     );
     assert_eq!(last["from"], last["to"]);
 }
+
+/// A dead `oauth2` credential's row and page carry a "Sign in again" button for admin sessions only; it starts a sign-in over the API and answers a link to the provider, whose callback revives the credential. Another provider's button is refused with the command to run.
+#[test]
+fn a_dead_oauth2_credential_signs_in_again_from_the_console() {
+    let idp = crate::login::Idp::start();
+    let c = Console::start();
+    c.env.login("codexy", 3600);
+    let record = serde_json::json!({
+        "provider": "oauth2", "refresh_token": "rt-ops-old",
+        "token_url": format!("{}/token", idp.issuer), "client_id": "tw-cli",
+    });
+    let file = c.env.dir.path().join("ops.json");
+    std::fs::write(&file, record.to_string()).expect("write");
+    let out = c
+        .env
+        .run(&["import", "--id", "ops", file.to_str().expect("path")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The provider refuses the unknown refresh token for good: dead.
+    c.env.run(&["refresh", "ops", "--force"]);
+    let shown = json(&c.env.run(&["show", "ops", "--json"]));
+    assert_eq!(shown["state"], "dead", "{shown}");
+
+    let (admin, _) = c.sign_in(ADMIN);
+    let (read, _) = c.sign_in(READ);
+    let frag = c
+        .get("/ui/overview", Some(&admin.cookie))
+        .expect_status(200);
+    assert_eq!(
+        frag.body.matches(r#"data-action="relogin""#).count(),
+        1,
+        "{}",
+        frag.body
+    );
+    let frag = c.get("/ui/overview", Some(&read.cookie)).expect_status(200);
+    assert!(!frag.body.contains("relogin"), "{}", frag.body);
+    let page = c
+        .get("/ui/credentials/ops", Some(&read.cookie))
+        .expect_status(200);
+    assert!(!page.body.contains(r#"data-action="relogin""#));
+    // Read-only sessions cannot start one either.
+    let a = c.post(
+        "/ui/credentials/ops/relogin",
+        Some(&read.cookie),
+        &format!("csrf={}", read.csrf),
+    );
+    assert_eq!(a.status, 403);
+
+    let a = c
+        .post(
+            "/ui/credentials/ops/relogin",
+            Some(&admin.cookie),
+            &format!("csrf={}", admin.csrf),
+        )
+        .expect_status(200);
+    let marker = r#"id="relogin-link" href=""#;
+    let at = a.body.find(marker).unwrap_or_else(|| panic!("{}", a.body));
+    let rest = &a.body[at + marker.len()..];
+    let url = rest[..rest.find('"').expect("quote")].replace("&amp;", "&");
+    assert!(url.starts_with(&idp.issuer), "{url}");
+    let mut browser = crate::login::Browser::default();
+    let back = browser.sign_in(&idp.issuer, &url, "gwen", false);
+    let target = &back[back.find("/oauth/callback").expect("back to the server")..];
+    let done = c.get(target, None);
+    assert_eq!(done.status, 200, "{}", done.body);
+    let shown = json(&c.env.run(&["show", "ops", "--json"]));
+    assert_eq!(shown["state"], "valid", "{shown}");
+
+    // A codex credential: refused, with the command that signs it in.
+    let a = c
+        .post(
+            "/ui/credentials/codexy/relogin",
+            Some(&admin.cookie),
+            &format!("csrf={}", admin.csrf),
+        )
+        .expect_status(303);
+    assert_eq!(location(&a), "/ui/credentials/codexy");
+    let msg = flash(&c, &admin, "/ui/credentials/codexy");
+    assert!(
+        msg.starts_with("ERROR:") && msg.contains("tokenwarden login codex"),
+        "{msg}"
+    );
+}

@@ -101,8 +101,33 @@ pub(crate) fn start(
     tls: bool,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
-    w.get(id)?;
     let (flags, redirect) = flags(body)?;
+    let (url, redirect, expires_at) = begin(w, pending, id, host, tls, &flags, redirect)?;
+    Ok(Reply::json(
+        200,
+        &serde_json::json!({
+            "authorize_url": url,
+            "redirect_uri": redirect,
+            "expires_at": expires_at,
+        }),
+    ))
+}
+
+/// Starts a sign-in of `id` (`oauth2` only) and keeps it pending: the
+/// authorize URL, the redirect URI (`redirect`, else this server's own
+/// `/oauth/callback` at `host`) and when the sign-in expires (unix s).
+/// Shared by `POST /v1/credentials/{id}/login` and the console's re-login
+/// button.
+pub(crate) fn begin(
+    w: &Warden,
+    pending: &PendingLogins,
+    id: &str,
+    host: Option<&str>,
+    tls: bool,
+    flags: &OAuth2Flags,
+    redirect: Option<String>,
+) -> Result<(String, String, i64), ApiError> {
+    w.get(id)?;
     let redirect = match (redirect, host) {
         (Some(r), _) => r,
         (None, Some(host)) => {
@@ -117,17 +142,10 @@ pub(crate) fn start(
             ))
         }
     };
-    let (url, p) = run::begin(w, id, &redirect, &flags)?;
+    let (url, p) = run::begin(w, id, &redirect, flags)?;
     let expires_at = crate::clock::now_ms() / 1000 + PENDING_TTL.as_secs() as i64;
     pending.insert(p)?;
-    Ok(Reply::json(
-        200,
-        &serde_json::json!({
-            "authorize_url": url,
-            "redirect_uri": redirect,
-            "expires_at": expires_at,
-        }),
-    ))
+    Ok((url, redirect, expires_at))
 }
 
 /// `GET /oauth/callback?code&state`: finishes the sign-in the state names,

@@ -32,17 +32,22 @@ pub enum Action {
     RevokeHandle,
     /// Delete the credential.
     Delete,
+    /// Sign a dead `oauth2` credential in again over the API: answered by
+    /// a page linking to the authorize URL (run by `mod.rs`, which has the
+    /// request's `Host` and the pending sign-ins).
+    Relogin,
 }
 
 impl Action {
     /// Every action, by its path segment.
-    pub const ALL: [(&'static str, Action); 6] = [
+    pub const ALL: [(&'static str, Action); 7] = [
         ("refresh", Action::Refresh),
         ("reject", Action::Reject),
         ("cooldown", Action::Cooldown),
         ("clear-cooldown", Action::ClearCooldown),
         ("revoke-handle", Action::RevokeHandle),
         ("delete", Action::Delete),
+        ("relogin", Action::Relogin),
     ];
 
     /// The action a path segment names.
@@ -153,6 +158,9 @@ pub fn run(
             w.delete_within(id, Duration::ZERO)?;
             Ok(format!("Deleted {id}; its events stay."))
         }
+        Action::Relogin => Err(Error::Internal(
+            "a re-login is answered by the console itself",
+        )),
     }
 }
 

@@ -272,8 +272,14 @@ fn filters(query: &str) -> Result<Filters, ApiError> {
     })
 }
 
-/// One page of rows (`<tbody>`) and the next page's cursor.
-fn overview_rows(ctx: &Ctx<'_>, f: &Filters) -> Result<(String, Option<String>), ApiError> {
+/// One page of rows (`<tbody>`) and the next page's cursor, for session
+/// `s` (an admin's rows carry re-login buttons).
+fn overview_rows(
+    ctx: &Ctx<'_>,
+    f: &Filters,
+    s: &Seen,
+) -> Result<(String, Option<String>), ApiError> {
+    let relogin = (s.scope == Scope::Admin).then_some(s.csrf.as_str());
     let q = PageQuery {
         after: f.after.clone(),
         limit: PAGE_ROWS,
@@ -282,10 +288,10 @@ fn overview_rows(ctx: &Ctx<'_>, f: &Filters) -> Result<(String, Option<String>),
         pool: f.pool.clone(),
     };
     let mut ranked = Vec::new();
-    let next = ctx.app.warden.each_summary_page(&q, |s| {
+    let next = ctx.app.warden.each_summary_page(&q, |summary| {
         ranked.push((
-            render::overview::rank(&s),
-            render::overview::row(&s, ctx.now_ms),
+            render::overview::rank(&summary),
+            render::overview::row(&summary, ctx.now_ms, relogin),
         ))
     })?;
     Ok((render::overview::rows(ranked), next))
@@ -297,7 +303,7 @@ fn overview_page(ctx: &Ctx<'_>, query: &str) -> Reply {
     };
     let result = (|| -> Result<String, ApiError> {
         let f = filters(query)?;
-        let (rows, next) = overview_rows(ctx, &f)?;
+        let (rows, next) = overview_rows(ctx, &f, &s)?;
         let w = &ctx.app.warden;
         let mut pools: Vec<String> = w.memberships()?.into_values().flatten().collect();
         pools.sort();
@@ -320,13 +326,13 @@ fn overview_page(ctx: &Ctx<'_>, query: &str) -> Reply {
 }
 
 fn overview_fragment(ctx: &Ctx<'_>, query: &str) -> Reply {
-    if ctx.session(false).is_none() {
+    let Some(s) = ctx.session(false) else {
         return Reply::html(
             401,
             render::error_page(401, "signed out; sign in again at /ui/login", None),
         );
-    }
-    match filters(query).and_then(|f| overview_rows(ctx, &f)) {
+    };
+    match filters(query).and_then(|f| overview_rows(ctx, &f, &s)) {
         Ok((rows, next)) => {
             let reply = Reply::html(200, rows);
             match next {
@@ -566,6 +572,9 @@ fn act(
         Ok(id) => id,
         Err(e) => return ctx.page_error(e, Some(&s)),
     };
+    if action == Action::Relogin {
+        return relogin(ctx, rq, &id, &s);
+    }
     let result = actions::run(
         &ctx.app.warden,
         &id,
@@ -610,4 +619,34 @@ fn act(
         ctx.app.console.sessions.flash(cookie, flash);
     }
     see_other(&to)
+}
+
+/// The re-login button of a dead `oauth2` credential: starts a sign-in
+/// over the API (as `POST /v1/credentials/{id}/login` does, redirect URI
+/// this server's `/oauth/callback`) and answers a page linking to the
+/// provider; a refusal (another provider, no discovery) is a flash on the
+/// credential's page.
+fn relogin(ctx: &Ctx<'_>, rq: &Request, id: &str, s: &Seen) -> Reply {
+    let app = ctx.app;
+    let flags = crate::login::run::OAuth2Flags::default();
+    let host = header(rq, "Host");
+    match super::login::begin(&app.warden, &app.logins, id, host, app.tls, &flags, None) {
+        Ok((url, _, _)) => {
+            log::info!("console: a sign-in of {id} started");
+            Reply::html(
+                200,
+                render::credential::relogin_page(id, &url, ctx.chrome(s)),
+            )
+        }
+        Err(e) => {
+            if let Some(cookie) = &ctx.cookie {
+                let flash = Flash {
+                    error: true,
+                    message: e.message,
+                };
+                app.console.sessions.flash(cookie, flash);
+            }
+            see_other(&format!("/ui/credentials/{}", render::url_component(id)))
+        }
+    }
 }

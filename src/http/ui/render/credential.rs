@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use crate::view::Summary;
 use crate::{EventRow, HandleRow, NotificationRow, QuotaRow};
 
-use super::overview::fix;
+use super::overview::fix_html;
 use super::quota::{gauges, history, Point, WindowData};
 use super::{ago, countdown, csrf_input, escape, flash, page, time_el, Chrome};
 use crate::http::ui::session::Flash;
@@ -287,6 +287,25 @@ fn windows_of(q: &QuotaRow) -> Vec<WindowData<'_>> {
         .collect()
 }
 
+/// The page a re-login button answers: the authorize URL to follow in
+/// this browser (a link, not a redirect: the page's policy allows forms to
+/// post to this server only).
+pub fn relogin_page(id: &str, authorize_url: &str, chrome: Chrome<'_>) -> String {
+    let body = format!(
+        concat!(
+            r#"<h1>Sign {id} in again</h1>"#,
+            r#"<p>Open the provider's sign-in page and approve; it sends the browser back to this "#,
+            r#"server's <code>/oauth/callback</code>, which stores the new tokens under {id}.</p>"#,
+            r#"<p><a id="relogin-link" href="{url}" rel="noreferrer">Continue to the sign-in page</a></p>"#,
+            r#"<p><a href="/ui/credentials/{path}">Back to {id}</a></p>"#
+        ),
+        id = escape(id),
+        url = escape(authorize_url),
+        path = escape(&super::url_component(id)),
+    );
+    page("Sign in again", Some(chrome), &body)
+}
+
 /// The credential page.
 pub fn page_html(v: &CredentialView<'_>) -> String {
     let s = v.summary;
@@ -354,14 +373,8 @@ pub fn page_html(v: &CredentialView<'_>) -> String {
         },
     );
     facts.push_str("</dl>");
-    let fix = match fix(s) {
-        Some((reason, command)) => format!(
-            r#"<div class="fix" id="fix"><span class="reason">{}</span> <span class="fix-label">Fix:</span> <code class="command">{}</code></div>"#,
-            escape(&reason),
-            escape(&command)
-        ),
-        None => String::new(),
-    };
+    let relogin = v.chrome.admin.then_some(v.chrome.csrf);
+    let fix = fix_html(s, relogin, true);
     let quota = match v.quota {
         Some(q) if q.quota.is_some() => gauges(s.id, &windows_of(q), v.now_ms),
         Some(q) => format!(

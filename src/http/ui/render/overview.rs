@@ -90,6 +90,39 @@ pub fn fix(s: &Summary<'_>) -> Option<(String, String)> {
     None
 }
 
+/// The `.fix` element of a dead or failing credential (empty for a
+/// healthy one): the reason, the command, and for a dead `oauth2`
+/// credential, when `relogin` holds an admin session's CSRF token, the
+/// button that signs it in again over the API. `id` gives it `id="fix"`.
+pub fn fix_html(s: &Summary<'_>, relogin: Option<&str>, id: bool) -> String {
+    let Some((reason, command)) = fix(s) else {
+        return String::new();
+    };
+    let button = match relogin {
+        Some(csrf) if s.state == "dead" && s.provider == "oauth2" => {
+            super::credential::action_form(
+                &url_component(s.id),
+                "relogin",
+                csrf,
+                "",
+                "Sign in again",
+                &format!("Sign {} in again in this browser?", s.id),
+            )
+        }
+        _ => String::new(),
+    };
+    format!(
+        concat!(
+            r#"<div class="fix"{}><span class="reason">{}</span> "#,
+            r#"<span class="fix-label">Fix:</span> <code class="command">{}</code>{}</div>"#
+        ),
+        if id { r#" id="fix""# } else { "" },
+        escape(&reason),
+        escape(&command),
+        button
+    )
+}
+
 /// The windows of a summary's newest snapshot.
 fn windows<'a>(s: &'a Summary<'a>) -> Vec<WindowData<'a>> {
     s.quota
@@ -104,22 +137,12 @@ fn windows<'a>(s: &'a Summary<'a>) -> Vec<WindowData<'a>> {
         .collect()
 }
 
-/// One credential's row.
-pub fn row(s: &Summary<'_>, now_ms: i64) -> String {
+/// One credential's row; `relogin` as in [`fix_html`].
+pub fn row(s: &Summary<'_>, now_ms: i64, relogin: Option<&str>) -> String {
     let id = escape(s.id);
     let href = format!("/ui/credentials/{}", url_component(s.id));
     let state = escape(s.state);
-    let fix = match fix(s) {
-        Some((reason, command)) => format!(
-            concat!(
-                r#"<div class="fix"><span class="reason">{}</span> "#,
-                r#"<span class="fix-label">Fix:</span> <code class="command">{}</code></div>"#
-            ),
-            escape(&reason),
-            escape(&command)
-        ),
-        None => String::new(),
-    };
+    let fix = fix_html(s, relogin, false);
     let account = match (s.email, s.account_id) {
         (Some(e), _) => escape(e),
         (None, Some(a)) => escape(a),
@@ -336,7 +359,7 @@ mod tests {
         let now = 1_700_000_000_000;
         for state in ["valid", "expiring", "refreshing", "rejected", "dead"] {
             let c = credential("<id>", state, now);
-            let html = row(&summary_of(&c, now, state), now);
+            let html = row(&summary_of(&c, now, state), now, None);
             assert!(
                 html.contains(&format!(
                     r#"<span class="badge state-{state}">{state}</span>"#
@@ -382,7 +405,7 @@ mod tests {
             let mut c = credential(id, state, now);
             c.status.failures = failures;
             let s = summary_of(&c, now, state);
-            ranked.push((rank(&s), row(&s, now)));
+            ranked.push((rank(&s), row(&s, now, None)));
         }
         let html = rows(ranked);
         let order: Vec<&str> = html
@@ -409,10 +432,33 @@ mod tests {
         let (reason, command) = fix(&s).expect("a fix");
         assert!(reason.contains("refresh_token_reused"), "{reason}");
         assert_eq!(command, "tokenwarden refresh --force x");
-        let html = row(&s, now);
+        let html = row(&s, now, None);
         assert!(html.contains(r#"<code class="command">tokenwarden refresh --force x</code>"#));
         let ok = credential("y", "valid", now);
         assert!(fix(&summary_of(&ok, now, "valid")).is_none());
+    }
+
+    #[test]
+    fn a_relogin_button_for_dead_oauth2_rows_of_admins_only() {
+        let now = 1_700_000_000_000;
+        let mut c = credential("o", "dead", now);
+        c.provider.kind = ProviderKind::OAuth2;
+        let s = summary_of(&c, now, "dead");
+        let admin = row(&s, now, Some("CSRF"));
+        assert!(
+            admin.contains(r#"data-action="relogin" action="/ui/credentials/o/relogin""#),
+            "{admin}"
+        );
+        assert!(admin.contains(r#"name="csrf" value="CSRF""#));
+        assert!(
+            !row(&s, now, None).contains("relogin"),
+            "read-only: no button"
+        );
+        let codex = credential("k", "dead", now);
+        assert!(!row(&summary_of(&codex, now, "dead"), now, Some("CSRF")).contains("relogin"));
+        let mut alive = credential("o", "valid", now);
+        alive.provider.kind = ProviderKind::OAuth2;
+        assert!(!row(&summary_of(&alive, now, "valid"), now, Some("CSRF")).contains("relogin"));
     }
 
     #[test]
