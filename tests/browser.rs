@@ -975,3 +975,49 @@ fn every_action_of_the_credential_page_takes_effect() {
     out.assert_no_secret(&console.secrets(&[handle]));
     out.assert_security_headers(&console.url());
 }
+
+/// A dead `oauth2` credential signed in again from the console in the
+/// browser, against a real OpenID provider (oidc-provider, tests/oidc):
+/// the dead row's button (confirmed), the link to the provider, its login
+/// and consent pages, the way back to `/oauth/callback`, and the overview
+/// left open turning the row valid without a reload. No token of the old
+/// or the new login reaches the browser.
+#[test]
+fn a_dead_oauth2_login_is_signed_in_again_from_the_console() {
+    let Some(chromium) = browser() else { return };
+    let idp = crate::login::Idp::start();
+    let env = Env::new();
+    let record = json!({
+        "provider": "oauth2", "refresh_token": "rt-ops-old-0f3b9c2d7e41a856",
+        "token_url": format!("{}/token", idp.issuer), "client_id": "tw-cli",
+    });
+    let file = env.dir.path().join("ops.json");
+    std::fs::write(&file, record.to_string()).unwrap();
+    let out = env.run(&["import", "--id", "ops", file.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    // The provider refuses the unknown refresh token for good: dead.
+    env.run(&["refresh", "ops", "--force"]);
+    let console = Console::start(env, &[]);
+    assert_eq!(states(&console)["ops"], "dead");
+    let expect = json!({"dead": "ops", "issuer": idp.issuer});
+    let out = console.run(&chromium, "relogin.mjs", expect, |what, _| {
+        Err(format!("unknown ask {what}"))
+    });
+    out.assert_passed(&[
+        "signs_in",
+        "the_dead_row_offers_to_sign_in_again",
+        "signs_in_at_the_provider_and_comes_back",
+    ]);
+    assert_eq!(states(&console)["ops"], "valid");
+    // The new login's tokens, read from the database.
+    let now = console.env.warden().get("ops").expect("ops");
+    let mut secrets = vec![
+        "rt-ops-old-0f3b9c2d7e41a856".to_owned(),
+        now.refresh_token.expose().to_owned(),
+    ];
+    secrets.extend(now.access_token.iter().map(|t| t.expose().to_owned()));
+    secrets.extend(now.id_token.iter().map(|t| t.expose().to_owned()));
+    assert!(secrets.len() >= 3, "no access token after signing in again");
+    out.assert_no_secret(&console.secrets(&secrets));
+    out.assert_security_headers(&console.url());
+}
