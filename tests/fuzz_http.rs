@@ -192,6 +192,9 @@ fn path() -> impl Strategy<Value = String> {
             "*", "", "/", "//", "http://fuzz/v1/credentials", "/v1/../metrics",
             "/v1/credentials/real/../../../metrics", "/%", "/%zz", "/healthz/",
             "//v1/credentials", "/oauth/token/", "/oauth/token/x",
+            // The console: HTML under its own sign-in.
+            "/ui", "/ui/login", "/ui/logout", "/ui/overview", "/ui/credentials/real",
+            "/ui/credentials/real/refresh", "/ui/credentials/..%2f/delete", "/ui/static/app.js",
         ])
         .prop_map(str::to_owned),
         2 => (select(vec![
@@ -993,6 +996,21 @@ impl World {
             if a.status != 503 || retry.is_none() {
                 return Err("a 5xx other than 503 with Retry-After".into());
             }
+        }
+        // The console (`/`, `/ui…`): HTML with its own sign-in, not the
+        // JSON API. Its answers must still fit the document's `x-console`
+        // (statuses, security headers, types) and hold no secret.
+        if self.spec.is_console(path) {
+            self.spec
+                .check(&Seen {
+                    method: &rq.method,
+                    target: &rq.target,
+                    status: a.status,
+                    headers: &a.headers,
+                    body: &a.body,
+                })
+                .map_err(|e| format!("does not match docs/openapi.yaml: {e}"))?;
+            return self.scan(&format!("{:?}\n{}", a.headers, a.body));
         }
         let facade = rq.method == "POST" && path == "/oauth/token";
         // Error bodies.

@@ -322,8 +322,11 @@ fn the_document_covers_every_route_of_the_server() {
             }
         }
     }
+    // `/` is the console's (a redirect to `/ui`), outside the API's routes.
+    let root = h.raw(Who::Anon, "GET", "/", &[], b"");
+    assert_eq!((root.status, root.header("location")), (303, Some("/ui")));
+    assert!(h.spec.is_console("/") && h.spec.route_of("/").is_none());
     for path in [
-        "/",
         "/healthz/",
         "/metrics/x",
         "/v1",

@@ -101,6 +101,8 @@ pub(crate) fn start(
     tls: bool,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
+    // An unknown credential is 404 whatever the body.
+    w.get(id)?;
     let (flags, redirect) = flags(body)?;
     let (url, redirect, expires_at) = begin(w, pending, id, host, tls, &flags, redirect)?;
     Ok(Reply::json(

@@ -135,6 +135,20 @@ impl Spec {
             .find(|p| pattern_matches(p, path))
     }
 
+    /// Whether `path` (no query) is the console's (`x-console.paths`: a
+    /// path as listed, or under a `/*` prefix), not the JSON API's.
+    pub fn is_console(&self, path: &str) -> bool {
+        self.doc["x-console"]["paths"]
+            .as_array()
+            .expect("x-console paths")
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|p| match p.strip_suffix('*') {
+                Some(prefix) => path.starts_with(prefix),
+                None => path == p,
+            })
+    }
+
     /// The operation object of `pattern` + `method` (as sent: `get` is not
     /// `GET`).
     pub fn operation(&self, pattern: &str, method: &str) -> Option<&Value> {
@@ -148,6 +162,17 @@ impl Spec {
     /// or — for a request no operation covers — those of `x-unrouted`
     /// (404 only for an unknown path, 405 only for a known one).
     pub fn responses_for(&self, method: &str, path: &str) -> Vec<(u16, &Value)> {
+        if self.is_console(path) {
+            return self.doc["x-console"]["responses"]
+                .as_object()
+                .expect("x-console responses")
+                .iter()
+                .map(|(s, r)| {
+                    let status = s.parse().unwrap_or_else(|_| panic!("status {s}"));
+                    (status, self.resolve(r))
+                })
+                .collect();
+        }
         let route = self.route_of(path);
         let (responses, drop): (&Value, Option<&str>) =
             match route.and_then(|p| self.operation(p, method)) {
