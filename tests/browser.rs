@@ -794,6 +794,15 @@ fn every_state_fix_gauge_and_filter_is_shown() {
         snapshot_quota(&console, "team-a", used, weekly, ago);
     }
     snapshot_quota(&console, "anna", 91, 72, 0);
+    // Claude's windows reset 3 h and 4 days from now.
+    let at = |secs: i64| tokenwarden::rfc3339::format((now() + secs) * 1000);
+    env.fake.set_claude_usage(
+        200,
+        json!({
+            "five_hour": {"utilization": 23.0, "resets_at": at(3 * 3600)},
+            "seven_day": {"utilization": 64.0, "resets_at": at(4 * 86400)},
+        }),
+    );
     cli(&console, &["quota", "ops-claude", "--refresh"]);
     cli(&console, &["refresh", "team-a", "--force"]);
     let token = console

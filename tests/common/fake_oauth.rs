@@ -1518,6 +1518,11 @@ impl FakeOAuth {
         self.shared.state.lock().codex_usage = (status, body);
     }
 
+    /// What the Claude usage endpoint answers from now on (as is).
+    pub fn set_claude_usage(&self, status: u16, body: Value) {
+        self.shared.state.lock().claude_usage = (status, body);
+    }
+
     /// Issue opaque base64url access tokens instead of JWTs (default false);
     /// every 5th opaque access token starts with `-`.
     pub fn set_opaque_access_tokens(&self, opaque: bool) {
