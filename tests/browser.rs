@@ -504,8 +504,8 @@ fn kill(env: &Env, id: &str) {
 /// credential rejected through the API turn `rejected` and then `valid`
 /// again without a reload, cancels a forced refresh at the confirmation
 /// (nothing sent upstream) and then confirms one (exactly one refresh
-/// upstream, a new event on the page), and signs out (the old cookie opens
-/// nothing). Nothing secret in any of the traffic; the security headers on
+/// upstream, a new event on the page), and signs out (a second tab left
+/// open goes to the sign-in page by itself; the old cookie opens nothing). Nothing secret in any of the traffic; the security headers on
 /// every console response.
 #[test]
 fn an_admin_watches_a_rejection_live_and_forces_a_refresh() {
@@ -669,8 +669,10 @@ fn a_read_only_key_sees_everything_and_can_change_nothing() {
 /// a wrong one or another session's is 403; an auto-submitting form (and a
 /// no-cors fetch) on a page of another loopback origin — same site, so the
 /// session cookie goes along, with the right CSRF token even — is 403 by
-/// the Origin check; without a session a fetch is 401 and a form goes to
-/// the sign-in page. Nothing reached upstream, nothing changed.
+/// the Origin check; a foreign page cannot frame the console (with the
+/// session cookie, it answers 200, and the browser refuses to render it);
+/// without a session a fetch is 401 and a form goes to the sign-in page.
+/// Nothing reached upstream, nothing changed.
 #[test]
 fn forged_and_foreign_origin_posts_are_refused() {
     let Some(chromium) = browser() else { return };
@@ -690,6 +692,7 @@ fn forged_and_foreign_origin_posts_are_refused() {
         "a_post_with_a_wrong_csrf_token_is_refused_403",
         "another_sessions_csrf_token_is_refused_403",
         "a_post_from_a_foreign_origin_is_refused",
+        "the_console_cannot_be_framed_by_another_origin",
         "nothing_was_changed",
         "a_post_without_a_session_is_refused",
     ]);

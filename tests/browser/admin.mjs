@@ -150,9 +150,16 @@ await run([
     'signing_out_ends_the_session',
     async (browser) => {
       const session = (await admin.cookies()).find((c) => c.name === 'tw_session');
+      // A second tab on the overview, left open.
+      const other = await admin.newPage();
+      await other.goto(env.url + '/ui');
+      check(path(other) === '/ui', `the second tab opened ${other.url()}`);
       await page.goto(env.url + '/ui');
       await Promise.all([page.waitForNavigation(), page.click('#signout [type="submit"]')]);
       check(path(page) === '/ui/login', `signing out landed on ${page.url()}`);
+      // Its next poll finds the session gone and goes to the sign-in page.
+      await other.waitForURL((u) => u.pathname === '/ui/login', { timeout: 10000 });
+      await other.close();
       await page.goto(env.url + '/ui');
       check(path(page) === '/ui/login', `/ui after signing out is ${page.url()}`);
       // The old cookie, replayed in a fresh browser, is no session either.

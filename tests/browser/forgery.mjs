@@ -19,6 +19,11 @@ let csrf;
 async function foreignSite() {
   const server = createServer((req, res) => {
     const q = new URL(req.url, 'http://x').searchParams;
+    if (q.get('frame')) {
+      res.writeHead(200, { 'Content-Type': 'text/html' });
+      res.end(`<!doctype html><title>framed</title><iframe id="f" src="${env.url}/ui" width="800" height="600"></iframe>`);
+      return;
+    }
     if (!q.get('to')) {
       res.writeHead(200, { 'Content-Type': 'text/html' });
       res.end('<!doctype html><title>a blank page</title>');
@@ -127,6 +132,25 @@ await run([
       // The cookie went along (same site: only the Origin check refused it).
       check(answers.delete.cookie, 'the session cookie was not sent: the test proves less than it claims');
       return { answers };
+    },
+  ],
+  [
+    'the_console_cannot_be_framed_by_another_origin',
+    async () => {
+      const server = await foreignSite();
+      try {
+        const framed = page.waitForResponse((r) => r.url() === env.url + '/ui', { timeout: 10000 });
+        await page.goto(`http://127.0.0.1:${server.address().port}/?frame=1`);
+        const answer = await framed;
+        await page.waitForTimeout(500);
+        const frame = page.frames().find((f) => f !== page.mainFrame());
+        const rows = frame ? await frame.$$('#credential-rows').then((r) => r.length).catch(() => 0) : 0;
+        check(answer.status() === 200, `the framed /ui answered ${answer.status()}`);
+        check(rows === 0, `the console rendered inside a foreign page's frame (${frame?.url()})`);
+        return { frameUrl: frame?.url() ?? null };
+      } finally {
+        server.close();
+      }
     },
   ],
   [
