@@ -505,8 +505,9 @@ fn kill(env: &Env, id: &str) {
 /// again without a reload, cancels a forced refresh at the confirmation
 /// (nothing sent upstream) and then confirms one (exactly one refresh
 /// upstream, a new event on the page), and signs out (a second tab left
-/// open goes to the sign-in page by itself; the old cookie opens nothing). Nothing secret in any of the traffic; the security headers on
-/// every console response.
+/// open goes to the sign-in page by itself; the old cookie opens nothing).
+/// Nothing secret in any of the traffic; the security headers on every
+/// console response.
 #[test]
 fn an_admin_watches_a_rejection_live_and_forces_a_refresh() {
     let Some(chromium) = browser() else { return };
@@ -1032,4 +1033,48 @@ fn a_dead_oauth2_login_is_signed_in_again_from_the_console() {
     assert!(secrets.len() >= 3, "no access token after signing in again");
     out.assert_no_secret(&console.secrets(&secrets));
     out.assert_security_headers(&console.url());
+}
+
+/// An [`Outcome`] holding only `traffic`, for the scanner's own tests.
+fn recorded(traffic: Vec<Value>) -> Outcome {
+    Outcome {
+        scenarios: Vec::new(),
+        marks: BTreeMap::new(),
+        traffic,
+        stderr: String::new(),
+        log: String::new(),
+        elapsed: Duration::ZERO,
+    }
+}
+
+/// The secret scan itself finds a JWT shown by its signature's start, an
+/// opaque token's end in a request header, and an API key anywhere but in
+/// the sign-in form's body (no browser needed).
+#[test]
+fn the_secret_scan_finds_shortened_tokens_and_keys_out_of_place() {
+    let jwt =
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.Q2hlY2tzIHRoZSBzaWduYXR1cmUgc2VnbWVudCBpcyBmb3VuZA";
+    let opaque = "rt-0123456789abcdefghijklmnopqrstuvwxyz";
+    let page =
+        |body: &str| json!({"label": "t", "url": "http://h/ui", "method": "GET", "body": body});
+    let sign_in = json!({"label": "t", "url": "http://h/ui/login", "method": "POST",
+        "postData": format!("csrf=x&key={ADMIN_KEY}"), "body": "<p>ok</p>"});
+    let secrets = [jwt.to_owned(), opaque.to_owned(), ADMIN_KEY.to_owned()];
+    // Clean: the key only where it is typed.
+    recorded(vec![page("<p>nothing</p>"), sign_in.clone()]).assert_no_secret(&secrets);
+    let leaks = [
+        page("<td>Q2hlY2tzIHRoZSBzaWdu…</td>"),
+        json!({"label": "t", "url": "http://h/ui", "method": "GET", "body": "",
+            "requestHeaders": {"x-debug": "…klmnopqrstuvwxyz"}}),
+        page(&format!("<code>{ADMIN_KEY}</code>")),
+        json!({"label": "t", "url": "http://h/ui/overview", "method": "POST",
+            "postData": format!("key={ADMIN_KEY}"), "body": ""}),
+    ];
+    for leak in leaks {
+        let shown = leak.to_string();
+        let caught = std::panic::catch_unwind(|| {
+            recorded(vec![leak, sign_in.clone()]).assert_no_secret(&secrets)
+        });
+        assert!(caught.is_err(), "the scan missed a secret in {shown}");
+    }
 }
