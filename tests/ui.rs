@@ -717,7 +717,7 @@ fn security_headers_on_every_console_answer() {
         assert_eq!(a.header("content-security-policy"), Some(CSP), "{a:?}");
         assert_eq!(a.header("x-frame-options"), Some("DENY"));
         assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
-        assert_eq!(a.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(a.header("referrer-policy"), Some("same-origin"));
         assert_eq!(a.header("cache-control"), Some("no-store"));
     }
     let js = c.get("/ui/static/app.js", None).expect_status(200);

@@ -85,13 +85,17 @@ pub(crate) fn owns(path: &str) -> bool {
     path == "/" || path == "/ui" || path.starts_with("/ui/")
 }
 
-/// Adds the console's security headers.
+/// Adds the console's security headers. `Referrer-Policy` is
+/// `same-origin`, not `no-referrer`: under `no-referrer` browsers send
+/// `Origin: null` with every form post (Fetch, "serializing a request
+/// origin"), which the `Origin` check must refuse; `same-origin` sends the
+/// real origin to this server and no referrer to any other.
 pub fn secure(reply: Reply) -> Reply {
     reply
         .with_header("Content-Security-Policy", CSP)
         .with_header("X-Frame-Options", "DENY")
         .with_header("X-Content-Type-Options", "nosniff")
-        .with_header("Referrer-Policy", "no-referrer")
+        .with_header("Referrer-Policy", "same-origin")
 }
 
 /// A refusal from the checks made before routing (`Host`, `Origin`), as
