@@ -11,6 +11,10 @@
 
 use std::fmt;
 
+/// The reason of the event a successful refresh writes (the console
+/// measures refresh latency up to it).
+pub const REFRESHED: &str = "refreshed";
+
 /// The states of a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum State {
@@ -588,7 +592,7 @@ pub fn apply(
                     failures: 0,
                     next_attempt_at_ms: None,
                     dead_reason: None,
-                    ..done(State::Valid, "refreshed".into())
+                    ..done(State::Valid, REFRESHED.into())
                 },
                 Event::FailTransient { retry_after_ms, .. } => {
                     let failures = status.failures.saturating_add(1);

@@ -959,6 +959,19 @@ impl World {
         })
     }
 
+    /// Whether answer `a` to `rq` fits docs/openapi.yaml.
+    fn contract(&self, rq: &FuzzRequest, a: &Answer) -> Result<(), String> {
+        self.spec
+            .check(&Seen {
+                method: &rq.method,
+                target: &rq.target,
+                status: a.status,
+                headers: &a.headers,
+                body: &a.body,
+            })
+            .map_err(|e| format!("does not match docs/openapi.yaml: {e}"))
+    }
+
     fn check_answer(
         &self,
         rq: &FuzzRequest,
@@ -1001,15 +1014,7 @@ impl World {
         // JSON API. Its answers must still fit the document's `x-console`
         // (statuses, security headers, types) and hold no secret.
         if self.spec.is_console(path) {
-            self.spec
-                .check(&Seen {
-                    method: &rq.method,
-                    target: &rq.target,
-                    status: a.status,
-                    headers: &a.headers,
-                    body: &a.body,
-                })
-                .map_err(|e| format!("does not match docs/openapi.yaml: {e}"))?;
+            self.contract(rq, a)?;
             return self.scan(&format!("{:?}\n{}", a.headers, a.body));
         }
         let facade = rq.method == "POST" && path == "/oauth/token";
@@ -1035,15 +1040,7 @@ impl World {
             }
         }
         // The contract.
-        self.spec
-            .check(&Seen {
-                method: &rq.method,
-                target: &rq.target,
-                status: a.status,
-                headers: &a.headers,
-                body: &a.body,
-            })
-            .map_err(|e| format!("does not match docs/openapi.yaml: {e}"))?;
+        self.contract(rq, a)?;
         // Keys: the server reads the first `Authorization` line.
         let presented = Self::auth_value(&rq.auth).or_else(|| {
             rq.lines.iter().find_map(|l| {

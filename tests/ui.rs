@@ -207,6 +207,16 @@ fn location(a: &Answer) -> &str {
     a.header("location").unwrap_or_default()
 }
 
+/// Makes a facade handle for `id` with the CLI: the handle (shown once)
+/// and the short id the lists and the console show.
+fn new_handle(c: &Console, id: &str) -> (String, String) {
+    let out = c.env.run(&["handle", "create", id, "--label", "laptop"]);
+    let handle = text(&out.stdout).trim().to_owned();
+    let listed = json(&c.env.run(&["handle", "list", id, "--json"]));
+    let short = listed["handles"][0]["id"].as_str().expect("id").to_owned();
+    (handle, short)
+}
+
 /// The flash message the next page shows, if any.
 fn flash(c: &Console, s: &Session, path: &str) -> String {
     let page = c.get(path, Some(&s.cookie)).expect_status(200);
@@ -426,15 +436,7 @@ fn every_action_works_and_is_recorded() {
     );
 
     // Revoke a handle, by the short id the page shows.
-    let handle = text(
-        &c.env
-            .run(&["handle", "create", "acct", "--label", "laptop"])
-            .stdout,
-    )
-    .trim()
-    .to_owned();
-    let listed = json(&c.env.run(&["handle", "list", "acct", "--json"]));
-    let short = listed["handles"][0]["id"].as_str().expect("id").to_owned();
+    let (handle, short) = new_handle(&c, "acct");
     let page = c
         .get("/ui/credentials/acct", Some(&s.cookie))
         .expect_status(200);
@@ -481,13 +483,7 @@ fn every_action_works_and_is_recorded() {
 fn refused_posts_change_nothing() {
     let c = Console::start();
     c.env.login("acct", 3600);
-    text(
-        &c.env
-            .run(&["handle", "create", "acct", "--label", "l"])
-            .stdout,
-    );
-    let listed = json(&c.env.run(&["handle", "list", "acct", "--json"]));
-    let short = listed["handles"][0]["id"].as_str().expect("id").to_owned();
+    let (_, short) = new_handle(&c, "acct");
     let (admin, _) = c.sign_in(ADMIN);
     let (read, _) = c.sign_in(READ);
     // Read-only pages show no action forms.
@@ -638,13 +634,7 @@ fn the_overview_follows_rejects_and_refreshes() {
 fn no_secret_in_any_console_answer() {
     let c = Console::start();
     c.env.login("acct", 3600);
-    let handle = text(
-        &c.env
-            .run(&["handle", "create", "acct", "--label", "l"])
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let (handle, _) = new_handle(&c, "acct");
     let (s, signin) = c.sign_in(ADMIN);
     let (r, _) = c.sign_in(READ);
     let mut answers = vec![signin];
@@ -727,7 +717,7 @@ fn security_headers_on_every_console_answer() {
         assert_eq!(a.header("content-security-policy"), Some(CSP), "{a:?}");
         assert_eq!(a.header("x-frame-options"), Some("DENY"));
         assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
-        assert_eq!(a.header("referrer-policy"), Some("no-referrer"));
+        assert_eq!(a.header("referrer-policy"), Some("same-origin"));
         assert_eq!(a.header("cache-control"), Some("no-store"));
     }
     let js = c.get("/ui/static/app.js", None).expect_status(200);
@@ -951,13 +941,7 @@ fn quota_history_and_handle_revocations(backend: Backend) {
     assert!(page.body.contains("2 snapshot(s)"));
 
     // A handle revoked from the page: an event row on its credential.
-    text(
-        &c.env
-            .run(&["handle", "create", "acct", "--label", "l"])
-            .stdout,
-    );
-    let listed = json(&c.env.run(&["handle", "list", "acct", "--json"]));
-    let short = listed["handles"][0]["id"].as_str().expect("id").to_owned();
+    let (_, short) = new_handle(&c, "acct");
     c.post(
         "/ui/credentials/acct/revoke-handle",
         Some(&s.cookie),

@@ -85,13 +85,17 @@ pub(crate) fn owns(path: &str) -> bool {
     path == "/" || path == "/ui" || path.starts_with("/ui/")
 }
 
-/// Adds the console's security headers.
+/// Adds the console's security headers. `Referrer-Policy` is
+/// `same-origin`, not `no-referrer`: under `no-referrer` browsers send
+/// `Origin: null` with every form post (Fetch, "serializing a request
+/// origin"), which the `Origin` check must refuse; `same-origin` sends the
+/// real origin to this server and no referrer to any other.
 pub fn secure(reply: Reply) -> Reply {
     reply
         .with_header("Content-Security-Policy", CSP)
         .with_header("X-Frame-Options", "DENY")
         .with_header("X-Content-Type-Options", "nosniff")
-        .with_header("Referrer-Policy", "no-referrer")
+        .with_header("Referrer-Policy", "same-origin")
 }
 
 /// A refusal from the checks made before routing (`Host`, `Origin`), as
@@ -204,32 +208,29 @@ fn route(
             Reply::asset("text/css; charset=utf-8", APP_CSS),
         ),
         (["ui", "credentials", id], "GET") => ("/ui/credentials/{id}", credential_page(ctx, id)),
-        (["ui", "credentials", id, name], "POST") if Action::parse(name).is_some() => (
-            "/ui/credentials/{id}/{action}",
-            act(
-                ctx,
-                rq,
-                id,
-                Action::parse(name).unwrap_or(Action::Refresh),
-                body,
+        (["ui", "credentials", id, name], _) => match (Action::parse(name), method) {
+            (Some(action), "POST") => (
+                "/ui/credentials/{id}/{action}",
+                act(ctx, rq, id, action, body),
             ),
-        ),
-        ([""] | ["ui"] | ["ui", "overview"] | ["ui", "credentials", _], _) => {
-            ("/ui", not_allowed("GET"))
-        }
+            (Some(_), _) => ("/ui/credentials/{id}/{action}", not_allowed("POST")),
+            (None, _) => ("/ui/unknown", not_found()),
+        },
+        ([""], _) => ("/", not_allowed("GET")),
+        (["ui"], _) => ("/ui", not_allowed("GET")),
+        (["ui", "overview"], _) => ("/ui/overview", not_allowed("GET")),
+        (["ui", "credentials", _], _) => ("/ui/credentials/{id}", not_allowed("GET")),
         (["ui", "login"], _) => ("/ui/login", not_allowed("GET, POST")),
         (["ui", "logout"], _) => ("/ui/logout", not_allowed("POST")),
-        (["ui", "credentials", _, name], _) if Action::parse(name).is_some() => {
-            ("/ui/credentials/{id}/{action}", not_allowed("POST"))
-        }
-        _ => (
-            "/ui/unknown",
-            Reply::html(
-                404,
-                render::error_page(404, "no such page; the console starts at /ui", None),
-            ),
-        ),
+        _ => ("/ui/unknown", not_found()),
     }
+}
+
+fn not_found() -> Reply {
+    Reply::html(
+        404,
+        render::error_page(404, "no such page; the console starts at /ui", None),
+    )
 }
 
 /// The overview's filters from a query string (`state`, `provider`,

@@ -37,22 +37,30 @@ pub struct CredentialView<'a> {
     pub now_ms: i64,
 }
 
-/// How long each refresh took, oldest first: `(ended at, milliseconds)`
-/// from a claim (an event into `refreshing`) to the next event out of
-/// `refreshing` that ended it in `valid`.
+/// How long each successful refresh took, oldest first: `(ended at,
+/// milliseconds)` from a claim (an event into `refreshing`) to the next
+/// event out of `refreshing`, when that is the success
+/// ([`crate::state::REFRESHED`]; a transient failure also goes back to
+/// `valid`, with another reason).
 pub fn latencies(events: &[EventRow]) -> Vec<(i64, i64)> {
     let mut out = Vec::new();
     let mut claimed: Option<i64> = None;
     for e in events {
-        if e.from.as_deref() == Some("refreshing") {
-            if let Some(start) = claimed.take() {
-                if e.to == "valid" {
-                    out.push((e.at_ms, (e.at_ms - start).max(0)));
+        let from = e.from.as_deref() == Some("refreshing");
+        let to = e.to == "refreshing";
+        match (from, to) {
+            // A takeover, or a rejection recorded meanwhile: the same
+            // refresh goes on, timed from its first claim.
+            (true, true) => {}
+            (true, false) => {
+                if let Some(start) = claimed.take() {
+                    if e.reason == crate::state::REFRESHED {
+                        out.push((e.at_ms, (e.at_ms - start).max(0)));
+                    }
                 }
             }
-        }
-        if e.to == "refreshing" && e.from.as_deref() != Some("refreshing") {
-            claimed = Some(e.at_ms);
+            (false, true) => claimed = Some(e.at_ms),
+            (false, false) => {}
         }
     }
     out
@@ -435,6 +443,10 @@ mod tests {
     use crate::{Notice, NotificationRow};
 
     fn event(seq: i64, at_ms: i64, from: Option<&str>, to: &str) -> EventRow {
+        let reason = match (from, to) {
+            (Some("refreshing"), "valid") => crate::state::REFRESHED.to_owned(),
+            _ => "why <i>not</i>".to_owned(),
+        };
         EventRow {
             seq,
             credential_id: "a".into(),
@@ -443,7 +455,7 @@ mod tests {
             to: to.into(),
             version: seq,
             actor: "serve pid:42 thread:<w>".into(),
-            reason: "why <i>not</i>".into(),
+            reason,
         }
     }
 
@@ -458,8 +470,13 @@ mod tests {
             event(6, 9_000, Some("rejected"), "refreshing"),
             event(7, 9_100, Some("refreshing"), "refreshing"),
             event(8, 9_400, Some("refreshing"), "valid"),
+            event(9, 10_000, Some("valid"), "refreshing"),
+            EventRow {
+                reason: "refresh failed transiently; retry in 5 s".into(),
+                ..event(10, 13_000, Some("refreshing"), "valid")
+            },
         ];
-        assert_eq!(latencies(&events), vec![(1_250, 250)]);
+        assert_eq!(latencies(&events), vec![(1_250, 250), (9_400, 400)]);
         let l = [(1, 100), (2, 300), (3, 200)];
         assert_eq!(
             latency_text(&l),

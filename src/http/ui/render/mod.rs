@@ -146,7 +146,8 @@ pub fn page(title: &str, chrome: Option<Chrome<'_>>, body: &str) -> String {
         concat!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
             r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#,
-            r#"<meta name="referrer" content="no-referrer">"#,
+            r#"<meta name="referrer" content="same-origin">"#,
+            r#"<link rel="icon" href="data:,">"#,
             "<title>{title} · tokenwarden</title>",
             r#"<link rel="stylesheet" href="/ui/static/app.css">"#,
             r#"<script src="/ui/static/app.js" defer></script>"#,

@@ -288,7 +288,7 @@ pub fn page_html(o: &Overview<'_>) -> String {
         .iter()
         .map(|(s, n)| {
             format!(
-                r#"<a class="count state-{s}" href="/ui?state={s}" data-state="{s}"><span class="badge state-{s}">{s}</span> <span class="n">{n}</span></a>"#
+                r#"<a class="count" href="/ui?state={s}" data-state="{s}"><span class="badge state-{s}">{s}</span> <span class="n">{n}</span></a>"#
             )
         })
         .collect::<Vec<_>>()
