@@ -191,8 +191,7 @@ await run([
     async () => {
       const errors = [];
       page.on('console', (m) => {
-        // Chromium's own request for /favicon.ico (answered 401 by the API).
-        if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) errors.push(`${m.text()} (${m.location().url})`);
+        if (m.type() === 'error') errors.push(`${m.text()} (${m.location().url})`);
       });
       page.on('pageerror', (e) => errors.push(String(e)));
       for (const id of Object.keys(x.states)) {
@@ -202,7 +201,7 @@ await run([
       }
       await page.goto(`${env.url}/ui`);
       await page.waitForTimeout(3500);
-      check(errors.length === 0, `console errors (CSP violations, script errors): ${errors.join(' | ')}`);
+      check(errors.length === 0, `console errors (CSP violations, script errors, failed loads): ${errors.join(' | ')}`);
       const css = await page.evaluate(() => [...document.styleSheets].map((s) => s.href));
       check(css.some((h) => h && h.endsWith('/ui/static/app.css')), `stylesheets: ${css}`);
       const scripts = await page.$$eval('script', (s) => s.map((e) => e.getAttribute('src')));
