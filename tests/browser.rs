@@ -159,7 +159,12 @@ impl Console {
             .env("TOKENWARDEN_CHROMIUM", chromium)
             .env_remove("TW_SHOTS");
         if let Some(dir) = std::env::var_os("TOKENWARDEN_SCREENSHOTS") {
-            cmd.env("TW_SHOTS", dir);
+            // The script runs in tests/browser: a relative DIR is the
+            // test's (the package root's).
+            cmd.env(
+                "TW_SHOTS",
+                std::path::absolute(dir).expect("a screenshot directory"),
+            );
         }
         let started = Instant::now();
         let mut node = Node::spawn(cmd);
