@@ -172,7 +172,38 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut bytes = Vec::new();
     let _ = s.read_to_end(&mut bytes);
-    parse_raw(&bytes).unwrap_or_else(|| panic!("no answer: {}", String::from_utf8_lossy(&bytes)))
+    let mut a = parse_raw(&bytes)
+        .unwrap_or_else(|| panic!("no answer: {}", String::from_utf8_lossy(&bytes)));
+    // tiny_http sends a large answer (a page of 200 rows) chunked.
+    if a.header("transfer-encoding") == Some("chunked") {
+        let start = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 4;
+        a.body = String::from_utf8_lossy(&dechunk(&bytes[start..])).into_owned();
+    }
+    a
+}
+
+/// The payload of a chunked body (RFC 9112 §7.1; extensions and trailers
+/// ignored).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let line = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {line:?}"));
+        if size == 0 {
+            return out;
+        }
+        let data = &b[eol + 2..];
+        out.extend_from_slice(&data[..size]);
+        b = &data[size + 2..];
+    }
 }
 
 /// URL-encodes a form value.
