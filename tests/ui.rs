@@ -36,6 +36,18 @@ impl Console {
     }
 
     fn serve(env: Env) -> Console {
+        Console::serve_keys(
+            env,
+            &[
+                ("TOKENWARDEN_API_KEY", ADMIN),
+                ("TOKENWARDEN_READ_API_KEY", READ),
+            ],
+        )
+    }
+
+    /// A console whose keys are these environment variables (none: a
+    /// keyless server on loopback).
+    fn serve_keys(env: Env, keys: &[(&str, &str)]) -> Console {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = env.cmd();
         cmd.args([
@@ -46,8 +58,7 @@ impl Console {
             "4",
             "--no-refresher",
         ])
-        .env("TOKENWARDEN_API_KEY", ADMIN)
-        .env("TOKENWARDEN_READ_API_KEY", READ);
+        .envs(keys.iter().copied());
         let served = Served::spawn(cmd, addr);
         Console {
             env,
@@ -1073,5 +1084,45 @@ fn a_dead_oauth2_credential_signs_in_again_from_the_console() {
     assert!(
         msg.starts_with("ERROR:") && msg.contains("tokenwarden login codex"),
         "{msg}"
+    );
+}
+
+/// A server with no API key (loopback only) signs anyone in as admin, as its API answers anyone — and, as the API, answers no other `Host`: a DNS-rebinding page gets 403 before the console, and no cookie.
+#[test]
+fn a_keyless_console_answers_loopback_names_only() {
+    let c = Console::serve_keys(Env::new(), &[]);
+    c.env.login("acct", 3600);
+    let form = c.get("/ui/login", None).expect_status(200);
+    assert!(form.body.contains(r#"id="signin-open""#), "{}", form.body);
+    let (s, _) = c.sign_in("");
+    let page = c.get("/ui", Some(&s.cookie)).expect_status(200);
+    assert!(page.body.contains("scope-admin") && page.body.contains(r#"data-id="acct""#));
+    // A page at another name re-pointed at 127.0.0.1, with its own Origin.
+    let rebound = format!("rebind.attacker.example:{}", c.addr.port());
+    for (method, path, body) in [
+        ("GET", "/ui/login", ""),
+        ("GET", "/ui", ""),
+        ("POST", "/ui/login", "csrf=x&key="),
+        ("POST", "/ui/credentials/acct/delete", "csrf=x"),
+    ] {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {rebound}\r\nOrigin: http://{rebound}\r\n\
+             Connection: close\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n",
+            s.cookie,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        let a = exchange(c.addr, &req);
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+        assert!(a.body.contains("--allow-host"), "{}", a.body);
+        assert!(set_cookie(&a, "tw_pre").is_none() && set_cookie(&a, "tw_session").is_none());
+        assert_eq!(a.header("content-security-policy"), Some(CSP));
+    }
+    assert_eq!(
+        c.env.run(&["show", "acct"]).status.code(),
+        Some(0),
+        "not deleted"
     );
 }
