@@ -388,6 +388,22 @@ fn signing_in_and_out() {
         before,
         "a signed-out post changed nothing"
     );
+    // A script's fetch without a session gets 401, not a redirect.
+    let headers = [
+        format!("Origin: {}", c.origin()),
+        "Content-Type: application/x-www-form-urlencoded".to_owned(),
+        "Sec-Fetch-Mode: cors".to_owned(),
+        format!("Cookie: {}", s.cookie),
+    ];
+    let body = format!("csrf={}", s.csrf);
+    let a = c.send(
+        "POST",
+        "/ui/credentials/acct/refresh",
+        &headers,
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(c.snapshot("acct"), before);
 }
 
 /// Every action works from the console through the same Warden call as the API, leaves an event, and reports a flash message on the page it redirects to.
