@@ -292,3 +292,77 @@ fn plain_http_off_loopback_warns_loudly() {
         "{stderr}"
     );
 }
+
+/// The console over HTTPS: its cookies are `Secure` too, a sign-in from the server's own `https://` origin works, and an `http://` origin is refused.
+#[test]
+fn the_console_over_tls_sets_secure_cookies() {
+    let env = Env::new();
+    let pki = make_pki(env.dir.path());
+    let port = free_port();
+    let mut child = spawn_tls(&env, &pki, port, &[]);
+    let base = format!("https://127.0.0.1:{port}");
+    wait_up(&mut child, &agent(Some(&pki.ca_der)), &base);
+    // Redirects are answers here, not followed.
+    let browser = {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig};
+        let roots = vec![Certificate::from_der(&pki.ca_der).to_owned()];
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .build();
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls)
+            .build()
+            .new_agent()
+    };
+    let form = read_answer(
+        browser
+            .get(format!("{base}/ui/login"))
+            .call()
+            .expect("https"),
+    )
+    .expect("answer");
+    assert_eq!(form.status, 200, "{}", form.body);
+    let pre = form
+        .header("set-cookie")
+        .expect("a pre-session cookie")
+        .to_owned();
+    assert!(
+        pre.starts_with("tw_pre=") && pre.ends_with("; Secure"),
+        "{pre}"
+    );
+    let pre = pre.split(';').next().expect("name=value").to_owned();
+    let marker = r#"name="csrf" value=""#;
+    let at = form.body.find(marker).expect("csrf input") + marker.len();
+    let csrf = &form.body[at..at + form.body[at..].find('"').expect("quote")];
+    let sign_in = |origin: &str| {
+        read_answer(
+            browser
+                .post(format!("{base}/ui/login"))
+                .header("Cookie", &pre)
+                .header("Origin", origin)
+                .content_type("application/x-www-form-urlencoded")
+                .send(format!("csrf={csrf}&key={KEY}"))
+                .expect("https"),
+        )
+        .expect("answer")
+    };
+    let refused = sign_in(&format!("http://127.0.0.1:{port}"));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let ok = sign_in(&base);
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let session = ok
+        .headers
+        .iter()
+        .find(|(n, v)| n == "set-cookie" && v.starts_with("tw_session="))
+        .map(|(_, v)| v.clone())
+        .expect("a session cookie");
+    assert!(
+        session.contains("HttpOnly")
+            && session.contains("SameSite=Strict")
+            && session.ends_with("; Secure"),
+        "{session}"
+    );
+    let _ = terminate(child);
+}

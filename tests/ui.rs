@@ -36,6 +36,18 @@ impl Console {
     }
 
     fn serve(env: Env) -> Console {
+        Console::serve_keys(
+            env,
+            &[
+                ("TOKENWARDEN_API_KEY", ADMIN),
+                ("TOKENWARDEN_READ_API_KEY", READ),
+            ],
+        )
+    }
+
+    /// A console whose keys are these environment variables (none: a
+    /// keyless server on loopback).
+    fn serve_keys(env: Env, keys: &[(&str, &str)]) -> Console {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = env.cmd();
         cmd.args([
@@ -46,8 +58,7 @@ impl Console {
             "4",
             "--no-refresher",
         ])
-        .env("TOKENWARDEN_API_KEY", ADMIN)
-        .env("TOKENWARDEN_READ_API_KEY", READ);
+        .envs(keys.iter().copied());
         let served = Served::spawn(cmd, addr);
         Console {
             env,
@@ -172,7 +183,38 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut bytes = Vec::new();
     let _ = s.read_to_end(&mut bytes);
-    parse_raw(&bytes).unwrap_or_else(|| panic!("no answer: {}", String::from_utf8_lossy(&bytes)))
+    let mut a = parse_raw(&bytes)
+        .unwrap_or_else(|| panic!("no answer: {}", String::from_utf8_lossy(&bytes)));
+    // tiny_http sends a large answer (a page of 200 rows) chunked.
+    if a.header("transfer-encoding") == Some("chunked") {
+        let start = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("end of head")
+            + 4;
+        a.body = String::from_utf8_lossy(&dechunk(&bytes[start..])).into_owned();
+    }
+    a
+}
+
+/// The payload of a chunked body (RFC 9112 §7.1; extensions and trailers
+/// ignored).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let line = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {line:?}"));
+        if size == 0 {
+            return out;
+        }
+        let data = &b[eol + 2..];
+        out.extend_from_slice(&data[..size]);
+        b = &data[size + 2..];
+    }
 }
 
 /// URL-encodes a form value.
@@ -346,6 +388,22 @@ fn signing_in_and_out() {
         before,
         "a signed-out post changed nothing"
     );
+    // A script's fetch without a session gets 401, not a redirect.
+    let headers = [
+        format!("Origin: {}", c.origin()),
+        "Content-Type: application/x-www-form-urlencoded".to_owned(),
+        "Sec-Fetch-Mode: cors".to_owned(),
+        format!("Cookie: {}", s.cookie),
+    ];
+    let body = format!("csrf={}", s.csrf);
+    let a = c.send(
+        "POST",
+        "/ui/credentials/acct/refresh",
+        &headers,
+        body.as_bytes(),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(c.snapshot("acct"), before);
 }
 
 /// Every action works from the console through the same Warden call as the API, leaves an event, and reports a flash message on the page it redirects to.
@@ -1042,5 +1100,45 @@ fn a_dead_oauth2_credential_signs_in_again_from_the_console() {
     assert!(
         msg.starts_with("ERROR:") && msg.contains("tokenwarden login codex"),
         "{msg}"
+    );
+}
+
+/// A server with no API key (loopback only) signs anyone in as admin, as its API answers anyone — and, as the API, answers no other `Host`: a DNS-rebinding page gets 403 before the console, and no cookie.
+#[test]
+fn a_keyless_console_answers_loopback_names_only() {
+    let c = Console::serve_keys(Env::new(), &[]);
+    c.env.login("acct", 3600);
+    let form = c.get("/ui/login", None).expect_status(200);
+    assert!(form.body.contains(r#"id="signin-open""#), "{}", form.body);
+    let (s, _) = c.sign_in("");
+    let page = c.get("/ui", Some(&s.cookie)).expect_status(200);
+    assert!(page.body.contains("scope-admin") && page.body.contains(r#"data-id="acct""#));
+    // A page at another name re-pointed at 127.0.0.1, with its own Origin.
+    let rebound = format!("rebind.attacker.example:{}", c.addr.port());
+    for (method, path, body) in [
+        ("GET", "/ui/login", ""),
+        ("GET", "/ui", ""),
+        ("POST", "/ui/login", "csrf=x&key="),
+        ("POST", "/ui/credentials/acct/delete", "csrf=x"),
+    ] {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {rebound}\r\nOrigin: http://{rebound}\r\n\
+             Connection: close\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n",
+            s.cookie,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body.as_bytes());
+        let a = exchange(c.addr, &req);
+        assert_eq!(a.status, 403, "{method} {path}: {}", a.body);
+        assert!(a.body.contains("--allow-host"), "{}", a.body);
+        assert!(set_cookie(&a, "tw_pre").is_none() && set_cookie(&a, "tw_session").is_none());
+        assert_eq!(a.header("content-security-policy"), Some(CSP));
+    }
+    assert_eq!(
+        c.env.run(&["show", "acct"]).status.code(),
+        Some(0),
+        "not deleted"
     );
 }

@@ -524,9 +524,22 @@ fn checked_post(ctx: &Ctx<'_>, form: &Form) -> Result<Seen, Reply> {
     Ok(s)
 }
 
+/// The answer to a post without a session: a form's browser goes to the
+/// sign-in page (303); a script's `fetch` (`Sec-Fetch-Mode` other than
+/// `navigate`) gets 401.
+fn signed_out(rq: &Request) -> Reply {
+    match header(rq, "Sec-Fetch-Mode") {
+        Some(mode) if !mode.eq_ignore_ascii_case("navigate") => Reply::html(
+            401,
+            render::error_page(401, "signed out; sign in again at /ui/login", None),
+        ),
+        _ => see_other("/ui/login"),
+    }
+}
+
 fn signout(ctx: &Ctx<'_>, rq: &mut Request, body: &mut BodyState) -> Reply {
     if ctx.session(false).is_none() {
-        return see_other("/ui/login");
+        return signed_out(rq);
     }
     let form = match read_form(rq, &["csrf"], body) {
         Ok(f) => f,
@@ -553,7 +566,7 @@ fn act(
 ) -> Reply {
     // No session: back to the sign-in page before a byte of the body.
     let Some(seen) = ctx.session(false) else {
-        return see_other("/ui/login");
+        return signed_out(rq);
     };
     let form = match read_form(rq, action.fields(), body) {
         Ok(f) => f,

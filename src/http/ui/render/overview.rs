@@ -386,6 +386,9 @@ mod tests {
                 assert!(html.contains(cell), "{cell} in {html}");
             }
             assert!(!html.contains("<id>"));
+            for secret in crate::http::ui::render::testkit::SECRETS {
+                assert!(!html.contains(secret), "{secret} in {html}");
+            }
             assert_eq!(html.contains(r#"class="fix""#), state == "dead", "{state}");
         }
     }

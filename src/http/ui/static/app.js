@@ -4,7 +4,12 @@
 "use strict";
 
 (function () {
+  // Rows are fetched again 3 s after the last answer came, or later when
+  // answers are slow (a filter that matches few of very many rows reads
+  // them all): the wait is at least 5 times the last fetch, so one open
+  // page never keeps the server busy more than a sixth of the time.
   var REFRESH_MS = 3000;
+  var SLOWDOWN = 5;
 
   function span(ms) {
     var s = Math.floor(Math.abs(ms) / 1000);
@@ -60,11 +65,25 @@
   }
 
   var inFlight = false;
+  var again = false;
+  var timer = null;
+
+  function schedule(lastMs) {
+    if (timer !== null) window.clearTimeout(timer);
+    timer = window.setTimeout(refreshRows, Math.max(REFRESH_MS, SLOWDOWN * lastMs));
+  }
 
   function refreshRows() {
     var tbody = document.getElementById("credential-rows");
-    if (!tbody || inFlight) return;
+    if (!tbody) return;
+    if (inFlight) {
+      // Filters changed meanwhile: fetch again as soon as this one ends.
+      again = true;
+      return;
+    }
     inFlight = true;
+    again = false;
+    var started = Date.now();
     var q = filterQuery();
     fetch("/ui/overview" + (q ? "?" + q : ""), { credentials: "same-origin", cache: "no-store" })
       .then(function (resp) {
@@ -76,6 +95,11 @@
       })
       .then(function (html) {
         if (html === null || html === undefined) return;
+        // Rows of filters no longer chosen are not shown.
+        if (q !== filterQuery()) {
+          again = true;
+          return;
+        }
         var t = document.createElement("template");
         t.innerHTML = "<table>" + html + "</table>";
         var fresh = t.content.querySelector("#credential-rows");
@@ -87,7 +111,11 @@
         }
       })
       .catch(function () { /* the next round tries again */ })
-      .then(function () { inFlight = false; });
+      .then(function () {
+        inFlight = false;
+        if (again) refreshRows();
+        else schedule(Date.now() - started);
+      });
   }
 
   function liveFilters() {
@@ -113,7 +141,7 @@
     tick();
     window.setInterval(tick, 1000);
     if (document.getElementById("credential-rows")) {
-      window.setInterval(refreshRows, REFRESH_MS);
+      schedule(0);
     }
   });
 })();
