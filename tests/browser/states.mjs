@@ -113,6 +113,10 @@ await run([
         check(ms > Date.now() && ms < Date.now() + 600000, `${id}'s data-expires-ms is ${cells[id].expiresMs}`);
         check(/\d/.test(cells[id].expires), `${id}'s countdown: ${cells[id].expires}`);
       }
+      // The countdowns tick in the page between fetches of the rows.
+      const cell = `#credential-rows tr.credential[data-id="${soon[0]}"] td.expires`;
+      const before = (await page.textContent(cell)).trim();
+      await until(async () => (await page.textContent(cell)).trim() !== before, 3000, `${soon[0]}'s countdown to tick from ${before}`);
       return { cells };
     },
   ],
