@@ -46,7 +46,7 @@ const SCRIPT_DEADLINE: Duration = Duration::from_secs(240);
 /// The browser binary, when this machine can run the browser tests;
 /// `None` after a loud SKIPPED line, or a panic under
 /// `TOKENWARDEN_REQUIRE_BROWSER=1`. Installs tests/browser on first need.
-fn browser() -> Option<PathBuf> {
+pub(crate) fn browser() -> Option<PathBuf> {
     let chromium = std::env::var_os("TOKENWARDEN_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -82,19 +82,19 @@ fn scripts_dir() -> PathBuf {
 
 /// A `tokenwarden serve` on loopback with an admin and a read-only key,
 /// its log kept.
-struct Console {
-    env: Env,
+pub(crate) struct Console {
+    pub(crate) env: Env,
     _served: Served,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The API with the admin key.
-    api: Client,
+    pub(crate) api: Client,
     log: Arc<Mutex<String>>,
 }
 
 impl Console {
     /// Serves `env` (no background refresher: the test decides when a
     /// credential refreshes) with `extra` flags.
-    fn start(env: Env, extra: &[&str]) -> Console {
+    pub(crate) fn start(env: Env, extra: &[&str]) -> Console {
         let keys = env.dir.path().join("api-keys");
         std::fs::write(&keys, format!("admin:{ADMIN_KEY}\nread:{READ_KEY}\n")).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -124,13 +124,13 @@ impl Console {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Every secret the browser must never see: each token the fake ever
     /// issued, both API keys, and `more` (handles).
-    fn secrets(&self, more: &[String]) -> Vec<String> {
+    pub(crate) fn secrets(&self, more: &[String]) -> Vec<String> {
         let mut all = self.env.fake.every_token_issued();
         all.extend([ADMIN_KEY.to_owned(), READ_KEY.to_owned()]);
         all.extend(more.iter().cloned());
@@ -140,7 +140,7 @@ impl Console {
     /// Runs tests/browser/`script` against this console with `expect`
     /// (TW_EXPECT), answering its asks with `on_ask` (after the built-in
     /// `mark`, which notes the fake's request counts under a name).
-    fn run(
+    pub(crate) fn run(
         &self,
         chromium: &Path,
         script: &str,
@@ -303,7 +303,7 @@ impl Drop for Node {
 
 /// What a script did: its scenarios' reports, the fake's counts at each
 /// mark, every request and response the browser saw.
-struct Outcome {
+pub(crate) struct Outcome {
     scenarios: Vec<Value>,
     marks: BTreeMap<String, (usize, usize)>,
     traffic: Vec<Value>,
@@ -315,7 +315,7 @@ struct Outcome {
 impl Outcome {
     /// Panics unless every scenario of `names` ran and passed, naming each
     /// that did not with its error.
-    fn assert_passed(&self, names: &[&str]) {
+    pub(crate) fn assert_passed(&self, names: &[&str]) {
         let mut failed = Vec::new();
         for name in names {
             match self.scenarios.iter().find(|s| s["scenario"] == *name) {
@@ -339,7 +339,7 @@ impl Outcome {
     }
 
     /// What scenario `name` reported.
-    fn facts(&self, name: &str) -> &Value {
+    pub(crate) fn facts(&self, name: &str) -> &Value {
         &self
             .scenarios
             .iter()
@@ -357,7 +357,7 @@ impl Outcome {
     /// browser saw holds one of `secrets` (or a 16-character end of one).
     /// The one exception is the key typed into the sign-in form, in the
     /// body of the `POST /ui/login` that sends it.
-    fn assert_no_secret(&self, secrets: &[String]) {
+    pub(crate) fn assert_no_secret(&self, secrets: &[String]) {
         let mut needles: Vec<(&str, &str)> = Vec::new();
         for s in secrets {
             needles.push((s, s));
@@ -434,7 +434,7 @@ impl Outcome {
 
     /// Panics unless every response of the console (`origin`, paths under
     /// /ui) carried the contract's security headers.
-    fn assert_security_headers(&self, origin: &str) {
+    pub(crate) fn assert_security_headers(&self, origin: &str) {
         const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
         let want = [
             ("content-security-policy", CSP),

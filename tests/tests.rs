@@ -38,6 +38,11 @@ mod attack5;
 // Attacks on issue 16, `tokenwarden login`: store_login, the flows, the
 // API sign-in, the Claude Code and Gemini importers, the relogin command.
 mod attack16;
+// Hostile review of issue 17, the operator's console under /ui: sessions,
+// CSRF, read-only escalation, XSS, redirects, secrets, the promise kept by
+// its actions (browser part: tests/browser/attack17.mjs); holes are
+// `#[ignore = "HOLE: …"]`.
+mod attack17;
 // The operator's console (issue 17) in headless Chromium, driven by
 // playwright-core on Node.js (tests/browser): live states, actions,
 // read-only keys, CSRF and foreign origins, no secret in any traffic.

@@ -13,20 +13,20 @@ use crate::common::fake_oauth::Fault;
 use crate::common::http::{free_port, parse_raw, Answer, Served};
 use crate::common::tw::{json, text, Backend, Env};
 
-const ADMIN: &str = "ui-admin-key-0123456789";
-const READ: &str = "ui-read-key-9876543210";
+pub(crate) const ADMIN: &str = "ui-admin-key-0123456789";
+pub(crate) const READ: &str = "ui-read-key-9876543210";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// A `serve` with an admin and a read-only key, no background refresher
 /// (the tests decide every state change).
-struct Console {
-    env: Env,
-    addr: SocketAddr,
-    _served: Served,
+pub(crate) struct Console {
+    pub(crate) env: Env,
+    pub(crate) addr: SocketAddr,
+    pub(crate) _served: Served,
 }
 
 impl Console {
-    fn start() -> Console {
+    pub(crate) fn start() -> Console {
         Console::serve(Env::new())
     }
 
@@ -47,7 +47,7 @@ impl Console {
 
     /// A console whose keys are these environment variables (none: a
     /// keyless server on loopback).
-    fn serve_keys(env: Env, keys: &[(&str, &str)]) -> Console {
+    pub(crate) fn serve_keys(env: Env, keys: &[(&str, &str)]) -> Console {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = env.cmd();
         cmd.args([
@@ -68,13 +68,13 @@ impl Console {
     }
 
     /// This server's own origin.
-    fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// One request: `Host` is the server's address, `Connection: close`;
     /// `headers` are extra lines.
-    fn send(&self, method: &str, path: &str, headers: &[String], body: &[u8]) -> Answer {
+    pub(crate) fn send(&self, method: &str, path: &str, headers: &[String], body: &[u8]) -> Answer {
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
@@ -92,13 +92,13 @@ impl Console {
         exchange(self.addr, &bytes)
     }
 
-    fn get(&self, path: &str, cookie: Option<&str>) -> Answer {
+    pub(crate) fn get(&self, path: &str, cookie: Option<&str>) -> Answer {
         let headers: Vec<String> = cookie.map(|c| format!("Cookie: {c}")).into_iter().collect();
         self.send("GET", path, &headers, b"")
     }
 
     /// A form post as a browser sends it (own `Origin`, URL-encoded).
-    fn post(&self, path: &str, cookie: Option<&str>, form: &str) -> Answer {
+    pub(crate) fn post(&self, path: &str, cookie: Option<&str>, form: &str) -> Answer {
         let mut headers = vec![
             format!("Origin: {}", self.origin()),
             "Content-Type: application/x-www-form-urlencoded".to_owned(),
@@ -109,7 +109,7 @@ impl Console {
 
     /// Signs in with `key`: the session cookie (`tw_session=…`) and the
     /// session's CSRF token, and the sign-in answer.
-    fn sign_in(&self, key: &str) -> (Session, Answer) {
+    pub(crate) fn sign_in(&self, key: &str) -> (Session, Answer) {
         let (pre, csrf) = self.sign_in_form();
         let answer = self.post(
             "/ui/login",
@@ -137,7 +137,7 @@ impl Console {
 
     /// A fresh sign-in form: the pre-session cookie (`tw_pre=…`) and its
     /// CSRF token.
-    fn sign_in_form(&self) -> (String, String) {
+    pub(crate) fn sign_in_form(&self) -> (String, String) {
         let form = self.get("/ui/login", None).expect_status(200);
         let pre = set_cookie(&form, "tw_pre").expect("a pre-session cookie");
         let pre = pre.split(';').next().expect("name=value").trim().to_owned();
@@ -147,7 +147,7 @@ impl Console {
     /// `list --json` and the events of `id`: what must not change when a
     /// post is refused.
     /// (The summaries hold cooldowns, pools and quota too.)
-    fn snapshot(&self, id: &str) -> (Value, usize) {
+    pub(crate) fn snapshot(&self, id: &str) -> (Value, usize) {
         let list = json(&self.env.run(&["list", "--json"]));
         let events = json(&self.env.run(&["events", id, "--json"]))["events"]
             .as_array()
@@ -157,13 +157,13 @@ impl Console {
 }
 
 /// A signed-in browser.
-struct Session {
+pub(crate) struct Session {
     /// `tw_session=…`.
-    cookie: String,
-    csrf: String,
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
 }
 
-trait Expect {
+pub(crate) trait Expect {
     fn expect_status(self, status: u16) -> Answer;
 }
 
@@ -175,7 +175,7 @@ impl Expect for Answer {
 }
 
 /// Sends `request`, half-closes, reads the whole answer.
-fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
+pub(crate) fn exchange(addr: SocketAddr, request: &[u8]) -> Answer {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
@@ -218,7 +218,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 /// URL-encodes a form value.
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
@@ -228,7 +228,7 @@ fn enc(s: &str) -> String {
 }
 
 /// The `Set-Cookie` header that sets cookie `name`.
-fn set_cookie(a: &Answer, name: &str) -> Option<String> {
+pub(crate) fn set_cookie(a: &Answer, name: &str) -> Option<String> {
     a.headers
         .iter()
         .filter(|(n, _)| n == "set-cookie")
@@ -237,7 +237,7 @@ fn set_cookie(a: &Answer, name: &str) -> Option<String> {
 }
 
 /// The value of the first `name="csrf"` input of a page.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at = html
         .find(r#"name="csrf" value=""#)
         .unwrap_or_else(|| panic!("no csrf input in {html}"));
@@ -245,13 +245,13 @@ fn csrf_of(html: &str) -> String {
     rest[..rest.find('"').expect("closing quote")].to_owned()
 }
 
-fn location(a: &Answer) -> &str {
+pub(crate) fn location(a: &Answer) -> &str {
     a.header("location").unwrap_or_default()
 }
 
 /// Makes a facade handle for `id` with the CLI: the handle (shown once)
 /// and the short id the lists and the console show.
-fn new_handle(c: &Console, id: &str) -> (String, String) {
+pub(crate) fn new_handle(c: &Console, id: &str) -> (String, String) {
     let out = c.env.run(&["handle", "create", id, "--label", "laptop"]);
     let handle = text(&out.stdout).trim().to_owned();
     let listed = json(&c.env.run(&["handle", "list", id, "--json"]));
@@ -260,7 +260,7 @@ fn new_handle(c: &Console, id: &str) -> (String, String) {
 }
 
 /// The flash message the next page shows, if any.
-fn flash(c: &Console, s: &Session, path: &str) -> String {
+pub(crate) fn flash(c: &Console, s: &Session, path: &str) -> String {
     let page = c.get(path, Some(&s.cookie)).expect_status(200);
     let Some(at) = page.body.find(r#"id="flash""#) else {
         return String::new();
@@ -278,7 +278,7 @@ fn flash(c: &Console, s: &Session, path: &str) -> String {
 }
 
 /// The `data-state` of `id`'s row in the overview fragment.
-fn row_state(c: &Console, s: &Session, id: &str) -> String {
+pub(crate) fn row_state(c: &Console, s: &Session, id: &str) -> String {
     let frag = c.get("/ui/overview", Some(&s.cookie)).expect_status(200);
     let marker = format!(r#"<tr class="credential" data-id="{id}" data-state=""#);
     let at = frag
