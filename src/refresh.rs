@@ -608,8 +608,10 @@ impl Refresher {
         let cfg = &self.config;
         let timeout = cfg.request_timeout;
         let budget = timeout + cfg.commit_margin();
+        // Judged on the latest the lease clock can be: never more time
+        // than the clock that decides takeovers grants.
         let lease_left =
-            || Duration::from_millis(lease.left_ms(self.clock.now().lease).unwrap_or(0) as u64);
+            || Duration::from_millis(lease.left_ms(self.clock.lease_latest()).unwrap_or(0) as u64);
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
             let slot = slots.map(RequestSlots::take);
@@ -793,7 +795,7 @@ impl Refresher {
             let rotated = write
                 .tokens
                 .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
-            let lease_left = lease.left_ms(self.clock.now().lease).unwrap_or(0);
+            let lease_left = lease.left_ms(self.clock.lease_latest()).unwrap_or(0);
             // Only a database that may come back is waited for (busy, full,
             // read-only, an I/O error), or a write that panicked (Internal:
             // rolled back, a retry may land); anything else will not clear.

@@ -102,6 +102,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The lease clock now at the latest it can be, where
+    /// [`lease_now`](Self::lease_now) is the earliest: a backend that
+    /// estimates the clock from its reads knows it only within an
+    /// interval. A lease holder judges the time left in its own lease on
+    /// this, so it never believes it has more left than the clock that
+    /// decides will grant (PostgreSQL: a slow answer widens the interval).
+    /// `None`: the same as `lease_now`.
+    fn lease_latest(&self) -> Option<LeaseTime> {
+        None
+    }
+
     /// Calls `wake` (while someone else holds it) with the id of each
     /// credential whose row a commit changed, in any process of any box —
     /// a hint that saves a waiter its polls; the row stays the truth. A

@@ -238,10 +238,14 @@ pub type Counts = Vec<(&'static str, i64)>;
 /// nothing on the target's clock).
 pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
     let mut tables = Vec::with_capacity(TABLES.len());
+    // Rows of the source's own backend (LOCAL_META), not copied.
+    let mut local_rows = 0;
     for t in TABLES {
         let mut rows = from.dump(t)?;
         if t.name == "meta" {
+            let all = rows.len();
             rows.retain(|r| !matches!(&r[0], Cell::Text(k) if LOCAL_META.contains(&k.as_str())));
+            local_rows = (all - rows.len()) as i64;
         }
         if t.name == "credentials" {
             if let Some(r) = rows
@@ -265,11 +269,11 @@ pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
     for (t, rows) in &tables {
         let want = rows.len() as i64;
         let (source, target) = (from.count(t)?, to.count(t)?);
-        let target = if t.name == "meta" {
-            // The target may keep rows of its own backend (LOCAL_META).
-            target.min(want)
+        let (source, target) = if t.name == "meta" {
+            // Either side may keep rows of its own backend (LOCAL_META).
+            (source - local_rows, target.min(want))
         } else {
-            target
+            (source, target)
         };
         if source != want || target != want {
             return Err(Error::Internal(

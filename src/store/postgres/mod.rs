@@ -129,11 +129,12 @@ impl Postgres {
         schema::check_key(&mut first, &url.shown, sealer.as_ref())?;
         let key = schema::fingerprint_key(&mut first, sealer.as_ref())?;
         let clock = ServerClock::new(schema::clock_id(&mut first)?);
+        let sent = clock::local_ms();
         let now: i64 = first
             .query_one(&format!("SELECT {}", clock::SERVER_NOW_MS), &[])
             .map_err(pg_err)?
             .get(0);
-        clock.observe(now);
+        clock.observe(sent, now);
         drop(first);
         let channel = format!("tokenwarden_{}", url.schema);
         let manager = Manager {
@@ -197,6 +198,10 @@ impl Backend for Postgres {
 
     fn lease_now(&self) -> Option<LeaseTime> {
         Some(self.clock.now())
+    }
+
+    fn lease_latest(&self) -> Option<LeaseTime> {
+        Some(self.clock.latest())
     }
 
     fn on_commit(&self, wake: &Arc<Wake>) {
