@@ -365,7 +365,16 @@ impl Refresher {
                             .after_own_refresh(done, need)
                             .map(|r| (r, Via::Refreshed));
                     }
-                    // Lost the race: re-read and decide again at once.
+                    // Lost the race: re-read and decide again — at once if
+                    // the row changed, else after a poll (a takeover the
+                    // store refused on its own clock: PostgreSQL just
+                    // restarted, see `postgres::apply`), never in a spin.
+                    if row.status.state == state::State::Refreshing {
+                        let remaining = deadline.saturating_duration_since(self.clock.instant());
+                        waited = true;
+                        self.wait_for_change(id, row.status.version, remaining.min(poll), poll)?;
+                        poll = (poll * 2).min(POLL_MAX);
+                    }
                 }
                 Decision::Wait {
                     lease_left_ms,

@@ -112,6 +112,11 @@ impl ServerClock {
         }
     }
 
+    /// The id naming this database's lease clock.
+    pub(super) fn id(&self) -> i64 {
+        self.id
+    }
+
     /// Takes note of `server_ms`, read by a statement sent at local
     /// [`local_ms`] `sent` that has just returned.
     pub(super) fn observe(&self, sent: i64, server_ms: i64) {

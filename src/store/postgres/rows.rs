@@ -39,8 +39,18 @@ impl rowdata::Cells for Cells<'_> {
 }
 
 /// Decodes a row read with [`COLUMNS`].
+/// Every lease on PostgreSQL is on the server's clock (ms since the
+/// epoch by `clock_timestamp()`), whatever id it was written under — a box
+/// of an older release, a row restored from another cluster: the lease is
+/// read as this database's clock, so a foreign id never makes a live lease
+/// look over (a box's boot-clock value, as `migrate` might carry from
+/// SQLite, reads as long past).
 pub(super) fn decode(db: &Postgres, row: &Row, secrets: Secrets) -> Result<Credential> {
-    rowdata::decode(&Cells(row), &db.codec, secrets)
+    let mut c = rowdata::decode(&Cells(row), &db.codec, secrets)?;
+    if let Some(lease) = c.status.lease.as_mut() {
+        lease.until.clock = db.clock.id();
+    }
+    Ok(c)
 }
 
 /// The point read: the row (all NULL if there is none) and the server's
