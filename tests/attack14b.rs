@@ -498,3 +498,84 @@ fn migrate_while_another_box_refreshes_never_copies_a_spent_token_as_current() {
     );
     assert!(!after.revoked);
 }
+
+/// A `refreshing` row whose lease, on this database's own clock id, ends
+/// more than `MAX_LEASE_MS` (1 h) ahead of the server's clock — what a
+/// live lease becomes when the server's clock is stepped back by hours
+/// (NTP correcting a wrong clock) and its owner is then killed. The pure
+/// core reads such a lease as over (so nothing is held by a deadline
+/// nobody will see) and claims; the guarded UPDATE on the server sees it
+/// live and refuses. A caller must not spin on that disagreement: it
+/// answers within its wait (busy / unavailable), sends nothing upstream.
+/// (Failed on e5580fa: `tokenwarden token` never returned — killed after
+/// 30 s, its wait being 5.5 s — while the database counted ~74 000
+/// transactions: `obtain` re-reads and claims again at once after a lost
+/// claim, without looking at its deadline. Nothing was sent upstream. The
+/// same disagreement, core "over" vs server "live", is a likely cause of
+/// the operator's hang attack14 saw on a foreign clock id before the mend.)
+#[test]
+#[ignore = "HOLE: core judges a >1 h lease over, the server's guard live: the caller spins on the database for ever (~2.5k tx/s)"]
+fn a_lease_beyond_the_longest_on_the_servers_clock_never_hangs_a_caller() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    env.login("far", 60);
+    let w = env.warden();
+    assert!(w.get("far").is_ok());
+    let mut admin = pg::client(env.pg_url());
+    let changed = admin
+        .execute(
+            "UPDATE credentials SET state = 'refreshing', resume_state = 'valid', \
+             lease_owner = 'ghost', lease_id = 'ghost', version = version + 1, \
+             lease_clock = (SELECT value::int8 FROM meta WHERE key = 'lease_clock'), \
+             lease_until_ms = (extract(epoch from clock_timestamp()) * 1000)::int8 + 7200000 \
+             WHERE id = 'far'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    let commits = |admin: &mut postgres::Client| -> i64 {
+        admin
+            .query_one(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database                  WHERE datname = current_database()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let before = commits(&mut admin);
+    let started = Instant::now();
+    let op = env
+        .cmd()
+        .args(["token", "far", "--min-ttl", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The CLI's wait is lease + request timeout (5.5 s here): far less.
+    let out = output_within(op, Duration::from_secs(30));
+    let stats = env.fake.stats();
+    let Some(out) = out else {
+        // The statistics collector reports with a delay.
+        thread::sleep(Duration::from_secs(1));
+        panic!(
+            "`tokenwarden token` on a lease beyond the longest hung (killed after {:?}); \
+             upstream saw {} requests; the database saw ~{} transactions meanwhile",
+            started.elapsed(),
+            stats.token_requests,
+            commits(&mut admin) - before
+        );
+    };
+    assert_eq!(stats.token_requests, 0, "{}", text(&out.stderr));
+    assert_ne!(
+        code(&out),
+        0,
+        "served while refreshing? {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
