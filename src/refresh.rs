@@ -371,6 +371,13 @@ impl Refresher {
                     // restarted, see `postgres::apply`), never in a spin.
                     if row.status.state == state::State::Refreshing {
                         let remaining = deadline.saturating_duration_since(self.clock.instant());
+                        if remaining.is_zero() {
+                            return Err(unavailable(
+                                &row,
+                                poll.as_millis() as i64,
+                                "another refresh of it holds a lease the database still counts",
+                            ));
+                        }
                         waited = true;
                         self.wait_for_change(id, row.status.version, remaining.min(poll), poll)?;
                         poll = (poll * 2).min(POLL_MAX);

@@ -16,8 +16,10 @@
 //! on the server's own clock (`clock_timestamp()`): no box's clock, skewed
 //! or estimated, can end another's lease early. Every lease is judged on
 //! that clock whatever clock id it was written under (see
-//! `rows::decode`); one further away than `MAX_LEASE_MS` counts as ended,
-//! as in `Lease::left_ms`; and none is taken over in the first
+//! `rows::decode`) — one further away than `MAX_LEASE_MS`, which the pure
+//! core counts as ended, is live here until the server's clock reaches it
+//! (a server clock stepped back may have put a live lease there: callers
+//! answer busy, never send twice); and none is taken over in the first
 //! [`RESTART_GRACE_MS`] after the server started, so that an owner whose
 //! commit a restart cut off lands it first.
 
@@ -50,7 +52,6 @@ fn sql(channel: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let rotated = Spent::Rotated.as_str();
-    let max_lease_ms = crate::state::MAX_LEASE_MS;
     format!(
         "WITH o AS (SELECT id, refresh_fp AS old_fp FROM credentials WHERE id = $24 FOR UPDATE), \
          u AS (UPDATE credentials c SET state = $1, version = c.version + 1, resume_state = $2, \
@@ -79,7 +80,6 @@ fn sql(channel: &str) -> String {
              AND (c.state <> 'refreshing' OR $4::text IS NULL \
                   OR c.lease_id IS NOT DISTINCT FROM $4 \
                   OR c.lease_until_ms IS NULL \
-                  OR c.lease_until_ms > {SERVER_NOW_MS} + {max_lease_ms} \
                   OR (c.lease_until_ms <= {SERVER_NOW_MS} \
                       AND (extract(epoch from pg_postmaster_start_time()) * 1000)::int8 \
                           + {RESTART_GRACE_MS} <= {SERVER_NOW_MS})) \
