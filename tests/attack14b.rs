@@ -576,3 +576,362 @@ fn a_lease_beyond_the_longest_on_the_servers_clock_never_hangs_a_caller() {
         text(&out.stderr)
     );
 }
+
+/// The clock interval under a jittery and lopsided path: box S reaches
+/// the database through a relay whose delays change phase by phase —
+/// jitter 0..600 ms both ways, then 1.2 s client→server only (claims
+/// arrive late; answers fast), then 1.2 s server→client only (readings
+/// arrive old) — while box F (direct) and CLI processes through S's path
+/// force a refresh of one credential over and over. Whatever S
+/// estimates, no lease may be taken over live, no owner may send after
+/// its lease ended on the server: one request in flight per family at a
+/// time, no refresh token presented after its successful answer, never a
+/// reuse.
+#[test]
+fn jittery_and_lopsided_paths_never_send_a_token_twice() {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 2.0,
+            lease_ttl: 10.0,
+            ..Tuning::default()
+        },
+        Backend::Postgres,
+    ) else {
+        return;
+    };
+    env.login("j", 60);
+    let relay = Relay::to(server_addr(env.pg_url()));
+    let slow_url = relay.url(env.pg_url());
+    let s = Arc::new(tokenwarden::Warden::open(&slow_url, env.config()).unwrap());
+    let f = Arc::new(env.warden());
+    env.fake.set_latency(Duration::from_millis(700));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for (i, w) in [s.clone(), s.clone(), f.clone(), f.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let stop = stop.clone();
+        callers.push(thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = w.refresh("j", true) {
+                    if e.to_string().contains("dead") {
+                        errors.push(format!("box {i}: {e}"));
+                        break;
+                    }
+                }
+                thread::sleep(Duration::from_millis(30));
+            }
+            errors
+        }));
+    }
+    let mut cli = env.cmd();
+    cli.env("TOKENWARDEN_DB", &slow_url)
+        .args(["refresh", "j", "--force"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let cli_stop = stop.clone();
+    let cli = thread::spawn(move || {
+        let mut runs = 0;
+        while !cli_stop.load(Ordering::SeqCst) {
+            let _ = cli.status();
+            runs += 1;
+        }
+        runs
+    });
+    let phases: [(u64, u64, u64, u64); 3] = [(0, 600, 0, 600), (1200, 0, 0, 0), (0, 0, 1200, 0)];
+    for (up, up_jitter, down, down_jitter) in phases {
+        relay.up.delay_ms.store(up, Ordering::SeqCst);
+        relay.up.jitter_ms.store(up_jitter, Ordering::SeqCst);
+        relay.down.delay_ms.store(down, Ordering::SeqCst);
+        relay.down.jitter_ms.store(down_jitter, Ordering::SeqCst);
+        thread::sleep(Duration::from_secs(8));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let errors: Vec<String> = callers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    let cli_runs = cli.join().unwrap();
+    let stats = env.fake.stats();
+    eprintln!(
+        "jittery paths: {} token requests, {cli_runs} CLI runs",
+        stats.token_requests
+    );
+    let family = env.fake.family_state("j");
+    assert!(
+        stats.token_requests >= 5,
+        "too few refreshes to mean anything: {} ({cli_runs} CLI runs)",
+        stats.token_requests
+    );
+    assert_eq!(
+        stats.reuse_detected, 0,
+        "a refresh token was reused ({} requests, errors {errors:?})",
+        stats.token_requests
+    );
+    assert!(!family.revoked, "{:?} {errors:?}", family.revoked_reason);
+    env.fake.assert_single_flight();
+    env.fake.assert_no_reuse_after_success();
+    assert!(errors.is_empty(), "{errors:?}");
+    let row = f.get("j").unwrap();
+    assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
+}
+
+/// `url` with its user replaced by `role` (the tests' server trusts
+/// loopback, so no password).
+fn as_role(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_, host) = rest.split_once('@').expect("a user in the URL");
+    format!("{scheme}://{role}@{host}")
+}
+
+/// A rolling upgrade from the code before the mend: a database used only
+/// by boxes that could read `pg_control_system()` has no `lease_clock` in
+/// `meta` (they named the clock by the system identifier and stored
+/// nothing — simulated by deleting the row a new box wrote). A box still
+/// running (it named the clock by the system identifier, as the old code
+/// did) is mid-refresh when the first upgraded box opens the database as
+/// the service's role, which may not call `pg_control_system()`: it picks
+/// a random id, stores it, and must still not take the running box's live
+/// lease over.
+/// (Failed on e5580fa: the upgraded box (random id) and the old box
+/// (system id) each judged the other's lease on "another clock", i.e.
+/// over, and took it over in turn: 17 token requests in 30 s, the family
+/// revoked, the old box's caller got dead (refresh_token_invalidated), and
+/// the upgraded box's `token` never returned — killed after 30 s. Nothing
+/// reconciles a `meta` without `lease_clock` with the leases already in
+/// the rows.)
+#[test]
+#[ignore = "HOLE: pre-mend DB without meta lease_clock, first upgraded box on a role without pg_control_system: takeover ping-pong, 17 requests, dead, hang"]
+fn an_upgrade_from_a_meta_without_lease_clock_never_takes_a_live_lease_over() {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 8.0,
+            lease_ttl: 12.0,
+            ..Tuning::default()
+        },
+        Backend::Postgres,
+    ) else {
+        return;
+    };
+    env.login("u", 60);
+    // The old box: opened as the superuser, clock named by the system id.
+    let old_box = Arc::new(env.warden());
+    let url = env.pg_url().to_owned();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let role = format!("svc_{db}");
+    let mut admin = pg::client(&url);
+    let system: i64 = admin
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .unwrap()
+        .get(0);
+    let stored: String = admin
+        .query_one("SELECT value FROM meta WHERE key = 'lease_clock'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored,
+        system.to_string(),
+        "the superuser box named the clock by the system id"
+    );
+    admin
+        .batch_execute(&format!(
+            "DELETE FROM meta WHERE key = 'lease_clock'; \
+             CREATE ROLE {role} LOGIN; ALTER DATABASE {db} OWNER TO {role}; \
+             ALTER SCHEMA tokenwarden OWNER TO {role}; \
+             DO $$ DECLARE t text; BEGIN \
+               FOR t IN SELECT tablename FROM pg_tables WHERE schemaname = 'tokenwarden' LOOP \
+                 EXECUTE format('ALTER TABLE tokenwarden.%I OWNER TO {role}', t); \
+               END LOOP; END $$; \
+             REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC"
+        ))
+        .unwrap();
+    env.fake.set_latency(Duration::from_millis(4000));
+    let w = old_box.clone();
+    let owner = thread::spawn(move || w.token("u", Duration::from_secs(600)));
+    wait_until("the old box's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    // The first upgraded box, as the service's role.
+    let op = env
+        .cmd()
+        .env("TOKENWARDEN_DB", as_role(&url, &role))
+        .args(["token", "u", "--min-ttl", "600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (watch_url, watch_role, watch_seen) = (url.clone(), role.clone(), seen.clone());
+    thread::spawn(move || {
+        let mut c = pg::client(&watch_url);
+        for _ in 0..20 {
+            thread::sleep(Duration::from_secs(1));
+            let rows = c
+                .query(
+                    "SELECT state, coalesce(wait_event_type, '') || '/' || \
+                     coalesce(wait_event, ''), left(query, 60) FROM pg_stat_activity \
+                     WHERE usename = $1",
+                    &[&watch_role],
+                )
+                .unwrap_or_default();
+            let now: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:?} {:?} {:?}",
+                        r.get::<_, Option<String>>(0),
+                        r.get::<_, Option<String>>(1),
+                        r.get::<_, Option<String>>(2)
+                    )
+                })
+                .collect();
+            watch_seen.lock().unwrap().push(now.join(" | "));
+        }
+    });
+    let out = output_within(op, Duration::from_secs(30));
+    let g = owner.join().unwrap();
+    let requests = env.fake.stats().token_requests;
+    let family = env.fake.family_state("u");
+    let Some(out) = out else {
+        let seen = seen.lock().unwrap();
+        panic!(
+            "the upgraded box hung (killed after 30 s); upstream saw {requests} requests; \
+             old box: {:?}; its sessions: {:?}",
+            g.as_ref().map(|_| "ok").map_err(|e| e.to_string()),
+            &seen[seen.len().saturating_sub(3)..]
+        );
+    };
+    let now_stored: Option<String> = admin
+        .query_opt("SELECT value FROM meta WHERE key = 'lease_clock'", &[])
+        .unwrap()
+        .map(|r| r.get(0));
+    assert!(
+        now_stored.is_some(),
+        "the upgraded box never opened the database: exit {} {}",
+        code(&out),
+        text(&out.stderr).trim()
+    );
+    assert_eq!(
+        requests,
+        1,
+        "the upgraded box took the old box's live lease over: sent {requests} times \
+         (family revoked: {}; meta lease_clock now {:?} vs system id {system}; new box: exit {} \
+         {}; old box: {:?})",
+        family.revoked,
+        now_stored,
+        code(&out),
+        text(&out.stderr).trim(),
+        g.as_ref().map(|_| "ok").map_err(|e| e.to_string()),
+    );
+    assert!(!family.revoked);
+}
+
+/// LISTEN/NOTIFY is only a hint: a waiter on another box whose LISTEN
+/// connection is killed (`pg_terminate_backend`) while it waits still
+/// learns of the owner's commit — by its polls — within its wait, and
+/// serves the owner's new token, never the old one; and the next wait,
+/// after the listener was lost, works as well.
+#[test]
+fn a_killed_listener_never_leaves_a_waiter_waiting_or_serving_an_old_token() {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 4.0,
+            lease_ttl: 8.0,
+            ..Tuning::default()
+        },
+        Backend::Postgres,
+    ) else {
+        return;
+    };
+    env.login("n", 60);
+    let owner_box = Arc::new(env.warden());
+    let waiter_box = Arc::new(env.warden());
+    let mut admin = pg::client(env.pg_url());
+    env.fake.set_latency(Duration::from_millis(2500));
+    for round in 0..2 {
+        let w = owner_box.clone();
+        let owner = thread::spawn(move || w.refresh("n", true));
+        wait_until("the owner's request", Duration::from_secs(10), || {
+            env.fake.stats().in_flight == 1
+        });
+        let w = waiter_box.clone();
+        let started = Instant::now();
+        let waiter = thread::spawn(move || w.token("n", Duration::from_secs(600)));
+        // The waiter's LISTEN connection, once it has one: killed.
+        let mut killed = 0;
+        let end = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < end && killed == 0 {
+            killed = admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+                    &[],
+                )
+                .unwrap()
+                .len();
+            thread::sleep(Duration::from_millis(20));
+        }
+        let g = owner.join().unwrap().expect("the owner's refresh");
+        let got = waiter.join().unwrap();
+        let took = started.elapsed();
+        let got =
+            got.unwrap_or_else(|e| panic!("round {round}: the waiter got {e} (killed {killed})"));
+        assert_eq!(
+            got.access_token.expose(),
+            g.access_token.expose(),
+            "round {round}: the waiter served another token than the owner's (killed {killed})"
+        );
+        assert!(
+            took < Duration::from_secs(12),
+            "round {round}: the waiter waited {took:?}, beyond its wait"
+        );
+        assert_eq!(env.fake.stats().token_requests, round + 1);
+    }
+    assert!(!env.fake.family_state("n").revoked);
+}
+
+/// An old backup file migrated onto the PostgreSQL database a live box is
+/// using: refused (the target is not empty), and the live row — rotated
+/// since the backup — is untouched: the backup's spent refresh token never
+/// becomes current.
+#[test]
+fn migrating_an_old_backup_onto_a_live_database_is_refused_and_changes_nothing() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    env.login("b", 60);
+    let backup = env.dir.path().join("backup.db");
+    let out = env.run(&["migrate", "--to", backup.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let live = env.warden();
+    let fresh = live.refresh("b", true).expect("the live box's refresh");
+    let out = env
+        .cmd()
+        .env("TOKENWARDEN_DB", &backup)
+        .args(["migrate", "--to", env.pg_url()])
+        .output()
+        .unwrap();
+    assert_ne!(
+        code(&out),
+        0,
+        "the backup was migrated onto the live database"
+    );
+    assert!(
+        text(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out.stderr)
+    );
+    let family = env.fake.family_state("b");
+    let row = live.get("b").unwrap();
+    assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
+    assert_eq!(
+        live.token("b", Duration::ZERO)
+            .unwrap()
+            .access_token
+            .expose(),
+        fresh.access_token.expose()
+    );
+    assert_eq!(env.fake.stats().token_requests, 1);
+}
