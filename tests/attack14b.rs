@@ -87,6 +87,9 @@ struct Relay {
 struct Held {
     delay_ms: AtomicU64,
     armed: AtomicBool,
+    /// Cut mode: the statement is forwarded, its answer dropped and the
+    /// connection closed (an ambiguous commit).
+    cut: AtomicBool,
     executed: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -96,6 +99,18 @@ impl Relay {
     }
 
     fn with_trigger(target: SocketAddr, trigger: Option<(&'static [u8], Duration)>) -> Relay {
+        Relay::start(target, trigger, false)
+    }
+
+    /// A relay whose first client→server chunk containing `bytes` (on any
+    /// connection, once) runs on the server, but whose answer is dropped
+    /// and the connection closed: the client cannot know whether it ran.
+    fn cutting(target: SocketAddr, bytes: &'static [u8]) -> Relay {
+        Relay::start(target, Some((bytes, Duration::ZERO)), true)
+    }
+
+    fn start(target: SocketAddr, trigger: Option<(&'static [u8], Duration)>, cut: bool) -> Relay {
+        let fired = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (up, down) = (Arc::new(Path::default()), Arc::new(Path::default()));
@@ -115,7 +130,13 @@ impl Relay {
                     executed: t.clone(),
                     ..Held::default()
                 });
-                let watch = trigger.map(|(bytes, delay)| (bytes, delay, held.clone()));
+                let watch = trigger.map(|(bytes, delay)| Watch {
+                    bytes,
+                    delay,
+                    held: held.clone(),
+                    cut,
+                    fired: fired.clone(),
+                });
                 pump(
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
@@ -151,7 +172,15 @@ fn server_addr(url: &str) -> SocketAddr {
     hostport.parse().expect("a loopback address")
 }
 
-type Watch = (&'static [u8], Duration, Arc<Held>);
+/// A trigger on one connection's client→server bytes.
+struct Watch {
+    bytes: &'static [u8],
+    delay: Duration,
+    held: Arc<Held>,
+    /// Cut instead of delaying (see [`Relay::cutting`]), once per relay.
+    cut: bool,
+    fired: Arc<AtomicBool>,
+}
 
 /// Forwards `from` to `to` through `path` (and `held`), in order.
 fn pump(
@@ -172,12 +201,24 @@ fn pump(
             if n == 0 {
                 break;
             }
-            if let Some((bytes, delay, held)) = &watch {
-                if buf[..n].windows(bytes.len()).any(|w| w == *bytes) {
-                    held.delay_ms
-                        .store(delay.as_millis() as u64, Ordering::SeqCst);
-                    held.armed.store(true, Ordering::SeqCst);
+            if let Some(w) = &watch {
+                if buf[..n].windows(w.bytes.len()).any(|b| b == w.bytes) {
+                    if !w.cut {
+                        let ms = w.delay.as_millis() as u64;
+                        w.held.delay_ms.store(ms, Ordering::SeqCst);
+                        w.held.armed.store(true, Ordering::SeqCst);
+                    } else if !w.fired.swap(true, Ordering::SeqCst) {
+                        w.held.cut.store(true, Ordering::SeqCst);
+                    }
                 }
+            }
+            if held.as_ref().is_some_and(|h| h.cut.load(Ordering::SeqCst)) {
+                // The cut statement's answer: dropped, both ends closed.
+                if let Some(h) = &held {
+                    h.executed.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+                let _ = from.shutdown(Shutdown::Both);
+                break;
             }
             let jitter = p.jitter_ms.load(Ordering::SeqCst);
             let extra_ms = match &held {
@@ -934,4 +975,137 @@ fn migrating_an_old_backup_onto_a_live_database_is_refused_and_changes_nothing()
         fresh.access_token.expose()
     );
     assert_eq!(env.fake.stats().token_requests, 1);
+}
+
+/// The owner's commit of its rotated tokens runs on the server, but its
+/// answer never comes back (the connection is cut right after: an
+/// ambiguous commit), while another box asks for the same credential. The
+/// owner must find out from the row that its tokens landed, and both boxes
+/// serve them: one upstream request, one success event, the row holding
+/// the current refresh token.
+#[test]
+fn an_ambiguous_commit_of_rotated_tokens_lands_exactly_once() {
+    let Some(env) = Env::with_on(
+        Tuning {
+            request_timeout: 4.0,
+            lease_ttl: 10.0,
+            ..Tuning::default()
+        },
+        Backend::Postgres,
+    ) else {
+        return;
+    };
+    env.login("amb", 60);
+    // The commit of new tokens carries the new access token (a JWT whose
+    // header starts so); nothing else the owner sends up does.
+    let relay = Relay::cutting(server_addr(env.pg_url()), b"eyJhbGciOiJSUzI1NiIs");
+    let owner_box =
+        Arc::new(tokenwarden::Warden::open(relay.url(env.pg_url()), env.config()).unwrap());
+    let other_box = Arc::new(env.warden());
+    env.fake.set_latency(Duration::from_millis(1000));
+    let w = owner_box.clone();
+    let owner = thread::spawn(move || w.token("amb", Duration::from_secs(600)));
+    wait_until("the owner's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    let w = other_box.clone();
+    let other = thread::spawn(move || w.token("amb", Duration::from_secs(600)));
+    let g = owner.join().unwrap();
+    let o = other.join().unwrap();
+    assert!(
+        relay.executed.lock().unwrap().is_some(),
+        "the commit was never cut: the test exercised nothing"
+    );
+    let family = env.fake.family_state("amb");
+    let requests = env.fake.stats().token_requests;
+    let g = g.unwrap_or_else(|e| panic!("the owner got {e} ({requests} requests)"));
+    let o = o.unwrap_or_else(|e| panic!("the other box got {e} ({requests} requests)"));
+    assert_eq!(requests, 1);
+    assert_eq!(g.access_token.expose(), family.current_access_token);
+    assert_eq!(o.access_token.expose(), family.current_access_token);
+    let row = other_box.get("amb").unwrap();
+    assert_eq!(row.status.state, State::Valid);
+    assert_eq!(row.refresh_token.expose(), family.current_refresh_token);
+    let mut admin = pg::client(env.pg_url());
+    let successes: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM events WHERE credential_id = 'amb' \
+             AND from_state = 'refreshing' AND to_state = 'valid'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        successes, 1,
+        "the rotated tokens were committed {successes} times"
+    );
+    assert!(!family.revoked);
+}
+
+/// A reject recorded on one box while upstream fails (503): the rejected
+/// access token stays in the row (no new one could be had), and no other
+/// box or process may serve it — not the CLI, not another library box —
+/// until a refresh replaces it; then the new token is served everywhere.
+#[test]
+fn a_reject_while_upstream_fails_is_never_served_by_another_box() {
+    let Some(env) = Env::with_on(
+        Tuning {
+            backoff_min: 1.0,
+            ..Tuning::default()
+        },
+        Backend::Postgres,
+    ) else {
+        return;
+    };
+    env.login("rj", 3600);
+    let a = env.warden();
+    let b = env.warden();
+    let t = a
+        .token("rj", Duration::ZERO)
+        .unwrap()
+        .access_token
+        .expose()
+        .to_owned();
+    env.fake
+        .push_fault(crate::common::fake_oauth::Fault::status(
+            503,
+            r#"{"error":"temporarily_unavailable"}"#,
+        ));
+    let rejected = b.reject("rj", &t);
+    if let Ok(g) = &rejected {
+        assert_ne!(
+            g.access_token.expose(),
+            t,
+            "the reject served the rejected token"
+        );
+    }
+    let out = env.run(&["token", "rj"]);
+    assert_ne!(
+        text(&out.stdout).trim(),
+        t,
+        "the CLI served the token rejected on another box (exit {})",
+        code(&out)
+    );
+    if let Ok(g) = a.token("rj", Duration::ZERO) {
+        assert_ne!(
+            g.access_token.expose(),
+            t,
+            "box A served the token rejected on box B"
+        );
+    }
+    // Upstream back, the backoff (1 s) over: a new token, served by everyone.
+    assert_eq!(
+        env.fake.pending_faults(),
+        0,
+        "the reject's refresh met the 503"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let fresh = a
+        .token("rj", Duration::ZERO)
+        .expect("a new token once upstream is back");
+    assert_ne!(fresh.access_token.expose(), t);
+    let out = env.run(&["token", "rj"]);
+    assert_eq!(text(&out.stdout).trim(), fresh.access_token.expose());
+    assert!(!env.fake.family_state("rj").revoked);
+    env.fake.assert_no_reuse_after_success();
 }
