@@ -1173,3 +1173,141 @@ fn an_owner_partitioned_from_the_database_past_its_lease_loses_nothing() {
     );
     assert!(!family.revoked);
 }
+
+/// The server's clock steps forward while a lease is live — an NTP step on
+/// the database host, or a failover to a standby whose clock runs ahead
+/// (it keeps the system identifier, so the lease clock id is the same):
+/// here the test's own server is restarted under `faketime +30s` while the
+/// owner's request is in flight. The lease the owner took now ends 30 s
+/// early on the clock that decides takeovers; another box asking must not
+/// take it over while the owner's request is still in flight.
+/// (Failed on e5580fa: the server came back 30 s ahead (checked), the
+/// owner's request still in flight (checked); the other box's reading
+/// restarted its interval on the new clock, the lease read over, the
+/// server's own check `lease_until_ms <= clock_timestamp()` agreed, and
+/// it sent the same refresh token: 2 requests, refresh_token_reused, dead
+/// on both boxes. The interval follows steps of the estimate; nothing
+/// protects a lease end written on the old clock.)
+#[test]
+#[ignore = "HOLE: the server's clock stepping forward (NTP, failover to a standby ahead) ends live leases early: token sent twice, dead"]
+fn a_forward_step_of_the_servers_clock_never_hands_a_live_lease_over() {
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        eprintln!("\n*** SKIPPED: no libfaketime to step the server's clock ***\n");
+        return;
+    }
+    let Some(server) = pg::private_server("attack14b-step") else {
+        return;
+    };
+    let port: u16 = server.base().rsplit(':').next().unwrap().parse().unwrap();
+    let root = std::env::temp_dir()
+        .join(format!("tw-pg-test-{}", std::process::id()))
+        .join("attack14b-step");
+    let postgres_bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin/postgres"))
+        .filter(|p| p.is_file())
+        .max()
+        .expect("the server binary");
+    let env = Env::on_url(
+        Tuning {
+            request_timeout: 8.0,
+            lease_ttl: 20.0,
+            ..Tuning::default()
+        },
+        pg::database_on(&server),
+    );
+    env.login("st", 60);
+    let a = Arc::new(env.warden());
+    let b = env.warden();
+    env.fake.set_latency(Duration::from_millis(6000));
+    let w = a.clone();
+    let owner = thread::spawn(move || w.token("st", Duration::from_secs(600)));
+    wait_until("the owner's request", Duration::from_secs(10), || {
+        env.fake.stats().in_flight == 1
+    });
+    server.stop();
+    let mut cmd = std::process::Command::new("setpriv");
+    if runs_as_root() {
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+    }
+    let mut stepped = cmd
+        .arg("--pdeathsig=INT")
+        // Preloaded in the server only (not in setpriv, which runs as root).
+        .arg("env")
+        .arg(format!("LD_PRELOAD={LIBFAKETIME}"))
+        .arg("FAKETIME=+30s")
+        .arg("FAKETIME_DONT_FAKE_MONOTONIC=1")
+        .arg("FAKETIME_DISABLE_SHM=1")
+        .arg(&postgres_bin)
+        .arg("-D")
+        .arg(root.join("data"))
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(root.join("sock"))
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("stepped.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut admin = None;
+    let end = Instant::now() + Duration::from_secs(30);
+    while admin.is_none() {
+        admin = postgres::Client::connect(env.pg_url(), postgres::NoTls).ok();
+        if Instant::now() > end {
+            panic!(
+                "the stepped server never came up: {}",
+                std::fs::read_to_string(root.join("stepped.log")).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut admin = admin.unwrap();
+    let ahead: f64 = admin
+        .query_one("SELECT extract(epoch from clock_timestamp())::float8", &[])
+        .unwrap()
+        .get(0);
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        ahead - real > 25.0,
+        "the server's clock was not stepped: {ahead} vs {real}"
+    );
+    assert_eq!(
+        env.fake.stats().in_flight,
+        1,
+        "the owner's request is still in flight"
+    );
+    // Another box asks while the owner's request is in flight.
+    let other = b.token("st", Duration::from_secs(600));
+    let g = owner.join().unwrap();
+    let requests = env.fake.stats().token_requests;
+    let family = env.fake.family_state("st");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &stepped.id().to_string()])
+        .status();
+    let _ = stepped.wait();
+    assert_eq!(
+        requests,
+        1,
+        "the live lease was taken over after the server's clock stepped: sent {requests} times \
+         (family revoked: {} {:?}); owner: {:?}; other box: {:?}",
+        family.revoked,
+        family.revoked_reason,
+        g.as_ref().map(|_| "ok").map_err(|e| e.to_string()),
+        other.as_ref().map(|_| "ok").map_err(|e| e.to_string()),
+    );
+    assert!(!family.revoked);
+}
+
+/// Whether this process runs as root (the server refuses to: run it as
+/// `nobody`). The owner of /proc/self is this process's effective user.
+fn runs_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
