@@ -1369,13 +1369,14 @@ fn a_backward_step_of_the_servers_clock_then_a_killed_owner_never_hangs_a_caller
     wait_until("the owner's request", Duration::from_secs(10), || {
         env.fake.stats().in_flight == 1
     });
-    let Some(stepped) = Stepped::restart(&server, "attack14b-back", env.pg_url(), -7200) else {
-        return;
-    };
+    let stepped = Stepped::restart(&server, "attack14b-back", env.pg_url(), -7200);
     let _ = std::process::Command::new("kill")
         .args(["-KILL", &owner.id().to_string()])
         .status();
     let _ = owner.wait();
+    let Some(stepped) = stepped else {
+        return;
+    };
     let started = Instant::now();
     let caller = env
         .cmd()
