@@ -754,7 +754,6 @@ fn as_role(url: &str, role: &str) -> String {
 /// reconciles a `meta` without `lease_clock` with the leases already in
 /// the rows.)
 #[test]
-#[ignore = "HOLE: pre-mend DB without meta lease_clock, first upgraded box on a role without pg_control_system: takeover ping-pong, 17 requests, dead, hang"]
 fn an_upgrade_from_a_meta_without_lease_clock_never_takes_a_live_lease_over() {
     let Some(env) = Env::with_on(
         Tuning {
@@ -1134,8 +1133,12 @@ fn a_reject_while_upstream_fails_is_never_served_by_another_box() {
 /// an early attempt) between upstream's answer and the commit burns the
 /// login as soon as any other box asks. No lease alone can avoid it;
 /// the docs promise more ("never a login's death").)
+/// Not mended: a box cannot tell an owner that is cut off from one that
+/// was killed (whose lease must be taken over, `postgres::
+/// a_killed_owning_box_is_taken_over_after_its_lease`); README "Several
+/// boxes" now says so and what to do (a reliable network, a longer lease).
 #[test]
-#[ignore = "HOLE: owner partitioned from the DB past its lease after upstream answered: another box resends the spent token, login dead"]
+#[ignore = "KNOWN LIMIT (documented): owner partitioned from the DB past its lease after upstream answered: another box resends the spent token, login dead"]
 fn an_owner_partitioned_from_the_database_past_its_lease_loses_nothing() {
     let Some(env) = Env::with_on(
         Tuning {
@@ -1198,8 +1201,11 @@ fn an_owner_partitioned_from_the_database_past_its_lease_loses_nothing() {
 /// it sent the same refresh token: 2 requests, refresh_token_reused, dead
 /// on both boxes. The interval follows steps of the estimate; nothing
 /// protects a lease end written on the old clock.)
+/// Holds since no lease is taken over in the first 10 s after the server
+/// started (the step here comes with a restart). A step of a running
+/// server's clock, or a promoted standby that started long before, is not
+/// covered: README "Several boxes" asks for slewed, synchronised clocks.
 #[test]
-#[ignore = "HOLE: the server's clock stepping forward (NTP, failover to a standby ahead) ends live leases early: token sent twice, dead"]
 fn a_forward_step_of_the_servers_clock_never_hands_a_live_lease_over() {
     let Some(server) = pg::private_server("attack14b-step") else {
         return;
@@ -1355,7 +1361,6 @@ fn runs_as_root() -> bool {
 /// 30 s; its wait is 5.5 s. It would spin until the server's clock
 /// reaches the lease's end, two hours on.)
 #[test]
-#[ignore = "HOLE: server clock stepped back >1 h + owner killed: every caller spins for hours instead of answering"]
 fn a_backward_step_of_the_servers_clock_then_a_killed_owner_never_hangs_a_caller() {
     let Some(server) = pg::private_server("attack14b-back") else {
         return;
