@@ -26,6 +26,12 @@ use crate::state::{LeaseTime, Now};
 pub(crate) trait Clock: Send + Sync {
     /// Both clocks at one instant: what the pure core is handed.
     fn now(&self) -> Now;
+    /// The lease clock now at the latest it can be (`now().lease` is the
+    /// earliest): what a lease holder judges the time left in its own
+    /// lease on. The same reading for a clock known exactly (this box's).
+    fn lease_latest(&self) -> LeaseTime {
+        self.now().lease
+    }
     /// A monotonic instant, for the shell's own deadlines (a caller's wait,
     /// when an attempt may start, poll intervals).
     fn instant(&self) -> Instant;
@@ -60,17 +66,31 @@ impl Clock for SystemClock {
 }
 
 /// The real clock of a store that keeps the lease clock itself
-/// (`Backend::lease_now`: PostgreSQL's server clock, read through `lease`):
-/// the box's wall clock for expiries and events, the store's for leases.
-/// Everything else as [`SystemClock`].
-pub(crate) struct KeptLeaseClock<F>(F);
+/// (`Backend::lease_now`: PostgreSQL's server clock, read through `lease`,
+/// and `Backend::lease_latest`, through `latest`): the box's wall clock for
+/// expiries and events, the store's for leases. Everything else as
+/// [`SystemClock`].
+pub(crate) struct KeptLeaseClock<F, G> {
+    lease: F,
+    latest: G,
+}
 
-impl<F: Fn() -> Option<LeaseTime> + Send + Sync> Clock for KeptLeaseClock<F> {
+impl<F, G> Clock for KeptLeaseClock<F, G>
+where
+    F: Fn() -> Option<LeaseTime> + Send + Sync,
+    G: Fn() -> Option<LeaseTime> + Send + Sync,
+{
     fn now(&self) -> Now {
         Now {
             wall_ms: now_ms(),
-            lease: (self.0)().unwrap_or_else(lease_now),
+            lease: (self.lease)().unwrap_or_else(lease_now),
         }
+    }
+
+    fn lease_latest(&self) -> LeaseTime {
+        (self.latest)()
+            .or_else(&self.lease)
+            .unwrap_or_else(lease_now)
     }
 
     fn instant(&self) -> Instant {
@@ -86,13 +106,15 @@ impl<F: Fn() -> Option<LeaseTime> + Send + Sync> Clock for KeptLeaseClock<F> {
     }
 }
 
-/// The real clock over a lease clock source: [`SystemClock`] when `lease`
-/// has none (the box's own lease clock), else [`KeptLeaseClock`].
+/// The real clock over a lease clock source (its earliest and latest
+/// readings): [`SystemClock`] when `lease` has none (the box's own lease
+/// clock), else [`KeptLeaseClock`].
 pub(crate) fn with_lease_source(
     lease: impl Fn() -> Option<LeaseTime> + Send + Sync + 'static,
+    latest: impl Fn() -> Option<LeaseTime> + Send + Sync + 'static,
 ) -> std::sync::Arc<dyn Clock> {
     match lease() {
-        Some(_) => std::sync::Arc::new(KeptLeaseClock(lease)),
+        Some(_) => std::sync::Arc::new(KeptLeaseClock { lease, latest }),
         None => std::sync::Arc::new(SystemClock),
     }
 }

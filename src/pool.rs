@@ -316,6 +316,10 @@ pub const ENDED_COOLDOWN_KEPT_MS: i64 = 24 * 60 * 60 * 1000;
 /// that the next sweep's snapshot decides again.
 pub const UNKNOWN_RESET_COOLDOWN_MS: i64 = 15 * 60 * 1000;
 
+/// How far two readings of one window's reset time may differ and still be
+/// the same reset (ms).
+const RESET_JITTER_MS: u64 = 2_000;
+
 /// What a snapshot fetched at `fetched_at_ms` does to a credential whose
 /// cooldown (if any) ends at `current_until_ms`: an exhausted window that
 /// has not reset sets a cooldown until its reset (the latest reset among
@@ -380,7 +384,10 @@ pub fn cooldown_from_snapshot(
         // again by the next snapshot.
         _ => fetched_at_ms + UNKNOWN_RESET_COOLDOWN_MS,
     };
-    if current_until_ms == Some(until_ms) {
+    // Reset times come in whole seconds, often as "resets in N s" read
+    // against the fetch's clock: two readings of one window differ by a
+    // second or so, which is no change.
+    if current_until_ms.is_some_and(|c| c.abs_diff(until_ms) <= RESET_JITTER_MS) {
         return CooldownChange::Keep;
     }
     let names: Vec<&str> = holding.iter().map(|w| w.name.as_str()).collect();

@@ -365,7 +365,23 @@ impl Refresher {
                             .after_own_refresh(done, need)
                             .map(|r| (r, Via::Refreshed));
                     }
-                    // Lost the race: re-read and decide again at once.
+                    // Lost the race: re-read and decide again — at once if
+                    // the row changed, else after a poll (a takeover the
+                    // store refused on its own clock: PostgreSQL just
+                    // restarted, see `postgres::apply`), never in a spin.
+                    if row.status.state == state::State::Refreshing {
+                        let remaining = deadline.saturating_duration_since(self.clock.instant());
+                        if remaining.is_zero() {
+                            return Err(unavailable(
+                                &row,
+                                poll.as_millis() as i64,
+                                "another refresh of it holds a lease the database still counts",
+                            ));
+                        }
+                        waited = true;
+                        self.wait_for_change(id, row.status.version, remaining.min(poll), poll)?;
+                        poll = (poll * 2).min(POLL_MAX);
+                    }
                 }
                 Decision::Wait {
                     lease_left_ms,
@@ -608,8 +624,10 @@ impl Refresher {
         let cfg = &self.config;
         let timeout = cfg.request_timeout;
         let budget = timeout + cfg.commit_margin();
+        // Judged on the latest the lease clock can be: never more time
+        // than the clock that decides takeovers grants.
         let lease_left =
-            || Duration::from_millis(lease.left_ms(self.clock.now().lease).unwrap_or(0) as u64);
+            || Duration::from_millis(lease.left_ms(self.clock.lease_latest()).unwrap_or(0) as u64);
         let mut last: Option<Failure> = None;
         for attempt in 1..=cfg.attempts {
             let slot = slots.map(RequestSlots::take);
@@ -793,7 +811,7 @@ impl Refresher {
             let rotated = write
                 .tokens
                 .is_some_and(|t| t.refresh_token.expose() != row.refresh_token.expose());
-            let lease_left = lease.left_ms(self.clock.now().lease).unwrap_or(0);
+            let lease_left = lease.left_ms(self.clock.lease_latest()).unwrap_or(0);
             // Only a database that may come back is waited for (busy, full,
             // read-only, an I/O error), or a write that panicked (Internal:
             // rolled back, a retry may land); anything else will not clear.

@@ -136,8 +136,9 @@ impl Warden {
             .map_err(|e| Error::Config(e.to_string()))?;
         let store = Store::open_with(path, config.busy_timeout, config.pool_size, sealer, startup)?;
         // Leases on the store's clock where it keeps one (PostgreSQL).
-        let lease_source = store.clone();
-        let clock = clock::with_lease_source(move || lease_source.lease_now());
+        let (earliest, latest) = (store.clone(), store.clone());
+        let clock =
+            clock::with_lease_source(move || earliest.lease_now(), move || latest.lease_latest());
         Ok(Warden {
             core: Refresher::new(store, config, Box::new(Upstream::new()), clock),
         })

@@ -35,9 +35,9 @@ fn as_role(url: &str, role: &str) -> String {
 /// the other's live lease "on another clock" = over, and the guarded
 /// UPDATE lets it through (`lease_clock IS DISTINCT FROM $27`): the second
 /// box takes over a live lease and sends the same refresh token upstream
-/// again.
+/// again. (On that code the operator's `token` hung instead of answering;
+/// mended: one lease clock id per database, kept in `meta`.)
 #[test]
-#[ignore = "UNVERIFIED (hung >60 s in its one run, cause not found; suspected HOLE): boxes whose roles differ in pg_control_system() rights get different lease clock ids and take over each other's live lease (refresh token sent twice)"]
 fn boxes_on_roles_with_different_rights_never_take_over_a_live_lease() {
     let Some(env) = Env::with_on(
         Tuning {
@@ -349,8 +349,10 @@ impl SlowRelay {
 /// believes ~10 s ≥ 8.5 s are left) with really ~6 s left; a waiting box
 /// with a good estimate takes the lease over at its end, while the owner's
 /// request is still in flight, and sends the same refresh token again.
+/// (Failed on that code: sent twice, the credential dead. Mended: the
+/// estimate is the interval the readings prove, and the owner judges its
+/// lease on the interval's high end.)
 #[test]
-#[ignore = "HOLE: a slow answer makes the owner's server-clock estimate lag; its lease ends (on the server) while its upstream request is in flight and another box refreshes the same token again"]
 fn a_box_with_slow_answers_never_outlives_its_lease_on_the_server() {
     let Some(env) = Env::with_on(
         Tuning {

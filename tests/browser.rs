@@ -86,15 +86,24 @@ pub(crate) struct Console {
     pub(crate) env: Env,
     _served: Served,
     pub(crate) addr: SocketAddr,
-    /// The API with the admin key.
+    /// The API with the admin key (plain HTTP consoles only).
     pub(crate) api: Client,
     log: Arc<Mutex<String>>,
+    /// `http` or `https`.
+    scheme: &'static str,
 }
 
 impl Console {
     /// Serves `env` (no background refresher: the test decides when a
     /// credential refreshes) with `extra` flags.
     pub(crate) fn start(env: Env, extra: &[&str]) -> Console {
+        Console::start_with(env, extra, false)
+    }
+
+    /// [`Console::start`], over HTTPS when `tls` (a certificate for
+    /// 127.0.0.1 made by tests/tls.rs's test CA, which the browser is told
+    /// to accept).
+    fn start_with(env: Env, extra: &[&str], tls: bool) -> Console {
         let keys = env.dir.path().join("api-keys");
         std::fs::write(&keys, format!("admin:{ADMIN_KEY}\nread:{READ_KEY}\n")).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -104,7 +113,31 @@ impl Console {
             .arg(&keys)
             .args(["--no-refresher"])
             .args(extra);
-        let mut served = Served::spawn(cmd, addr);
+        let mut served = if tls {
+            let pki = crate::tls::make_pki(env.dir.path());
+            cmd.arg("--tls-cert")
+                .arg(&pki.cert)
+                .arg("--tls-key")
+                .arg(&pki.key);
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn tokenwarden serve");
+            let served = Served { child };
+            // Up once it accepts connections (its /healthz speaks TLS).
+            let start = Instant::now();
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "serve did not come up"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+            served
+        } else {
+            Served::spawn(cmd, addr)
+        };
         // Drained, or a chatty log would fill the pipe and stall serve.
         let log = Arc::new(Mutex::new(String::new()));
         if let Some(mut err) = served.child.stderr.take() {
@@ -121,11 +154,12 @@ impl Console {
             _served: served,
             addr,
             log,
+            scheme: if tls { "https" } else { "http" },
         }
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Every secret the browser must never see: each token the fake ever
@@ -1112,4 +1146,32 @@ fn the_secret_scan_finds_shortened_tokens_and_keys_out_of_place() {
         });
         assert!(caught.is_err(), "the scan missed a secret in {shown}");
     }
+}
+
+/// The console over HTTPS (a certificate of the tests' own CA, which the
+/// browser is told to accept): Chromium keeps the `Secure` session cookie
+/// and sends it back, the page's own `https://` origin passes the Origin
+/// check (sign-in and a forced refresh: exactly one upstream), the rows
+/// still refresh themselves, and signing out ends the session.
+#[test]
+fn the_console_works_over_https() {
+    let Some(chromium) = browser() else { return };
+    let env = Env::new();
+    env.login("seat", 3600);
+    env.login("spare", 120);
+    let console = Console::start_with(env, &[], true);
+    let expect = json!({"target": "seat", "rows": 2});
+    let out = console.run(&chromium, "tls.mjs", expect, |what, _| {
+        Err(format!("unknown ask {what}"))
+    });
+    out.assert_passed(&[
+        "signs_in_with_a_secure_session_cookie",
+        "the_rows_refresh_themselves",
+        "a_forced_refresh_over_https",
+        "signs_out",
+    ]);
+    assert_eq!(out.token_requests_between("force_before", "force_after"), 1);
+    console.env.fake.assert_no_reuse_after_success();
+    out.assert_no_secret(&console.secrets(&[]));
+    out.assert_security_headers(&console.url());
 }

@@ -29,6 +29,12 @@ mod attack13;
 // `#[ignore = "HOLE: …"]`.
 #[cfg(feature = "postgres")]
 mod attack14;
+// Second hostile review of issue 14 after its mend (the server clock as an
+// interval, one lease clock id per database): foreign clock ids, a restart
+// between upstream's answer and the commit, migrate under a live box, slow
+// and jittery paths, a killed listener. Holes are `#[ignore = "HOLE: …"]`.
+#[cfg(feature = "postgres")]
+mod attack14b;
 // Hostile review of issue 15 (e14fc48): pools, cooldowns, the notifications
 // outbox; holes are `#[ignore = "HOLE: …"]`.
 mod attack15;

@@ -17,13 +17,15 @@ const KEY: &str = "tls-test-key-0123456789";
 
 /// A test CA and a server certificate it signed for `localhost` and
 /// 127.0.0.1, written as PEM files in `dir`.
-struct Pki {
+pub(crate) struct Pki {
     ca_der: Vec<u8>,
-    cert: PathBuf,
-    key: PathBuf,
+    /// The chain's PEM file.
+    pub(crate) cert: PathBuf,
+    /// The server key's PEM file.
+    pub(crate) key: PathBuf,
 }
 
-fn make_pki(dir: &Path) -> Pki {
+pub(crate) fn make_pki(dir: &Path) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -505,6 +505,11 @@ fn cooldown_from_snapshot_table() {
             set(soon * 1000, "quota window primary exhausted")),
         // The same cooldown again: nothing written.
         (q(&[("primary", 100.0, Some(soon))], None), Some(soon * 1000), CooldownChange::Keep),
+        // ... read a second or two apart ("resets in N s" across a second's
+        // edge): the same reset.
+        (q(&[("primary", 100.0, Some(soon + 1))], None), Some(soon * 1000), CooldownChange::Keep),
+        (q(&[("primary", 100.0, Some(soon - 2))], None), Some(soon * 1000), CooldownChange::Keep),
+        (q(&[("primary", 100.0, Some(soon + 3))], None), Some(soon * 1000), set((soon + 3) * 1000, "quota window primary exhausted")),
         // Reset early: the window's new reset moved; the cooldown follows.
         (q(&[("primary", 100.0, Some(later))], None), Some(soon * 1000), set(later * 1000, "quota window primary exhausted")),
         // An exhausted window whose reset has passed is no longer exhausted.

@@ -102,6 +102,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// The lease clock now at the latest it can be, where
+    /// [`lease_now`](Self::lease_now) is the earliest: a backend that
+    /// estimates the clock from its reads knows it only within an
+    /// interval. A lease holder judges the time left in its own lease on
+    /// this, so it never believes it has more left than the clock that
+    /// decides will grant (PostgreSQL: a slow answer widens the interval).
+    /// `None`: the same as `lease_now`.
+    fn lease_latest(&self) -> Option<LeaseTime> {
+        None
+    }
+
     /// Calls `wake` (while someone else holds it) with the id of each
     /// credential whose row a commit changed, in any process of any box —
     /// a hint that saves a waiter its polls; the row stays the truth. A
@@ -206,18 +217,27 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     // ---- copying a whole database (`migrate`, store/copy.rs) ----
 
-    /// Every row of `table`, as stored (sealed columns sealed), in its
-    /// `order_by` order.
-    fn dump(&self, table: &Table) -> Result<Vec<Vec<Cell>>>;
+    /// Every row of each of `tables`, as stored (sealed columns sealed),
+    /// in its `order_by` order — all of them read in ONE snapshot of the
+    /// database, so that a copy is of one moment (a refresh committed
+    /// between two tables' reads would otherwise leave a credential's old
+    /// refresh token beside the spent-token row that records it spent).
+    fn dump(&self, tables: &[Table]) -> Result<Vec<Vec<Vec<Cell>>>>;
+
+    /// The integer each of `queries` (one row of one column) answers, all
+    /// read in one snapshot.
+    fn scalars(&self, queries: &[String]) -> Result<Vec<i64>>;
 
     /// Writes `tables` into this database in one transaction, refused
     /// ([`crate::Error::Config`]) if it holds any credential, event, quota
     /// snapshot, handle or spent token; `meta` rows replace this
-    /// database's own. Sequence numbers are kept.
-    fn load(&self, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<()>;
-
-    /// How many rows `table` holds.
-    fn count(&self, table: &Table) -> Result<i64>;
+    /// database's own. Sequence numbers are kept. `before_commit` runs
+    /// last inside the transaction: its error rolls everything back.
+    fn load(
+        &self,
+        tables: &[(&Table, Vec<Vec<Cell>>)],
+        before_commit: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()>;
 
     // ---- history ----
 

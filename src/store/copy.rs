@@ -232,16 +232,70 @@ pub fn not_empty(table: &str, n: i64) -> Error {
 /// Rows copied, per table, in [`TABLES`] order.
 pub type Counts = Vec<(&'static str, i64)>;
 
+/// What a database's content is at one moment, for telling whether it
+/// changed: every copied table's row count (`meta` aside), the sum of the
+/// credentials' versions (every change bumps one) and the last event's
+/// sequence number (every change writes one).
+type Mark = Vec<i64>;
+
+/// The queries whose answers, read in one snapshot, are the [`Mark`] —
+/// the same SQL on both backends.
+fn mark_sql() -> Vec<String> {
+    let mut q: Vec<String> = TABLES
+        .iter()
+        .filter(|t| t.name != "meta")
+        .map(|t| format!("SELECT count(*) FROM {}", t.name))
+        .collect();
+    q.push("SELECT CAST(coalesce(sum(version), 0) AS BIGINT) FROM credentials".into());
+    q.push("SELECT CAST(coalesce(max(seq), 0) AS BIGINT) FROM events".into());
+    q
+}
+
+/// The [`Mark`] of `dumped` (rows of [`TABLES`], in order), as
+/// [`mark_sql`] reads it from a database.
+fn mark_of(dumped: &[Vec<Vec<Cell>>]) -> Mark {
+    let column = |table: &str, column: &str| -> Option<(usize, usize)> {
+        let t = TABLES.iter().position(|t| t.name == table)?;
+        let c = TABLES[t].columns.iter().position(|(n, _)| *n == column)?;
+        Some((t, c))
+    };
+    let ints = |(t, c): (usize, usize)| {
+        dumped[t].iter().filter_map(move |row| match row[c] {
+            Cell::Int(i) => Some(i),
+            _ => None,
+        })
+    };
+    let mut mark: Mark = TABLES
+        .iter()
+        .zip(dumped)
+        .filter(|(t, _)| t.name != "meta")
+        .map(|(_, rows)| rows.len() as i64)
+        .collect();
+    mark.push(column("credentials", "version").map_or(0, |tc| ints(tc).sum()));
+    mark.push(column("events", "seq").map_or(0, |tc| ints(tc).max().unwrap_or(0)));
+    mark
+}
+
 /// Copies everything in `from` to `to`, which must hold no credential,
 /// event, quota snapshot, handle or spent token; then counts both sides.
-/// Refused while a refresh is in flight in `from` (its lease would mean
-/// nothing on the target's clock).
+/// The source is read in one snapshot, and the target's transaction
+/// commits only if the source still is what was read (its [`Mark`]):
+/// a process still refreshing on the source during the copy makes
+/// `migrate` refuse, writing nothing, instead of leaving the target with
+/// a refresh token the source has already spent. Refused while a refresh
+/// is in flight in `from` (its lease would mean nothing on the target's
+/// clock).
 pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
+    let dumped = from.dump(TABLES)?;
+    let mark = mark_of(&dumped);
     let mut tables = Vec::with_capacity(TABLES.len());
-    for t in TABLES {
-        let mut rows = from.dump(t)?;
+    // Rows of the source's own backend (LOCAL_META), not copied.
+    let mut local_rows = 0;
+    for (t, mut rows) in TABLES.iter().zip(dumped) {
         if t.name == "meta" {
+            let all = rows.len();
             rows.retain(|r| !matches!(&r[0], Cell::Text(k) if LOCAL_META.contains(&k.as_str())));
+            local_rows = (all - rows.len()) as i64;
         }
         if t.name == "credentials" {
             if let Some(r) = rows
@@ -260,16 +314,32 @@ pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
         }
         tables.push((t, rows));
     }
-    to.load(&tables)?;
-    let mut counts = Vec::with_capacity(TABLES.len());
-    for (t, rows) in &tables {
-        let want = rows.len() as i64;
-        let (source, target) = (from.count(t)?, to.count(t)?);
-        let target = if t.name == "meta" {
-            // The target may keep rows of its own backend (LOCAL_META).
-            target.min(want)
+    let marks = mark_sql();
+    to.load(&tables, &mut || {
+        if from.scalars(&marks)? == mark {
+            Ok(())
         } else {
-            target
+            Err(Error::BadInput(
+                "migrate: the source database changed while it was copied: a process still uses it \
+                 (serve, sweep, a cron job). Stop every process that uses it and run migrate \
+                 again; nothing was written to the target"
+                    .into(),
+            ))
+        }
+    })?;
+    let count_sql: Vec<String> = TABLES
+        .iter()
+        .map(|t| format!("SELECT count(*) FROM {}", t.name))
+        .collect();
+    let (sources, targets) = (from.scalars(&count_sql)?, to.scalars(&count_sql)?);
+    let mut counts = Vec::with_capacity(TABLES.len());
+    for (((t, rows), source), target) in tables.iter().zip(sources).zip(targets) {
+        let want = rows.len() as i64;
+        let (source, target) = if t.name == "meta" {
+            // Either side may keep rows of its own backend (LOCAL_META).
+            (source - local_rows, target.min(want))
+        } else {
+            (source, target)
         };
         if source != want || target != want {
             return Err(Error::Internal(
@@ -279,4 +349,48 @@ pub fn migrate(from: &Store, to: &Store) -> Result<Counts> {
         counts.push((t.name, want));
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::{Claims, NewCredential, ProviderConfig, ProviderKind};
+    use crate::secret::Secret;
+    use std::time::Duration;
+
+    /// The mark computed from a dump is the mark the database answers —
+    /// on an empty database and after each insert — and each insert moves
+    /// it.
+    #[test]
+    fn the_mark_of_a_dump_is_the_mark_the_database_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("tw.db"), Duration::from_secs(5), 2).unwrap();
+        let read = |s: &Store| {
+            (
+                mark_of(&s.dump(TABLES).unwrap()),
+                s.scalars(&mark_sql()).unwrap(),
+            )
+        };
+        let (dumped, asked) = read(&store);
+        assert_eq!(dumped, asked);
+        let mut marks = vec![asked];
+        for id in ["a", "b"] {
+            let c = NewCredential {
+                id: id.into(),
+                provider: ProviderConfig::new(ProviderKind::Codex),
+                refresh_token: Secret::new(format!("rt-{id}")),
+                access_token: Some(Secret::new(format!("at-{id}"))),
+                id_token: None,
+                expires_at_ms: Some(9_000_000_000_000),
+                claims: Claims::default(),
+                last_refresh_ms: None,
+                api_key: None,
+            };
+            store.insert(&c, "test", 1_000).unwrap();
+            let (dumped, asked) = read(&store);
+            assert_eq!(dumped, asked);
+            assert!(!marks.contains(&asked), "{asked:?} seen before");
+            marks.push(asked);
+        }
+    }
 }

@@ -148,6 +148,8 @@ await run([
         const rows = frame ? await frame.$$('#credential-rows').then((r) => r.length).catch(() => 0) : 0;
         check(answer.status() === 200, `the framed /ui answered ${answer.status()}`);
         check(rows === 0, `the console rendered inside a foreign page's frame (${frame?.url()})`);
+        // Blocked: the frame holds the browser's error page, not the console.
+        check(frame && !frame.url().startsWith(env.url), `the frame shows ${frame?.url()}`);
         return { frameUrl: frame?.url() ?? null };
       } finally {
         server.close();

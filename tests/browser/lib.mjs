@@ -80,6 +80,8 @@ export async function newContext(browser, label) {
   const context = await browser.newContext({
     viewport: { width: 1280, height: 860 },
     deviceScaleFactor: 1,
+    // An https console has a certificate of the tests' own CA.
+    ignoreHTTPSErrors: env.url.startsWith('https:'),
   });
   context.dialogAnswer = true;
   context.dialogsSeen = [];

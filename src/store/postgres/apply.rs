@@ -14,7 +14,14 @@
 //! compare-and-swaps matches. A write that puts a new lease on a row
 //! refreshing under another (a takeover) also needs that lease to be over
 //! on the server's own clock (`clock_timestamp()`): no box's clock, skewed
-//! or estimated, can end another's lease early.
+//! or estimated, can end another's lease early. Every lease is judged on
+//! that clock whatever clock id it was written under (see
+//! `rows::decode`) — one further away than `MAX_LEASE_MS`, which the pure
+//! core counts as ended, is live here until the server's clock reaches it
+//! (a server clock stepped back may have put a live lease there: callers
+//! answer busy, never send twice); and none is taken over in the first
+//! [`RESTART_GRACE_MS`] after the server started, so that an owner whose
+//! commit a restart cut off lands it first.
 
 use super::clock::SERVER_NOW_MS;
 use super::errors::pg_err;
@@ -25,6 +32,17 @@ use crate::error::{Error, Result, Spent};
 use crate::state::Transition;
 use crate::store::rowdata::{Secrets, Update, COLUMNS};
 use crate::store::Write;
+
+/// How long after the server (re)started no lease is taken over, in ms.
+/// An owner whose commit the restart cut off holds rotated tokens that
+/// exist nowhere else and retries every 2 s at most (plus a connect): a
+/// box that took its lease over the moment the server was back would send
+/// the refresh token those tokens replaced, and burn the login
+/// (`attack14b::a_restart_between_the_answer_and_the_commit_with_another_box_asking_loses_nothing`).
+/// A network cut between one box and a running server is not covered: an
+/// owner cut off for longer than its lease loses the race (README,
+/// "Several boxes").
+const RESTART_GRACE_MS: i64 = 10_000;
 
 /// The statement (its parameters are listed in [`apply`]).
 fn sql(channel: &str) -> String {
@@ -61,8 +79,10 @@ fn sql(channel: &str) -> String {
              AND ($26::text IS NULL OR c.lease_id = $26) \
              AND (c.state <> 'refreshing' OR $4::text IS NULL \
                   OR c.lease_id IS NOT DISTINCT FROM $4 \
-                  OR c.lease_clock IS DISTINCT FROM $27 OR c.lease_until_ms IS NULL \
-                  OR c.lease_until_ms <= {SERVER_NOW_MS}) \
+                  OR c.lease_until_ms IS NULL \
+                  OR (c.lease_until_ms <= {SERVER_NOW_MS} \
+                      AND (extract(epoch from pg_postmaster_start_time()) * 1000)::int8 \
+                          + {RESTART_GRACE_MS} <= {SERVER_NOW_MS})) \
            RETURNING {returning}, o.old_fp), \
          s AS (INSERT INTO spent_tokens (fp, credential_id, spent_at_ms, reason) \
            SELECT old_fp, id, $9, '{rotated}' FROM u \

@@ -8,14 +8,15 @@ use super::Postgres;
 use crate::error::Result;
 use crate::store::copy::{not_empty, Cell, Kind, Table};
 
-pub(super) fn dump(db: &Postgres, t: &Table) -> Result<Vec<Vec<Cell>>> {
+/// One table's rows, read in the caller's transaction.
+fn dump_one(tx: &mut postgres::Transaction<'_>, t: &Table) -> Result<Vec<Vec<Cell>>> {
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {}",
         t.column_list(),
         t.name,
         t.order_by
     );
-    let rows = db.read(|c| c.client.query(sql.as_str(), &[]))?;
+    let rows = tx.query(sql.as_str(), &[]).map_err(pg_err)?;
     rows.iter()
         .map(|r| {
             t.columns
@@ -38,9 +39,39 @@ pub(super) fn dump(db: &Postgres, t: &Table) -> Result<Vec<Vec<Cell>>> {
         .collect()
 }
 
-pub(super) fn count(db: &Postgres, t: &Table) -> Result<i64> {
-    let sql = format!("SELECT count(*) FROM {}", t.name);
-    db.read(|c| c.client.query_one(sql.as_str(), &[]).map(|r| r.get(0)))
+/// Runs `f` in one REPEATABLE READ, read-only transaction: one snapshot.
+fn in_snapshot<T>(
+    db: &Postgres,
+    f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut conn = db.conn()?;
+    let mut tx = conn
+        .client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .map_err(pg_err)?;
+    let out = f(&mut tx)?;
+    tx.commit().map_err(pg_err)?;
+    Ok(out)
+}
+
+pub(super) fn dump(db: &Postgres, tables: &[Table]) -> Result<Vec<Vec<Vec<Cell>>>> {
+    in_snapshot(db, |tx| tables.iter().map(|t| dump_one(tx, t)).collect())
+}
+
+pub(super) fn scalars(db: &Postgres, queries: &[String]) -> Result<Vec<i64>> {
+    in_snapshot(db, |tx| {
+        queries
+            .iter()
+            .map(|q| {
+                tx.query_one(q.as_str(), &[])
+                    .map(|r| r.get::<_, i64>(0))
+                    .map_err(pg_err)
+            })
+            .collect()
+    })
 }
 
 /// A cell as a parameter of the column's type.
@@ -58,7 +89,11 @@ fn param(c: &Cell, kind: Kind) -> Box<dyn ToSql + Sync> {
     }
 }
 
-pub(super) fn load(db: &Postgres, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<()> {
+pub(super) fn load(
+    db: &Postgres,
+    tables: &[(&Table, Vec<Vec<Cell>>)],
+    before_commit: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     db.write_tx(|tx| {
         for (t, _) in tables.iter().filter(|(t, _)| t.name != "meta") {
             let n: i64 = tx
@@ -110,6 +145,6 @@ pub(super) fn load(db: &Postgres, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result
                 .map_err(pg_err)?;
             }
         }
-        Ok(())
+        before_commit()
     })
 }

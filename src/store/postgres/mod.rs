@@ -129,11 +129,12 @@ impl Postgres {
         schema::check_key(&mut first, &url.shown, sealer.as_ref())?;
         let key = schema::fingerprint_key(&mut first, sealer.as_ref())?;
         let clock = ServerClock::new(schema::clock_id(&mut first)?);
+        let sent = clock::local_ms();
         let now: i64 = first
             .query_one(&format!("SELECT {}", clock::SERVER_NOW_MS), &[])
             .map_err(pg_err)?
             .get(0);
-        clock.observe(now);
+        clock.observe(sent, now);
         drop(first);
         let channel = format!("tokenwarden_{}", url.schema);
         let manager = Manager {
@@ -199,6 +200,10 @@ impl Backend for Postgres {
         Some(self.clock.now())
     }
 
+    fn lease_latest(&self) -> Option<LeaseTime> {
+        Some(self.clock.latest())
+    }
+
     fn on_commit(&self, wake: &Arc<Wake>) {
         self.listener.subscribe(wake);
     }
@@ -262,9 +267,13 @@ impl Backend for Postgres {
 
     fn dump(
         &self,
-        table: &crate::store::copy::Table,
-    ) -> Result<Vec<Vec<crate::store::copy::Cell>>> {
-        copy::dump(self, table)
+        tables: &[crate::store::copy::Table],
+    ) -> Result<Vec<Vec<Vec<crate::store::copy::Cell>>>> {
+        copy::dump(self, tables)
+    }
+
+    fn scalars(&self, queries: &[String]) -> Result<Vec<i64>> {
+        copy::scalars(self, queries)
     }
 
     fn load(
@@ -273,12 +282,9 @@ impl Backend for Postgres {
             &crate::store::copy::Table,
             Vec<Vec<crate::store::copy::Cell>>,
         )],
+        before_commit: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
-        copy::load(self, tables)
-    }
-
-    fn count(&self, table: &crate::store::copy::Table) -> Result<i64> {
-        copy::count(self, table)
+        copy::load(self, tables, before_commit)
     }
 
     fn events(&self, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>> {

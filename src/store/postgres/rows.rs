@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Row;
 
-use super::clock::SERVER_NOW_MS;
+use super::clock::{self, SERVER_NOW_MS};
 use super::Postgres;
 use crate::credential::Credential;
 use crate::error::Result;
@@ -39,8 +39,18 @@ impl rowdata::Cells for Cells<'_> {
 }
 
 /// Decodes a row read with [`COLUMNS`].
+/// Every lease on PostgreSQL is on the server's clock (ms since the
+/// epoch by `clock_timestamp()`), whatever id it was written under — a box
+/// of an older release, a row restored from another cluster: the lease is
+/// read as this database's clock, so a foreign id never makes a live lease
+/// look over (a box's boot-clock value, as `migrate` might carry from
+/// SQLite, reads as long past).
 pub(super) fn decode(db: &Postgres, row: &Row, secrets: Secrets) -> Result<Credential> {
-    rowdata::decode(&Cells(row), &db.codec, secrets)
+    let mut c = rowdata::decode(&Cells(row), &db.codec, secrets)?;
+    if let Some(lease) = c.status.lease.as_mut() {
+        lease.until.clock = db.clock.id();
+    }
+    Ok(c)
 }
 
 /// The point read: the row (all NULL if there is none) and the server's
@@ -62,11 +72,12 @@ fn now_column() -> usize {
 }
 
 fn point(db: &Postgres, id: &str, secrets: Secrets) -> Result<Option<Credential>> {
-    let row = db.read(|c| {
+    let (sent, row) = db.read(|c| {
         let stmt = c.stmt(point_sql())?;
-        c.client.query_one(&stmt, &[&id])
+        let sent = clock::local_ms();
+        Ok((sent, c.client.query_one(&stmt, &[&id])?))
     })?;
-    db.clock.observe(row.get(now_column()));
+    db.clock.observe(sent, row.get(now_column()));
     match row.get::<_, Option<String>>(0) {
         None => Ok(None),
         Some(_) => decode(db, &row, secrets).map(Some),
@@ -86,11 +97,12 @@ pub(super) fn version(db: &Postgres, id: &str) -> Result<Option<i64>> {
     const SQL: &str =
         "SELECT credentials.version, (extract(epoch from clock_timestamp()) * 1000)::int8 \
                        FROM (SELECT 1) t LEFT JOIN credentials ON credentials.id = $1";
-    let row = db.read(|c| {
+    let (sent, row) = db.read(|c| {
         let stmt = c.stmt(SQL)?;
-        c.client.query_one(&stmt, &[&id])
+        let sent = clock::local_ms();
+        Ok((sent, c.client.query_one(&stmt, &[&id])?))
     })?;
-    db.clock.observe(row.get(1));
+    db.clock.observe(sent, row.get(1));
     Ok(row.get(0))
 }
 

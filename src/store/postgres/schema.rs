@@ -147,19 +147,33 @@ pub(super) fn fingerprint_key(client: &mut Client, sealer: Option<&Sealer>) -> R
     FpKey::from_stored(&stored, sealer)
 }
 
-/// The id of the server's lease clock: its cluster's system identifier
-/// (shared by a physical standby, so a failover keeps it), or, where that
-/// cannot be read (`pg_control_system()` is not granted), a random id kept
-/// in `meta`. Never 0.
+/// The id of the server's lease clock: ONE id per database, kept in `meta`
+/// and read by every box, whatever its role may see — two boxes that named
+/// the clock differently would each take the other's leases for readings
+/// of another clock, that is, over. The first box to open the database
+/// picks it: the cluster's system identifier (shared by a physical standby,
+/// so a failover keeps it) where `pg_control_system()` is granted, else a
+/// random id. Never 0.
 pub(super) fn clock_id(client: &mut Client) -> Result<i64> {
-    let system = client
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .ok()
-        .map(|r| r.get::<_, i64>(0));
-    let id = match system {
+    let stored = |client: &mut Client| -> Result<Option<i64>> {
+        match meta(client, "lease_clock")? {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                Error::Db(DbError::new(
+                    DbKind::Corrupt,
+                    format!("meta lease_clock is not a number: {v:?}"),
+                ))
+            }),
+        }
+    };
+    let id = match stored(client)? {
         Some(id) => id,
         None => {
-            let made = crate::clock::unique_u64() as i64;
+            let made = client
+                .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+                .ok()
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or_else(|| crate::clock::unique_u64() as i64);
             client
                 .execute(
                     "INSERT INTO meta (key, value) VALUES ('lease_clock', $1) \
@@ -167,9 +181,8 @@ pub(super) fn clock_id(client: &mut Client) -> Result<i64> {
                     &[&made.to_string()],
                 )
                 .map_err(pg_err)?;
-            meta(client, "lease_clock")?
-                .and_then(|v| v.parse().ok())
-                .ok_or(Error::Internal("lease clock id vanished"))?
+            // Whichever insert won is the id.
+            stored(client)?.ok_or(Error::Internal("lease clock id vanished"))?
         }
     };
     Ok(match id {

@@ -30,8 +30,8 @@ fn value(c: &Cell) -> Value {
     }
 }
 
-pub(super) fn dump(db: &Sqlite, t: &Table) -> Result<Vec<Vec<Cell>>> {
-    let conn = db.conn()?;
+/// One table's rows, read on `conn` (inside the caller's transaction).
+fn dump_one(conn: &rusqlite::Connection, t: &Table) -> Result<Vec<Vec<Cell>>> {
     let sql = format!(
         "SELECT {} FROM {} ORDER BY {}",
         t.column_list(),
@@ -51,15 +51,35 @@ pub(super) fn dump(db: &Sqlite, t: &Table) -> Result<Vec<Vec<Cell>>> {
     rows.collect::<rusqlite::Result<_>>().map_err(db_err)
 }
 
-pub(super) fn count(db: &Sqlite, t: &Table) -> Result<i64> {
-    db.conn()?
-        .query_row(&format!("SELECT count(*) FROM {}", t.name), [], |r| {
-            r.get(0)
-        })
-        .map_err(db_err)
+/// Runs `f` inside one read transaction: one snapshot of the file (WAL).
+fn in_snapshot<T>(db: &Sqlite, f: impl FnOnce(&rusqlite::Connection) -> Result<T>) -> Result<T> {
+    let conn = db.conn()?;
+    let tx = conn.unchecked_transaction().map_err(db_err)?;
+    let out = f(&tx)?;
+    tx.commit().map_err(db_err)?;
+    Ok(out)
 }
 
-pub(super) fn load(db: &Sqlite, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<()> {
+pub(super) fn dump(db: &Sqlite, tables: &[Table]) -> Result<Vec<Vec<Vec<Cell>>>> {
+    in_snapshot(db, |conn| {
+        tables.iter().map(|t| dump_one(conn, t)).collect()
+    })
+}
+
+pub(super) fn scalars(db: &Sqlite, queries: &[String]) -> Result<Vec<i64>> {
+    in_snapshot(db, |conn| {
+        queries
+            .iter()
+            .map(|q| conn.query_row(q, [], |r| r.get(0)).map_err(db_err))
+            .collect()
+    })
+}
+
+pub(super) fn load(
+    db: &Sqlite,
+    tables: &[(&Table, Vec<Vec<Cell>>)],
+    before_commit: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     db.write_tx(Sync::Full, |tx| {
         for (t, _) in tables.iter().filter(|(t, _)| t.name != "meta") {
             let n: i64 = tx
@@ -92,6 +112,6 @@ pub(super) fn load(db: &Sqlite, tables: &[(&Table, Vec<Vec<Cell>>)]) -> Result<(
                     .map_err(db_err)?;
             }
         }
-        Ok(())
+        before_commit()
     })
 }

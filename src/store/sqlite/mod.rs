@@ -225,9 +225,13 @@ impl Backend for Sqlite {
 
     fn dump(
         &self,
-        table: &crate::store::copy::Table,
-    ) -> Result<Vec<Vec<crate::store::copy::Cell>>> {
-        copy::dump(self, table)
+        tables: &[crate::store::copy::Table],
+    ) -> Result<Vec<Vec<Vec<crate::store::copy::Cell>>>> {
+        copy::dump(self, tables)
+    }
+
+    fn scalars(&self, queries: &[String]) -> Result<Vec<i64>> {
+        copy::scalars(self, queries)
     }
 
     fn load(
@@ -236,12 +240,9 @@ impl Backend for Sqlite {
             &crate::store::copy::Table,
             Vec<Vec<crate::store::copy::Cell>>,
         )],
+        before_commit: &mut dyn FnMut() -> Result<()>,
     ) -> Result<()> {
-        copy::load(self, tables)
-    }
-
-    fn count(&self, table: &crate::store::copy::Table) -> Result<i64> {
-        copy::count(self, table)
+        copy::load(self, tables, before_commit)
     }
 
     fn events(&self, id: &str, after: Option<i64>, limit: Option<u32>) -> Result<Vec<EventRow>> {
