@@ -4,11 +4,19 @@
 // as script — on the overview after the page's script swapped its rows in,
 // and on every credential page — and the Content-Security-Policy the
 // browser enforces blocks script injected into a live console page.
-// TW_EXPECT: {"ids": [ID…], "tags": [TAG…]}
+// TW_EXPECT: {"part": "xss", "ids": [ID…], "tags": [TAG…]} or
+//            {"part": "cookies"}
+//
+// Part "cookies": a page on another port of the same loopback address
+// (cookies are not kept apart by port, and the two are the same site, so
+// SameSite does not apply) plants `tw_session` and `tw_pre` cookies with a
+// longer Path; the console reads the first cookie of a name, which the
+// browser sends first — the planted one.
 //
 // Each payload calls twpwn(TAG) if parsed as markup; an init script (run
 // by the driver, outside the page's CSP) defines twpwn to record the call,
 // and records every securitypolicyviolation event.
+import { createServer } from 'node:http';
 import { env, check, newContext, run, settle, signIn, snapshot, until } from './lib.mjs';
 
 const { ids } = env.expect;
@@ -28,7 +36,7 @@ async function seen(p) {
   return p.evaluate(() => ({ pwned: window.__pwned ?? null, csp: window.__csp ?? null }));
 }
 
-await run([
+const xss = [
   [
     'signs_in',
     async (browser) => {
@@ -96,4 +104,47 @@ await run([
       return r;
     },
   ],
-]);
+];
+
+/** A loopback server on another port whose page sets `cookies` (name=value; path=…). */
+async function plantingSite(cookies) {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end(`<!doctype html><title>a local dev server</title><script>
+${cookies.map((c) => `document.cookie = ${JSON.stringify(c)};`).join('\n')}
+</script>`);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return server;
+}
+
+const cookies = [
+  [
+    'a_cookie_planted_from_another_port_does_not_sign_the_admin_out',
+    async (browser) => {
+      const ctx = await newContext(browser, 'victim');
+      const p = await signIn(ctx, env.adminKey);
+      const server = await plantingSite(['tw_session=planted-elsewhere; path=/ui', 'tw_pre=planted-elsewhere; path=/ui/login']);
+      try {
+        await p.goto(`http://127.0.0.1:${server.address().port}/`);
+      } finally {
+        server.close();
+      }
+      await p.goto(env.url + '/ui');
+      const landed = new URL(p.url()).pathname;
+      let again = null;
+      if (landed !== '/ui') {
+        // Signing in again does not help either when the form's cookie is planted too.
+        await p.fill('#signin #key', env.adminKey);
+        const [answer] = await Promise.all([p.waitForNavigation(), p.click('#signin-submit')]);
+        again = { status: answer?.status() ?? null, path: new URL(p.url()).pathname };
+      }
+      await settle();
+      await ctx.close();
+      check(landed === '/ui', `after a page on another port planted cookies, the signed-in admin's /ui landed on ${landed}; signing in again: ${JSON.stringify(again)}`);
+      return { landed, again };
+    },
+  ],
+];
+
+await run(env.expect.part === 'cookies' ? cookies : xss);
