@@ -656,10 +656,14 @@ impl Refresher {
                     row.provider.kind,
                     &resp,
                     &row.refresh_token,
-                    // The client secret went too: never quoted back.
+                    // The client secret went too, and upstream knows the
+                    // tokens it issued: none is ever quoted back, whole or
+                    // in part.
                     &row.provider
                         .client_secret
                         .iter()
+                        .chain(&row.access_token)
+                        .chain(&row.id_token)
                         .map(crate::secret::Secret::expose)
                         .collect::<Vec<_>>(),
                     self.clock.now().wall_ms,

@@ -245,6 +245,23 @@ pub(crate) fn csrf_of(html: &str) -> String {
     rest[..rest.find('"').expect("closing quote")].to_owned()
 }
 
+/// The `&token=…` field of the reject form on credential page `html`: the
+/// fingerprint of the access token the page showed.
+pub(crate) fn reject_field(html: &str) -> String {
+    let marker = r#"name="token" value=""#;
+    let at = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no reject form naming a token in {html}"));
+    let rest = &html[at + marker.len()..];
+    format!("&token={}", &rest[..rest.find('"').expect("closing quote")])
+}
+
+/// The reject form's fields as session `s` sees credential `id`'s page now.
+pub(crate) fn reject_now(c: &Console, s: &Session, id: &str) -> String {
+    let page = c.get(&format!("/ui/credentials/{id}"), Some(&s.cookie));
+    reject_field(&page.expect_status(200).body)
+}
+
 pub(crate) fn location(a: &Answer) -> &str {
     a.header("location").unwrap_or_default()
 }
@@ -457,7 +474,7 @@ fn every_action_works_and_is_recorded() {
 
     // Reject the current token: recorded, and a new token fetched.
     let current = c.env.fake.family_state("acct").current_access_token;
-    post("reject", "").expect_status(303);
+    post("reject", &reject_now(&c, &s, "acct")).expect_status(303);
     assert!(flash(&c, &s, "/ui/credentials/acct").starts_with("Rejected the access token"));
     assert!(
         reasons().iter().any(|r| r.starts_with("rejected")),
@@ -641,7 +658,7 @@ fn the_overview_follows_rejects_and_refreshes() {
     let a = c.post(
         "/ui/credentials/z-last/reject",
         Some(&s.cookie),
-        &format!("csrf={}", s.csrf),
+        &format!("csrf={}{}", s.csrf, reject_now(&c, &s, "z-last")),
     );
     assert_eq!(a.status, 303);
     assert!(flash(&c, &s, "/ui/credentials/z-last").starts_with("ERROR:"));
@@ -700,13 +717,14 @@ fn no_secret_in_any_console_answer() {
         answers.push(c.post(
             &format!("/ui/credentials/acct/{action}"),
             Some(&s.cookie),
-            &format!("csrf={}&seconds=60", s.csrf).replace(
-                "&seconds=60",
-                if action == "cooldown" {
-                    "&seconds=60"
-                } else {
-                    ""
-                },
+            &format!(
+                "csrf={}{}",
+                s.csrf,
+                match action {
+                    "cooldown" => "&seconds=60".to_owned(),
+                    "reject" => reject_now(&c, &s, "acct"),
+                    _ => String::new(),
+                }
             ),
         ));
         answers.push(c.get("/ui/credentials/acct", Some(&s.cookie)));

@@ -65,36 +65,81 @@ fn redact_token_fields(text: &str) -> String {
     out
 }
 
-/// Replaces every known secret (at least 4 characters long), the values of
-/// `access_token`, `refresh_token` and `id_token`, and every token-looking
-/// run of `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
+/// The shortest piece of a known secret [`scrub`] finds inside other
+/// text. Upstreams quote tokens cut short ("token abcd1234… is unknown");
+/// twelve characters of a random token are far more than anything else
+/// shares with it by chance, and still a useful start for a guess.
+pub const MIN_SECRET_PIECE: usize = 12;
+
+/// The bytes of `text` that lie inside a piece, [`MIN_SECRET_PIECE`]
+/// bytes or longer, of one of `secrets`: every window of that width in
+/// `text` is looked up among the windows of the secrets (linear in the
+/// lengths, whatever the number of matches).
+fn secret_pieces(text: &str, secrets: &[&str]) -> Vec<bool> {
+    let w = MIN_SECRET_PIECE;
+    let mut marked = vec![false; text.len()];
+    let windows: std::collections::HashSet<&[u8]> = secrets
+        .iter()
+        .flat_map(|s| s.as_bytes().windows(w))
+        .collect();
+    if windows.is_empty() {
+        return marked;
+    }
+    for (i, window) in text.as_bytes().windows(w).enumerate() {
+        if windows.contains(window) {
+            marked[i..i + w].iter_mut().for_each(|m| *m = true);
+        }
+    }
+    marked
+}
+
+/// Replaces every known secret (at least 4 characters long) and every
+/// piece of one at least [`MIN_SECRET_PIECE`] long (with the run of token
+/// characters around it), the values of `access_token`, `refresh_token`
+/// and `id_token`, and every token-looking run of
+/// `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
     let mut s = text.to_owned();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
         s = s.replace(secret, "***");
     }
     let s = redact_token_fields(&s);
+    let pieces = secret_pieces(&s, secrets);
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
-    let mut out = String::with_capacity(s.len());
+    // Segments: each run of token characters, and each other character.
+    let mut segments: Vec<std::ops::Range<usize>> = Vec::new();
     let mut run_start = None;
-    let flush = |run: &str, out: &mut String| {
-        out.push_str(if looks_like_token(run) { "***" } else { run });
-    };
     for (i, c) in s.char_indices() {
         match (is_token_char(c), run_start) {
             (true, None) => run_start = Some(i),
             (true, Some(_)) => {}
             (false, start) => {
                 if let Some(start) = start {
-                    flush(&s[start..i], &mut out);
+                    segments.push(start..i);
                 }
                 run_start = None;
-                out.push(c);
+                segments.push(i..i + c.len_utf8());
             }
         }
     }
     if let Some(start) = run_start {
-        flush(&s[start..], &mut out);
+        segments.push(start..s.len());
+    }
+    // A segment holding a piece of a secret goes (a whole run of token
+    // characters with it; one mark for neighbours of the same piece, as
+    // in a secret with spaces), and so does a run that looks like a token.
+    let mut out = String::with_capacity(s.len());
+    let mut last_was_piece = false;
+    for seg in segments {
+        let piece = pieces[seg.clone()].iter().any(|m| *m);
+        let text = &s[seg];
+        match piece {
+            true if last_was_piece => {}
+            true => out.push_str("***"),
+            false if looks_like_token(text) => out.push_str("***"),
+            false => out.push_str(text),
+        }
+        last_was_piece = piece;
     }
     out
 }
@@ -182,5 +227,41 @@ mod tests {
             "abc",
             "secrets under 4 characters are not replaced"
         );
+    }
+
+    #[test]
+    fn pieces_of_known_secrets_are_scrubbed() {
+        // Short, so not token-looking by themselves: only knowing the
+        // secret finds their pieces.
+        let rt = "rt-Kq9-zzzzzzzzzzzzzzzzzzzz-tail";
+        let sig = "abcdefghijklmnopqrstuvwxyzABCDEFGH_sig";
+        let table = [
+            // A cut-short prefix, with the ellipsis upstreams add.
+            (
+                format!("token {}\u{2026} is unknown", &rt[..20]),
+                "token ***\u{2026} is unknown",
+            ),
+            // A suffix inside a longer run: the whole run goes.
+            (
+                format!("sig x{} expired", &sig[sig.len() - 12..]),
+                "sig *** expired",
+            ),
+            // A piece in markup.
+            (format!("<b>{}</b>", &rt[4..16]), "<b>***</b>"),
+            // Eleven characters: under the piece length, kept.
+            (format!("id {}", &rt[..11]), "id rt-Kq9-zzzz"),
+            // Whole, as before.
+            (format!("{rt} refused"), "*** refused"),
+        ];
+        for (text, want) in table {
+            assert_eq!(scrub(&text, &[rt, sig]), want, "{text}");
+        }
+        // A secret with spaces: its piece goes where it lies.
+        let spaced = "correct horse battery staple";
+        assert_eq!(
+            scrub("said: horse battery st. ok", &[spaced]),
+            "said:*** ok"
+        );
+        assert_eq!(scrub("nothing here", &[]), "nothing here");
     }
 }

@@ -63,6 +63,7 @@ impl Action {
         match self {
             Action::Cooldown => &["csrf", "seconds"],
             Action::RevokeHandle => &["csrf", "handle"],
+            Action::Reject => &["csrf", "token"],
             _ => &["csrf"],
         }
     }
@@ -92,10 +93,27 @@ pub fn run(
             Ok(format!("Refreshed {id}: {}.", valid_until(&g)))
         }
         Action::Reject => {
+            // The token the page showed, by fingerprint: a second click
+            // on the same page finds it replaced and rejects nothing.
+            let shown = form
+                .get("token")
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    Error::BadInput("the form names no token; reload the page".to_owned())
+                })?;
             let current = w
                 .get(id)?
                 .access_token
                 .ok_or_else(|| Error::BadInput(format!("{id} has no access token to reject")))?;
+            if facade::fingerprint(current.expose()) != shown {
+                return Ok(format!(
+                    "The access token this page showed for {id} was already replaced; \
+                     nothing more was rejected (reload to see the current one)."
+                ));
+            }
+            // Replaced between the read and here: `reject_within` then
+            // rejects nothing and answers the current token.
             let g = w.reject_within(id, current.expose(), wait)?;
             Ok(format!(
                 "Rejected the access token of {id}; the new one is {}.",

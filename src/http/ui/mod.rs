@@ -21,6 +21,7 @@ pub mod actions;
 pub mod form;
 pub mod render;
 pub mod session;
+pub mod throttle;
 
 use std::io::Read;
 use std::time::Instant;
@@ -69,6 +70,7 @@ const APP_CSS: &str = include_str!("static/app.css");
 pub(crate) struct Console {
     sessions: Sessions,
     started: Instant,
+    throttle: throttle::Throttle,
 }
 
 impl Default for Console {
@@ -76,6 +78,7 @@ impl Default for Console {
         Console {
             sessions: Sessions::new(),
             started: Instant::now(),
+            throttle: throttle::Throttle::default(),
         }
     }
 }
@@ -123,7 +126,8 @@ struct Ctx<'a> {
     app: &'a App,
     now_ms: i64,
     now: Instant,
-    /// The session cookie's value, if any.
+    /// The session cookie's value, if any: of several (see
+    /// [`Sessions::pick`]), the live one.
     cookie: Option<String>,
 }
 
@@ -159,11 +163,18 @@ pub(crate) fn handle(
     query: &str,
     body: &mut BodyState,
 ) -> (&'static str, Reply) {
+    let now = Instant::now();
+    let sent = session::cookies(header(rq, "Cookie"), SESSION_COOKIE);
+    let cookie = app
+        .console
+        .sessions
+        .pick(&sent, &app.keys, now)
+        .map(str::to_owned);
     let ctx = Ctx {
         app,
         now_ms: clock::now_ms(),
-        now: Instant::now(),
-        cookie: session::cookie(header(rq, "Cookie"), SESSION_COOKIE).map(str::to_owned),
+        now,
+        cookie,
     };
     let (route, reply) = route(&ctx, rq, method, path, query, body);
     (route, secure(reply))
@@ -196,7 +207,7 @@ fn route(
         ([""], "GET") => ("/", see_other("/ui")),
         (["ui"], "GET") => ("/ui", overview_page(ctx, query)),
         (["ui", "overview"], "GET") => ("/ui/overview", overview_fragment(ctx, query)),
-        (["ui", "login"], "GET") => ("/ui/login", signin_page(ctx, rq, None, 200)),
+        (["ui", "login"], "GET") => ("/ui/login", signin_page(ctx, None, None, 200)),
         (["ui", "login"], "POST") => ("/ui/login", signin(ctx, rq, body)),
         (["ui", "logout"], "POST") => ("/ui/logout", signout(ctx, rq, body)),
         (["ui", "static", "app.js"], "GET") => (
@@ -363,6 +374,12 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
             .collect();
         let quota = w.latest_quota(&id)?;
         let history = w.quota_history(&id, HISTORY_SHOWN)?;
+        // Read after the summary: a token replaced in between is one the
+        // reject form does not name, and rejecting it is then refused.
+        let fingerprint = w
+            .get(&id)?
+            .access_token
+            .map(|t| crate::facade::fingerprint(t.expose()));
         Ok(render::credential::page_html(
             &render::credential::CredentialView {
                 summary: &summary,
@@ -374,6 +391,7 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
                 chrome: ctx.chrome(&s),
                 flash: s.flash.as_ref(),
                 now_ms: ctx.now_ms,
+                token_fingerprint: fingerprint.as_deref(),
             },
         ))
     })();
@@ -435,14 +453,11 @@ fn pre_now(ctx: &Ctx<'_>) -> u64 {
         .as_secs()
 }
 
-/// The sign-in page, with a fresh pre-session cookie (or the request's,
-/// when re-shown after a wrong key).
-fn signin_page(ctx: &Ctx<'_>, rq: &Request, error: Option<&str>, status: u16) -> Reply {
+/// The sign-in page, with a fresh pre-session cookie (or `keep`, the
+/// request's own, when re-shown after a wrong key).
+fn signin_page(ctx: &Ctx<'_>, keep: Option<&str>, error: Option<&str>, status: u16) -> Reply {
     let sessions = &ctx.app.console.sessions;
-    let keep = error
-        .and_then(|_| session::cookie(header(rq, "Cookie"), PRE_COOKIE))
-        .map(str::to_owned);
-    let pre = match keep {
+    let pre = match keep.map(str::to_owned) {
         Some(p) => p,
         None => match sessions.pre_cookie(pre_now(ctx)) {
             Ok(p) => p,
@@ -471,27 +486,46 @@ fn signin(ctx: &Ctx<'_>, rq: &mut Request, body: &mut BodyState) -> Reply {
         Ok(f) => f,
         Err(e) => return ctx.page_error(e, None),
     };
-    let sessions = &ctx.app.console.sessions;
-    let pre = session::cookie(header(rq, "Cookie"), PRE_COOKIE);
-    if !sessions.pre_ok(pre, form.get("csrf"), pre_now(ctx)) {
+    let console = &ctx.app.console;
+    let sessions = &console.sessions;
+    // Of several pre-session cookies (another port's page may plant its
+    // own), the one this form was made for.
+    let pres = session::cookies(header(rq, "Cookie"), PRE_COOKIE);
+    let Some(pre) = sessions.pre_pick(&pres, form.get("csrf"), pre_now(ctx)) else {
         return ctx.page_error(
             forbidden(
                 "the sign-in form expired or did not come from this server; load /ui/login again",
             ),
             None,
         );
-    }
+    };
+    let peer = rq.remote_addr().map(|a| a.ip());
+    let peer_shown = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string());
+    let attempt = match console.throttle.attempt(peer, ctx.now) {
+        Ok(a) => a,
+        Err(wait) => {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            log::debug!("console: a sign-in from {peer_shown} was held back ({secs} s)");
+            let message = format!(
+                "too many wrong keys; try again in {secs} s (the API and the CLI are not held back)"
+            );
+            return ctx
+                .page_error(ApiError::new(429, "too_many_requests", message), None)
+                .with_header("Retry-After", secs.to_string());
+        }
+    };
     let key = form.get("key").unwrap_or_default().trim();
-    if session::scope_of_key(&ctx.app.keys, key).is_none() {
-        log::info!("console: a sign-in with a wrong key was refused");
+    let Some(scope) = session::scope_of_key(&ctx.app.keys, key) else {
+        log::info!("console: a sign-in with a wrong key from {peer_shown} was refused");
         return signin_page(
             ctx,
-            rq,
+            Some(pre),
             Some("That key is not one of this server's API keys."),
             401,
         );
-    }
-    let id = match sessions.open(key, ctx.now) {
+    };
+    console.throttle.right_key(attempt);
+    let id = match sessions.open(key, scope, ctx.now) {
         Ok(id) => id,
         Err(e) => return ctx.page_error(e.into(), None),
     };

@@ -41,8 +41,9 @@ pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 /// A sign-in form is good this long after it was served.
 pub const PRE_TTL: Duration = Duration::from_secs(3600);
 
-/// The most sessions kept at once; past it, the least recently used goes.
-/// Only holders of an API key can open one.
+/// The most sessions kept at once for each scope; past it, the least
+/// recently used of that scope goes. Only holders of an API key can open
+/// one, and a read-only key's sign-ins never push an admin out.
 pub const MAX_SESSIONS: usize = 1024;
 
 /// 32 random bytes from the OS, base64url (43 characters).
@@ -97,6 +98,8 @@ struct Session {
     /// The key it was opened with (checked against the server's keys on
     /// every use).
     key: Secret,
+    /// The key's scope when it was opened: the pool it counts against.
+    opened_as: Scope,
     csrf: String,
     last_used: Instant,
     flash: Option<Flash>,
@@ -139,16 +142,18 @@ impl Sessions {
         }
     }
 
-    /// Opens a session for `key` (already checked) at `now`; returns its
-    /// id, the cookie's value.
-    pub fn open(&self, key: &str, now: Instant) -> Result<String> {
+    /// Opens a session for `key` (already checked, of `scope`) at `now`;
+    /// returns its id, the cookie's value. Past [`MAX_SESSIONS`] of the
+    /// same scope, that scope's least recently used session goes.
+    pub fn open(&self, key: &str, scope: Scope, now: Instant) -> Result<String> {
         let id = random_token()?;
         let csrf = random_token()?;
         let mut map = self.by_hash.lock();
         map.retain(|_, s| now.saturating_duration_since(s.last_used) < IDLE);
-        while map.len() >= MAX_SESSIONS {
+        while map.values().filter(|s| s.opened_as == scope).count() >= MAX_SESSIONS {
             let oldest = map
                 .iter()
+                .filter(|(_, s)| s.opened_as == scope)
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(h, _)| h.clone());
             match oldest {
@@ -160,6 +165,7 @@ impl Sessions {
             digest(&[id.as_bytes()]),
             Session {
                 key: Secret::new(key),
+                opened_as: scope,
                 csrf,
                 last_used: now,
                 flash: None,
@@ -192,6 +198,29 @@ impl Sessions {
             csrf: s.csrf.clone(),
             flash,
         })
+    }
+
+    /// Of the `tw_session` values a browser sent (several when a page of
+    /// another port or path planted its own: cookies are not kept apart
+    /// by port), the one naming a live session, an admin's before a
+    /// read-only one, else the first live; planted values are ignored.
+    /// Touches nothing.
+    pub fn pick<'c>(&self, ids: &[&'c str], keys: &ApiKeys, now: Instant) -> Option<&'c str> {
+        let map = self.by_hash.lock();
+        let live = |id: &&str| {
+            let s = map.get(&digest(&[id.as_bytes()]))?;
+            let idle = now.saturating_duration_since(s.last_used) >= IDLE;
+            scope_of_key(keys, s.key.expose()).filter(|_| !idle)
+        };
+        let mut best: Option<(&'c str, Scope)> = None;
+        for id in ids {
+            match (live(id), best) {
+                (Some(Scope::Admin), _) => return Some(id),
+                (Some(scope), None) => best = Some((id, scope)),
+                _ => {}
+            }
+        }
+        best.map(|(id, _)| id)
     }
 
     /// Leaves a message for the session's next page.
@@ -241,6 +270,19 @@ impl Sessions {
         let right = ct_eq(csrf.as_bytes(), self.pre_csrf(pre).as_bytes());
         fresh && right
     }
+
+    /// Of the `tw_pre` values a browser sent (see [`Sessions::pick`]), the
+    /// one `csrf` was made for, if any is and it is fresh.
+    pub fn pre_pick<'c>(
+        &self,
+        pres: &[&'c str],
+        csrf: Option<&str>,
+        now_s: u64,
+    ) -> Option<&'c str> {
+        pres.iter()
+            .copied()
+            .find(|pre| self.pre_ok(Some(pre), csrf, now_s))
+    }
 }
 
 /// The scope of `key` among `keys` (none configured: any key is admin,
@@ -255,14 +297,19 @@ pub fn scope_of_key(keys: &ApiKeys, key: &str) -> Option<Scope> {
     keys.scope_of(Some(&format!("Bearer {key}")))
 }
 
-/// The value of cookie `name` in a `Cookie` header value (the first one;
-/// RFC 6265 §5.4 `name=value; name2=value2`).
-pub fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
-    header?
+/// Every value of cookie `name` in a `Cookie` header value, in the order
+/// sent (RFC 6265 §5.4 `name=value; name2=value2`). A browser sends
+/// several of one name when pages of other ports (same host, so the same
+/// cookies) or paths set their own: which one is ours is for the caller
+/// to find out, never "the first".
+pub fn cookies<'a>(header: Option<&'a str>, name: &str) -> Vec<&'a str> {
+    header
+        .unwrap_or_default()
         .split(';')
         .filter_map(|p| p.trim().split_once('='))
-        .find(|(n, _)| *n == name)
+        .filter(|(n, _)| *n == name)
         .map(|(_, v)| v.trim())
+        .collect()
 }
 
 /// A `Set-Cookie` value: `HttpOnly; SameSite=Strict`, `Secure` over TLS;
@@ -291,8 +338,8 @@ mod tests {
         let s = Sessions::new();
         let t0 = Instant::now();
         let keys = keys();
-        let a = s.open("admin-key", t0).expect("open");
-        let r = s.open("read-key", t0).expect("open");
+        let a = s.open("admin-key", Scope::Admin, t0).expect("open");
+        let r = s.open("read-key", Scope::Read, t0).expect("open");
         assert_ne!(a, r);
         assert_eq!(a.len(), 43);
         assert!(!a.contains("admin-key"));
@@ -323,7 +370,7 @@ mod tests {
     fn a_session_whose_key_is_gone_is_dropped() {
         let s = Sessions::new();
         let t0 = Instant::now();
-        let id = s.open("admin-key", t0).expect("open");
+        let id = s.open("admin-key", Scope::Admin, t0).expect("open");
         let rotated = ApiKeys::new(["new-key"]);
         assert!(s.get(&id, &rotated, t0, false).is_none());
         assert!(s.get(&id, &keys(), t0, false).is_none(), "dropped for good");
@@ -333,7 +380,7 @@ mod tests {
     fn flash_is_shown_once() {
         let s = Sessions::new();
         let t0 = Instant::now();
-        let id = s.open("admin-key", t0).expect("open");
+        let id = s.open("admin-key", Scope::Admin, t0).expect("open");
         let f = Flash {
             error: false,
             message: "done".into(),
@@ -345,20 +392,62 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_bounded() {
+    fn sessions_are_bounded_per_scope() {
         let s = Sessions::new();
         let t0 = Instant::now();
-        let first = s.open("admin-key", t0).expect("open");
+        let at = |i: usize| t0 + Duration::from_millis(i as u64);
+        let admin = s.open("admin-key", Scope::Admin, t0).expect("open");
+        let first = s.open("read-key", Scope::Read, t0).expect("open");
         for i in 1..=MAX_SESSIONS {
-            s.open("admin-key", t0 + Duration::from_millis(i as u64))
-                .expect("open");
+            s.open("read-key", Scope::Read, at(i)).expect("open");
         }
-        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(s.len(), MAX_SESSIONS + 1);
+        let later = t0 + Duration::from_secs(1);
         assert!(
-            s.get(&first, &keys(), t0 + Duration::from_secs(1), false)
-                .is_none(),
-            "the least recently used went"
+            s.get(&first, &keys(), later, false).is_none(),
+            "the least recently used read-only session went"
         );
+        assert_eq!(
+            s.get(&admin, &keys(), later, false).map(|x| x.scope),
+            Some(Scope::Admin),
+            "read-only sign-ins never push an admin out"
+        );
+        // Admins past the cap push out the oldest admin, never a reader.
+        let readers = s.len() - 1;
+        for i in 1..=MAX_SESSIONS {
+            s.open(
+                "admin-key",
+                Scope::Admin,
+                later + Duration::from_millis(i as u64),
+            )
+            .expect("open");
+        }
+        assert!(s.get(&admin, &keys(), later, false).is_none());
+        assert_eq!(s.len(), MAX_SESSIONS + readers);
+    }
+
+    #[test]
+    fn of_several_cookies_the_live_admin_session_is_picked() {
+        let s = Sessions::new();
+        let t0 = Instant::now();
+        let keys = keys();
+        let admin = s.open("admin-key", Scope::Admin, t0).expect("open");
+        let read = s.open("read-key", Scope::Read, t0).expect("open");
+        let planted = "planted-elsewhere";
+        let table: [(&[&str], Option<&str>); 6] = [
+            (&[planted, &admin], Some(&admin)),
+            (&[&admin, planted], Some(&admin)),
+            (&[&read, &admin], Some(&admin)),
+            (&[planted, &read], Some(&read)),
+            (&[planted], None),
+            (&[], None),
+        ];
+        for (sent, want) in table {
+            assert_eq!(s.pick(sent, &keys, t0), want, "{sent:?}");
+        }
+        // An idle session is not picked, and picking touches nothing.
+        assert_eq!(s.pick(&[&admin], &keys, t0 + IDLE), None);
+        assert!(s.get(&admin, &keys, t0, false).is_some());
     }
 
     #[test]
@@ -378,17 +467,21 @@ mod tests {
         assert!(!s.pre_ok(Some(&pre), None, 1000));
         let other = s.pre_cookie(1000).expect("pre");
         assert!(!s.pre_ok(Some(&other), Some(&csrf), 1000));
+        // Of several sent, the one the form was made for.
+        let sent = ["planted", other.as_str(), pre.as_str()];
+        assert_eq!(s.pre_pick(&sent, Some(&csrf), 1000), Some(pre.as_str()));
+        assert_eq!(s.pre_pick(&sent[..2], Some(&csrf), 1000), None);
         // Another server's secret makes other tokens.
         assert_ne!(Sessions::new().pre_csrf(&pre), csrf);
     }
 
     #[test]
     fn cookies_are_read_and_written() {
-        let h = Some("a=1; tw_session=abc ; tw_pre=9.x");
-        assert_eq!(cookie(h, SESSION_COOKIE), Some("abc"));
-        assert_eq!(cookie(h, PRE_COOKIE), Some("9.x"));
-        assert_eq!(cookie(h, "b"), None);
-        assert_eq!(cookie(None, "a"), None);
+        let h = Some("a=1; tw_session=abc ; tw_pre=9.x; tw_session=def");
+        assert_eq!(cookies(h, SESSION_COOKIE), ["abc", "def"]);
+        assert_eq!(cookies(h, PRE_COOKIE), ["9.x"]);
+        assert!(cookies(h, "b").is_empty());
+        assert!(cookies(None, "a").is_empty());
         assert_eq!(
             set_cookie(SESSION_COOKIE, "v", "/", None, false),
             "tw_session=v; Path=/; HttpOnly; SameSite=Strict"

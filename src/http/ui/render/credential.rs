@@ -35,6 +35,11 @@ pub struct CredentialView<'a> {
     pub flash: Option<&'a Flash>,
     /// Now (unix ms).
     pub now_ms: i64,
+    /// The fingerprint ([`crate::facade::fingerprint`]) of the access
+    /// token current when the page was drawn, if it has one: the reject
+    /// form names it, so a second click (another tab, a retry) on the
+    /// same page rejects nothing newer.
+    pub token_fingerprint: Option<&'a str>,
 }
 
 /// How long each successful refresh took, oldest first: `(ended at,
@@ -108,7 +113,7 @@ pub fn action_form(
     )
 }
 
-fn actions(s: &Summary<'_>, csrf: &str) -> String {
+fn actions(s: &Summary<'_>, csrf: &str, token_fingerprint: Option<&str>) -> String {
     let id = s.id;
     let path = super::url_component(id);
     let mut out = String::from(r#"<section id="actions"><h2>Actions</h2>"#);
@@ -120,14 +125,19 @@ fn actions(s: &Summary<'_>, csrf: &str) -> String {
         "Force refresh",
         &format!("Force a refresh of {id} now?"),
     ));
-    out.push_str(&action_form(
-        &path,
-        "reject",
-        csrf,
-        "",
-        "Reject current token",
-        &format!("Reject the current access token of {id}? It will never be served again."),
-    ));
+    if let Some(fp) = token_fingerprint {
+        out.push_str(&action_form(
+            &path,
+            "reject",
+            csrf,
+            &format!(
+                r#"<input type="hidden" name="token" value="{}">"#,
+                escape(fp)
+            ),
+            "Reject current token",
+            &format!("Reject the current access token of {id}? It will never be served again."),
+        ));
+    }
     out.push_str(&action_form(
         &path,
         "cooldown",
@@ -401,7 +411,7 @@ pub fn page_html(v: &CredentialView<'_>) -> String {
         })
         .collect();
     let admin_actions = match v.chrome.admin {
-        true => actions(s, v.chrome.csrf),
+        true => actions(s, v.chrome.csrf, v.token_fingerprint),
         false => {
             r#"<p class="read-only-note">Signed in with a read-only key: no actions.</p>"#.into()
         }
@@ -561,6 +571,7 @@ mod tests {
             },
             flash: None,
             now_ms: now,
+            token_fingerprint: Some("0123456789abcdef"),
         })
     }
 
