@@ -49,6 +49,9 @@ mod attack16;
 // its actions (browser part: tests/browser/attack17.mjs); holes are
 // `#[ignore = "HOLE: …"]`.
 mod attack17;
+// Second hostile review of issue 17 after its mend (156bf9d): the sign-in
+// throttle, the reject fingerprint, session caps and cookie picking, scrub.
+mod attack17b;
 // The operator's console (issue 17) in headless Chromium, driven by
 // playwright-core on Node.js (tests/browser): live states, actions,
 // read-only keys, CSRF and foreign origins, no secret in any traffic.
