@@ -464,3 +464,104 @@ fn quoted_token_pieces_reach_no_answer_of_any_kind() {
         }
     }
 }
+
+/// A token endpoint that answers every request with a redirect to
+/// `location` (`{rt}` in it is replaced by the first 20 characters of the
+/// refresh token the request carried): its address. The thread ends with the test process.
+fn redirecting_upstream(location: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Head, then the declared body.
+            while let Ok(n @ 1..) = s.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+                let raw = String::from_utf8_lossy(&buf).into_owned();
+                if let Some(end) = raw.find("\r\n\r\n") {
+                    let len = raw[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (n, v) = l.split_once(':')?;
+                            n.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let raw = String::from_utf8_lossy(&buf).into_owned();
+            let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default();
+            let rt = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["refresh_token"].as_str().map(str::to_owned))
+                .or_else(|| {
+                    body.split('&')
+                        .find_map(|p| p.strip_prefix("refresh_token=").map(str::to_owned))
+                })
+                .unwrap_or_default();
+            let piece: String = rt.chars().take(20).collect();
+            let to = location.replace("{rt}", &piece);
+            let _ = write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    addr
+}
+
+/// A token endpoint that redirects to a path quoting 20 characters of the
+/// refresh token it was sent (`/denied/<20 chars>/retry`): the redirect's
+/// target is put in the failure's message with only token-looking runs
+/// scrubbed — no known secret is passed for it, so the mend's "every piece
+/// of 12 characters or more of a known secret" does not apply — and the
+/// piece reaches `last_error`, the API's JSON and the console's pages.
+#[test]
+#[ignore = "HOLE: a redirect's Location path is scrubbed without the known secrets: 20 chars of the refresh token it quotes reach last_error, the API and the console"]
+fn a_redirect_quoting_a_piece_of_the_refresh_token_shows_it_nowhere() {
+    let c = Console::start();
+    let up = redirecting_upstream("http://127.0.0.1/denied/{rt}");
+    let grant = c.env.fake.new_family("acct");
+    let rt = grant.refresh_token.clone();
+    assert!(rt.len() > 20, "the fake's refresh tokens are long");
+    let mut record = grant.import_json("acct", "codex", &format!("http://{up}/token"));
+    record["expires_at"] = serde_json::Value::from(crate::common::tw::now() + 3600);
+    let path = std::env::temp_dir().join(format!("attack17b-redirect-{}.json", up.port()));
+    std::fs::write(&path, record.to_string()).expect("write");
+    let out = c.env.run(&["import", path.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_file(&path);
+    let api = Client::new(c.addr, Some(ADMIN));
+    let forced = api.post("/v1/credentials/acct/refresh?force=true", "");
+    let (s, _) = c.sign_in(ADMIN);
+    let seen = [
+        forced.body.clone(),
+        api.get("/v1/credentials/acct").body,
+        c.get("/ui/credentials/acct", Some(&s.cookie)).body,
+    ];
+    assert!(
+        seen.iter().any(|p| p.contains("redirect")),
+        "the redirect is reported: {seen:?}"
+    );
+    let holding: Vec<&str> = ["the API's refresh answer", "the API's credential", "the console page"]
+        .into_iter()
+        .zip(&seen)
+        .filter(|(_, page)| {
+            rt.as_bytes()
+                .windows(12)
+                .any(|w| page.contains(std::str::from_utf8(w).expect("ascii")))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        holding.is_empty(),
+        "a 12-character piece of the live refresh token is in: {holding:?}"
+    );
+}
