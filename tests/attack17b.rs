@@ -565,3 +565,90 @@ fn a_redirect_quoting_a_piece_of_the_refresh_token_shows_it_nowhere() {
         "a 12-character piece of the live refresh token is in: {holding:?}"
     );
 }
+
+/// Over TLS (`serve --tls-cert --tls-key`, what the README asks for off
+/// loopback), rustls is in front and hands the decrypted bytes to tiny_http
+/// over a Unix socket: every request's `remote_addr()` is `None`, so the
+/// sign-in throttle's per-address bucket never applies — one client gets
+/// the whole server's burst (60 wrong keys at once, then one a second,
+/// not 10 then one per 6 s), and the log line that is to "name the address
+/// of each wrong key" says "an unknown address".
+#[test]
+#[ignore = "HOLE: over TLS every request reaches tiny_http through a Unix socket with no peer address: the per-address throttle never applies (one client gets 60 wrong keys, not 10) and the log names no address"]
+fn over_tls_the_throttle_still_counts_per_address() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let env = crate::common::tw::Env::new();
+    let pki = crate::tls::make_pki(env.dir.path());
+    let port = crate::common::http::free_port();
+    let mut child = env
+        .cmd()
+        .env("TOKENWARDEN_API_KEY", ADMIN)
+        .env("TOKENWARDEN_LOG", "info")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--no-refresher", "--threads", "2", "--tls-cert"])
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let ca = Certificate::from_der(&pki.ca_der).to_owned();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
+        .build();
+    let browser = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(tls)
+        .build()
+        .new_agent();
+    let base = format!("https://127.0.0.1:{port}");
+    let started = Instant::now();
+    let form = loop {
+        match browser.get(format!("{base}/ui/login")).call() {
+            Ok(r) => break crate::common::http::read_answer(r).expect("answer"),
+            Err(e) if started.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("serve did not come up: {e}"),
+        }
+    };
+    assert_eq!(form.status, 200, "{}", form.body);
+    let pre = cookie_pair(&form, "tw_pre").expect("a pre-session cookie");
+    let csrf = csrf_of(&form.body);
+    let mut statuses = Vec::new();
+    for i in 0..=PER_PEER_BURST {
+        let a = crate::common::http::read_answer(
+            browser
+                .post(format!("{base}/ui/login"))
+                .header("Cookie", &pre)
+                .header("Origin", &base)
+                .content_type("application/x-www-form-urlencoded")
+                .send(format!("csrf={csrf}&key=guess-{i:04}"))
+                .expect("https"),
+        )
+        .expect("answer");
+        statuses.push(a.status);
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut log = String::new();
+    let _ = child.stderr.take().expect("piped").read_to_string(&mut log);
+    let unnamed = log
+        .lines()
+        .filter(|l| l.contains("wrong key from an unknown address"))
+        .count();
+    assert!(
+        statuses.contains(&429) && unnamed == 0,
+        "{} wrong keys from one TLS client were answered {statuses:?}; {unnamed} log lines \
+         name no address",
+        PER_PEER_BURST + 1
+    );
+}

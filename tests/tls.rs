@@ -18,7 +18,7 @@ const KEY: &str = "tls-test-key-0123456789";
 /// A test CA and a server certificate it signed for `localhost` and
 /// 127.0.0.1, written as PEM files in `dir`.
 pub(crate) struct Pki {
-    ca_der: Vec<u8>,
+    pub(crate) ca_der: Vec<u8>,
     /// The chain's PEM file.
     pub(crate) cert: PathBuf,
     /// The server key's PEM file.
