@@ -652,3 +652,57 @@ fn over_tls_the_throttle_still_counts_per_address() {
         PER_PEER_BURST + 1
     );
 }
+
+// ---------------------------------------------------------------------
+// 3. and 5. Sessions and cookies.
+// ---------------------------------------------------------------------
+
+/// A browser sending hundreds of planted `tw_session` and `tw_pre` values
+/// (another port's page can set many, under many paths) ahead of the real
+/// ones, and the attacker's own live read-only session first of all: the
+/// admin's session is still the one used (admin actions shown, a forced
+/// refresh allowed), and signing in with a form whose pre-session cookie
+/// is last of 300 works.
+#[test]
+fn hundreds_of_planted_cookies_neither_sign_out_nor_downgrade_the_admin() {
+    let c = Console::start();
+    c.env.login("acct", 3600);
+    let (admin, _) = c.sign_in(ADMIN);
+    let (attacker, _) = c.sign_in(crate::ui::READ);
+    let planted: String = (0..300)
+        .map(|i| format!("tw_session=planted-{i:04}; tw_pre={i}.planted; "))
+        .collect();
+    let jar = format!("{}; {planted}{}", attacker.cookie, admin.cookie);
+    let page = c.get("/ui/credentials/acct", Some(&jar)).expect_status_200();
+    assert!(
+        !page.contains("read-only-note") && page.contains("/ui/credentials/acct/refresh"),
+        "the admin's page, with its actions"
+    );
+    let upstream = calls(&c);
+    let a = c.post(
+        "/ui/credentials/acct/refresh",
+        Some(&jar),
+        &format!("csrf={}", admin.csrf),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(calls(&c), upstream + 1, "the admin's forced refresh ran");
+    let (pre, csrf) = c.sign_in_form();
+    let signed = c.post(
+        "/ui/login",
+        Some(&format!("{planted}{pre}")),
+        &format!("csrf={csrf}&key={}", enc(ADMIN)),
+    );
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    assert!(set_cookie(&signed, "tw_session").is_some());
+}
+
+trait Status200 {
+    fn expect_status_200(self) -> String;
+}
+
+impl Status200 for Answer {
+    fn expect_status_200(self) -> String {
+        assert_eq!(self.status, 200, "{}", self.body);
+        self.body
+    }
+}
