@@ -92,9 +92,7 @@ fn a_rebinding_page_cannot_guess_keys_faster_through_the_api() {
     for i in 0..GLOBAL_BURST {
         let a = as_rebind(
             &c,
-            &format!(
-                "GET /v1/credentials HTTP/1.1\r\nAuthorization: Bearer guess-api-{i:04}\r\n"
-            ),
+            &format!("GET /v1/credentials HTTP/1.1\r\nAuthorization: Bearer guess-api-{i:04}\r\n"),
             "",
         );
         *api_statuses.entry(a.status).or_insert(0) += 1;
@@ -163,10 +161,7 @@ fn concurrent_wrong_keys_get_the_burst_and_refusals_say_nothing() {
                 .expect("429 carries Retry-After")
                 .parse()
                 .expect("whole seconds");
-            assert!(
-                (1..=PER_PEER_REFILL.as_secs()).contains(&secs),
-                "{secs}"
-            );
+            assert!((1..=PER_PEER_REFILL.as_secs()).contains(&secs), "{secs}");
         }
     }
     assert!(answers.iter().any(|(s, _)| *s == 429), "{answers:?}");
@@ -269,7 +264,11 @@ fn four_simultaneous_rejects_of_one_page_reject_once() {
         assert_eq!(p.join().expect("post"), 303);
     }
     c.env.fake.set_latency(Duration::ZERO);
-    assert_eq!(calls(&c) - upstream, 1, "one refresh for one rejected token");
+    assert_eq!(
+        calls(&c) - upstream,
+        1,
+        "one refresh for one rejected token"
+    );
     let now = served_token(&c, "acct");
     assert_ne!(now, old);
     assert_eq!(served_token(&c, "acct"), now, "the fresh token stays");
@@ -368,7 +367,9 @@ fn scrub_never_panics_and_leaves_no_window_of_a_piece() {
         }
     }
     let big: String = "<p>\"é\" ".repeat(256 * 1024 / 9);
-    let secrets: Vec<String> = (0..64).map(|i| format!("secret-{i:04}-{}", "x".repeat(2000))).collect();
+    let secrets: Vec<String> = (0..64)
+        .map(|i| format!("secret-{i:04}-{}", "x".repeat(2000)))
+        .collect();
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let out = scrub(&format!("{big}{}", &secrets[3][..40]), &refs);
     assert!(out.ends_with("***"), "{}", &out[out.len() - 40..]);
@@ -550,16 +551,20 @@ fn a_redirect_quoting_a_piece_of_the_refresh_token_shows_it_nowhere() {
         seen.iter().any(|p| p.contains("redirect")),
         "the redirect is reported: {seen:?}"
     );
-    let holding: Vec<&str> = ["the API's refresh answer", "the API's credential", "the console page"]
-        .into_iter()
-        .zip(&seen)
-        .filter(|(_, page)| {
-            rt.as_bytes()
-                .windows(12)
-                .any(|w| page.contains(std::str::from_utf8(w).expect("ascii")))
-        })
-        .map(|(name, _)| name)
-        .collect();
+    let holding: Vec<&str> = [
+        "the API's refresh answer",
+        "the API's credential",
+        "the console page",
+    ]
+    .into_iter()
+    .zip(&seen)
+    .filter(|(_, page)| {
+        rt.as_bytes()
+            .windows(12)
+            .any(|w| page.contains(std::str::from_utf8(w).expect("ascii")))
+    })
+    .map(|(name, _)| name)
+    .collect();
     assert!(
         holding.is_empty(),
         "a 12-character piece of the live refresh token is in: {holding:?}"
@@ -673,7 +678,9 @@ fn hundreds_of_planted_cookies_neither_sign_out_nor_downgrade_the_admin() {
         .map(|i| format!("tw_session=planted-{i:04}; tw_pre={i}.planted; "))
         .collect();
     let jar = format!("{}; {planted}{}", attacker.cookie, admin.cookie);
-    let page = c.get("/ui/credentials/acct", Some(&jar)).expect_status_200();
+    let page = c
+        .get("/ui/credentials/acct", Some(&jar))
+        .expect_status_200();
     assert!(
         !page.contains("read-only-note") && page.contains("/ui/credentials/acct/refresh"),
         "the admin's page, with its actions"
@@ -705,4 +712,57 @@ impl Status200 for Answer {
         assert_eq!(self.status, 200, "{}", self.body);
         self.body
     }
+}
+/// A Google-style refresh token, for the scrub tests below.
+const GOOGLE_RT: &str = "1//0gLq7Zt3kPw9Xv2Rn8Ys4Hb6Jm1Dc5Fa0Ee3Gi7Kk9Mo2Qs4Uu6Ww8Yy";
+
+/// A known refresh token quoted URL-encoded (`%2F`), JSON-escaped
+/// (`\u002f`, in a body that is not JSON, so not decoded) or HTML-escaped
+/// (`&#x2F;`): only the well-known `1//` prefix is left, the rest goes
+/// with its run.
+#[test]
+fn escaped_forms_of_a_known_secret_are_scrubbed() {
+    for escaped in ["%2F", "\\u002f", "&#x2F;"] {
+        let text = format!("token {} unknown", GOOGLE_RT.replace('/', escaped));
+        let out = scrub(&text, &[GOOGLE_RT]);
+        assert!(!out.contains("0gLq7"), "{text:?} -> {out:?}");
+        assert!(out.ends_with("*** unknown"), "{out:?}");
+    }
+}
+
+/// A known token quoted in groups shorter than 12 characters — an HTML
+/// error page or a log-style message that breaks long words (spaces,
+/// line breaks, `<wbr>`), here every 8 characters — goes through whole:
+/// each group is under the piece length and, alone, does not look like a
+/// token, so every character of the refresh token is shown, a space
+/// apart. Pieces are matched only on contiguous bytes.
+#[test]
+#[ignore = "HOLE: scrub matches pieces only on contiguous bytes: a known token quoted in groups under 12 chars (broken every 8 chars by spaces or <wbr>) is shown whole"]
+fn a_known_token_broken_into_short_groups_is_scrubbed() {
+    let groups: Vec<String> = GOOGLE_RT
+        .as_bytes()
+        .chunks(8)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    for sep in [" ", "\n", "<wbr>"] {
+        let text = format!("invalid token: {}", groups.join(sep));
+        let out = scrub(&text, &[GOOGLE_RT]);
+        let shown = groups.iter().filter(|g| out.contains(g.as_str())).count();
+        assert!(
+            shown <= 1,
+            "{shown} of {} 8-character groups of the token survive (separator {sep:?}): {out:?}",
+            groups.len()
+        );
+    }
+}
+
+/// A piece of a known token quoted in another case (an upstream or a proxy
+/// that upper-cases its message): 20 characters of the refresh token are
+/// shown, since pieces are matched byte for byte.
+#[test]
+#[ignore = "HOLE: scrub matches pieces case-sensitively: 20 chars of a known refresh token quoted upper-cased survive"]
+fn a_case_changed_piece_of_a_known_token_is_scrubbed() {
+    let text = format!("TOKEN {} UNKNOWN", GOOGLE_RT[..20].to_uppercase());
+    let out = scrub(&text, &[GOOGLE_RT]);
+    assert!(!out.contains("0GLQ7ZT3KPW9"), "{out:?}");
 }
