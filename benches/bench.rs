@@ -6,6 +6,7 @@
 //! cargo bench --bench bench              # the whole suite (a few minutes)
 //! cargo bench --bench bench -- --smoke   # seconds; checks the harness, writes nothing
 //! cargo bench --bench bench -- --only http,token   # some figures (not written)
+//! cargo bench --bench bench -- --pg --only pg-flight # PostgreSQL single flight (not written)
 //! cargo bench --bench bench -- --growth  # costs at 1k, 10k and 100k credentials
 //! cargo bench --bench bench -- --growth --sizes 1000,10000   # some sizes (not written)
 //! cargo bench --bench bench -- --pg      # Warden::token on PostgreSQL (tests/common/pg.rs's server)
@@ -173,6 +174,22 @@ fn main() {
         });
     #[cfg(feature = "postgres")]
     if args.iter().any(|a| a == "--pg") {
+        if only.is_some() {
+            // `--pg --only pg-flight`: the single flight alone, printed.
+            if wanted("pg-flight") {
+                let db = common::pg::database().expect("a PostgreSQL server");
+                for f in bench_single_flight_on(&fake, dir.path(), &sizes, Path::new(&db)) {
+                    println!(
+                        "{}: {} ({}) {}",
+                        f.name,
+                        f.value,
+                        f.ratio,
+                        f.notes.join(" ")
+                    );
+                }
+            }
+            return;
+        }
         let report = bench_pg(&fake, dir.path(), &sizes, &machine);
         println!("{report}");
         if !sizes.smoke {

@@ -49,6 +49,22 @@ struct Signal {
     poller: Mutex<()>,
     /// The last version a waiter of this process read, and when.
     polled: Mutex<Option<(Instant, Option<i64>)>>,
+    /// Reads of the row shared by this process's threads, where the store
+    /// has no stamp (PostgreSQL): see [`Refresher::shared_read`].
+    reads: Mutex<Reads>,
+    /// Signalled when a shared read ends.
+    read_done: Condvar,
+}
+
+/// The state of one row's shared reads.
+#[derive(Default)]
+struct Reads {
+    /// Whether a thread is reading the row now.
+    running: bool,
+    /// How many shared reads have ended.
+    done: u64,
+    /// The row the last successful read found, and its number in `done`.
+    last: Option<(u64, Option<Credential>)>,
 }
 
 /// A thread's hold on the [`Signal`] of one credential. The map keeps a
@@ -418,11 +434,66 @@ impl Refresher {
                 return Ok(Some(row));
             }
         }
+        let Some(stamp) = stamp else {
+            return self.shared_read(id);
+        };
         let row = self.store.get(id)?;
-        if let (Some(stamp), Some(row)) = (stamp, &row) {
+        if let Some(row) = &row {
             self.rows.keep(stamp, row);
         }
         Ok(row)
+    }
+
+    /// The row of `id` as a database read begun after this call found it:
+    /// this thread's own read, or one another thread of this process began
+    /// meanwhile, shared. A crowd of callers (a release at one instant, the
+    /// waiters a commit wakes) costs two reads, not one each, so the owner's
+    /// claim and commit do not queue behind them for connections. Sharing
+    /// a read that began later than the call serves nothing older than the
+    /// caller's own read would: a reject or refresh committed before the
+    /// call is in it. A shared read that failed is not shared: each of its
+    /// waiters reads alone.
+    fn shared_read(&self, id: &str) -> Result<Option<Credential>> {
+        let signal = self.signals.get(id);
+        let mut reads = signal.reads.lock();
+        // A read running now may have begun before this call: only the one
+        // after it (numbered `done + 2`) surely began later.
+        let need = reads.done + if reads.running { 2 } else { 1 };
+        loop {
+            if let Some((n, row)) = &reads.last {
+                if *n >= need {
+                    return Ok(row.clone());
+                }
+            }
+            if reads.done >= need {
+                drop(reads);
+                return self.store.get(id);
+            }
+            if !reads.running {
+                reads.running = true;
+                // Ends the read whatever happens, unwinding included, so
+                // that waiters never wait on a read nobody runs.
+                struct Ending<'a>(&'a Signal, Option<Option<Credential>>);
+                impl Drop for Ending<'_> {
+                    fn drop(&mut self) {
+                        let mut reads = self.0.reads.lock();
+                        reads.running = false;
+                        reads.done += 1;
+                        let n = reads.done;
+                        reads.last = self.1.take().map(|row| (n, row));
+                        self.0.read_done.notify_all();
+                    }
+                }
+                let got = parking_lot::MutexGuard::unlocked(&mut reads, || {
+                    let mut ending = Ending(&signal, None);
+                    let got = self.store.get(id);
+                    ending.1 = got.as_ref().ok().cloned();
+                    got
+                });
+                return got;
+            }
+            signal.read_done.wait(&mut reads);
+        }
     }
 
     /// What a caller gets after running the refresh itself: no second

@@ -21,6 +21,7 @@ on_both_backends!(
     no_refresh_token_is_sent_twice,
     commit_before_use_and_a_failed_commit_is_retried_never_served,
     rejected_tokens_are_never_served_again,
+    a_crowd_never_gets_a_token_rejected_before_its_call,
     a_reject_during_a_failing_refresh_is_not_lost,
     a_killed_refresher_is_recovered_after_its_lease,
     a_cli_caller_blocked_behind_a_killed_owner_takes_over,
@@ -251,6 +252,61 @@ fn rejected_tokens_are_never_served_again(b: Backend) {
     let out = env.run(&["token", "r"]);
     assert_eq!(code(&out), 5, "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains(&current));
+}
+
+/// Invariant 4 under a crowd: 12 threads ask for the token in a loop
+/// while another rejects the current one 15 times; no call returns a token
+/// whose reject had returned before the call began. (On PostgreSQL, where
+/// no stamp proves a kept row current, the threads of a process share
+/// reads of the row — `Refresher::shared_read` — and a shared read must
+/// never be older than the call it serves.)
+fn a_crowd_never_gets_a_token_rejected_before_its_call(b: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let Some(env) = Env::on(b) else { return };
+    env.login("crowd", 3600);
+    let warden = Arc::new(env.warden());
+    let retired: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let (w, retired, stop) = (warden.clone(), retired.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut calls = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let before = retired.lock().unwrap().clone();
+                    match w.token("crowd", Duration::ZERO) {
+                        Ok(g) => assert!(
+                            !before.contains(g.access_token.expose()),
+                            "a token rejected before the call was served"
+                        ),
+                        // Rejected and not yet refreshed: busy, never stale.
+                        Err(Error::Unavailable { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    for _ in 0..15 {
+        let current = warden.token("crowd", Duration::ZERO).unwrap();
+        let token = current.access_token.expose().to_owned();
+        let fresh = warden.reject("crowd", &token).unwrap();
+        assert_ne!(fresh.access_token.expose(), token);
+        retired.lock().unwrap().insert(token);
+        thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let calls: usize = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(calls >= 12, "the readers ran ({calls} calls)");
+    assert_eq!(
+        env.fake.stats().token_requests,
+        15,
+        "one refresh per reject"
+    );
+    env.fake.assert_no_reuse_after_success();
 }
 
 /// Invariant 4, during a refresh: a reject that lands while the refresh is
