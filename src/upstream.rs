@@ -131,11 +131,15 @@ impl Upstream {
         if (300..400).contains(&status) {
             // Never followed: re-sending a refresh token to wherever a
             // redirect points could hand it to a stranger or spend it twice.
+            // The target may quote what was sent (a refresh token in its
+            // path): everything the request carried is scrubbed from it.
+            let sent = req.secrets();
+            let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
             let location = resp
                 .headers()
                 .get("location")
                 .and_then(|v| v.to_str().ok())
-                .map(shown_location);
+                .map(|l| shown_location(l, &sent));
             return Err(redirect_failure(status, location.as_deref()));
         }
         let retry_after = resp
@@ -175,13 +179,14 @@ impl Upstream {
 const MAX_LOCATION_CHARS: usize = 120;
 
 /// A redirect target fit for a message: no query or fragment (they may
-/// carry secrets), token-looking runs scrubbed, printable ASCII, capped.
-fn shown_location(raw: &str) -> String {
+/// carry secrets), `sent` (what the request carried) and token-looking
+/// runs scrubbed, printable ASCII, capped.
+fn shown_location(raw: &str, sent: &[&str]) -> String {
     let bare = raw.split(['?', '#']).next().unwrap_or_default();
     // Per path segment: `scrub` counts '/' as a token character.
     let scrubbed = bare
         .split('/')
-        .map(|seg| crate::provider::scrub(seg, &[]))
+        .map(|seg| crate::provider::scrub(&crate::provider::percent_unescape(seg), sent))
         .collect::<Vec<_>>()
         .join("/");
     let mut shown: String = scrubbed
@@ -307,13 +312,26 @@ mod tests {
 
     #[test]
     fn a_redirect_target_is_shown_without_query_or_secrets() {
-        let shown = shown_location("https://auth.example.com/oauth/token?refresh_token=abc#frag");
+        let shown = shown_location(
+            "https://auth.example.com/oauth/token?refresh_token=abc#frag",
+            &[],
+        );
         assert_eq!(shown, "https://auth.example.com/oauth/token");
-        let shown = shown_location("https://x.example/eyJhbGciOiJSUzI1NiJ9abc123def456/t");
+        let shown = shown_location("https://x.example/eyJhbGciOiJSUzI1NiJ9abc123def456/t", &[]);
         assert_eq!(shown, "https://x.example/***/t");
         let long = format!("https://x.example/{}", "a/".repeat(200));
-        assert!(shown_location(&long).len() <= MAX_LOCATION_CHARS + 3);
-        assert_eq!(shown_location("http://h/\u{1b}[31m"), "http://h/?[31m");
+        assert!(shown_location(&long, &[]).len() <= MAX_LOCATION_CHARS + 3);
+        assert_eq!(shown_location("http://h/\u{1b}[31m", &[]), "http://h/?[31m");
+        // A piece of what was sent, percent-encoded or not.
+        let sent = ["rt-0123456789abcdefghij"];
+        assert_eq!(
+            shown_location("https://h/denied/rt-0123456789ab/x", &sent),
+            "https://h/denied/***/x"
+        );
+        assert_eq!(
+            shown_location("https://h/denied/rt%2D0123456789ab/x", &sent),
+            "https://h/denied/***/x"
+        );
     }
 
     #[test]

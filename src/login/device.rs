@@ -122,25 +122,27 @@ fn secs(v: Option<&Value>) -> Option<i64> {
     .filter(|s| *s > 0 && *s < 86_400)
 }
 
-/// An OAuth error answer of the device endpoints; its message scrubbed
-/// of `client`'s secret and anything that looks like a token, control
-/// characters dropped.
+/// An OAuth error answer of the device endpoints; its code and message
+/// scrubbed of `client`'s secret and anything that looks like a token,
+/// control characters dropped.
 fn oauth_error(client: &LoginClient, resp: &HttpResponse) -> LoginError {
     let map = object(resp).unwrap_or_default();
     let v = Value::Object(map);
+    let secrets = client.secrets();
+    let shown = |text: String, max: usize| -> String {
+        crate::provider::scrub(&text, &secrets)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(max)
+            .collect()
+    };
     let code = str_at(&v, &["error"])
         .or_else(|| str_at(&v, &["error", "code"]))
-        .map(|c| c.chars().filter(|c| !c.is_control()).take(64).collect())
+        .map(|c| shown(c, 64))
         .unwrap_or_else(|| format!("http_{}", resp.status));
     let message = str_at(&v, &["error_description"])
         .or_else(|| str_at(&v, &["error", "message"]))
-        .map(|m| {
-            crate::provider::scrub(&m, &client.secrets())
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect()
-        })
+        .map(|m| shown(m, 200))
         .unwrap_or_else(|| format!("HTTP {}", resp.status));
     LoginError::Exchange { code, message }
 }

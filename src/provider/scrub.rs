@@ -65,49 +65,28 @@ fn redact_token_fields(text: &str) -> String {
     out
 }
 
-/// The shortest piece of a known secret [`scrub`] finds inside other
+/// The shortest piece of a known secret [`scrub`] finds anywhere in other
 /// text. Upstreams quote tokens cut short ("token abcd1234… is unknown");
 /// twelve characters of a random token are far more than anything else
 /// shares with it by chance, and still a useful start for a guess.
 pub const MIN_SECRET_PIECE: usize = 12;
 
-/// The bytes of `text` that lie inside a piece, [`MIN_SECRET_PIECE`]
-/// bytes or longer, of one of `secrets`: every window of that width in
-/// `text` is looked up among the windows of the secrets (linear in the
-/// lengths, whatever the number of matches).
-fn secret_pieces(text: &str, secrets: &[&str]) -> Vec<bool> {
-    let w = MIN_SECRET_PIECE;
-    let mut marked = vec![false; text.len()];
-    let windows: std::collections::HashSet<&[u8]> = secrets
-        .iter()
-        .flat_map(|s| s.as_bytes().windows(w))
-        .collect();
-    if windows.is_empty() {
-        return marked;
-    }
-    for (i, window) in text.as_bytes().windows(w).enumerate() {
-        if windows.contains(window) {
-            marked[i..i + w].iter_mut().for_each(|m| *m = true);
-        }
-    }
-    marked
+/// The shortest run of token characters [`scrub`] replaces for being made
+/// of a known secret's characters in order (every 8 of them in a row
+/// appear so in the secret): a token quoted in groups ("abcd1234 efgh5678",
+/// split by spaces, lines or markup) goes group by group.
+pub const MIN_SECRET_RUN: usize = 8;
+
+/// Whether `c` can be part of a token (base64, base64url, JWTs, URLs'
+/// path characters).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.~+/=".contains(c)
 }
 
-/// Replaces every known secret (at least 4 characters long) and every
-/// piece of one at least [`MIN_SECRET_PIECE`] long (with the run of token
-/// characters around it), the values of `access_token`, `refresh_token`
-/// and `id_token`, and every token-looking run of
-/// `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
-pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut s = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        s = s.replace(secret, "***");
-    }
-    let s = redact_token_fields(&s);
-    let pieces = secret_pieces(&s, secrets);
-    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
-    // Segments: each run of token characters, and each other character.
-    let mut segments: Vec<std::ops::Range<usize>> = Vec::new();
+/// `s` cut into segments: each run of token characters, and each other
+/// character alone.
+fn segments(s: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut run_start = None;
     for (i, c) in s.char_indices() {
         match (is_token_char(c), run_start) {
@@ -115,31 +94,90 @@ pub fn scrub(text: &str, secrets: &[&str]) -> String {
             (true, Some(_)) => {}
             (false, start) => {
                 if let Some(start) = start {
-                    segments.push(start..i);
+                    out.push(start..i);
                 }
                 run_start = None;
-                segments.push(i..i + c.len_utf8());
+                out.push(i..i + c.len_utf8());
             }
         }
     }
     if let Some(start) = run_start {
-        segments.push(start..s.len());
+        out.push(start..s.len());
     }
-    // A segment holding a piece of a secret goes (a whole run of token
-    // characters with it; one mark for neighbours of the same piece, as
-    // in a secret with spaces), and so does a run that looks like a token.
-    let mut out = String::with_capacity(s.len());
-    let mut last_was_piece = false;
-    for seg in segments {
-        let piece = pieces[seg.clone()].iter().any(|m| *m);
-        let text = &s[seg];
-        match piece {
-            true if last_was_piece => {}
-            true => out.push_str("***"),
-            false if looks_like_token(text) => out.push_str("***"),
-            false => out.push_str(text),
+    out
+}
+
+/// The bytes of `text` that belong to a known secret: each whole secret
+/// (at least 4 bytes long); each piece of one at least
+/// [`MIN_SECRET_PIECE`] bytes long, wherever it lies; and each run of
+/// token characters at least [`MIN_SECRET_RUN`] long that is made of a
+/// secret's characters in order. Pieces and runs are compared with ASCII
+/// case folded (a proxy may upper-case a message). All of it is worked out
+/// on `text` as it came, so one secret inside another hides neither.
+/// Linear in the lengths: windows are looked up in sets.
+fn secret_marks(text: &str, secrets: &[&str]) -> Vec<bool> {
+    let mut marked = vec![false; text.len()];
+    let mut mark = |r: std::ops::Range<usize>| marked[r].iter_mut().for_each(|m| *m = true);
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        for (at, _) in text.match_indices(secret) {
+            mark(at..at + secret.len());
         }
-        last_was_piece = piece;
+    }
+    let folded: Vec<String> = secrets.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let windows = |w: usize| -> std::collections::HashSet<&[u8]> {
+        folded
+            .iter()
+            .flat_map(|s| s.as_bytes().windows(w))
+            .collect()
+    };
+    let (pieces, runs) = (windows(MIN_SECRET_PIECE), windows(MIN_SECRET_RUN));
+    if runs.is_empty() {
+        return marked;
+    }
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    for (i, w) in bytes.windows(MIN_SECRET_PIECE).enumerate() {
+        if pieces.contains(w) {
+            mark(i..i + MIN_SECRET_PIECE);
+        }
+    }
+    for seg in segments(&lower) {
+        let run = &bytes[seg.clone()];
+        if run.len() >= MIN_SECRET_RUN
+            && run.iter().all(|b| is_token_char(char::from(*b)))
+            && run.windows(MIN_SECRET_RUN).all(|w| runs.contains(w))
+        {
+            mark(seg);
+        }
+    }
+    marked
+}
+
+/// Replaces every known secret (at least 4 characters long), every piece
+/// or run of one (see [`secret_marks`]; the whole run of token characters
+/// it is in goes with it), the values of `access_token`, `refresh_token`
+/// and `id_token`, and every token-looking run of
+/// `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
+pub fn scrub(text: &str, secrets: &[&str]) -> String {
+    let marks = secret_marks(text, secrets);
+    // A segment holding a mark goes; one `***` stands for neighbours that
+    // all do (a secret with spaces in it).
+    let mut s = String::with_capacity(text.len());
+    let mut last_marked = false;
+    for seg in segments(text) {
+        let marked = marks[seg.clone()].iter().any(|m| *m);
+        match marked {
+            true if last_marked => {}
+            true => s.push_str("***"),
+            false => s.push_str(&text[seg]),
+        }
+        last_marked = marked;
+    }
+    let s = redact_token_fields(&s);
+    let mut out = String::with_capacity(s.len());
+    for seg in segments(&s) {
+        let part = &s[seg];
+        out.push_str(if looks_like_token(part) { "***" } else { part });
     }
     out
 }
@@ -248,8 +286,12 @@ mod tests {
             ),
             // A piece in markup.
             (format!("<b>{}</b>", &rt[4..16]), "<b>***</b>"),
-            // Eleven characters: under the piece length, kept.
-            (format!("id {}", &rt[..11]), "id rt-Kq9-zzzz"),
+            // Eleven characters, a run of the secret's: gone.
+            (format!("id {}", &rt[..11]), "id ***"),
+            // Seven: under the run length, kept.
+            (format!("id {} x", &rt[..7]), "id rt-Kq9- x"),
+            // Eight in another case: gone.
+            (format!("id {}", rt[..8].to_uppercase()), "id ***"),
             // Whole, as before.
             (format!("{rt} refused"), "*** refused"),
         ];

@@ -26,6 +26,40 @@ impl fmt::Debug for HttpRequest {
     }
 }
 
+impl HttpRequest {
+    /// Every value the request carries that may be secret, for scrubbing
+    /// whatever upstream says back: each header's value (and its last
+    /// word: `Bearer X` gives `X`), each value of a form body, each string
+    /// of a JSON body. Names and structure are not secrets; values are
+    /// taken whole, whatever they look like.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, v) in &self.headers {
+            out.push(v.clone());
+            if let Some((_, last)) = v.rsplit_once(' ') {
+                out.push(last.to_owned());
+            }
+        }
+        let body = String::from_utf8_lossy(&self.body);
+        match serde_json::from_str::<serde_json::Value>(&body) {
+            Ok(json) => strings_of(&json, &mut out),
+            Err(_) => out.extend(super::form_decode(&body).into_iter().map(|(_, v)| v)),
+        }
+        out.retain(|v| !v.is_empty());
+        out
+    }
+}
+
+/// Every string value in `v`, depth first.
+fn strings_of(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings_of(v, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|v| strings_of(v, out)),
+        _ => {}
+    }
+}
+
 /// What came back from upstream, read by the shell with a size cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
@@ -97,4 +131,38 @@ pub enum Outcome {
     Success(Tokens),
     /// No tokens, and why.
     Failure(Failure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)], body: &str) -> HttpRequest {
+        HttpRequest {
+            method: "POST",
+            url: "https://auth.example/oauth/token".into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_requests_secrets_are_its_values() {
+        let form = request(
+            &[("Authorization", "Bearer at-1")],
+            "grant_type=refresh_token&refresh_token=rt%2F1&client_secret=",
+        );
+        assert_eq!(
+            form.secrets(),
+            ["Bearer at-1", "at-1", "refresh_token", "rt/1"]
+        );
+        let json = request(&[], r#"{"refresh_token":"rt-2","scopes":["a b"],"n":1}"#);
+        let mut got = json.secrets();
+        got.sort();
+        assert_eq!(got, ["a b", "rt-2"]);
+        assert!(request(&[], "").secrets().is_empty());
+    }
 }

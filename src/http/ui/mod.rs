@@ -363,6 +363,13 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
     let result = (|| -> Result<String, ApiError> {
         let id = credential_id(raw_id)?;
         let w = &ctx.app.warden;
+        // Read before the summary: a token replaced in between is shown
+        // (the summary is newer) but not named by the reject form, which
+        // then rejects nothing — never a token the page did not show.
+        let fingerprint = w
+            .get(&id)?
+            .access_token
+            .map(|t| crate::facade::fingerprint(t.expose()));
         let detail = w.detail(&id)?;
         let summary = detail.summary();
         let events = w.events(&id, Some(EVENTS_SHOWN))?;
@@ -374,12 +381,6 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
             .collect();
         let quota = w.latest_quota(&id)?;
         let history = w.quota_history(&id, HISTORY_SHOWN)?;
-        // Read after the summary: a token replaced in between is one the
-        // reject form does not name, and rejecting it is then refused.
-        let fingerprint = w
-            .get(&id)?
-            .access_token
-            .map(|t| crate::facade::fingerprint(t.expose()));
         Ok(render::credential::page_html(
             &render::credential::CredentialView {
                 summary: &summary,
@@ -582,7 +583,9 @@ fn signout(ctx: &Ctx<'_>, rq: &mut Request, body: &mut BodyState) -> Reply {
     if let Err(reply) = checked_post(ctx, &form) {
         return reply;
     }
-    if let Some(id) = &ctx.cookie {
+    // Every session the browser named, not only the one used: a planted
+    // one picked over the operator's own must not outlive signing out.
+    for id in session::cookies(header(rq, "Cookie"), SESSION_COOKIE) {
         ctx.app.console.sessions.close(id);
     }
     see_other("/ui/login").with_header(

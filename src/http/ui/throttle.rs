@@ -87,10 +87,27 @@ pub struct Attempt {
     peer: Option<IpAddr>,
 }
 
+/// The bucket an address counts against: an IPv4 address (IPv4-mapped
+/// IPv6 ones too) by itself; an IPv6 address by its /64, the block one
+/// host is usually handed whole.
+pub fn bucket_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 impl Throttle {
     /// Lets a sign-in from `peer` at `now` try its key, taking a slot of
     /// each bucket; `Err` is how long to wait before trying again.
     pub fn attempt(&self, peer: Option<IpAddr>, now: Instant) -> Result<Attempt, Duration> {
+        let peer = peer.map(bucket_of);
         let mut b = self.inner.lock();
         let peer_tat = peer.and_then(|p| b.peers.get(&p).copied());
         let wait = [GLOBAL.wait(b.global, now), PEER.wait(peer_tat, now)]
@@ -159,6 +176,33 @@ mod tests {
             assert!(t.attempt(ip(1), much_later).is_ok());
         }
         assert!(t.attempt(ip(1), much_later).is_err());
+    }
+
+    #[test]
+    fn addresses_count_by_host() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let v6 = |last: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, last));
+        let table = [
+            (v6(1), v6(0xffff), true),
+            (
+                v6(1),
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1)),
+                false,
+            ),
+            (
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+                true,
+            ),
+            (
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+                false,
+            ),
+        ];
+        for (a, b, same) in table {
+            assert_eq!(bucket_of(a) == bucket_of(b), same, "{a} {b}");
+        }
     }
 
     #[test]
