@@ -368,3 +368,70 @@ fn the_console_over_tls_sets_secure_cookies() {
     );
     let _ = terminate(child);
 }
+
+/// The TCP ports process `pid` listens on (from its socket descriptors and
+/// the kernel's table of listening sockets).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, …, st (0A: LISTEN), …, inode
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().expect("port");
+                ports.push(u16::from_str_radix(port, 16).expect("hex port"));
+            }
+        }
+    }
+    ports
+}
+
+/// Behind the TLS front, tiny_http listens on an internal loopback port of
+/// its own; a plain HTTP request sent there straight (any local process
+/// can connect) is refused with 421 before it is routed — even with the
+/// right key — while the same request over HTTPS is answered.
+#[test]
+fn the_tls_fronts_internal_port_is_no_way_around_tls() {
+    let env = Env::new();
+    env.login("tls", 3000);
+    let pki = make_pki(env.dir.path());
+    let port = free_port();
+    let mut child = spawn_tls(&env, &pki, port, &[]);
+    let trusted = agent(Some(&pki.ca_der));
+    let base = format!("https://127.0.0.1:{port}");
+    wait_up(&mut child, &trusted, &base);
+    let internal: Vec<u16> = listening_ports(child.id())
+        .into_iter()
+        .filter(|p| *p != port)
+        .collect();
+    assert_eq!(internal.len(), 1, "one internal port: {internal:?}");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], internal[0]).into();
+    let request = format!(
+        "GET /v1/credentials/tls/token HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+         Authorization: Bearer {KEY}\r\nConnection: close\r\n\r\n",
+        internal[0]
+    );
+    let a = crate::common::http::raw(addr, request.as_bytes(), Duration::from_secs(10))
+        .expect("an answer");
+    assert_eq!(a.status, 421, "{}", a.body);
+    assert!(!a.body.contains("access_token"), "{}", a.body);
+    let a = get(
+        &trusted,
+        &format!("{base}/v1/credentials/tls/token"),
+        &[("Authorization", &format!("Bearer {KEY}"))],
+    )
+    .expect("https");
+    assert_eq!(a.status, 200, "{}", a.body);
+    terminate(child);
+}

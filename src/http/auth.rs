@@ -24,6 +24,14 @@ pub enum Scope {
     Admin,
 }
 
+/// Keys shorter than this are called weak at start-up: the API does not
+/// throttle wrong keys (refusing before the compare would let one client
+/// with a typo in its key lock every other client out), so a key's length
+/// is what stands against guessing — a web page reached by DNS rebinding
+/// can try keys as fast as it sends requests. 20 random characters of
+/// `openssl rand -hex 32`'s alphabet are 80 bits.
+pub const MIN_STRONG_KEY: usize = 20;
+
 /// Largest API key file read.
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
@@ -65,6 +73,14 @@ impl ApiKeys {
                 .map(|k| (Secret::new(k), scope))
                 .collect(),
         }
+    }
+
+    /// How many keys are shorter than [`MIN_STRONG_KEY`] characters.
+    pub fn weak(&self) -> usize {
+        self.keys
+            .iter()
+            .filter(|(k, _)| k.expose().chars().count() < MIN_STRONG_KEY)
+            .count()
     }
 
     /// Keys written one per line, each optionally prefixed `read:` or
@@ -190,6 +206,14 @@ mod tests {
         assert_eq!(keys.scope_of(Some("Bearer plain-key")), Some(Scope::Admin));
         assert_eq!(keys.scope_of(Some("Bearer read:r-key")), None);
         assert_eq!(keys.scope_of(None), None);
+    }
+
+    #[test]
+    fn short_keys_are_weak() {
+        let strong = "0123456789abcdef0123";
+        let keys = ApiKeys::parse_lines(&format!("{strong}\nread:{}\nshort\n", &strong[1..]));
+        assert_eq!(keys.weak(), 2);
+        assert_eq!(ApiKeys::new([strong]).weak(), 0);
     }
 
     #[test]

@@ -36,10 +36,32 @@ pub(crate) struct App {
     pub hosts: HostPolicy,
     /// Whether the server speaks HTTPS (for the sign-in redirect URI).
     pub tls: bool,
+    /// Behind the TLS front: the client of each relayed connection.
+    pub relayed: Option<std::sync::Arc<super::tls::Relayed>>,
     /// Sign-ins started over the API, waiting for their browsers.
     pub logins: super::login::PendingLogins,
     /// The console's sessions.
     pub console: super::ui::Console,
+}
+
+/// A request that reached the TLS front's internal port from something
+/// other than a relay.
+#[derive(Debug)]
+pub(crate) struct NotRelayed;
+
+impl App {
+    /// The client's address: the TCP peer, or behind the TLS front the
+    /// client its relay carries (`Err` for a connection no relay made).
+    pub(crate) fn client(&self, rq: &Request) -> Result<Option<std::net::IpAddr>, NotRelayed> {
+        let peer = rq.remote_addr().copied();
+        match &self.relayed {
+            None => Ok(peer.map(|a| a.ip())),
+            Some(relayed) => peer
+                .and_then(|hop| relayed.client_of(hop))
+                .map(|a| Some(a.ip()))
+                .ok_or(NotRelayed),
+        }
+    }
 }
 
 /// The outcome of one request, ready to count, log and send.
@@ -268,6 +290,20 @@ fn header<'r>(rq: &'r Request, name: &'static str) -> Option<&'r str> {
 /// Answers one request. Never panics on any input (the server catches a
 /// panic anyway and answers 500).
 pub(crate) fn handle(app: &App, rq: &mut Request) -> Handled {
+    if app.client(rq).is_err() {
+        // The TLS front's internal port, reached by something that is not
+        // one of its relays: no plain-HTTP way around TLS.
+        return Handled {
+            route: "unknown",
+            reply: ApiError::new(
+                421,
+                "misdirected_request",
+                "this port is internal to the TLS front; connect over https",
+            )
+            .into_reply(),
+            body: BodyState::Unread,
+        };
+    }
     let url = rq.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let mut body = BodyState::Unread;

@@ -187,15 +187,18 @@ impl Server {
             .local_addr()
             .map_err(|e| IoError::new(format!("cannot listen on {listen}"), e))?;
         let cannot = |e| IoError::new(format!("cannot listen on {listen}"), e);
-        let (http, front) = match tls_config {
+        let (http, front, relayed) = match tls_config {
             None => (
                 tiny_http::Server::from_listener(listener, None).map_err(cannot)?,
                 None,
+                None,
             ),
             Some(config) => {
-                let (internal, path, dir) = tls::internal_listener()?;
+                let (internal, hop) = tls::internal_listener()?;
                 let http = tiny_http::Server::from_listener(internal, None).map_err(cannot)?;
-                (http, Some(TlsFront::start(listener, config, path, dir)?))
+                let relayed = Arc::new(tls::Relayed::default());
+                let front = TlsFront::start(listener, config, hop, relayed.clone())?;
+                (http, Some(front), Some(relayed))
             }
         };
         let scheme = if front.is_some() { "https" } else { "http" };
@@ -203,6 +206,16 @@ impl Server {
             log::warn!(
                 "no API key configured: serving {scheme}://{addr} without authentication \
                  (loopback only); set {API_KEY_ENV} or --api-key-file to require one"
+            );
+        }
+        if options.keys.weak() > 0 {
+            log::warn!(
+                "{} API key(s) shorter than {} characters: wrong keys are not throttled on \
+                 the API (a web page reached by DNS rebinding can try keys as fast as it \
+                 sends requests), so only a key's length stands against guessing; use \
+                 random keys, such as the output of `openssl rand -hex 32`",
+                options.keys.weak(),
+                super::auth::MIN_STRONG_KEY
             );
         }
         if front.is_none() && !loopback {
@@ -225,6 +238,7 @@ impl Server {
                 keys: options.keys,
                 wait: options.wait,
                 tls: front.is_some(),
+                relayed,
                 logins: Default::default(),
                 console: Default::default(),
             },

@@ -11,18 +11,22 @@
 //!   connection to a thread of its own, which makes the handshake within
 //!   [`HANDSHAKE_TIMEOUT`] (rustls 0.23 with ring, TLS 1.2 and 1.3, ALPN
 //!   `http/1.1`);
-//! - the decrypted bytes go to tiny_http over a Unix socket in a private
-//!   (0700) temporary directory, so tiny_http, the workers and the route
-//!   table are exactly those of plain HTTP; two threads per connection copy
-//!   the bytes each way;
+//! - the decrypted bytes go to tiny_http over an internal loopback TCP
+//!   connection, so tiny_http, the workers and the route table are exactly
+//!   those of plain HTTP; two threads per connection copy the bytes each
+//!   way. Each relay registers its end of the internal hop with the client
+//!   it carries ([`Relayed`]): the routes learn the client's address from
+//!   it (the sign-in throttle counts by address), and a request on the
+//!   internal port from anything but a relay is refused (421) before it is
+//!   routed — the port is no plain-HTTP back door;
 //! - at most [`MAX_CONNECTIONS`] TLS connections are open at once (more are
 //!   closed at once), and one idle for [`IDLE_TIMEOUT`] is closed.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -97,38 +101,45 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// A private directory for the internal socket; removed on drop.
-struct PrivateDir(PathBuf);
+/// The client behind each relayed connection, by the relay's own address
+/// on the internal hop (what tiny_http sees as the request's peer).
+#[derive(Debug, Default)]
+pub(crate) struct Relayed(Mutex<HashMap<SocketAddr, SocketAddr>>);
 
-impl PrivateDir {
-    fn new() -> Result<PrivateDir> {
-        let mut bytes = [0u8; 8];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| IoError::new("no randomness for a temporary name", e.to_string()))?;
-        let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = std::env::temp_dir().join(format!("tokenwarden-tls-{name}"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| IoError::with_path("cannot create", &dir, e))?;
-        Ok(PrivateDir(dir))
+impl Relayed {
+    /// The client a relay whose end of the internal hop is `hop` carries;
+    /// `None` for a connection no relay made.
+    pub(crate) fn client_of(&self, hop: SocketAddr) -> Option<SocketAddr> {
+        self.0.lock().get(&hop).copied()
     }
 }
 
-impl Drop for PrivateDir {
+/// One relay's entry in [`Relayed`], removed when the relay ends.
+struct Registered<'a>(&'a Relayed, SocketAddr);
+
+impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0 .0.lock().remove(&self.1);
     }
+}
+
+/// Binds the internal loopback listener tiny_http accepts relays on.
+pub(crate) fn internal_listener() -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)))
+        .map_err(|e| IoError::new("cannot listen on an internal loopback port", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| IoError::new("cannot read the internal listening address", e))?;
+    Ok((listener, addr))
 }
 
 /// The TLS side of a server: the public listener's accept thread. Dropping
-/// it stops accepting and removes the internal socket's directory.
+/// it stops accepting.
 pub(crate) struct TlsFront {
     stop: Arc<AtomicBool>,
     wake: SocketAddr,
     accept: Option<JoinHandle<()>>,
-    // Last: removed after the accept thread is gone.
-    _dir: PrivateDir,
 }
 
 impl std::fmt::Debug for TlsFront {
@@ -139,29 +150,14 @@ impl std::fmt::Debug for TlsFront {
     }
 }
 
-/// Binds the internal Unix socket tiny_http listens on, in a new private
-/// directory. The directory must be handed to [`TlsFront::start`].
-pub(crate) fn internal_listener(
-) -> Result<(std::os::unix::net::UnixListener, PathBuf, PrivateDirHandle)> {
-    let dir = PrivateDir::new()?;
-    let path = dir.0.join("http.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .map_err(|e| IoError::with_path("cannot listen on", &path, e))?;
-    Ok((listener, path, PrivateDirHandle(dir)))
-}
-
-/// Ownership of the internal socket's directory, between binding it and
-/// starting the front.
-pub(crate) struct PrivateDirHandle(PrivateDir);
-
 impl TlsFront {
     /// Accepts TLS connections on `listener` and relays each one to the
-    /// Unix socket at `internal`.
+    /// internal listener at `internal`, registering each in `relayed`.
     pub(crate) fn start(
         listener: TcpListener,
         config: Arc<ServerConfig>,
-        internal: PathBuf,
-        dir: PrivateDirHandle,
+        internal: SocketAddr,
+        relayed: Arc<Relayed>,
     ) -> Result<TlsFront> {
         let local = listener
             .local_addr()
@@ -179,13 +175,12 @@ impl TlsFront {
         let theirs = stop.clone();
         let accept = thread::Builder::new()
             .name("tokenwarden-tls-accept".into())
-            .spawn(move || accept_loop(&listener, &config, &internal, &theirs))
+            .spawn(move || accept_loop(&listener, &config, internal, &relayed, &theirs))
             .map_err(|e| IoError::new("cannot start the TLS accept thread", e))?;
         Ok(TlsFront {
             stop,
             wake,
             accept: Some(accept),
-            _dir: dir.0,
         })
     }
 }
@@ -227,7 +222,8 @@ impl Drop for Slot {
 fn accept_loop(
     listener: &TcpListener,
     config: &Arc<ServerConfig>,
-    internal: &Path,
+    internal: SocketAddr,
+    relayed: &Arc<Relayed>,
     stop: &AtomicBool,
 ) {
     loop {
@@ -249,12 +245,12 @@ fn accept_loop(
             log::warn!("{MAX_CONNECTIONS} TLS connections are open; closing a new one");
             continue;
         };
-        let (config, internal) = (config.clone(), internal.to_owned());
+        let (config, relayed) = (config.clone(), relayed.clone());
         let spawned = thread::Builder::new()
             .name("tokenwarden-tls".into())
             .spawn(move || {
                 let _slot = slot;
-                if let Err(e) = relay(tcp, config, &internal) {
+                if let Err(e) = relay(tcp, config, internal, &relayed) {
                     log::debug!("TLS connection ended: {e}");
                 }
             });
@@ -274,7 +270,12 @@ fn flush_tls(conn: &mut ServerConnection, mut tcp: &TcpStream) -> io::Result<()>
 
 /// One TLS connection: handshake, then bytes both ways until either side
 /// is done.
-fn relay(tcp: TcpStream, config: Arc<ServerConfig>, internal: &Path) -> io::Result<()> {
+fn relay(
+    tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    internal: SocketAddr,
+    relayed: &Relayed,
+) -> io::Result<()> {
     let _ = tcp.set_nodelay(true);
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
@@ -291,7 +292,14 @@ fn relay(tcp: TcpStream, config: Arc<ServerConfig>, internal: &Path) -> io::Resu
         conn.complete_io(&mut &tcp)?;
     }
     tcp.set_read_timeout(Some(IDLE_TIMEOUT))?;
-    let plain = UnixStream::connect(internal)?;
+    let client = tcp.peer_addr()?;
+    let plain = TcpStream::connect(internal)?;
+    let _ = plain.set_nodelay(true);
+    // Registered before a byte is relayed, so every request tiny_http
+    // reads on this hop finds its client; removed when the relay ends.
+    let hop = plain.local_addr()?;
+    relayed.0.lock().insert(hop, client);
+    let _registered = Registered(relayed, hop);
     let conn = Arc::new(Mutex::new(conn));
 
     // tiny_http → client.
@@ -333,7 +341,7 @@ fn relay(tcp: TcpStream, config: Arc<ServerConfig>, internal: &Path) -> io::Resu
 fn inbound(
     tcp: &TcpStream,
     conn: &Mutex<ServerConnection>,
-    mut plain: &UnixStream,
+    mut plain: &TcpStream,
 ) -> io::Result<()> {
     let mut raw = vec![0u8; 16 * 1024];
     let mut text = vec![0u8; 16 * 1024];

@@ -500,7 +500,7 @@ fn signin(ctx: &Ctx<'_>, rq: &mut Request, body: &mut BodyState) -> Reply {
             None,
         );
     };
-    let peer = rq.remote_addr().map(|a| a.ip());
+    let peer = ctx.app.client(rq).ok().flatten();
     let peer_shown = peer.map_or_else(|| "an unknown address".to_owned(), |p| p.to_string());
     let attempt = match console.throttle.attempt(peer, ctx.now) {
         Ok(a) => a,
