@@ -15,7 +15,7 @@
 //!   connection, so tiny_http, the workers and the route table are exactly
 //!   those of plain HTTP; two threads per connection copy the bytes each
 //!   way. Each relay registers its end of the internal hop with the client
-//!   it carries ([`Relayed`]): the routes learn the client's address from
+//!   it carries (`Relayed`): the routes learn the client's address from
 //!   it (the sign-in throttle counts by address), and a request on the
 //!   internal port from anything but a relay is refused (421) before it is
 //!   routed — the port is no plain-HTTP back door;

@@ -154,7 +154,7 @@ fn secret_marks(text: &str, secrets: &[&str]) -> Vec<bool> {
 }
 
 /// Replaces every known secret (at least 4 characters long), every piece
-/// or run of one (see [`secret_marks`]; the whole run of token characters
+/// or run of one (see `secret_marks`; the whole run of token characters
 /// it is in goes with it), the values of `access_token`, `refresh_token`
 /// and `id_token`, and every token-looking run of
 /// `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
