@@ -1,0 +1,578 @@
+//! Hostile review of b112590 (`Refresher::shared_read`: a process's threads
+//! share reads of a row where no stamp proves it current), 82e3413 (the TLS
+//! front relays over an internal loopback TCP hop and maps each hop to its
+//! client) and f6e0e09 (`provider::scrub` marks whole secrets, pieces and
+//! runs on the text as it came). Holes are `#[ignore = "HOLE: …"]`.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokenwarden::provider::scrub;
+use tokenwarden::Error;
+
+use crate::common::http::free_port;
+use crate::common::tw::{text, Backend, Env};
+
+// ---------------------------------------------------------------------
+// 1. Shared reads of a row (b112590).
+// ---------------------------------------------------------------------
+
+on_both_backends!(
+    attack3c_a_crowd_sees_rejects_by_another_warden_and_the_cli_before_its_call,
+    attack3c_a_crowd_never_sees_a_deleted_family_after_the_delete_returned,
+);
+
+/// The ids of the crowd tests: several, so that shared reads of different
+/// rows interleave.
+const IDS: [&str; 4] = ["crowd0", "crowd1", "crowd2", "crowd3"];
+
+/// 16 threads of one warden ask for the tokens of four credentials in a
+/// loop, while a second warden of the same process and `tokenwarden reject`
+/// processes reject the current tokens in turn (each reject refreshes): no
+/// call returns a token whose reject had returned before the call began,
+/// whoever committed it, and no refresh token is spent twice.
+fn attack3c_a_crowd_sees_rejects_by_another_warden_and_the_cli_before_its_call(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
+    for id in IDS {
+        env.login(id, 3600);
+    }
+    let readers_warden = Arc::new(env.warden());
+    let rejecter = env.warden();
+    let retired: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|n| {
+            let (w, retired, stop) = (readers_warden.clone(), retired.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut calls = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = IDS[(n + calls) % IDS.len()];
+                    let before = retired.lock().unwrap().clone();
+                    match w.token(id, Duration::ZERO) {
+                        Ok(g) => assert!(
+                            !before.contains(g.access_token.expose()),
+                            "{id}: a token rejected before the call was served"
+                        ),
+                        Err(Error::Unavailable { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    for round in 0..16 {
+        let id = IDS[round % IDS.len()];
+        let token = rejecter
+            .token(id, Duration::ZERO)
+            .unwrap()
+            .access_token
+            .expose()
+            .to_owned();
+        if round % 2 == 0 {
+            let fresh = rejecter.reject(id, &token).unwrap();
+            assert_ne!(fresh.access_token.expose(), token);
+        } else {
+            let out = env.run(&["reject", id, "--token", &token]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        retired.lock().unwrap().insert(token);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let calls: usize = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(calls >= 16, "the readers ran ({calls} calls)");
+    env.fake.assert_no_reuse_after_success();
+}
+
+/// Threads of one warden ask for a credential's token in a loop while
+/// another process deletes it and imports a new login under the same id,
+/// six times: once a delete has returned, no call that began after it
+/// returns a token of the deleted login.
+fn attack3c_a_crowd_never_sees_a_deleted_family_after_the_delete_returned(b: Backend) {
+    let Some(env) = Env::on(b) else { return };
+    let first = env.login("re", 3600);
+    let warden = Arc::new(env.warden());
+    let gone: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let (w, gone, stop) = (warden.clone(), gone.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut served = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let before = gone.lock().unwrap().clone();
+                    match w.token("re", Duration::ZERO) {
+                        Ok(g) => {
+                            assert!(
+                                !before.contains(g.access_token.expose()),
+                                "a token of a login deleted before the call was served"
+                            );
+                            served += 1;
+                        }
+                        Err(Error::NotFound(_) | Error::Unavailable { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                served
+            })
+        })
+        .collect();
+    let mut current = first.access_token.clone();
+    for round in 0..6 {
+        thread::sleep(Duration::from_millis(20));
+        let out = env.run(&["delete", "re"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        gone.lock().unwrap().insert(current.clone());
+        let grant = env.fake.new_family(&format!("re-login-{round}"));
+        let mut record = grant.import_json("re", "codex", &env.fake.token_url());
+        record["expires_at"] = serde_json::Value::from(crate::common::tw::now() + 3600);
+        let path = env.dir.path().join(format!("re-{round}.json"));
+        std::fs::write(&path, record.to_string()).unwrap();
+        let out = env.run(&["import", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        current = grant.access_token.clone();
+    }
+    thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::SeqCst);
+    let served: usize = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(served > 0, "the readers were served");
+    assert_eq!(
+        warden
+            .token("re", Duration::ZERO)
+            .unwrap()
+            .access_token
+            .expose(),
+        current
+    );
+}
+
+/// PostgreSQL: 16 threads ask for one token in a loop while every
+/// connection of the database but the killer's is terminated
+/// (`pg_terminate_backend`) again and again, so shared reads fail under
+/// their waiters: every thread comes back (a failed shared read leaves no
+/// waiter hanging), and once the killing stops, calls are served again.
+#[test]
+#[cfg(feature = "postgres")]
+fn attack3c_failing_shared_reads_never_leave_their_waiters_hanging() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    let grant = env.login("kill", 3600);
+    let warden = Arc::new(env.warden());
+    warden.token("kill", Duration::ZERO).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (w, stop) = (warden.clone(), stop.clone());
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0usize, 0usize);
+                while !stop.load(Ordering::SeqCst) {
+                    match w.token("kill", Duration::ZERO) {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut killer = crate::common::pg::client(env.pg_url());
+    let mut killed = 0i64;
+    for _ in 0..40 {
+        let rows = killer
+            .query(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        killed += rows[0].get::<_, i64>(0);
+        thread::sleep(Duration::from_millis(15));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = readers
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(killed > 0, "connections were killed");
+    assert!(ok > 0, "calls were served ({failed} failed)");
+    let mut last = None;
+    for _ in 0..50 {
+        match warden.token("kill", Duration::ZERO) {
+            Ok(g) => {
+                last = Some(g);
+                break;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let last = last.expect("served again after the killing stopped");
+    assert_eq!(last.access_token.expose(), grant.access_token);
+}
+
+/// A TCP relay to the tests' PostgreSQL whose connections can be frozen:
+/// a frozen one stays open and forwards nothing (a connection a NAT or
+/// firewall dropped silently, a half-dead peer), so a statement on it
+/// waits for an answer that never comes.
+#[cfg(feature = "postgres")]
+struct FreezingProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<(Arc<AtomicBool>, TcpStream, TcpStream)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+#[cfg(feature = "postgres")]
+impl FreezingProxy {
+    fn start(target: SocketAddr) -> FreezingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<(Arc<AtomicBool>, TcpStream, TcpStream)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (theirs, their_stop) = (conns.clone(), stop.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if their_stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let frozen = Arc::new(AtomicBool::new(false));
+                theirs.lock().unwrap().push((
+                    frozen.clone(),
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                ));
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (frozen, stop) = (frozen.clone(), their_stop.clone());
+                    thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            while frozen.load(Ordering::SeqCst) {
+                                if stop.load(Ordering::SeqCst) {
+                                    return;
+                                }
+                                thread::sleep(Duration::from_millis(10));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        FreezingProxy { addr, conns, stop }
+    }
+
+    /// Freezes every connection made so far.
+    fn freeze_all(&self) -> usize {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .iter()
+            .for_each(|(f, _, _)| f.store(true, Ordering::SeqCst));
+        conns.len()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for FreezingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for (_, a, b) in self.conns.lock().unwrap().iter() {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            let _ = b.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// PostgreSQL: one pooled connection goes silent (frozen by a relay: no
+/// answer, no reset — a NAT's dropped idle mapping). A thread's read of the
+/// row on it hangs, as it always could. But since b112590 every later
+/// caller of the same credential in the process waits for that read
+/// (`shared_read` takes only a read that began after the call, and waits
+/// for the hung one to end before starting its own), whatever its `wait`:
+/// a `token_within(.., wait = 0)` that before would have read on a fresh
+/// connection and been served is stuck too. Here it is given 20 s.
+#[test]
+#[cfg(feature = "postgres")]
+#[ignore = "HOLE: one hung PostgreSQL read (a silently dropped connection) blocks every later caller of that credential in the process, past its wait, until the read ends"]
+fn attack3c_one_hung_read_does_not_stall_every_caller_of_the_credential() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    let grant = env.login("hang", 3600);
+    let url = env.pg_url().to_owned();
+    let (head, rest) = url.split_once('@').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let proxy = FreezingProxy::start(hostport.parse().unwrap());
+    let proxied = format!("{head}@{}/{db}", proxy.addr);
+    let warden = Arc::new(tokenwarden::Warden::open(&proxied, env.config()).unwrap());
+    warden.token("hang", Duration::ZERO).unwrap();
+    assert!(proxy.freeze_all() > 0);
+    let (tx_a, rx_a) = std::sync::mpsc::channel();
+    let w = warden.clone();
+    let a = thread::spawn(move || {
+        let _ = tx_a.send(w.token("hang", Duration::ZERO).is_ok());
+    });
+    assert!(
+        rx_a.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the first read hangs on the frozen connection"
+    );
+    let (tx_b, rx_b) = std::sync::mpsc::channel();
+    let w = warden.clone();
+    let b = thread::spawn(move || {
+        let got = w.token_within("hang", Duration::ZERO, Duration::ZERO);
+        let _ = tx_b.send(got.map(|g| g.access_token.expose().to_owned()));
+    });
+    let got = rx_b.recv_timeout(Duration::from_secs(20));
+    drop(proxy);
+    let _ = a.join();
+    let _ = b.join();
+    match got {
+        Ok(Ok(token)) => assert_eq!(token, grant.access_token),
+        Ok(Err(e)) => panic!("refused: {e:?}"),
+        Err(_) => panic!("a caller with wait = 0 was still waiting after 20 s on another thread's hung read"),
+    }
+}
+
+// ---------------------------------------------------------------------
+// 2. The TLS front's internal hop (82e3413).
+// ---------------------------------------------------------------------
+
+/// Everything `stream` sends until it closes or is silent for 3 s.
+fn read_all(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Straight to the TLS front's internal port, with the right key: a
+/// keep-alive pipeline (token, reject, health), HTTP/1.0, an absolute-form
+/// target, `Expect: 100-continue` on the reject: every answer is 421, none
+/// holds the token, the reject was never routed (the token is the same
+/// over HTTPS afterwards) and nothing but 421 (or tiny_http's 100
+/// Continue) comes back.
+#[test]
+fn attack3c_the_internal_port_refuses_pipelines_keepalive_and_expect_continue() {
+    use crate::tls::{agent, get, make_pki, spawn_tls, terminate, wait_up, KEY};
+    let env = Env::new();
+    let grant = env.login("tls", 3000);
+    let pki = make_pki(env.dir.path());
+    let port = free_port();
+    let mut child = spawn_tls(&env, &pki, port, &[]);
+    let trusted = agent(Some(&pki.ca_der));
+    let base = format!("https://127.0.0.1:{port}");
+    wait_up(&mut child, &trusted, &base);
+    let internal: Vec<u16> = crate::tls::listening_ports(child.id())
+        .into_iter()
+        .filter(|p| *p != port)
+        .collect();
+    assert_eq!(internal.len(), 1, "{internal:?}");
+    let addr: SocketAddr = ([127, 0, 0, 1], internal[0]).into();
+    let body = format!(r#"{{"access_token":"{}"}}"#, grant.access_token);
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let pipeline = format!(
+        "GET /v1/credentials/tls/token HTTP/1.1\r\nHost: x\r\n{auth}\r\n\
+         POST /v1/credentials/tls/reject HTTP/1.1\r\nHost: x\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}\
+         GET http://127.0.0.1:{port}/v1/credentials HTTP/1.1\r\nHost: x\r\n{auth}\r\n\
+         GET /v1/credentials/tls/token HTTP/1.0\r\n{auth}\r\n",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(pipeline.as_bytes()).unwrap();
+    let got = read_all(&mut s);
+    let mut s = TcpStream::connect(addr).unwrap();
+    let expect = format!(
+        "POST /v1/credentials/tls/reject HTTP/1.1\r\nHost: x\r\n{auth}\
+         Content-Type: application/json\r\nExpect: 100-continue\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(expect.as_bytes()).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let _ = s.write_all(body.as_bytes());
+    let got = got + &read_all(&mut s);
+    let statuses: Vec<&str> = got
+        .match_indices("HTTP/1.")
+        .map(|(at, _)| &got[at + 9..(at + 12).min(got.len())])
+        .collect();
+    assert!(!statuses.is_empty(), "{got}");
+    assert!(
+        statuses.iter().all(|s| *s == "421" || *s == "100"),
+        "{statuses:?}\n{got}"
+    );
+    assert!(!got.contains(&grant.access_token), "{got}");
+    assert!(!got.contains(&grant.refresh_token), "{got}");
+    let a = get(
+        &trusted,
+        &format!("{base}/v1/credentials/tls/token"),
+        &[("Authorization", &format!("Bearer {KEY}"))],
+    )
+    .expect("https");
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains(&grant.access_token), "the reject never ran");
+    terminate(child);
+}
+
+// ---------------------------------------------------------------------
+// 3. scrub (f6e0e09).
+// ---------------------------------------------------------------------
+
+/// A known secret quoted in groups shorter than MIN_SECRET_RUN (8): in
+/// fours, as keys are often shown, in sevens, or one character at a time,
+/// split by spaces. attack17b's hole "a known token quoted in groups under
+/// 12 chars is shown whole" was mended for groups of 8 or more only; each
+/// of these still shows the whole secret.
+#[test]
+#[ignore = "HOLE: a known secret quoted in space-separated groups of under 8 characters (4s, 7s, single characters) is shown whole"]
+fn attack3c_a_secret_quoted_in_groups_under_eight_is_still_shown_whole() {
+    let secret = "Zq8vLp3TmWx7Rk2NcYb5";
+    let groups = |n: usize| -> String {
+        secret
+            .as_bytes()
+            .chunks(n)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let shown: Vec<String> = [1, 4, 7]
+        .into_iter()
+        .map(|n| scrub(&format!("refresh token {} was revoked", groups(n)), &[secret]))
+        .filter(|out| out.split_whitespace().collect::<String>().contains(secret))
+        .collect();
+    assert!(shown.is_empty(), "the whole secret is shown: {shown:#?}");
+}
+
+/// The older token-field pass of `scrub` (`redact_token_fields`) looks for
+/// each of `access_token`, `refresh_token` and `id_token` from every match
+/// onwards: a text naming one of them thousands of times (an upstream's
+/// 256 KiB `error_description`, the body cap) costs time quadratic in its
+/// length — 23 s for 256 KiB in a debug build, in the refresher's thread,
+/// while it holds the lease. Eight times the text should cost about eight
+/// times as much, not sixty-four.
+#[test]
+#[ignore = "HOLE: scrub is quadratic in a text that names access_token many times (256 KiB, the body cap: ~23 s debug) while the refresher holds its lease"]
+fn attack3c_scrub_stays_linear_on_a_text_full_of_field_names() {
+    let time = |kib: usize| {
+        let text = "access_token ".repeat(kib * 1024 / 13);
+        let t = Instant::now();
+        let out = scrub(&text, &[]);
+        assert!(out.len() >= text.len() / 2);
+        t.elapsed()
+    };
+    let small = time(16).max(Duration::from_millis(1));
+    let big = time(128);
+    assert!(
+        big < small * 24,
+        "8x the text cost {:.0}x the time ({small:?} -> {big:?})",
+        big.as_secs_f64() / small.as_secs_f64()
+    );
+}
+
+/// The new marks stay linear: 1 MiB of prose, of one token-character run,
+/// and of the secrets themselves, each against 100 secrets of 4 KiB, are
+/// scrubbed (seconds in a debug build), and the secrets' text is gone.
+#[test]
+fn attack3c_marks_on_a_mebibyte_against_a_hundred_big_secrets() {
+    let secrets: Vec<String> = (0..100u64)
+        .map(|i| {
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let abc = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+                    char::from(abc[(x % 64) as usize])
+                })
+                .collect()
+        })
+        .collect();
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let mib = 1024 * 1024;
+    let prose = "The quick brown fox jumps over the lazy dog; ".repeat(mib / 45);
+    assert_eq!(scrub(&prose, &refs), prose);
+    let _ = scrub(&"a".repeat(mib), &refs);
+    let joined: String = secrets.join(" ").chars().take(mib).collect();
+    let out = scrub(&joined, &refs);
+    assert!(!out.contains(&secrets[7][..12]), "a piece survived");
+}
+
+/// A tiny deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Short, empty and non-ASCII secrets (0 to 14 characters of ASCII, ß, İ,
+/// K (Kelvin), é, 𝄞 and spaces) in texts of the same mix, whole, cut,
+/// upper-cased or repeated: scrub never panics, and a secret of 4 bytes or
+/// more that the text holds whole is never in the answer.
+#[test]
+fn attack3c_scrub_never_panics_on_short_or_non_ascii_secrets() {
+    let alphabet: Vec<char> = "aZ9-_./+=~ßİ\u{212a}é𝄞 <\"\\".chars().collect();
+    let mut rng = Rng(0x3c3c_5eed);
+    for case in 0..4000 {
+        let word = |rng: &mut Rng, max: usize| -> String {
+            (0..rng.below(max + 1))
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect()
+        };
+        let secrets: Vec<String> = (0..1 + rng.below(3)).map(|_| word(&mut rng, 14)).collect();
+        let mut text = word(&mut rng, 10);
+        for s in &secrets {
+            match rng.below(3) {
+                0 => text.push_str(s),
+                1 => text.push_str(&s.to_uppercase()),
+                _ => text.push_str(&s.repeat(3)),
+            }
+            text.push_str(&word(&mut rng, 6));
+        }
+        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let out = scrub(&text, &refs);
+        for s in &secrets {
+            if s.len() >= 4 && text.contains(s.as_str()) {
+                assert!(
+                    !out.contains(s.as_str()),
+                    "case {case}: {s:?} survived: {text:?} -> {out:?}"
+                );
+            }
+        }
+    }
+}
