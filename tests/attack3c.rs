@@ -576,3 +576,37 @@ fn attack3c_scrub_never_panics_on_short_or_non_ascii_secrets() {
         }
     }
 }
+
+/// Observation (not a hole): a token endpoint that redirects. The error
+/// still says what went wrong (HTTP 307, redirects are not followed) and
+/// shows no secret — but the target's path is scrubbed of everything the
+/// request carried, names and all: the grant type `refresh_token` and the
+/// `Content-Type` header's `application` go as `***`, so an operator sees
+/// `https://auth.example.com/***/***/v2` for
+/// `https://auth.example.com/application/refresh_token/v2`.
+#[test]
+fn attack3c_a_redirect_is_named_and_its_target_over_scrubbed() {
+    use crate::common::scripted::{import_at, Scripted, Step};
+    let env = Env::new();
+    let location = "https://auth.example.com/application/refresh_token/v2";
+    let step: Step = Box::new(move |_rt, conn| {
+        let head = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let _ = conn.write_all(head.as_bytes());
+    });
+    let upstream = Scripted::start(vec![step]);
+    import_at(&env, "redir", "rt-redirect-0123456789abcdef", 10, &upstream.url());
+    let err = env
+        .warden()
+        .token("redir", Duration::from_secs(60))
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("307"), "{message}");
+    assert!(message.contains("redirect"), "{message}");
+    assert!(!message.contains("rt-redirect-0123456789abcdef"), "{message}");
+    assert!(
+        message.contains("https://auth.example.com/***/***/v2"),
+        "{message}"
+    );
+}
