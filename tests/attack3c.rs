@@ -216,6 +216,165 @@ fn attack3c_failing_shared_reads_never_leave_their_waiters_hanging() {
     assert_eq!(last.access_token.expose(), grant.access_token);
 }
 
+/// The name libtest knows [`attack3c_crowd_child_process`] by, for
+/// `--exact`.
+#[cfg(feature = "postgres")]
+fn crowd_child_test() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::attack3c_crowd_child_process")
+}
+
+/// The tokens whose reject has returned, one a line in `path`.
+#[cfg(feature = "postgres")]
+fn retired_in(path: &std::path::Path) -> HashSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Appends a token whose reject has returned (one `write` of one line).
+#[cfg(feature = "postgres")]
+fn retire(path: &std::path::Path, token: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .unwrap();
+    f.write_all(format!("{token}\n").as_bytes()).unwrap();
+}
+
+/// One process of the crowd: 8 threads of one warden ask for the four
+/// credentials' tokens; every 25th call of a thread rejects the token it
+/// got (then notes it retired). Panics (a non-zero exit) if a call returns
+/// a token retired before it began.
+#[cfg(feature = "postgres")]
+fn crowd(warden: Arc<tokenwarden::Warden>, retired: std::path::PathBuf, secs: f64) -> usize {
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let (w, retired) = (warden.clone(), retired.clone());
+            thread::spawn(move || {
+                let mut calls = 0usize;
+                while Instant::now() < end {
+                    let id = IDS[(n + calls) % IDS.len()];
+                    let before = retired_in(&retired);
+                    match w.token(id, Duration::ZERO) {
+                        Ok(g) => {
+                            let token = g.access_token.expose().to_owned();
+                            assert!(
+                                !before.contains(&token),
+                                "{id}: a token rejected before the call was served"
+                            );
+                            if calls % 25 == 24 {
+                                match w.reject(id, &token) {
+                                    Ok(_) | Err(Error::Unavailable { .. }) => {}
+                                    Err(e) => panic!("{e:?}"),
+                                }
+                                retire(&retired, &token);
+                            }
+                        }
+                        Err(Error::Unavailable { .. }) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+/// A child process of [`attack3c_a_crowd_of_processes_never_gets_a_token_rejected_before_its_call`].
+#[test]
+#[cfg(feature = "postgres")]
+#[ignore = "run as a child process by the crowd-of-processes test"]
+fn attack3c_crowd_child_process() {
+    let Ok(args) = std::env::var("ATTACK3C_CROWD") else {
+        return;
+    };
+    let a: serde_json::Value = serde_json::from_str(&args).unwrap();
+    let mut config = tokenwarden::Config {
+        request_timeout: Duration::from_secs(2),
+        attempts: 1,
+        lease_ttl: Duration::from_secs_f64(3.5),
+        wait: Duration::from_secs_f64(5.5),
+        actor: "crowd-child".into(),
+        ..tokenwarden::Config::default()
+    };
+    config.policy.backoff_min_ms = 5000;
+    config.endpoints.codex_token = a["token_url"].as_str().unwrap().to_owned();
+    let warden = Arc::new(tokenwarden::Warden::open(a["db"].as_str().unwrap(), config).unwrap());
+    let calls = crowd(
+        warden,
+        a["retired"].as_str().unwrap().into(),
+        a["secs"].as_f64().unwrap(),
+    );
+    println!("CALLS {calls}");
+}
+
+/// PostgreSQL, several processes of many threads each: this process and
+/// three children each run 8 threads asking for four credentials' tokens
+/// and now and then rejecting the one they got, for 4 s. No call in any
+/// process returns a token whose reject (in any process) had returned
+/// before the call began, and no refresh token is spent twice.
+#[test]
+#[cfg(feature = "postgres")]
+fn attack3c_a_crowd_of_processes_never_gets_a_token_rejected_before_its_call() {
+    let Some(env) = Env::on(Backend::Postgres) else {
+        return;
+    };
+    for id in IDS {
+        env.login(id, 3600);
+    }
+    let retired = env.dir.path().join("retired.txt");
+    std::fs::write(&retired, "").unwrap();
+    let secs = 4.0;
+    let args = serde_json::json!({
+        "db": env.pg_url(), "token_url": env.fake.token_url(),
+        "retired": retired.to_str().unwrap(), "secs": secs,
+    });
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--ignored", "--exact", &crowd_child_test(), "--nocapture"])
+                .env("ATTACK3C_CROWD", args.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mine = crowd(Arc::new(env.warden()), retired.clone(), secs);
+    let mut total = mine;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "a child failed: {stdout}\n{}",
+            text(&out.stderr)
+        );
+        let calls: usize = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("CALLS "))
+            .expect("a tally")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(calls > 0, "the child ran");
+        total += calls;
+    }
+    assert!(mine > 0 && total > mine, "{mine} of {total}");
+    let rejects = retired_in(&retired).len();
+    println!("{total} calls ({mine} here), {rejects} rejects");
+    assert!(rejects >= 4, "rejects happened");
+    env.fake.assert_no_reuse_after_success();
+}
+
 /// A TCP relay to the tests' PostgreSQL whose connections can be frozen:
 /// a frozen one stays open and forwards nothing (a connection a NAT or
 /// firewall dropped silently, a half-dead peer), so a statement on it
