@@ -70,7 +70,11 @@ pub(crate) fn agent(ca_der: Option<&[u8]>) -> ureq::Agent {
         .new_agent()
 }
 
-pub(crate) fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Answer, ureq::Error> {
+pub(crate) fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, ureq::Error> {
     let mut req = agent
         .get(url)
         .header("Authorization", format!("Bearer {KEY}"));
