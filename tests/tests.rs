@@ -52,6 +52,10 @@ mod attack17;
 // Second hostile review of issue 17 after its mend (156bf9d): the sign-in
 // throttle, the reject fingerprint, session caps and cookie picking, scrub.
 mod attack17b;
+// Hostile review of b112590 (shared reads of a row), 82e3413 (the TLS
+// front's internal TCP hop) and f6e0e09 (scrub's marks); holes are
+// `#[ignore = "HOLE: …"]`.
+mod attack3c;
 // The operator's console (issue 17) in headless Chromium, driven by
 // playwright-core on Node.js (tests/browser): live states, actions,
 // read-only keys, CSRF and foreign origins, no secret in any traffic.

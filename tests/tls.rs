@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::common::http::{free_port, raw, read_answer, Answer, Served};
 use crate::common::tw::{code, text, Env};
 
-const KEY: &str = "tls-test-key-0123456789";
+pub(crate) const KEY: &str = "tls-test-key-0123456789";
 
 /// A test CA and a server certificate it signed for `localhost` and
 /// 127.0.0.1, written as PEM files in `dir`.
@@ -55,7 +55,7 @@ pub(crate) fn make_pki(dir: &Path) -> Pki {
 }
 
 /// A ureq agent trusting only `ca_der` (none: the default web roots).
-fn agent(ca_der: Option<&[u8]>) -> ureq::Agent {
+pub(crate) fn agent(ca_der: Option<&[u8]>) -> ureq::Agent {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let mut tls = TlsConfig::builder();
     if let Some(der) = ca_der {
@@ -70,7 +70,11 @@ fn agent(ca_der: Option<&[u8]>) -> ureq::Agent {
         .new_agent()
 }
 
-fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Answer, ureq::Error> {
+pub(crate) fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, ureq::Error> {
     let mut req = agent
         .get(url)
         .header("Authorization", format!("Bearer {KEY}"));
@@ -80,7 +84,7 @@ fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> Result<Answe
     read_answer(req.call()?)
 }
 
-fn spawn_tls(env: &Env, pki: &Pki, port: u16, extra: &[&str]) -> Child {
+pub(crate) fn spawn_tls(env: &Env, pki: &Pki, port: u16, extra: &[&str]) -> Child {
     env.cmd()
         .env("TOKENWARDEN_API_KEY", KEY)
         .env("TOKENWARDEN_LOG", "info")
@@ -96,7 +100,7 @@ fn spawn_tls(env: &Env, pki: &Pki, port: u16, extra: &[&str]) -> Child {
         .expect("spawn serve")
 }
 
-fn wait_up(child: &mut Child, agent: &ureq::Agent, base: &str) {
+pub(crate) fn wait_up(child: &mut Child, agent: &ureq::Agent, base: &str) {
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -121,7 +125,7 @@ fn wait_up(child: &mut Child, agent: &ureq::Agent, base: &str) {
     }
 }
 
-fn terminate(mut child: Child) -> (Option<i32>, String) {
+pub(crate) fn terminate(mut child: Child) -> (Option<i32>, String) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -371,7 +375,7 @@ fn the_console_over_tls_sets_secure_cookies() {
 
 /// The TCP ports process `pid` listens on (from its socket descriptors and
 /// the kernel's table of listening sockets).
-fn listening_ports(pid: u32) -> Vec<u16> {
+pub(crate) fn listening_ports(pid: u32) -> Vec<u16> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("the process's descriptors")
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
