@@ -30,6 +30,13 @@ use crate::upstream::{self, RequestSlots, Upstream};
 const POLL_MIN: Duration = Duration::from_millis(2);
 const POLL_MAX: Duration = Duration::from_millis(25);
 
+/// How long a caller waits on another thread's read of a row before it
+/// reads alone: far above a read's usual time, so a crowd still shares; a
+/// read hung on a silently dead connection (a NAT that dropped its
+/// mapping) holds up no caller longer than this — each then reads on
+/// another pooled connection, as it would have without sharing.
+const SHARED_READ_PATIENCE: Duration = Duration::from_millis(250);
+
 /// Per-credential wake-ups for threads of this process. A hint only: the
 /// row is the truth, and waiters re-read it whatever woke them.
 #[derive(Default)]
@@ -61,6 +68,8 @@ struct Signal {
 struct Reads {
     /// Whether a thread is reading the row now.
     running: bool,
+    /// When the running read began.
+    began: Option<Instant>,
     /// How many shared reads have ended.
     done: u64,
     /// The row the last successful read found, and its number in `done`.
@@ -452,10 +461,24 @@ impl Refresher {
     /// a read that began later than the call serves nothing older than the
     /// caller's own read would: a reject or refresh committed before the
     /// call is in it. A shared read that failed is not shared: each of its
-    /// waiters reads alone.
+    /// waiters reads alone; so does a waiter whose read has not ended within
+    /// [`SHARED_READ_PATIENCE`] (real time: a bound on waiting, not a rule
+    /// of the protocol).
     fn shared_read(&self, id: &str) -> Result<Option<Credential>> {
         let signal = self.signals.get(id);
+        let arrived = Instant::now();
+        let patience = arrived + SHARED_READ_PATIENCE;
         let mut reads = signal.reads.lock();
+        // A read running longer than the patience already is hung: no
+        // caller waits on it at all.
+        if reads.running
+            && reads
+                .began
+                .is_some_and(|b| arrived.saturating_duration_since(b) >= SHARED_READ_PATIENCE)
+        {
+            drop(reads);
+            return self.store.get(id);
+        }
         // A read running now may have begun before this call: only the one
         // after it (numbered `done + 2`) surely began later.
         let need = reads.done + if reads.running { 2 } else { 1 };
@@ -471,6 +494,7 @@ impl Refresher {
             }
             if !reads.running {
                 reads.running = true;
+                reads.began = Some(Instant::now());
                 // Ends the read whatever happens, unwinding included, so
                 // that waiters never wait on a read nobody runs.
                 struct Ending<'a>(&'a Signal, Option<Option<Credential>>);
@@ -492,7 +516,14 @@ impl Refresher {
                 });
                 return got;
             }
-            signal.read_done.wait(&mut reads);
+            if signal
+                .read_done
+                .wait_until(&mut reads, patience)
+                .timed_out()
+            {
+                drop(reads);
+                return self.store.get(id);
+            }
         }
     }
 

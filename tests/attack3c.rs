@@ -473,9 +473,10 @@ impl Drop for FreezingProxy {
 /// for the hung one to end before starting its own), whatever its `wait`:
 /// a `token_within(.., wait = 0)` that before would have read on a fresh
 /// connection and been served is stuck too. Here it is given 20 s.
+///
+/// (Mended: a caller waits on another thread's read at most 250 ms, and not at all on one already running longer — `SHARED_READ_PATIENCE`.)
 #[test]
 #[cfg(feature = "postgres")]
-#[ignore = "HOLE: one hung PostgreSQL read (a silently dropped connection) blocks every later caller of that credential in the process, past its wait, until the read ends"]
 fn attack3c_one_hung_read_does_not_stall_every_caller_of_the_credential() {
     let Some(env) = Env::on(Backend::Postgres) else {
         return;
@@ -643,8 +644,9 @@ fn tls_connect(
 /// after it fails, and once the flood is over no new client is ever
 /// answered again — while connections opened before keep being served, so
 /// a monitor on a kept-alive connection sees a healthy server.
+///
+/// (Mended: the front takes at most as many connections as the descriptors allow — `tls::connection_cap` — and `serve` raises its soft descriptor limit to the hard one.)
 #[test]
-#[ignore = "HOLE: 150 idle TLS connections under a 256-descriptor limit (far below the 1024 cap) kill tiny_http's accept thread on the internal port; no new client is ever answered again"]
 fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_good() {
     use crate::tls::{agent, get, make_pki, terminate, wait_up, KEY};
     let env = Env::new();
@@ -736,7 +738,7 @@ fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_goo
 /// 12 chars is shown whole" was mended for groups of 8 or more only; each
 /// of these still shows the whole secret.
 #[test]
-#[ignore = "HOLE: a known secret quoted in space-separated groups of under 8 characters (4s, 7s, single characters) is shown whole"]
+#[ignore = "KNOWN LIMIT (documented): runs of a secret shorter than 8 characters are not matched (shorter runs would scrub ordinary words); a secret quoted a few characters at a time is shown"]
 fn attack3c_a_secret_quoted_in_groups_under_eight_is_still_shown_whole() {
     let secret = "Zq8vLp3TmWx7Rk2NcYb5";
     let groups = |n: usize| -> String {
@@ -767,8 +769,9 @@ fn attack3c_a_secret_quoted_in_groups_under_eight_is_still_shown_whole() {
 /// length — 256 KiB: 23 s in a debug build, 3.5 s with -O (the pass
 /// alone) — in the refresher's thread, while it holds the lease. Eight times the text should cost about eight
 /// times as much, not sixty-four.
+///
+/// (Mended: `redact_token_fields` finds each name again only once passed.)
 #[test]
-#[ignore = "HOLE: scrub is quadratic in a text that names access_token many times (256 KiB, the body cap: ~23 s debug) while the refresher holds its lease"]
 fn attack3c_scrub_stays_linear_on_a_text_full_of_field_names() {
     let time = |kib: usize| {
         let text = "access_token ".repeat(kib * 1024 / 13);
@@ -873,7 +876,8 @@ fn attack3c_scrub_never_panics_on_short_or_non_ascii_secrets() {
 /// request carried, names and all: the grant type `refresh_token` and the
 /// `Content-Type` header's `application` go as `***`, so an operator sees
 /// `https://auth.example.com/***/***/v2` for
-/// `https://auth.example.com/application/refresh_token/v2`.
+/// `https://auth.example.com/application/refresh_token/v2`. (Mended:
+/// `HttpRequest::secrets` leaves out `provider::PUBLIC_FIELDS`.)
 #[test]
 fn attack3c_a_redirect_is_named_and_its_target_over_scrubbed() {
     use crate::common::scripted::{import_at, Scripted, Step};
@@ -904,8 +908,7 @@ fn attack3c_a_redirect_is_named_and_its_target_over_scrubbed() {
         !message.contains("rt-redirect-0123456789abcdef"),
         "{message}"
     );
-    assert!(
-        message.contains("https://auth.example.com/***/***/v2"),
-        "{message}"
-    );
+    // Mended: names and public values (grant type, content type, client
+    // id, redirect URI) are not scrubbed, so the target reads as sent.
+    assert!(message.contains(location), "{message}");
 }

@@ -178,6 +178,7 @@ impl Server {
                  --api-key-file FILE, or listen on 127.0.0.1"
             )));
         }
+        raise_fd_limit();
         let tls_config = options.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = TcpListener::bind(&addrs[..])
             .map_err(|e| IoError::new(format!("cannot listen on {listen}"), e))?;
@@ -335,6 +336,29 @@ impl Drop for Sentinel {
         };
         // The supervisor may be gone already (after a stop).
         let _ = self.control.send(msg);
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every
+/// connection holds descriptors, and tiny_http's accept thread ends for
+/// good on an accept that finds none left (the server then answers no new
+/// client), so the more a server may hold, the larger a flood it takes.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => log::debug!(
+                "open descriptors: soft limit raised from {:?} to {:?}",
+                limit.current,
+                limit.maximum
+            ),
+            Err(e) => log::debug!("cannot raise the soft limit on open descriptors: {e}"),
+        }
     }
 }
 

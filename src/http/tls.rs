@@ -19,7 +19,10 @@
 //!   it (the sign-in throttle counts by address), and a request on the
 //!   internal port from anything but a relay is refused (421) before it is
 //!   routed — the port is no plain-HTTP back door;
-//! - at most [`MAX_CONNECTIONS`] TLS connections are open at once (more are
+//! - at most [`MAX_CONNECTIONS`] TLS connections are open at once, fewer
+//!   when the process may hold few descriptors ([`connection_cap`]: each
+//!   relayed connection holds about six, and tiny_http's accept thread
+//!   ends for good on the first accept that finds none left; more are
 //!   closed at once), and one idle for [`IDLE_TIMEOUT`] is closed.
 
 use std::collections::HashMap;
@@ -48,6 +51,28 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
 
 /// Most TLS connections open at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Descriptors kept for everything but TLS connections (the database's
+/// files and pool, listeners, logs, notification deliveries).
+const RESERVED_FDS: u64 = 96;
+
+/// Descriptors one relayed TLS connection holds: the client's socket and
+/// its clone, the hop's two ends (one here, one in tiny_http) and their
+/// clones.
+const FDS_PER_CONNECTION: u64 = 6;
+
+/// The most TLS connections open at once when the process may hold
+/// `nofile` descriptors (`None`: no limit known): [`MAX_CONNECTIONS`], or
+/// fewer, so that a flood of idle connections runs out of slots before
+/// the process runs out of descriptors — at least one.
+pub fn connection_cap(nofile: Option<u64>) -> usize {
+    let fit = nofile.map_or(u64::MAX, |n| {
+        n.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION
+    });
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS)
+}
 
 /// How long a write to a client may block.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -196,26 +221,24 @@ impl Drop for TlsFront {
     }
 }
 
-/// Open TLS connections, shared by the accept loop and the relays.
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts one open connection; uncounts it when dropped.
-struct Slot;
+/// Counts one open connection of a front (its count of open ones is
+/// shared by its accept loop and relays); uncounts it when dropped.
+struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take() -> Option<Slot> {
-        let n = OPEN.fetch_add(1, Ordering::SeqCst);
-        if n >= MAX_CONNECTIONS {
-            OPEN.fetch_sub(1, Ordering::SeqCst);
+    fn take(open: &Arc<AtomicUsize>, cap: usize) -> Option<Slot> {
+        let n = open.fetch_add(1, Ordering::SeqCst);
+        if n >= cap {
+            open.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        Some(Slot)
+        Some(Slot(open.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -226,6 +249,16 @@ fn accept_loop(
     relayed: &Arc<Relayed>,
     stop: &AtomicBool,
 ) {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let cap = connection_cap(nofile);
+    if cap < MAX_CONNECTIONS {
+        log::warn!(
+            "TLS: at most {cap} connections at once, as this process may open only {} \
+             descriptors (raise `ulimit -n` / LimitNOFILE= for more)",
+            nofile.unwrap_or_default()
+        );
+    }
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -241,8 +274,8 @@ fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = Slot::take() else {
-            log::warn!("{MAX_CONNECTIONS} TLS connections are open; closing a new one");
+        let Some(slot) = Slot::take(&open, cap) else {
+            log::warn!("{cap} TLS connections are open; closing a new one");
             continue;
         };
         let (config, relayed) = (config.clone(), relayed.clone());
@@ -396,5 +429,28 @@ fn drain(c: &mut ServerConnection, buf: &mut [u8], out: &mut Vec<u8>) -> bool {
             // EOF without close_notify: nothing more will come.
             Err(_) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_descriptors() {
+        // (descriptors the process may hold, connections at once)
+        let table = [
+            (None, MAX_CONNECTIONS),
+            (Some(1 << 20), MAX_CONNECTIONS),
+            (Some(1024), (1024 - 96) / 6),
+            (Some(256), (256 - 96) / 6),
+            (Some(100), 1),
+            (Some(0), 1),
+        ];
+        for (nofile, cap) in table {
+            assert_eq!(connection_cap(nofile), cap, "{nofile:?}");
+        }
+        // 150 connections of six descriptors do not fit in 256.
+        assert!(connection_cap(Some(256)) * 6 + 96 <= 256);
     }
 }

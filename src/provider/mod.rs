@@ -36,4 +36,4 @@ pub use retry_after::{parse_retry_after, MAX_RETRY_AFTER_MS};
 pub use scrub::scrub;
 pub use url::check_url;
 pub(crate) use url::{is_loopback_host, url_host};
-pub use wire::{Failure, HttpRequest, HttpResponse, Outcome, Permanence, Tokens};
+pub use wire::{Failure, HttpRequest, HttpResponse, Outcome, Permanence, Tokens, PUBLIC_FIELDS};

@@ -37,11 +37,24 @@ fn redact_token_fields(text: &str) -> String {
     };
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
-    while let Some((at, len)) = TOKEN_FIELDS
-        .iter()
-        .filter_map(|f| lower[i..].find(f).map(|at| (i + at, f.len())))
-        .min()
-    {
+    // The next place of each name at or after `i`, found again only once
+    // passed (None: no more), so a text naming one field many times costs
+    // one pass per name, not one per mention.
+    let mut next: Vec<Option<usize>> = TOKEN_FIELDS.iter().map(|f| lower.find(f)).collect();
+    loop {
+        for (k, f) in TOKEN_FIELDS.iter().enumerate() {
+            if next[k].is_some_and(|at| at < i) {
+                next[k] = lower[i..].find(f).map(|at| i + at);
+            }
+        }
+        let Some((at, len)) = next
+            .iter()
+            .zip(TOKEN_FIELDS)
+            .filter_map(|(at, f)| at.map(|at| (at, f.len())))
+            .min()
+        else {
+            break;
+        };
         let name_end = at + len;
         let j = skip(name_end, b"\"'\\ \t");
         if j >= bytes.len() || !matches!(bytes[j], b':' | b'=') {

@@ -30,11 +30,18 @@ impl HttpRequest {
     /// Every value the request carries that may be secret, for scrubbing
     /// whatever upstream says back: each header's value (and its last
     /// word: `Bearer X` gives `X`), each value of a form body, each string
-    /// of a JSON body. Names and structure are not secrets; values are
-    /// taken whole, whatever they look like.
+    /// of a JSON body — all but those of [`PUBLIC_FIELDS`] (a grant type,
+    /// a client id, a redirect URI, a content type: scrubbing them would
+    /// hide what a message says and keep nothing secret). Values are taken
+    /// whole, whatever they look like.
     pub fn secrets(&self) -> Vec<String> {
+        let public = |name: &str| {
+            PUBLIC_FIELDS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(name.trim()))
+        };
         let mut out = Vec::new();
-        for (_, v) in &self.headers {
+        for (_, v) in self.headers.iter().filter(|(k, _)| !public(k)) {
             out.push(v.clone());
             if let Some((_, last)) = v.rsplit_once(' ') {
                 out.push(last.to_owned());
@@ -42,20 +49,42 @@ impl HttpRequest {
         }
         let body = String::from_utf8_lossy(&self.body);
         match serde_json::from_str::<serde_json::Value>(&body) {
-            Ok(json) => strings_of(&json, &mut out),
-            Err(_) => out.extend(super::form_decode(&body).into_iter().map(|(_, v)| v)),
+            Ok(json) => strings_of(&json, &public, &mut out),
+            Err(_) => out.extend(
+                super::form_decode(&body)
+                    .into_iter()
+                    .filter(|(k, _)| !public(k))
+                    .map(|(_, v)| v),
+            ),
         }
         out.retain(|v| !v.is_empty());
         out
     }
 }
 
-/// Every string value in `v`, depth first.
-fn strings_of(v: &serde_json::Value, out: &mut Vec<String>) {
+/// Request fields and headers whose values are never secret.
+pub const PUBLIC_FIELDS: [&str; 9] = [
+    "grant_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "response_type",
+    "content-type",
+    "accept",
+    "user-agent",
+    "content-length",
+];
+
+/// Every string value in `v`, depth first, but those of members `public`
+/// names.
+fn strings_of(v: &serde_json::Value, public: &dyn Fn(&str) -> bool, out: &mut Vec<String>) {
     match v {
         serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(a) => a.iter().for_each(|v| strings_of(v, out)),
-        serde_json::Value::Object(m) => m.values().for_each(|v| strings_of(v, out)),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| strings_of(v, public, out)),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| !public(k))
+            .for_each(|(_, v)| strings_of(v, public, out)),
         _ => {}
     }
 }
@@ -152,14 +181,17 @@ mod tests {
     #[test]
     fn a_requests_secrets_are_its_values() {
         let form = request(
-            &[("Authorization", "Bearer at-1")],
-            "grant_type=refresh_token&refresh_token=rt%2F1&client_secret=",
+            &[
+                ("Authorization", "Bearer at-1"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            "grant_type=refresh_token&refresh_token=rt%2F1&client_id=app&client_secret=",
         );
-        assert_eq!(
-            form.secrets(),
-            ["Bearer at-1", "at-1", "refresh_token", "rt/1"]
+        assert_eq!(form.secrets(), ["Bearer at-1", "at-1", "rt/1"]);
+        let json = request(
+            &[],
+            r#"{"refresh_token":"rt-2","extra":["a b"],"n":1,"client_id":"app"}"#,
         );
-        let json = request(&[], r#"{"refresh_token":"rt-2","scopes":["a b"],"n":1}"#);
         let mut got = json.secrets();
         got.sort();
         assert_eq!(got, ["a b", "rt-2"]);
