@@ -59,6 +59,9 @@ struct Signal {
     /// Reads of the row shared by this process's threads, where the store
     /// has no stamp (PostgreSQL): see [`Refresher::shared_read`].
     reads: Mutex<Reads>,
+    /// How many shared reads have ended (`Reads::done`, mirrored under a
+    /// lock of its own, for waiting through the refresher's clock).
+    reads_ended: Mutex<u64>,
     /// Signalled when a shared read ends.
     read_done: Condvar,
 }
@@ -462,11 +465,11 @@ impl Refresher {
     /// caller's own read would: a reject or refresh committed before the
     /// call is in it. A shared read that failed is not shared: each of its
     /// waiters reads alone; so does a waiter whose read has not ended within
-    /// [`SHARED_READ_PATIENCE`] (real time: a bound on waiting, not a rule
-    /// of the protocol).
+    /// [`SHARED_READ_PATIENCE`] on the refresher's clock, and a caller that
+    /// finds the running read older than that.
     fn shared_read(&self, id: &str) -> Result<Option<Credential>> {
         let signal = self.signals.get(id);
-        let arrived = Instant::now();
+        let arrived = self.clock.instant();
         let patience = arrived + SHARED_READ_PATIENCE;
         let mut reads = signal.reads.lock();
         // A read running longer than the patience already is hung: no
@@ -494,7 +497,7 @@ impl Refresher {
             }
             if !reads.running {
                 reads.running = true;
-                reads.began = Some(Instant::now());
+                reads.began = Some(self.clock.instant());
                 // Ends the read whatever happens, unwinding included, so
                 // that waiters never wait on a read nobody runs.
                 struct Ending<'a>(&'a Signal, Option<Option<Credential>>);
@@ -505,6 +508,7 @@ impl Refresher {
                         reads.done += 1;
                         let n = reads.done;
                         reads.last = self.1.take().map(|row| (n, row));
+                        *self.0.reads_ended.lock() = n;
                         self.0.read_done.notify_all();
                     }
                 }
@@ -516,14 +520,22 @@ impl Refresher {
                 });
                 return got;
             }
-            if signal
-                .read_done
-                .wait_until(&mut reads, patience)
-                .timed_out()
-            {
-                drop(reads);
-                return self.store.get(id);
+            // Wait for the running read to end (counted in `reads_ended`,
+            // set under `reads` by its end: none is missed), at most until
+            // the patience is out, then read alone.
+            let seen = reads.done;
+            drop(reads);
+            let mut ended = signal.reads_ended.lock();
+            while *ended == seen {
+                let left = patience.saturating_duration_since(self.clock.instant());
+                if left.is_zero() {
+                    drop(ended);
+                    return self.store.get(id);
+                }
+                self.clock.wait_for(&signal.read_done, &mut ended, left);
             }
+            drop(ended);
+            reads = signal.reads.lock();
         }
     }
 

@@ -728,6 +728,94 @@ fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_goo
     );
 }
 
+/// Plain HTTP (tiny_http accepts on the public port itself) under a
+/// 64-descriptor limit: 120 idle connections run the process out of
+/// descriptors, and tiny_http's accept thread ends for good. The server
+/// must not go on as a zombie that answers no new client: after the flood
+/// it either answers again, or `serve` has stopped by itself with a
+/// non-zero status and an error naming the descriptor limit — for a
+/// supervisor to start it again.
+#[test]
+fn a_descriptor_flood_on_plain_http_never_leaves_a_silent_server() {
+    use std::io::Read as _;
+    let env = Env::new();
+    env.login("plain", 3000);
+    let port = free_port();
+    let plain = env.cmd();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.env_clear();
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .arg("--nofile=64:64")
+        .arg(crate::common::tw::BIN)
+        .env("TOKENWARDEN_LOG", "info")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--no-refresher", "--threads", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn serve under prlimit");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let health = || {
+        // Not up, or gone: no answer (raw() expects a listener).
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        crate::common::http::raw(addr, request.as_bytes(), Duration::from_secs(3)).map(|a| a.status)
+    };
+    let started = Instant::now();
+    while health() != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve did not come up"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let held: Vec<_> = (0..120)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    drop(held);
+    // Answering again, or exited by itself with an error: not silent.
+    let mut outcome = None;
+    let until = Instant::now() + Duration::from_secs(30);
+    while outcome.is_none() && Instant::now() < until {
+        if let Ok(Some(status)) = child.try_wait() {
+            outcome = Some(format!("exited {:?}", status.code()));
+        } else if health() == Some(200) {
+            outcome = Some("answers".to_owned());
+        } else {
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let exited = matches!(child.try_wait(), Ok(Some(_)));
+    if !exited {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    let status = child.wait().expect("wait");
+    let mut log = String::new();
+    let _ = child.stderr.take().expect("piped").read_to_string(&mut log);
+    eprintln!("after the flood: {outcome:?}");
+    match outcome.as_deref() {
+        Some("answers") => {}
+        Some(_) => {
+            assert_ne!(status.code(), Some(0), "{log}");
+            assert!(
+                log.contains("descriptor"),
+                "the error names the limit: {log}"
+            );
+        }
+        None => panic!("after the flood serve neither answers nor exits; its log:\n{log}"),
+    }
+}
+
 // ---------------------------------------------------------------------
 // 3. scrub (f6e0e09).
 // ---------------------------------------------------------------------

@@ -68,12 +68,27 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
     let notifier =
         crate::notify::deliver::start_worker(warden.clone(), targets, notify_stop.clone())
             .map_err(|e| crate::error::IoError::new("cannot start the notification thread", e))?;
-    let name = match stop.recv() {
-        Ok(SIGINT) => "SIGINT",
-        Ok(SIGHUP) => "SIGHUP",
-        _ => "SIGTERM",
+    // A signal, or the listener failing for good (out of descriptors:
+    // tiny_http's accept thread is gone, no new client would be answered).
+    let failed = crossbeam_channel::select! {
+        recv(stop) -> signal => {
+            let name = match signal {
+                Ok(SIGINT) => "SIGINT",
+                Ok(SIGHUP) => "SIGHUP",
+                _ => "SIGTERM",
+            };
+            log::info!("{name}: shutting down (a second signal exits at once)");
+            None
+        }
+        recv(server.failed()) -> why => {
+            let why = why.unwrap_or_default();
+            log::error!(
+                "the HTTP listener failed ({why}): shutting down, to be started again \
+                 (a second signal exits at once)"
+            );
+            Some(why)
+        }
     };
-    log::info!("{name}: shutting down (a second signal exits at once)");
     // No refresh starts from here on; those in flight are waited for.
     warden.metrics().refuse_leases();
     server.shutdown(grace);
@@ -96,5 +111,12 @@ pub fn run_serve(warden: Warden, args: &ServeArgs) -> Result<()> {
         log::warn!("{left} refresh(es) still running past their lease; exiting anyway");
     }
     log::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(crate::error::IoError::new(
+            "the HTTP listener failed (out of descriptors? raise `ulimit -n` / LimitNOFILE=)",
+            why,
+        )
+        .into()),
+    }
 }

@@ -106,8 +106,12 @@ struct Shared {
     /// A second handle on the listening socket, shut down on stop so that
     /// new connections are refused (tiny_http keeps the first).
     listener: Mutex<Option<TcpListener>>,
+    /// Told once when tiny_http's listener fails (its accept thread ends
+    /// for good, out of descriptors): the server then answers no new
+    /// client, and `serve` stops (see [`Server::failed`]).
+    failed: Arc<Sender<String>>,
     /// The TLS listener in front of `http`, if serving HTTPS (dropped
-    /// last: it stops accepting and removes the internal socket).
+    /// last: it stops accepting).
     _tls: Option<TlsFront>,
 }
 
@@ -130,6 +134,7 @@ pub struct Server {
     addr: SocketAddr,
     control: Sender<Control>,
     supervisor: Option<JoinHandle<()>>,
+    failed: Receiver<String>,
 }
 
 impl std::fmt::Debug for Server {
@@ -227,7 +232,11 @@ impl Server {
                  front and listen on 127.0.0.1"
             );
         }
+        let (failed_tx, failed) = crossbeam_channel::bounded(1);
+        let failed_tx = Arc::new(failed_tx);
+        watch_tiny_http_panics(&failed_tx);
         let shared = Arc::new(Shared {
+            failed: failed_tx,
             http,
             app: App {
                 hosts: HostPolicy::new(
@@ -275,7 +284,15 @@ impl Server {
             addr,
             control,
             supervisor: Some(supervisor),
+            failed,
         })
+    }
+
+    /// Receives (once) what went wrong when the listener failed for good:
+    /// the server then answers no new client, so its owner should stop it
+    /// and exit with an error, for a supervisor to start it again.
+    pub fn failed(&self) -> &Receiver<String> {
+        &self.failed
     }
 
     /// The address listened on (the real port when started on port 0).
@@ -337,6 +354,40 @@ impl Drop for Sentinel {
         // The supervisor may be gone already (after a stop).
         let _ = self.control.send(msg);
     }
+}
+
+/// The `failed` senders of the servers of this process, told when a
+/// thread panics inside tiny_http.
+static LISTENER_WATCH: Mutex<Vec<std::sync::Weak<Sender<String>>>> = Mutex::new(Vec::new());
+
+/// Makes a panic inside tiny_http tell `failed`. tiny_http's accept thread
+/// `unwrap`s a `try_clone` of each accepted socket, so out of descriptors
+/// it panics and is gone, with nothing sent to its queue: the server
+/// looks alive and answers no new client. The process-wide panic hook
+/// (installed once, chained to the previous one) is the one place that
+/// sees that thread end. Only the panic's location is passed on.
+fn watch_tiny_http_panics(failed: &Arc<Sender<String>>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(at) = info.location().filter(|l| l.file().contains("tiny_http")) {
+                let why = format!("a tiny_http thread panicked at {at}");
+                for tx in LISTENER_WATCH
+                    .lock()
+                    .iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                {
+                    let _ = tx.try_send(why.clone());
+                }
+            }
+            previous(info);
+        }));
+    });
+    let mut watch = LISTENER_WATCH.lock();
+    // Servers gone since are forgotten.
+    watch.retain(|tx| tx.strong_count() > 0);
+    watch.push(Arc::downgrade(failed));
 }
 
 /// Raises the soft limit on open descriptors to the hard one: every
@@ -502,6 +553,7 @@ fn work(shared: &Shared) {
             Ok(rq) => serve(shared, rq),
             Err(e) if !shared.stopping.load(Ordering::SeqCst) => {
                 log::error!("the HTTP listener failed: {e}");
+                let _ = shared.failed.try_send(e.to_string());
             }
             Err(_) => {}
         }
