@@ -633,6 +633,22 @@ fn tls_connect(
     Some(rustls::StreamOwned::new(conn, sock))
 }
 
+/// The tokenwarden binary run by `prlimit` with at most `nofile` open
+/// descriptors (soft and hard), in `env`'s environment; arguments follow.
+fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
+    let plain = env.cmd();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.env_clear();
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(crate::common::tw::BIN);
+    cmd
+}
+
 /// `serve` over TLS where the process may hold 256 descriptors (systemd's
 /// default soft limit is 1024): each relayed TLS connection costs about
 /// three of them at once in this process (the client's socket, the hop's
@@ -653,17 +669,7 @@ fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_goo
     env.login("tls", 3000);
     let pki = make_pki(env.dir.path());
     let port = free_port();
-    let plain = env.cmd();
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.env_clear();
-    for (k, v) in plain.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    let mut child = cmd
-        .arg("--nofile=256:256")
-        .arg(crate::common::tw::BIN)
+    let mut child = under_prlimit(&env, 256)
         .env("TOKENWARDEN_API_KEY", KEY)
         .env("TOKENWARDEN_LOG", "info")
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -741,17 +747,7 @@ fn a_descriptor_flood_on_plain_http_never_leaves_a_silent_server() {
     let env = Env::new();
     env.login("plain", 3000);
     let port = free_port();
-    let plain = env.cmd();
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.env_clear();
-    for (k, v) in plain.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    let mut child = cmd
-        .arg("--nofile=64:64")
-        .arg(crate::common::tw::BIN)
+    let mut child = under_prlimit(&env, 64)
         .env("TOKENWARDEN_LOG", "info")
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--no-refresher", "--threads", "2"])
