@@ -56,6 +56,10 @@ mod attack17b;
 // front's internal TCP hop) and f6e0e09 (scrub's marks); holes are
 // `#[ignore = "HOLE: …"]`.
 mod attack3c;
+// Hostile review of d3e606e (serve exits 1 when tiny_http's listener is
+// gone), the TLS front's descriptor cap and shared_read's patience on the
+// refresher's clock; holes are `#[ignore = "HOLE: …"]`.
+mod attack4d;
 // The operator's console (issue 17) in headless Chromium, driven by
 // playwright-core on Node.js (tests/browser): live states, actions,
 // read-only keys, CSRF and foreign origins, no secret in any traffic.
