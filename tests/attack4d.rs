@@ -6,10 +6,15 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
+use tokenwarden::http::tls::connection_cap;
+
 use crate::common::http::{free_port, Client, InProcess, Served};
-use crate::common::tw::{Env};
+use crate::common::tw::{code, json, text, Env, Tuning};
 
 /// Closes `sock` with a reset (SO_LINGER 0): what any client on the
 /// network can do.
@@ -114,4 +119,146 @@ fn attack4d_reset_connections_do_not_make_serve_exit() {
     assert_eq!(exited, None, "serve exited on reset connections");
     let c = Client::new(addr, Some("attack4d-key-0123456789"));
     assert_eq!(c.get("/healthz").status, 200);
+}
+
+/// A refresh in flight (upstream answers after 3 s) when a reset flood
+/// makes `serve` give up its listener, the flood going on through the
+/// shutdown (more tiny_http panics, a full `failed` channel): serve waits
+/// for the refresh to commit before it exits 1, and the login survives.
+#[test]
+fn attack4d_a_refresh_in_flight_is_committed_before_the_failure_exit() {
+    let env = Env::with(Tuning {
+        request_timeout: 6.0,
+        attempts: 1,
+        lease_ttl: 8.0,
+        backoff_min: 5.0,
+    });
+    let old = env.login("slow", 100);
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut cmd = env.cmd();
+    cmd.env("TOKENWARDEN_SHUTDOWN_GRACE", "0.5")
+        .env("TOKENWARDEN_LOG", "info")
+        .args(["serve", "--listen", &addr.to_string(), "--threads", "4"])
+        .arg("--no-refresher");
+    let mut served = Served::spawn(cmd, addr);
+    env.fake.set_latency(Duration::from_secs(3));
+    let pending = thread::spawn(move || {
+        Client::new(addr, None).get("/v1/credentials/slow/token")
+    });
+    let start = Instant::now();
+    while env.fake.stats().token_requests == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "no refresh began");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood = {
+        let flooding = flooding.clone();
+        thread::spawn(move || {
+            while flooding.load(Ordering::SeqCst) {
+                reset_flood(addr, 1);
+            }
+        })
+    };
+    let began = Instant::now();
+    let status = served.child.wait().expect("wait serve");
+    let took = began.elapsed();
+    flooding.store(false, Ordering::SeqCst);
+    flood.join().expect("flood");
+    let mut err = String::new();
+    if let Some(mut e) = served.child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    // The flood is how it stopped (the hole above); what matters here is
+    // what it did with the refresh in flight.
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("the HTTP listener failed"), "{err}");
+    assert!(
+        took >= Duration::from_millis(1000) || err.contains("waiting for 1 refresh"),
+        "exited after {took:?}: {err}"
+    );
+    let _ = pending.join();
+    let show = env.run(&["show", "slow", "--json"]);
+    assert_eq!(code(&show), 0, "{}", text(&show.stderr));
+    assert_eq!(json(&show)["state"], "valid", "the refresh was committed: {err}");
+    let upstream = env.fake.family_state("slow");
+    assert!(!upstream.revoked);
+    assert_ne!(upstream.current_access_token, old.access_token);
+    env.fake.set_latency(Duration::ZERO);
+    let out = env.run(&["refresh", "slow"]);
+    assert_eq!(code(&out), 0, "the login survived: {}", text(&out.stderr));
+    env.fake.assert_no_reuse_after_success();
+    // No secret in what serve wrote on its way out.
+    for secret in [&old.access_token, &old.refresh_token]
+        .into_iter()
+        .chain(upstream.issued_refresh_tokens.iter())
+    {
+        assert!(!err.contains(secret.as_str()), "a secret in the log: {err}");
+    }
+}
+
+/// Two servers in one process (library use): a panic on one's connection
+/// thread must not report the other's listener failed.
+#[test]
+#[ignore = "HOLE: the panic hook tells every Server of the process: resets against one server fail another"]
+fn attack4d_one_servers_panic_does_not_fail_another_server() {
+    let env = Env::new();
+    let a = InProcess::start(&env, &["attack4d-key-0123456789"], 2);
+    let b = InProcess::start(&env, &["attack4d-key-0123456789"], 2);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) && a.server.failed().is_empty() {
+        reset_flood(a.addr(), 2);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.server.failed().try_recv().ok(),
+        None,
+        "server b told its listener failed (a's listener: {:?})",
+        a.server.failed().try_recv().ok()
+    );
+}
+
+/// A library user's own tiny_http server in the same process (tokenwarden
+/// depends on tiny_http, an application embedding it may too): a panic
+/// there is nothing to do with tokenwarden's listener.
+#[test]
+#[ignore = "HOLE: any tiny_http panic in the process, even of an unrelated tiny_http server, reports tokenwarden's listener failed"]
+fn attack4d_an_unrelated_tiny_http_panic_does_not_fail_the_server() {
+    let env = Env::new();
+    let ours = InProcess::start(&env, &["attack4d-key-0123456789"], 2);
+    let theirs = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("their server"));
+    let their_addr = theirs.server_addr().to_ip().expect("ip");
+    {
+        let theirs = theirs.clone();
+        thread::spawn(move || {
+            while let Ok(rq) = theirs.recv() {
+                let _ = rq.respond(tiny_http::Response::empty(204));
+            }
+        });
+    }
+    let start = Instant::now();
+    let mut failed = None;
+    while start.elapsed() < Duration::from_secs(5) && failed.is_none() {
+        reset_flood(their_addr, 2);
+        failed = ours.server.failed().try_recv().ok();
+    }
+    theirs.unblock();
+    assert_eq!(failed, None, "tokenwarden's server told its listener failed");
+}
+
+/// The TLS front's connection cap at the edges: no limit known, an
+/// unlimited soft limit, limits at and around the reserve.
+#[test]
+fn attack4d_connection_cap_edges() {
+    assert_eq!(connection_cap(None), 1024);
+    assert_eq!(connection_cap(Some(u64::MAX)), 1024);
+    assert_eq!(connection_cap(Some(0)), 1);
+    assert_eq!(connection_cap(Some(96)), 1);
+    assert_eq!(connection_cap(Some(101)), 1);
+    assert_eq!(connection_cap(Some(102)), 1);
+    assert_eq!(connection_cap(Some(107)), 1);
+    assert_eq!(connection_cap(Some(108)), 2);
+    assert_eq!(connection_cap(Some(256)), 26);
+    assert_eq!(connection_cap(Some(96 + 6 * 1024)), 1024);
+    assert_eq!(connection_cap(Some(96 + 6 * 1024 - 1)), 1023);
 }
