@@ -262,3 +262,62 @@ fn attack4d_connection_cap_edges() {
     assert_eq!(connection_cap(Some(96 + 6 * 1024)), 1024);
     assert_eq!(connection_cap(Some(96 + 6 * 1024 - 1)), 1023);
 }
+
+/// The tokenwarden binary run by `prlimit` with at most `nofile` open
+/// descriptors (soft and hard), in `env`'s environment (as attack3c).
+fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
+    let plain = env.cmd();
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.env_clear();
+    for (k, v) in plain.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(crate::common::tw::BIN);
+    cmd
+}
+
+/// Plain HTTP has no connection cap (the TLS front has `connection_cap`):
+/// idle connections from one unauthenticated client, held two seconds,
+/// run the process out of descriptors (or, under systemd's TasksMax, of
+/// threads: one per connection) and `serve` exits 1 — a remote kill
+/// switch whose price is the descriptor limit (here 256; under the unit's
+/// LimitNOFILE=65536 about 32 000 connections, or TasksMax threads).
+/// Refusing connections past a cap would leave the server up.
+#[test]
+#[ignore = "HOLE: remote kill switch: an idle-connection flood on plain HTTP (no cap) makes serve exit 1"]
+fn attack4d_an_idle_flood_on_plain_http_does_not_make_serve_exit() {
+    let env = Env::new();
+    env.login("plain", 3000);
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = under_prlimit(&env, 256)
+        .env("TOKENWARDEN_API_KEY", "attack4d-key-0123456789")
+        .args(["serve", "--listen", &addr.to_string()])
+        .args(["--no-refresher", "--threads", "2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve under prlimit");
+    let c = Client::new(addr, Some("attack4d-key-0123456789"));
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() || c.get("/healthz").status != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "serve did not come up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let held: Vec<_> = (0..200)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    drop(held);
+    thread::sleep(Duration::from_secs(3));
+    let exited = child.try_wait().expect("try_wait");
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(exited, None, "serve exited after an idle-connection flood");
+}
