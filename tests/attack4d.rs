@@ -84,7 +84,11 @@ fn attack4d_reset_connections_do_not_fail_an_in_process_server() {
         failed = srv.server.failed().try_recv().ok();
     }
     if failed.is_none() {
-        failed = srv.server.failed().recv_timeout(Duration::from_millis(500)).ok();
+        failed = srv
+            .server
+            .failed()
+            .recv_timeout(Duration::from_millis(500))
+            .ok();
     }
     assert_eq!(failed, None, "a reset connection failed the server");
     // And it still answers.
@@ -142,12 +146,13 @@ fn attack4d_a_refresh_in_flight_is_committed_before_the_failure_exit() {
         .arg("--no-refresher");
     let mut served = Served::spawn(cmd, addr);
     env.fake.set_latency(Duration::from_secs(3));
-    let pending = thread::spawn(move || {
-        Client::new(addr, None).get("/v1/credentials/slow/token")
-    });
+    let pending = thread::spawn(move || Client::new(addr, None).get("/v1/credentials/slow/token"));
     let start = Instant::now();
     while env.fake.stats().token_requests == 0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "no refresh began");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no refresh began"
+        );
         thread::sleep(Duration::from_millis(10));
     }
     let flooding = Arc::new(AtomicBool::new(true));
@@ -180,7 +185,11 @@ fn attack4d_a_refresh_in_flight_is_committed_before_the_failure_exit() {
     let _ = pending.join();
     let show = env.run(&["show", "slow", "--json"]);
     assert_eq!(code(&show), 0, "{}", text(&show.stderr));
-    assert_eq!(json(&show)["state"], "valid", "the refresh was committed: {err}");
+    assert_eq!(
+        json(&show)["state"],
+        "valid",
+        "the refresh was committed: {err}"
+    );
     let upstream = env.fake.family_state("slow");
     assert!(!upstream.revoked);
     assert_ne!(upstream.current_access_token, old.access_token);
@@ -243,7 +252,10 @@ fn attack4d_an_unrelated_tiny_http_panic_does_not_fail_the_server() {
         failed = ours.server.failed().try_recv().ok();
     }
     theirs.unblock();
-    assert_eq!(failed, None, "tokenwarden's server told its listener failed");
+    assert_eq!(
+        failed, None,
+        "tokenwarden's server told its listener failed"
+    );
 }
 
 /// The TLS front's connection cap at the edges: no limit known, an
@@ -305,7 +317,10 @@ fn attack4d_an_idle_flood_on_plain_http_does_not_make_serve_exit() {
     let c = Client::new(addr, Some("attack4d-key-0123456789"));
     let start = Instant::now();
     while TcpStream::connect(addr).is_err() || c.get("/healthz").status != 200 {
-        assert!(start.elapsed() < Duration::from_secs(20), "serve did not come up");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not come up"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let held: Vec<_> = (0..200)
@@ -368,8 +383,8 @@ impl SlowProxy {
                                 break;
                             }
                             let at = usize::from(typed);
-                            let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap())
-                                as usize;
+                            let len =
+                                u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
                             if buf.len() < at + len {
                                 break;
                             }
@@ -468,4 +483,63 @@ fn attack4d_a_crowd_on_a_slow_database_still_shares_its_reads() {
         slow <= quick + 8,
         "a crowd of 32 on a slow database ran {slow} statements, on a quick one {quick}"
     );
+}
+
+/// Over TLS tiny_http accepts only the front's internal hop, which the
+/// front closes without a reset: clients that reset (before the handshake,
+/// and after sending a whole request over TLS) leave `serve` running.
+#[test]
+fn attack4d_reset_connections_over_tls_leave_serve_running() {
+    use crate::tls::{agent, make_pki, spawn_tls, terminate, wait_up};
+    let env = Env::new();
+    env.login("tls", 3000);
+    let pki = make_pki(env.dir.path());
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = spawn_tls(&env, &pki, port, &[]);
+    let trusted = agent(Some(&pki.ca_der));
+    wait_up(&mut child, &trusted, &format!("https://127.0.0.1:{port}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(pki.ca_der.clone()))
+        .unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        reset_flood(addr, 1);
+        let streams: Vec<_> = (0..16)
+            .filter_map(|_| {
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+                let mut sock = TcpStream::connect(addr).ok()?;
+                sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut sock).ok()?;
+                }
+                let mut s = rustls::StreamOwned::new(conn, sock);
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                    .ok()?;
+                s.flush().ok()?;
+                Some(s.sock)
+            })
+            .collect();
+        for s in streams {
+            reset(s);
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "serve over TLS exited on reset connections"
+        );
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().expect("try_wait").is_none());
+    let (status, log) = terminate(child);
+    assert_eq!(status, Some(0), "{log}");
 }
