@@ -522,8 +522,13 @@ impl Refresher {
             }
             // Wait for the running read to end (counted in `reads_ended`,
             // set under `reads` by its end: none is missed), at most until
-            // the patience is out, then read alone.
+            // it has run for the patience, then read alone. Counted from
+            // the read's own start, not the caller's arrival: a caller
+            // that waits out one slow read and then the next is not
+            // pushed into reading alone by the first (a herd, once reads
+            // take half the patience).
             let seen = reads.done;
+            let patience = reads.began.map_or(patience, |b| b + SHARED_READ_PATIENCE);
             drop(reads);
             let mut ended = signal.reads_ended.lock();
             while *ended == seen {

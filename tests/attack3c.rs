@@ -635,7 +635,7 @@ fn tls_connect(
 
 /// The tokenwarden binary run by `prlimit` with at most `nofile` open
 /// descriptors (soft and hard), in `env`'s environment; arguments follow.
-fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
+pub(crate) fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
     let plain = env.cmd();
     let mut cmd = std::process::Command::new("prlimit");
     cmd.env_clear();

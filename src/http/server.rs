@@ -360,18 +360,26 @@ impl Drop for Sentinel {
 /// thread panics inside tiny_http.
 static LISTENER_WATCH: Mutex<Vec<std::sync::Weak<Sender<String>>>> = Mutex::new(Vec::new());
 
-/// Makes a panic inside tiny_http tell `failed`. tiny_http's accept thread
-/// `unwrap`s a `try_clone` of each accepted socket, so out of descriptors
-/// it panics and is gone, with nothing sent to its queue: the server
-/// looks alive and answers no new client. The process-wide panic hook
-/// (installed once, chained to the previous one) is the one place that
-/// sees that thread end. Only the panic's location is passed on.
+/// Makes the death of tiny_http's accept thread tell `failed`. That
+/// thread `unwrap`s a `try_clone` of each accepted socket (in
+/// `refined_tcp_stream.rs`, reached from nowhere else), so out of
+/// descriptors it panics and is gone, with nothing sent to its queue: the
+/// server looks alive and answers no new client. The process-wide panic
+/// hook (installed once, chained to the previous one) is the one place
+/// that sees that thread end. Only that panic counts: tiny_http's
+/// connection threads also panic, on input a client controls (a reset
+/// before its address is read), and must not stop anything. A `dup` fails
+/// only for want of descriptors or memory, which every server of the
+/// process shares, so each is told. Only the panic's location is passed
+/// on. (A hook set later by the application replaces this one.)
 fn watch_tiny_http_panics(failed: &Arc<Sender<String>>) {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if let Some(at) = info.location().filter(|l| l.file().contains("tiny_http")) {
+            let accept_thread =
+                |file: &str| file.contains("tiny_http") && file.ends_with("refined_tcp_stream.rs");
+            if let Some(at) = info.location().filter(|l| accept_thread(l.file())) {
                 let why = format!("a tiny_http thread panicked at {at}");
                 for tx in LISTENER_WATCH
                     .lock()
