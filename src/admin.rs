@@ -74,6 +74,20 @@ impl Detail {
             .with_pools(self.pools.as_ref())
             .with_cooldown(self.cooldown.as_ref(), self.now.wall_ms)
     }
+
+    /// The newest quota snapshot read with it.
+    pub fn quota(&self) -> Option<&QuotaRow> {
+        self.quota.as_ref()
+    }
+
+    /// The [`crate::facade::fingerprint`] of the access token this detail
+    /// was read with, if it has one: names that token without showing it.
+    pub fn token_fingerprint(&self) -> Option<String> {
+        self.credential
+            .access_token
+            .as_ref()
+            .map(|t| crate::facade::fingerprint(t.expose()))
+    }
 }
 
 impl Warden {

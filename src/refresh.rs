@@ -59,8 +59,9 @@ struct Signal {
     /// Reads of the row shared by this process's threads, where the store
     /// has no stamp (PostgreSQL): see [`Refresher::shared_read`].
     reads: Mutex<Reads>,
-    /// How many shared reads have ended (`Reads::done`, mirrored under a
-    /// lock of its own, for waiting through the refresher's clock).
+    /// How many shared reads have ended: changed only under `reads`, and
+    /// under a lock of its own so that waiters wait on it through the
+    /// refresher's clock.
     reads_ended: Mutex<u64>,
     /// Signalled when a shared read ends.
     read_done: Condvar,
@@ -69,13 +70,10 @@ struct Signal {
 /// The state of one row's shared reads.
 #[derive(Default)]
 struct Reads {
-    /// Whether a thread is reading the row now.
-    running: bool,
-    /// When the running read began.
-    began: Option<Instant>,
-    /// How many shared reads have ended.
-    done: u64,
-    /// The row the last successful read found, and its number in `done`.
+    /// When the read running now began (`None`: none runs).
+    running: Option<Instant>,
+    /// The row the last successful read found, and its number in
+    /// `reads_ended`.
     last: Option<(u64, Option<Credential>)>,
 }
 
@@ -470,76 +468,71 @@ impl Refresher {
     fn shared_read(&self, id: &str) -> Result<Option<Credential>> {
         let signal = self.signals.get(id);
         let arrived = self.clock.instant();
-        let patience = arrived + SHARED_READ_PATIENCE;
         let mut reads = signal.reads.lock();
+        let ended = || *signal.reads_ended.lock();
         // A read running longer than the patience already is hung: no
         // caller waits on it at all.
-        if reads.running
-            && reads
-                .began
-                .is_some_and(|b| arrived.saturating_duration_since(b) >= SHARED_READ_PATIENCE)
+        if reads
+            .running
+            .is_some_and(|b| arrived.saturating_duration_since(b) >= SHARED_READ_PATIENCE)
         {
             drop(reads);
             return self.store.get(id);
         }
         // A read running now may have begun before this call: only the one
-        // after it (numbered `done + 2`) surely began later.
-        let need = reads.done + if reads.running { 2 } else { 1 };
+        // after it (numbered `ended + 2`) surely began later.
+        let need = ended() + if reads.running.is_some() { 2 } else { 1 };
         loop {
             if let Some((n, row)) = &reads.last {
                 if *n >= need {
                     return Ok(row.clone());
                 }
             }
-            if reads.done >= need {
+            let seen = ended();
+            if seen >= need {
                 drop(reads);
                 return self.store.get(id);
             }
-            if !reads.running {
-                reads.running = true;
-                reads.began = Some(self.clock.instant());
+            let Some(began) = reads.running else {
+                reads.running = Some(self.clock.instant());
                 // Ends the read whatever happens, unwinding included, so
                 // that waiters never wait on a read nobody runs.
                 struct Ending<'a>(&'a Signal, Option<Option<Credential>>);
                 impl Drop for Ending<'_> {
                     fn drop(&mut self) {
                         let mut reads = self.0.reads.lock();
-                        reads.running = false;
-                        reads.done += 1;
-                        let n = reads.done;
-                        reads.last = self.1.take().map(|row| (n, row));
-                        *self.0.reads_ended.lock() = n;
+                        reads.running = None;
+                        let mut ended = self.0.reads_ended.lock();
+                        *ended += 1;
+                        reads.last = self.1.take().map(|row| (*ended, row));
                         self.0.read_done.notify_all();
                     }
                 }
-                let got = parking_lot::MutexGuard::unlocked(&mut reads, || {
+                return parking_lot::MutexGuard::unlocked(&mut reads, || {
                     let mut ending = Ending(&signal, None);
                     let got = self.store.get(id);
                     ending.1 = got.as_ref().ok().cloned();
                     got
                 });
-                return got;
-            }
-            // Wait for the running read to end (counted in `reads_ended`,
-            // set under `reads` by its end: none is missed), at most until
-            // it has run for the patience, then read alone. Counted from
-            // the read's own start, not the caller's arrival: a caller
-            // that waits out one slow read and then the next is not
-            // pushed into reading alone by the first (a herd, once reads
-            // take half the patience).
-            let seen = reads.done;
-            let patience = reads.began.map_or(patience, |b| b + SHARED_READ_PATIENCE);
+            };
+            // Wait for the running read to end (`reads_ended` moves under
+            // `reads`: no end is missed), at most until it has run for the
+            // patience, then read alone. Counted from the read's own
+            // start, not the caller's arrival: a caller that waits out one
+            // slow read and then the next is not pushed into reading alone
+            // by the first (a herd, once reads take half the patience).
+            let deadline = began + SHARED_READ_PATIENCE;
             drop(reads);
-            let mut ended = signal.reads_ended.lock();
-            while *ended == seen {
-                let left = patience.saturating_duration_since(self.clock.instant());
+            let mut count = signal.reads_ended.lock();
+            while *count == seen {
+                let left = deadline.saturating_duration_since(self.clock.instant());
                 if left.is_zero() {
-                    drop(ended);
+                    drop(count);
                     return self.store.get(id);
                 }
-                self.clock.wait_for(&signal.read_done, &mut ended, left);
+                self.clock.wait_for(&signal.read_done, &mut count, left);
             }
-            drop(ended);
+            drop(count);
             reads = signal.reads.lock();
         }
     }

@@ -312,20 +312,7 @@ fn a_reject_form_names_only_its_own_credentials_token() {
 // 4. scrub.
 // ---------------------------------------------------------------------
 
-/// A tiny deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::common::Rng;
 
 /// Thousands of texts mixing ASCII, two-, three- and four-byte characters,
 /// with a char-aligned piece (12 bytes or more) of a secret made of the
@@ -587,22 +574,11 @@ fn a_redirect_quoting_a_piece_of_the_refresh_token_shows_it_nowhere() {
 #[test]
 fn over_tls_the_throttle_still_counts_per_address() {
     use std::io::Read as _;
-    use std::process::Stdio;
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let env = crate::common::tw::Env::new();
     let pki = crate::tls::make_pki(env.dir.path());
     let port = crate::common::http::free_port();
-    let mut child = env
-        .cmd()
-        .env("TOKENWARDEN_API_KEY", ADMIN)
-        .env("TOKENWARDEN_LOG", "info")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--no-refresher", "--threads", "2", "--tls-cert"])
-        .arg(&pki.cert)
-        .arg("--tls-key")
-        .arg(&pki.key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut child = crate::tls::tls_serve(env.cmd(), ADMIN, &pki, port)
         .spawn()
         .expect("spawn serve");
     let ca = Certificate::from_der(&pki.ca_der).to_owned();

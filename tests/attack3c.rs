@@ -607,48 +607,6 @@ fn attack3c_the_internal_port_refuses_pipelines_keepalive_and_expect_continue() 
     terminate(child);
 }
 
-/// A TLS client connection to 127.0.0.1:`port` trusting `ca_der`, its
-/// handshake done.
-fn tls_connect(
-    port: u16,
-    ca_der: &[u8],
-) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).ok()?;
-    }
-    Some(rustls::StreamOwned::new(conn, sock))
-}
-
-/// The tokenwarden binary run by `prlimit` with at most `nofile` open
-/// descriptors (soft and hard), in `env`'s environment; arguments follow.
-pub(crate) fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
-    let plain = env.cmd();
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.env_clear();
-    for (k, v) in plain.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    cmd.arg(format!("--nofile={nofile}:{nofile}"))
-        .arg(crate::common::tw::BIN);
-    cmd
-}
-
 /// `serve` over TLS where the process may hold 256 descriptors (systemd's
 /// default soft limit is 1024): each relayed TLS connection costs about
 /// three of them at once in this process (the client's socket, the hop's
@@ -669,17 +627,7 @@ fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_goo
     env.login("tls", 3000);
     let pki = make_pki(env.dir.path());
     let port = free_port();
-    let mut child = under_prlimit(&env, 256)
-        .env("TOKENWARDEN_API_KEY", KEY)
-        .env("TOKENWARDEN_LOG", "info")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--no-refresher", "--threads", "2", "--tls-cert"])
-        .arg(&pki.cert)
-        .arg("--tls-key")
-        .arg(&pki.key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+    let mut child = crate::tls::tls_serve(env.cmd_under_prlimit(256), KEY, &pki, port)
         .spawn()
         .expect("spawn serve under prlimit");
     let trusted = agent(Some(&pki.ca_der));
@@ -691,7 +639,7 @@ fn attack3c_a_connection_flood_under_the_cap_does_not_silence_the_server_for_goo
     let mut answered = None;
     for round in 0..8 {
         let held: Vec<_> = (0..150)
-            .filter_map(|_| tls_connect(port, &pki.ca_der))
+            .filter_map(|_| crate::tls::tls_connect(port, &pki.ca_der))
             .collect();
         thread::sleep(Duration::from_secs(1));
         println!(
@@ -747,7 +695,8 @@ fn a_descriptor_flood_on_plain_http_never_leaves_a_silent_server() {
     let env = Env::new();
     env.login("plain", 3000);
     let port = free_port();
-    let mut child = under_prlimit(&env, 64)
+    let mut child = env
+        .cmd_under_prlimit(64)
         .env("TOKENWARDEN_LOG", "info")
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--no-refresher", "--threads", "2"])
@@ -902,20 +851,7 @@ fn attack3c_marks_on_a_mebibyte_against_a_hundred_big_secrets() {
     assert!(!out.contains(&secrets[7][..12]), "a piece survived");
 }
 
-/// A tiny deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::common::Rng;
 
 /// Short, empty and non-ASCII secrets (0 to 14 characters of ASCII, ß, İ,
 /// K (Kelvin), é, 𝄞 and spaces) in texts of the same mix, whole, cut,

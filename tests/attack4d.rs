@@ -144,7 +144,7 @@ fn attack4d_a_refresh_in_flight_is_committed_before_the_failure_exit() {
     });
     let old = env.login("slow", 100);
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut cmd = crate::attack3c::under_prlimit(&env, 64);
+    let mut cmd = env.cmd_under_prlimit(64);
     cmd.env("TOKENWARDEN_SHUTDOWN_GRACE", "0.5")
         .env("TOKENWARDEN_LOG", "info")
         .args(["serve", "--listen", &addr.to_string(), "--threads", "4"])
@@ -286,22 +286,6 @@ fn attack4d_connection_cap_edges() {
     assert_eq!(connection_cap(Some(96 + 6 * 1024 - 1)), 1023);
 }
 
-/// The tokenwarden binary run by `prlimit` with at most `nofile` open
-/// descriptors (soft and hard), in `env`'s environment (as attack3c).
-fn under_prlimit(env: &Env, nofile: u32) -> std::process::Command {
-    let plain = env.cmd();
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.env_clear();
-    for (k, v) in plain.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
-    cmd.arg(format!("--nofile={nofile}:{nofile}"))
-        .arg(crate::common::tw::BIN);
-    cmd
-}
-
 /// Plain HTTP has no connection cap (the TLS front has `connection_cap`):
 /// idle connections from one unauthenticated client, held two seconds,
 /// run the process out of descriptors (or, under systemd's TasksMax, of
@@ -316,7 +300,8 @@ fn attack4d_an_idle_flood_on_plain_http_does_not_make_serve_exit() {
     env.login("plain", 3000);
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = under_prlimit(&env, 256)
+    let mut child = env
+        .cmd_under_prlimit(256)
         .env("TOKENWARDEN_API_KEY", "attack4d-key-0123456789")
         .args(["serve", "--listen", &addr.to_string()])
         .args(["--no-refresher", "--threads", "2"])
@@ -511,31 +496,12 @@ fn attack4d_reset_connections_over_tls_leave_serve_running() {
     let mut child = spawn_tls(&env, &pki, port, &[]);
     let trusted = agent(Some(&pki.ca_der));
     wait_up(&mut child, &trusted, &format!("https://127.0.0.1:{port}"));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(pki.ca_der.clone()))
-        .unwrap();
-    let config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(4) {
         reset_flood(addr, 1);
         let streams: Vec<_> = (0..16)
             .filter_map(|_| {
-                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-                let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-                let mut sock = TcpStream::connect(addr).ok()?;
-                sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                while conn.is_handshaking() {
-                    conn.complete_io(&mut sock).ok()?;
-                }
-                let mut s = rustls::StreamOwned::new(conn, sock);
+                let mut s = crate::tls::tls_connect(port, &pki.ca_der)?;
                 s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                     .ok()?;
                 s.flush().ok()?;
@@ -569,16 +535,8 @@ fn attack4d_idle_tls_connections_do_not_lock_out_other_clients() {
     env.login("tls", 3000);
     let pki = make_pki(env.dir.path());
     let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = under_prlimit(&env, 256)
-        .env("TOKENWARDEN_API_KEY", KEY)
-        .args(["serve", "--listen", &addr.to_string()])
-        .args(["--no-refresher", "--threads", "2", "--tls-cert"])
-        .arg(&pki.cert)
-        .arg("--tls-key")
-        .arg(&pki.key)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+    let mut child = crate::tls::tls_serve(env.cmd_under_prlimit(256), KEY, &pki, port)
+        .env_remove("TOKENWARDEN_LOG")
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn serve under prlimit");
@@ -592,29 +550,8 @@ fn attack4d_idle_tls_connections_do_not_lock_out_other_clients() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(pki.ca_der.clone()))
-        .unwrap();
-    let config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
     let idle: Vec<_> = (0..connection_cap(Some(256)))
-        .filter_map(|_| {
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-            let mut sock = TcpStream::connect(addr).ok()?;
-            sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).ok()?;
-            }
-            Some(rustls::StreamOwned::new(conn, sock))
-        })
+        .filter_map(|_| crate::tls::tls_connect(port, &pki.ca_der))
         .collect();
     println!("{} idle TLS connections", idle.len());
     thread::sleep(Duration::from_millis(500));

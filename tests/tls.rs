@@ -85,19 +85,26 @@ pub(crate) fn get(
 }
 
 pub(crate) fn spawn_tls(env: &Env, pki: &Pki, port: u16, extra: &[&str]) -> Child {
-    env.cmd()
-        .env("TOKENWARDEN_API_KEY", KEY)
+    tls_serve(env.cmd(), KEY, pki, port)
+        .args(extra)
+        .spawn()
+        .expect("spawn serve")
+}
+
+/// `cmd` (the binary, perhaps under a wrapper) made `serve` over TLS with
+/// `pki` on 127.0.0.1:`port`, admin key `key`, logging at info to a piped
+/// stderr; more arguments may follow.
+pub(crate) fn tls_serve(mut cmd: Command, key: &str, pki: &Pki, port: u16) -> Command {
+    cmd.env("TOKENWARDEN_API_KEY", key)
         .env("TOKENWARDEN_LOG", "info")
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--no-refresher", "--threads", "2", "--tls-cert"])
         .arg(&pki.cert)
         .arg("--tls-key")
         .arg(&pki.key)
-        .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve")
+        .stderr(Stdio::piped());
+    cmd
 }
 
 pub(crate) fn wait_up(child: &mut Child, agent: &ureq::Agent, base: &str) {
@@ -438,4 +445,30 @@ fn the_tls_fronts_internal_port_is_no_way_around_tls() {
     .expect("https");
     assert_eq!(a.status, 200, "{}", a.body);
     terminate(child);
+}
+
+/// A TLS client connection to 127.0.0.1:`port` trusting `ca_der`, its
+/// handshake done.
+pub(crate) fn tls_connect(
+    port: u16,
+    ca_der: &[u8],
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(ca_der.to_vec()))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).ok()?;
+    }
+    Some(rustls::StreamOwned::new(conn, sock))
 }

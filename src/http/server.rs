@@ -214,13 +214,14 @@ impl Server {
                  (loopback only); set {API_KEY_ENV} or --api-key-file to require one"
             );
         }
-        if options.keys.weak() > 0 {
+        let weak = options.keys.weak();
+        if weak > 0 {
             log::warn!(
                 "{} API key(s) shorter than {} characters: wrong keys are not throttled on \
                  the API (a web page reached by DNS rebinding can try keys as fast as it \
                  sends requests), so only a key's length stands against guessing; use \
                  random keys, such as the output of `openssl rand -hex 32`",
-                options.keys.weak(),
+                weak,
                 super::auth::MIN_STRONG_KEY
             );
         }

@@ -127,8 +127,9 @@ fn segments(s: &str) -> Vec<std::ops::Range<usize>> {
 /// secret's characters in order. Pieces and runs are compared with ASCII
 /// case folded (a proxy may upper-case a message). All of it is worked out
 /// on `text` as it came, so one secret inside another hides neither.
-/// Linear in the lengths: windows are looked up in sets.
-fn secret_marks(text: &str, secrets: &[&str]) -> Vec<bool> {
+/// Linear in the lengths: windows are looked up in sets. `segments` are
+/// `text`'s ([`segments`]; ASCII case folding keeps them).
+fn secret_marks(text: &str, segments: &[std::ops::Range<usize>], secrets: &[&str]) -> Vec<bool> {
     let mut marked = vec![false; text.len()];
     let mut mark = |r: std::ops::Range<usize>| marked[r].iter_mut().for_each(|m| *m = true);
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
@@ -154,13 +155,12 @@ fn secret_marks(text: &str, secrets: &[&str]) -> Vec<bool> {
             mark(i..i + MIN_SECRET_PIECE);
         }
     }
-    for seg in segments(&lower) {
+    // A segment that long is a run of token characters (any other
+    // segment is one character).
+    for seg in segments {
         let run = &bytes[seg.clone()];
-        if run.len() >= MIN_SECRET_RUN
-            && run.iter().all(|b| is_token_char(char::from(*b)))
-            && run.windows(MIN_SECRET_RUN).all(|w| runs.contains(w))
-        {
-            mark(seg);
+        if run.len() >= MIN_SECRET_RUN && run.windows(MIN_SECRET_RUN).all(|w| runs.contains(w)) {
+            mark(seg.clone());
         }
     }
     marked
@@ -172,12 +172,13 @@ fn secret_marks(text: &str, secrets: &[&str]) -> Vec<bool> {
 /// and `id_token`, and every token-looking run of
 /// `A-Z a-z 0-9 - _ . ~ + / =` in `text` with `***`.
 pub fn scrub(text: &str, secrets: &[&str]) -> String {
-    let marks = secret_marks(text, secrets);
+    let segs = segments(text);
+    let marks = secret_marks(text, &segs, secrets);
     // A segment holding a mark goes; one `***` stands for neighbours that
     // all do (a secret with spaces in it).
     let mut s = String::with_capacity(text.len());
     let mut last_marked = false;
-    for seg in segments(text) {
+    for seg in segs {
         let marked = marks[seg.clone()].iter().any(|m| *m);
         match marked {
             true if last_marked => {}

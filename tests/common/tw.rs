@@ -185,6 +185,23 @@ impl Env {
         c
     }
 
+    /// [`Env::cmd`] run by `prlimit` (util-linux) with at most `nofile`
+    /// open descriptors, soft and hard; the binary's arguments follow.
+    pub fn cmd_under_prlimit(&self, nofile: u32) -> Command {
+        let plain = self.cmd();
+        let mut cmd = Command::new("prlimit");
+        cmd.env_clear();
+        for (k, v) in plain.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(BIN)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Runs the binary to completion.
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run tokenwarden")

@@ -363,14 +363,10 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
     let result = (|| -> Result<String, ApiError> {
         let id = credential_id(raw_id)?;
         let w = &ctx.app.warden;
-        // Read before the summary: a token replaced in between is shown
-        // (the summary is newer) but not named by the reject form, which
-        // then rejects nothing — never a token the page did not show.
-        let fingerprint = w
-            .get(&id)?
-            .access_token
-            .map(|t| crate::facade::fingerprint(t.expose()));
+        // One read: the reject form names the very token the summary
+        // shows, so it never rejects a token the page did not show.
         let detail = w.detail(&id)?;
+        let fingerprint = detail.token_fingerprint();
         let summary = detail.summary();
         let events = w.events(&id, Some(EVENTS_SHOWN))?;
         let handles = w.handles(&id)?;
@@ -379,7 +375,6 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
             .iter()
             .filter(|n| n.notice.credential_id.as_deref() == Some(id.as_str()))
             .collect();
-        let quota = w.latest_quota(&id)?;
         let history = w.quota_history(&id, HISTORY_SHOWN)?;
         Ok(render::credential::page_html(
             &render::credential::CredentialView {
@@ -387,7 +382,7 @@ fn credential_page(ctx: &Ctx<'_>, raw_id: &str) -> Reply {
                 events: &events,
                 handles: &handles,
                 notifications: &notifications,
-                quota: quota.as_ref(),
+                quota: detail.quota(),
                 history: &history,
                 chrome: ctx.chrome(&s),
                 flash: s.flash.as_ref(),

@@ -105,6 +105,15 @@ struct Session {
     flash: Option<Flash>,
 }
 
+impl Session {
+    /// Its key's scope among `keys` at `now`, unless the key is gone or
+    /// the session has been idle too long.
+    fn live_scope(&self, keys: &ApiKeys, now: Instant) -> Option<Scope> {
+        let idle = now.saturating_duration_since(self.last_used) >= IDLE;
+        scope_of_key(keys, self.key.expose()).filter(|_| !idle)
+    }
+}
+
 /// The sessions of one server.
 pub struct Sessions {
     by_hash: Mutex<HashMap<String, Session>>,
@@ -182,9 +191,7 @@ impl Sessions {
         let hash = digest(&[id.as_bytes()]);
         let mut map = self.by_hash.lock();
         let s = map.get_mut(&hash)?;
-        let scope = scope_of_key(keys, s.key.expose());
-        let idle = now.saturating_duration_since(s.last_used) >= IDLE;
-        let Some(scope) = scope.filter(|_| !idle) else {
+        let Some(scope) = s.live_scope(keys, now) else {
             map.remove(&hash);
             return None;
         };
@@ -206,12 +213,12 @@ impl Sessions {
     /// read-only one, else the first live; planted values are ignored.
     /// Touches nothing.
     pub fn pick<'c>(&self, ids: &[&'c str], keys: &ApiKeys, now: Instant) -> Option<&'c str> {
+        if ids.is_empty() {
+            // No cookie (a sign-in page, a script): no lock taken.
+            return None;
+        }
         let map = self.by_hash.lock();
-        let live = |id: &&str| {
-            let s = map.get(&digest(&[id.as_bytes()]))?;
-            let idle = now.saturating_duration_since(s.last_used) >= IDLE;
-            scope_of_key(keys, s.key.expose()).filter(|_| !idle)
-        };
+        let live = |id: &&str| map.get(&digest(&[id.as_bytes()]))?.live_scope(keys, now);
         let mut best: Option<(&'c str, Scope)> = None;
         for id in ids {
             match (live(id), best) {

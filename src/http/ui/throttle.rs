@@ -119,10 +119,11 @@ impl Throttle {
         }
         b.global = Some(GLOBAL.take(b.global, now));
         if let Some(p) = peer {
-            if !b.peers.contains_key(&p) && b.peers.len() >= MAX_PEERS {
+            // A new address past the bound: forget the full buckets first.
+            if peer_tat.is_none() && b.peers.len() >= MAX_PEERS {
                 b.peers.retain(|_, tat| *tat > now);
             }
-            if b.peers.contains_key(&p) || b.peers.len() < MAX_PEERS {
+            if peer_tat.is_some() || b.peers.len() < MAX_PEERS {
                 b.peers.insert(p, PEER.take(peer_tat, now));
             }
         }

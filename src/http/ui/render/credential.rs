@@ -11,7 +11,7 @@ use crate::{EventRow, HandleRow, NotificationRow, QuotaRow};
 
 use super::overview::fix_html;
 use super::quota::{gauges, history, Point, WindowData};
-use super::{ago, countdown, csrf_input, escape, flash, page, time_el, Chrome};
+use super::{ago, countdown, csrf_input, escape, flash, hidden_input, page, time_el, Chrome};
 use crate::http::ui::session::Flash;
 
 /// Everything the page shows.
@@ -130,10 +130,7 @@ fn actions(s: &Summary<'_>, csrf: &str, token_fingerprint: Option<&str>) -> Stri
             &path,
             "reject",
             csrf,
-            &format!(
-                r#"<input type="hidden" name="token" value="{}">"#,
-                escape(fp)
-            ),
+            &hidden_input("token", fp),
             "Reject current token",
             &format!("Reject the current access token of {id}? It will never be served again."),
         ));
@@ -217,10 +214,7 @@ fn handles_html(
                 id_path,
                 "revoke-handle",
                 csrf,
-                &format!(
-                    r#"<input type="hidden" name="handle" value="{}">"#,
-                    escape(v.id)
-                ),
+                &hidden_input("handle", v.id),
                 "Revoke",
                 &format!(
                     "Revoke handle {} ({})? Its client must sign in again.",

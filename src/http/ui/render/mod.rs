@@ -97,12 +97,17 @@ pub fn time_el(at_ms: i64, text: &str) -> String {
     )
 }
 
+/// A hidden input `name` of `value` (escaped; `name` is ours).
+pub fn hidden_input(name: &str, value: &str) -> String {
+    format!(
+        r#"<input type="hidden" name="{name}" value="{}">"#,
+        escape(value)
+    )
+}
+
 /// The hidden CSRF input every form carries.
 pub fn csrf_input(csrf: &str) -> String {
-    format!(
-        r#"<input type="hidden" name="csrf" value="{}">"#,
-        escape(csrf)
-    )
+    hidden_input("csrf", csrf)
 }
 
 /// The flash message of the last action, if any.
