@@ -60,6 +60,10 @@ mod attack3c;
 // gone), the TLS front's descriptor cap and shared_read's patience on the
 // refresher's clock; holes are `#[ignore = "HOLE: …"]`.
 mod attack4d;
+// Hostile review of ea569c6 (shared_read refactored, the console reject
+// form fingerprint from the one detail read); holes are
+// `#[ignore = "HOLE: …"]`.
+mod attack5e;
 // The operator's console (issue 17) in headless Chromium, driven by
 // playwright-core on Node.js (tests/browser): live states, actions,
 // read-only keys, CSRF and foreign origins, no secret in any traffic.
