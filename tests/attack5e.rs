@@ -376,3 +376,49 @@ fn attack5e_a_failed_remember_lets_an_old_backup_serve_a_rejected_token() {
         );
     }
 }
+
+/// A lying upstream answers the refresh a reject starts with the very
+/// access token reported rejected (and a new refresh token): the warden
+/// must not serve it again as the fresh token.
+fn a_refresh_answering_the_rejected_token_again_is_not_served(b: Backend) {
+    use crate::common::scripted::{answer, import_at, Scripted};
+    let Some(env) = Env::on(b) else { return };
+    let body = serde_json::json!({
+        "access_token": "at-ly-0",
+        "refresh_token": "rt-ly-1",
+        "expires_in": 3600,
+        "token_type": "Bearer",
+    })
+    .to_string();
+    let up = Scripted::start(vec![Box::new(move |_, c| answer(c, "200 OK", &body))]);
+    import_at(&env, "ly", "rt-ly-0", 3600, &up.url());
+    let w = env.warden();
+    let after = w.reject("ly", "at-ly-0");
+    if let Ok(g) = after {
+        assert_ne!(
+            g.access_token.expose(),
+            "at-ly-0",
+            "the reject answered the rejected token as the fresh one"
+        );
+    }
+    if let Ok(g) = w.token("ly", Duration::ZERO) {
+        assert_ne!(
+            g.access_token.expose(),
+            "at-ly-0",
+            "the rejected token is served again"
+        );
+    }
+    assert_eq!(up.presented(), vec!["rt-ly-0".to_owned()]);
+}
+
+#[test]
+#[ignore = "HOLE: a refresh (lying upstream) answering the access token just reported rejected is committed and served as the fresh token"]
+fn attack5e_sqlite_a_refresh_answering_the_rejected_token_again_is_not_served() {
+    a_refresh_answering_the_rejected_token_again_is_not_served(Backend::Sqlite);
+}
+
+#[test]
+#[ignore = "HOLE: a refresh (lying upstream) answering the access token just reported rejected is committed and served as the fresh token"]
+fn attack5e_postgres_a_refresh_answering_the_rejected_token_again_is_not_served() {
+    a_refresh_answering_the_rejected_token_again_is_not_served(Backend::Postgres);
+}
