@@ -4,10 +4,10 @@
 //! the one `Warden::detail` read. Holes are `#[ignore = "HOLE: …"]`.
 
 use std::collections::HashSet;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -162,9 +162,7 @@ fn a_rejected_token_held_under_a_second_id_is_not_served_there(b: Backend) {
 /// A token is reported rejected while a crowd reads; the credential is
 /// deleted and the backup taken before the reject is imported again: the
 /// rejected access token is left out, never served.
-fn attack5e_an_old_backup_reimported_after_delete_never_brings_back_a_rejected_token(
-    b: Backend,
-) {
+fn attack5e_an_old_backup_reimported_after_delete_never_brings_back_a_rejected_token(b: Backend) {
     let Some(env) = Env::on(b) else { return };
     let grant = env.fake.new_family("bk");
     // A provider that does not rotate: the backup's refresh token stays
@@ -272,7 +270,10 @@ fn attack5e_stale_console_reject_forms_reject_nothing_once_the_token_changed(b: 
     let Some(env) = Env::on(b) else { return };
     let c = Console::serve_keys(
         env,
-        &[("TOKENWARDEN_API_KEY", ADMIN), ("TOKENWARDEN_READ_API_KEY", READ)],
+        &[
+            ("TOKENWARDEN_API_KEY", ADMIN),
+            ("TOKENWARDEN_READ_API_KEY", READ),
+        ],
     );
     let first = c.env.login("acct", 3600);
     let (s, _) = c.sign_in(ADMIN);
@@ -312,7 +313,11 @@ fn attack5e_stale_console_reject_forms_reject_nothing_once_the_token_changed(b: 
         upstream,
         "a stale form sent a refresh upstream"
     );
-    assert_eq!(served(), t2.access_token.expose(), "a stale form rejected the new token");
+    assert_eq!(
+        served(),
+        t2.access_token.expose(),
+        "a stale form rejected the new token"
+    );
     c.env.fake.assert_no_reuse_after_success();
 }
 
