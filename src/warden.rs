@@ -274,18 +274,20 @@ impl Warden {
             let event = Event::Reject { is_current };
             match state::apply(&row.status, &event, now, &self.core.config.policy) {
                 Ok(t) => {
+                    // Never taken from an import again: remembered before
+                    // the rejection is recorded, and a reject that cannot
+                    // remember it fails (the caller is told, and nothing
+                    // says rejected), so no rejection stands without it —
+                    // a delete + re-import of an old file cannot bring the
+                    // token back, whatever kills this process between the
+                    // two writes. (Idempotent: a retry writes nothing.)
+                    store.remember_rejected(id, token, now.wall_ms)?;
                     let actor = clock::actor(&self.core.config.actor);
                     if store
                         .apply(id, &t, Write::STATE_ONLY, &actor, now.wall_ms)?
                         .is_some()
                     {
                         log::info!("{id}: access token rejected upstream; {}", t.reason);
-                        // Never taken from an import again. Best effort: the
-                        // rejection itself is recorded; losing this only
-                        // matters to a delete + re-import of an old file.
-                        if let Err(e) = store.remember_rejected(id, token, now.wall_ms) {
-                            log::warn!("{id}: could not remember the rejected token: {e}");
-                        }
                         break;
                     }
                     // Lost a race with another writer: look again.

@@ -347,8 +347,12 @@ fn past_restart_grace(env: &Env) {
 /// trigger refusing it), a delete and a re-import of the backup taken
 /// before the reject (a provider that does not rotate: its refresh token
 /// is still good) serve the very token reported rejected.
+///
+/// (Mended: `record_reject` remembers the token before it records the
+/// rejection, and a reject that cannot remember it fails — so no rejection
+/// stands without it. The test now accepts that failure, told to the
+/// caller with nothing recorded as rejected, beside the old success path.)
 #[test]
-#[ignore = "HOLE: the rejected access token is remembered by a second, best-effort write; when it fails, delete + re-import of an old backup serves the rejected token"]
 fn attack5e_a_failed_remember_lets_an_old_backup_serve_a_rejected_token() {
     let env = Env::new();
     env.fake.set_rotation(false);
@@ -365,9 +369,27 @@ fn attack5e_a_failed_remember_lets_an_old_backup_serve_a_rejected_token() {
     )
     .unwrap();
     let w = env.warden();
-    let fresh = w.reject("rj", &grant.access_token).unwrap();
-    assert_ne!(fresh.access_token.expose(), grant.access_token);
+    // The reject either fails (told, nothing recorded as rejected), or it
+    // succeeded and must then hold after a delete + old backup.
+    let rejected = match w.reject("rj", &grant.access_token) {
+        Ok(fresh) => {
+            assert_ne!(fresh.access_token.expose(), grant.access_token);
+            true
+        }
+        Err(e) => {
+            let row = w.get("rj").unwrap();
+            assert_ne!(
+                row.status.state,
+                tokenwarden::state::State::Rejected,
+                "a failed reject left the row rejected: {e}"
+            );
+            false
+        }
+    };
     db.execute_batch("DROP TRIGGER fault_remember;").unwrap();
+    if !rejected {
+        return;
+    }
     drop(w);
     let out = env.run(&["delete", "rj"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
